@@ -1,0 +1,309 @@
+/* kernels/cpu/cpu_backend.c - the CPU implementation of the kernel backend:
+ * f32 activations and weights, OpenBLAS for GEMM, OpenMP for the loops
+ * OpenBLAS does not cover. It is also the reference every other backend's ops
+ * are tested against, so clarity beats cleverness here.
+ *
+ * What it is not: quantized matmul (weights are dequantized to f32 at load). */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef struct {
+    int n_threads;
+} cpu_ctx;
+
+static void *cpu_alloc(tsr_backend *b, size_t bytes) {
+    (void)b;
+    void *p = NULL;
+    /* 64-byte alignment for vector loads; round size up as aligned_alloc requires */
+    size_t n = (bytes + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0)
+        return NULL;
+    return p;
+}
+
+static void cpu_free(tsr_backend *b, void *p) {
+    (void)b;
+    free(p);
+}
+
+static tsr_status cpu_memcpy(tsr_backend *b, void *dst, const void *src, size_t bytes) {
+    (void)b;
+    if (bytes)
+        memmove(dst, src, bytes);
+    return TSR_OK;
+}
+
+static tsr_status cpu_sync(tsr_backend *b) {
+    (void)b;
+    return TSR_OK;
+}
+
+static void cpu_destroy(tsr_backend *b) {
+    free(b->ctx);
+    free(b);
+}
+
+static tsr_status cpu_weight_upload(tsr_backend *b, tsr_weight *w, const float *src, int rows,
+                                    int cols) {
+    size_t bytes = (size_t)rows * (size_t)cols * sizeof(float);
+    w->data = cpu_alloc(b, bytes);
+    if (!w->data)
+        return tsr_error_set(TSR_ERR_NOMEM, "cpu: cannot allocate a %d x %d weight", rows, cols);
+    memcpy(w->data, src, bytes);
+    w->dtype = TSR_F32;
+    w->rows = rows;
+    w->cols = cols;
+    return TSR_OK;
+}
+
+static void cpu_weight_free(tsr_backend *b, tsr_weight *w) {
+    if (!w)
+        return;
+    cpu_free(b, w->data);
+    w->data = NULL;
+}
+
+static void *cpu_vector_upload(tsr_backend *b, const float *src, size_t n) {
+    float *p = cpu_alloc(b, n * sizeof(float));
+    if (p)
+        memcpy(p, src, n * sizeof(float));
+    return p;
+}
+
+static tsr_status cpu_act_convert(tsr_backend *b, float *dst, const void *src, size_t n) {
+    return cpu_memcpy(b, dst, src, n * sizeof(float));
+}
+
+static tsr_status cpu_act_from_f32(tsr_backend *b, void *dst, const float *src, size_t n) {
+    return cpu_memcpy(b, dst, src, n * sizeof(float));
+}
+
+static tsr_status cpu_matmul(tsr_backend *b, void *y, const void *x, const tsr_weight *w, int n,
+                             int accumulate) {
+    (void)b;
+    if (n <= 0)
+        return TSR_OK;
+    if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, w->rows, w->cols, 1.0f, w->data, w->cols, x, 1,
+                    accumulate ? 1.0f : 0.0f, y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w->rows, w->cols, 1.0f, x, w->cols,
+                    w->data, w->cols, accumulate ? 1.0f : 0.0f, y, w->rows);
+    return TSR_OK;
+}
+
+static tsr_status cpu_rmsnorm(tsr_backend *b, void *yv, const void *xv, const void *wv, int n,
+                              int dim, float eps) {
+    (void)b;
+    float *y = yv;
+    const float *x = xv, *w = wv;
+    for (int t = 0; t < n; t++) {
+        const float *xr = x + (size_t)t * dim;
+        float *yr = y + (size_t)t * dim;
+        double ss = 0; /* double: a 4096-wide sum of squares loses digits in f32 */
+        for (int i = 0; i < dim; i++)
+            ss += (double)xr[i] * xr[i];
+        float r = (float)(1.0 / sqrt(ss / dim + eps));
+        for (int i = 0; i < dim; i++)
+            yr[i] = xr[i] * r * w[i];
+    }
+    return TSR_OK;
+}
+
+static tsr_status cpu_rope(tsr_backend *b, void *xv, const int32_t *pos, const float *inv_freq,
+                           int n, int n_heads, int head_dim) {
+    (void)b;
+    float *x = xv;
+    int half = head_dim / 2;
+#pragma omp parallel for if (n > 4)
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < half; i++) {
+            /* angle in double: positions up to 1e5 times frequencies near 1 */
+            double a = (double)pos[t] * (double)inv_freq[i];
+            float c = (float)cos(a), s = (float)sin(a);
+            for (int h = 0; h < n_heads; h++) {
+                float *v = x + ((size_t)t * n_heads + h) * head_dim;
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * c - x1 * s;
+                v[i + half] = x0 * s + x1 * c;
+            }
+        }
+    }
+    return TSR_OK;
+}
+
+static tsr_status cpu_kv_store(tsr_backend *b, void *kc, void *vc, const void *k, const void *v,
+                               const int32_t *slot, int n, int kv_dim) {
+    (void)b;
+    size_t row = (size_t)kv_dim * sizeof(float);
+    for (int t = 0; t < n; t++) {
+        memcpy((char *)kc + (size_t)slot[t] * row, (const char *)k + (size_t)t * row, row);
+        memcpy((char *)vc + (size_t)slot[t] * row, (const char *)v + (size_t)t * row, row);
+    }
+    return TSR_OK;
+}
+
+static tsr_status cpu_attention(tsr_backend *b, void *outv, const void *qv, const void *kcv,
+                                const void *vcv, const tsr_attn_desc *d) {
+    (void)b;
+    float *out = outv;
+    const float *q = qv, *kc = kcv, *vc = vcv;
+    const int hd = d->head_dim, group = d->n_head / d->n_kv_head;
+    const size_t kv_dim = (size_t)d->n_kv_head * hd;
+    int max_pos = 0;
+    for (int t = 0; t < d->n_tokens; t++)
+        if (d->pos[t] > max_pos)
+            max_pos = d->pos[t];
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *scores = malloc(((size_t)max_pos + 1) * sizeof(float));
+        if (!scores)
+            failed = 1;
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int t = 0; t < d->n_tokens; t++) {
+            for (int h = 0; h < d->n_head; h++) {
+                if (!scores)
+                    continue;
+                const float *qh = q + ((size_t)t * d->n_head + h) * hd;
+                float *oh = out + ((size_t)t * d->n_head + h) * hd;
+                const int32_t *table = d->block_tables + (size_t)d->seq[t] * d->max_blocks;
+                const size_t head_off = (size_t)(h / group) * hd;
+                const int npos = d->pos[t] + 1;
+                float mx = -INFINITY;
+                for (int p = 0; p < npos; p++) {
+                    size_t slot = (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
+                    const float *kp = kc + slot * kv_dim + head_off;
+                    float s = 0;
+                    for (int i = 0; i < hd; i++)
+                        s += qh[i] * kp[i];
+                    s *= d->scale;
+                    scores[p] = s;
+                    if (s > mx)
+                        mx = s;
+                }
+                float sum = 0;
+                for (int p = 0; p < npos; p++) {
+                    scores[p] = expf(scores[p] - mx);
+                    sum += scores[p];
+                }
+                float inv = 1.0f / sum;
+                memset(oh, 0, (size_t)hd * sizeof(float));
+                for (int p = 0; p < npos; p++) {
+                    size_t slot = (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
+                    const float *vp = vc + slot * kv_dim + head_off;
+                    float wgt = scores[p] * inv;
+                    for (int i = 0; i < hd; i++)
+                        oh[i] += wgt * vp[i];
+                }
+            }
+        }
+        free(scores);
+    }
+    if (failed)
+        return tsr_error_set(TSR_ERR_NOMEM, "cpu: attention scratch allocation failed");
+    return TSR_OK;
+}
+
+static tsr_status cpu_swiglu(tsr_backend *b, void *outv, const void *gv, const void *uv, int n,
+                             int dim) {
+    (void)b;
+    float *out = outv;
+    const float *g = gv, *u = uv;
+    size_t total = (size_t)n * dim;
+    for (size_t i = 0; i < total; i++)
+        out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    return TSR_OK;
+}
+
+static tsr_status cpu_add(tsr_backend *b, void *yv, const void *xv, int n, int dim) {
+    (void)b;
+    float *y = yv;
+    const float *x = xv;
+    size_t total = (size_t)n * dim;
+    for (size_t i = 0; i < total; i++)
+        y[i] += x[i];
+    return TSR_OK;
+}
+
+static tsr_status cpu_add_bias(tsr_backend *b, void *yv, const void *bv, int n, int dim) {
+    (void)b;
+    float *y = yv;
+    const float *bias = bv;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < dim; i++)
+            y[(size_t)t * dim + i] += bias[i];
+    return TSR_OK;
+}
+
+static tsr_status cpu_embedding(tsr_backend *b, void *outv, const tsr_weight *table,
+                                const int32_t *ids, int n, int row0) {
+    (void)b;
+    float *out = outv;
+    const float *tab = table->data;
+    size_t dim = (size_t)table->cols;
+    for (int t = 0; t < n; t++) {
+        long r = (long)ids[t] - row0;
+        if (r >= 0 && r < table->rows)
+            memcpy(out + t * dim, tab + (size_t)r * dim, dim * sizeof(float));
+        else
+            memset(out + t * dim, 0, dim * sizeof(float));
+    }
+    return TSR_OK;
+}
+
+static const tsr_backend_i cpu_iface = {
+    /* .name = */ "cpu",
+    /* .act_dtype = */ TSR_F32,
+    /* .alloc = */ cpu_alloc,
+    /* .free = */ cpu_free,
+    /* .to_device = */ cpu_memcpy,
+    /* .to_host = */ cpu_memcpy,
+    /* .copy = */ cpu_memcpy,
+    /* .sync = */ cpu_sync,
+    /* .destroy = */ cpu_destroy,
+    /* .weight_upload = */ cpu_weight_upload,
+    /* .weight_free = */ cpu_weight_free,
+    /* .vector_upload = */ cpu_vector_upload,
+    /* .act_to_f32 = */ cpu_act_convert,
+    /* .act_from_f32 = */ cpu_act_from_f32,
+    /* .matmul = */ cpu_matmul,
+    /* .rmsnorm = */ cpu_rmsnorm,
+    /* .rope = */ cpu_rope,
+    /* .kv_store = */ cpu_kv_store,
+    /* .attention = */ cpu_attention,
+    /* .swiglu = */ cpu_swiglu,
+    /* .add = */ cpu_add,
+    /* .add_bias = */ cpu_add_bias,
+    /* .embedding = */ cpu_embedding,
+};
+
+tsr_status tsr_backend_cpu_create(int n_threads, tsr_backend **out) {
+    *out = NULL;
+    tsr_backend *b = calloc(1, sizeof *b);
+    cpu_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!b || !ctx) {
+        free(b);
+        free(ctx);
+        return tsr_error_set(TSR_ERR_NOMEM, "cpu: out of memory creating the backend");
+    }
+    ctx->n_threads = n_threads;
+    if (n_threads > 0) {
+        openblas_set_num_threads(n_threads);
+#ifdef _OPENMP
+        omp_set_num_threads(n_threads);
+#endif
+    }
+    b->iface = &cpu_iface;
+    b->ctx = ctx;
+    *out = b;
+    return TSR_OK;
+}

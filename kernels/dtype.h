@@ -1,0 +1,52 @@
+/* kernels/dtype.h - element types of weights and activations, and the row
+ * dequantizers that turn any stored type into f32.
+ *
+ * The numbering follows ggml's type ids so that a GGUF tensor's type field maps
+ * to tsr_dtype without a table. Quantized types are stored in blocks of
+ * tsr_dtype_block() elements taking tsr_dtype_block_bytes() bytes; a row of a
+ * quantized matrix is always a whole number of blocks. */
+#ifndef TSR_KERNELS_DTYPE_H
+#define TSR_KERNELS_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    TSR_F32 = 0,
+    TSR_F16 = 1,
+    TSR_Q4_0 = 2,
+    TSR_Q4_1 = 3,
+    TSR_Q5_0 = 6,
+    TSR_Q5_1 = 7,
+    TSR_Q8_0 = 8,
+    TSR_Q6_K = 14,
+    TSR_BF16 = 30,
+    TSR_DTYPE_COUNT = 31, /* one past the largest id; not every id is a type */
+} tsr_dtype;
+
+/* Name ("q4_1"), or NULL when `t` is not a type Tessera knows. */
+const char *tsr_dtype_name(int t);
+
+/* Elements per block (1 for plain types); 0 when `t` is unknown. */
+size_t tsr_dtype_block(int t);
+
+/* Bytes per block (element size for plain types); 0 when `t` is unknown. */
+size_t tsr_dtype_block_bytes(int t);
+
+/* Bytes taken by `n` elements of type `t`, or 0 when `t` is unknown or `n` is
+ * not a whole number of blocks. Overflow is reported as 0 too. */
+size_t tsr_dtype_row_bytes(int t, uint64_t n);
+
+/* Converts `n` elements of type `t` at `src` to f32 at `dst`. `n` must be a
+ * multiple of the block size and `t` a known type (checked by the caller via
+ * tsr_dtype_row_bytes). `src` may be unaligned (it points into an mmap'd
+ * file). Cannot fail. */
+void tsr_dequantize(int t, const void *src, float *dst, size_t n);
+
+/* IEEE half and bfloat16 conversions. */
+float tsr_f16_to_f32(uint16_t h);
+uint16_t tsr_f32_to_f16(float f);
+float tsr_bf16_to_f32(uint16_t b);
+uint16_t tsr_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
+
+#endif

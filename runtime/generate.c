@@ -1,0 +1,217 @@
+/* runtime/generate.c - the single-sequence generation loop. */
+#include "runtime/generate.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Runs tokens[0..n) at positions pos0.. through the model; logits of the
+ * rows in out_rows (or none) into out. */
+static tsr_status run_chunk(tsr_model *m, tsr_kv_cache *kv, const int32_t *tokens, int n, int pos0,
+                            int all_logits, float *out) {
+    int32_t *pos = malloc((size_t)n * 3 * sizeof *pos);
+    if (!pos)
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+    int32_t *seq = pos + n, *rows = pos + 2 * n;
+    for (int i = 0; i < n; i++) {
+        pos[i] = pos0 + i;
+        seq[i] = 0;
+        rows[i] = i;
+    }
+    tsr_batch b = {
+        .n_tokens = n,
+        .tokens = tokens,
+        .pos = pos,
+        .seq = seq,
+        .n_out = all_logits ? n : (out ? 1 : 0),
+        .out_rows = all_logits ? rows : rows + n - 1,
+    };
+    tsr_status st = tsr_kv_cache_reserve(kv, 0, pos0 + n);
+    if (st == TSR_OK)
+        st = tsr_model_forward(m, kv, &b, NULL, NULL, out);
+    free(pos);
+    return st;
+}
+
+tsr_status tsr_score_tokens(tsr_model *m, tsr_kv_cache *kv, const int32_t *tokens, size_t n,
+                            int n_batch, float *out) {
+    if (n_batch <= 0)
+        n_batch = 512;
+    tsr_status st = TSR_OK;
+    size_t V = (size_t)m->slice.n_vocab;
+    for (size_t i = 0; i < n && st == TSR_OK; i += (size_t)n_batch) {
+        int c = (int)(n - i < (size_t)n_batch ? n - i : (size_t)n_batch);
+        st = run_chunk(m, kv, tokens + i, c, (int)i, 1, out + i * V);
+    }
+    tsr_kv_cache_release(kv, 0);
+    return st;
+}
+
+/* Text held back because it could be the start of a stop string. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} pending_text;
+
+static tsr_status pending_append(pending_text *p, const char *s, size_t n) {
+    if (p->len + n + 1 > p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 256;
+        while (cap < p->len + n + 1)
+            cap *= 2;
+        char *b = realloc(p->buf, cap);
+        if (!b)
+            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        p->buf = b;
+        p->cap = cap;
+    }
+    memcpy(p->buf + p->len, s, n);
+    p->len += n;
+    p->buf[p->len] = '\0';
+    return TSR_OK;
+}
+
+/* Finds the earliest complete stop string in p; returns its offset or -1.
+ * Otherwise sets *safe to how many leading bytes can be emitted: all but the
+ * longest suffix that is a proper prefix of some stop string. */
+static long find_stop(const pending_text *p, const tsr_gen_params *gp, size_t *safe) {
+    long best = -1;
+    for (size_t i = 0; i < gp->n_stop; i++) {
+        size_t sl = strlen(gp->stop[i]);
+        if (!sl || sl > p->len)
+            continue;
+        for (size_t off = 0; off + sl <= p->len; off++)
+            if (!memcmp(p->buf + off, gp->stop[i], sl)) {
+                if (best < 0 || (long)off < best)
+                    best = (long)off;
+                break;
+            }
+    }
+    if (best >= 0)
+        return best;
+    size_t hold = 0;
+    for (size_t i = 0; i < gp->n_stop; i++) {
+        size_t sl = strlen(gp->stop[i]);
+        for (size_t k = sl > 1 ? sl - 1 : 0; k > hold; k--)
+            if (k <= p->len && !memcmp(p->buf + p->len - k, gp->stop[i], k)) {
+                hold = k;
+                break;
+            }
+    }
+    *safe = p->len - hold;
+    return -1;
+}
+
+static int is_stop_id(const tsr_gen_params *p, int32_t t) {
+    for (size_t i = 0; i < p->n_stop_ids; i++)
+        if (p->stop_ids[i] == t)
+            return 1;
+    return 0;
+}
+
+tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *tok,
+                        const int32_t *prompt, size_t n_prompt, const tsr_gen_params *p,
+                        tsr_gen_emit emit, void *user, tsr_gen_result *res) {
+    memset(res, 0, sizeof *res);
+    if (n_prompt == 0)
+        return tsr_error_set(TSR_ERR_INVALID, "the prompt is empty");
+    if (p->max_tokens <= 0)
+        return tsr_error_set(TSR_ERR_INVALID, "max_tokens must be > 0 (got %d)", p->max_tokens);
+    int ctx = kv->max_blocks * kv->block_size;
+    if (n_prompt >= (size_t)ctx)
+        return tsr_error_set(TSR_ERR_RANGE, "the prompt has %zu tokens; the context holds %d",
+                             n_prompt, ctx);
+    const int V = m->cfg.n_vocab, n_batch = p->n_batch > 0 ? p->n_batch : 512;
+    tsr_sampler smp;
+    TSR_TRY(tsr_sampler_init(&smp, &p->sampling, V));
+    tsr_detok_stream ds;
+    tsr_detok_stream_init(&ds, tok, TSR_DETOK_SKIP_SPECIAL);
+    pending_text pend = {0};
+    float *logits = malloc((size_t)V * sizeof *logits);
+    int32_t *eog = malloc((size_t)V * sizeof *eog);
+    size_t n_eog = 0;
+    tsr_status st = TSR_OK;
+    if (!logits || !eog) {
+        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    for (int32_t t = 0; t < V; t++)
+        if (tsr_tokenizer_is_eog(tok, t) || is_stop_id(p, t))
+            eog[n_eog++] = t;
+    TSR_CHECK_GOTO(st, tsr_sampler_accept(&smp, prompt, n_prompt));
+
+    double t0 = now_s();
+    for (size_t i = 0; i < n_prompt; i += (size_t)n_batch) {
+        int c = (int)(n_prompt - i < (size_t)n_batch ? n_prompt - i : (size_t)n_batch);
+        int last = i + (size_t)c == n_prompt;
+        TSR_CHECK_GOTO(st, run_chunk(m, kv, prompt + i, c, (int)i, 0, last ? logits : NULL));
+    }
+    res->n_prompt = (int)n_prompt;
+    double t1 = now_s();
+    res->prefill_s = t1 - t0;
+    res->finish = TSR_FINISH_LENGTH;
+    int pos = (int)n_prompt, stop_string = 0;
+    for (;;) {
+        int32_t next;
+        int suppress = res->n_completion < p->min_tokens || p->ignore_eos;
+        TSR_CHECK_GOTO(st, tsr_sampler_sample(&smp, logits, suppress ? eog : NULL,
+                                              suppress ? n_eog : 0, &next));
+        if (!p->ignore_eos && (tsr_tokenizer_is_eog(tok, next) || is_stop_id(p, next))) {
+            res->finish = TSR_FINISH_STOP;
+            break;
+        }
+        res->n_completion++;
+        TSR_CHECK_GOTO(st, tsr_sampler_accept(&smp, &next, 1));
+        const char *txt;
+        size_t tl;
+        TSR_CHECK_GOTO(st, tsr_detok_stream_push(&ds, next, &txt, &tl));
+        TSR_CHECK_GOTO(st, pending_append(&pend, txt, tl));
+        size_t safe = 0;
+        long at = find_stop(&pend, p, &safe);
+        if (at >= 0) {
+            if (at > 0 && emit && emit(user, pend.buf, (size_t)at, next))
+                res->finish = TSR_FINISH_CANCELLED;
+            else
+                res->finish = TSR_FINISH_STOP;
+            pend.len = 0;
+            stop_string = 1;
+            break;
+        }
+        if (safe > 0) {
+            if (emit && emit(user, pend.buf, safe, next)) {
+                res->finish = TSR_FINISH_CANCELLED;
+                pend.len = 0;
+                break;
+            }
+            memmove(pend.buf, pend.buf + safe, pend.len - safe);
+            pend.len -= safe;
+        }
+        if (res->n_completion >= p->max_tokens || pos + 1 >= ctx)
+            break;
+        TSR_CHECK_GOTO(st, run_chunk(m, kv, &next, 1, pos, 0, logits));
+        pos++;
+    }
+    /* what is left: held-back text and an incomplete character */
+    if (res->finish != TSR_FINISH_CANCELLED && !stop_string) {
+        const char *txt;
+        size_t tl;
+        TSR_CHECK_GOTO(st, tsr_detok_stream_flush(&ds, &txt, &tl));
+        TSR_CHECK_GOTO(st, pending_append(&pend, txt, tl));
+        if (pend.len && emit)
+            emit(user, pend.buf, pend.len, -1);
+    }
+    res->decode_s = now_s() - t1;
+cleanup:
+    tsr_kv_cache_release(kv, 0);
+    tsr_sampler_free(&smp);
+    tsr_detok_stream_free(&ds);
+    free(pend.buf);
+    free(logits);
+    free(eog);
+    return st;
+}

@@ -1,0 +1,399 @@
+/* runtime/model.c - loading a shard's weights and the forward pass.
+ *
+ * Per layer (shapes for n tokens, C = n_embd, local heads/columns):
+ *   h = rmsnorm(x) ; q,k,v = h Wq^T, h Wk^T, h Wv^T (+bias) ; rope(q,k)
+ *   store k,v in the paged cache ; a = attention(q, cache)
+ *   t = a Wo^T ; allreduce(t) ; x += t                 (row-parallel O)
+ *   h = rmsnorm(x) ; g = silu(h Wg^T) * (h Wu^T)
+ *   t = g Wd^T ; allreduce(t) ; x += t                 (row-parallel down)
+ * then on the last stage: logits = rmsnorm(x[out_rows]) E^T (vocab slice). */
+#include "runtime/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+tsr_model_slice tsr_model_slice_full(const tsr_model_config *c) {
+    tsr_model_slice s = {0};
+    s.layer_end = c->n_layer;
+    s.n_head = c->n_head;
+    s.n_kv_head = c->n_head_kv;
+    s.n_ff = c->n_ff;
+    s.n_vocab = c->n_vocab;
+    return s;
+}
+
+/* ---- loading ---- */
+
+static tsr_status load_weight(tsr_model *m, const tsr_model_file_t *mf, const char *name,
+                              int row0, int nrows, int col0, int ncols, tsr_weight *w) {
+    float *buf = malloc((size_t)nrows * ncols * sizeof *buf);
+    if (!buf)
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory loading '%s'", name);
+    tsr_status st = tsr_model_file_read(mf, name, row0, nrows, col0, ncols, buf);
+    if (st == TSR_OK)
+        st = m->be->iface->weight_upload(m->be, w, buf, nrows, ncols);
+    free(buf);
+    return st;
+}
+
+/* A 1-D tensor (norm weight, bias) slice [off, off+n) into activation type. */
+static tsr_status load_vector(tsr_model *m, const tsr_model_file_t *mf, const char *name, int off,
+                              int n, void **out) {
+    float *buf = malloc((size_t)n * sizeof *buf);
+    if (!buf)
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory loading '%s'", name);
+    tsr_status st = tsr_model_file_read(mf, name, 0, 1, off, n, buf);
+    if (st == TSR_OK) {
+        *out = m->be->iface->vector_upload(m->be, buf, (size_t)n);
+        if (!*out)
+            st = tsr_error_set(TSR_ERR_NOMEM, "cannot allocate '%s' on %s", name, m->be->iface->name);
+    }
+    free(buf);
+    return st;
+}
+
+/* RoPE inverse frequencies, with the model's scaling, on the device. */
+static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
+    const tsr_model_config *c = &m->cfg;
+    int half = c->head_dim / 2;
+    float *f = malloc((size_t)half * sizeof *f);
+    float *factors = NULL;
+    tsr_status st = TSR_OK;
+    if (!f)
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < half; i++) {
+        double inv = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+        if (c->rope_scaling == TSR_ROPE_SCALING_LINEAR) {
+            inv /= c->rope_factor;
+        } else if (c->rope_scaling == TSR_ROPE_SCALING_LLAMA3) {
+            /* Llama 3.1: long wavelengths scaled by factor, short ones kept,
+             * a smooth blend in between. */
+            double wavelen = 2 * M_PI / inv;
+            double lo = c->rope_orig_ctx / c->rope_low_freq_factor;
+            double hi = c->rope_orig_ctx / c->rope_high_freq_factor;
+            if (wavelen > lo) {
+                inv /= c->rope_factor;
+            } else if (wavelen >= hi) {
+                double smooth = (c->rope_orig_ctx / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                inv = (1 - smooth) * inv / c->rope_factor + smooth * inv;
+            }
+        }
+        f[i] = (float)inv;
+    }
+    /* GGUF stores Llama 3.1 scaling as per-frequency divisors */
+    if (tsr_model_file_has(mf, "rope_freqs.weight")) {
+        int r, k;
+        TSR_CHECK_GOTO(st, tsr_model_file_shape(mf, "rope_freqs.weight", &r, &k));
+        if (r != 1 || k != half) {
+            st = tsr_error_set(TSR_ERR_FORMAT, "rope_freqs.weight has %d values, expected %d", k, half);
+            goto cleanup;
+        }
+        factors = malloc((size_t)half * sizeof *factors);
+        if (!factors) {
+            st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+            goto cleanup;
+        }
+        TSR_CHECK_GOTO(st, tsr_model_file_read(mf, "rope_freqs.weight", 0, 1, 0, half, factors));
+        for (int i = 0; i < half; i++)
+            f[i] /= factors[i];
+    }
+    TSR_CHECK_GOTO(st, tsr_backend_alloc(m->be, (size_t)half * sizeof(float), "rope", (void **)&m->inv_freq));
+    st = m->be->iface->to_device(m->be, m->inv_freq, f, (size_t)half * sizeof(float));
+cleanup:
+    free(f);
+    free(factors);
+    return st;
+}
+
+static tsr_status load_layer(tsr_model *m, const tsr_model_file_t *mf, int l,
+                             tsr_layer_weights *L) {
+    const tsr_model_config *c = &m->cfg;
+    const tsr_model_slice *s = &m->slice;
+    const int hd = c->head_dim, C = c->n_embd;
+    char n[128];
+#define NAME(suffix) (snprintf(n, sizeof n, "blk.%d." suffix, l), n)
+    TSR_TRY(load_vector(m, mf, NAME("attn_norm.weight"), 0, C, &L->attn_norm));
+    TSR_TRY(load_vector(m, mf, NAME("ffn_norm.weight"), 0, C, &L->ffn_norm));
+    TSR_TRY(load_weight(m, mf, NAME("attn_q.weight"), s->head_begin * hd, s->n_head * hd, 0, C, &L->wq));
+    TSR_TRY(load_weight(m, mf, NAME("attn_k.weight"), s->kv_head_begin * hd, s->n_kv_head * hd, 0, C, &L->wk));
+    TSR_TRY(load_weight(m, mf, NAME("attn_v.weight"), s->kv_head_begin * hd, s->n_kv_head * hd, 0, C, &L->wv));
+    TSR_TRY(load_weight(m, mf, NAME("attn_output.weight"), 0, C, s->head_begin * hd, s->n_head * hd, &L->wo));
+    TSR_TRY(load_weight(m, mf, NAME("ffn_gate.weight"), s->ff_begin, s->n_ff, 0, C, &L->w_gate));
+    TSR_TRY(load_weight(m, mf, NAME("ffn_up.weight"), s->ff_begin, s->n_ff, 0, C, &L->w_up));
+    TSR_TRY(load_weight(m, mf, NAME("ffn_down.weight"), 0, C, s->ff_begin, s->n_ff, &L->w_down));
+    if (c->qkv_bias) {
+        TSR_TRY(load_vector(m, mf, NAME("attn_q.bias"), s->head_begin * hd, s->n_head * hd, &L->bq));
+        TSR_TRY(load_vector(m, mf, NAME("attn_k.bias"), s->kv_head_begin * hd, s->n_kv_head * hd, &L->bk));
+        TSR_TRY(load_vector(m, mf, NAME("attn_v.bias"), s->kv_head_begin * hd, s->n_kv_head * hd, &L->bv));
+    }
+#undef NAME
+    return TSR_OK;
+}
+
+static tsr_status check_slice(const tsr_model_config *c, const tsr_model_slice *s) {
+    if (s->layer_begin < 0 || s->layer_end > c->n_layer || s->layer_begin > s->layer_end ||
+        s->head_begin < 0 || s->n_head <= 0 || s->head_begin + s->n_head > c->n_head ||
+        s->kv_head_begin < 0 || s->n_kv_head <= 0 || s->kv_head_begin + s->n_kv_head > c->n_head_kv ||
+        s->n_head % s->n_kv_head || s->ff_begin < 0 || s->n_ff <= 0 ||
+        s->ff_begin + s->n_ff > c->n_ff || s->vocab_begin < 0 || s->n_vocab <= 0 ||
+        s->vocab_begin + s->n_vocab > c->n_vocab)
+        return tsr_error_set(TSR_ERR_INVALID, "model slice does not fit the model");
+    return TSR_OK;
+}
+
+tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_model_slice *slice,
+                          int first_stage, int last_stage, tsr_backend *be,
+                          const tsr_model_comm *comm) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *tsr_model_file_config(mf);
+    m->slice = *slice;
+    m->be = be;
+    if (comm)
+        m->comm = *comm;
+    m->first_stage = first_stage;
+    m->last_stage = last_stage;
+    tsr_status st;
+    TSR_CHECK_GOTO(st, check_slice(&m->cfg, slice));
+    const int C = m->cfg.n_embd;
+    if (first_stage || (last_stage && m->cfg.tied_embeddings))
+        TSR_CHECK_GOTO(st, load_weight(m, mf, "token_embd.weight", slice->vocab_begin,
+                                       slice->n_vocab, 0, C, &m->tok_embd));
+    if (last_stage) {
+        TSR_CHECK_GOTO(st, load_vector(m, mf, "output_norm.weight", 0, C, &m->out_norm));
+        if (m->cfg.tied_embeddings) {
+            m->lm_head = m->tok_embd;
+            m->lm_head_shared = 1;
+        } else {
+            TSR_CHECK_GOTO(st, load_weight(m, mf, "output.weight", slice->vocab_begin,
+                                           slice->n_vocab, 0, C, &m->lm_head));
+        }
+    }
+    int nl = slice->layer_end - slice->layer_begin;
+    m->layers = calloc((size_t)(nl ? nl : 1), sizeof *m->layers);
+    if (!m->layers) {
+        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    for (int i = 0; i < nl; i++)
+        TSR_CHECK_GOTO(st, load_layer(m, mf, slice->layer_begin + i, &m->layers[i]));
+    TSR_CHECK_GOTO(st, load_inv_freq(m, mf));
+    return TSR_OK;
+cleanup:
+    tsr_model_free(m);
+    return st;
+}
+
+static void ws_free(tsr_model *m) {
+    tsr_forward_ws *w = &m->ws;
+    void *bufs[] = {w->x, w->h, w->q, w->k, w->v, w->att, w->tmp, w->gate, w->up,
+                    w->ids, w->pos, w->seq, w->slot, w->tables, w->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        tsr_backend_free(m->be, bufs[i]);
+    memset(w, 0, sizeof *w);
+}
+
+void tsr_model_free(tsr_model *m) {
+    if (!m || !m->be)
+        return;
+    tsr_backend *be = m->be;
+    int nl = m->slice.layer_end - m->slice.layer_begin;
+    for (int i = 0; m->layers && i < nl; i++) {
+        tsr_layer_weights *L = &m->layers[i];
+        tsr_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++)
+            be->iface->weight_free(be, ws[j]);
+        void *vs[] = {L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv};
+        for (size_t j = 0; j < sizeof vs / sizeof vs[0]; j++)
+            tsr_backend_free(be, vs[j]);
+    }
+    free(m->layers);
+    be->iface->weight_free(be, &m->tok_embd);
+    if (!m->lm_head_shared)
+        be->iface->weight_free(be, &m->lm_head);
+    tsr_backend_free(be, m->out_norm);
+    tsr_backend_free(be, m->inv_freq);
+    ws_free(m);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---- forward ---- */
+
+static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_len) {
+    tsr_forward_ws *w = &m->ws;
+    tsr_backend *be = m->be;
+    const tsr_model_config *c = &m->cfg;
+    const tsr_model_slice *s = &m->slice;
+    size_t a = tsr_backend_act_size(be);
+    if (n_tokens > w->max_tokens || n_out > w->max_out) {
+        int nt = n_tokens > w->max_tokens ? n_tokens : w->max_tokens;
+        int no = n_out > w->max_out ? n_out : w->max_out;
+        ws_free(m); /* also drops the tables, reallocated below */
+        size_t t = (size_t)nt;
+        TSR_TRY(tsr_backend_alloc(be, t * c->n_embd * a, "activations", &w->x));
+        TSR_TRY(tsr_backend_alloc(be, t * c->n_embd * a, "activations", &w->h));
+        TSR_TRY(tsr_backend_alloc(be, t * c->n_embd * a, "activations", &w->tmp));
+        TSR_TRY(tsr_backend_alloc(be, t * s->n_head * c->head_dim * a, "activations", &w->q));
+        TSR_TRY(tsr_backend_alloc(be, t * s->n_head * c->head_dim * a, "activations", &w->att));
+        TSR_TRY(tsr_backend_alloc(be, t * s->n_kv_head * c->head_dim * a, "activations", &w->k));
+        TSR_TRY(tsr_backend_alloc(be, t * s->n_kv_head * c->head_dim * a, "activations", &w->v));
+        TSR_TRY(tsr_backend_alloc(be, t * s->n_ff * a, "activations", &w->gate));
+        TSR_TRY(tsr_backend_alloc(be, t * s->n_ff * a, "activations", &w->up));
+        TSR_TRY(tsr_backend_alloc(be, t * 4, "ids", (void **)&w->ids));
+        TSR_TRY(tsr_backend_alloc(be, t * 4, "positions", (void **)&w->pos));
+        TSR_TRY(tsr_backend_alloc(be, t * 4, "sequences", (void **)&w->seq));
+        TSR_TRY(tsr_backend_alloc(be, t * 4, "slots", (void **)&w->slot));
+        TSR_TRY(tsr_backend_alloc(be, (size_t)(no ? no : 1) * s->n_vocab * a, "logits", &w->logits));
+        w->max_tokens = nt;
+        w->max_out = no;
+    }
+    if (tables_len > w->tables_cap) {
+        tsr_backend_free(be, w->tables);
+        w->tables = NULL;
+        w->tables_cap = 0;
+        TSR_TRY(tsr_backend_alloc(be, (size_t)tables_len * 4, "block tables", (void **)&w->tables));
+        w->tables_cap = tables_len;
+    }
+    return TSR_OK;
+}
+
+#define OP(call)                                                                                   \
+    do {                                                                                           \
+        tsr_status op_s_ = (call);                                                                 \
+        if (op_s_ != TSR_OK)                                                                       \
+            return op_s_;                                                                          \
+    } while (0)
+
+static tsr_status allreduce(tsr_model *m, void *buf, size_t count) {
+    if (!m->comm.allreduce_sum)
+        return TSR_OK;
+    return m->comm.allreduce_sum(m->comm.ctx, buf, count);
+}
+
+static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
+                                const tsr_attn_desc *ad) {
+    const tsr_backend_i *I = m->be->iface;
+    tsr_backend *be = m->be;
+    const tsr_model_config *c = &m->cfg;
+    const tsr_layer_weights *L = &m->layers[li];
+    tsr_forward_ws *w = &m->ws;
+    const int C = c->n_embd, hd = c->head_dim;
+    const int qd = m->slice.n_head * hd, kvd = m->slice.n_kv_head * hd;
+
+    OP(I->rmsnorm(be, w->h, w->x, L->attn_norm, n, C, c->rms_eps));
+    OP(I->matmul(be, w->q, w->h, &L->wq, n, 0));
+    OP(I->matmul(be, w->k, w->h, &L->wk, n, 0));
+    OP(I->matmul(be, w->v, w->h, &L->wv, n, 0));
+    if (L->bq) {
+        OP(I->add_bias(be, w->q, L->bq, n, qd));
+        OP(I->add_bias(be, w->k, L->bk, n, kvd));
+        OP(I->add_bias(be, w->v, L->bv, n, kvd));
+    }
+    OP(I->rope(be, w->q, w->pos, m->inv_freq, n, m->slice.n_head, hd));
+    OP(I->rope(be, w->k, w->pos, m->inv_freq, n, m->slice.n_kv_head, hd));
+    OP(I->kv_store(be, kv->k[li], kv->v[li], w->k, w->v, w->slot, n, kvd));
+    OP(I->attention(be, w->att, w->q, kv->k[li], kv->v[li], ad));
+    OP(I->matmul(be, w->tmp, w->att, &L->wo, n, 0));
+    OP(allreduce(m, w->tmp, (size_t)n * C));
+    OP(I->add(be, w->x, w->tmp, n, C));
+
+    OP(I->rmsnorm(be, w->h, w->x, L->ffn_norm, n, C, c->rms_eps));
+    OP(I->matmul(be, w->gate, w->h, &L->w_gate, n, 0));
+    OP(I->matmul(be, w->up, w->h, &L->w_up, n, 0));
+    OP(I->swiglu(be, w->gate, w->gate, w->up, n, m->slice.n_ff));
+    OP(I->matmul(be, w->tmp, w->gate, &L->w_down, n, 0));
+    OP(allreduce(m, w->tmp, (size_t)n * C));
+    OP(I->add(be, w->x, w->tmp, n, C));
+    return TSR_OK;
+}
+
+tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                             const void *hidden_in, void *hidden_out, float *logits) {
+    const tsr_backend_i *I = m->be->iface;
+    tsr_backend *be = m->be;
+    const tsr_model_config *c = &m->cfg;
+    const int n = b->n_tokens, C = c->n_embd;
+    if (n <= 0)
+        return tsr_error_set(TSR_ERR_INVALID, "forward: empty batch");
+    if (m->last_stage && (b->n_out < 0 || b->n_out > n))
+        return tsr_error_set(TSR_ERR_INVALID, "forward: %d output rows for %d tokens", b->n_out, n);
+    int32_t *slots = malloc((size_t)n * sizeof *slots);
+    if (!slots)
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+    int max_seq = 0;
+    for (int i = 0; i < n; i++) {
+        if (b->seq[i] < 0 || b->seq[i] >= kv->max_seqs || b->pos[i] < 0 ||
+            b->pos[i] >= kv->n_seq_blocks[b->seq[i]] * kv->block_size) {
+            free(slots);
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "forward: token %d (sequence %d, position %d) has no KV space reserved",
+                                 i, b->seq[i], b->pos[i]);
+        }
+        if (m->first_stage && (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab)) {
+            free(slots);
+            return tsr_error_set(TSR_ERR_RANGE, "forward: token id %d is outside the vocabulary (0..%d)",
+                                 b->tokens[i], c->n_vocab - 1);
+        }
+        slots[i] = tsr_kv_cache_slot(kv, b->seq[i], b->pos[i]);
+        if (b->seq[i] > max_seq)
+            max_seq = b->seq[i];
+    }
+    for (int i = 0; m->last_stage && i < b->n_out; i++)
+        if (b->out_rows[i] < 0 || b->out_rows[i] >= n) {
+            free(slots);
+            return tsr_error_set(TSR_ERR_INVALID, "forward: output row %d is outside the batch",
+                                 b->out_rows[i]);
+        }
+    int tables_len = (max_seq + 1) * kv->max_blocks;
+    tsr_status st = ws_reserve(m, n, m->last_stage ? b->n_out : 0, tables_len);
+    tsr_forward_ws *w = &m->ws;
+    if (st == TSR_OK) st = I->to_device(be, w->pos, b->pos, (size_t)n * 4);
+    if (st == TSR_OK) st = I->to_device(be, w->seq, b->seq, (size_t)n * 4);
+    if (st == TSR_OK) st = I->to_device(be, w->slot, slots, (size_t)n * 4);
+    if (st == TSR_OK) st = I->to_device(be, w->tables, kv->tables, (size_t)tables_len * 4);
+    free(slots);
+    if (st != TSR_OK)
+        return st;
+
+    size_t a = tsr_backend_act_size(be);
+    if (m->first_stage) {
+        OP(I->to_device(be, w->ids, b->tokens, (size_t)n * 4));
+        OP(I->embedding(be, w->x, &m->tok_embd, w->ids, n, m->slice.vocab_begin));
+        OP(allreduce(m, w->x, (size_t)n * C)); /* vocab-parallel: one rank had each row */
+    } else {
+        if (!hidden_in)
+            return tsr_error_set(TSR_ERR_INVALID, "forward: a later stage needs hidden_in");
+        OP(I->copy(be, w->x, hidden_in, (size_t)n * C * a));
+    }
+    tsr_attn_desc ad = {
+        .n_tokens = n,
+        .n_head = m->slice.n_head,
+        .n_kv_head = m->slice.n_kv_head,
+        .head_dim = c->head_dim,
+        .block_size = kv->block_size,
+        .max_blocks = kv->max_blocks,
+        .scale = 1.0f / sqrtf((float)c->head_dim),
+        .pos = w->pos,
+        .seq = w->seq,
+        .block_tables = w->tables,
+    };
+    int nl = m->slice.layer_end - m->slice.layer_begin;
+    for (int li = 0; li < nl; li++)
+        OP(layer_forward(m, kv, li, n, &ad));
+
+    if (!m->last_stage) {
+        if (!hidden_out)
+            return tsr_error_set(TSR_ERR_INVALID, "forward: a non-last stage needs hidden_out");
+        return I->copy(be, hidden_out, w->x, (size_t)n * C * a);
+    }
+    if (b->n_out == 0)
+        return TSR_OK;
+    for (int i = 0; i < b->n_out; i++)
+        OP(I->copy(be, (char *)w->h + (size_t)i * C * a, (char *)w->x + (size_t)b->out_rows[i] * C * a,
+                   (size_t)C * a));
+    OP(I->rmsnorm(be, w->h, w->h, m->out_norm, b->n_out, C, c->rms_eps));
+    OP(I->matmul(be, w->logits, w->h, &m->lm_head, b->n_out, 0));
+    return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
+}

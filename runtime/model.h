@@ -1,0 +1,102 @@
+/* runtime/model.h - the Llama-family forward pass over this rank's shard.
+ *
+ * A model holds the weights of one shard (a contiguous range of layers and,
+ * within each layer, a slice of heads / FFN columns / vocabulary rows) on a
+ * kernel backend. Forward takes a batch of tokens from any number of
+ * sequences (prefill and decode mixed), writes their K/V into the paged cache
+ * and returns logits for the rows asked for.
+ *
+ * Tensor parallelism enters only through tsr_model_comm: the output and down
+ * projections produce partial sums that are all-reduced there (identity on
+ * one rank). Pipeline parallelism enters through the slice's layer range and
+ * the first/last flags: a middle stage takes and gives hidden states.
+ *
+ * What it is not: no sampling, no scheduling, no tokenizer. */
+#ifndef TSR_RUNTIME_MODEL_H
+#define TSR_RUNTIME_MODEL_H
+
+#include <stdint.h>
+
+#include "kernels/backend.h"
+#include "runtime/kv_cache.h"
+#include "shard/model_file.h"
+
+/* Which part of the model this rank holds. tsr_model_slice_full() gives all
+ * of it (one rank). */
+typedef struct {
+    int layer_begin, layer_end;   /* [begin, end) */
+    int head_begin, n_head;       /* query heads */
+    int kv_head_begin, n_kv_head; /* KV heads; the query heads map onto them */
+    int ff_begin, n_ff;           /* FFN columns */
+    int vocab_begin, n_vocab;     /* embedding / LM-head rows */
+} tsr_model_slice;
+
+tsr_model_slice tsr_model_slice_full(const tsr_model_config *c);
+
+/* Collective hooks. allreduce_sum NULL means one rank (identity). */
+typedef struct {
+    void *ctx;
+    /* In place: buf (count activations on the device) summed over the TP group. */
+    tsr_status (*allreduce_sum)(void *ctx, void *buf, size_t count);
+} tsr_model_comm;
+
+typedef struct {
+    tsr_weight wq, wk, wv, wo;   /* (n_head*hd, C), (n_kv*hd, C) x2, (C, n_head*hd) */
+    tsr_weight w_gate, w_up;     /* (n_ff, C) */
+    tsr_weight w_down;           /* (C, n_ff) */
+    void *attn_norm, *ffn_norm;  /* (C) */
+    void *bq, *bk, *bv;          /* biases (Qwen2) or NULL */
+} tsr_layer_weights;
+
+/* Scratch for one forward of up to max_tokens tokens. */
+typedef struct {
+    int max_tokens;
+    void *x, *h, *q, *k, *v, *att, *tmp, *gate, *up; /* activations */
+    int32_t *ids, *pos, *seq, *slot, *tables;         /* device metadata */
+    int tables_cap;
+    void *logits;          /* device (max_out, n_vocab_local) */
+    int max_out;
+} tsr_forward_ws;
+
+typedef struct {
+    tsr_model_config cfg;
+    tsr_model_slice slice;
+    tsr_backend *be;
+    tsr_model_comm comm;
+    int first_stage, last_stage; /* holds the embedding / the head */
+    tsr_weight tok_embd;   /* (n_vocab_local, C), first stage (and last if tied) */
+    tsr_weight lm_head;    /* (n_vocab_local, C); shares tok_embd's data when tied */
+    int lm_head_shared;
+    void *out_norm;        /* (C), last stage */
+    tsr_layer_weights *layers; /* (layer_end - layer_begin) */
+    float *inv_freq;       /* (head_dim/2) device */
+    tsr_forward_ws ws;
+} tsr_model;
+
+/* A batch: token i of sequence seq[i] at position pos[i]. Host arrays. */
+typedef struct {
+    int n_tokens;
+    const int32_t *tokens; /* (n_tokens); ignored on non-first stages */
+    const int32_t *pos;
+    const int32_t *seq;
+    int n_out;             /* rows whose logits are wanted */
+    const int32_t *out_rows; /* (n_out) indices into the batch */
+} tsr_batch;
+
+/* Loads this rank's slice from `mf` onto `be`. The comm hooks are copied. */
+tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_model_slice *slice,
+                          int first_stage, int last_stage, tsr_backend *be,
+                          const tsr_model_comm *comm);
+void tsr_model_free(tsr_model *m); /* NULL ok */
+
+/* Runs the batch through this rank's layers.
+ * hidden_in: (n_tokens, C) activations on the device from the previous
+ * stage, or NULL on the first stage (tokens are embedded). hidden_out: device
+ * buffer where a non-last stage puts its (n_tokens, C) output; NULL on the
+ * last stage. logits: the last stage's (n_out, n_vocab_local) host f32 for
+ * the batch's out_rows. Every position must be reserved in `kv` for its
+ * sequence. */
+tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                             const void *hidden_in, void *hidden_out, float *logits);
+
+#endif

@@ -1,0 +1,208 @@
+/* runtime/sampler.c - sampling pipeline over host f32 logits. */
+#include "runtime/sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+tsr_status tsr_sampling_params_validate(const tsr_sampling_params *p) {
+    if (!(p->temperature >= 0) || !isfinite(p->temperature))
+        return tsr_error_set(TSR_ERR_INVALID, "temperature must be >= 0 (got %g)", (double)p->temperature);
+    if (p->top_k < 0)
+        return tsr_error_set(TSR_ERR_INVALID, "top_k must be >= 0 (got %d)", p->top_k);
+    if (!(p->top_p > 0 && p->top_p <= 1))
+        return tsr_error_set(TSR_ERR_INVALID, "top_p must be in (0, 1] (got %g)", (double)p->top_p);
+    if (!(p->min_p >= 0 && p->min_p < 1))
+        return tsr_error_set(TSR_ERR_INVALID, "min_p must be in [0, 1) (got %g)", (double)p->min_p);
+    if (!(p->repetition_penalty > 0) || !isfinite(p->repetition_penalty))
+        return tsr_error_set(TSR_ERR_INVALID, "repetition_penalty must be > 0 (got %g)",
+                             (double)p->repetition_penalty);
+    if (!isfinite(p->frequency_penalty) || !isfinite(p->presence_penalty))
+        return tsr_error_set(TSR_ERR_INVALID, "penalties must be finite");
+    if (p->penalty_last_n < -1)
+        return tsr_error_set(TSR_ERR_INVALID, "penalty_last_n must be >= -1");
+    return TSR_OK;
+}
+
+/* splitmix64 seeds xoshiro256** */
+static uint64_t splitmix(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t next_u64(uint64_t s[4]) {
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+/* uniform in [0, 1) with 53 bits */
+static double next_unit(uint64_t s[4]) { return (double)(next_u64(s) >> 11) * 0x1.0p-53; }
+
+tsr_status tsr_sampler_init(tsr_sampler *s, const tsr_sampling_params *p, int n_vocab) {
+    memset(s, 0, sizeof *s);
+    TSR_TRY(tsr_sampling_params_validate(p));
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = splitmix(&x);
+    s->logits = malloc((size_t)n_vocab * sizeof *s->logits);
+    s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
+    s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
+    if (!s->logits || !s->idx || !s->counts) {
+        tsr_sampler_free(s);
+        return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
+    }
+    return TSR_OK;
+}
+
+void tsr_sampler_free(tsr_sampler *s) {
+    if (!s)
+        return;
+    free(s->history);
+    free(s->logits);
+    free(s->idx);
+    free(s->counts);
+    memset(s, 0, sizeof *s);
+}
+
+tsr_status tsr_sampler_accept(tsr_sampler *s, const int32_t *tokens, size_t n) {
+    if (s->n_history + n > s->cap_history) {
+        size_t cap = s->cap_history ? s->cap_history : 256;
+        while (cap < s->n_history + n)
+            cap *= 2;
+        int32_t *h = realloc(s->history, cap * sizeof *h);
+        if (!h)
+            return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
+        s->history = h;
+        s->cap_history = cap;
+    }
+    memcpy(s->history + s->n_history, tokens, n * sizeof *tokens);
+    s->n_history += n;
+    return TSR_OK;
+}
+
+int32_t tsr_argmax(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static void apply_penalties(tsr_sampler *s, float *l) {
+    const tsr_sampling_params *p = &s->p;
+    if (p->penalty_last_n == -1 || (p->repetition_penalty == 1.0f && p->frequency_penalty == 0 &&
+                                    p->presence_penalty == 0))
+        return;
+    size_t start = 0;
+    if (p->penalty_last_n > 0 && s->n_history > (size_t)p->penalty_last_n)
+        start = s->n_history - (size_t)p->penalty_last_n;
+    for (size_t i = start; i < s->n_history; i++)
+        if (s->history[i] >= 0 && s->history[i] < s->n_vocab)
+            s->counts[s->history[i]]++;
+    for (size_t i = start; i < s->n_history; i++) {
+        int32_t t = s->history[i];
+        if (t < 0 || t >= s->n_vocab || s->counts[t] == 0)
+            continue;
+        float v = l[t];
+        v = v > 0 ? v / p->repetition_penalty : v * p->repetition_penalty;
+        v -= (float)s->counts[t] * p->frequency_penalty + p->presence_penalty;
+        l[t] = v;
+        s->counts[t] = 0; /* once per distinct token; also resets for next call */
+    }
+}
+
+/* descending by logit, ties by index */
+static const float *cmp_base;
+static int cmp_desc(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (cmp_base[x] != cmp_base[y])
+        return cmp_base[x] > cmp_base[y] ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t *banned,
+                              size_t n_banned, int32_t *token) {
+    const tsr_sampling_params *p = &s->p;
+    const int n = s->n_vocab;
+    float *l = s->logits;
+    memcpy(l, logits, (size_t)n * sizeof *l);
+    for (size_t i = 0; i < n_banned; i++)
+        if (banned[i] >= 0 && banned[i] < n)
+            l[banned[i]] = -INFINITY;
+    apply_penalties(s, l);
+    for (int i = 0; i < n; i++)
+        if (isnan(l[i]))
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", i);
+    if (p->temperature == 0) {
+        *token = tsr_argmax(l, n);
+        return TSR_OK;
+    }
+    /* candidates: top_k by sorting (partial selection would do; n is ~1e5) */
+    int32_t *idx = s->idx;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (l[i] > -INFINITY)
+            idx[m++] = i;
+    if (m == 0)
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
+    cmp_base = l; /* qsort has no context pointer in C11; sampler runs on one thread */
+    qsort(idx, (size_t)m, sizeof *idx, cmp_desc);
+    if (p->top_k > 0 && p->top_k < m)
+        m = p->top_k;
+    /* softmax over the candidates at the temperature */
+    double mx = l[idx[0]], sum = 0;
+    double *prob = malloc((size_t)m * sizeof *prob);
+    if (!prob)
+        return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
+    for (int i = 0; i < m; i++) {
+        prob[i] = exp(((double)l[idx[i]] - mx) / p->temperature);
+        sum += prob[i];
+    }
+    for (int i = 0; i < m; i++)
+        prob[i] /= sum;
+    /* min_p: drop tokens below min_p times the best probability */
+    if (p->min_p > 0) {
+        int k = 1;
+        while (k < m && prob[k] >= p->min_p * prob[0])
+            k++;
+        m = k;
+    }
+    /* top_p: smallest prefix with mass >= top_p */
+    if (p->top_p < 1) {
+        double c = 0;
+        int k = 0;
+        while (k < m) {
+            c += prob[k++];
+            if (c >= p->top_p)
+                break;
+        }
+        m = k;
+    }
+    double total = 0;
+    for (int i = 0; i < m; i++)
+        total += prob[i];
+    double r = next_unit(s->rng) * total, acc = 0;
+    int pick = m - 1;
+    for (int i = 0; i < m; i++) {
+        acc += prob[i];
+        if (r < acc) {
+            pick = i;
+            break;
+        }
+    }
+    *token = idx[pick];
+    free(prob);
+    return TSR_OK;
+}

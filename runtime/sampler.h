@@ -1,0 +1,59 @@
+/* runtime/sampler.h - turns a row of logits into the next token: penalties,
+ * temperature, top-k, top-p, min-p, then a seeded draw (or argmax when
+ * temperature is 0). Deterministic for a given seed and history.
+ *
+ * What it is not: stop strings and max-token limits live in the generation
+ * loop, which sees text; this module only sees token ids and logits. */
+#ifndef TSR_RUNTIME_SAMPLER_H
+#define TSR_RUNTIME_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+typedef struct {
+    float temperature;        /* 0 = greedy */
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off; (0, 1] */
+    float min_p;              /* 0 = off; [0, 1) */
+    float repetition_penalty; /* 1 = off; > 0; divides positive logits, multiplies negative */
+    float frequency_penalty;  /* 0 = off; minus count * f */
+    float presence_penalty;   /* 0 = off; minus p if seen */
+    int penalty_last_n;       /* window of history for penalties; 0 = all, -1 = none */
+    uint64_t seed;
+} tsr_sampling_params;
+
+#define TSR_SAMPLING_PARAMS_INIT                                                                   \
+    {0.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 64, 0}
+
+/* Checks ranges; TSR_ERR_INVALID naming the parameter. */
+tsr_status tsr_sampling_params_validate(const tsr_sampling_params *p);
+
+typedef struct {
+    tsr_sampling_params p;
+    uint64_t rng[4];   /* xoshiro256** state */
+    int n_vocab;
+    int32_t *history;  /* tokens seen (prompt + generated) */
+    size_t n_history, cap_history;
+    /* scratch */
+    float *logits;
+    int32_t *idx;
+    int *counts;
+} tsr_sampler;
+
+tsr_status tsr_sampler_init(tsr_sampler *s, const tsr_sampling_params *p, int n_vocab);
+void tsr_sampler_free(tsr_sampler *s); /* NULL ok */
+
+/* Appends tokens to the penalty history (the prompt, then each accepted token). */
+tsr_status tsr_sampler_accept(tsr_sampler *s, const int32_t *tokens, size_t n);
+
+/* Picks a token from logits (n_vocab, not modified). When banned is non-NULL,
+ * the tokens banned[0..n_banned) get -inf first (used for min_tokens). */
+tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t *banned,
+                              size_t n_banned, int32_t *token);
+
+/* Index of the largest value; the lowest index wins ties. */
+int32_t tsr_argmax(const float *x, int n);
+
+#endif

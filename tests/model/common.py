@@ -1,0 +1,44 @@
+"""Shared helpers for the model-level tests (test-only).
+
+Locates the default model and the reference implementation, and turns
+"cannot run here" into ctest's skip code 77 with a message saying why.
+"""
+
+import os
+import subprocess
+import sys
+
+SKIP = 77
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model():
+    """Path of the default GGUF model, or exit 77 (skip) when it is absent."""
+    root = os.environ.get("TESSERA_MODELS", os.path.expanduser("~/.cache/tessera/models"))
+    path = os.path.join(root, DEFAULT_MODEL_NAME)
+    if not os.path.isfile(path):
+        print(f"SKIP: model not found at {path} (run scripts/fetch-model.sh)")
+        sys.exit(SKIP)
+    return path
+
+
+def run(cmd, **kw):
+    """Runs cmd, failing the test with its stderr when it exits non-zero."""
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        fail(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stderr}")
+    return r
+
+
+def fail(msg):
+    print(f"FAIL: {msg}")
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)

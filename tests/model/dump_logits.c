@@ -1,0 +1,77 @@
+/* tests/model/dump_logits.c - test tool: runs token ids through the model
+ * and writes the logits of every position as raw little-endian f32 (T, V),
+ * for comparison with the NumPy reference.
+ *
+ *   dump_logits MODEL OUT.f32 MODE ID [ID ...]
+ *
+ * MODE: "prefill" (one batch), "decode" (one token per step) or "chunk:N"
+ * (prefill in chunks of N). All modes must give the same logits. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/model.h"
+
+static int die(const char *what) {
+    fprintf(stderr, "dump_logits: %s: %s\n", what, tsr_error_msg());
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: dump_logits MODEL OUT.f32 prefill|decode|chunk:N ID...\n");
+        return 2;
+    }
+    int n = argc - 4, chunk = n;
+    if (!strcmp(argv[3], "decode"))
+        chunk = 1;
+    else if (!strncmp(argv[3], "chunk:", 6))
+        chunk = atoi(argv[3] + 6);
+    else if (strcmp(argv[3], "prefill"))
+        return fprintf(stderr, "dump_logits: bad mode '%s'\n", argv[3]), 2;
+    if (chunk < 1)
+        return 2;
+    int32_t *ids = malloc((size_t)n * 3 * sizeof *ids);
+    for (int i = 0; i < n; i++)
+        ids[i] = atoi(argv[4 + i]);
+    int32_t *pos = ids + n, *seq = ids + 2 * n;
+    tsr_model_file_t *mf;
+    tsr_backend *be;
+    tsr_model m;
+    tsr_kv_cache kv;
+    if (tsr_model_file_open(argv[1], &mf) != TSR_OK)
+        return die("open");
+    const tsr_model_config *c = tsr_model_file_config(mf);
+    tsr_model_slice sl = tsr_model_slice_full(c);
+    if (tsr_backend_cpu_create(0, &be) != TSR_OK || tsr_model_load(&m, mf, &sl, 1, 1, be, NULL) != TSR_OK)
+        return die("load");
+    int bs = 16, ctx = (n + bs - 1) / bs * bs;
+    if (tsr_kv_cache_init(&kv, be, c->n_layer, c->n_head_kv * c->head_dim, bs, ctx / bs, 1, ctx) != TSR_OK ||
+        tsr_kv_cache_reserve(&kv, 0, n) != TSR_OK)
+        return die("kv cache");
+    size_t V = (size_t)c->n_vocab;
+    float *logits = malloc((size_t)n * V * sizeof *logits);
+    int32_t *rows = malloc((size_t)n * sizeof *rows);
+    for (int i = 0; i < n; i++) {
+        pos[i] = i;
+        seq[i] = 0;
+        rows[i] = i;
+    }
+    for (int i = 0; i < n; i += chunk) {
+        int k = n - i < chunk ? n - i : chunk;
+        tsr_batch b = {k, ids + i, pos + i, seq + i, k, rows};
+        if (tsr_model_forward(&m, &kv, &b, NULL, NULL, logits + (size_t)i * V) != TSR_OK)
+            return die("forward");
+    }
+    FILE *f = fopen(argv[2], "wb");
+    if (!f || fwrite(logits, sizeof *logits, (size_t)n * V, f) != (size_t)n * V || fclose(f))
+        return fprintf(stderr, "dump_logits: cannot write %s\n", argv[2]), 1;
+    free(logits);
+    free(rows);
+    free(ids);
+    tsr_kv_cache_free(&kv);
+    tsr_model_free(&m);
+    tsr_backend_destroy(be);
+    tsr_model_file_close(mf);
+    return 0;
+}
