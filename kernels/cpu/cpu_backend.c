@@ -86,17 +86,39 @@ static tsr_status cpu_act_from_f32(tsr_backend *b, void *dst, const float *src, 
     return cpu_memcpy(b, dst, src, n * sizeof(float));
 }
 
-static tsr_status cpu_matmul(tsr_backend *b, void *y, const void *x, const tsr_weight *w, int n,
+/* One thread pool (OpenMP) for everything: OpenBLAS runs single-threaded
+ * inside each OpenMP thread on a band of W's rows. Two pools (OpenBLAS's own
+ * threads next to OpenMP's spinning ones) fight over the cores and halve
+ * decode speed on a small machine. */
+static tsr_status cpu_matmul(tsr_backend *b, void *yv, const void *xv, const tsr_weight *w, int n,
                              int accumulate) {
     (void)b;
     if (n <= 0)
         return TSR_OK;
-    if (n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, w->rows, w->cols, 1.0f, w->data, w->cols, x, 1,
-                    accumulate ? 1.0f : 0.0f, y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w->rows, w->cols, 1.0f, x, w->cols,
-                    w->data, w->cols, accumulate ? 1.0f : 0.0f, y, w->rows);
+    float *y = yv;
+    const float *x = xv, *W = w->data;
+    const float beta = accumulate ? 1.0f : 0.0f;
+    const int rows = w->rows, cols = w->cols;
+#pragma omp parallel if ((long)rows * cols * n > 65536)
+    {
+        int nt = 1, t = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        t = omp_get_thread_num();
+#endif
+        /* bands of whole 16-row groups keep loads aligned */
+        int per = ((rows + nt - 1) / nt + 15) & ~15;
+        int r0 = t * per, r1 = r0 + per < rows ? r0 + per : rows;
+        if (r0 < r1) {
+            const float *Wb = W + (size_t)r0 * cols;
+            if (n == 1)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, r1 - r0, cols, 1.0f, Wb, cols, x, 1, beta,
+                            y + r0, 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r1 - r0, cols, 1.0f, x,
+                            cols, Wb, cols, beta, y + r0, rows);
+        }
+    }
     return TSR_OK;
 }
 
@@ -296,12 +318,11 @@ tsr_status tsr_backend_cpu_create(int n_threads, tsr_backend **out) {
         return tsr_error_set(TSR_ERR_NOMEM, "cpu: out of memory creating the backend");
     }
     ctx->n_threads = n_threads;
-    if (n_threads > 0) {
-        openblas_set_num_threads(n_threads);
+    openblas_set_num_threads(1); /* see cpu_matmul */
 #ifdef _OPENMP
+    if (n_threads > 0)
         omp_set_num_threads(n_threads);
 #endif
-    }
     b->iface = &cpu_iface;
     b->ctx = ctx;
     *out = b;
