@@ -16,7 +16,8 @@ tsr_status tsr_kv_cache_init(tsr_kv_cache *kv, tsr_backend *be, int n_layers, in
     kv->block_size = block_size;
     kv->n_blocks = n_blocks;
     kv->max_seqs = max_seqs;
-    kv->max_blocks = (max_ctx + block_size - 1) / block_size;
+    kv->max_ctx = max_ctx;
+    kv->max_blocks = max_ctx / block_size + (max_ctx % block_size != 0);
     kv->k = calloc((size_t)(n_layers ? n_layers : 1), sizeof *kv->k);
     kv->v = calloc((size_t)(n_layers ? n_layers : 1), sizeof *kv->v);
     kv->tables = malloc((size_t)max_seqs * kv->max_blocks * sizeof *kv->tables);
@@ -61,10 +62,10 @@ void tsr_kv_cache_free(tsr_kv_cache *kv) {
 tsr_status tsr_kv_cache_reserve(tsr_kv_cache *kv, int seq, int n_pos) {
     if (seq < 0 || seq >= kv->max_seqs)
         return tsr_error_set(TSR_ERR_INVALID, "kv cache: sequence slot %d out of range", seq);
-    int need = (n_pos + kv->block_size - 1) / kv->block_size;
-    if (need > kv->max_blocks)
+    if (n_pos < 0 || n_pos > kv->max_ctx)
         return tsr_error_set(TSR_ERR_RANGE, "kv cache: %d positions exceed the context of %d",
-                             n_pos, kv->max_blocks * kv->block_size);
+                             n_pos, kv->max_ctx);
+    int need = n_pos / kv->block_size + (n_pos % kv->block_size != 0);
     int have = kv->n_seq_blocks[seq];
     if (need - have > kv->n_free)
         return tsr_error_set(TSR_ERR_RANGE, "kv cache: out of blocks (%d free, %d needed)",

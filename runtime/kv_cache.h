@@ -22,6 +22,7 @@ typedef struct {
     int block_size; /* positions per block */
     int n_blocks;   /* total blocks */
     int max_seqs;   /* sequence slots */
+    int max_ctx;    /* positions one sequence may hold */
     int max_blocks; /* per sequence: ceil(max_ctx / block_size) */
     void **k, **v;  /* (n_layers) device buffers (n_blocks, block_size, kv_dim) */
     int32_t *tables; /* (max_seqs, max_blocks) host, -1 = unused */

@@ -50,6 +50,8 @@ static double next_unit(uint64_t s[4]) { return (double)(next_u64(s) >> 11) * 0x
 
 tsr_status tsr_sampler_init(tsr_sampler *s, const tsr_sampling_params *p, int n_vocab) {
     memset(s, 0, sizeof *s);
+    if (n_vocab <= 0)
+        return tsr_error_set(TSR_ERR_INVALID, "sampler: vocabulary size %d", n_vocab);
     TSR_TRY(tsr_sampling_params_validate(p));
     s->p = *p;
     s->n_vocab = n_vocab;
@@ -57,9 +59,9 @@ tsr_status tsr_sampler_init(tsr_sampler *s, const tsr_sampling_params *p, int n_
     for (int i = 0; i < 4; i++)
         s->rng[i] = splitmix(&x);
     s->logits = malloc((size_t)n_vocab * sizeof *s->logits);
-    s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
+    s->cand = malloc((size_t)n_vocab * sizeof *s->cand);
     s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
-    if (!s->logits || !s->idx || !s->counts) {
+    if (!s->logits || !s->cand || !s->counts) {
         tsr_sampler_free(s);
         return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
     }
@@ -71,12 +73,14 @@ void tsr_sampler_free(tsr_sampler *s) {
         return;
     free(s->history);
     free(s->logits);
-    free(s->idx);
+    free(s->cand);
     free(s->counts);
     memset(s, 0, sizeof *s);
 }
 
 tsr_status tsr_sampler_accept(tsr_sampler *s, const int32_t *tokens, size_t n) {
+    if (n == 0) /* memcpy into a still-NULL history is undefined even for 0 bytes */
+        return TSR_OK;
     if (s->n_history + n > s->cap_history) {
         size_t cap = s->cap_history ? s->cap_history : 256;
         while (cap < s->n_history + n)
@@ -124,12 +128,11 @@ static void apply_penalties(tsr_sampler *s, float *l) {
 }
 
 /* descending by logit, ties by index */
-static const float *cmp_base;
 static int cmp_desc(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    if (cmp_base[x] != cmp_base[y])
-        return cmp_base[x] > cmp_base[y] ? -1 : 1;
-    return x < y ? -1 : x > y;
+    const tsr_candidate *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit > y->logit ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
 }
 
 tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t *banned,
@@ -146,28 +149,30 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
         if (isnan(l[i]))
             return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", i);
     if (p->temperature == 0) {
-        *token = tsr_argmax(l, n);
+        int32_t best = tsr_argmax(l, n);
+        if (l[best] == -INFINITY)
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
+        *token = best;
         return TSR_OK;
     }
     /* candidates: top_k by sorting (partial selection would do; n is ~1e5) */
-    int32_t *idx = s->idx;
+    tsr_candidate *cand = s->cand;
     int m = 0;
     for (int i = 0; i < n; i++)
         if (l[i] > -INFINITY)
-            idx[m++] = i;
+            cand[m++] = (tsr_candidate){l[i], i};
     if (m == 0)
         return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
-    cmp_base = l; /* qsort has no context pointer in C11; sampler runs on one thread */
-    qsort(idx, (size_t)m, sizeof *idx, cmp_desc);
+    qsort(cand, (size_t)m, sizeof *cand, cmp_desc);
     if (p->top_k > 0 && p->top_k < m)
         m = p->top_k;
     /* softmax over the candidates at the temperature */
-    double mx = l[idx[0]], sum = 0;
+    double mx = cand[0].logit, sum = 0;
     double *prob = malloc((size_t)m * sizeof *prob);
     if (!prob)
         return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
     for (int i = 0; i < m; i++) {
-        prob[i] = exp(((double)l[idx[i]] - mx) / p->temperature);
+        prob[i] = exp(((double)cand[i].logit - mx) / p->temperature);
         sum += prob[i];
     }
     for (int i = 0; i < m; i++)
@@ -202,7 +207,7 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
             break;
         }
     }
-    *token = idx[pick];
+    *token = cand[pick].id;
     free(prob);
     return TSR_OK;
 }

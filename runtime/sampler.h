@@ -31,6 +31,11 @@ typedef struct {
 tsr_status tsr_sampling_params_validate(const tsr_sampling_params *p);
 
 typedef struct {
+    float logit;
+    int32_t id;
+} tsr_candidate;
+
+typedef struct {
     tsr_sampling_params p;
     uint64_t rng[4];   /* xoshiro256** state */
     int n_vocab;
@@ -38,7 +43,7 @@ typedef struct {
     size_t n_history, cap_history;
     /* scratch */
     float *logits;
-    int32_t *idx;
+    tsr_candidate *cand; /* (n_vocab) */
     int *counts;
 } tsr_sampler;
 

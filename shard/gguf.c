@@ -137,6 +137,9 @@ static tsr_status parse_kvs(tsr_gguf_t *g, cursor *c, size_t *n_strs) {
                 *n_strs += (size_t)n; /* n <= bytes read / 8: cannot overflow */
             } else {
                 size_t es = scalar_size(et);
+                if (et == TSR_GGUF_ARRAY)
+                    return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: key '%.*s' is an array of arrays, which Tessera does not read",
+                                         c->file, (int)kv->key.len, kv->key.ptr);
                 if (!es)
                     return tsr_error_set(TSR_ERR_FORMAT, "%s: key '%.*s' has array element type %u, which GGUF does not define",
                                          c->file, (int)kv->key.len, kv->key.ptr, et);
@@ -506,6 +509,11 @@ static tsr_status get_num_arr(const tsr_gguf_t *g, const char *key, int want_flo
         double f = et == TSR_GGUF_F32 || et == TSR_GGUF_F64 ? tmp.v.f
                    : is_sint(et)                             ? (double)tmp.v.i
                                                              : (double)tmp.v.u;
+        if (!want_float && !is_sint(et) && tmp.v.u > INT64_MAX) {
+            free(buf);
+            return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s'[%zu] does not fit in int64",
+                                 g->name, key, i);
+        }
         int64_t iv = is_sint(et) ? tmp.v.i : (int64_t)tmp.v.u;
         if (want_float)
             ((double *)buf)[i] = f;

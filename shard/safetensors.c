@@ -407,7 +407,7 @@ tsr_status tsr_safetensors_open_memory(const void *data, size_t size, const char
         name = "<memory>";
     if (!data && size > 0)
         return tsr_error_set(TSR_ERR_INVALID, "%s: data is NULL", name);
-    tsr_safetensors_t *st;
+    tsr_safetensors_t *st = NULL;
     TSR_TRY(st_new(name, &st));
     st->base = data;
     st->size = size;
@@ -460,7 +460,7 @@ tsr_status tsr_safetensors_open(const char *path, tsr_safetensors_t **out) {
     }
     close(fd); /* the mapping keeps the file */
 
-    tsr_safetensors_t *st;
+    tsr_safetensors_t *st = NULL;
     tsr_status s = st_new(path, &st);
     if (s != TSR_OK) {
         if (map)

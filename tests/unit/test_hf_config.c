@@ -311,8 +311,8 @@ static void test_invalid(const char *tmp) {
     BAD("dup", "{\"model_type\": \"llama\", \"model_type\": \"llama\"}", TSR_ERR_FORMAT,
         "duplicate");
 
-    char path[4096];
-    snprintf(path, sizeof path, "%s/nowhere/config.json", tmp);
+    char path[4200];
+    snprintf(path, sizeof path, "%.4000s/nowhere/config.json", tmp);
     c = sentinel;
     EXPECT_ERR(tsr_hf_config_load(path, &c), TSR_ERR_IO, path, "cannot open");
     EXPECT(memcmp(&c, &sentinel, sizeof c) == 0, "config written on error");

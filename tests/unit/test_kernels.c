@@ -1,0 +1,593 @@
+/* tests/unit/test_kernels.c - every op of a kernel backend against a naive C
+ * loop in double precision, on random data with odd sizes.
+ *
+ * Ops: matmul (n = 1 takes the gemv path, n > 1 gemm; plain and
+ * accumulate), rmsnorm (also in place), rope (large positions, several
+ * heads), kv_store + paged attention (GQA, scrambled block tables, two
+ * sequences of different lengths in one batch, chunks continuing an existing
+ * cache), swiglu (also out = gate), add, add_bias, embedding (row0 offset,
+ * rows outside the table give zeros). Every output buffer carries a guard
+ * tail that must survive, outputs start as NaN so unwritten elements show,
+ * and unused KV cache slots hold NaN so reading one poisons the result.
+ *
+ * The ops go through the backend table only, so the same checks can run on
+ * any backend; today that is the CPU one. Exits 0 on success, 1 with a
+ * message at the first failure. */
+#include "kernels/backend.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/unit/test_util.h"
+
+enum { GUARD = 16 };
+static const float GUARD_VALUE = 1234.5f;
+
+/* Relative tolerance for results in f32 activations. */
+#define RTOL 1e-5
+
+/* ---- device buffers with a guard tail ------------------------------------------ */
+
+typedef struct {
+    void *p;
+    size_t n; /* activations before the guard */
+} dbuf;
+
+/* n activations from host (NULL: NaN) followed by GUARD guard values. */
+static dbuf dbuf_new(tsr_backend *be, const float *host, size_t n) {
+    dbuf d = {NULL, n};
+    CHECK_OK(tsr_backend_alloc(be, (n + GUARD) * tsr_backend_act_size(be), "test buffer", &d.p));
+    float *tmp = tu_xmalloc((n + GUARD) * sizeof *tmp);
+    for (size_t i = 0; i < n; i++)
+        tmp[i] = host ? host[i] : NAN;
+    for (size_t i = n; i < n + GUARD; i++)
+        tmp[i] = GUARD_VALUE;
+    CHECK_OK(be->iface->act_from_f32(be, d.p, tmp, n + GUARD));
+    free(tmp);
+    return d;
+}
+
+/* Reads the n activations back and checks the guard. */
+static void dbuf_read(tsr_backend *be, const dbuf *d, float *out, const char *what) {
+    float *tmp = tu_xmalloc((d->n + GUARD) * sizeof *tmp);
+    CHECK_OK(be->iface->act_to_f32(be, tmp, d->p, d->n + GUARD));
+    for (size_t i = d->n; i < d->n + GUARD; i++)
+        CHECK(tmp[i] == GUARD_VALUE, "%s wrote past its output (element %zu of %zu)", what, i,
+              d->n);
+    memcpy(out, tmp, d->n * sizeof *out);
+    free(tmp);
+}
+
+static void dbuf_free(tsr_backend *be, dbuf *d) {
+    tsr_backend_free(be, d->p);
+    d->p = NULL;
+}
+
+/* Raw bytes (int32 metadata, f32 inv_freq) on the device. */
+static void *dev_raw(tsr_backend *be, const void *host, size_t bytes) {
+    void *p;
+    CHECK_OK(tsr_backend_alloc(be, bytes, "test metadata", &p));
+    CHECK_OK(be->iface->to_device(be, p, host, bytes));
+    return p;
+}
+
+static float *rand_vec(tu_rng *r, size_t n, float lo, float hi) {
+    float *x = tu_xmalloc(n * sizeof *x);
+    tu_rng_fill(r, x, n, lo, hi);
+    return x;
+}
+
+/* ---- memory ------------------------------------------------------------------------ */
+
+static void test_memory(tsr_backend *be, tu_rng *r) {
+    enum { N = 37 };
+    float *h = rand_vec(r, N, -1, 1), back[N];
+    dbuf a = dbuf_new(be, h, N), b = dbuf_new(be, NULL, N);
+    CHECK_OK(be->iface->copy(be, b.p, a.p, N * tsr_backend_act_size(be)));
+    CHECK_OK(be->iface->sync(be));
+    dbuf_read(be, &b, back, "copy");
+    CHECK(!memcmp(back, h, sizeof back), "copy");
+    int32_t ids[5] = {3, -1, 7, INT32_MAX, INT32_MIN}, ids_back[5];
+    void *di = dev_raw(be, ids, sizeof ids);
+    CHECK_OK(be->iface->to_host(be, ids_back, di, sizeof ids));
+    CHECK(!memcmp(ids, ids_back, sizeof ids), "int32 round trip");
+    float *v = be->iface->vector_upload(be, h, N);
+    CHECK(v != NULL, "vector_upload");
+    CHECK_OK(be->iface->act_to_f32(be, back, v, N));
+    CHECK(!memcmp(back, h, sizeof back), "vector_upload contents");
+    tsr_backend_free(be, v);
+    tsr_backend_free(be, di);
+    tsr_backend_free(be, NULL);
+    dbuf_free(be, &a);
+    dbuf_free(be, &b);
+    free(h);
+}
+
+/* ---- matmul -------------------------------------------------------------------------- */
+
+static void test_matmul(tsr_backend *be, tu_rng *r) {
+    static const struct {
+        int n, rows, cols;
+    } cases[] = {
+        {1, 5, 64},  {1, 96, 17},  {1, 1, 1}, {1, 64, 96},  {3, 5, 96},   {17, 64, 5},
+        {17, 96, 64}, {3, 1, 3},   {2, 33, 96}, {5, 17, 1},
+        /* large enough for the CPU backend to split W's rows across threads,
+         * with bands that do not divide the rows (and threads left idle) */
+        {1, 1000, 97}, {9, 77, 100}, {40, 20, 100}, {2, 300, 130},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int n = cases[c].n, rows = cases[c].rows, cols = cases[c].cols;
+        for (int acc = 0; acc < 2; acc++) {
+            float *x = rand_vec(r, (size_t)n * cols, -1, 1);
+            float *w = rand_vec(r, (size_t)rows * cols, -1, 1);
+            float *y0 = rand_vec(r, (size_t)n * rows, -4, 4);
+            float *got = tu_xmalloc((size_t)n * rows * sizeof *got);
+            double *want = tu_xmalloc((size_t)n * rows * sizeof *want);
+            double *scale = tu_xmalloc((size_t)n * rows * sizeof *scale);
+            tsr_weight W;
+            CHECK_OK(be->iface->weight_upload(be, &W, w, rows, cols));
+            CHECK(W.rows == rows && W.cols == cols, "weight shape");
+            dbuf dx = dbuf_new(be, x, (size_t)n * cols);
+            dbuf dy = dbuf_new(be, acc ? y0 : NULL, (size_t)n * rows);
+            CHECK_OK(be->iface->matmul(be, dy.p, dx.p, &W, n, acc));
+            dbuf_read(be, &dy, got, "matmul");
+            for (int t = 0; t < n; t++)
+                for (int o = 0; o < rows; o++) {
+                    double s = acc ? y0[t * rows + o] : 0, a = fabs(s);
+                    for (int i = 0; i < cols; i++) {
+                        double p = (double)x[t * cols + i] * w[o * cols + i];
+                        s += p;
+                        a += fabs(p);
+                    }
+                    want[t * rows + o] = s;
+                    scale[t * rows + o] = a;
+                }
+            char what[96];
+            snprintf(what, sizeof what, "matmul n=%d rows=%d cols=%d accumulate=%d", n, rows, cols,
+                     acc);
+            CHECK_CLOSE(what, got, want, (size_t)n * rows, RTOL, scale, 0);
+            /* x is an input: unchanged */
+            float *xb = tu_xmalloc((size_t)n * cols * sizeof *xb);
+            dbuf_read(be, &dx, xb, "matmul input");
+            CHECK(!memcmp(xb, x, (size_t)n * cols * sizeof *x), "%s changed its input", what);
+            free(xb);
+            be->iface->weight_free(be, &W);
+            dbuf_free(be, &dx);
+            dbuf_free(be, &dy);
+            free(x), free(w), free(y0), free(got), free(want), free(scale);
+        }
+    }
+    /* n = 0 is a no-op. */
+    float w1 = 1.0f;
+    tsr_weight W;
+    CHECK_OK(be->iface->weight_upload(be, &W, &w1, 1, 1));
+    dbuf dy = dbuf_new(be, NULL, 0);
+    CHECK_OK(be->iface->matmul(be, dy.p, dy.p, &W, 0, 0));
+    float none[1];
+    dbuf_read(be, &dy, none, "matmul n=0");
+    be->iface->weight_free(be, &W);
+    dbuf_free(be, &dy);
+}
+
+/* ---- rmsnorm ------------------------------------------------------------------------- */
+
+static void test_rmsnorm(tsr_backend *be, tu_rng *r) {
+    static const int ns[] = {1, 3, 17}, dims[] = {5, 64, 96};
+    static const float epss[] = {1e-5f, 1e-6f};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int e = 0; e < 2; e++)
+                for (int inplace = 0; inplace < 2; inplace++) {
+                    int n = ns[a], dim = dims[b];
+                    float eps = epss[e];
+                    size_t total = (size_t)n * dim;
+                    /* Rows of very different sizes, some small enough that
+                     * eps matters. */
+                    float *x = tu_xmalloc(total * sizeof *x);
+                    for (int t = 0; t < n; t++) {
+                        float mag = t % 3 == 0 ? 1e-3f : t % 3 == 1 ? 3.0f : 100.0f;
+                        tu_rng_fill(r, x + (size_t)t * dim, (size_t)dim, -mag, mag);
+                    }
+                    float *w = rand_vec(r, (size_t)dim, -1.5f, 1.5f);
+                    float *got = tu_xmalloc(total * sizeof *got);
+                    double *want = tu_xmalloc(total * sizeof *want);
+                    dbuf dx = dbuf_new(be, x, total), dw = dbuf_new(be, w, (size_t)dim);
+                    dbuf dy = inplace ? dx : dbuf_new(be, NULL, total);
+                    CHECK_OK(be->iface->rmsnorm(be, dy.p, dx.p, dw.p, n, dim, eps));
+                    dbuf_read(be, &dy, got, "rmsnorm");
+                    for (int t = 0; t < n; t++) {
+                        double ss = 0;
+                        for (int i = 0; i < dim; i++)
+                            ss += (double)x[t * dim + i] * x[t * dim + i];
+                        double inv = 1.0 / sqrt(ss / dim + eps);
+                        for (int i = 0; i < dim; i++)
+                            want[t * dim + i] = x[t * dim + i] * inv * w[i];
+                    }
+                    char what[96];
+                    snprintf(what, sizeof what, "rmsnorm n=%d dim=%d eps=%g%s", n, dim,
+                             (double)eps, inplace ? " in place" : "");
+                    CHECK_CLOSE(what, got, want, total, RTOL, NULL, 1e-30);
+                    dbuf_free(be, &dx);
+                    dbuf_free(be, &dw);
+                    if (!inplace)
+                        dbuf_free(be, &dy);
+                    free(x), free(w), free(got), free(want);
+                }
+}
+
+/* ---- rope ---------------------------------------------------------------------------- */
+
+static void test_rope(tsr_backend *be, tu_rng *r) {
+    static const struct {
+        int n, n_heads, head_dim;
+        double theta; /* 0: random inv_freq (as with rope scaling) */
+    } cases[] = {{1, 1, 64, 10000},  {3, 4, 64, 10000},  {17, 3, 64, 500000}, {5, 2, 96, 10000},
+                 {17, 4, 2, 10000},  {3, 6, 64, 0},      {7, 1, 128, 1e6}};
+    static const int32_t special[] = {0, 1, 7, 100, 5000, 8191, 32767, 131071};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int n = cases[c].n, nh = cases[c].n_heads, hd = cases[c].head_dim, half = hd / 2;
+        size_t total = (size_t)n * nh * hd;
+        float *inv = tu_xmalloc((size_t)half * sizeof *inv);
+        for (int i = 0; i < half; i++)
+            inv[i] = cases[c].theta > 0 ? (float)pow(cases[c].theta, -2.0 * i / hd)
+                                        : tu_rng_float(r, 1e-4f, 1.0f);
+        int32_t *pos = tu_xmalloc((size_t)n * sizeof *pos);
+        for (int t = 0; t < n; t++)
+            pos[t] = t < 8 && n > 1 ? special[(t + c) % 8] : (int32_t)tu_rng_below(r, 8192);
+        float *x = rand_vec(r, total, -2, 2), *got = tu_xmalloc(total * sizeof *got);
+        double *want = tu_xmalloc(total * sizeof *want), *scale = tu_xmalloc(total * sizeof *scale);
+        dbuf dx = dbuf_new(be, x, total);
+        void *dpos = dev_raw(be, pos, (size_t)n * sizeof *pos);
+        void *dinv = dev_raw(be, inv, (size_t)half * sizeof *inv);
+        CHECK_OK(be->iface->rope(be, dx.p, dpos, dinv, n, nh, hd));
+        dbuf_read(be, &dx, got, "rope");
+        for (int t = 0; t < n; t++)
+            for (int h = 0; h < nh; h++) {
+                const float *v = x + ((size_t)t * nh + h) * hd;
+                size_t o = ((size_t)t * nh + h) * hd;
+                for (int i = 0; i < half; i++) {
+                    double a = (double)pos[t] * (double)inv[i], cs = cos(a), sn = sin(a);
+                    want[o + i] = v[i] * cs - v[i + half] * sn;
+                    want[o + i + half] = v[i] * sn + v[i + half] * cs;
+                    scale[o + i] = scale[o + i + half] = fabs(v[i]) + fabs(v[i + half]);
+                }
+            }
+        char what[96];
+        snprintf(what, sizeof what, "rope n=%d heads=%d head_dim=%d", n, nh, hd);
+        CHECK_CLOSE(what, got, want, total, RTOL, scale, 0);
+        dbuf_free(be, &dx);
+        tsr_backend_free(be, dpos);
+        tsr_backend_free(be, dinv);
+        free(inv), free(pos), free(x), free(got), free(want), free(scale);
+    }
+}
+
+/* ---- kv_store + paged attention ----------------------------------------------------- */
+
+typedef struct {
+    int n_head, n_kv, head_dim, block_size;
+    float scale; /* 0: 1/sqrt(head_dim) */
+    int n_seqs;
+    int prior[3]; /* positions already in the cache per sequence */
+    int fresh[3]; /* new tokens in this batch per sequence */
+} attn_case;
+
+static void shuffle_int(tu_rng *r, int *a, int n) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)tu_rng_below(r, (uint64_t)i + 1), t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+static void test_attention_case(tsr_backend *be, tu_rng *r, const attn_case *ac) {
+    const int hd = ac->head_dim, bs = ac->block_size, S = ac->n_seqs;
+    const int kv_dim = ac->n_kv * hd, q_dim = ac->n_head * hd, group = ac->n_head / ac->n_kv;
+    const float scale = ac->scale > 0 ? ac->scale : 1.0f / sqrtf((float)hd);
+
+    /* Block tables: every sequence gets ceil(len / bs) blocks drawn from a
+     * shuffled pool, plus spare blocks nobody owns; unused columns are -1. */
+    int len[3], need[3], max_blocks = 1, n_blocks = 3;
+    for (int s = 0; s < S; s++) {
+        len[s] = ac->prior[s] + ac->fresh[s];
+        need[s] = (len[s] + bs - 1) / bs;
+        if (need[s] + 1 > max_blocks)
+            max_blocks = need[s] + 1;
+        n_blocks += need[s];
+    }
+    int *pool = tu_xmalloc((size_t)n_blocks * sizeof *pool);
+    for (int b = 0; b < n_blocks; b++)
+        pool[b] = b;
+    shuffle_int(r, pool, n_blocks);
+    int32_t *tables = tu_xmalloc((size_t)S * max_blocks * sizeof *tables);
+    for (int i = 0, k = 0; i < S * max_blocks; i++)
+        tables[i] = (i % max_blocks) < need[i / max_blocks] ? pool[k++] : -1;
+
+    /* Host K/V by (sequence, position), and the slot of each. */
+    float *K[3], *V[3];
+    for (int s = 0; s < S; s++) {
+        K[s] = rand_vec(r, (size_t)len[s] * kv_dim, -1, 1);
+        V[s] = rand_vec(r, (size_t)len[s] * kv_dim, -1, 1);
+    }
+#define SLOT(s, p) (tables[(s) * max_blocks + (p) / bs] * bs + (p) % bs)
+
+    /* The cache starts as NaN: a read of any slot not written poisons. */
+    size_t cache_n = (size_t)n_blocks * bs * kv_dim;
+    dbuf kc = dbuf_new(be, NULL, cache_n), vc = dbuf_new(be, NULL, cache_n);
+
+    /* Two batches: the prior positions (in shuffled order), then the new
+     * tokens (interleaved across sequences). Each is (seq, pos) pairs. */
+    for (int phase = 0; phase < 2; phase++) {
+        int n = 0;
+        for (int s = 0; s < S; s++)
+            n += phase ? ac->fresh[s] : ac->prior[s];
+        if (n == 0)
+            continue;
+        int *order = tu_xmalloc((size_t)n * sizeof *order);
+        int32_t *seq = tu_xmalloc((size_t)n * sizeof *seq), *pos = tu_xmalloc((size_t)n * sizeof *pos);
+        int32_t *slot = tu_xmalloc((size_t)n * sizeof *slot);
+        for (int i = 0; i < n; i++)
+            order[i] = i;
+        shuffle_int(r, order, n);
+        for (int s = 0, k = 0; s < S; s++) {
+            int p0 = phase ? ac->prior[s] : 0, p1 = phase ? len[s] : ac->prior[s];
+            for (int p = p0; p < p1; p++, k++) {
+                seq[order[k]] = s;
+                pos[order[k]] = p;
+            }
+        }
+        float *kb = tu_xmalloc((size_t)n * kv_dim * sizeof *kb);
+        float *vb = tu_xmalloc((size_t)n * kv_dim * sizeof *vb);
+        for (int i = 0; i < n; i++) {
+            slot[i] = SLOT(seq[i], pos[i]);
+            memcpy(kb + (size_t)i * kv_dim, K[seq[i]] + (size_t)pos[i] * kv_dim,
+                   (size_t)kv_dim * sizeof *kb);
+            memcpy(vb + (size_t)i * kv_dim, V[seq[i]] + (size_t)pos[i] * kv_dim,
+                   (size_t)kv_dim * sizeof *vb);
+        }
+        dbuf dk = dbuf_new(be, kb, (size_t)n * kv_dim), dv = dbuf_new(be, vb, (size_t)n * kv_dim);
+        void *dslot = dev_raw(be, slot, (size_t)n * sizeof *slot);
+        CHECK_OK(be->iface->kv_store(be, kc.p, vc.p, dk.p, dv.p, dslot, n, kv_dim));
+
+        if (phase == 1) {
+            /* kv_store wrote exactly the slots of every stored position. */
+            float *kback = tu_xmalloc(cache_n * sizeof *kback), *vback = tu_xmalloc(cache_n * sizeof *vback);
+            dbuf_read(be, &kc, kback, "kv_store (K)");
+            dbuf_read(be, &vc, vback, "kv_store (V)");
+            char *owned = calloc((size_t)n_blocks * bs, 1);
+            CHECK(owned, "calloc");
+            for (int s = 0; s < S; s++)
+                for (int p = 0; p < len[s]; p++) {
+                    size_t sl = (size_t)SLOT(s, p);
+                    owned[sl] = 1;
+                    CHECK(!memcmp(kback + sl * kv_dim, K[s] + (size_t)p * kv_dim,
+                                  (size_t)kv_dim * sizeof(float)) &&
+                              !memcmp(vback + sl * kv_dim, V[s] + (size_t)p * kv_dim,
+                                      (size_t)kv_dim * sizeof(float)),
+                          "kv_store: seq %d pos %d (slot %zu) holds the wrong row", s, p, sl);
+                }
+            for (size_t sl = 0; sl < (size_t)n_blocks * bs; sl++)
+                if (!owned[sl])
+                    for (int i = 0; i < kv_dim; i++)
+                        CHECK(isnan(kback[sl * kv_dim + i]) && isnan(vback[sl * kv_dim + i]),
+                              "kv_store wrote slot %zu, which no token owns", sl);
+            free(owned), free(kback), free(vback);
+
+            /* Attention for the new tokens. */
+            float *q = rand_vec(r, (size_t)n * q_dim, -2, 2);
+            dbuf dq = dbuf_new(be, q, (size_t)n * q_dim), dout = dbuf_new(be, NULL, (size_t)n * q_dim);
+            void *dpos = dev_raw(be, pos, (size_t)n * sizeof *pos);
+            void *dseq = dev_raw(be, seq, (size_t)n * sizeof *seq);
+            void *dtab = dev_raw(be, tables, (size_t)S * max_blocks * sizeof *tables);
+            tsr_attn_desc d = {
+                .n_tokens = n, .n_head = ac->n_head, .n_kv_head = ac->n_kv, .head_dim = hd,
+                .block_size = bs, .max_blocks = max_blocks, .scale = scale,
+                .pos = dpos, .seq = dseq, .block_tables = dtab,
+            };
+            CHECK_OK(be->iface->attention(be, dout.p, dq.p, kc.p, vc.p, &d));
+            float *got = tu_xmalloc((size_t)n * q_dim * sizeof *got);
+            dbuf_read(be, &dout, got, "attention");
+            double *want = tu_xmalloc((size_t)n * q_dim * sizeof *want);
+            int max_len = 0;
+            for (int s = 0; s < S; s++)
+                max_len = len[s] > max_len ? len[s] : max_len;
+            double *sc = tu_xmalloc((size_t)max_len * sizeof *sc);
+            for (int i = 0; i < n; i++) {
+                int s = seq[i], np = pos[i] + 1;
+                for (int h = 0; h < ac->n_head; h++) {
+                    const float *qh = q + (size_t)i * q_dim + (size_t)h * hd;
+                    size_t ko = (size_t)(h / group) * hd;
+                    double mx = -INFINITY, sum = 0;
+                    for (int p = 0; p < np; p++) {
+                        double dot = 0;
+                        for (int j = 0; j < hd; j++)
+                            dot += (double)qh[j] * K[s][(size_t)p * kv_dim + ko + j];
+                        sc[p] = dot * scale;
+                        mx = fmax(mx, sc[p]);
+                    }
+                    for (int p = 0; p < np; p++)
+                        sum += (sc[p] = exp(sc[p] - mx));
+                    for (int j = 0; j < hd; j++) {
+                        double o = 0;
+                        for (int p = 0; p < np; p++)
+                            o += sc[p] / sum * V[s][(size_t)p * kv_dim + ko + j];
+                        want[(size_t)i * q_dim + (size_t)h * hd + j] = o;
+                    }
+                }
+            }
+            char what[128];
+            snprintf(what, sizeof what,
+                     "attention heads=%d kv_heads=%d head_dim=%d block=%d seqs=%d", ac->n_head,
+                     ac->n_kv, hd, bs, S);
+            /* V is in [-1, 1]: tolerance relative to that scale. */
+            CHECK_CLOSE(what, got, want, (size_t)n * q_dim, RTOL, NULL, 1.0);
+            dbuf_free(be, &dq);
+            dbuf_free(be, &dout);
+            tsr_backend_free(be, dpos);
+            tsr_backend_free(be, dseq);
+            tsr_backend_free(be, dtab);
+            free(q), free(got), free(want), free(sc);
+        }
+        dbuf_free(be, &dk);
+        dbuf_free(be, &dv);
+        tsr_backend_free(be, dslot);
+        free(order), free(seq), free(pos), free(slot), free(kb), free(vb);
+    }
+#undef SLOT
+    dbuf_free(be, &kc);
+    dbuf_free(be, &vc);
+    for (int s = 0; s < S; s++)
+        free(K[s]), free(V[s]);
+    free(pool);
+    free(tables);
+}
+
+static void test_attention(tsr_backend *be, tu_rng *r) {
+    static const attn_case cases[] = {
+        /* GQA 6/2, a chunk continuing a 9-token cache beside a decode step */
+        {6, 2, 64, 4, 0, 2, {9, 3, 0}, {5, 1, 0}},
+        /* MHA 4/4, a fresh prefill beside a continuing sequence */
+        {4, 4, 64, 4, 0, 2, {0, 13, 0}, {6, 2, 0}},
+        /* one KV head for all, odd head_dim, block size 1 */
+        {3, 1, 5, 1, 0.7f, 2, {4, 0, 0}, {3, 5, 0}},
+        /* head_dim 96, blocks larger than the sequences, three sequences */
+        {8, 2, 96, 16, 0, 3, {1, 20, 0}, {1, 1, 17}},
+        /* a single token at position 0 */
+        {2, 1, 64, 4, 0, 1, {0, 0, 0}, {1, 0, 0}},
+        /* large scale: peaked softmax */
+        {4, 2, 64, 4, 2.0f, 2, {7, 2, 0}, {2, 3, 0}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        test_attention_case(be, r, &cases[c]);
+}
+
+/* ---- elementwise ops ---------------------------------------------------------------- */
+
+static void test_swiglu(tsr_backend *be, tu_rng *r) {
+    static const int ns[] = {1, 3, 17}, dims[] = {5, 64, 96};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int alias = 0; alias < 2; alias++) {
+                int n = ns[a], dim = dims[b];
+                size_t total = (size_t)n * dim;
+                float *g = rand_vec(r, total, -12, 12), *u = rand_vec(r, total, -3, 3);
+                float *got = tu_xmalloc(total * sizeof *got);
+                double *want = tu_xmalloc(total * sizeof *want);
+                dbuf dg = dbuf_new(be, g, total), du = dbuf_new(be, u, total);
+                dbuf dout = alias ? dg : dbuf_new(be, NULL, total);
+                CHECK_OK(be->iface->swiglu(be, dout.p, dg.p, du.p, n, dim));
+                dbuf_read(be, &dout, got, "swiglu");
+                for (size_t i = 0; i < total; i++)
+                    want[i] = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+                char what[64];
+                snprintf(what, sizeof what, "swiglu n=%d dim=%d%s", n, dim,
+                         alias ? " out=gate" : "");
+                CHECK_CLOSE(what, got, want, total, RTOL, NULL, 1e-30);
+                dbuf_free(be, &dg);
+                dbuf_free(be, &du);
+                if (!alias)
+                    dbuf_free(be, &dout);
+                free(g), free(u), free(got), free(want);
+            }
+}
+
+static void test_add(tsr_backend *be, tu_rng *r) {
+    static const int ns[] = {1, 3, 17}, dims[] = {5, 64, 96};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int bias = 0; bias < 2; bias++) {
+                int n = ns[a], dim = dims[b];
+                size_t total = (size_t)n * dim, xn = bias ? (size_t)dim : total;
+                float *y = rand_vec(r, total, -5, 5), *x = rand_vec(r, xn, -5, 5);
+                float *got = tu_xmalloc(total * sizeof *got);
+                double *want = tu_xmalloc(total * sizeof *want);
+                double *scale = tu_xmalloc(total * sizeof *scale);
+                dbuf dy = dbuf_new(be, y, total), dx = dbuf_new(be, x, xn);
+                if (bias)
+                    CHECK_OK(be->iface->add_bias(be, dy.p, dx.p, n, dim));
+                else
+                    CHECK_OK(be->iface->add(be, dy.p, dx.p, n, dim));
+                dbuf_read(be, &dy, got, bias ? "add_bias" : "add");
+                for (size_t i = 0; i < total; i++) {
+                    double xv = x[bias ? i % (size_t)dim : i];
+                    want[i] = y[i] + xv;
+                    scale[i] = fabs(y[i]) + fabs(xv);
+                }
+                char what[64];
+                snprintf(what, sizeof what, "%s n=%d dim=%d", bias ? "add_bias" : "add", n, dim);
+                CHECK_CLOSE(what, got, want, total, 1e-7, scale, 0);
+                dbuf_free(be, &dy);
+                dbuf_free(be, &dx);
+                free(y), free(x), free(got), free(want), free(scale);
+            }
+}
+
+static void test_embedding(tsr_backend *be, tu_rng *r) {
+    static const int dims[] = {5, 96}, row0s[] = {0, 10, 1000};
+    const int rows = 7;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 3; b++) {
+            int dim = dims[a], row0 = row0s[b];
+            float *tab = rand_vec(r, (size_t)rows * dim, -1, 1);
+            tsr_weight W;
+            CHECK_OK(be->iface->weight_upload(be, &W, tab, rows, dim));
+            int32_t ids[] = {row0 + 3, row0, row0 + rows - 1, row0 - 1, row0 + rows, -1,
+                             INT32_MIN, INT32_MAX, row0 + 3, row0 + 5, 0, row0 + 1};
+            const int n = (int)(sizeof ids / sizeof ids[0]);
+            void *dids = dev_raw(be, ids, sizeof ids);
+            dbuf dout = dbuf_new(be, NULL, (size_t)n * dim);
+            CHECK_OK(be->iface->embedding(be, dout.p, &W, dids, n, row0));
+            float *got = tu_xmalloc((size_t)n * dim * sizeof *got);
+            dbuf_read(be, &dout, got, "embedding");
+            for (int t = 0; t < n; t++) {
+                long row = (long)ids[t] - row0;
+                for (int i = 0; i < dim; i++) {
+                    float want = row >= 0 && row < rows ? tab[row * dim + i] : 0.0f;
+                    CHECK(got[t * dim + i] == want,
+                          "embedding dim=%d row0=%d: token %d (id %d) element %d: got %g, want %g",
+                          dim, row0, t, ids[t], i, (double)got[t * dim + i], (double)want);
+                }
+            }
+            be->iface->weight_free(be, &W);
+            tsr_backend_free(be, dids);
+            dbuf_free(be, &dout);
+            free(tab), free(got);
+        }
+}
+
+static void run_all(tsr_backend *be, tu_rng *r) {
+    CHECK(be->iface->act_dtype == TSR_F32 && tsr_backend_act_size(be) == 4,
+          "the tolerances here are for f32 activations");
+    test_memory(be, r);
+    test_matmul(be, r);
+    printf("  matmul ok\n");
+    test_rmsnorm(be, r);
+    printf("  rmsnorm ok\n");
+    test_rope(be, r);
+    printf("  rope ok\n");
+    test_attention(be, r);
+    printf("  kv_store + attention ok\n");
+    test_swiglu(be, r);
+    test_add(be, r);
+    test_embedding(be, r);
+    printf("  swiglu, add, add_bias, embedding ok\n");
+}
+
+int main(void) {
+    /* One thread and three (an odd split over the work). */
+    static const int threads[] = {1, 3};
+    tu_rng r = {0x6b65726e656c73ull};
+    for (int i = 0; i < 2; i++) {
+        tsr_backend *be = NULL;
+        CHECK_OK(tsr_backend_cpu_create(threads[i], &be));
+        printf(" cpu backend, %d thread%s:\n", threads[i], threads[i] > 1 ? "s" : "");
+        run_all(be, &r);
+        tsr_backend_destroy(be);
+    }
+    tsr_backend_destroy(NULL);
+    printf("test_kernels: all passed\n");
+    return 0;
+}

@@ -1,0 +1,518 @@
+/* tests/unit/test_sampler.c - unit tests for runtime/sampler.
+ *
+ * Greedy is argmax with ties to the lowest index; a seed fixes the sequence;
+ * top-k = 1 and a tiny top-p are greedy at any temperature; min-p, top-k and
+ * top-p keep exactly the tokens they should; the empirical distribution at a
+ * temperature matches the softmax (chi-square over 20000 draws, seeded so the
+ * test is deterministic); repetition, frequency and presence penalties move
+ * logits by exactly the documented amounts (checked by making the penalised
+ * token lose or win the argmax by a hair) over the documented window; banned
+ * tokens never come out; parameter validation. Exits 0 on success, 1 with a
+ * message at the first failure. */
+#include "runtime/sampler.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/unit/test_util.h"
+
+static tsr_sampling_params defaults(void) {
+    tsr_sampling_params p = TSR_SAMPLING_PARAMS_INIT;
+    return p;
+}
+
+/* Lowest index of the largest value, written independently of tsr_argmax. */
+static int32_t ref_argmax(const float *x, int n) {
+    float best = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > best)
+            best = x[i];
+    for (int i = 0; i < n; i++)
+        if (x[i] == best)
+            return i;
+    return 0;
+}
+
+static int32_t draw(tsr_sampler *s, const float *logits) {
+    int32_t t = -1;
+    CHECK_OK(tsr_sampler_sample(s, logits, NULL, 0, &t));
+    CHECK(t >= 0 && t < s->n_vocab, "token %d out of range", t);
+    return t;
+}
+
+static void test_argmax(tu_rng *r) {
+    float a[] = {1, 3, 3, 2};
+    CHECK(tsr_argmax(a, 4) == 1, "tie goes to the lowest index");
+    float b[] = {-INFINITY, -5, -7, -5};
+    CHECK(tsr_argmax(b, 4) == 1, "negative values and -inf");
+    float c[] = {2, 2, 2};
+    CHECK(tsr_argmax(c, 3) == 0, "all equal");
+    CHECK(tsr_argmax(c, 1) == 0, "n = 1");
+    float d[] = {-1, -2, 5};
+    CHECK(tsr_argmax(d, 3) == 2, "last");
+    float x[257];
+    for (int it = 0; it < 200; it++) {
+        tu_rng_fill(r, x, 257, -10, 10);
+        if (it % 2) /* plant a tie for the maximum */
+            x[tu_rng_below(r, 257)] = x[tu_rng_below(r, 257)] = 11.0f;
+        CHECK(tsr_argmax(x, 257) == ref_argmax(x, 257), "argmax of random row %d", it);
+    }
+}
+
+static void test_greedy(tu_rng *r) {
+    enum { V = 100 };
+    tsr_sampling_params p = defaults();
+    tsr_sampler s;
+    CHECK_OK(tsr_sampler_init(&s, &p, V));
+    float x[V], keep[V];
+    for (int it = 0; it < 100; it++) {
+        tu_rng_fill(r, x, V, -5, 5);
+        if (it % 3 == 0)
+            x[17] = x[42] = 6.0f;
+        memcpy(keep, x, sizeof x);
+        int32_t t = draw(&s, x);
+        CHECK(t == ref_argmax(x, V), "greedy %d is not the argmax %d", t, ref_argmax(x, V));
+        CHECK(!memcmp(keep, x, sizeof x), "sample modified the logits");
+        CHECK_OK(tsr_sampler_accept(&s, &t, 1));
+    }
+    tsr_sampler_free(&s);
+    tsr_sampler_free(&s); /* zeroed by the first free */
+    tsr_sampler_free(NULL);
+}
+
+/* Logits for draw i of a run (the same for every sampler in a comparison). */
+static void logits_for(uint64_t i, float *x, int n) {
+    tu_rng r = {0xabcdef00ull + i};
+    tu_rng_fill(&r, x, (size_t)n, -3, 3);
+}
+
+static void run_seq(const tsr_sampling_params *p, int n_vocab, int32_t *out, int n) {
+    tsr_sampler s;
+    CHECK_OK(tsr_sampler_init(&s, p, n_vocab));
+    float *x = tu_xmalloc((size_t)n_vocab * sizeof *x);
+    int32_t prompt[3] = {1, 2, 3};
+    CHECK_OK(tsr_sampler_accept(&s, prompt, 3));
+    for (int i = 0; i < n; i++) {
+        logits_for((uint64_t)i, x, n_vocab);
+        out[i] = draw(&s, x);
+        CHECK_OK(tsr_sampler_accept(&s, &out[i], 1));
+    }
+    free(x);
+    tsr_sampler_free(&s);
+}
+
+static void test_seed(void) {
+    enum { V = 50, N = 200 };
+    tsr_sampling_params p = defaults();
+    p.temperature = 0.9f;
+    p.top_p = 0.95f;
+    p.min_p = 0.01f;
+    p.repetition_penalty = 1.1f;
+    p.seed = 42;
+    int32_t a[N], b[N], c[N];
+    run_seq(&p, V, a, N);
+    run_seq(&p, V, b, N);
+    CHECK(!memcmp(a, b, sizeof a), "same seed, different tokens");
+    p.seed = 43;
+    run_seq(&p, V, c, N);
+    int diff = 0, distinct = 0;
+    char seen[V] = {0};
+    for (int i = 0; i < N; i++) {
+        diff += a[i] != c[i];
+        if (!seen[a[i]])
+            distinct++, seen[a[i]] = 1;
+    }
+    CHECK(diff > N / 4, "seeds 42 and 43 differ at only %d of %d draws", diff, N);
+    CHECK(distinct > 5, "only %d distinct tokens at temperature 0.9", distinct);
+    p.seed = 0; /* a zero seed is a seed like any other */
+    run_seq(&p, V, c, N);
+    run_seq(&p, V, b, N);
+    CHECK(!memcmp(b, c, sizeof b), "seed 0 not reproducible");
+}
+
+static void test_greedy_equivalents(tu_rng *r) {
+    enum { V = 64 };
+    static const float temps[] = {0.1f, 1.0f, 5.0f, 100.0f};
+    float x[V];
+    for (int k = 0; k < 4; k++)
+        for (int mode = 0; mode < 2; mode++) {
+            tsr_sampling_params p = defaults();
+            p.temperature = temps[k];
+            p.seed = (uint64_t)k;
+            if (mode == 0)
+                p.top_k = 1;
+            else
+                p.top_p = 1e-6f;
+            tsr_sampler s;
+            CHECK_OK(tsr_sampler_init(&s, &p, V));
+            for (int it = 0; it < 200; it++) {
+                tu_rng_fill(r, x, V, -2, 2);
+                if (it % 4 == 0)
+                    x[5] = x[60] = 2.5f; /* tie: the lowest index */
+                int32_t t = draw(&s, x);
+                CHECK(t == ref_argmax(x, V), "%s at temperature %g gave %d, argmax %d",
+                      mode ? "top_p 1e-6" : "top_k 1", (double)temps[k], t, ref_argmax(x, V));
+            }
+            tsr_sampler_free(&s);
+        }
+}
+
+/* Draws n tokens from fixed logits and counts them. */
+static void histogram(const tsr_sampling_params *p, const float *x, int v, int n, int *count) {
+    tsr_sampler s;
+    CHECK_OK(tsr_sampler_init(&s, p, v));
+    memset(count, 0, (size_t)v * sizeof *count);
+    for (int i = 0; i < n; i++)
+        count[draw(&s, x)]++;
+    tsr_sampler_free(&s);
+}
+
+/* Pearson chi-square of counts against probabilities (tokens with p = 0
+ * must have count 0). */
+static double chi_square(const int *count, const double *prob, int v, int n) {
+    double chi = 0;
+    for (int i = 0; i < v; i++) {
+        if (prob[i] == 0) {
+            CHECK(count[i] == 0, "token %d has probability 0 but came %d times", i, count[i]);
+            continue;
+        }
+        double e = prob[i] * n;
+        chi += (count[i] - e) * (count[i] - e) / e;
+    }
+    return chi;
+}
+
+static void softmax_ref(const float *x, int v, double temp, const int *keep, double *prob) {
+    double mx = -INFINITY, sum = 0;
+    for (int i = 0; i < v; i++)
+        if (keep[i] && x[i] > mx)
+            mx = x[i];
+    for (int i = 0; i < v; i++) {
+        prob[i] = keep[i] ? exp((x[i] - mx) / temp) : 0;
+        sum += prob[i];
+    }
+    for (int i = 0; i < v; i++)
+        prob[i] /= sum;
+}
+
+static void test_distribution(void) {
+    enum { V = 5, N = 20000 };
+    static const float x[V] = {0.3f, -1.2f, 1.7f, 0.0f, 0.9f};
+    static const struct {
+        float temp;
+        int top_k;
+        int keep[V];
+    } cases[] = {
+        {1.0f, 0, {1, 1, 1, 1, 1}},
+        {2.0f, 0, {1, 1, 1, 1, 1}},
+        {0.5f, 0, {1, 1, 1, 1, 1}},
+        {1.0f, 3, {1, 0, 1, 0, 1}}, /* top 3: 1.7, 0.9, 0.3 renormalised */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        tsr_sampling_params p = defaults();
+        p.temperature = cases[c].temp;
+        p.top_k = cases[c].top_k;
+        p.seed = 1000 + c;
+        int count[V];
+        double prob[V];
+        histogram(&p, x, V, N, count);
+        softmax_ref(x, V, cases[c].temp, cases[c].keep, prob);
+        double chi = chi_square(count, prob, V, N);
+        /* 4 degrees of freedom: P(chi2 > 20) = 0.0005 */
+        CHECK(chi < 20.0, "temperature %g top_k %d: chi-square %.2f (counts %d %d %d %d %d)",
+              (double)cases[c].temp, cases[c].top_k, chi, count[0], count[1], count[2], count[3],
+              count[4]);
+    }
+}
+
+/* probs 0.5, 0.3, 0.15, 0.05 at temperature 1 */
+static void test_filters(void) {
+    enum { V = 4, N = 8000 };
+    const float x[V] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
+    static const struct {
+        const char *what;
+        int top_k;
+        float top_p, min_p;
+        int keep[V];
+    } cases[] = {
+        {"min_p 0.5 (>= 0.25)", 0, 1.0f, 0.5f, {1, 1, 0, 0}},
+        {"min_p 0.2 (>= 0.1)", 0, 1.0f, 0.2f, {1, 1, 1, 0}},
+        {"min_p 0.9999", 0, 1.0f, 0.9999f, {1, 0, 0, 0}},
+        {"top_k 2", 2, 1.0f, 0, {1, 1, 0, 0}},
+        {"top_k 3", 3, 1.0f, 0, {1, 1, 1, 0}},
+        {"top_k larger than the vocab", 10, 1.0f, 0, {1, 1, 1, 1}},
+        {"top_p 0.7", 0, 0.7f, 0, {1, 1, 0, 0}},
+        {"top_p 0.85", 0, 0.85f, 0, {1, 1, 1, 0}},
+        {"top_p 0.4", 0, 0.4f, 0, {1, 0, 0, 0}},
+        {"top_k 3, top_p 0.7", 3, 0.7f, 0, {1, 1, 0, 0}},
+        {"min_p 0.2, top_p 0.7", 0, 0.7f, 0.2f, {1, 1, 0, 0}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        tsr_sampling_params p = defaults();
+        p.temperature = 1.0f;
+        p.top_k = cases[c].top_k;
+        p.top_p = cases[c].top_p;
+        p.min_p = cases[c].min_p;
+        p.seed = 77 + c;
+        int count[V];
+        double prob[V];
+        histogram(&p, x, V, N, count);
+        softmax_ref(x, V, 1.0, cases[c].keep, prob);
+        for (int i = 0; i < V; i++)
+            CHECK(cases[c].keep[i] ? count[i] > 0 : count[i] == 0, "%s: token %d came %d times",
+                  cases[c].what, i, count[i]);
+        /* the kept tokens keep their relative odds (3 dof at most: 16.3 is p = 0.001) */
+        double chi = chi_square(count, prob, V, N);
+        CHECK(chi < 16.3, "%s: chi-square %.2f", cases[c].what, chi);
+    }
+}
+
+/* Greedy pick with a history, under the given penalties. */
+static int32_t penalised_pick(float rep, float freq, float pres, int last_n, const int32_t *hist,
+                              size_t n_hist, const float *x, int v) {
+    tsr_sampling_params p = defaults();
+    p.repetition_penalty = rep;
+    p.frequency_penalty = freq;
+    p.presence_penalty = pres;
+    p.penalty_last_n = last_n;
+    tsr_sampler s;
+    CHECK_OK(tsr_sampler_init(&s, &p, v));
+    CHECK_OK(tsr_sampler_accept(&s, hist, n_hist));
+    int32_t t = draw(&s, x);
+    /* Penalties are applied afresh on each call, not accumulated. */
+    CHECK(draw(&s, x) == t && draw(&s, x) == t, "a second sample with the same history differs");
+    tsr_sampler_free(&s);
+    return t;
+}
+
+static void test_penalties(void) {
+    enum { V = 8 };
+    float x[V];
+    for (int i = 0; i < V; i++)
+        x[i] = -5.0f - (float)i; /* the rest: far below */
+    const int32_t h0[] = {0}, h000[] = {0, 0, 0}, h00[] = {0, 0};
+
+    /* Repetition divides a positive logit ... */
+    x[0] = 3.0f, x[1] = 1.49f;
+    CHECK(penalised_pick(2.0f, 0, 0, 0, h0, 1, x, V) == 0, "3/2 = 1.5 > 1.49");
+    CHECK(penalised_pick(1.0f, 0, 0, 0, h0, 1, x, V) == 0, "no penalty");
+    x[1] = 1.51f;
+    CHECK(penalised_pick(2.0f, 0, 0, 0, h0, 1, x, V) == 1, "3/2 = 1.5 < 1.51");
+    CHECK(penalised_pick(2.0f, 0, 0, 0, h000, 3, x, V) == 1, "repeats divide once");
+    CHECK(penalised_pick(2.0f, 0, 0, 0, NULL, 0, x, V) == 0, "empty history");
+    /* ... multiplies a negative one. */
+    x[0] = -1.0f, x[1] = -1.99f;
+    CHECK(penalised_pick(2.0f, 0, 0, 0, h0, 1, x, V) == 1, "-1*2 = -2 < -1.99");
+    x[1] = -2.01f;
+    CHECK(penalised_pick(2.0f, 0, 0, 0, h0, 1, x, V) == 0, "-1*2 = -2 > -2.01");
+    /* A penalty below 1 rewards instead. */
+    x[0] = 1.0f, x[1] = 1.9f;
+    CHECK(penalised_pick(0.5f, 0, 0, 0, h0, 1, x, V) == 0, "1/0.5 = 2 > 1.9");
+
+    /* Frequency: minus count * f. */
+    x[0] = 2.0f, x[1] = 1.09f;
+    CHECK(penalised_pick(1.0f, 0.3f, 0, 0, h000, 3, x, V) == 0, "2 - 3*0.3 = 1.1 > 1.09");
+    x[1] = 1.11f;
+    CHECK(penalised_pick(1.0f, 0.3f, 0, 0, h000, 3, x, V) == 1, "2 - 3*0.3 = 1.1 < 1.11");
+    CHECK(penalised_pick(1.0f, 0.3f, 0, 0, h0, 1, x, V) == 0, "2 - 0.3 = 1.7 > 1.11");
+
+    /* Presence: minus p once, whatever the count. */
+    x[0] = 2.0f, x[1] = 1.39f;
+    CHECK(penalised_pick(1.0f, 0, 0.6f, 0, h000, 3, x, V) == 0, "2 - 0.6 = 1.4 > 1.39");
+    x[1] = 1.41f;
+    CHECK(penalised_pick(1.0f, 0, 0.6f, 0, h000, 3, x, V) == 1, "2 - 0.6 = 1.4 < 1.41");
+    CHECK(penalised_pick(1.0f, 0, 0.6f, 0, h0, 1, x, V) == 1, "2 - 0.6 = 1.4 < 1.41 (once)");
+    /* A negative presence penalty is a bonus. */
+    x[0] = 1.0f, x[1] = 2.0f;
+    CHECK(penalised_pick(1.0f, 0, -1.5f, 0, h0, 1, x, V) == 0, "1 + 1.5 = 2.5 > 2");
+
+    /* All three: 4/2 - 2*0.25 - 0.5 = 1.0 */
+    x[0] = 4.0f, x[1] = 0.99f;
+    CHECK(penalised_pick(2.0f, 0.25f, 0.5f, 0, h00, 2, x, V) == 0, "combined: 1.0 > 0.99");
+    x[1] = 1.01f;
+    CHECK(penalised_pick(2.0f, 0.25f, 0.5f, 0, h00, 2, x, V) == 1, "combined: 1.0 < 1.01");
+
+    /* The window: only the last n tokens of the history count. */
+    const int32_t hw[] = {0, 5, 6};
+    x[0] = 3.0f, x[1] = 1.51f;
+    CHECK(penalised_pick(2.0f, 0, 0, 2, hw, 3, x, V) == 0, "token 0 outside the last 2");
+    CHECK(penalised_pick(2.0f, 0, 0, 3, hw, 3, x, V) == 1, "token 0 inside the last 3");
+    CHECK(penalised_pick(2.0f, 0, 0, 64, hw, 3, x, V) == 1, "window longer than the history");
+    CHECK(penalised_pick(2.0f, 0, 0, 0, hw, 3, x, V) == 1, "0 = the whole history");
+    CHECK(penalised_pick(2.0f, 0, 0, -1, hw, 3, x, V) == 0, "-1 = no penalties");
+    /* Frequency counts only within the window: two of three zeros. */
+    const int32_t hf[] = {0, 0, 5, 0, 0};
+    x[0] = 2.0f, x[1] = 1.45f;
+    CHECK(penalised_pick(1.0f, 0.25f, 0, 3, hf, 5, x, V) == 0, "2 - 2*0.25 = 1.5 > 1.45");
+    CHECK(penalised_pick(1.0f, 0.25f, 0, 5, hf, 5, x, V) == 1, "2 - 4*0.25 = 1.0 < 1.45");
+
+    /* Ids outside the vocabulary in the history are ignored. */
+    const int32_t hbad[] = {-5, V, V + 100, INT32_MIN, INT32_MAX};
+    CHECK(penalised_pick(2.0f, 1.0f, 1.0f, 0, hbad, 5, x, V) == 0, "out-of-vocab history");
+
+    /* A long history (growth), penalties over the default window. */
+    tsr_sampling_params p = defaults();
+    p.repetition_penalty = 2.0f;
+    tsr_sampler s;
+    CHECK_OK(tsr_sampler_init(&s, &p, V));
+    int32_t tok = 0;
+    CHECK_OK(tsr_sampler_accept(&s, &tok, 0)); /* nothing, on an empty history */
+    for (int i = 0; i < 1000; i++) {
+        tok = i < 500 ? 0 : 2 + i % 5;
+        CHECK_OK(tsr_sampler_accept(&s, &tok, 1));
+    }
+    CHECK(s.n_history == 1000, "history length");
+    x[0] = 3.0f, x[1] = 1.51f;
+    CHECK(draw(&s, x) == 0, "token 0 is older than the default window of 64");
+    tsr_sampler_free(&s);
+}
+
+static void test_banned(tu_rng *r) {
+    enum { V = 10 };
+    float x[V];
+    tu_rng_fill(r, x, V, -1, 1);
+    x[3] = 5.0f, x[7] = 4.0f;
+    tsr_sampling_params p = defaults();
+    tsr_sampler s;
+    CHECK_OK(tsr_sampler_init(&s, &p, V));
+    int32_t t;
+    const int32_t ban3[] = {3}, ban_odd[] = {-1, V, 3, INT32_MAX, INT32_MIN};
+    CHECK_OK(tsr_sampler_sample(&s, x, ban3, 1, &t));
+    CHECK(t == 7, "greedy with the argmax banned gave %d", t);
+    CHECK_OK(tsr_sampler_sample(&s, x, ban_odd, 5, &t));
+    CHECK(t == 7, "out-of-range bans are ignored (gave %d)", t);
+    CHECK_OK(tsr_sampler_sample(&s, x, NULL, 0, &t));
+    CHECK(t == 3, "no bans");
+    tsr_sampler_free(&s);
+
+    /* Sampling: banned tokens never come out. */
+    p.temperature = 1.0f;
+    p.seed = 5;
+    CHECK_OK(tsr_sampler_init(&s, &p, V));
+    for (int i = 0; i < V; i++)
+        x[i] = 0.1f * (float)i;
+    const int32_t ban[] = {9, 0, 4};
+    int count[V] = {0};
+    for (int i = 0; i < 3000; i++) {
+        CHECK_OK(tsr_sampler_sample(&s, x, ban, 3, &t));
+        count[t]++;
+    }
+    for (int i = 0; i < V; i++)
+        CHECK((i == 9 || i == 0 || i == 4) ? count[i] == 0 : count[i] > 0,
+              "token %d came %d times", i, count[i]);
+    /* Everything banned: an error, not a banned token. */
+    int32_t all[V];
+    for (int i = 0; i < V; i++)
+        all[i] = i;
+    t = -7;
+    CHECK_ERR(tsr_sampler_sample(&s, x, all, V, &t), TSR_ERR_RANGE, "banned");
+    tsr_sampler_free(&s);
+    p.temperature = 0;
+    CHECK_OK(tsr_sampler_init(&s, &p, V));
+    tsr_error_clear();
+    tsr_status st = tsr_sampler_sample(&s, x, all, V, &t);
+    CHECK(st == TSR_ERR_RANGE, "greedy with every token banned returned %s and token %d",
+          tsr_status_str(st), t);
+    tsr_sampler_free(&s);
+}
+
+static void test_nan(void) {
+    float x[4] = {1, 2, NAN, 0.5f};
+    tsr_sampling_params p = defaults();
+    tsr_sampler s;
+    for (int greedy = 0; greedy < 2; greedy++) {
+        p.temperature = greedy ? 0.0f : 1.0f;
+        CHECK_OK(tsr_sampler_init(&s, &p, 4));
+        int32_t t;
+        CHECK_ERR(tsr_sampler_sample(&s, x, NULL, 0, &t), TSR_ERR_RANGE, "NaN");
+        tsr_sampler_free(&s);
+    }
+    /* One token: always it. */
+    p.temperature = 0.7f;
+    CHECK_OK(tsr_sampler_init(&s, &p, 1));
+    float one = -3.0f;
+    for (int i = 0; i < 10; i++)
+        CHECK(draw(&s, &one) == 0, "vocab of one");
+    tsr_sampler_free(&s);
+}
+
+static void test_validate(void) {
+    tsr_sampling_params p = defaults();
+    CHECK_OK(tsr_sampling_params_validate(&p));
+    static const struct {
+        const char *field;
+        float value;
+        int ok;
+    } cases[] = {
+        {"temperature", -0.1f, 0},  {"temperature", NAN, 0},      {"temperature", INFINITY, 0},
+        {"temperature", 0.0f, 1},   {"temperature", 2.0f, 1},     {"top_p", 0.0f, 0},
+        {"top_p", 1.5f, 0},         {"top_p", -0.5f, 0},          {"top_p", NAN, 0},
+        {"top_p", 1.0f, 1},         {"top_p", 1e-6f, 1},          {"min_p", 1.0f, 0},
+        {"min_p", -0.1f, 0},        {"min_p", NAN, 0},            {"min_p", 0.0f, 1},
+        {"min_p", 0.99f, 1},        {"repetition_penalty", 0.0f, 0},
+        {"repetition_penalty", -1.0f, 0}, {"repetition_penalty", NAN, 0},
+        {"repetition_penalty", INFINITY, 0}, {"repetition_penalty", 0.5f, 1},
+        {"frequency_penalty", INFINITY, 0},  {"frequency_penalty", -2.0f, 1},
+        {"presence_penalty", NAN, 0},        {"presence_penalty", 1.5f, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        p = defaults();
+        const char *f = cases[i].field;
+        float v = cases[i].value;
+        if (!strcmp(f, "temperature"))
+            p.temperature = v;
+        else if (!strcmp(f, "top_p"))
+            p.top_p = v;
+        else if (!strcmp(f, "min_p"))
+            p.min_p = v;
+        else if (!strcmp(f, "repetition_penalty"))
+            p.repetition_penalty = v;
+        else if (!strcmp(f, "frequency_penalty"))
+            p.frequency_penalty = v;
+        else
+            p.presence_penalty = v;
+        if (cases[i].ok) {
+            CHECK(tsr_sampling_params_validate(&p) == TSR_OK, "%s = %g refused", f, (double)v);
+        } else {
+            const char *name = strstr(f, "_penalty") && f[0] != 'r' ? "penalt" : f;
+            CHECK_ERR(tsr_sampling_params_validate(&p), TSR_ERR_INVALID, name);
+            /* init refuses the same, and leaves a sampler that is safe to free */
+            tsr_sampler s;
+            CHECK_ERR(tsr_sampler_init(&s, &p, 10), TSR_ERR_INVALID, name);
+            tsr_sampler_free(&s);
+        }
+    }
+    p = defaults();
+    p.top_k = -1;
+    CHECK_ERR(tsr_sampling_params_validate(&p), TSR_ERR_INVALID, "top_k");
+    p = defaults();
+    p.penalty_last_n = -2;
+    CHECK_ERR(tsr_sampling_params_validate(&p), TSR_ERR_INVALID, "penalty_last_n");
+    p.penalty_last_n = -1;
+    CHECK_OK(tsr_sampling_params_validate(&p));
+}
+
+int main(void) {
+    tu_rng r = {0x73616d706c6572ull};
+    test_argmax(&r);
+    test_greedy(&r);
+    printf("  argmax and greedy ok\n");
+    test_seed();
+    test_greedy_equivalents(&r);
+    printf("  seeds, top_k 1 and tiny top_p ok\n");
+    test_distribution();
+    test_filters();
+    printf("  distributions and filters ok\n");
+    test_penalties();
+    printf("  penalties ok\n");
+    test_nan();
+    test_validate();
+    printf("  validation ok\n");
+    test_banned(&r);
+    printf("  bans ok\n");
+    printf("test_sampler: all passed\n");
+    return 0;
+}
