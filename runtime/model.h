@@ -20,17 +20,10 @@
 #include "kernels/backend.h"
 #include "runtime/kv_cache.h"
 #include "shard/model_file.h"
+#include "shard/plan.h"
 
-/* Which part of the model this rank holds. tsr_model_slice_full() gives all
- * of it (one rank). */
-typedef struct {
-    int layer_begin, layer_end;   /* [begin, end) */
-    int head_begin, n_head;       /* query heads */
-    int kv_head_begin, n_kv_head; /* KV heads; the query heads map onto them */
-    int ff_begin, n_ff;           /* FFN columns */
-    int vocab_begin, n_vocab;     /* embedding / LM-head rows */
-} tsr_model_slice;
-
+/* The slice of the model this rank holds (tsr_model_slice) is defined with
+ * the shard plan in shard/plan.h. */
 tsr_model_slice tsr_model_slice_full(const tsr_model_config *c);
 
 /* Collective hooks. allreduce_sum NULL means one rank (identity). */

@@ -362,6 +362,11 @@ tsr_status tsr_gguf_open(const char *path, tsr_gguf_t **out) {
     return open_image(p, (size_t)sb.st_size, path, 1, out);
 }
 
+void tsr_gguf_drop_pages(const tsr_gguf_t *g) {
+    if (g && g->mapped)
+        madvise((void *)g->base, g->size, MADV_DONTNEED);
+}
+
 void tsr_gguf_close(tsr_gguf_t *g) {
     if (!g)
         return;

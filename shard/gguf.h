@@ -85,6 +85,12 @@ tsr_status tsr_gguf_open_memory(const void *data, size_t size, const char *name,
 /* Unmaps and frees. NULL is allowed. */
 void tsr_gguf_close(tsr_gguf_t *g);
 
+/* Tells the kernel the mapped pages are not needed now (after the weights
+ * were copied out): they leave this process's resident set and are read
+ * again from the file if touched. Pointers stay valid. No-op for memory
+ * images. */
+void tsr_gguf_drop_pages(const tsr_gguf_t *g);
+
 uint32_t tsr_gguf_version(const tsr_gguf_t *g);
 size_t tsr_gguf_n_kv(const tsr_gguf_t *g);
 const tsr_gguf_kv *tsr_gguf_kv_at(const tsr_gguf_t *g, size_t i);

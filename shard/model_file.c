@@ -276,6 +276,11 @@ const char *tsr_model_file_dtype(const tsr_model_file_t *mf, const char *name) {
     return view_of(mf, name, &v) ? tsr_dtype_name(v.dtype) : NULL;
 }
 
+void tsr_model_file_drop_pages(const tsr_model_file_t *mf) {
+    tsr_gguf_drop_pages(mf->gguf);
+    tsr_st_dir_drop_pages(mf->st);
+}
+
 int tsr_model_file_has(const tsr_model_file_t *mf, const char *name) {
     tensor_view v;
     return view_of(mf, name, &v);
@@ -315,7 +320,12 @@ tsr_status tsr_model_file_read(const tsr_model_file_t *mf, const char *name, int
         col0 > v.cols - ncols)
         return tsr_error_set(TSR_ERR_RANGE, "tensor '%s' (%d x %d): rows %d+%d, cols %d+%d are outside it",
                              name, v.rows, v.cols, row0, nrows, col0, ncols);
-    int full = col0 == 0 && ncols == v.cols;
+    /* a block-aligned column range is dequantized alone: the rest of the
+     * row is not touched */
+    size_t blk = tsr_dtype_block(v.dtype);
+    int aligned = col0 % (int)blk == 0 && ncols % (int)blk == 0;
+    size_t skip = aligned ? tsr_dtype_row_bytes(v.dtype, (uint64_t)col0) : 0;
+    int full = (col0 == 0 && ncols == v.cols) || aligned;
     float *tmp = full ? NULL : malloc((size_t)v.cols * sizeof *tmp);
     if (!full && !tmp)
         return tsr_error_set(TSR_ERR_NOMEM, "out of memory reading '%s'", name);
@@ -323,7 +333,7 @@ tsr_status tsr_model_file_read(const tsr_model_file_t *mf, const char *name, int
         const unsigned char *src = v.data + (size_t)stored_row(mf, name, row0 + r) * v.row_bytes;
         float *d = dst + (size_t)r * ncols;
         if (full) {
-            tsr_dequantize(v.dtype, src, d, (size_t)v.cols);
+            tsr_dequantize(v.dtype, src + skip, d, (size_t)ncols);
         } else {
             tsr_dequantize(v.dtype, src, tmp, (size_t)v.cols);
             memcpy(d, tmp + col0, (size_t)ncols * sizeof *tmp);

@@ -39,6 +39,10 @@ const char *tsr_model_file_dtype(const tsr_model_file_t *mf, const char *name);
 
 int tsr_model_file_has(const tsr_model_file_t *mf, const char *name);
 
+/* After a rank copied its slices out: drop the file's pages from this
+ * process's resident set (they are re-read if touched again). */
+void tsr_model_file_drop_pages(const tsr_model_file_t *mf);
+
 /* Shape of a tensor as (rows, cols) = (out_features, in_features); a 1-D
  * tensor has rows == 1. TSR_ERR_INVALID if absent. */
 tsr_status tsr_model_file_shape(const tsr_model_file_t *mf, const char *name, int *rows,

@@ -480,6 +480,12 @@ tsr_status tsr_safetensors_open(const char *path, tsr_safetensors_t **out) {
     return TSR_OK;
 }
 
+void tsr_st_dir_drop_pages(const tsr_st_dir_t *d) {
+    for (size_t i = 0; d && i < d->n_files; i++)
+        if (d->files[i]->map)
+            madvise(d->files[i]->map, d->files[i]->map_size, MADV_DONTNEED);
+}
+
 void tsr_safetensors_close(tsr_safetensors_t *st) {
     if (!st)
         return;

@@ -119,6 +119,10 @@ tsr_status tsr_st_tensor_loadable(const tsr_st_tensor *t);
  * On error *out is NULL and the message names the offending file. */
 tsr_status tsr_st_dir_open(const char *dir, tsr_st_dir_t **out);
 
+/* Drops the resident pages of every mapped file (see tsr_gguf_drop_pages).
+ * NULL ok. */
+void tsr_st_dir_drop_pages(const tsr_st_dir_t *d);
+
 /* Closes every file. NULL is allowed. */
 void tsr_st_dir_close(tsr_st_dir_t *d);
 
