@@ -11,46 +11,19 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Runs tokens[0..n) at positions pos0.. through the model; logits of the
- * rows in out_rows (or none) into out. */
-static tsr_status run_chunk(tsr_model *m, tsr_kv_cache *kv, const int32_t *tokens, int n, int pos0,
-                            int all_logits, float *out) {
-    int32_t *pos = malloc((size_t)n * 3 * sizeof *pos);
-    if (!pos)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-    int32_t *seq = pos + n, *rows = pos + 2 * n;
-    for (int i = 0; i < n; i++) {
-        pos[i] = pos0 + i;
-        seq[i] = 0;
-        rows[i] = i;
-    }
-    tsr_batch b = {
-        .n_tokens = n,
-        .tokens = tokens,
-        .pos = pos,
-        .seq = seq,
-        .n_out = all_logits ? n : (out ? 1 : 0),
-        .out_rows = all_logits ? rows : rows + n - 1,
-    };
-    tsr_status st = tsr_kv_cache_reserve(kv, 0, pos0 + n);
-    if (st == TSR_OK)
-        st = tsr_model_forward(m, kv, &b, NULL, NULL, out);
-    free(pos);
-    return st;
-}
-
-tsr_status tsr_score_tokens(tsr_model *m, tsr_kv_cache *kv, const int32_t *tokens, size_t n,
-                            int n_batch, float *out) {
+tsr_status tsr_score_tokens(const tsr_lm *lm, const int32_t *tokens, size_t n, int n_batch,
+                            float *out) {
     if (n_batch <= 0)
         n_batch = 512;
+    if (n > (size_t)lm->n_ctx)
+        return tsr_error_set(TSR_ERR_RANGE, "%zu tokens exceed the context of %d", n, lm->n_ctx);
     tsr_status st = TSR_OK;
-    size_t V = (size_t)m->slice.n_vocab;
     for (size_t i = 0; i < n && st == TSR_OK; i += (size_t)n_batch) {
         int c = (int)(n - i < (size_t)n_batch ? n - i : (size_t)n_batch);
-        st = run_chunk(m, kv, tokens + i, c, (int)i, 1, out + i * V);
+        st = lm->forward(lm->ctx, tokens + i, c, (int)i, out + i * (size_t)lm->n_vocab, NULL, NULL);
     }
-    tsr_kv_cache_release(kv, 0);
-    return st;
+    tsr_status rs = lm->release(lm->ctx);
+    return st != TSR_OK ? st : rs;
 }
 
 /* Text held back because it could be the start of a stop string. */
@@ -114,7 +87,7 @@ static int is_stop_id(const tsr_gen_params *p, int32_t t) {
     return 0;
 }
 
-tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *tok,
+tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
                         const int32_t *prompt, size_t n_prompt, const tsr_gen_params *p,
                         tsr_gen_emit emit, void *user, tsr_gen_result *res) {
     memset(res, 0, sizeof *res);
@@ -122,11 +95,17 @@ tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *t
         return tsr_error_set(TSR_ERR_INVALID, "the prompt is empty");
     if (p->max_tokens <= 0)
         return tsr_error_set(TSR_ERR_INVALID, "max_tokens must be > 0 (got %d)", p->max_tokens);
-    int ctx = kv->max_blocks * kv->block_size;
+    const int ctx = lm->n_ctx;
     if (n_prompt >= (size_t)ctx)
         return tsr_error_set(TSR_ERR_RANGE, "the prompt has %zu tokens; the context holds %d",
                              n_prompt, ctx);
-    const int V = m->cfg.n_vocab, n_batch = p->n_batch > 0 ? p->n_batch : 512;
+    const int V = lm->n_vocab, n_batch = p->n_batch > 0 ? p->n_batch : 512;
+    const tsr_sampling_params *sp = &p->sampling;
+    /* greedy with nothing that edits logits: only the argmax has to travel */
+    const int argmax_only = sp->temperature == 0 && sp->repetition_penalty == 1.0f &&
+                            sp->frequency_penalty == 0 && sp->presence_penalty == 0 &&
+                            p->min_tokens == 0 && !p->ignore_eos;
+    int32_t next_argmax = -1;
     tsr_sampler smp;
     TSR_TRY(tsr_sampler_init(&smp, &p->sampling, V));
     tsr_detok_stream ds;
@@ -149,7 +128,9 @@ tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *t
     for (size_t i = 0; i < n_prompt; i += (size_t)n_batch) {
         int c = (int)(n_prompt - i < (size_t)n_batch ? n_prompt - i : (size_t)n_batch);
         int last = i + (size_t)c == n_prompt;
-        TSR_CHECK_GOTO(st, run_chunk(m, kv, prompt + i, c, (int)i, 0, last ? logits : NULL));
+        TSR_CHECK_GOTO(st, lm->forward(lm->ctx, prompt + i, c, (int)i, NULL,
+                                       last && !argmax_only ? logits : NULL,
+                                       last && argmax_only ? &next_argmax : NULL));
     }
     res->n_prompt = (int)n_prompt;
     double t1 = now_s();
@@ -159,8 +140,11 @@ tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *t
     for (;;) {
         int32_t next;
         int suppress = res->n_completion < p->min_tokens || p->ignore_eos;
-        TSR_CHECK_GOTO(st, tsr_sampler_sample(&smp, logits, suppress ? eog : NULL,
-                                              suppress ? n_eog : 0, &next));
+        if (argmax_only)
+            next = next_argmax;
+        else
+            TSR_CHECK_GOTO(st, tsr_sampler_sample(&smp, logits, suppress ? eog : NULL,
+                                                  suppress ? n_eog : 0, &next));
         if (!p->ignore_eos && (tsr_tokenizer_is_eog(tok, next) || is_stop_id(p, next))) {
             res->finish = TSR_FINISH_STOP;
             break;
@@ -193,7 +177,8 @@ tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *t
         }
         if (res->n_completion >= p->max_tokens || pos + 1 >= ctx)
             break;
-        TSR_CHECK_GOTO(st, run_chunk(m, kv, &next, 1, pos, 0, logits));
+        TSR_CHECK_GOTO(st, lm->forward(lm->ctx, &next, 1, pos, NULL, argmax_only ? NULL : logits,
+                                       argmax_only ? &next_argmax : NULL));
         pos++;
     }
     /* what is left: held-back text and an incomplete character */
@@ -207,7 +192,8 @@ tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *t
     }
     res->decode_s = now_s() - t1;
 cleanup:
-    tsr_kv_cache_release(kv, 0);
+    if (lm->release(lm->ctx) != TSR_OK && st == TSR_OK)
+        st = TSR_ERR_COMM;
     tsr_sampler_free(&smp);
     tsr_detok_stream_free(&ds);
     free(pend.buf);

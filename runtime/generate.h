@@ -5,14 +5,14 @@
  * evaluation llama.cpp's perplexity tool performs.
  *
  * What it is not: the multi-sequence engine (continuous batching lives in the
- * engine); this loop drives one sequence in slot 0 of the cache. */
+ * engine); this loop drives one sequence through a tsr_lm. */
 #ifndef TSR_RUNTIME_GENERATE_H
 #define TSR_RUNTIME_GENERATE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "runtime/model.h"
+#include "runtime/lm.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -45,16 +45,16 @@ typedef struct {
  * that completed the piece. Returns nonzero to cancel. */
 typedef int (*tsr_gen_emit)(void *user, const char *text, size_t len, int32_t token);
 
-/* Generates from prompt[0..n_prompt) (already tokenized, non-empty) using
- * cache slot 0, which is released at the end. */
-tsr_status tsr_generate(tsr_model *m, tsr_kv_cache *kv, const tsr_tokenizer_t *tok,
+/* Generates from prompt[0..n_prompt) (already tokenized, non-empty); the
+ * sequence is released at the end. Pure greedy decoding asks the model for
+ * argmax tokens only (no logits leave a vocabulary-parallel last stage). */
+tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
                         const int32_t *prompt, size_t n_prompt, const tsr_gen_params *p,
                         tsr_gen_emit emit, void *user, tsr_gen_result *res);
 
 /* Computes logits of every position of tokens[0..n) in one fresh sequence
- * (slot 0, released at the end), in prefill chunks of n_batch. out: (n,
- * n_vocab) host f32. */
-tsr_status tsr_score_tokens(tsr_model *m, tsr_kv_cache *kv, const int32_t *tokens, size_t n,
-                            int n_batch, float *out);
+ * (released at the end), in prefill chunks of n_batch. out: (n, n_vocab). */
+tsr_status tsr_score_tokens(const tsr_lm *lm, const int32_t *tokens, size_t n, int n_batch,
+                            float *out);
 
 #endif

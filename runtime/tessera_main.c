@@ -1,12 +1,15 @@
 /* runtime/tessera_main.c - the `tessera` program: generate, tokenize and
- * perplexity on one rank's CPU backend.
+ * perplexity, on one rank or on a tp x pp grid under mpirun.
  *
- *   tessera generate --model M (--prompt TEXT | --chat TEXT) [options]
+ *   [mpirun -np N] tessera generate --model M (--prompt T | --chat T) [--tp T --pp P]
  *   tessera tokenize --model M (--text TEXT | --file F)
- *   tessera perplexity --model M --file F [--ctx N]
+ *   [mpirun -np N] tessera perplexity --model M --file F [--ctx N] [--tp T --pp P]
  *
- * Generated text goes to stdout as it is produced; statistics and messages go
- * to stderr. Nothing is read from standard input unless asked (--file -). */
+ * Every rank runs this program (SPMD). Rank 0 parses the text, drives the
+ * engine and prints; the other ranks execute the engine's steps and stay
+ * quiet unless --verbose. Generated text goes to stdout as it is produced;
+ * statistics and messages go to stderr. Nothing is read from standard input
+ * unless asked (--file -). */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -17,6 +20,8 @@
 #include <time.h>
 
 #include "base/log.h"
+#include "comm/comm.h"
+#include "runtime/engine.h"
 #include "runtime/generate.h"
 #include "runtime/tokenizer/chat.h"
 
@@ -27,6 +32,9 @@ typedef struct {
     const char *prompt, *chat, *system, *text, *file;
     int max_tokens, min_tokens, ctx, threads, n_batch, verbose, ignore_eos, raw_ids;
     int have_ctx;
+    int tp, pp;
+    int pp_layers[256];
+    int n_pp_layers;
     tsr_sampling_params sp;
     const char *stop[MAX_STOP];
     size_t n_stop;
@@ -36,13 +44,26 @@ typedef struct {
 
 /* Everything one command needs, built in order and freed in reverse. */
 typedef struct {
+    tsr_comm_grid *grid;
     tsr_model_file_t *mf;
-    tsr_tokenizer_t *tok;
-    tsr_backend *be;
-    tsr_model model;
-    int model_loaded;
-    tsr_kv_cache kv;
+    tsr_tokenizer_t *tok; /* rank 0 only */
+    tsr_engine engine;
+    int engine_ready;
+    int peer_failed; /* the error came from another rank (it reported it) */
+    tsr_lm lm;
 } session;
+
+/* This process's rank and world size, known from MPI init on. Written once
+ * in main before anything else runs. */
+static int g_rank, g_world = 1;
+
+/* Usage and input errors: every rank sees the same arguments, so rank 0
+ * alone reports them. */
+#define PERR(...)                                                                                  \
+    do {                                                                                           \
+        if (g_rank == 0)                                                                           \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+    } while (0)
 
 static void usage(FILE *f) {
     fputs("usage: tessera COMMAND --model PATH [options]\n"
@@ -54,6 +75,8 @@ static void usage(FILE *f) {
           "\n"
           "model:\n"
           "  --model PATH          a .gguf file or a Hugging Face directory\n"
+          "  --tp T  --pp P        tensor / pipeline parallel degrees (tp*pp = ranks)\n"
+          "  --pp-layers A,B,...   layers per pipeline stage (default: even)\n"
           "  --threads N           CPU threads (default: all cores)\n"
           "  --ctx N               context length (generate: default min(model, 4096);\n"
           "                        perplexity: chunk length, default 512)\n"
@@ -76,7 +99,7 @@ static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "tessera: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
+        PERR("tessera: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
         return -1;
     }
     *out = (int)v;
@@ -88,7 +111,7 @@ static int parse_float(const char *s, const char *flag, float *out) {
     errno = 0;
     float v = strtof(s, &end);
     if (errno || *end || end == s || !isfinite(v)) {
-        fprintf(stderr, "tessera: %s expects a number, got '%s'\n", flag, s);
+        PERR("tessera: %s expects a number, got '%s'\n", flag, s);
         return -1;
     }
     *out = v;
@@ -99,8 +122,26 @@ enum {
     OPT_MODEL = 256, OPT_PROMPT, OPT_CHAT, OPT_SYSTEM, OPT_TEXT, OPT_FILE, OPT_MAX_TOKENS,
     OPT_MIN_TOKENS, OPT_CTX, OPT_THREADS, OPT_BATCH, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
     OPT_SEED, OPT_REPEAT, OPT_FREQ, OPT_PRES, OPT_STOP, OPT_STOP_ID, OPT_IGNORE_EOS, OPT_VERBOSE,
-    OPT_HELP,
+    OPT_HELP, OPT_TP, OPT_PP, OPT_PP_LAYERS,
 };
+
+static int parse_layers(const char *s, options *o) {
+    o->n_pp_layers = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 1 || v > 1 << 20 || o->n_pp_layers == 256 ||
+            (*end && *end != ',')) {
+            PERR("tessera: --pp-layers expects positive integers separated by commas, got '%s'\n", s);
+            return -1;
+        }
+        o->pp_layers[o->n_pp_layers++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return o->n_pp_layers ? 0 : -1;
+}
 
 static int parse_options(int argc, char **argv, options *o) {
     static const struct option longopts[] = {
@@ -129,11 +170,15 @@ static int parse_options(int argc, char **argv, options *o) {
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"verbose", no_argument, 0, OPT_VERBOSE},
         {"help", no_argument, 0, OPT_HELP},
+        {"tp", required_argument, 0, OPT_TP},
+        {"pp", required_argument, 0, OPT_PP},
+        {"pp-layers", required_argument, 0, OPT_PP_LAYERS},
         {0, 0, 0, 0},
     };
     tsr_sampling_params sp = TSR_SAMPLING_PARAMS_INIT;
     o->sp = sp;
     o->max_tokens = 256;
+    o->tp = o->pp = 1;
     optind = 2; /* argv[1] is the command */
     int c, seed;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -163,32 +208,43 @@ static int parse_options(int argc, char **argv, options *o) {
         case OPT_PRES: r = parse_float(optarg, "--presence-penalty", &o->sp.presence_penalty); break;
         case OPT_STOP:
             if (o->n_stop == MAX_STOP) {
-                fprintf(stderr, "tessera: at most %d --stop strings\n", MAX_STOP);
+                PERR("tessera: at most %d --stop strings\n", MAX_STOP);
                 return -1;
             }
             o->stop[o->n_stop++] = optarg;
             break;
         case OPT_STOP_ID:
             if (o->n_stop_ids == MAX_STOP) {
-                fprintf(stderr, "tessera: at most %d --stop-id values\n", MAX_STOP);
+                PERR("tessera: at most %d --stop-id values\n", MAX_STOP);
                 return -1;
             }
             r = parse_int(optarg, "--stop-id", 0, 1 << 30, &o->stop_ids[o->n_stop_ids++]);
             break;
         case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
+        case OPT_TP: r = parse_int(optarg, "--tp", 1, 4096, &o->tp); break;
+        case OPT_PP: r = parse_int(optarg, "--pp", 1, 4096, &o->pp); break;
+        case OPT_PP_LAYERS: r = parse_layers(optarg, o); break;
         case OPT_VERBOSE: o->verbose = 1; break;
-        case OPT_HELP: usage(stdout); exit(0);
+        case OPT_HELP: if (g_rank == 0) usage(stdout); tsr_comm_mpi_finalize(); exit(0);
         default: usage(stderr); return -1;
         }
         if (r)
             return -1;
     }
     if (optind < argc) {
-        fprintf(stderr, "tessera: unexpected argument '%s'\n", argv[optind]);
+        PERR("tessera: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
     if (!o->model) {
-        fprintf(stderr, "tessera: --model PATH is required\n");
+        PERR("tessera: --model PATH is required\n");
+        return -1;
+    }
+    if (o->n_pp_layers && o->n_pp_layers != o->pp) {
+        PERR("tessera: --pp-layers lists %d stages but --pp is %d\n", o->n_pp_layers, o->pp);
+        return -1;
+    }
+    if (tsr_sampling_params_validate(&o->sp) != TSR_OK) {
+        PERR("tessera: %s\n", tsr_error_msg());
         return -1;
     }
     return 0;
@@ -198,7 +254,7 @@ static int parse_options(int argc, char **argv, options *o) {
 static char *read_file(const char *path, size_t *len) {
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (!f) {
-        fprintf(stderr, "tessera: cannot open '%s': %s\n", path, strerror(errno));
+        PERR("tessera: cannot open '%s': %s\n", path, strerror(errno));
         return NULL;
     }
     size_t cap = 1 << 16, n = 0;
@@ -222,7 +278,7 @@ static char *read_file(const char *path, size_t *len) {
     if (f != stdin)
         fclose(f);
     if (!buf || err) {
-        fprintf(stderr, "tessera: cannot read '%s'\n", path);
+        PERR("tessera: cannot read '%s'\n", path);
         free(buf);
         return NULL;
     }
@@ -238,10 +294,11 @@ static double now_s(void) {
 }
 
 static void session_free(session *s) {
-    tsr_kv_cache_free(&s->kv);
-    if (s->model_loaded)
-        tsr_model_free(&s->model);
-    tsr_backend_destroy(s->be);
+    if (s->engine_ready) {
+        if (g_rank == 0)
+            tsr_engine_stop(&s->engine);
+        tsr_engine_free(&s->engine);
+    }
     tsr_tokenizer_free(s->tok);
     tsr_model_file_close(s->mf);
 }
@@ -260,32 +317,100 @@ static tsr_status load_tokenizer(session *s) {
     return tsr_tokenizer_from_json(tj, f ? tc : NULL, &s->tok);
 }
 
-/* Opens the model and tokenizer; with `ctx` > 0 also loads the weights and a
- * single-sequence KV cache of that many positions. */
-static tsr_status session_open(session *s, const options *o, int ctx) {
+/* Opens the model (every rank) and the tokenizer (rank 0); with ctx != 0 also
+ * builds the engine: each rank loads only its shard and a one-sequence KV
+ * cache of ctx positions (-1: the model's context, at most 4096).
+ * Collective: on any rank's failure every rank returns an error; the failing
+ * rank's message names the problem. */
+static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o, int ctx) {
     memset(s, 0, sizeof *s);
+    s->grid = grid;
     double t0 = now_s();
-    TSR_TRY(tsr_model_file_open(o->model, &s->mf));
-    TSR_TRY(load_tokenizer(s));
-    if (ctx <= 0)
+    tsr_status st = tsr_model_file_open(o->model, &s->mf);
+    if (st == TSR_OK && g_rank == 0)
+        st = load_tokenizer(s);
+    tsr_status all = tsr_comm_agree(grid->world, st);
+    if (st != TSR_OK)
+        return st;
+    if (all != TSR_OK) {
+        s->peer_failed = 1;
+        return tsr_error_set(all, "another rank could not open the model (see its message)");
+    }
+    if (ctx == 0)
         return TSR_OK;
+    if (ctx < 0) {
+        int train = tsr_model_file_config(s->mf)->n_ctx_train;
+        ctx = train < 4096 ? train : 4096;
+    }
+    tsr_plan_config pc = {o->tp, o->pp, o->n_pp_layers ? o->pp_layers : NULL, o->n_pp_layers};
+    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
+    ec.threads = o->threads;
+    ec.max_ctx = ctx;
+    /* The layout check is the same on every rank: one message, from rank 0. */
+    tsr_shard_plan plan;
+    st = tsr_shard_plan_init(tsr_model_file_config(s->mf), &pc, &plan);
+    if (st != TSR_OK) {
+        s->peer_failed = 1;
+        return st;
+    }
+    tsr_shard_plan_free(&plan);
+    st = tsr_engine_init(&s->engine, grid, s->mf, &pc, &ec);
+    if (st != TSR_OK) {
+        s->peer_failed = strstr(tsr_error_msg(), "another rank failed") != NULL;
+        return st;
+    }
+    s->engine_ready = 1;
+    tsr_engine_lm(&s->engine, &s->lm);
     const tsr_model_config *c = tsr_model_file_config(s->mf);
-    TSR_TRY(tsr_backend_cpu_create(o->threads, &s->be));
-    tsr_model_slice slice = tsr_model_slice_full(c);
-    TSR_TRY(tsr_model_load(&s->model, s->mf, &slice, 1, 1, s->be, NULL));
-    s->model_loaded = 1;
-    const int bs = 16;
-    TSR_TRY(tsr_kv_cache_init(&s->kv, s->be, c->n_layer, c->n_head_kv * c->head_dim, bs,
-                              (ctx + bs - 1) / bs, 1, ctx));
-    TSR_LOG_I("loaded %s (%s, %d layers, %d heads / %d KV heads, vocab %d) in %.2f s",
+    const tsr_model_slice *sl = &s->engine.slice;
+    TSR_LOG_I("loaded %s (%s, %d layers, %d heads / %d KV heads, vocab %d) in %.2f s; this rank: "
+              "layers %d-%d, heads %d+%d, KV heads %d+%d, FFN %d+%d, vocab %d+%d",
               o->model, tsr_model_file_format(s->mf), c->n_layer, c->n_head, c->n_head_kv,
-              c->n_vocab, now_s() - t0);
+              c->n_vocab, now_s() - t0, sl->layer_begin, sl->layer_end - 1, sl->head_begin,
+              sl->n_head, sl->kv_head_begin, sl->n_kv_head, sl->ff_begin, sl->n_ff,
+              sl->vocab_begin, sl->n_vocab);
     return TSR_OK;
 }
 
 static int fail(tsr_status st) {
-    fprintf(stderr, "tessera: error: %s\n", tsr_error_msg()[0] ? tsr_error_msg() : tsr_status_str(st));
+    const char *msg = tsr_error_msg()[0] ? tsr_error_msg() : tsr_status_str(st);
+    if (g_world > 1)
+        fprintf(stderr, "[rank %d/%d] tessera: error: %s\n", g_rank, g_world, msg);
+    else
+        PERR("tessera: error: %s\n", msg);
     return st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1;
+}
+
+/* An error of session_open: the rank where it happened reports it; the
+ * others only report when they are rank 0 (one line for the job). */
+static int fail_open(const session *s, tsr_status st) {
+    if (s->peer_failed && g_rank != 0)
+        return st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1;
+    return fail(st);
+}
+
+/* Ranks other than 0: execute the engine's steps until rank 0 stops it. A
+ * failure here would leave the peers waiting forever: end the whole job. */
+static int run_worker(session *s) {
+    tsr_status st = tsr_engine_serve(&s->engine);
+    if (st != TSR_OK) {
+        fail(st);
+        tsr_comm_abort(s->grid, 1, "engine step failed");
+    }
+    s->engine_ready = 0; /* stopped by rank 0: nothing to tell it */
+    tsr_engine_free(&s->engine);
+    session_free(s);
+    return 0;
+}
+
+/* Rank 0: a failure inside a step (not bad input, which is refused before
+ * anything is broadcast) leaves peers mid-step: end the whole job. */
+static void abort_if_step_failed(const session *s, tsr_status st) {
+    if (st == TSR_ERR_COMM || st == TSR_ERR_INTERNAL || st == TSR_ERR_BACKEND ||
+        st == TSR_ERR_NOMEM) {
+        fail(st);
+        tsr_comm_abort(s->grid, 1, "engine step failed");
+    }
 }
 
 static int emit_stdout(void *user, const char *text, size_t len, int32_t token) {
@@ -302,9 +427,10 @@ static long peak_rss_kb(void) {
     return ru.ru_maxrss;
 }
 
-static int cmd_generate(const options *o) {
+static int cmd_generate(tsr_comm_grid *grid, const options *o) {
     if (!o->prompt == !o->chat) {
-        fprintf(stderr, "tessera generate: give exactly one of --prompt TEXT or --chat TEXT\n");
+        if (g_rank == 0)
+            PERR("tessera generate: give exactly one of --prompt TEXT or --chat TEXT\n");
         return 2;
     }
     session s;
@@ -312,17 +438,13 @@ static int cmd_generate(const options *o) {
     size_t n = 0;
     char *rendered = NULL;
     int rc = 0;
-    tsr_status st = tsr_model_file_open(o->model, &s.mf); /* for the context length */
-    if (st != TSR_OK)
-        return fail(st);
-    int ctx_train = tsr_model_file_config(s.mf)->n_ctx_train;
-    tsr_model_file_close(s.mf);
-    int ctx = o->have_ctx ? o->ctx : (ctx_train < 4096 ? ctx_train : 4096);
-    st = session_open(&s, o, ctx);
+    tsr_status st = session_open(&s, grid, o, o->have_ctx ? o->ctx : -1);
     if (st != TSR_OK) {
-        rc = fail(st);
+        rc = fail_open(&s, st);
         goto cleanup;
     }
+    if (g_rank != 0)
+        return run_worker(&s);
     const char *text = o->prompt;
     if (o->chat) {
         tsr_chat_msg msgs[2];
@@ -359,10 +481,11 @@ static int cmd_generate(const options *o) {
         .n_batch = o->n_batch,
     };
     tsr_gen_result res;
-    st = tsr_generate(&s.model, &s.kv, s.tok, ids, n, &gp, emit_stdout, NULL, &res);
+    st = tsr_generate(&s.lm, s.tok, ids, n, &gp, emit_stdout, NULL, &res);
     fputc('\n', stdout);
     fflush(stdout);
     if (st != TSR_OK) {
+        abort_if_step_failed(&s, st);
         rc = fail(st);
         goto cleanup;
     }
@@ -379,9 +502,11 @@ cleanup:
     return rc;
 }
 
-static int cmd_tokenize(const options *o) {
+static int cmd_tokenize(tsr_comm_grid *grid, const options *o) {
+    if (g_rank != 0)
+        return 0; /* nothing to do on other ranks */
     if (!o->text == !o->file) {
-        fprintf(stderr, "tessera tokenize: give exactly one of --text TEXT or --file F\n");
+        PERR("tessera tokenize: give exactly one of --text TEXT or --file F\n");
         return 2;
     }
     size_t len = 0;
@@ -399,7 +524,7 @@ static int cmd_tokenize(const options *o) {
     int32_t *ids = NULL;
     size_t n = 0;
     int rc = 0;
-    tsr_status st = session_open(&s, o, 0);
+    tsr_status st = session_open(&s, grid, o, 0);
     if (st == TSR_OK)
         st = tsr_tokenizer_encode(s.tok, text, len, 1, &ids, &n);
     if (st != TSR_OK) {
@@ -408,7 +533,7 @@ static int cmd_tokenize(const options *o) {
         for (size_t i = 0; i < n; i++)
             printf("%s%d", i ? " " : "", ids[i]);
         printf("\n");
-        fprintf(stderr, "tessera: %zu tokens\n", n);
+        PERR("tessera: %zu tokens\n", n);
     }
     free(ids);
     free(buf);
@@ -432,36 +557,45 @@ static double nll(const float *logits, int n, int target) {
  * the first slot when the model adds one); each chunk is evaluated from a
  * fresh cache and only its second half is scored, so every scored token has
  * at least ctx/2 tokens of context. */
-static int cmd_perplexity(const options *o) {
+static int cmd_perplexity(tsr_comm_grid *grid, const options *o) {
     if (!o->file) {
-        fprintf(stderr, "tessera perplexity: --file F is required\n");
+        if (g_rank == 0)
+            PERR("tessera perplexity: --file F is required\n");
         return 2;
     }
     int ctx = o->have_ctx ? o->ctx : 512;
-    size_t len;
-    char *text = read_file(o->file, &len);
-    if (!text)
-        return 1;
+    size_t len = 0;
+    char *text = NULL;
     session s;
     int32_t *ids = NULL;
     float *logits = NULL;
     size_t n = 0;
     int rc = 0;
-    tsr_status st = session_open(&s, o, ctx);
-    if (st == TSR_OK)
-        st = tsr_tokenizer_encode(s.tok, text, len, 0, &ids, &n);
+    tsr_status st = session_open(&s, grid, o, ctx);
+    if (st != TSR_OK) {
+        rc = fail_open(&s, st);
+        goto cleanup;
+    }
+    if (g_rank != 0)
+        return run_worker(&s);
+    text = read_file(o->file, &len);
+    if (!text) {
+        rc = 1;
+        goto cleanup;
+    }
+    st = tsr_tokenizer_encode(s.tok, text, len, 0, &ids, &n);
     if (st != TSR_OK) {
         rc = fail(st);
         goto cleanup;
     }
     int n_chunks = (int)(n / (size_t)ctx);
     if (n_chunks < 1) {
-        fprintf(stderr, "tessera perplexity: the text has %zu tokens; at least %d (one --ctx chunk) are needed\n",
+        PERR("tessera perplexity: the text has %zu tokens; at least %d (one --ctx chunk) are needed\n",
                 n, ctx);
         rc = 2;
         goto cleanup;
     }
-    const int V = s.model.cfg.n_vocab, first = ctx / 2;
+    const int V = s.lm.n_vocab, first = ctx / 2;
     int32_t bos = tsr_tokenizer_bos(s.tok);
     int add_bos = tsr_tokenizer_add_bos(s.tok) && bos >= 0;
     logits = malloc((size_t)ctx * V * sizeof *logits);
@@ -471,15 +605,16 @@ static int cmd_perplexity(const options *o) {
         rc = fail(tsr_error_set(TSR_ERR_NOMEM, "out of memory"));
         goto cleanup;
     }
-    fprintf(stderr, "tessera: %zu tokens, %d chunks of %d\n", n, n_chunks, ctx);
+    PERR("tessera: %zu tokens, %d chunks of %d\n", n, n_chunks, ctx);
     double sum = 0, sum2 = 0, t0 = now_s();
     long count = 0;
     for (int c = 0; c < n_chunks; c++) {
         memcpy(chunk, ids + (size_t)c * ctx, (size_t)ctx * sizeof *chunk);
         if (add_bos)
             chunk[0] = bos;
-        st = tsr_score_tokens(&s.model, &s.kv, chunk, (size_t)ctx, o->n_batch, logits);
+        st = tsr_score_tokens(&s.lm, chunk, (size_t)ctx, o->n_batch, logits);
         if (st != TSR_OK) {
+            abort_if_step_failed(&s, st);
             free(chunk);
             rc = fail(st);
             goto cleanup;
@@ -498,7 +633,7 @@ static int cmd_perplexity(const options *o) {
     double err = count > 1 && var > 0 ? sqrt(var / (count - 1)) : 0;
     double ppl = exp(mean);
     printf("\n");
-    fprintf(stderr, "tessera: %ld tokens scored in %.2f s (%.1f tok/s); PPL uncertainty +/- %.5f\n",
+    PERR("tessera: %ld tokens scored in %.2f s (%.1f tok/s); PPL uncertainty +/- %.5f\n",
             count, now_s() - t0, n_chunks * ctx / (now_s() - t0), ppl * err);
     printf("Final estimate: PPL = %.4f\n", ppl);
 cleanup:
@@ -515,18 +650,47 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
-    options o = {0};
     if (strcmp(cmd, "generate") && strcmp(cmd, "tokenize") && strcmp(cmd, "perplexity")) {
-        fprintf(stderr, "tessera: unknown command '%s'\n", cmd);
+        PERR("tessera: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
     }
+    if (tsr_comm_mpi_init(&argc, &argv, &g_rank, &g_world) != TSR_OK) {
+        PERR("tessera: %s\n", tsr_error_msg());
+        return 1;
+    }
+    options o = {0};
+    int rc = 2;
+    tsr_comm_grid grid;
+    int have_grid = 0;
     if (parse_options(argc, argv, &o))
-        return 2;
-    tsr_log_init(o.verbose ? TSR_LOG_INFO : TSR_LOG_WARN, 0, 1);
+        goto done;
+    /* Rank 0 speaks for the job; the others only log with --verbose. */
+    tsr_log_init(o.verbose ? TSR_LOG_INFO : (g_rank == 0 ? TSR_LOG_WARN : TSR_LOG_ERROR), g_rank,
+                 g_world);
+    if (o.tp * o.pp != g_world && strcmp(cmd, "tokenize")) {
+        PERR("tessera: --tp %d x --pp %d needs %d ranks, the job has %d (mpirun -np %d)\n", o.tp,
+             o.pp, o.tp * o.pp, g_world, o.tp * o.pp);
+        goto done;
+    }
+    tsr_comm_grid_config gc = TSR_COMM_GRID_CONFIG_INIT;
+    gc.tp = strcmp(cmd, "tokenize") ? o.tp : 1;
+    gc.pp = strcmp(cmd, "tokenize") ? o.pp : 1;
+    tsr_status st = tsr_comm_grid_init(&grid, &gc);
+    if (st != TSR_OK) {
+        PERR("tessera: %s\n", tsr_error_msg());
+        goto done;
+    }
+    have_grid = 1;
     if (!strcmp(cmd, "generate"))
-        return cmd_generate(&o);
-    if (!strcmp(cmd, "tokenize"))
-        return cmd_tokenize(&o);
-    return cmd_perplexity(&o);
+        rc = cmd_generate(&grid, &o);
+    else if (!strcmp(cmd, "tokenize"))
+        rc = cmd_tokenize(&grid, &o);
+    else
+        rc = cmd_perplexity(&grid, &o);
+done:
+    if (have_grid)
+        tsr_comm_grid_free(&grid);
+    tsr_comm_mpi_finalize();
+    return rc;
 }

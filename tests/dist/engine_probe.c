@@ -1,0 +1,161 @@
+/* tests/dist/engine_probe.c - test tool run under mpirun: drives the engine
+ * on a tp x pp grid and writes what rank 0 sees, for comparison between
+ * layouts by test_layouts.py.
+ *
+ *   mpirun -np N engine_probe MODEL OUTDIR TP PP ID [ID ...]
+ *
+ * Writes OUTDIR/logits.f32 (every position's logits of the ids, one prefill
+ * step, TSR_OUT_LOGITS), OUTDIR/greedy.txt (64 greedy tokens generated
+ * after the ids, one ARGMAX decode step per token, end-of-generation ignored),
+ * OUTDIR/batch.txt (the first 16 greedy tokens of two sequences decoded
+ * together in the same steps: the ids, and the ids minus their first three
+ * tokens) and OUTDIR/rss.txt ("rank peak_rss_kb" per rank). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "runtime/engine.h"
+
+static int die(const char *what, int rank) {
+    fprintf(stderr, "[rank %d] engine_probe: %s: %s\n", rank, what, tsr_error_msg());
+    return 1;
+}
+
+static int write_tokens(const char *dir, const char *name, const int32_t *t, int n) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    if (!f)
+        return 1;
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%d%c", t[i], i + 1 < n ? ' ' : '\n');
+    return fclose(f) != 0;
+}
+
+int main(int argc, char **argv) {
+    int rank, world;
+    if (tsr_comm_mpi_init(&argc, &argv, &rank, &world) != TSR_OK || argc < 6)
+        return fprintf(stderr, "usage: mpirun -np N engine_probe MODEL OUTDIR TP PP ID...\n"), 2;
+    const char *dir = argv[2];
+    int n = argc - 5;
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    for (int i = 0; i < n; i++)
+        ids[i] = atoi(argv[5 + i]);
+    tsr_comm_grid grid;
+    tsr_comm_grid_config gc = TSR_COMM_GRID_CONFIG_INIT;
+    gc.tp = atoi(argv[3]);
+    gc.pp = atoi(argv[4]);
+    if (tsr_comm_grid_init(&grid, &gc) != TSR_OK)
+        return die("grid", rank);
+    tsr_model_file_t *mf;
+    if (tsr_model_file_open(argv[1], &mf) != TSR_OK)
+        return die("model", rank);
+    tsr_plan_config pc = {gc.tp, gc.pp, NULL, 0};
+    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
+    ec.max_seqs = 2;
+    ec.max_ctx = 256;
+    ec.threads = 1;
+    tsr_engine e;
+    if (tsr_engine_init(&e, &grid, mf, &pc, &ec) != TSR_OK)
+        return die("engine", rank);
+    int rc = 0;
+    if (rank != 0) {
+        if (tsr_engine_serve(&e) != TSR_OK)
+            tsr_comm_abort(&grid, 1, "engine_probe: step failed");
+    } else {
+        const int V = e.mcfg.n_vocab, G = 64, B = 16;
+        int32_t *pos = malloc((size_t)n * 3 * sizeof *pos), *seq = pos + n, *rows = seq + n;
+        float *logits = malloc((size_t)n * V * sizeof *logits);
+        int32_t greedy[64], batch[2][16];
+        for (int i = 0; i < n; i++) {
+            pos[i] = i;
+            seq[i] = 0;
+            rows[i] = i;
+        }
+        /* 1: logits of every position */
+        tsr_step s = {n, ids, pos, seq, n, rows, TSR_OUT_LOGITS, 0, NULL};
+        if (tsr_engine_step(&e, &s, NULL, logits) != TSR_OK)
+            tsr_comm_abort(&grid, 1, "engine_probe: logits step failed");
+        char p[4096];
+        snprintf(p, sizeof p, "%s/logits.f32", dir);
+        FILE *f = fopen(p, "wb");
+        if (!f || fwrite(logits, sizeof *logits, (size_t)n * V, f) != (size_t)n * V || fclose(f))
+            rc = 1;
+        /* 2: greedy decode, one token per step */
+        int32_t release = 0;
+        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release};
+        if (tsr_engine_step(&e, &pre, &greedy[0], NULL) != TSR_OK)
+            tsr_comm_abort(&grid, 1, "engine_probe: prefill failed");
+        for (int g = 1; g < G; g++) {
+            int32_t p1 = n + g - 1, s0 = 0, r0 = 0;
+            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL};
+            if (tsr_engine_step(&e, &d, &greedy[g], NULL) != TSR_OK)
+                tsr_comm_abort(&grid, 1, "engine_probe: decode failed");
+        }
+        rc |= write_tokens(dir, "greedy.txt", greedy, G);
+        /* 3: two sequences in the same steps: slot 0 = ids, slot 1 = ids[3:] */
+        int m = n - 3, tot = n + m;
+        int32_t *bt = malloc((size_t)tot * 4 * sizeof *bt), *bp = bt + tot, *bs = bp + tot, *br = bs + tot;
+        int32_t rel[2] = {0, 1};
+        for (int i = 0; i < n; i++) {
+            bt[i] = ids[i];
+            bp[i] = i;
+            bs[i] = 0;
+        }
+        for (int i = 0; i < m; i++) {
+            bt[n + i] = ids[3 + i];
+            bp[n + i] = i;
+            bs[n + i] = 1;
+        }
+        br[0] = n - 1;
+        br[1] = tot - 1;
+        tsr_step bp0 = {tot, bt, bp, bs, 2, br, TSR_OUT_ARGMAX, 2, rel};
+        int32_t out[2];
+        if (tsr_engine_step(&e, &bp0, out, NULL) != TSR_OK)
+            tsr_comm_abort(&grid, 1, "engine_probe: batch prefill failed");
+        batch[0][0] = out[0];
+        batch[1][0] = out[1];
+        for (int g = 1; g < B; g++) {
+            int32_t t2[2] = {batch[0][g - 1], batch[1][g - 1]};
+            int32_t p2[2] = {n + g - 1, m + g - 1}, s2[2] = {0, 1}, r2[2] = {0, 1};
+            tsr_step d = {2, t2, p2, s2, 2, r2, TSR_OUT_ARGMAX, 0, NULL};
+            if (tsr_engine_step(&e, &d, out, NULL) != TSR_OK)
+                tsr_comm_abort(&grid, 1, "engine_probe: batch decode failed");
+            batch[0][g] = out[0];
+            batch[1][g] = out[1];
+        }
+        snprintf(p, sizeof p, "%s/batch.txt", dir);
+        f = fopen(p, "w");
+        for (int k = 0; f && k < 2; k++)
+            for (int g = 0; g < B; g++)
+                fprintf(f, "%d%c", batch[k][g], g + 1 < B ? ' ' : '\n');
+        if (!f || fclose(f))
+            rc = 1;
+        free(bt);
+        free(pos);
+        free(logits);
+        tsr_engine_stop(&e);
+    }
+    /* per-rank peak RSS, gathered to rank 0 */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    int32_t mine = (int32_t)ru.ru_maxrss, *all = malloc((size_t)world * sizeof *all);
+    tsr_comm_allgather(grid.world, &mine, all, 1, TSR_COMM_I32);
+    if (rank == 0) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/rss.txt", dir);
+        FILE *f = fopen(p, "w");
+        for (int r = 0; f && r < world; r++)
+            fprintf(f, "%d %d\n", r, all[r]);
+        if (!f || fclose(f))
+            rc = 1;
+    }
+    free(all);
+    free(ids);
+    tsr_engine_free(&e);
+    tsr_model_file_close(mf);
+    tsr_comm_grid_free(&grid);
+    tsr_comm_mpi_finalize();
+    return rc;
+}

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""`tessera` under mpirun: the same answers as one rank, and clean failures.
+
+  * `mpirun -np 2 tessera generate --tp 2` and `-np 2 --pp 2` print exactly the
+    single-rank greedy answer, once (only rank 0 prints); `perplexity` under
+    --tp 3 matches one rank.
+  * Misconfigurations end every rank with a non-zero exit within seconds and one
+    message naming the numbers: tp*pp != ranks, an impossible head split (tp=4
+    for 9 heads / 3 KV heads), the model missing on one rank.
+  * A rank killed with SIGKILL mid-generation ends the whole job within 10 s.
+
+usage: test_cli.py TESSERA MPIEXEC
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
+from common import check, default_model, fail  # noqa: E402
+
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_mpi_yield_when_idle="1")
+QUESTION = "What is the capital of France?"
+
+
+def mpi(mpiexec, n):
+    return [mpiexec, "-np", str(n), "--oversubscribe", "--bind-to", "none"]
+
+
+def run(cmd, timeout=300):
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    return r, time.time() - t0
+
+
+def main():
+    tessera, mpiexec = sys.argv[1], sys.argv[2]
+    model = default_model()
+    gen = ["generate", "--model", model, "--chat", QUESTION, "--max-tokens", "24"]
+
+    single, _ = run([tessera, *gen])
+    check(single.returncode == 0, f"single rank failed: {single.stderr}")
+    for tp, pp in ((2, 1), (1, 2)):
+        r, dt = run(mpi(mpiexec, tp * pp) + [tessera, *gen, "--tp", str(tp), "--pp", str(pp)])
+        check(r.returncode == 0, f"tp={tp} pp={pp} failed:\n{r.stderr}")
+        print(f"tp={tp} pp={pp} ({dt:.1f} s): {r.stdout.strip()!r}")
+        check(r.stdout == single.stdout,
+              f"tp={tp} pp={pp} answer differs from one rank: {r.stdout!r} vs {single.stdout!r}")
+        check(r.stderr.count("completion") == 1, f"statistics printed more than once:\n{r.stderr}")
+
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("The Eiffel Tower is a wrought-iron lattice tower in Paris, France. " * 30)
+        text = f.name
+    try:
+        ppl = ["perplexity", "--model", model, "--file", text, "--ctx", "128"]
+        a, _ = run([tessera, *ppl])
+        b, _ = run(mpi(mpiexec, 3) + [tessera, *ppl, "--tp", "3"])
+        check(a.returncode == 0 and b.returncode == 0, f"perplexity failed:\n{a.stderr}\n{b.stderr}")
+        pa = float(a.stdout.strip().splitlines()[-1].split("=")[1])
+        pb = float(b.stdout.strip().splitlines()[-1].split("=")[1])
+        print(f"perplexity: one rank {pa}, tp=3 {pb}")
+        check(abs(pa - pb) <= 1e-3 * pa, f"perplexity differs: {pa} vs {pb}")
+    finally:
+        os.unlink(text)
+
+    bad = [
+        (3, ["--tp", "2"], "needs 2 ranks, the job has 3"),
+        (4, ["--tp", "4"], "tp=4"),
+        (2, ["--tp", "2", "--pp-layers", "10,20"], "--pp-layers"),
+    ]
+    for n, extra, words in bad:
+        r, dt = run(mpi(mpiexec, n) + [tessera, *gen, *extra], timeout=60)
+        print(f"{extra} on {n} ranks: exit {r.returncode} in {dt:.1f} s: {r.stderr.strip()[:200]!r}")
+        check(r.returncode != 0, f"{extra} on {n} ranks should fail")
+        check(words in r.stderr, f"{extra}: message does not say {words!r}: {r.stderr!r}")
+        check(dt < 30, f"{extra}: took {dt:.1f} s to fail")
+
+    # the model missing on rank 1 only (MPMD launch)
+    missing = "/nonexistent/model.gguf"
+    cmd = [mpiexec, "--oversubscribe", "--bind-to", "none",
+           "-np", "1", tessera, "generate", "--model", model, "--chat", "hi", "--tp", "2", ":",
+           "-np", "1", tessera, "generate", "--model", missing, "--chat", "hi", "--tp", "2"]
+    r, dt = run(cmd, timeout=60)
+    print(f"model missing on rank 1: exit {r.returncode} in {dt:.1f} s")
+    check(r.returncode != 0 and missing in r.stderr and "[rank 1/2]" in r.stderr,
+          f"missing model on one rank not reported by that rank: {r.stderr!r}")
+
+    # SIGKILL one rank mid-generation: the job must end within 10 s
+    long = ["generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "100000",
+            "--ignore-eos", "--tp", "2", "--ctx", "8192"]
+    p = subprocess.Popen(mpi(mpiexec, 2) + [tessera, *long], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=ENV, stdin=subprocess.DEVNULL)
+    try:
+        out = p.stdout.read(64)  # generation has started once text flows
+        check(len(out) > 0, "generation did not start")
+        victim = None
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"OMPI_COMM_WORLD_RANK=1" in env and tessera.encode() in cmdline:
+                victim = int(pid)
+        check(victim is not None, "could not find rank 1")
+        t0 = time.time()
+        os.kill(victim, signal.SIGKILL)
+        p.wait(timeout=30)
+        dt = time.time() - t0
+        print(f"rank 1 killed: job ended with exit {p.returncode} after {dt:.1f} s")
+        check(p.returncode != 0, "the job reported success after losing a rank")
+        check(dt < 10, f"the job took {dt:.1f} s to end after a rank died")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            fail("the job hung after a rank was killed")
+    print("PASS")
+
+
+if __name__ == "__main__":
+    main()
