@@ -1,6 +1,8 @@
 /* runtime/generate.c - the single-sequence generation loop. */
 #include "runtime/generate.h"
 
+#include "runtime/stop_text.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,60 +26,6 @@ tsr_status tsr_score_tokens(const tsr_lm *lm, const int32_t *tokens, size_t n, i
     }
     tsr_status rs = lm->release(lm->ctx);
     return st != TSR_OK ? st : rs;
-}
-
-/* Text held back because it could be the start of a stop string. */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} pending_text;
-
-static tsr_status pending_append(pending_text *p, const char *s, size_t n) {
-    if (p->len + n + 1 > p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 256;
-        while (cap < p->len + n + 1)
-            cap *= 2;
-        char *b = realloc(p->buf, cap);
-        if (!b)
-            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-        p->buf = b;
-        p->cap = cap;
-    }
-    memcpy(p->buf + p->len, s, n);
-    p->len += n;
-    p->buf[p->len] = '\0';
-    return TSR_OK;
-}
-
-/* Finds the earliest complete stop string in p; returns its offset or -1.
- * Otherwise sets *safe to how many leading bytes can be emitted: all but the
- * longest suffix that is a proper prefix of some stop string. */
-static long find_stop(const pending_text *p, const tsr_gen_params *gp, size_t *safe) {
-    long best = -1;
-    for (size_t i = 0; i < gp->n_stop; i++) {
-        size_t sl = strlen(gp->stop[i]);
-        if (!sl || sl > p->len)
-            continue;
-        for (size_t off = 0; off + sl <= p->len; off++)
-            if (!memcmp(p->buf + off, gp->stop[i], sl)) {
-                if (best < 0 || (long)off < best)
-                    best = (long)off;
-                break;
-            }
-    }
-    if (best >= 0)
-        return best;
-    size_t hold = 0;
-    for (size_t i = 0; i < gp->n_stop; i++) {
-        size_t sl = strlen(gp->stop[i]);
-        for (size_t k = sl > 1 ? sl - 1 : 0; k > hold; k--)
-            if (k <= p->len && !memcmp(p->buf + p->len - k, gp->stop[i], k)) {
-                hold = k;
-                break;
-            }
-    }
-    *safe = p->len - hold;
-    return -1;
 }
 
 static int is_stop_id(const tsr_gen_params *p, int32_t t) {
@@ -110,7 +58,8 @@ tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
     TSR_TRY(tsr_sampler_init(&smp, &p->sampling, V));
     tsr_detok_stream ds;
     tsr_detok_stream_init(&ds, tok, TSR_DETOK_SKIP_SPECIAL);
-    pending_text pend = {0};
+    tsr_stop_text stops;
+    tsr_stop_text_init(&stops, p->stop, p->n_stop);
     float *logits = malloc((size_t)V * sizeof *logits);
     int32_t *eog = malloc((size_t)V * sizeof *eog);
     size_t n_eog = 0;
@@ -151,29 +100,19 @@ tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
         }
         res->n_completion++;
         TSR_CHECK_GOTO(st, tsr_sampler_accept(&smp, &next, 1));
-        const char *txt;
-        size_t tl;
+        const char *txt, *out;
+        size_t tl, ol;
+        int stopped;
         TSR_CHECK_GOTO(st, tsr_detok_stream_push(&ds, next, &txt, &tl));
-        TSR_CHECK_GOTO(st, pending_append(&pend, txt, tl));
-        size_t safe = 0;
-        long at = find_stop(&pend, p, &safe);
-        if (at >= 0) {
-            if (at > 0 && emit && emit(user, pend.buf, (size_t)at, next))
-                res->finish = TSR_FINISH_CANCELLED;
-            else
-                res->finish = TSR_FINISH_STOP;
-            pend.len = 0;
-            stop_string = 1;
+        TSR_CHECK_GOTO(st, tsr_stop_text_push(&stops, txt, tl, &out, &ol, &stopped));
+        if (ol > 0 && emit && emit(user, out, ol, next)) {
+            res->finish = TSR_FINISH_CANCELLED;
             break;
         }
-        if (safe > 0) {
-            if (emit && emit(user, pend.buf, safe, next)) {
-                res->finish = TSR_FINISH_CANCELLED;
-                pend.len = 0;
-                break;
-            }
-            memmove(pend.buf, pend.buf + safe, pend.len - safe);
-            pend.len -= safe;
+        if (stopped) {
+            res->finish = TSR_FINISH_STOP;
+            stop_string = 1;
+            break;
         }
         if (res->n_completion >= p->max_tokens || pos + 1 >= ctx)
             break;
@@ -183,12 +122,18 @@ tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
     }
     /* what is left: held-back text and an incomplete character */
     if (res->finish != TSR_FINISH_CANCELLED && !stop_string) {
-        const char *txt;
-        size_t tl;
+        const char *txt, *out;
+        size_t tl, ol;
+        int stopped;
         TSR_CHECK_GOTO(st, tsr_detok_stream_flush(&ds, &txt, &tl));
-        TSR_CHECK_GOTO(st, pending_append(&pend, txt, tl));
-        if (pend.len && emit)
-            emit(user, pend.buf, pend.len, -1);
+        TSR_CHECK_GOTO(st, tsr_stop_text_push(&stops, txt, tl, &out, &ol, &stopped));
+        if (ol && emit)
+            emit(user, out, ol, -1);
+        if (!stopped) {
+            tsr_stop_text_flush(&stops, &out, &ol);
+            if (ol && emit)
+                emit(user, out, ol, -1);
+        }
     }
     res->decode_s = now_s() - t1;
 cleanup:
@@ -196,7 +141,7 @@ cleanup:
         st = TSR_ERR_COMM;
     tsr_sampler_free(&smp);
     tsr_detok_stream_free(&ds);
-    free(pend.buf);
+    tsr_stop_text_free(&stops);
     free(logits);
     free(eog);
     return st;

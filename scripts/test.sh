@@ -19,7 +19,7 @@ if [ -z "${TESSERA_SKIP_ASAN:-}" ]; then
   echo "== unit tests under AddressSanitizer + UBSan (build-asan/)"
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTESSERA_SANITIZE=ON >/dev/null
   cmake --build build-asan -j"$jobs"
-  ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan -L unit --output-on-failure -j"$jobs"
+  ctest --test-dir build-asan -L "unit|comm" --output-on-failure -j"$jobs"
 fi
 
 echo "== all tests (build/)"
