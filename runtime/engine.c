@@ -135,8 +135,8 @@ static int step_seqs(const tsr_step *s, int32_t *seqs, int32_t *npos) {
  * reserve calls succeed. */
 static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
     const tsr_kv_cache *kv = &e->kv;
-    if (s->n_tokens <= 0)
-        return tsr_error_set(TSR_ERR_INVALID, "step: no tokens");
+    if (s->n_tokens < 0 || (s->n_tokens == 0 && s->n_release == 0))
+        return tsr_error_set(TSR_ERR_INVALID, "step: no tokens and nothing to release");
     if (s->n_out < 0 || s->n_out > s->n_tokens || (s->out != TSR_OUT_NONE && s->n_out == 0))
         return tsr_error_set(TSR_ERR_INVALID, "step: %d output rows for %d tokens", s->n_out,
                              s->n_tokens);
@@ -158,6 +158,8 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
             return tsr_error_set(TSR_ERR_RANGE, "position %d is beyond the context of %d",
                                  s->pos[i], kv->max_ctx);
     }
+    if (s->n_tokens == 0)
+        return TSR_OK;
     int32_t *seqs = malloc((size_t)s->n_tokens * 2 * sizeof *seqs);
     if (!seqs)
         return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
@@ -249,6 +251,8 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     const int C = e->mcfg.n_embd, V = e->slice.n_vocab, n = s->n_tokens;
     for (int i = 0; i < s->n_release; i++)
         tsr_kv_cache_release(&e->kv, s->release[i]);
+    if (n == 0)
+        return TSR_OK; /* a release-only step */
     int32_t *seqs = malloc((size_t)n * 2 * sizeof *seqs + (size_t)n * 2 * sizeof(int32_t));
     if (!seqs)
         return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");

@@ -36,7 +36,8 @@ typedef enum {
     TSR_OUT_LOGITS = 2, /* full logits per output row, at rank 0 */
 } tsr_out_kind;
 
-/* One step, as rank 0 describes it. Arrays are host memory. */
+/* One step, as rank 0 describes it. Arrays are host memory. A step with no
+ * tokens only releases slots. */
 typedef struct {
     int n_tokens;
     const int32_t *tokens; /* (n_tokens) */

@@ -12,6 +12,7 @@
  * unless asked (--file -). */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,8 @@
 #include "comm/comm.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
+#include "runtime/server/grpc_server.h"
+#include "runtime/server/scheduler.h"
 #include "runtime/tokenizer/chat.h"
 
 #define MAX_STOP 16
@@ -35,6 +38,10 @@ typedef struct {
     int tp, pp;
     int pp_layers[256];
     int n_pp_layers;
+    /* serve */
+    const char *host, *auth_token_file, *tls_cert, *tls_key;
+    int port, max_seqs, kv_positions, max_batch_tokens, queue, log_prompts;
+    double grace_s;
     tsr_sampling_params sp;
     const char *stop[MAX_STOP];
     size_t n_stop;
@@ -50,6 +57,8 @@ typedef struct {
     tsr_engine engine;
     int engine_ready;
     int peer_failed; /* the error came from another rank (it reported it) */
+    int serving;     /* tessera serve: many sequences, a front end on rank 0 */
+    tsr_grpc_server_t *server;
     tsr_lm lm;
 } session;
 
@@ -72,6 +81,7 @@ static void usage(FILE *f) {
           "  generate    --prompt TEXT | --chat TEXT [--system TEXT]\n"
           "  tokenize    --text TEXT | --file F   (prints token ids; special tokens parsed)\n"
           "  perplexity  --file F [--ctx N]       (llama.cpp-compatible chunked perplexity)\n"
+          "  serve       [--host H] [--port P]    (gRPC server on rank 0; see docs/serving.md)\n"
           "\n"
           "model:\n"
           "  --model PATH          a .gguf file or a Hugging Face directory\n"
@@ -88,6 +98,11 @@ static void usage(FILE *f) {
           "  --repeat-penalty R  --frequency-penalty F  --presence-penalty P\n"
           "  --stop STRING         (repeatable)    --stop-id ID (repeatable)\n"
           "  --ignore-eos\n"
+          "serve:\n"
+          "  --host H (127.0.0.1)  --port P (50051)  --auth-token-file F\n"
+          "  --tls-cert F --tls-key F   --max-seqs N (32)  --ctx N (2048)\n"
+          "  --kv-positions N (max-seqs*ctx/2)  --max-batch-tokens N (512)\n"
+          "  --queue N (256)  --grace S (30)  --log-prompts\n"
           "other:\n"
           "  --file -              read the text from standard input\n"
           "  --verbose             log loading details to stderr\n",
@@ -122,7 +137,8 @@ enum {
     OPT_MODEL = 256, OPT_PROMPT, OPT_CHAT, OPT_SYSTEM, OPT_TEXT, OPT_FILE, OPT_MAX_TOKENS,
     OPT_MIN_TOKENS, OPT_CTX, OPT_THREADS, OPT_BATCH, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
     OPT_SEED, OPT_REPEAT, OPT_FREQ, OPT_PRES, OPT_STOP, OPT_STOP_ID, OPT_IGNORE_EOS, OPT_VERBOSE,
-    OPT_HELP, OPT_TP, OPT_PP, OPT_PP_LAYERS,
+    OPT_HELP, OPT_TP, OPT_PP, OPT_PP_LAYERS, OPT_HOST, OPT_PORT, OPT_AUTH, OPT_TLS_CERT,
+    OPT_TLS_KEY, OPT_MAX_SEQS, OPT_KV_POS, OPT_MAX_BATCH, OPT_QUEUE, OPT_GRACE, OPT_LOG_PROMPTS,
 };
 
 static int parse_layers(const char *s, options *o) {
@@ -173,12 +189,29 @@ static int parse_options(int argc, char **argv, options *o) {
         {"tp", required_argument, 0, OPT_TP},
         {"pp", required_argument, 0, OPT_PP},
         {"pp-layers", required_argument, 0, OPT_PP_LAYERS},
+        {"host", required_argument, 0, OPT_HOST},
+        {"port", required_argument, 0, OPT_PORT},
+        {"auth-token-file", required_argument, 0, OPT_AUTH},
+        {"tls-cert", required_argument, 0, OPT_TLS_CERT},
+        {"tls-key", required_argument, 0, OPT_TLS_KEY},
+        {"max-seqs", required_argument, 0, OPT_MAX_SEQS},
+        {"kv-positions", required_argument, 0, OPT_KV_POS},
+        {"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH},
+        {"queue", required_argument, 0, OPT_QUEUE},
+        {"grace", required_argument, 0, OPT_GRACE},
+        {"log-prompts", no_argument, 0, OPT_LOG_PROMPTS},
         {0, 0, 0, 0},
     };
     tsr_sampling_params sp = TSR_SAMPLING_PARAMS_INIT;
     o->sp = sp;
     o->max_tokens = 256;
     o->tp = o->pp = 1;
+    o->host = "127.0.0.1";
+    o->port = 50051;
+    o->max_seqs = 32;
+    o->max_batch_tokens = 512;
+    o->queue = 256;
+    o->grace_s = 30;
     optind = 2; /* argv[1] is the command */
     int c, seed;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -224,6 +257,22 @@ static int parse_options(int argc, char **argv, options *o) {
         case OPT_TP: r = parse_int(optarg, "--tp", 1, 4096, &o->tp); break;
         case OPT_PP: r = parse_int(optarg, "--pp", 1, 4096, &o->pp); break;
         case OPT_PP_LAYERS: r = parse_layers(optarg, o); break;
+        case OPT_HOST: o->host = optarg; break;
+        case OPT_PORT: r = parse_int(optarg, "--port", 0, 65535, &o->port); break;
+        case OPT_AUTH: o->auth_token_file = optarg; break;
+        case OPT_TLS_CERT: o->tls_cert = optarg; break;
+        case OPT_TLS_KEY: o->tls_key = optarg; break;
+        case OPT_MAX_SEQS: r = parse_int(optarg, "--max-seqs", 1, 4096, &o->max_seqs); break;
+        case OPT_KV_POS: r = parse_int(optarg, "--kv-positions", 16, 1 << 26, &o->kv_positions); break;
+        case OPT_MAX_BATCH: r = parse_int(optarg, "--max-batch-tokens", 1, 1 << 20, &o->max_batch_tokens); break;
+        case OPT_QUEUE: r = parse_int(optarg, "--queue", 1, 1 << 20, &o->queue); break;
+        case OPT_GRACE: {
+            float g;
+            r = parse_float(optarg, "--grace", &g);
+            o->grace_s = g;
+            break;
+        }
+        case OPT_LOG_PROMPTS: o->log_prompts = 1; break;
         case OPT_VERBOSE: o->verbose = 1; break;
         case OPT_HELP: if (g_rank == 0) usage(stdout); tsr_comm_mpi_finalize(); exit(0);
         default: usage(stderr); return -1;
@@ -294,6 +343,8 @@ static double now_s(void) {
 }
 
 static void session_free(session *s) {
+    tsr_grpc_server_shutdown(s->server);
+    s->server = NULL;
     if (s->engine_ready) {
         if (g_rank == 0)
             tsr_engine_stop(&s->engine);
@@ -301,6 +352,82 @@ static void session_free(session *s) {
     }
     tsr_tokenizer_free(s->tok);
     tsr_model_file_close(s->mf);
+}
+
+/* ---- serve ---- */
+
+static volatile sig_atomic_t g_signal;
+static void on_signal(int sig) { g_signal = sig; }
+
+/* The front end's view of the engine: owned by main, shared with the gRPC
+ * thread through atomics and the queue. */
+static tsr_request_queue g_queue;
+static tsr_server_stats g_stats;
+
+/* Reads a whole small file (PEM, token) into a NUL-terminated string,
+ * trailing whitespace trimmed for tokens. NULL and a message on failure. */
+static char *slurp(const char *path, int trim) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        tsr_error_set(TSR_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (!buf)
+        return NULL;
+    buf[n] = '\0';
+    while (trim && n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    return buf;
+}
+
+static tsr_status load_tokenizer(session *s);
+
+static tsr_status start_server(session *s, const options *o) {
+    static char addr[300];
+    snprintf(addr, sizeof addr, strchr(o->host, ':') ? "[%s]:%d" : "%s:%d", o->host, o->port);
+    char *token = NULL, *cert = NULL, *key = NULL;
+    tsr_status st = TSR_OK;
+    if (o->auth_token_file && !(token = slurp(o->auth_token_file, 1)))
+        st = TSR_ERR_IO;
+    if (st == TSR_OK && token && !token[0])
+        st = tsr_error_set(TSR_ERR_INVALID, "the auth token file '%s' is empty", o->auth_token_file);
+    if (st == TSR_OK && (!o->tls_cert != !o->tls_key))
+        st = tsr_error_set(TSR_ERR_INVALID, "TLS needs both --tls-cert and --tls-key");
+    if (st == TSR_OK && o->tls_cert && (!(cert = slurp(o->tls_cert, 0)) || !(key = slurp(o->tls_key, 0))))
+        st = TSR_ERR_IO;
+    if (st == TSR_OK)
+        st = tsr_request_queue_init(&g_queue, o->queue);
+    if (st == TSR_OK) {
+        const tsr_model_config *c = tsr_model_file_config(s->mf);
+        tsr_grpc_server_config gc = {
+            .listen_addr = addr,
+            .auth_token = token,
+            .tls_cert_pem = cert,
+            .tls_key_pem = key,
+            .log_prompts = o->log_prompts,
+            .default_max_tokens = 256,
+            .queue = &g_queue,
+            .stats = &g_stats,
+            .tok = s->tok,
+            .model = c,
+            .model_format = tsr_model_file_format(s->mf),
+            .context_length = o->have_ctx ? o->ctx : 2048,
+            .tp = o->tp,
+            .pp = o->pp,
+            .world_size = g_world,
+        };
+        st = tsr_grpc_server_start(&gc, &s->server);
+        if (st == TSR_OK)
+            fprintf(stderr, "tessera: serving on %s (%s%s); loading the model\n", addr,
+                    cert ? "TLS" : "plaintext", token ? ", bearer-token auth" : "");
+    }
+    free(token);
+    free(cert);
+    free(key);
+    return st;
 }
 
 static tsr_status load_tokenizer(session *s) {
@@ -323,7 +450,9 @@ static tsr_status load_tokenizer(session *s) {
  * Collective: on any rank's failure every rank returns an error; the failing
  * rank's message names the problem. */
 static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o, int ctx) {
+    int serving = s->serving;
     memset(s, 0, sizeof *s);
+    s->serving = serving;
     s->grid = grid;
     double t0 = now_s();
     tsr_status st = tsr_model_file_open(o->model, &s->mf);
@@ -338,6 +467,13 @@ static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o
     }
     if (ctx == 0)
         return TSR_OK;
+    if (s->serving && g_rank == 0) {
+        /* the front end comes up before the weights: health says NOT_SERVING
+         * while they load */
+        st = start_server(s, o);
+        if (st != TSR_OK)
+            return st; /* peers find out through the engine's agreement */
+    }
     if (ctx < 0) {
         int train = tsr_model_file_config(s->mf)->n_ctx_train;
         ctx = train < 4096 ? train : 4096;
@@ -346,6 +482,13 @@ static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o
     tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
     ec.threads = o->threads;
     ec.max_ctx = ctx;
+    if (s->serving) {
+        ec.max_seqs = o->max_seqs;
+        int positions = o->kv_positions ? o->kv_positions : o->max_seqs * ctx / 2;
+        if (positions < ctx)
+            positions = ctx;
+        ec.kv_blocks = (positions + ec.block_size - 1) / ec.block_size;
+    }
     /* The layout check is the same on every rank: one message, from rank 0. */
     tsr_shard_plan plan;
     st = tsr_shard_plan_init(tsr_model_file_config(s->mf), &pc, &plan);
@@ -433,7 +576,7 @@ static int cmd_generate(tsr_comm_grid *grid, const options *o) {
             PERR("tessera generate: give exactly one of --prompt TEXT or --chat TEXT\n");
         return 2;
     }
-    session s;
+    session s = {0};
     int32_t *ids = NULL;
     size_t n = 0;
     char *rendered = NULL;
@@ -520,7 +663,7 @@ static int cmd_tokenize(tsr_comm_grid *grid, const options *o) {
     } else {
         len = strlen(text);
     }
-    session s;
+    session s = {0};
     int32_t *ids = NULL;
     size_t n = 0;
     int rc = 0;
@@ -566,7 +709,7 @@ static int cmd_perplexity(tsr_comm_grid *grid, const options *o) {
     int ctx = o->have_ctx ? o->ctx : 512;
     size_t len = 0;
     char *text = NULL;
-    session s;
+    session s = {0};
     int32_t *ids = NULL;
     float *logits = NULL;
     size_t n = 0;
@@ -644,13 +787,86 @@ cleanup:
     return rc;
 }
 
+static int cmd_serve(tsr_comm_grid *grid, const options *o) {
+    /* Every rank ignores SIGTERM/SIGINT's default: rank 0 turns them into a
+     * graceful shutdown and tells the others; they must not die first. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    session s = {0};
+    memset(&s, 0, sizeof s);
+    s.serving = 1;
+    int ctx = o->have_ctx ? o->ctx : 2048;
+    tsr_status st = session_open(&s, grid, o, ctx);
+    if (st != TSR_OK) {
+        int rc = fail_open(&s, st);
+        session_free(&s);
+        if (g_rank == 0)
+            tsr_request_queue_free(&g_queue);
+        return rc;
+    }
+    if (g_rank != 0)
+        return run_worker(&s);
+
+    tsr_scheduler_t *sched = NULL;
+    tsr_sched_config sc = {o->max_batch_tokens, 0.05};
+    st = tsr_scheduler_create(&s.engine, s.tok, &g_queue, &g_stats, &sc, &sched);
+    if (st != TSR_OK) {
+        int rc = fail(st);
+        session_free(&s);
+        tsr_request_queue_free(&g_queue);
+        return rc;
+    }
+    atomic_store(&g_stats.ready, 1);
+    fprintf(stderr, "tessera: ready (tp=%d pp=%d, %d sequences x %d positions, %d KV blocks of %d)\n",
+            o->tp, o->pp, s.engine.cfg.max_seqs, s.engine.kv.max_ctx, s.engine.kv.n_blocks,
+            s.engine.kv.block_size);
+    while (!g_signal && st == TSR_OK)
+        st = tsr_scheduler_iterate(sched);
+    if (st != TSR_OK) {
+        /* an engine failure: peers may be mid-step; health goes NOT_SERVING
+         * and the job ends */
+        atomic_store(&g_stats.engine_failed, 1);
+        fail(st);
+        tsr_comm_abort(grid, 1, "engine step failed while serving");
+    }
+    /* graceful shutdown: no new calls, in-flight ones get the grace period */
+    fprintf(stderr, "tessera: %s: draining %d requests (grace %.0f s)\n",
+            g_signal == SIGINT ? "SIGINT" : "SIGTERM", tsr_scheduler_pending(sched), o->grace_s);
+    tsr_grpc_server_stop_accepting(s.server);
+    tsr_request_queue_close(&g_queue);
+    double until = tsr_now_s() + o->grace_s;
+    while (st == TSR_OK && tsr_scheduler_pending(sched) > 0 && tsr_now_s() < until)
+        st = tsr_scheduler_iterate(sched);
+    tsr_scheduler_cancel_all(sched);
+    if (st == TSR_OK)
+        st = tsr_scheduler_iterate(sched); /* releases the cancelled slots */
+    /* let the front end deliver the last events before it is torn down */
+    double flush_until = tsr_now_s() + 2.0;
+    while (tsr_grpc_server_active_calls(s.server) > 0 && tsr_now_s() < flush_until) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    tsr_scheduler_free(sched);
+    session_free(&s); /* stops the engine on every rank, then the server */
+    tsr_request_queue_free(&g_queue);
+    fprintf(stderr, "tessera: stopped\n");
+    return st == TSR_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "generate") && strcmp(cmd, "tokenize") && strcmp(cmd, "perplexity")) {
+    if (strcmp(cmd, "generate") && strcmp(cmd, "tokenize") && strcmp(cmd, "perplexity") &&
+        strcmp(cmd, "serve")) {
         PERR("tessera: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
@@ -686,6 +902,8 @@ int main(int argc, char **argv) {
         rc = cmd_generate(&grid, &o);
     else if (!strcmp(cmd, "tokenize"))
         rc = cmd_tokenize(&grid, &o);
+    else if (!strcmp(cmd, "serve"))
+        rc = cmd_serve(&grid, &o);
     else
         rc = cmd_perplexity(&grid, &o);
 done:

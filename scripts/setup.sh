@@ -19,6 +19,7 @@ debs=(
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler   # tessera.v1 messages
   libgrpc-dev              # gRPC C core
   python3 python3-venv python3-dev
+  openssl                  # test certificates for the TLS tests
 )
 
 missing=()
@@ -39,7 +40,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   "$py" -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import numpy, gguf, tokenizers, jinja2" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import numpy, gguf, tokenizers, jinja2, grpc, grpc_tools" 2>/dev/null; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -r "$root/scripts/requirements-test.txt"
 fi

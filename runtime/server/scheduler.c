@@ -1,0 +1,490 @@
+/* runtime/server/scheduler.c - continuous batching over the engine. */
+#include "runtime/server/scheduler.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "runtime/stop_text.h"
+
+typedef struct {
+    tsr_gen_request *req; /* NULL: the slot is free */
+    int n_fed;            /* prompt tokens already in the cache */
+    int pos;              /* positions filled */
+    int32_t next;         /* sampled token still to be fed (decode) */
+    int has_next;
+    int n_completion;
+    int reserved;         /* KV blocks reserved for the worst case */
+    int greedy;           /* argmax without logits suffices */
+    tsr_sampler smp;
+    tsr_detok_stream ds;
+    tsr_stop_text stops;
+    double t_first_step, t_first_token;
+} seq_state;
+
+struct tsr_scheduler {
+    tsr_engine *e;
+    const tsr_tokenizer_t *tok;
+    tsr_request_queue *q;
+    tsr_server_stats *stats;
+    tsr_sched_config cfg;
+    int max_seqs, ctx, block_size, total_blocks, reserved_blocks;
+    seq_state *seqs;
+    tsr_gen_request **waiting; /* FIFO, admitted in order */
+    int n_waiting, cap_waiting;
+    int32_t *release;          /* slots to free with the next step */
+    int n_release;
+    int32_t *eog;              /* end-of-generation ids, banned before min_tokens */
+    int n_eog;
+    /* step buffers */
+    int32_t *tokens, *pos, *seq, *rows, *row_slot, *argmax;
+    int cap_tokens;
+    float *logits;
+    size_t cap_logits;
+};
+
+/* ---- events ---- */
+
+static void post_chunk(tsr_gen_request *r, const int32_t *tokens, int n, const float *lp,
+                       const tsr_top_logprob *top, int n_top, const char *text, size_t len) {
+    tsr_gen_event *ev = calloc(1, sizeof *ev);
+    if (!ev)
+        return; /* the final event still tells the client how it ended */
+    ev->kind = TSR_EV_CHUNK;
+    ev->n_tokens = n;
+    ev->tokens = malloc((size_t)(n ? n : 1) * sizeof *ev->tokens);
+    ev->text = malloc(len + 1);
+    if (lp) {
+        ev->logprobs = malloc((size_t)(n ? n : 1) * sizeof *ev->logprobs);
+        if (ev->logprobs)
+            memcpy(ev->logprobs, lp, (size_t)n * sizeof *lp);
+    }
+    if (top && n_top > 0) {
+        ev->top = malloc((size_t)n * n_top * sizeof *ev->top);
+        if (ev->top) {
+            memcpy(ev->top, top, (size_t)n * n_top * sizeof *top);
+            ev->n_top = n_top;
+        }
+    }
+    if (!ev->tokens || !ev->text) {
+        tsr_gen_event_free(ev);
+        return;
+    }
+    memcpy(ev->tokens, tokens, (size_t)n * sizeof *tokens);
+    memcpy(ev->text, text, len);
+    ev->text[len] = '\0';
+    ev->text_len = len;
+    tsr_gen_request_post(r, ev);
+}
+
+static void post_final(tsr_gen_request *r, tsr_fin_reason why, const seq_state *s,
+                       const char *error) {
+    tsr_gen_event *ev = calloc(1, sizeof *ev);
+    if (!ev)
+        return;
+    double now = tsr_now_s();
+    ev->kind = TSR_EV_FINAL;
+    ev->finish = why;
+    ev->prompt_tokens = r->n_prompt;
+    ev->completion_tokens = s ? s->n_completion : 0;
+    ev->queued_s = (s && s->t_first_step > 0 ? s->t_first_step : now) - r->t_arrival;
+    ev->ttft_s = s && s->t_first_token > 0 ? s->t_first_token - r->t_arrival : 0;
+    ev->total_s = now - r->t_arrival;
+    if (error)
+        snprintf(ev->error, sizeof ev->error, "%s", error);
+    tsr_gen_request_post(r, ev);
+}
+
+/* ---- slots ---- */
+
+static int blocks_for(const tsr_scheduler_t *s, int positions) {
+    return (positions + s->block_size - 1) / s->block_size;
+}
+
+static void finish_seq(tsr_scheduler_t *s, int slot, tsr_fin_reason why, const char *error) {
+    seq_state *q = &s->seqs[slot];
+    if (!q->req)
+        return;
+    /* text held back for stop strings is final now, unless a stop string ended it */
+    if (why == TSR_FIN_LENGTH || why == TSR_FIN_STOP) {
+        const char *txt, *out;
+        size_t tl, ol;
+        int stopped = 0;
+        if (tsr_detok_stream_flush(&q->ds, &txt, &tl) == TSR_OK &&
+            tsr_stop_text_push(&q->stops, txt, tl, &out, &ol, &stopped) == TSR_OK && ol)
+            post_chunk(q->req, NULL, 0, NULL, NULL, 0, out, ol);
+        if (!stopped) {
+            tsr_stop_text_flush(&q->stops, &out, &ol);
+            if (ol)
+                post_chunk(q->req, NULL, 0, NULL, NULL, 0, out, ol);
+        }
+    }
+    post_final(q->req, why, q, error);
+    tsr_gen_request_release(q->req);
+    tsr_sampler_free(&q->smp);
+    tsr_detok_stream_free(&q->ds);
+    tsr_stop_text_free(&q->stops);
+    s->reserved_blocks -= q->reserved;
+    memset(q, 0, sizeof *q);
+    s->release[s->n_release++] = slot; /* blocks return with the next step */
+}
+
+static int is_stop_id(const tsr_gen_request *r, int32_t t) {
+    for (int i = 0; i < r->n_stop_ids; i++)
+        if (r->stop_ids[i] == t)
+            return 1;
+    return 0;
+}
+
+/* Admits the oldest waiting requests while slots and KV space allow. */
+static void admit(tsr_scheduler_t *s) {
+    int i = 0;
+    while (i < s->n_waiting) {
+        tsr_gen_request *r = s->waiting[i];
+        if (atomic_load(&r->cancelled) || (r->deadline > 0 && tsr_now_s() > r->deadline)) {
+            post_final(r, TSR_FIN_CANCELLED, NULL, NULL);
+            tsr_gen_request_release(r);
+            memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
+            s->n_waiting--;
+            continue;
+        }
+        int slot = -1;
+        for (int k = 0; k < s->max_seqs && slot < 0; k++)
+            if (!s->seqs[k].req)
+                slot = k;
+        int worst = r->n_prompt + r->max_tokens;
+        if (worst > s->ctx)
+            worst = s->ctx;
+        int need = blocks_for(s, worst);
+        if (slot < 0 || s->reserved_blocks + need > s->total_blocks)
+            break; /* FIFO: later requests wait behind this one */
+        seq_state *q = &s->seqs[slot];
+        memset(q, 0, sizeof *q);
+        if (tsr_sampler_init(&q->smp, &r->sampling, s->e->mcfg.n_vocab) != TSR_OK ||
+            tsr_sampler_accept(&q->smp, r->prompt, (size_t)r->n_prompt) != TSR_OK) {
+            tsr_sampler_free(&q->smp);
+            post_final(r, TSR_FIN_ERROR, NULL, tsr_error_msg());
+            tsr_gen_request_release(r);
+        } else {
+            q->req = r;
+            q->reserved = need;
+            s->reserved_blocks += need;
+            const tsr_sampling_params *p = &r->sampling;
+            q->greedy = p->temperature == 0 && p->repetition_penalty == 1.0f &&
+                        p->frequency_penalty == 0 && p->presence_penalty == 0 &&
+                        r->min_tokens == 0 && !r->ignore_eos && !r->logprobs;
+            tsr_detok_stream_init(&q->ds, s->tok, TSR_DETOK_SKIP_SPECIAL);
+            tsr_stop_text_init(&q->stops, (const char *const *)r->stop, (size_t)r->n_stop);
+        }
+        memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
+        s->n_waiting--;
+    }
+}
+
+/* ---- public ---- */
+
+tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_queue *q,
+                                tsr_server_stats *stats, const tsr_sched_config *cfg,
+                                tsr_scheduler_t **out) {
+    *out = NULL;
+    tsr_scheduler_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+    s->e = e;
+    s->tok = tok;
+    s->q = q;
+    s->stats = stats;
+    s->cfg = *cfg;
+    if (s->cfg.max_batch_tokens <= 0)
+        s->cfg.max_batch_tokens = 512;
+    if (s->cfg.idle_wait_s <= 0)
+        s->cfg.idle_wait_s = 0.05;
+    s->max_seqs = e->kv.max_seqs;
+    s->ctx = e->kv.max_ctx;
+    s->block_size = e->kv.block_size;
+    s->total_blocks = e->kv.n_blocks;
+    const int V = e->mcfg.n_vocab;
+    s->seqs = calloc((size_t)s->max_seqs, sizeof *s->seqs);
+    s->release = malloc((size_t)s->max_seqs * 2 * sizeof *s->release);
+    s->eog = malloc((size_t)V * sizeof *s->eog);
+    if (!s->seqs || !s->release || !s->eog) {
+        tsr_scheduler_free(s);
+        return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+    }
+    for (int32_t t = 0; t < V; t++)
+        if (tsr_tokenizer_is_eog(tok, t))
+            s->eog[s->n_eog++] = t;
+    atomic_store(&stats->kv_blocks_total, s->total_blocks);
+    atomic_store(&stats->kv_block_size, s->block_size);
+    *out = s;
+    return TSR_OK;
+}
+
+void tsr_scheduler_cancel_all(tsr_scheduler_t *s) {
+    for (int k = 0; k < s->max_seqs; k++)
+        finish_seq(s, k, TSR_FIN_CANCELLED, NULL);
+    for (int i = 0; i < s->n_waiting; i++) {
+        post_final(s->waiting[i], TSR_FIN_CANCELLED, NULL, NULL);
+        tsr_gen_request_release(s->waiting[i]);
+    }
+    s->n_waiting = 0;
+    tsr_gen_request *r[64];
+    int n;
+    while ((n = tsr_request_queue_pop(s->q, r, 64, 0)) > 0)
+        for (int i = 0; i < n; i++) {
+            post_final(r[i], TSR_FIN_CANCELLED, NULL, NULL);
+            tsr_gen_request_release(r[i]);
+        }
+}
+
+void tsr_scheduler_free(tsr_scheduler_t *s) {
+    if (!s)
+        return;
+    if (s->seqs)
+        tsr_scheduler_cancel_all(s);
+    free(s->seqs);
+    free(s->waiting);
+    free(s->release);
+    free(s->eog);
+    free(s->tokens);
+    free(s->logits);
+    free(s);
+}
+
+int tsr_scheduler_pending(const tsr_scheduler_t *s) {
+    int n = s->n_waiting;
+    for (int k = 0; k < s->max_seqs; k++)
+        n += s->seqs[k].req != NULL;
+    return n;
+}
+
+static tsr_status grow_step(tsr_scheduler_t *s, int n) {
+    if (n <= s->cap_tokens)
+        return TSR_OK;
+    free(s->tokens);
+    s->tokens = malloc((size_t)n * 6 * sizeof *s->tokens);
+    if (!s->tokens)
+        return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+    s->pos = s->tokens + n;
+    s->seq = s->pos + n;
+    s->rows = s->seq + n;
+    s->row_slot = s->rows + n;
+    s->argmax = s->row_slot + n;
+    s->cap_tokens = n;
+    return TSR_OK;
+}
+
+/* log-softmax of one row, for logprobs */
+static double log_sum_exp(const float *l, int n) {
+    float mx = l[0];
+    for (int i = 1; i < n; i++)
+        if (l[i] > mx)
+            mx = l[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)l[i] - mx);
+    return mx + log(sum);
+}
+
+/* After a step: the sequence in `slot` got token `tok` (and maybe logits). */
+static void accept_token(tsr_scheduler_t *s, int slot, int32_t tok, const float *logits) {
+    seq_state *q = &s->seqs[slot];
+    tsr_gen_request *r = q->req;
+    const int V = s->e->mcfg.n_vocab;
+    if (q->t_first_token == 0)
+        q->t_first_token = tsr_now_s();
+    if (!r->ignore_eos && (tsr_tokenizer_is_eog(s->tok, tok) || is_stop_id(r, tok))) {
+        finish_seq(s, slot, TSR_FIN_STOP, NULL);
+        return;
+    }
+    q->n_completion++;
+    tsr_sampler_accept(&q->smp, &tok, 1);
+    float lp = 0;
+    tsr_top_logprob top[20];
+    int n_top = 0;
+    if (r->logprobs && logits) {
+        double lse = log_sum_exp(logits, V);
+        lp = (float)(logits[tok] - lse);
+        /* the top alternatives by a partial selection */
+        for (int k = 0; k < r->top_logprobs && k < 20; k++) {
+            int best = -1;
+            for (int t = 0; t < V; t++) {
+                int taken = 0;
+                for (int j = 0; j < n_top; j++)
+                    taken |= top[j].token_id == t;
+                if (!taken && (best < 0 || logits[t] > logits[best]))
+                    best = t;
+            }
+            top[n_top].token_id = best;
+            top[n_top++].logprob = (float)(logits[best] - lse);
+        }
+    }
+    const char *txt, *out;
+    size_t tl, ol;
+    int stopped = 0;
+    if (tsr_detok_stream_push(&q->ds, tok, &txt, &tl) != TSR_OK ||
+        tsr_stop_text_push(&q->stops, txt, tl, &out, &ol, &stopped) != TSR_OK) {
+        finish_seq(s, slot, TSR_FIN_ERROR, tsr_error_msg());
+        return;
+    }
+    post_chunk(r, &tok, 1, r->logprobs ? &lp : NULL, n_top ? top : NULL, n_top, out, ol);
+    if (stopped) {
+        finish_seq(s, slot, TSR_FIN_STOP, NULL);
+        return;
+    }
+    /* the next token would go to position q->pos */
+    if (q->n_completion >= r->max_tokens || q->pos >= s->ctx) {
+        finish_seq(s, slot, TSR_FIN_LENGTH, NULL);
+        return;
+    }
+    q->next = tok;
+    q->has_next = 1;
+}
+
+tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
+    /* 1. new arrivals (wait only when there is nothing else to do) */
+    int busy = tsr_scheduler_pending(s) > 0;
+    tsr_gen_request *in[64];
+    int n_in = tsr_request_queue_pop(s->q, in, 64, busy ? 0 : s->cfg.idle_wait_s);
+    if (s->n_waiting + n_in > s->cap_waiting) {
+        int cap = s->cap_waiting ? s->cap_waiting * 2 : 64;
+        while (cap < s->n_waiting + n_in)
+            cap *= 2;
+        tsr_gen_request **w = realloc(s->waiting, (size_t)cap * sizeof *w);
+        if (!w)
+            return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+        s->waiting = w;
+        s->cap_waiting = cap;
+    }
+    for (int i = 0; i < n_in; i++)
+        s->waiting[s->n_waiting++] = in[i];
+
+    /* 2. cancelled or expired sequences leave; their blocks go with this step */
+    double now = tsr_now_s();
+    for (int k = 0; k < s->max_seqs; k++) {
+        tsr_gen_request *r = s->seqs[k].req;
+        if (r && (atomic_load(&r->cancelled) || (r->deadline > 0 && now > r->deadline)))
+            finish_seq(s, k, TSR_FIN_CANCELLED, NULL);
+    }
+    /* 3. admission */
+    admit(s);
+
+    /* 4. the step: decodes first, then prompt chunks under the budget */
+    int budget = s->cfg.max_batch_tokens, n = 0, n_out = 0, want_logits = 0;
+    TSR_TRY(grow_step(s, budget + s->max_seqs));
+    for (int k = 0; k < s->max_seqs; k++) {
+        seq_state *q = &s->seqs[k];
+        if (!q->req || !q->has_next)
+            continue;
+        s->tokens[n] = q->next;
+        s->pos[n] = q->pos;
+        s->seq[n] = k;
+        s->rows[n_out] = n;
+        s->row_slot[n_out++] = k;
+        want_logits |= !q->greedy;
+        n++;
+        budget--;
+    }
+    for (int k = 0; k < s->max_seqs && budget > 0; k++) {
+        seq_state *q = &s->seqs[k];
+        if (!q->req || q->has_next || q->n_fed >= q->req->n_prompt)
+            continue;
+        int c = q->req->n_prompt - q->n_fed;
+        if (c > budget)
+            c = budget;
+        for (int i = 0; i < c; i++) {
+            s->tokens[n + i] = q->req->prompt[q->n_fed + i];
+            s->pos[n + i] = q->n_fed + i;
+            s->seq[n + i] = k;
+        }
+        if (q->t_first_step == 0)
+            q->t_first_step = tsr_now_s();
+        if (q->n_fed + c == q->req->n_prompt) { /* the prompt's last token gives logits */
+            s->rows[n_out] = n + c - 1;
+            s->row_slot[n_out++] = k;
+            want_logits |= !q->greedy;
+        }
+        n += c;
+        budget -= c;
+    }
+    /* publish what the server reports */
+    int active = 0;
+    for (int k = 0; k < s->max_seqs; k++)
+        active += s->seqs[k].req != NULL;
+    atomic_store(&s->stats->active, active);
+    atomic_store(&s->stats->queued, s->n_waiting + tsr_request_queue_len(s->q));
+
+    if (n == 0 && s->n_release == 0) {
+        atomic_store(&s->stats->kv_blocks_used, tsr_kv_cache_used_blocks(&s->e->kv));
+        return TSR_OK;
+    }
+    /* with n == 0 the step only frees the slots of finished sequences */
+    const int V = s->e->mcfg.n_vocab;
+    if (want_logits && (size_t)n_out * V > s->cap_logits) {
+        free(s->logits);
+        s->cap_logits = (size_t)n_out * V;
+        s->logits = malloc(s->cap_logits * sizeof *s->logits);
+        if (!s->logits) {
+            s->cap_logits = 0;
+            return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+        }
+    }
+    tsr_status st;
+    {
+        tsr_step step = {
+            .n_tokens = n,
+            .tokens = s->tokens,
+            .pos = s->pos,
+            .seq = s->seq,
+            .n_out = n_out,
+            .out_rows = s->rows,
+            .out = n_out == 0 ? TSR_OUT_NONE : (want_logits ? TSR_OUT_LOGITS : TSR_OUT_ARGMAX),
+            .n_release = s->n_release,
+            .release = s->release,
+        };
+        st = tsr_engine_step(s->e, &step, want_logits ? NULL : s->argmax,
+                             want_logits ? s->logits : NULL);
+    }
+    if (st != TSR_OK)
+        return st;
+    s->n_release = 0;
+    /* bookkeeping: positions advance for every token that ran */
+    for (int i = 0; i < n; i++) {
+        seq_state *q = &s->seqs[s->seq[i]];
+        q->pos = s->pos[i] + 1;
+        if (q->has_next)
+            q->has_next = 0; /* the decode token was consumed */
+        else
+            q->n_fed++;
+    }
+    /* sample */
+    for (int o = 0; o < n_out; o++) {
+        int k = s->row_slot[o];
+        seq_state *q = &s->seqs[k];
+        if (!q->req)
+            continue;
+        int32_t tok;
+        const float *row = want_logits ? s->logits + (size_t)o * V : NULL;
+        if (!want_logits) {
+            tok = s->argmax[o];
+        } else if (q->greedy) {
+            tok = tsr_argmax(row, V);
+        } else {
+            int suppress = q->n_completion < q->req->min_tokens || q->req->ignore_eos;
+            if (tsr_sampler_sample(&q->smp, row, suppress ? s->eog : NULL,
+                                   suppress ? (size_t)s->n_eog : 0, &tok) != TSR_OK) {
+                finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
+                continue;
+            }
+        }
+        accept_token(s, k, tok, row);
+    }
+    active = 0;
+    for (int k = 0; k < s->max_seqs; k++)
+        active += s->seqs[k].req != NULL;
+    atomic_store(&s->stats->active, active);
+    atomic_store(&s->stats->kv_blocks_used, tsr_kv_cache_used_blocks(&s->e->kv));
+    return TSR_OK;
+}
