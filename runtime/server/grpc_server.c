@@ -298,10 +298,11 @@ static void access_log(tsr_grpc_server_t *s, srv_call *c) {
         lb_kv(&b, "id", c->id[0] ? c->id : "-", sizeof c->id);
     }
     lb_kv(&b, "peer", c->peer, sizeof c->peer);
+    if (c->method == M_GENERATE)
+        lb_kv(&b, "adapter", c->req && c->req->adapter[0] ? c->req->adapter : "-", 128);
     lb_kv(&b, "status", status_name(c->status), 64);
     double total = tsr_now_s() - c->t_arrival;
     if (c->method == M_GENERATE) {
-        lb_kv(&b, "adapter", c->req && c->req->adapter[0] ? c->req->adapter : "-", 128);
         if (c->final_seen) {
             lb_kv(&b, "finish", finish_name(c->finish), 32);
             lb_printf(&b,
@@ -431,7 +432,7 @@ static void send_batch(srv_call *c, uint8_t *buf, size_t len, int with_status,
     }
     if (with_status) {
         c->status = code;
-        snprintf(c->msg, sizeof c->msg, "%s", msg ? msg : "");
+        snprintf(c->msg, sizeof c->msg, "%.*s", (int)sizeof c->msg - 1, msg ? msg : "");
         c->status_slice = grpc_slice_from_copied_string(c->msg);
         c->has_status_slice = 1;
         ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;

@@ -86,10 +86,14 @@ def main():
         api = pbg.TesseraStub(chan)
 
         # -- health: NOT_SERVING while loading, then SERVING
-        seen, t0 = [], time.time()
+        seen, t0, loaded_at_first = [], time.time(), None
         while time.time() - t0 < 120:
             try:
                 st = health.Check(hpb.HealthCheckRequest(), timeout=1).status
+                if loaded_at_first is None:
+                    # was the model already loaded when health first answered?
+                    log.flush()
+                    loaded_at_first = "tessera: ready" in open(log.name).read()
                 if not seen or seen[-1] != st:
                     seen.append(st)
                 if st == hpb.HealthCheckResponse.SERVING:
@@ -100,7 +104,10 @@ def main():
         names = [hpb.HealthCheckResponse.ServingStatus.Name(s) for s in seen]
         print("health:", names)
         check(names and names[-1] == "SERVING", f"server never became SERVING: {names}")
-        check(names[0] == "NOT_SERVING", f"health was not NOT_SERVING while loading: {names}")
+        # NOT_SERVING while loading (unless loading won the race with the first probe;
+        # tests/server checks the transition deterministically)
+        check(names[0] == "NOT_SERVING" or loaded_at_first,
+              f"health was not NOT_SERVING while loading: {names}")
 
         def chat_req(q, max_tokens=32, **samp):
             return pb.GenerateRequest(chat=pb.ChatInput(messages=[pb.ChatMessage(role="user", content=q)]),
