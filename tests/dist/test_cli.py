@@ -8,6 +8,7 @@
     message naming the numbers: tp*pp != ranks, an impossible head split (tp=4
     for 9 heads / 3 KV heads), the model missing on one rank.
   * A rank killed with SIGKILL mid-generation ends the whole job within 10 s.
+  * An idle two-rank server uses under 5% of a core per rank.
 
 usage: test_cli.py TESSERA MPIEXEC
 """
@@ -121,6 +122,42 @@ def main():
         if p.poll() is None:
             p.kill()
             fail("the job hung after a rank was killed")
+    # an idle server does not spin: under 5% of a core per rank
+    cli = os.path.join(os.path.dirname(os.path.dirname(tessera)), "launcher", "tessera-cli")
+    if os.path.exists(cli):
+        import socket
+        sk = socket.socket()
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+        sk.close()
+        srv = subprocess.Popen(mpi(mpiexec, 2) + [tessera, "serve", "--model", model, "--tp", "2",
+                                                  "--port", str(port), "--ctx", "512"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        try:
+            r, _ = run([cli, "--addr", f"127.0.0.1:{port}", "health", "--wait", "120"], timeout=150)
+            check(r.returncode == 0, f"server did not come up: {r.stdout} {r.stderr}")
+            ranks = [int(p) for p in subprocess.run(["pgrep", "-P", str(srv.pid)], capture_output=True,
+                                                    text=True).stdout.split()]
+            check(len(ranks) == 2, f"expected 2 ranks, found {ranks}")
+            tick = os.sysconf("SC_CLK_TCK")
+
+            def cpu(pid):
+                f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                return (int(f[11]) + int(f[12])) / tick
+
+            time.sleep(1)
+            before = [cpu(p) for p in ranks]
+            t0 = time.time()
+            time.sleep(4)
+            used = [(cpu(p) - b) / (time.time() - t0) for p, b in zip(ranks, before)]
+            print("idle server CPU per rank: " + ", ".join(f"{u * 100:.1f}%" for u in used))
+            check(all(u < 0.05 for u in used), f"an idle rank uses more than 5% of a core: {used}")
+            for p in ranks:
+                os.kill(p, signal.SIGTERM)
+            check(srv.wait(60) == 0, "the idle server did not exit 0 on SIGTERM")
+        finally:
+            if srv.poll() is None:
+                srv.kill()
     print("PASS")
 
 
