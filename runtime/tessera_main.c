@@ -24,7 +24,9 @@
 #include "comm/comm.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
+#include "runtime/server/grpc_api.h"
 #include "runtime/server/grpc_server.h"
+#include "runtime/server/metrics.h"
 #include "runtime/server/scheduler.h"
 #include "runtime/tokenizer/chat.h"
 
@@ -41,6 +43,7 @@ typedef struct {
     /* serve */
     const char *host, *auth_token_file, *tls_cert, *tls_key;
     int port, max_seqs, kv_positions, max_batch_tokens, queue, log_prompts;
+    int metrics_port; /* 0 = no metrics endpoint */
     double grace_s;
     tsr_sampling_params sp;
     const char *stop[MAX_STOP];
@@ -59,6 +62,8 @@ typedef struct {
     int peer_failed; /* the error came from another rank (it reported it) */
     int serving;     /* tessera serve: many sequences, a front end on rank 0 */
     tsr_grpc_server_t *server;
+    tsr_metrics *metrics;            /* serve, rank 0, --metrics-port: owned by cmd_serve */
+    tsr_metrics_http_t *metrics_http;
     tsr_lm lm;
 } session;
 
@@ -103,6 +108,7 @@ static void usage(FILE *f) {
           "  --tls-cert F --tls-key F   --max-seqs N (32)  --ctx N (2048)\n"
           "  --kv-positions N (max-seqs*ctx/2)  --max-batch-tokens N (512)\n"
           "  --queue N (256)  --grace S (30)  --log-prompts\n"
+          "  --metrics-port N (0 = off)  Prometheus /metrics and /healthz over HTTP on --host\n"
           "other:\n"
           "  --file -              read the text from standard input\n"
           "  --verbose             log loading details to stderr\n",
@@ -139,6 +145,7 @@ enum {
     OPT_SEED, OPT_REPEAT, OPT_FREQ, OPT_PRES, OPT_STOP, OPT_STOP_ID, OPT_IGNORE_EOS, OPT_VERBOSE,
     OPT_HELP, OPT_TP, OPT_PP, OPT_PP_LAYERS, OPT_HOST, OPT_PORT, OPT_AUTH, OPT_TLS_CERT,
     OPT_TLS_KEY, OPT_MAX_SEQS, OPT_KV_POS, OPT_MAX_BATCH, OPT_QUEUE, OPT_GRACE, OPT_LOG_PROMPTS,
+    OPT_METRICS_PORT,
 };
 
 static int parse_layers(const char *s, options *o) {
@@ -200,6 +207,7 @@ static int parse_options(int argc, char **argv, options *o) {
         {"queue", required_argument, 0, OPT_QUEUE},
         {"grace", required_argument, 0, OPT_GRACE},
         {"log-prompts", no_argument, 0, OPT_LOG_PROMPTS},
+        {"metrics-port", required_argument, 0, OPT_METRICS_PORT},
         {0, 0, 0, 0},
     };
     tsr_sampling_params sp = TSR_SAMPLING_PARAMS_INIT;
@@ -273,6 +281,7 @@ static int parse_options(int argc, char **argv, options *o) {
             break;
         }
         case OPT_LOG_PROMPTS: o->log_prompts = 1; break;
+        case OPT_METRICS_PORT: r = parse_int(optarg, "--metrics-port", 0, 65535, &o->metrics_port); break;
         case OPT_VERBOSE: o->verbose = 1; break;
         case OPT_HELP: if (g_rank == 0) usage(stdout); tsr_comm_mpi_finalize(); exit(0);
         default: usage(stderr); return -1;
@@ -345,6 +354,8 @@ static double now_s(void) {
 static void session_free(session *s) {
     tsr_grpc_server_shutdown(s->server);
     s->server = NULL;
+    tsr_metrics_http_stop(s->metrics_http);
+    s->metrics_http = NULL;
     if (s->engine_ready) {
         if (g_rank == 0)
             tsr_engine_stop(&s->engine);
@@ -418,11 +429,27 @@ static tsr_status start_server(session *s, const options *o) {
             .tp = o->tp,
             .pp = o->pp,
             .world_size = g_world,
+            .metrics = s->metrics,
         };
         st = tsr_grpc_server_start(&gc, &s->server);
         if (st == TSR_OK)
             fprintf(stderr, "tessera: serving on %s (%s%s); loading the model\n", addr,
                     cert ? "TLS" : "plaintext", token ? ", bearer-token auth" : "");
+    }
+    if (st == TSR_OK && s->metrics) {
+        /* the model's own name, as GetModelInfo reports it; else the path's last part */
+        const char *name = tsr_model_file_config(s->mf)->name;
+        if (!name[0] || !tsr_api_utf8_valid(name, strlen(name))) {
+            const char *slash = strrchr(o->model, '/');
+            name = slash && slash[1] ? slash + 1 : o->model;
+        }
+        tsr_metrics_set_info(s->metrics, name, o->tp, o->pp);
+        tsr_metrics_http_config mc = {o->host, o->metrics_port, s->metrics};
+        st = tsr_metrics_http_start(&mc, &s->metrics_http);
+        if (st == TSR_OK)
+            fprintf(stderr, "tessera: metrics on http://%s%s%s:%d/metrics\n",
+                    strchr(o->host, ':') ? "[" : "", o->host, strchr(o->host, ':') ? "]" : "",
+                    tsr_metrics_http_port(s->metrics_http));
     }
     free(token);
     free(cert);
@@ -451,8 +478,10 @@ static tsr_status load_tokenizer(session *s) {
  * rank's message names the problem. */
 static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o, int ctx) {
     int serving = s->serving;
+    tsr_metrics *metrics = s->metrics;
     memset(s, 0, sizeof *s);
     s->serving = serving;
+    s->metrics = metrics;
     s->grid = grid;
     double t0 = now_s();
     tsr_status st = tsr_model_file_open(o->model, &s->mf);
@@ -801,11 +830,20 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
     session s = {0};
     memset(&s, 0, sizeof s);
     s.serving = 1;
+    /* the metrics live on rank 0, from before the front end starts to after
+     * it stops; if rank 0 cannot make them, every rank stops here together */
+    tsr_status st = TSR_OK;
+    if (g_rank == 0 && o->metrics_port > 0)
+        st = tsr_metrics_create(&s.metrics);
+    tsr_metrics *metrics = s.metrics;
+    if (tsr_comm_agree(grid->world, st) != TSR_OK)
+        return g_rank == 0 ? fail(st) : 1;
     int ctx = o->have_ctx ? o->ctx : 2048;
-    tsr_status st = session_open(&s, grid, o, ctx);
+    st = session_open(&s, grid, o, ctx);
     if (st != TSR_OK) {
         int rc = fail_open(&s, st);
         session_free(&s);
+        tsr_metrics_free(metrics);
         if (g_rank == 0)
             tsr_request_queue_free(&g_queue);
         return rc;
@@ -814,15 +852,18 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
         return run_worker(&s);
 
     tsr_scheduler_t *sched = NULL;
-    tsr_sched_config sc = {o->max_batch_tokens, 0.05};
+    tsr_sched_config sc = {o->max_batch_tokens, 0.05, metrics};
     st = tsr_scheduler_create(&s.engine, s.tok, &g_queue, &g_stats, &sc, &sched);
     if (st != TSR_OK) {
         int rc = fail(st);
         session_free(&s);
+        tsr_metrics_free(metrics);
         tsr_request_queue_free(&g_queue);
         return rc;
     }
     atomic_store(&g_stats.ready, 1);
+    if (metrics)
+        tsr_metric_set(metrics->up, 1); /* /healthz: 200 */
     fprintf(stderr, "tessera: ready (tp=%d pp=%d, %d sequences x %d positions, %d KV blocks of %d)\n",
             o->tp, o->pp, s.engine.cfg.max_seqs, s.engine.kv.max_ctx, s.engine.kv.n_blocks,
             s.engine.kv.block_size);
@@ -832,6 +873,8 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
         /* an engine failure: peers may be mid-step; health goes NOT_SERVING
          * and the job ends */
         atomic_store(&g_stats.engine_failed, 1);
+        if (metrics)
+            tsr_metric_set(metrics->up, 0);
         fail(st);
         tsr_comm_abort(grid, 1, "engine step failed while serving");
     }
@@ -839,6 +882,8 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
     fprintf(stderr, "tessera: %s: draining %d requests (grace %.0f s)\n",
             g_signal == SIGINT ? "SIGINT" : "SIGTERM", tsr_scheduler_pending(sched), o->grace_s);
     tsr_grpc_server_stop_accepting(s.server);
+    if (metrics)
+        tsr_metric_set(metrics->up, 0); /* /healthz: 503, as gRPC health turns NOT_SERVING */
     tsr_request_queue_close(&g_queue);
     double until = tsr_now_s() + o->grace_s;
     while (st == TSR_OK && tsr_scheduler_pending(sched) > 0 && tsr_now_s() < until)
@@ -853,7 +898,8 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
         nanosleep(&ts, NULL);
     }
     tsr_scheduler_free(sched);
-    session_free(&s); /* stops the engine on every rank, then the server */
+    session_free(&s); /* stops the engine on every rank, then the servers */
+    tsr_metrics_free(metrics);
     tsr_request_queue_free(&g_queue);
     fprintf(stderr, "tessera: stopped\n");
     return st == TSR_OK ? 0 : 1;

@@ -18,8 +18,11 @@ debs=(
   openmpi-bin libopenmpi-dev   # ranks and host collectives
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler   # tessera.v1 messages
   libgrpc-dev              # gRPC C core
+  libmicrohttpd-dev        # the Prometheus /metrics endpoint of tessera serve
   python3 python3-venv python3-dev
   openssl                  # test certificates for the TLS tests
+  libyaml-dev              # tessera-launch's config files (YAML)
+  slurm-wlm munge libpmix-dev   # sbatch scripts + the local Slurm of tests/launch (srun --mpi=pmix)
 )
 
 missing=()

@@ -13,8 +13,8 @@
  * the next message.
  *
  * The request/response translation and every validation live in
- * grpc_api.c; this file owns calls, auth, health, the access log and
- * shutdown.
+ * grpc_api.c; this file owns calls, auth, health, the access log (and the
+ * per-call metric beside it) and shutdown.
  *
  * What it is not: the scheduler, and never a caller of MPI. */
 #include "runtime/server/grpc_server.h"
@@ -403,6 +403,10 @@ static void maybe_release(tsr_grpc_server_t *s, srv_call *c) {
     if (!c->listed || c->op_busy || c->close_busy || !c->closed)
         return;
     access_log(s, c);
+    if (s->cfg.metrics) {
+        const char *labels[] = {c->name, status_name(c->status)};
+        tsr_metric_inc(tsr_metric_get(s->cfg.metrics->requests, labels), 1);
+    }
     if (c->req && !c->final_seen)
         atomic_store(&c->req->cancelled, 1); /* the engine frees its KV within a step */
     list_remove(s, c);

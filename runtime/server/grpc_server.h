@@ -13,6 +13,7 @@
 #define TSR_RUNTIME_SERVER_GRPC_SERVER_H
 
 #include "base/status.h"
+#include "runtime/server/metrics.h"
 #include "runtime/server/request.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "shard/config.h"
@@ -35,6 +36,8 @@ typedef struct {
     const char *model_format;  /* "gguf" / "safetensors" */
     int context_length;        /* positions one sequence may hold */
     int tp, pp, world_size;
+    tsr_metrics *metrics;      /* every finished call counts in tessera_requests_total{method,
+                                  status}; NULL = off. Must outlive the server. */
 } tsr_grpc_server_config;
 
 /* Binds, starts the server and its thread. TSR_ERR_IO when the address

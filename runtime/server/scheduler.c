@@ -22,6 +22,7 @@ typedef struct {
     tsr_detok_stream ds;
     tsr_stop_text stops;
     double t_first_step, t_first_token;
+    double t_last_token;  /* when the previous token was sampled (inter-token latency) */
 } seq_state;
 
 struct tsr_scheduler {
@@ -29,6 +30,7 @@ struct tsr_scheduler {
     const tsr_tokenizer_t *tok;
     tsr_request_queue *q;
     tsr_server_stats *stats;
+    tsr_metrics *mx;      /* NULL: no metrics */
     tsr_sched_config cfg;
     int max_seqs, ctx, block_size, total_blocks, reserved_blocks;
     seq_state *seqs;
@@ -79,8 +81,8 @@ static void post_chunk(tsr_gen_request *r, const int32_t *tokens, int n, const f
     tsr_gen_request_post(r, ev);
 }
 
-static void post_final(tsr_gen_request *r, tsr_fin_reason why, const seq_state *s,
-                       const char *error) {
+static void post_final(tsr_scheduler_t *sc, tsr_gen_request *r, tsr_fin_reason why,
+                       const seq_state *s, const char *error) {
     tsr_gen_event *ev = calloc(1, sizeof *ev);
     if (!ev)
         return;
@@ -94,6 +96,12 @@ static void post_final(tsr_gen_request *r, tsr_fin_reason why, const seq_state *
     ev->total_s = now - r->t_arrival;
     if (error)
         snprintf(ev->error, sizeof ev->error, "%s", error);
+    if (sc->mx) {
+        if (why >= TSR_FIN_STOP && why <= TSR_FIN_ERROR)
+            tsr_metric_inc(sc->mx->finished[why - 1], 1);
+        tsr_metric_observe(sc->mx->queue_time, ev->queued_s);
+        tsr_metric_observe(sc->mx->request_duration, ev->total_s);
+    }
     tsr_gen_request_post(r, ev);
 }
 
@@ -121,7 +129,7 @@ static void finish_seq(tsr_scheduler_t *s, int slot, tsr_fin_reason why, const c
                 post_chunk(q->req, NULL, 0, NULL, NULL, 0, out, ol);
         }
     }
-    post_final(q->req, why, q, error);
+    post_final(s, q->req, why, q, error);
     tsr_gen_request_release(q->req);
     tsr_sampler_free(&q->smp);
     tsr_detok_stream_free(&q->ds);
@@ -144,7 +152,7 @@ static void admit(tsr_scheduler_t *s) {
     while (i < s->n_waiting) {
         tsr_gen_request *r = s->waiting[i];
         if (atomic_load(&r->cancelled) || (r->deadline > 0 && tsr_now_s() > r->deadline)) {
-            post_final(r, TSR_FIN_CANCELLED, NULL, NULL);
+            post_final(s, r, TSR_FIN_CANCELLED, NULL, NULL);
             tsr_gen_request_release(r);
             memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
             s->n_waiting--;
@@ -165,12 +173,14 @@ static void admit(tsr_scheduler_t *s) {
         if (tsr_sampler_init(&q->smp, &r->sampling, s->e->mcfg.n_vocab) != TSR_OK ||
             tsr_sampler_accept(&q->smp, r->prompt, (size_t)r->n_prompt) != TSR_OK) {
             tsr_sampler_free(&q->smp);
-            post_final(r, TSR_FIN_ERROR, NULL, tsr_error_msg());
+            post_final(s, r, TSR_FIN_ERROR, NULL, tsr_error_msg());
             tsr_gen_request_release(r);
         } else {
             q->req = r;
             q->reserved = need;
             s->reserved_blocks += need;
+            if (s->mx)
+                tsr_metric_inc(s->mx->prompt_tokens, (uint64_t)r->n_prompt);
             const tsr_sampling_params *p = &r->sampling;
             q->greedy = p->temperature == 0 && p->repetition_penalty == 1.0f &&
                         p->frequency_penalty == 0 && p->presence_penalty == 0 &&
@@ -197,6 +207,7 @@ tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_r
     s->q = q;
     s->stats = stats;
     s->cfg = *cfg;
+    s->mx = cfg->metrics;
     if (s->cfg.max_batch_tokens <= 0)
         s->cfg.max_batch_tokens = 512;
     if (s->cfg.idle_wait_s <= 0)
@@ -218,6 +229,8 @@ tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_r
             s->eog[s->n_eog++] = t;
     atomic_store(&stats->kv_blocks_total, s->total_blocks);
     atomic_store(&stats->kv_block_size, s->block_size);
+    if (s->mx)
+        tsr_metric_set(s->mx->kv_blocks_total, s->total_blocks);
     *out = s;
     return TSR_OK;
 }
@@ -226,7 +239,7 @@ void tsr_scheduler_cancel_all(tsr_scheduler_t *s) {
     for (int k = 0; k < s->max_seqs; k++)
         finish_seq(s, k, TSR_FIN_CANCELLED, NULL);
     for (int i = 0; i < s->n_waiting; i++) {
-        post_final(s->waiting[i], TSR_FIN_CANCELLED, NULL, NULL);
+        post_final(s, s->waiting[i], TSR_FIN_CANCELLED, NULL, NULL);
         tsr_gen_request_release(s->waiting[i]);
     }
     s->n_waiting = 0;
@@ -234,7 +247,7 @@ void tsr_scheduler_cancel_all(tsr_scheduler_t *s) {
     int n;
     while ((n = tsr_request_queue_pop(s->q, r, 64, 0)) > 0)
         for (int i = 0; i < n; i++) {
-            post_final(r[i], TSR_FIN_CANCELLED, NULL, NULL);
+            post_final(s, r[i], TSR_FIN_CANCELLED, NULL, NULL);
             tsr_gen_request_release(r[i]);
         }
 }
@@ -293,13 +306,22 @@ static void accept_token(tsr_scheduler_t *s, int slot, int32_t tok, const float 
     seq_state *q = &s->seqs[slot];
     tsr_gen_request *r = q->req;
     const int V = s->e->mcfg.n_vocab;
-    if (q->t_first_token == 0)
-        q->t_first_token = tsr_now_s();
+    double now = tsr_now_s();
+    if (q->t_first_token == 0) {
+        q->t_first_token = now;
+        if (s->mx)
+            tsr_metric_observe(s->mx->time_to_first_token, now - r->t_arrival);
+    } else if (s->mx) {
+        tsr_metric_observe(s->mx->inter_token, now - q->t_last_token);
+    }
+    q->t_last_token = now;
     if (!r->ignore_eos && (tsr_tokenizer_is_eog(s->tok, tok) || is_stop_id(r, tok))) {
         finish_seq(s, slot, TSR_FIN_STOP, NULL);
         return;
     }
     q->n_completion++;
+    if (s->mx)
+        tsr_metric_inc(s->mx->generated_tokens, 1);
     tsr_sampler_accept(&q->smp, &tok, 1);
     float lp = 0;
     tsr_top_logprob top[20];
@@ -341,6 +363,24 @@ static void accept_token(tsr_scheduler_t *s, int slot, int32_t tok, const float 
     }
     q->next = tok;
     q->has_next = 1;
+}
+
+/* What GetServerInfo and the metrics report: the running batch, the
+ * requests waiting, the KV blocks in use. */
+static void publish(tsr_scheduler_t *s) {
+    int active = 0;
+    for (int k = 0; k < s->max_seqs; k++)
+        active += s->seqs[k].req != NULL;
+    int queued = s->n_waiting + tsr_request_queue_len(s->q);
+    int kv_used = tsr_kv_cache_used_blocks(&s->e->kv);
+    atomic_store(&s->stats->active, active);
+    atomic_store(&s->stats->queued, queued);
+    atomic_store(&s->stats->kv_blocks_used, kv_used);
+    if (s->mx) {
+        tsr_metric_set(s->mx->running, active);
+        tsr_metric_set(s->mx->queued, queued);
+        tsr_metric_set(s->mx->kv_blocks_used, kv_used);
+    }
 }
 
 tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
@@ -409,17 +449,9 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         n += c;
         budget -= c;
     }
-    /* publish what the server reports */
-    int active = 0;
-    for (int k = 0; k < s->max_seqs; k++)
-        active += s->seqs[k].req != NULL;
-    atomic_store(&s->stats->active, active);
-    atomic_store(&s->stats->queued, s->n_waiting + tsr_request_queue_len(s->q));
-
-    if (n == 0 && s->n_release == 0) {
-        atomic_store(&s->stats->kv_blocks_used, tsr_kv_cache_used_blocks(&s->e->kv));
+    publish(s);
+    if (n == 0 && s->n_release == 0)
         return TSR_OK;
-    }
     /* with n == 0 the step only frees the slots of finished sequences */
     const int V = s->e->mcfg.n_vocab;
     if (want_logits && (size_t)n_out * V > s->cap_logits) {
@@ -450,6 +482,10 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     if (st != TSR_OK)
         return st;
     s->n_release = 0;
+    if (s->mx && n > 0) {
+        tsr_metric_inc(s->mx->engine_steps, 1);
+        tsr_metric_observe(s->mx->step_tokens, n);
+    }
     /* bookkeeping: positions advance for every token that ran */
     for (int i = 0; i < n; i++) {
         seq_state *q = &s->seqs[s->seq[i]];
@@ -481,10 +517,6 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         }
         accept_token(s, k, tok, row);
     }
-    active = 0;
-    for (int k = 0; k < s->max_seqs; k++)
-        active += s->seqs[k].req != NULL;
-    atomic_store(&s->stats->active, active);
-    atomic_store(&s->stats->kv_blocks_used, tsr_kv_cache_used_blocks(&s->e->kv));
+    publish(s);
     return TSR_OK;
 }

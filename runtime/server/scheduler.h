@@ -20,12 +20,15 @@
 #define TSR_RUNTIME_SERVER_SCHEDULER_H
 
 #include "runtime/engine.h"
+#include "runtime/server/metrics.h"
 #include "runtime/server/request.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 typedef struct {
     int max_batch_tokens; /* token budget of one step; 0 = 512 */
     double idle_wait_s;   /* how long an idle loop waits for a request; 0 = 0.05 */
+    tsr_metrics *metrics; /* tokens, latencies, finishes, steps and the batch/KV gauges are
+                             recorded here (this thread only writes); NULL = off */
 } tsr_sched_config;
 
 typedef struct tsr_scheduler tsr_scheduler_t; /* opaque */

@@ -11,12 +11,20 @@ grpcio (stubs generated from proto/ at test time) and by tessera-cli.
     (GetServerInfo: nothing active, no KV block in use);
   * bearer-token auth (health stays open); TLS on a second, one-rank server;
   * SIGTERM to the ranks while a stream is in flight: the stream completes, every
-    rank exits 0 (so mpirun exits 0).
+    rank exits 0 (so mpirun exits 0);
+  * the Prometheus endpoint (--metrics-port): /healthz 503 while loading and
+    200 when serving, 404/405, and /metrics (parsed here) agrees with the
+    traffic above: requests by method and status, finish reasons, prompt and
+    generated tokens, TTFT / inter-token / duration / queue / step histograms,
+    no KV block in use at the end.
 
 usage: test_serve.py TESSERA TESSERA_CLI MPIEXEC
 """
 
+import http.client
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,6 +59,75 @@ def free_port():
     return p
 
 
+def http_get(port, path, method="GET"):
+    """(status, content type, body) of one request to the metrics endpoint."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, r.getheader("Content-Type", ""), r.read().decode()
+    finally:
+        c.close()
+
+
+SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def parse_metrics(text):
+    """The Prometheus text format 0.0.4, strictly: {(name, ((label, value), ...)): float}
+    and {family: type}. Fails on any malformed line, a sample before its TYPE, or
+    a duplicate series."""
+    check(text.endswith("\n"), "metrics text does not end with a newline")
+    types, helps, samples = {}, set(), {}
+    for line in text[:-1].split("\n"):
+        if line.startswith("# HELP "):
+            helps.add(line.split(" ")[2])
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split(" ")
+            check(typ in ("counter", "gauge", "histogram") and name not in types, f"bad TYPE line: {line!r}")
+            types[name] = typ
+            continue
+        m = SAMPLE.fullmatch(line)
+        check(m is not None, f"malformed metrics line: {line!r}")
+        name, lab, value = m.groups()
+        labels = []
+        pos = 0
+        while lab and pos < len(lab):
+            lm = LABEL.match(lab, pos)
+            check(lm is not None, f"malformed labels: {line!r}")
+            unesc = re.sub(r'\\(.)', lambda e: "\n" if e.group(1) == "n" else e.group(1), lm.group(2))
+            labels.append((lm.group(1), unesc))
+            pos = lm.end()
+            if pos < len(lab):
+                check(lab[pos] == ",", f"malformed labels: {line!r}")
+                pos += 1
+        family = re.sub(r"_(bucket|sum|count)$", "", name)
+        family = family if types.get(family) == "histogram" else name
+        check(family in types and family in helps, f"sample before its HELP/TYPE: {line!r}")
+        key = (name, tuple(labels))
+        check(key not in samples, f"duplicate series: {line!r}")
+        samples[key] = float(value)
+    return samples, types
+
+
+def metric(samples, name, **labels):
+    """A series' value; 0 when it does not exist (yet)."""
+    return samples.get((name, tuple(labels.items())), 0.0)
+
+
+def histogram(samples, name):
+    """(count, sum) of an unlabelled histogram, after checking that its buckets
+    are cumulative, ordered and end in +Inf = _count."""
+    buckets = sorted((float(dict(k[1])["le"]), v) for k, v in samples.items() if k[0] == name + "_bucket")
+    check(buckets and math.isinf(buckets[-1][0]), f"{name}: no +Inf bucket")
+    check(all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), f"{name}: buckets not cumulative")
+    count, total = metric(samples, name + "_count"), metric(samples, name + "_sum")
+    check(buckets[-1][1] == count, f"{name}: +Inf bucket {buckets[-1][1]} != count {count}")
+    return count, total
+
+
 def stubs(tmp):
     out = os.path.join(tmp, "stubs")
     os.makedirs(out)
@@ -71,23 +148,53 @@ def main():
     token_file = os.path.join(tmp, "token")
     with open(token_file, "w") as f:
         f.write(TOKEN + "\n")
-    port = free_port()
+    # A port free_port() found may be taken by the time the server binds it (MPI's
+    # own listeners pick ports too): start again on other ports when that happens.
+    for attempt in range(3):
+        port = free_port()
+        mport = free_port()
+        while mport == port:
+            mport = free_port()
+        log = open(os.path.join(tmp, "server.log"), "w+")
+        server = subprocess.Popen([mpiexec, "-np", "2", "--oversubscribe", "--bind-to", "none",
+                                   tessera, "serve", "--model", model, "--tp", "2", "--port", str(port),
+                                   "--auth-token-file", token_file, "--max-seqs", "16",
+                                   "--ctx", "1024", "--grace", "20", "--metrics-port", str(mport)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        t0 = time.time()
+        while time.time() - t0 < 60 and server.poll() is None:
+            out = open(log.name).read()
+            if "tessera: metrics on" in out or "cannot listen" in out:
+                break
+            time.sleep(0.01)
+        if "cannot listen" not in open(log.name).read():
+            break
+        print(f"ports {port}/{mport} taken before the server bound them; starting again")
+        try:
+            server.wait(30)  # every rank agrees on the failure and exits
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(30)
     addr = f"127.0.0.1:{port}"
-    log = open(os.path.join(tmp, "server.log"), "w+")
-    server = subprocess.Popen([mpiexec, "-np", "2", "--oversubscribe", "--bind-to", "none",
-                               tessera, "serve", "--model", model, "--tp", "2", "--port", str(port),
-                               "--auth-token-file", token_file, "--max-seqs", "16",
-                               "--ctx", "1024", "--grace", "20"],
-                              stdout=log, stderr=subprocess.STDOUT, env=ENV)
     auth = [("authorization", "Bearer " + TOKEN)]
     try:
         chan = grpc.insecure_channel(addr)
         health = hpbg.HealthStub(chan)
         api = pbg.TesseraStub(chan)
 
-        # -- health: NOT_SERVING while loading, then SERVING
+        # -- health: NOT_SERVING while loading, then SERVING (gRPC and /healthz)
         seen, t0, loaded_at_first = [], time.time(), None
+        healthz, loaded_at_first_http = [], None
         while time.time() - t0 < 120:
+            try:
+                code = http_get(mport, "/healthz")[0]
+                if loaded_at_first_http is None:
+                    log.flush()
+                    loaded_at_first_http = "tessera: ready" in open(log.name).read()
+                if not healthz or healthz[-1] != code:
+                    healthz.append(code)
+            except OSError:
+                pass  # the endpoint starts just after the gRPC server
             try:
                 st = health.Check(hpb.HealthCheckRequest(), timeout=1).status
                 if loaded_at_first is None:
@@ -108,10 +215,24 @@ def main():
         # tests/server checks the transition deterministically)
         check(names[0] == "NOT_SERVING" or loaded_at_first,
               f"health was not NOT_SERVING while loading: {names}")
+        t1 = time.time()
+        while (not healthz or healthz[-1] != 200) and time.time() - t1 < 5:
+            healthz.append(http_get(mport, "/healthz")[0])
+            time.sleep(0.01)
+        print("/healthz:", healthz)
+        check(healthz and healthz[-1] == 200 and 200 not in healthz[:-1] and set(healthz) <= {503, 200},
+              f"/healthz: expected 503 while loading, then 200: {healthz}")
+        check(healthz[0] == 503 or loaded_at_first_http, f"/healthz was not 503 while loading: {healthz}")
+        code, ctype, body = http_get(mport, "/healthz")
+        check(code == 200 and body == "ok", f"/healthz when serving: {code} {body!r}")
 
         def chat_req(q, max_tokens=32, **samp):
             return pb.GenerateRequest(chat=pb.ChatInput(messages=[pb.ChatMessage(role="user", content=q)]),
                                       sampling=pb.SamplingParams(max_tokens=max_tokens, **samp))
+
+        # every Generate stream that ended OK, for the metrics check:
+        # (token ids streamed, final message)
+        finished, finished_lock = [], threading.Lock()
 
         def stream(req, metadata=auth, timeout=120):
             text, ids, final = [], [], None
@@ -121,6 +242,8 @@ def main():
                     ids.extend(r.chunk.token_ids)
                 else:
                     final = r.final
+            with finished_lock:
+                finished.append((len(ids), final))
             return "".join(text), ids, final
 
         def server_info():
@@ -151,6 +274,7 @@ def main():
         c = subprocess.run([cli, "--addr", addr, "--auth-token-file", token_file, "generate",
                             "--chat", QUESTION, "--max-tokens", "32"], capture_output=True, text=True)
         check(c.returncode == 0 and c.stdout.rstrip("\n") == text, f"tessera-cli: {c.returncode} {c.stdout!r} {c.stderr!r}")
+        finished.append((len(ids), final))  # the same greedy request: the same usage
         t1 = subprocess.run([cli, "--addr", addr, "--auth-token-file", token_file, "tokenize",
                              "--text", "<|im_start|>user\nHi there", "--parse-special"],
                             capture_output=True, text=True)
@@ -188,6 +312,11 @@ def main():
         # -- bad input: the right status, and the server keeps serving
         C = grpc.StatusCode
         long_prompt = "word " * 3000
+        generate_codes = {}  # status name -> Generate calls the test saw end so
+
+        def saw(code):
+            generate_codes[code.name] = generate_codes.get(code.name, 0) + 1
+
         bad = [
             (pb.GenerateRequest(text=long_prompt), C.INVALID_ARGUMENT, "context"),
             (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(max_tokens=-1)), C.INVALID_ARGUMENT, "max_tokens"),
@@ -207,6 +336,7 @@ def main():
                 ok = (e.code() == code) if code else e.code() in (C.INVALID_ARGUMENT, C.NOT_FOUND)
                 check(ok and word.lower() in e.details().lower(),
                       f"{word}: got {e.code()} {e.details()!r}")
+                saw(e.code())
                 print(f"bad input ({word}): {e.code().name}: {e.details()}")
         # invalid UTF-8 can only be sent as raw bytes: build the message by hand
         raw = pb.GenerateRequest(text="x").SerializeToString().replace(b"\x12\x01x", b"\x12\x02\xc3\x28")
@@ -217,6 +347,7 @@ def main():
             fail("invalid UTF-8 was accepted")
         except grpc.RpcError as e:
             check(e.code() in (C.INVALID_ARGUMENT, C.INTERNAL), f"invalid UTF-8: {e.code()} {e.details()}")
+            saw(e.code())
             print(f"bad input (utf-8): {e.code().name}: {e.details()}")
         again, _, _ = stream(chat_req(QUESTION))
         check(again == text, "the server answers differently after bad input")
@@ -228,8 +359,86 @@ def main():
                 fail("a call without the right token was served")
             except grpc.RpcError as e:
                 check(e.code() == C.UNAUTHENTICATED, f"auth: got {e.code()}")
+                saw(e.code())
         check(health.Check(hpb.HealthCheckRequest()).status == hpb.HealthCheckResponse.SERVING,
               "health must not need the token")
+
+        # -- metrics: consistent with every Generate above (all finished: stop or length)
+        code, ctype, _ = http_get(mport, "/metrics")
+        check(code == 200 and ctype.startswith("text/plain; version=0.0.4"), f"/metrics: {code} {ctype!r}")
+        for path, method, want in (("/nope", "GET", 404), ("/metrics", "POST", 405), ("/healthz", "PUT", 405)):
+            got = http_get(mport, path, method)[0]
+            check(got == want, f"{method} {path}: {got}, expected {want}")
+        n_ok = len(finished)
+        stop = sum(f.finish_reason == pb.FINISH_REASON_STOP for _, f in finished)
+        length = sum(f.finish_reason == pb.FINISH_REASON_LENGTH for _, f in finished)
+        check(stop + length == n_ok, "a stream that ended OK did not finish by stop or length")
+        completion = sum(f.usage.completion_tokens for _, f in finished)
+        prompt = sum(f.usage.prompt_tokens for _, f in finished)
+        streamed = sum(n for n, _ in finished)
+        with_ttft = sum(f.timings.time_to_first_token_s > 0 for _, f in finished)
+        with_tokens = sum(n > 0 for n, _ in finished)
+        # tokens the engine sampled: the completion, plus the end-of-generation token of a stop
+        sampled = [f.usage.completion_tokens + (f.finish_reason == pb.FINISH_REASON_STOP) for _, f in finished]
+        gaps = sum(n - 1 for n in sampled if n > 0)
+
+        def quiet_mismatches(m):
+            want = {
+                ("tessera_up", ()): 1,
+                ("tessera_requests_total", (("method", "Generate"), ("status", "OK"))): n_ok,
+                ("tessera_generate_finished_total", (("reason", "stop"),)): stop,
+                ("tessera_generate_finished_total", (("reason", "length"),)): length,
+                ("tessera_generate_finished_total", (("reason", "cancelled"),)): 0,
+                ("tessera_generate_finished_total", (("reason", "error"),)): 0,
+                ("tessera_generated_tokens_total", ()): completion,
+                ("tessera_prompt_tokens_total", ()): prompt,
+                ("tessera_requests_running", ()): 0,
+                ("tessera_requests_queued", ()): 0,
+                ("tessera_kv_blocks_used", ()): 0,
+                ("tessera_requests_total", (("method", "Tokenize"), ("status", "OK"))): 1,
+            }
+            for st, n in generate_codes.items():
+                want[("tessera_requests_total", (("method", "Generate"), ("status", st)))] = n
+            bad_ = [f"{k}: {m.get(k, 0.0)} != {v}" for k, v in want.items() if m.get(k, 0.0) != v]
+            for name, n in (("tessera_time_to_first_token_seconds", with_ttft),
+                            ("tessera_inter_token_latency_seconds", gaps),
+                            ("tessera_request_duration_seconds", n_ok),
+                            ("tessera_queue_time_seconds", n_ok)):
+                if histogram(m, name)[0] != n:
+                    bad_.append(f"{name}_count: {histogram(m, name)[0]} != {n}")
+            # every prompt token runs once, every sampled token but a sequence's last once more
+            steps, step_sum = histogram(m, "tessera_step_tokens")
+            if steps != metric(m, "tessera_engine_steps_total") or step_sum != prompt + gaps:
+                bad_.append(f"steps: {steps} / {metric(m, 'tessera_engine_steps_total')}, "
+                            f"tokens {step_sum} != {prompt} + {gaps}")
+            return bad_
+
+        def expect_metrics(mismatches, what):
+            # calls are counted when the server has closed them, a moment after the
+            # client has its status: poll briefly
+            t = time.time()
+            while True:
+                m, types = parse_metrics(http_get(mport, "/metrics")[2])
+                bad_ = mismatches(m)
+                if not bad_:
+                    return m, types
+                if time.time() - t > 10:
+                    fail(f"metrics {what}: " + "; ".join(bad_))
+                time.sleep(0.1)
+
+        m, types = expect_metrics(quiet_mismatches, "after the streams and bad input")
+        check(types["tessera_requests_total"] == "counter" and types["tessera_step_tokens"] == "histogram"
+              and types["tessera_kv_blocks_used"] == "gauge", f"metric types: {types}")
+        check(metric(m, "tessera_generated_tokens_total") >= streamed, "fewer tokens counted than streamed")
+        check(with_ttft >= with_tokens, "a stream streamed tokens without a time to first token")
+        check(metric(m, "tessera_kv_blocks_total") > 0, "tessera_kv_blocks_total is 0")
+        info = [dict(k[1]) for k in m if k[0] == "tessera_info"]
+        check(len(info) == 1 and info[0]["tp"] == "2" and info[0]["pp"] == "1" and info[0]["model"]
+              and metric(m, "tessera_info", **info[0]) == 1, f"tessera_info: {info}")
+        check(metric(m, "tessera_requests_total", method="Health.Check", status="OK") >= 1, "health calls not counted")
+        print(f"metrics: {n_ok} streams OK ({stop} stop, {length} length), {completion} tokens generated "
+              f"({streamed} streamed), {prompt} prompt tokens, {gaps} inter-token gaps, "
+              f"{metric(m, 'tessera_engine_steps_total'):.0f} engine steps; Generate statuses {generate_codes}")
 
         # -- cancellation, deadline and Abort free resources
         long_req = lambda rid="": pb.GenerateRequest(  # noqa: E731
@@ -260,6 +469,25 @@ def main():
         wait_idle("abort")
         check(not api.Abort(pb.AbortRequest(request_id="no-such"), metadata=auth).found, "Abort of nothing")
 
+        # -- metrics: the client cancel, the deadline and the Abort, nothing held
+        def end_mismatches(m):
+            want = {
+                ("tessera_generate_finished_total", (("reason", "cancelled"),)): 3,
+                ("tessera_requests_total", (("method", "Generate"), ("status", "CANCELLED"))): 2,
+                ("tessera_requests_total", (("method", "Generate"), ("status", "DEADLINE_EXCEEDED"))): 1,
+                ("tessera_requests_total", (("method", "Abort"), ("status", "OK"))): 2,
+                ("tessera_requests_running", ()): 0,
+                ("tessera_kv_blocks_used", ()): 0,
+            }
+            bad_ = [f"{k}: {m.get(k, 0.0)} != {v}" for k, v in want.items() if m.get(k, 0.0) != v]
+            n = n_ok + 3
+            for name in ("tessera_request_duration_seconds", "tessera_queue_time_seconds"):
+                if histogram(m, name)[0] != n:
+                    bad_.append(f"{name}_count: {histogram(m, name)[0]} != {n}")
+            return bad_
+
+        expect_metrics(end_mismatches, "after cancel, deadline and Abort")
+
         # -- SIGTERM with a stream in flight: it completes, every rank exits 0
         result = {}
 
@@ -281,6 +509,16 @@ def main():
         check(len(ranks) == 2, f"expected 2 ranks under mpirun, found {ranks}")
         for pid in ranks:
             os.kill(pid, signal.SIGTERM)
+        # /healthz turns 503 while draining (or the endpoint is already gone)
+        t1, drained = time.time(), None
+        while drained is None and time.time() - t1 < 20:
+            try:
+                if http_get(mport, "/healthz")[0] == 503:
+                    drained = "503"
+            except OSError:
+                drained = "closed"
+            time.sleep(0.01)
+        check(drained is not None, "/healthz stayed 200 after SIGTERM")
         t.join(60)
         rc = server.wait(60)
         check("r" in result and result["r"][2].usage.completion_tokens == 40,

@@ -250,6 +250,7 @@ int main(int argc, char **argv) {
         /* .tp = */ 1,
         /* .pp = */ 1,
         /* .world_size = */ 1,
+        /* .metrics = */ NULL,
     };
     tsr_grpc_server_t *srv = NULL;
     if (tsr_grpc_server_start(&cfg, &srv) != TSR_OK) {
