@@ -219,9 +219,11 @@ def table(a, results):
         lines.append(f"\n† other processes used at least {100 * a.noise:.0f}% of the machine's CPU "
                      "during this run (after retries): read it as a lower bound.")
 
-    lines += ["", "| layout | f32 weights per rank MiB | end RSS per rank MiB | load s | "
-              "TP all-reduce us (b=1 / b=%d) | PP send us (b=1 / b=%d) | decode ms/step b=1 |"
-              % (a.batches[-1], a.batches[-1]),
+    bl = a.batches[-1]
+    bs = f"b={b1} / b={bl}" if bl != b1 else f"b={b1}"
+    lines += ["", f"| layout | f32 weights per rank MiB | end RSS per rank MiB | load s | "
+              f"TP all-reduce us ({bs}) | PP send us ({bs}) | "
+              f"decode ms/step b={b1} |",
               "|---|---|---|---:|---:|---:|---:|"]
     for tp, pp in a.layouts:
         runs = results[(tp, pp)]
@@ -234,7 +236,7 @@ def table(a, results):
             x, y = first.get(key), last.get(key) if "error" not in last else None
             if x is None:
                 return "-"
-            return f"{x:.1f} / {y:.1f}" if y is not None else f"{x:.1f}"
+            return f"{x:.1f} / {y:.1f}" if y is not None and bl != b1 else f"{x:.1f}"
 
         wts = " ".join(f"{w:.0f}" for w in first["weight_mib_f32"])
         end = " ".join(f"{w:.0f}" for w in first["end_rss_mib"])
