@@ -456,6 +456,14 @@ async def amain(args, pb, pbg, hpb, hpbg, server):
         await asyncio.gather(*(one_request(stubs[i % len(stubs)], pb, f"lg-warm-{i}",
                                            prompts[i % len(prompts)], args.gen_tokens,
                                            metadata, args.timeout) for i in range(nw)))
+    # admission reserves KV blocks for prompt + max_tokens: more streams than fit wait in the queue
+    per_req = -(-(args.prompt_tokens + args.gen_tokens) // max(si.kv_block_size, 1))
+    kv_fit = si.kv_blocks_total // per_req if per_req else 0
+    if kv_fit < max(levels):
+        print(f"loadgen: warning: the KV cache holds {si.kv_blocks_total} blocks of "
+              f"{si.kv_block_size}, room for {kv_fit} requests of {args.prompt_tokens}+"
+              f"{args.gen_tokens} positions; more streams wait in the queue "
+              f"(raise the server's --kv-positions)", file=sys.stderr)
     results = []
     for n in levels:
         for attempt in range(args.busy_retries + 1):
@@ -496,6 +504,7 @@ async def amain(args, pb, pbg, hpb, hpbg, server):
                    "levels": levels, "channels": args.channels, "max_seqs": args.max_seqs,
                    "ctx": args.ctx, "tp": mi.tp, "pp": mi.pp, "world_size": si.world_size,
                    "kv_blocks_total": si.kv_blocks_total, "kv_block_size": si.kv_block_size,
+                   "kv_fits_requests": kv_fit,
                    "server_cmd": getattr(server, "cmd", None), "addr": server.addr,
                    "model_file": None if args.addr else os.path.basename(args.model)},
         "model": {"name": mi.name, "architecture": mi.architecture, "n_layer": mi.n_layer,
