@@ -19,8 +19,10 @@ up while a send is in flight), the total, and the server's own timings from
 the final message. Per level it reports requests, TTFT p50/p95, ITL p50/p95,
 the aggregate generated tokens/s (tokens that arrived inside the window /
 window), its ratio to N = 1, and the CPU time the load generator itself used
-(getrusage of this process) and the server's ranks used (/proc), both as a
-fraction of one core.
+(getrusage of this process), the server's ranks used (/proc) and everything
+else on the machine used (/proc/stat), as fractions of one core. On a shared
+machine, --max-other-cpu CORES measures a level again when other processes took
+more than that.
 
     # start a server, sweep, write JSON + markdown + a plot
     .venv-bench/bin/python bench/loadgen.py --tessera build/runtime/tessera \\

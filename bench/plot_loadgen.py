@@ -20,7 +20,10 @@ def plot(runs, out, title=None):
     for r in runs:
         lv = r["levels"]
         n = [x["n"] for x in lv]
-        line, = ax1.plot(n, [x["tok_s"] for x in lv], "o-", label=r["label"])
+        # the ratio to one stream at 32 streams (the figure), else at the largest N
+        at = [x for x in lv if x["n"] == 32] or lv[-1:]
+        tag = f" (x{at[0]['ratio']:.1f} at N={at[0]['n']})" if at and at[0].get("ratio") == at[0].get("ratio") else ""
+        line, = ax1.plot(n, [x["tok_s"] for x in lv], "o-", label=r["label"] + tag)
         c = line.get_color()
         ax2.plot(n, [x["ttft_p95_s"] * 1e3 for x in lv], "o-", color=c, label=r["label"] + " p95")
         ax2.plot(n, [x["ttft_p50_s"] * 1e3 for x in lv], "o--", color=c, alpha=0.6,
@@ -39,11 +42,6 @@ def plot(runs, out, title=None):
     ax2.set_yscale("log")
     ax2.set_ylabel("time to first token, ms")
     ax2.set_title("TTFT (p95 solid, p50 dashed)")
-    for r in runs:  # the ratio to one stream at the largest N
-        last = r["levels"][-1]
-        if last.get("ratio") == last.get("ratio") and last["n"] > 1:
-            ax1.annotate(f"x{last['ratio']:.1f}", (last["n"], last["tok_s"]),
-                         textcoords="offset points", xytext=(-28, 4), fontsize=8)
     c = runs[0]["config"]
     model = c.get("model_file") or runs[0]["model"]["name"]
     fig.suptitle(title or f"tessera serve, {model}: P={c['prompt_tokens']} "
