@@ -72,9 +72,8 @@ typedef struct {
     double pp_send_us;      /* one way, B*C floats stage 0 -> 1; < 0 when pp == 1 */
 } job_info;
 
-static int g_rank; /* for messages before the grid exists; set once in main */
-
-#define PERR(...) (g_rank == 0 ? fprintf(stderr, __VA_ARGS__) : 0)
+/* A message every rank would print alike: rank 0 speaks for the job. */
+#define PERR(rank, ...) ((rank) == 0 ? fprintf(stderr, __VA_ARGS__) : 0)
 
 static void usage(FILE *f) {
     fputs("usage: mpirun -np TP*PP tsr_bench_dist --model PATH --tp TP --pp PP [options]\n"
@@ -94,12 +93,12 @@ static void usage(FILE *f) {
           f);
 }
 
-static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
+static int parse_int(const char *s, const char *flag, int lo, int hi, int rank, int *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || end == s || v < lo || v > hi) {
-        PERR("tsr_bench_dist: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
+        PERR(rank, "tsr_bench_dist: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
         return -1;
     }
     *out = (int)v;
@@ -112,7 +111,7 @@ enum { OPT_MODEL = 256, OPT_TP, OPT_PP, OPT_THREADS, OPT_PROMPT, OPT_GEN, OPT_BA
 /* Every rank parses the same command line and reaches the same verdict; only
  * rank 0 prints. Returns 0 to go on, 1 when --help was printed, -1 on a bad
  * command line. */
-static int parse_options(int argc, char **argv, options *o) {
+static int parse_options(int argc, char **argv, int rank, options *o) {
     static const struct option longopts[] = {
         {"model", required_argument, 0, OPT_MODEL},
         {"tp", required_argument, 0, OPT_TP},
@@ -132,30 +131,30 @@ static int parse_options(int argc, char **argv, options *o) {
     };
     *o = (options){.tp = 1, .pp = 1, .prompt_tokens = 256, .gen_tokens = 64, .batch = 1,
                    .reps = 3, .decode_prompt = 16, .comm_iters = 200, .warmup = 1};
-    opterr = g_rank == 0; /* getopt's own complaints from rank 0 only */
+    opterr = rank == 0; /* getopt's own complaints from rank 0 only */
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int r = 0;
         switch (c) {
         case OPT_MODEL: o->model = optarg; break;
-        case OPT_TP: r = parse_int(optarg, "--tp", 1, 1024, &o->tp); break;
-        case OPT_PP: r = parse_int(optarg, "--pp", 1, 1024, &o->pp); break;
-        case OPT_THREADS: r = parse_int(optarg, "--threads", 0, 1024, &o->threads); break;
-        case OPT_PROMPT: r = parse_int(optarg, "--prompt-tokens", 0, 1 << 16, &o->prompt_tokens); break;
-        case OPT_GEN: r = parse_int(optarg, "--gen-tokens", 1, 1 << 16, &o->gen_tokens); break;
-        case OPT_BATCH: r = parse_int(optarg, "--batch", 1, 4096, &o->batch); break;
-        case OPT_REPS: r = parse_int(optarg, "--reps", 1, 1000, &o->reps); break;
-        case OPT_DPROMPT: r = parse_int(optarg, "--decode-prompt", 1, 1 << 16, &o->decode_prompt); break;
-        case OPT_MB: r = parse_int(optarg, "--micro-batches", 0, 4096, &o->micro_batches); break;
-        case OPT_COMM_ITERS: r = parse_int(optarg, "--comm-iters", 0, 1 << 20, &o->comm_iters); break;
+        case OPT_TP: r = parse_int(optarg, "--tp", 1, 1024, rank, &o->tp); break;
+        case OPT_PP: r = parse_int(optarg, "--pp", 1, 1024, rank, &o->pp); break;
+        case OPT_THREADS: r = parse_int(optarg, "--threads", 0, 1024, rank, &o->threads); break;
+        case OPT_PROMPT: r = parse_int(optarg, "--prompt-tokens", 0, 1 << 16, rank, &o->prompt_tokens); break;
+        case OPT_GEN: r = parse_int(optarg, "--gen-tokens", 1, 1 << 16, rank, &o->gen_tokens); break;
+        case OPT_BATCH: r = parse_int(optarg, "--batch", 1, 4096, rank, &o->batch); break;
+        case OPT_REPS: r = parse_int(optarg, "--reps", 1, 1000, rank, &o->reps); break;
+        case OPT_DPROMPT: r = parse_int(optarg, "--decode-prompt", 1, 1 << 16, rank, &o->decode_prompt); break;
+        case OPT_MB: r = parse_int(optarg, "--micro-batches", 0, 4096, rank, &o->micro_batches); break;
+        case OPT_COMM_ITERS: r = parse_int(optarg, "--comm-iters", 0, 1 << 20, rank, &o->comm_iters); break;
         case OPT_NO_WARMUP: o->warmup = 0; break;
         case OPT_JSON: o->json = 1; break;
         case OPT_HELP:
-            if (g_rank == 0)
+            if (rank == 0)
                 usage(stdout);
             return 1;
         default:
-            if (g_rank == 0)
+            if (rank == 0)
                 usage(stderr);
             return -1;
         }
@@ -163,11 +162,11 @@ static int parse_options(int argc, char **argv, options *o) {
             return -1;
     }
     if (optind < argc) {
-        PERR("tsr_bench_dist: unexpected argument '%s'\n", argv[optind]);
+        PERR(rank, "tsr_bench_dist: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
     if (!o->model) {
-        PERR("tsr_bench_dist: --model PATH is required\n");
+        PERR(rank, "tsr_bench_dist: --model PATH is required\n");
         return -1;
     }
     return 0;
@@ -535,8 +534,8 @@ static void print_text(const options *o, const tsr_model_config *c, const job_in
 /* ---- main ---- */
 
 int main(int argc, char **argv) {
-    int world;
-    if (tsr_comm_mpi_init(&argc, &argv, &g_rank, &world) != TSR_OK) {
+    int rank, world;
+    if (tsr_comm_mpi_init(&argc, &argv, &rank, &world) != TSR_OK) {
         fprintf(stderr, "tsr_bench_dist: %s\n", tsr_error_msg());
         return 1;
     }
@@ -550,14 +549,14 @@ int main(int argc, char **argv) {
     float *comm_buf = NULL;
     tsr_status st = TSR_OK;
 
-    int pr = parse_options(argc, argv, &o);
+    int pr = parse_options(argc, argv, rank, &o);
     if (pr) {
         rc = pr > 0 ? 0 : 2;
         goto cleanup;
     }
-    tsr_log_init(g_rank == 0 ? TSR_LOG_WARN : TSR_LOG_ERROR, g_rank, world);
+    tsr_log_init(rank == 0 ? TSR_LOG_WARN : TSR_LOG_ERROR, rank, world);
     if (o.tp * o.pp != world) {
-        PERR("tsr_bench_dist: --tp %d x --pp %d needs %d ranks, the job has %d (mpirun -np %d)\n",
+        PERR(rank, "tsr_bench_dist: --tp %d x --pp %d needs %d ranks, the job has %d (mpirun -np %d)\n",
              o.tp, o.pp, o.tp * o.pp, world, o.tp * o.pp);
         goto cleanup;
     }
@@ -565,7 +564,7 @@ int main(int argc, char **argv) {
     gc.tp = o.tp;
     gc.pp = o.pp;
     if ((st = tsr_comm_grid_init(&grid, &gc)) != TSR_OK) {
-        PERR("tsr_bench_dist: %s\n", tsr_error_msg());
+        PERR(rank, "tsr_bench_dist: %s\n", tsr_error_msg());
         reported = 1; /* the same on every rank: rank 0 speaks */
         goto cleanup;
     }
@@ -596,7 +595,7 @@ int main(int argc, char **argv) {
     tsr_status all = tsr_comm_agree(grid.world, ost);
     if (all != TSR_OK) {
         if (ost != TSR_OK)
-            fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", g_rank, tsr_error_msg());
+            fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
         rc = all == TSR_ERR_INVALID || all == TSR_ERR_RANGE || all == TSR_ERR_FORMAT ? 2 : 1;
         goto cleanup;
     }
@@ -611,8 +610,8 @@ int main(int argc, char **argv) {
     if ((st = tsr_engine_init(&e, &grid, mf, &pc, &ec)) != TSR_OK) {
         /* the failing rank names the problem, rank 0 says a peer failed; a
          * refused layout (TSR_ERR_INVALID) is the same on every rank */
-        if (g_rank == 0 || (st != TSR_ERR_INVALID && !strstr(tsr_error_msg(), "another rank")))
-            fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", g_rank, tsr_error_msg());
+        if (rank == 0 || (st != TSR_ERR_INVALID && !strstr(tsr_error_msg(), "another rank")))
+            fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
         reported = 1;
         rc = st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1;
         goto cleanup;
@@ -620,7 +619,7 @@ int main(int argc, char **argv) {
     have_engine = 1;
     float my_load = (float)(now_s() - t0);
     j.micro_batches = o.pp > 1 ? e.cfg.micro_batches : 1;
-    if (g_rank == 0 && ec.max_ctx > c->n_ctx_train)
+    if (rank == 0 && ec.max_ctx > c->n_ctx_train)
         fprintf(stderr, "tsr_bench_dist: warning: %d positions exceed the model's training context %d\n",
                 ec.max_ctx, c->n_ctx_train);
 
@@ -633,14 +632,14 @@ int main(int argc, char **argv) {
     comm_buf = calloc(n_comm, sizeof *comm_buf);
     int ok = j.load_s && j.peak_rss_kib && j.weight_mib && pp.tok_s && tg.tok_s && comm_buf;
     if ((st = tsr_comm_agree(grid.world, ok ? TSR_OK : TSR_ERR_NOMEM)) != TSR_OK) {
-        fprintf(stderr, "[rank %d] tsr_bench_dist: out of memory for the report\n", g_rank);
+        fprintf(stderr, "[rank %d] tsr_bench_dist: out of memory for the report\n", rank);
         reported = 1;
         goto cleanup; /* every rank agrees, so every rank leaves here */
     }
     j.end_rss_kib = j.peak_rss_kib + world;
 
     /* The measurements: rank 0 drives, the others serve. */
-    if (g_rank == 0) {
+    if (rank == 0) {
         st = run_tests(&e, &o, &pp, &tg);
         if (st != TSR_OK) {
             fprintf(stderr, "[rank 0] tsr_bench_dist: %s\n", tsr_error_msg());
@@ -651,7 +650,7 @@ int main(int argc, char **argv) {
         st = tsr_engine_serve(&e);
     }
     if (st != TSR_OK) {
-        fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", g_rank, tsr_error_msg());
+        fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
         tsr_comm_abort(&grid, 1, "tsr_bench_dist: the engine failed");
     }
     int32_t my_rss[2] = {peak_rss_kib(), current_rss_kib()};
@@ -663,13 +662,13 @@ int main(int argc, char **argv) {
         (st = tsr_comm_allgather(grid.world, &my_load, j.load_s, 1, TSR_F32)) != TSR_OK ||
         (st = tsr_comm_allgather(grid.world, &my_rss[0], j.peak_rss_kib, 1, TSR_COMM_I32)) != TSR_OK ||
         (st = tsr_comm_allgather(grid.world, &my_rss[1], j.end_rss_kib, 1, TSR_COMM_I32)) != TSR_OK) {
-        fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", g_rank, tsr_error_msg());
+        fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
         tsr_comm_abort(&grid, 1, "tsr_bench_dist: a collective failed");
     }
     for (int r = 0; r < world; r++) /* world rank r = pp_rank * tp + tp_rank (dp = 1) */
         j.weight_mib[r] = tsr_shard_plan_weight_bytes(&e.plan, c, r % o.tp, r / o.tp, 4) / 1048576.0;
 
-    if (g_rank == 0) {
+    if (rank == 0) {
         if (o.json)
             print_json(&o, c, &j, &pp, &tg);
         else
@@ -681,7 +680,7 @@ cleanup:
     if (st != TSR_OK && rc == 0)
         rc = 1;
     if (st != TSR_OK && !reported)
-        fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", g_rank,
+        fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank,
                 tsr_error_msg()[0] ? tsr_error_msg() : tsr_status_str(st));
     if (have_engine)
         tsr_engine_free(&e);
