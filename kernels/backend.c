@@ -22,3 +22,37 @@ void tsr_backend_free(tsr_backend *b, void *p) {
     if (p)
         b->iface->free(b, p);
 }
+
+void *tsr_backend_stream(const tsr_backend *b) {
+    return b && b->iface->stream ? b->iface->stream((tsr_backend *)b) : NULL;
+}
+
+tsr_status tsr_backend_sync(tsr_backend *b) {
+    return b->iface->sync(b);
+}
+
+#ifndef TSR_HAVE_CUDA_BACKEND
+/* This build has no CUDA backend (TESSERA_CUDA=OFF or no toolkit). */
+tsr_status tsr_backend_cuda_create(int device, tsr_dtype act_dtype, tsr_dtype weight_dtype,
+                                   tsr_backend **out) {
+    (void)device;
+    (void)act_dtype;
+    (void)weight_dtype;
+    *out = NULL;
+    return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                         "this build of Tessera has no CUDA backend (configure with "
+                         "-DTESSERA_CUDA=ON on a machine with the CUDA toolkit)");
+}
+
+int tsr_backend_cuda_device_count(void) {
+    return 0;
+}
+
+int tsr_backend_has_cuda(void) {
+    return 0;
+}
+#else
+int tsr_backend_has_cuda(void) {
+    return 1;
+}
+#endif

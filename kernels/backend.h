@@ -52,11 +52,28 @@ typedef struct {
     const int32_t *block_tables; /* (n_seqs, max_blocks) device */
 } tsr_attn_desc;
 
+/* Training attention over contiguous sequences (see attn_train_fwd). */
+typedef struct {
+    int n_tokens, n_seqs;
+    int n_head, n_kv_head, head_dim;
+    float scale;
+    const int32_t *seq_start; /* (n_seqs + 1) device; seq_start[n_seqs] == n_tokens */
+    const int32_t *tok_seq;   /* (n_tokens) device: the sequence of each token row */
+} tsr_attn_train_desc;
+
+/* AdamW hyper-parameters. */
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+} tsr_adamw_params;
+
 typedef struct tsr_backend tsr_backend;
 
 typedef struct {
     const char *name;
     tsr_dtype act_dtype;
+    /* 1 when buffers are host memory (the CPU backend): MPI can use them
+     * directly. 0 on devices: MPI collectives stage through the host. */
+    int host_memory;
 
     /* memory */
     void *(*alloc)(tsr_backend *b, size_t bytes); /* NULL on failure */
@@ -104,6 +121,86 @@ typedef struct {
      * zeros (vocab-parallel embedding: another rank owns them). */
     tsr_status (*embedding)(tsr_backend *b, void *out, const tsr_weight *table, const int32_t *ids,
                             int n, int row0);
+
+    /* Greedy pick per row of logits(n, V) (activations): val[i] = the
+     * largest value, idx[i] = its column (ties: the lowest column); val and
+     * idx are host memory. Synchronises. Lets greedy decoding bring 8 bytes
+     * per row to the host instead of the whole row. */
+    tsr_status (*argmax)(tsr_backend *b, float *val, int32_t *idx, const void *logits, int n,
+                         int V);
+
+    /* The device stream (cudaStream_t) ops are enqueued on; NULL: none. */
+    void *(*stream)(tsr_backend *b);
+
+    /* ---- training (LoRA): backward ops and the optimizer ----
+     * Gradients of activations have the activation type; LoRA parameters,
+     * their gradients and optimizer state ("f32" below) are f32 on the
+     * device. Ops that say "+=" accumulate into their output. */
+
+    /* dx(n, w.cols) = dy(n, w.rows) @ W, or += when accumulate: the input
+     * gradient of matmul (W frozen). */
+    tsr_status (*matmul_dx)(tsr_backend *b, void *dx, const void *dy, const tsr_weight *w, int n,
+                            int accumulate);
+    /* LoRA forward: xa(n, r) = x(n, d_in) A(r, d_in)^T (f32, kept for the
+     * backward), then y(n, d_out) += scale * xa B(d_out, r)^T. A, B f32. */
+    tsr_status (*lora_fwd)(tsr_backend *b, void *y, const void *x, const float *A, const float *B,
+                           float *xa, int n, int d_in, int d_out, int r, float scale);
+    /* LoRA backward from dy(n, d_out), x and xa of the forward:
+     *   dB += scale * dy^T xa ;  t = scale * dy B  (t: f32 (n, r), left so) ;
+     *   dA += t^T x ;  dx += t A  (skipped when dx is NULL). */
+    tsr_status (*lora_bwd)(tsr_backend *b, void *dx, float *dA, float *dB, const void *dy,
+                           const void *x, const float *xa, const float *A, const float *B,
+                           float *t, int n, int d_in, int d_out, int r, float scale);
+    /* dx(n, dim) += the gradient of y = rmsnorm(x) * w given dy (w frozen;
+     * in the activation type, as rmsnorm's). */
+    tsr_status (*rmsnorm_bwd)(tsr_backend *b, void *dx, const void *dy, const void *x,
+                              const void *weight, int n, int dim, float eps);
+    /* The gradient of rope: rotates x in place by -pos[t] * inv_freq. */
+    tsr_status (*rope_bwd)(tsr_backend *b, void *x, const int32_t *pos, const float *inv_freq,
+                           int n, int n_heads, int head_dim);
+    /* dgate, dup (n*dim each) = gradients of out = silu(gate) * up given
+     * dout. dgate may alias gate, dup may alias up (each element is read
+     * before it is written). */
+    tsr_status (*swiglu_bwd)(tsr_backend *b, void *dgate, void *dup, const void *dout,
+                             const void *gate, const void *up, int n, int dim);
+    /* Causal attention for training over contiguous sequences: token rows
+     * seq_start[s] .. seq_start[s+1]-1 form sequence s (positions 0..len-1).
+     * q (n, n_head*hd), k and v (n, n_kv_head*hd) -> out (n, n_head*hd) and
+     * lse (n, n_head) f32, the log-sum-exp of each row's scaled scores.
+     * tok_seq must agree with seq_start (the CPU checks, CUDA trusts it). */
+    tsr_status (*attn_train_fwd)(tsr_backend *b, void *out, float *lse, const void *q,
+                                 const void *k, const void *v, const tsr_attn_train_desc *d);
+    /* Its backward: dq, dk, dv (shapes of q, k, v; overwritten) from dout,
+     * the forward's inputs, out and lse. */
+    tsr_status (*attn_train_bwd)(tsr_backend *b, void *dq, void *dk, void *dv, const void *dout,
+                                 const void *q, const void *k, const void *v, const void *out,
+                                 const float *lse, const tsr_attn_train_desc *d);
+    /* Vocabulary-parallel cross-entropy, in two passes around all-reduces.
+     * logits (n, V) cover vocabulary rows row0 .. row0+V-1; target[i] is a
+     * global id (negative: no loss; tlogit 0, sumexp still computed). Pass 1: rowmax(n) f32 = max of each row.
+     * (The caller all-reduces rowmax with MAX.) Pass 2, given the global
+     * rowmax: sumexp(n) = sum exp(l - rowmax), tlogit(n) = the target's logit
+     * when this slice owns it, else 0. (The caller all-reduces both with SUM;
+     * loss_i = log(sumexp) + rowmax - tlogit.) */
+    tsr_status (*ce_rowmax)(tsr_backend *b, float *rowmax, const void *logits, int n, int V);
+    tsr_status (*ce_sums)(tsr_backend *b, float *sumexp, float *tlogit, const void *logits,
+                          const float *rowmax, const int32_t *target, int n, int V, int row0);
+    /* dlogits(n, V) = weight[i] * (softmax_i - onehot(target_i)) from the
+     * global rowmax and sumexp; weight (n) f32 is required; rows with a
+     * negative target or weight 0 get zeros.
+     * dlogits may alias logits. */
+    tsr_status (*ce_grad)(tsr_backend *b, void *dlogits, const void *logits, const float *rowmax,
+                          const float *sumexp, const int32_t *target, const float *weight, int n,
+                          int V, int row0);
+    /* AdamW on n f32 parameters, step t >= 1 (bias correction):
+     *   m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2 ;
+     *   p -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd * p). */
+    tsr_status (*adamw)(tsr_backend *b, float *p, const float *g, float *m, float *v, size_t n,
+                        const tsr_adamw_params *h, int t);
+    /* *out (host) = sum of x[i]^2 over n f32 values, accumulated in double. */
+    tsr_status (*sumsq)(tsr_backend *b, double *out, const float *x, size_t n);
+    /* x(n) *= s, f32. */
+    tsr_status (*scale_f32)(tsr_backend *b, float *x, size_t n, float s);
 } tsr_backend_i;
 
 struct tsr_backend {
@@ -113,6 +210,29 @@ struct tsr_backend {
 
 /* The CPU backend (f32). Threads for its own loops: 0 = all cores. */
 tsr_status tsr_backend_cpu_create(int n_threads, tsr_backend **out);
+
+/* The CUDA backend on GPU `device`: weights in weight_dtype (TSR_BF16; or
+ * TSR_F32, the reference-precision mode, which needs f32 activations and
+ * runs every GEMM in full f32), activations in act_dtype (TSR_BF16, or
+ * TSR_F32 where precision matters more than memory), GEMMs through cuBLASLt
+ * with f32 accumulation, ops enqueued on the backend's own stream.
+ * TSR_ERR_UNSUPPORTED when this build has no CUDA backend (TESSERA_CUDA=OFF
+ * or no toolkit) or the types are not a supported pair; TSR_ERR_BACKEND
+ * naming the CUDA error when the device cannot be used. */
+tsr_status tsr_backend_cuda_create(int device, tsr_dtype act_dtype, tsr_dtype weight_dtype,
+                                   tsr_backend **out);
+
+/* 1 when this build has the CUDA backend (whether or not a GPU is present). */
+int tsr_backend_has_cuda(void);
+
+/* Usable CUDA devices: 0 without a CUDA build, a driver or a GPU. Never fails. */
+int tsr_backend_cuda_device_count(void);
+
+/* The backend's CUDA stream (a cudaStream_t) on CUDA, NULL elsewhere. */
+void *tsr_backend_stream(const tsr_backend *b);
+
+/* Waits until everything enqueued on b is done. */
+tsr_status tsr_backend_sync(tsr_backend *b);
 
 /* Destroys any backend. NULL ok. */
 void tsr_backend_destroy(tsr_backend *b);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_train.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -285,30 +286,63 @@ static tsr_status cpu_embedding(tsr_backend *b, void *outv, const tsr_weight *ta
     return TSR_OK;
 }
 
+static tsr_status cpu_argmax(tsr_backend *b, float *val, int32_t *idx, const void *lv, int n,
+                             int V) {
+    (void)b;
+    const float *logits = lv;
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * V;
+        int best = 0;
+        for (int j = 1; j < V; j++)
+            if (l[j] > l[best])
+                best = j;
+        val[i] = l[best];
+        idx[i] = best;
+    }
+    return TSR_OK;
+}
+
 static const tsr_backend_i cpu_iface = {
-    /* .name = */ "cpu",
-    /* .act_dtype = */ TSR_F32,
-    /* .alloc = */ cpu_alloc,
-    /* .free = */ cpu_free,
-    /* .to_device = */ cpu_memcpy,
-    /* .to_host = */ cpu_memcpy,
-    /* .copy = */ cpu_memcpy,
-    /* .sync = */ cpu_sync,
-    /* .destroy = */ cpu_destroy,
-    /* .weight_upload = */ cpu_weight_upload,
-    /* .weight_free = */ cpu_weight_free,
-    /* .vector_upload = */ cpu_vector_upload,
-    /* .act_to_f32 = */ cpu_act_convert,
-    /* .act_from_f32 = */ cpu_act_from_f32,
-    /* .matmul = */ cpu_matmul,
-    /* .rmsnorm = */ cpu_rmsnorm,
-    /* .rope = */ cpu_rope,
-    /* .kv_store = */ cpu_kv_store,
-    /* .attention = */ cpu_attention,
-    /* .swiglu = */ cpu_swiglu,
-    /* .add = */ cpu_add,
-    /* .add_bias = */ cpu_add_bias,
-    /* .embedding = */ cpu_embedding,
+    .name = "cpu",
+    .act_dtype = TSR_F32,
+    .host_memory = 1,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_device = cpu_memcpy,
+    .to_host = cpu_memcpy,
+    .copy = cpu_memcpy,
+    .sync = cpu_sync,
+    .destroy = cpu_destroy,
+    .weight_upload = cpu_weight_upload,
+    .weight_free = cpu_weight_free,
+    .vector_upload = cpu_vector_upload,
+    .act_to_f32 = cpu_act_convert,
+    .act_from_f32 = cpu_act_from_f32,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .add_bias = cpu_add_bias,
+    .embedding = cpu_embedding,
+    .argmax = cpu_argmax,
+    .stream = NULL,
+    .matmul_dx = tsr_cpu_matmul_dx,
+    .lora_fwd = tsr_cpu_lora_fwd,
+    .lora_bwd = tsr_cpu_lora_bwd,
+    .rmsnorm_bwd = tsr_cpu_rmsnorm_bwd,
+    .rope_bwd = tsr_cpu_rope_bwd,
+    .swiglu_bwd = tsr_cpu_swiglu_bwd,
+    .attn_train_fwd = tsr_cpu_attn_train_fwd,
+    .attn_train_bwd = tsr_cpu_attn_train_bwd,
+    .ce_rowmax = tsr_cpu_ce_rowmax,
+    .ce_sums = tsr_cpu_ce_sums,
+    .ce_grad = tsr_cpu_ce_grad,
+    .adamw = tsr_cpu_adamw,
+    .sumsq = tsr_cpu_sumsq,
+    .scale_f32 = tsr_cpu_scale_f32,
 };
 
 tsr_status tsr_backend_cpu_create(int n_threads, tsr_backend **out) {
