@@ -35,10 +35,107 @@ static tsr_status grow(void **p, size_t *cap, size_t need, size_t elem) {
     return TSR_OK;
 }
 
+/* Grows a backend buffer to at least `bytes`; the contents are not kept. */
+static tsr_status grow_device(tsr_backend *be, void **p, size_t *cap, size_t bytes,
+                              const char *what) {
+    if (bytes <= *cap)
+        return TSR_OK;
+    size_t n = *cap ? *cap : 4096;
+    while (n < bytes)
+        n *= 2;
+    tsr_backend_free(be, *p);
+    *p = NULL;
+    *cap = 0;
+    TSR_TRY(tsr_backend_alloc(be, n, what, p));
+    *cap = n;
+    return TSR_OK;
+}
+
+/* ---- the data path: activations over the tp and pp groups ----
+ * TSR_XFER_HOST passes the buffers to MPI as they are (the CPU backend; no
+ * extra work, today's path). TSR_XFER_DEVICE (NCCL) first waits for the
+ * compute stream: NCCL runs on its group's own stream, which must not read a
+ * buffer the compute stream is still writing, nor write one it is still
+ * reading (a recv into hidden_in while the previous micro-batch's copy out of
+ * it is queued); the NCCL wrapper waits for its own stream before returning,
+ * so the result is in place for the next op. TSR_XFER_STAGED copies through
+ * e->stage: to_host synchronises, MPI runs on host memory, to_device queues
+ * the copy back (to_device may read the host source after it returns until
+ * the stream reaches it, so the engine syncs before MPI writes e->stage
+ * again: to_host does it on the way out, the recv path does it itself). */
+
+static tsr_status stage_reserve(tsr_engine *e, size_t bytes) {
+    return grow(&e->stage, &e->stage_cap, bytes, 1);
+}
+
+tsr_status tsr_engine_tp_allreduce(tsr_engine *e, void *buf, size_t count) {
+    tsr_comm_group_t *g = e->grid->tp_group;
+    const int dt = e->be->iface->act_dtype;
+    switch (e->tp_xfer) {
+    case TSR_XFER_HOST:
+        break;
+    case TSR_XFER_DEVICE:
+        TSR_TRY(tsr_backend_sync(e->be));
+        break;
+    case TSR_XFER_STAGED: {
+        size_t bytes = count * tsr_backend_act_size(e->be);
+        TSR_TRY(stage_reserve(e, bytes));
+        TSR_TRY(e->be->iface->to_host(e->be, e->stage, buf, bytes));
+        TSR_TRY(tsr_comm_allreduce(g, e->stage, e->stage, count, dt, TSR_COMM_SUM));
+        return e->be->iface->to_device(e->be, buf, e->stage, bytes);
+    }
+    }
+    return tsr_comm_allreduce(g, buf, buf, count, dt, TSR_COMM_SUM);
+}
+
+tsr_status tsr_engine_pp_send(tsr_engine *e, const void *buf, size_t count, int peer, int tag) {
+    tsr_comm_group_t *g = e->grid->pp_group;
+    const int dt = e->be->iface->act_dtype;
+    switch (e->pp_xfer) {
+    case TSR_XFER_HOST:
+        break;
+    case TSR_XFER_DEVICE:
+        TSR_TRY(tsr_backend_sync(e->be));
+        break;
+    case TSR_XFER_STAGED: {
+        size_t bytes = count * tsr_backend_act_size(e->be);
+        TSR_TRY(stage_reserve(e, bytes));
+        TSR_TRY(e->be->iface->to_host(e->be, e->stage, buf, bytes));
+        return tsr_comm_send(g, e->stage, count, dt, peer, tag);
+    }
+    }
+    return tsr_comm_send(g, buf, count, dt, peer, tag);
+}
+
+tsr_status tsr_engine_pp_recv(tsr_engine *e, void *buf, size_t count, int peer, int tag) {
+    tsr_comm_group_t *g = e->grid->pp_group;
+    const int dt = e->be->iface->act_dtype;
+    switch (e->pp_xfer) {
+    case TSR_XFER_HOST:
+        break;
+    case TSR_XFER_DEVICE:
+        TSR_TRY(tsr_backend_sync(e->be));
+        break;
+    case TSR_XFER_STAGED: {
+        size_t bytes = count * tsr_backend_act_size(e->be);
+        TSR_TRY(stage_reserve(e, bytes));
+        TSR_TRY(tsr_backend_sync(e->be)); /* a queued to_device may still read e->stage */
+        TSR_TRY(tsr_comm_recv(g, e->stage, count, dt, peer, tag));
+        return e->be->iface->to_device(e->be, buf, e->stage, bytes);
+    }
+    }
+    return tsr_comm_recv(g, buf, count, dt, peer, tag);
+}
+
+/* The model's TP hook: one all-reduce per row-parallel projection. */
 static tsr_status tp_allreduce(void *ctx, void *buf, size_t count) {
-    tsr_engine *e = ctx;
-    return tsr_comm_allreduce(e->grid->tp_group, buf, buf, count, e->be->iface->act_dtype,
-                              TSR_COMM_SUM);
+    return tsr_engine_tp_allreduce(ctx, buf, count);
+}
+
+static tsr_xfer xfer_for(const tsr_comm_group_t *g, const tsr_backend *be, int stage_host) {
+    if (tsr_comm_kind_of(g) == TSR_COMM_NCCL)
+        return TSR_XFER_DEVICE;
+    return be->iface->host_memory && !stage_host ? TSR_XFER_HOST : TSR_XFER_STAGED;
 }
 
 static int default_threads(const tsr_comm_grid *g) {
@@ -47,11 +144,119 @@ static int default_threads(const tsr_comm_grid *g) {
     return per > 0 ? per : 1;
 }
 
+/* ---- device selection ---- */
+
+static int act_dtype_of(const tsr_engine_config *cfg) {
+    if (cfg->act_dtype != TSR_ENGINE_ACT_DEFAULT)
+        return cfg->act_dtype;
+    return cfg->device == TSR_DEVICE_CUDA ? TSR_BF16 : TSR_F32;
+}
+
+static int weight_dtype_of(const tsr_engine_config *cfg) {
+    if (cfg->weight_dtype != TSR_ENGINE_ACT_DEFAULT)
+        return cfg->weight_dtype;
+    return cfg->device == TSR_DEVICE_CUDA ? TSR_BF16 : TSR_F32;
+}
+
+tsr_status tsr_engine_config_check(const tsr_engine_config *cfg, tsr_comm_kind kind) {
+    const int act = act_dtype_of(cfg);
+    if (cfg->device != TSR_DEVICE_CPU && cfg->device != TSR_DEVICE_CUDA)
+        return tsr_error_set(TSR_ERR_INVALID, "unknown device %d (want cpu or cuda)",
+                             (int)cfg->device);
+    const int wdt = weight_dtype_of(cfg);
+    if (act != TSR_F32 && act != TSR_BF16)
+        return tsr_error_set(TSR_ERR_INVALID, "activation type %d: want f32 or bf16", act);
+    if (wdt != TSR_F32 && wdt != TSR_BF16)
+        return tsr_error_set(TSR_ERR_INVALID, "weight type %d: want bf16 or f32", wdt);
+    if (cfg->device == TSR_DEVICE_CPU && wdt != TSR_F32)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--weight-dtype bf16 needs --device cuda (the CPU backend keeps f32)");
+    if (wdt == TSR_F32 && act != TSR_F32)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--weight-dtype f32 needs --act-dtype f32 (full-precision GEMMs)");
+    if (cfg->gpu < -1)
+        return tsr_error_set(TSR_ERR_INVALID, "GPU %d: want -1 (by local rank) or an index >= 0",
+                             cfg->gpu);
+    if (cfg->device == TSR_DEVICE_CPU) {
+        if (act != TSR_F32)
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "--act-dtype bf16 needs --device cuda (the CPU backend computes "
+                                 "in f32)");
+        if (kind == TSR_COMM_NCCL)
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "--comm nccl needs --device cuda (NCCL moves GPU memory; use "
+                                 "--comm mpi on the CPU)");
+        return TSR_OK;
+    }
+    if (kind == TSR_COMM_NCCL && !tsr_comm_has_nccl())
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "--comm nccl: this build has no NCCL (configure with "
+                             "-DTESSERA_CUDA=ON where CUDA and NCCL are installed, or use --comm "
+                             "mpi)");
+    if (!tsr_backend_has_cuda())
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "--device cuda: this build has no CUDA backend (configure with "
+                             "-DTESSERA_CUDA=ON where the CUDA toolkit is installed)");
+    return TSR_OK;
+}
+
+/* This rank's part of tsr_engine_device_select, before the agreement. */
+static tsr_status select_local(const tsr_comm_grid *g, const tsr_engine_config *cfg,
+                               tsr_comm_kind kind, int *gpu) {
+    *gpu = -1;
+    TSR_TRY(tsr_engine_config_check(cfg, kind));
+    if (cfg->device == TSR_DEVICE_CPU)
+        return TSR_OK;
+    int n = tsr_backend_cuda_device_count();
+    if (n == 0)
+        return tsr_error_set(TSR_ERR_BACKEND,
+                             "--device cuda: no CUDA device is visible on host %s (check the "
+                             "driver, nvidia-smi and CUDA_VISIBLE_DEVICES)",
+                             g->host);
+    if (cfg->gpu >= n)
+        return tsr_error_set(TSR_ERR_RANGE, "--gpu %d: host %s has %d CUDA device%s (0..%d)",
+                             cfg->gpu, g->host, n, n == 1 ? "" : "s", n - 1);
+    if (kind == TSR_COMM_NCCL && cfg->gpu >= 0 && g->local_size > 1)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--gpu %d with --comm nccl puts the %d ranks on host %s on one GPU; "
+                             "NCCL needs a GPU per rank (leave --gpu out, or use --comm mpi)",
+                             cfg->gpu, g->local_size, g->host);
+    if (kind == TSR_COMM_NCCL && cfg->gpu < 0 && g->local_size > n)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--comm nccl: host %s runs %d ranks but has %d CUDA device%s; NCCL "
+                             "needs a GPU per rank (use --comm mpi to share GPUs)",
+                             g->host, g->local_size, n, n == 1 ? "" : "s");
+    *gpu = cfg->gpu >= 0 ? cfg->gpu : (kind == TSR_COMM_NCCL ? g->local_rank : g->local_rank % n);
+    return TSR_OK;
+}
+
+tsr_status tsr_engine_device_select(tsr_comm_grid *g, const tsr_engine_config *cfg,
+                                    tsr_comm_kind kind, int *gpu) {
+    tsr_status st = select_local(g, cfg, kind, gpu);
+    tsr_status all = tsr_comm_agree(g->world, st);
+    if (st == TSR_OK && all != TSR_OK)
+        st = tsr_error_set(all, "another rank failed to set up its device (see its message)");
+    return st;
+}
+
+tsr_status tsr_engine_device_probe(tsr_engine_config *cfg, tsr_comm_kind kind) {
+    tsr_comm_grid probe;
+    tsr_comm_grid_config pc = TSR_COMM_GRID_CONFIG_INIT; /* tp = pp = 1, MPI */
+    TSR_TRY(tsr_comm_grid_init(&probe, &pc));
+    int gpu = -1;
+    tsr_status st = tsr_engine_device_select(&probe, cfg, kind, &gpu);
+    tsr_comm_grid_free(&probe);
+    if (st == TSR_OK)
+        cfg->gpu = gpu;
+    return st;
+}
+
 tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_file_t *mf,
                            const tsr_plan_config *pc, const tsr_engine_config *cfg) {
     memset(e, 0, sizeof *e);
     e->grid = grid;
     e->cfg = *cfg;
+    e->gpu = -1;
     if (e->cfg.block_size <= 0)
         e->cfg.block_size = 16;
     if (e->cfg.micro_batches <= 0)
@@ -60,18 +265,40 @@ tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_f
     /* The plan is computed identically on every rank, so an impossible layout
      * fails everywhere before any weight is read. */
     TSR_TRY(tsr_shard_plan_init(&e->mcfg, pc, &e->plan));
-    TSR_TRY(tsr_shard_plan_check_world(&e->plan, grid->world_size));
-    TSR_TRY(tsr_shard_plan_slice(&e->plan, grid->tp_rank, grid->pp_rank, &e->slice));
+    tsr_status st = tsr_shard_plan_check_world(&e->plan, grid->world_size);
+    if (st == TSR_OK)
+        st = tsr_shard_plan_slice(&e->plan, grid->tp_rank, grid->pp_rank, &e->slice);
+    if (st != TSR_OK) {
+        tsr_shard_plan_free(&e->plan);
+        return st;
+    }
     e->first_stage = grid->pp_rank == 0;
     e->last_stage = grid->pp_rank == grid->pp - 1;
 
+    /* every rank reaches this agreement: the checks above are the same on all */
+    tsr_comm_kind kind = tsr_comm_kind_of(grid->tp_group);
+    st = tsr_engine_device_select(grid, &e->cfg, kind, &e->gpu);
+    if (st != TSR_OK) {
+        tsr_shard_plan_free(&e->plan);
+        return st;
+    }
     const tsr_model_config *c = &e->mcfg;
     int bs = e->cfg.block_size;
     int blocks = e->cfg.kv_blocks > 0 ? e->cfg.kv_blocks
                                       : e->cfg.max_seqs * ((e->cfg.max_ctx + bs - 1) / bs);
-    tsr_status st = tsr_backend_cpu_create(cfg->threads > 0 ? cfg->threads : default_threads(grid),
-                                           &e->be);
+    if (e->cfg.device == TSR_DEVICE_CUDA)
+        st = tsr_backend_cuda_create(e->gpu, (tsr_dtype)act_dtype_of(&e->cfg),
+                                     (tsr_dtype)weight_dtype_of(&e->cfg), &e->be);
+    else
+        st = tsr_backend_cpu_create(cfg->threads > 0 ? cfg->threads : default_threads(grid),
+                                    &e->be);
     if (st == TSR_OK) {
+        e->tp_xfer = xfer_for(grid->tp_group, e->be, e->cfg.stage_host);
+        e->pp_xfer = xfer_for(grid->pp_group, e->be, e->cfg.stage_host);
+        static const char *const path[] = {"mpi", "mpi via host", "nccl"};
+        TSR_LOG_I("device %s (GPU %d), activations %s, tp data path %s, pp data path %s",
+                  e->be->iface->name, e->gpu, tsr_dtype_name(e->be->iface->act_dtype),
+                  path[e->tp_xfer], path[e->pp_xfer]);
         /* one all-reduce per row-parallel projection; none on one TP rank */
         tsr_model_comm mc = {e, grid->tp > 1 ? tp_allreduce : NULL};
         st = tsr_model_load(&e->model, mf, &e->slice, e->first_stage, e->last_stage, e->be, &mc);
@@ -98,13 +325,17 @@ void tsr_engine_free(tsr_engine *e) {
     tsr_kv_cache_free(&e->kv);
     if (e->model_loaded)
         tsr_model_free(&e->model);
+    if (e->be) {
+        tsr_backend_free(e->be, e->hidden_in);
+        tsr_backend_free(e->be, e->hidden_out);
+    }
     tsr_backend_destroy(e->be);
     tsr_shard_plan_free(&e->plan);
     free(e->desc);
-    free(e->hidden_in);
-    free(e->hidden_out);
+    free(e->stage);
     free(e->logits);
     free(e->mb_logits);
+    free(e->mb_idx);
     free(e->gathered);
     free(e->best_val);
     free(e->best_idx);
@@ -183,21 +414,11 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
     return TSR_OK;
 }
 
-/* Greedy over this rank's vocabulary slice, then the max-with-index
- * all-reduce over the TP group: the full logits are never gathered. */
+/* Greedy: each row's best over this rank's vocabulary slice was picked on
+ * the device during the forward (best_val, best_idx as global ids); the
+ * max-with-index all-reduce over the TP group picks among the slices. The
+ * logits never leave the device. */
 static tsr_status collect_argmax(tsr_engine *e, int n_out, int32_t *tokens) {
-    const int V = e->slice.n_vocab;
-    TSR_TRY(grow((void **)&e->best_val, &e->best_val_cap, (size_t)n_out, sizeof(float)));
-    TSR_TRY(grow((void **)&e->best_idx, &e->best_idx_cap, (size_t)n_out, sizeof(int32_t)));
-    for (int i = 0; i < n_out; i++) {
-        const float *l = e->logits + (size_t)i * V;
-        int best = 0;
-        for (int j = 1; j < V; j++)
-            if (l[j] > l[best])
-                best = j;
-        e->best_val[i] = l[best];
-        e->best_idx[i] = e->slice.vocab_begin + best;
-    }
     if (e->grid->tp > 1)
         TSR_TRY(tsr_comm_allreduce_argmax(e->grid->tp_group, e->best_val, e->best_idx,
                                           (size_t)n_out));
@@ -261,14 +482,28 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     tsr_status st = TSR_OK;
     for (int k = 0; k < ns && st == TSR_OK; k++)
         st = tsr_kv_cache_reserve(&e->kv, seqs[k], npos[k]);
+    const size_t act = tsr_backend_act_size(e->be);
     if (st == TSR_OK && !e->first_stage)
-        st = grow((void **)&e->hidden_in, &e->hidden_in_cap, (size_t)n * C, sizeof(float));
+        st = grow_device(e->be, &e->hidden_in, &e->hidden_in_cap, (size_t)n * C * act, "hidden_in");
     if (st == TSR_OK && !e->last_stage)
-        st = grow((void **)&e->hidden_out, &e->hidden_out_cap, (size_t)n * C, sizeof(float));
-    if (st == TSR_OK && e->last_stage && s->n_out > 0)
+        st = grow_device(e->be, &e->hidden_out, &e->hidden_out_cap, (size_t)n * C * act,
+                         "hidden_out");
+    /* greedy steps bring each row's best (value, column) from the device;
+     * the others the rows' logits */
+    const int greedy = s->out == TSR_OUT_ARGMAX;
+    const size_t per_row = greedy ? 1 : (size_t)V;
+    if (st == TSR_OK && e->last_stage && s->n_out > 0 && !greedy)
         st = grow((void **)&e->logits, &e->logits_cap, (size_t)s->n_out * V, sizeof(float));
     if (st == TSR_OK && e->last_stage && s->n_out > 0)
-        st = grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * V, sizeof(float));
+        st = grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * per_row,
+                  sizeof(float));
+    if (st == TSR_OK && e->last_stage && s->n_out > 0 && greedy) {
+        st = grow((void **)&e->best_val, &e->best_val_cap, (size_t)s->n_out, sizeof(float));
+        if (st == TSR_OK)
+            st = grow((void **)&e->best_idx, &e->best_idx_cap, (size_t)s->n_out, sizeof(int32_t));
+        if (st == TSR_OK)
+            st = grow((void **)&e->mb_idx, &e->mb_idx_cap, (size_t)s->n_out, sizeof(int32_t));
+    }
     float *mb_logits = e->mb_logits;
     /* micro-batches: contiguous token ranges; each stage walks them in order,
      * so stage s works on micro-batch k while stage s+1 works on k-1 */
@@ -284,17 +519,29 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                 mb_outs[n_mo++] = i;
             }
         if (!e->first_stage)
-            st = tsr_comm_recv(g->pp_group, e->hidden_in, (size_t)m * C, TSR_F32, g->pp_rank - 1, mb);
+            st = tsr_engine_pp_recv(e, e->hidden_in, (size_t)m * C, g->pp_rank - 1, mb);
         if (st != TSR_OK)
             break;
         tsr_batch bt = {m, s->tokens + a, s->pos + a, s->seq + a, e->last_stage ? n_mo : 0, mb_rows};
-        st = tsr_model_forward(&e->model, &e->kv, &bt, e->first_stage ? NULL : e->hidden_in,
-                               e->last_stage ? NULL : e->hidden_out, mb_logits);
+        if (greedy)
+            st = tsr_model_forward_greedy(&e->model, &e->kv, &bt,
+                                          e->first_stage ? NULL : e->hidden_in,
+                                          e->last_stage ? NULL : e->hidden_out, mb_logits,
+                                          e->mb_idx);
+        else
+            st = tsr_model_forward(&e->model, &e->kv, &bt, e->first_stage ? NULL : e->hidden_in,
+                                   e->last_stage ? NULL : e->hidden_out, mb_logits);
         if (st == TSR_OK && !e->last_stage)
-            st = tsr_comm_send(g->pp_group, e->hidden_out, (size_t)m * C, TSR_F32, g->pp_rank + 1, mb);
-        for (int i = 0; st == TSR_OK && e->last_stage && i < n_mo; i++)
-            memcpy(e->logits + (size_t)mb_outs[i] * V, mb_logits + (size_t)i * V,
-                   (size_t)V * sizeof(float));
+            st = tsr_engine_pp_send(e, e->hidden_out, (size_t)m * C, g->pp_rank + 1, mb);
+        for (int i = 0; st == TSR_OK && e->last_stage && i < n_mo; i++) {
+            if (greedy) {
+                e->best_val[mb_outs[i]] = mb_logits[i];
+                e->best_idx[mb_outs[i]] = e->slice.vocab_begin + e->mb_idx[i];
+            } else {
+                memcpy(e->logits + (size_t)mb_outs[i] * V, mb_logits + (size_t)i * V,
+                       (size_t)V * sizeof(float));
+            }
+        }
     }
     free(seqs);
     TSR_TRY(st);

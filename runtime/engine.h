@@ -17,6 +17,10 @@
  * Ranks other than 0 sit in tsr_engine_serve, waiting for descriptors without
  * spinning, until rank 0 calls tsr_engine_stop.
  *
+ * Each rank's shard runs on the CPU or on one CUDA GPU (tsr_engine_config
+ * .device); activations cross ranks over MPI (staged through host memory
+ * when the backend's buffers are on a device) or NCCL (tsr_xfer).
+ *
  * What it is not: a scheduler (which sequences go into a step is the caller's
  * decision) and not thread-safe (one engine thread per rank). */
 #ifndef TSR_RUNTIME_ENGINE_H
@@ -50,6 +54,16 @@ typedef struct {
     const int32_t *release; /* (n_release) slots whose blocks are freed before the step */
 } tsr_step;
 
+/* Where a rank's shard runs. */
+typedef enum {
+    TSR_DEVICE_CPU = 0,  /* the CPU backend: f32 activations in host memory */
+    TSR_DEVICE_CUDA = 1, /* the CUDA backend on one GPU per rank */
+} tsr_device;
+
+/* tsr_engine_config.act_dtype: the device's own choice (f32 on the CPU, bf16
+ * on CUDA). Not 0: 0 is TSR_F32. */
+#define TSR_ENGINE_ACT_DEFAULT (-1)
+
 typedef struct {
     int threads;        /* CPU threads for this rank; 0 = cores / ranks on this host */
     int max_seqs;       /* cache slots */
@@ -57,9 +71,30 @@ typedef struct {
     int kv_blocks;      /* 0 = max_seqs * ceil(max_ctx / block_size) */
     int block_size;     /* 0 = 16 */
     int micro_batches;  /* per step for PP; 0 = pp */
+    tsr_device device;  /* TSR_DEVICE_CPU (default) or TSR_DEVICE_CUDA */
+    int act_dtype;      /* activations: TSR_ENGINE_ACT_DEFAULT, TSR_F32, or TSR_BF16 (CUDA only) */
+    int weight_dtype;   /* weights: TSR_ENGINE_ACT_DEFAULT (bf16 on CUDA, f32 on the CPU) or
+                           TSR_F32 (CUDA's reference-precision mode; needs f32 activations) */
+    int gpu;            /* CUDA device index; -1 = local_rank % devices on the host (see
+                           tsr_engine_device_select for NCCL) */
+    /* Debugging aid: with the MPI data backend, move activations through
+     * separate host scratch buffers even when the backend's buffers are host
+     * memory, i.e. run the staging path a GPU with --comm mpi takes on the
+     * CPU backend (tests/dist checks it gives the same answers). Slower;
+     * ignored with NCCL. */
+    int stage_host;
 } tsr_engine_config;
 
-#define TSR_ENGINE_CONFIG_INIT {0, 1, 4096, 0, 16, 0}
+#define TSR_ENGINE_CONFIG_INIT \
+    {0, 1, 4096, 0, 16, 0, TSR_DEVICE_CPU, TSR_ENGINE_ACT_DEFAULT, TSR_ENGINE_ACT_DEFAULT, -1, 0}
+
+/* How the engine moves activations over one group (chosen at init from the
+ * group's backend and the kernel backend's memory). */
+typedef enum {
+    TSR_XFER_HOST = 0,   /* MPI on host buffers: passed as they are */
+    TSR_XFER_STAGED = 1, /* MPI with device buffers (or stage_host): copied through host scratch */
+    TSR_XFER_DEVICE = 2, /* NCCL: device buffers, after waiting for the compute stream */
+} tsr_xfer;
 
 typedef struct {
     tsr_comm_grid *grid;
@@ -72,25 +107,72 @@ typedef struct {
     int model_loaded;
     tsr_kv_cache kv;
     int first_stage, last_stage;
-    /* scratch, grown as needed */
+    int gpu;              /* CUDA device of this rank; -1 on the CPU */
+    tsr_xfer tp_xfer, pp_xfer;
+    /* scratch, grown as needed; hidden_* are backend buffers (act dtype),
+     * their caps in bytes */
     uint8_t *desc;        size_t desc_cap;
-    float *hidden_in;     size_t hidden_in_cap;  /* (tokens, C) from the previous stage */
-    float *hidden_out;    size_t hidden_out_cap; /* (tokens, C) to the next stage */
+    void *hidden_in;      size_t hidden_in_cap;  /* (tokens, C) from the previous stage */
+    void *hidden_out;     size_t hidden_out_cap; /* (tokens, C) to the next stage */
+    void *stage;          size_t stage_cap;      /* host bytes for TSR_XFER_STAGED */
     float *logits;        size_t logits_cap;     /* (n_out, V_local) */
     float *mb_logits;     size_t mb_logits_cap;  /* one micro-batch's rows */
     float *gathered;      size_t gathered_cap;   /* (tp, n_out, widest slice) */
     float *best_val;      size_t best_val_cap;   /* greedy: per output row */
     int32_t *best_idx;    size_t best_idx_cap;
+    int32_t *mb_idx;      size_t mb_idx_cap;     /* one micro-batch's greedy columns */
     int lm_release_pending; /* tsr_engine_lm: free slot 0 with the next step */
 } tsr_engine;
 
+/* Checks the device fields of cfg against this build and the data backend
+ * `kind` the grid's tp and pp groups use: TSR_ERR_INVALID for combinations
+ * that cannot work (bf16 activations on the CPU, NCCL without CUDA, an
+ * unknown device or type), TSR_ERR_UNSUPPORTED when this build has no CUDA
+ * backend (or no NCCL, for kind NCCL). Not collective, and the same verdict on every rank running the
+ * same build and config, so a caller may check before the grid exists and
+ * report once. */
+tsr_status tsr_engine_config_check(const tsr_engine_config *cfg, tsr_comm_kind kind);
+
+/* Collective over g->world: tsr_engine_config_check, then, on CUDA, whether
+ * this host has a usable GPU for this rank, which it returns in *gpu: cfg->gpu
+ * when >= 0, else local_rank % (devices on the host) with MPI (several ranks
+ * may share a GPU) and local_rank with NCCL (which needs a GPU per rank and
+ * refuses more ranks on a host than GPUs, or one --gpu for several ranks).
+ * *gpu is -1 on the CPU. If any rank fails every rank returns an error: the
+ * failing rank's message names its host ("--device cuda: no CUDA device is
+ * visible on host X"), the others say "another rank failed ...". Needs only
+ * g->world and the local rank/size, so an MPI grid can answer for an NCCL
+ * one before that is built (tessera_main does). */
+tsr_status tsr_engine_device_select(tsr_comm_grid *g, const tsr_engine_config *cfg,
+                                    tsr_comm_kind kind, int *gpu);
+
+/* tsr_engine_device_select before any grid exists, for a caller about to
+ * build NCCL groups (tsr_comm_grid_config.kind = TSR_COMM_NCCL), which need
+ * the GPU first: a host without one is then named, rather than failing inside
+ * NCCL's set-up. Writes this rank's GPU to cfg->gpu (pass it on as
+ * tsr_comm_grid_config.device). Collective over MPI_COMM_WORLD (builds and
+ * frees a temporary MPI grid); every rank returns the same status. */
+tsr_status tsr_engine_device_probe(tsr_engine_config *cfg, tsr_comm_kind kind);
+
 /* Builds this rank's part: the shard plan (refusing impossible layouts before
- * any weight is read), its weights, its KV cache. Collective over the world:
- * if any rank fails, every rank returns an error (the failing rank's message
- * names the problem; the others say a peer failed). */
+ * any weight is read), the device (tsr_engine_device_select), its weights,
+ * its KV cache. Collective over the world: if any rank fails, every rank
+ * returns an error (the failing rank's message names the problem; the others
+ * say a peer failed). With NCCL groups the device must be CUDA, and the GPU
+ * the one the grid was built on (pass the same index as
+ * tsr_comm_grid_config.device). */
 tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_file_t *mf,
                            const tsr_plan_config *pc, const tsr_engine_config *cfg);
 void tsr_engine_free(tsr_engine *e); /* NULL ok */
+
+/* The data-path collectives the engine runs, on backend buffers of `count`
+ * activations (act dtype), through the group's tsr_xfer path: the TP
+ * all-reduce (in place, collective over the TP group) and the PP send/recv
+ * to a pp-group rank. Exposed for benchmarks (bench/tsr_bench_dist); the
+ * engine must not be inside a step. */
+tsr_status tsr_engine_tp_allreduce(tsr_engine *e, void *buf, size_t count);
+tsr_status tsr_engine_pp_send(tsr_engine *e, const void *buf, size_t count, int peer, int tag);
+tsr_status tsr_engine_pp_recv(tsr_engine *e, void *buf, size_t count, int peer, int tag);
 
 /* Rank 0: runs one step on every rank. Results at rank 0: tokens (n_out) for
  * TSR_OUT_ARGMAX, logits (n_out, n_vocab) for TSR_OUT_LOGITS; the other may

@@ -309,8 +309,11 @@ static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
     return TSR_OK;
 }
 
-tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
-                             const void *hidden_in, void *hidden_out, float *logits) {
+/* The forward; the last stage's output is either the logits (logits != NULL)
+ * or each row's argmax (best_val, best_idx). */
+static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                          const void *hidden_in, void *hidden_out, float *logits, float *best_val,
+                          int32_t *best_idx) {
     const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
@@ -395,5 +398,22 @@ tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                    (size_t)C * a));
     OP(I->rmsnorm(be, w->h, w->h, m->out_norm, b->n_out, C, c->rms_eps));
     OP(I->matmul(be, w->logits, w->h, &m->lm_head, b->n_out, 0));
+    if (!logits)
+        return I->argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
     return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
+}
+
+tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                             const void *hidden_in, void *hidden_out, float *logits) {
+    if (m->last_stage && b->n_out > 0 && !logits)
+        return tsr_error_set(TSR_ERR_INVALID, "forward: no buffer for the logits");
+    return forward(m, kv, b, hidden_in, hidden_out, logits, NULL, NULL);
+}
+
+tsr_status tsr_model_forward_greedy(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                                    const void *hidden_in, void *hidden_out, float *best_val,
+                                    int32_t *best_idx) {
+    if (m->last_stage && b->n_out > 0 && (!best_val || !best_idx))
+        return tsr_error_set(TSR_ERR_INVALID, "forward: no buffers for the greedy picks");
+    return forward(m, kv, b, hidden_in, hidden_out, NULL, best_val, best_idx);
 }

@@ -92,4 +92,12 @@ void tsr_model_free(tsr_model *m); /* NULL ok */
 tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                              const void *hidden_in, void *hidden_out, float *logits);
 
+/* As tsr_model_forward, but the last stage returns, for each of the batch's
+ * out_rows, only the largest logit of its vocabulary slice (best_val) and its
+ * column within the slice (best_idx), computed on the device: greedy steps
+ * move 8 bytes a row to the host instead of the slice. Host arrays (n_out). */
+tsr_status tsr_model_forward_greedy(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                                    const void *hidden_in, void *hidden_out, float *best_val,
+                                    int32_t *best_idx);
+
 #endif

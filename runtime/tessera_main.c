@@ -4,6 +4,11 @@
  *   [mpirun -np N] tessera generate --model M (--prompt T | --chat T) [--tp T --pp P]
  *   tessera tokenize --model M (--text TEXT | --file F)
  *   [mpirun -np N] tessera perplexity --model M --file F [--ctx N] [--tp T --pp P]
+ *   [mpirun -np N] tessera serve --model M [--port P] [--tp T --pp P]
+ *
+ * generate, perplexity and serve run on the CPU or on CUDA GPUs (--device,
+ * --act-dtype, --gpu), with activations between ranks over MPI (through host
+ * memory) or NCCL (--comm).
  *
  * Every rank runs this program (SPMD). Rank 0 parses the text, drives the
  * engine and prints; the other ranks execute the engine's steps and stay
@@ -38,6 +43,10 @@ typedef struct {
     int max_tokens, min_tokens, ctx, threads, n_batch, verbose, ignore_eos, raw_ids;
     int have_ctx;
     int tp, pp;
+    /* --device, --comm, --act-dtype (-1: the device's default), --gpu (-1: by local rank) */
+    tsr_device device;
+    tsr_comm_kind comm;
+    int act_dtype, weight_dtype, gpu;
     int pp_layers[256];
     int n_pp_layers;
     /* serve */
@@ -93,6 +102,16 @@ static void usage(FILE *f) {
           "  --tp T  --pp P        tensor / pipeline parallel degrees (tp*pp = ranks)\n"
           "  --pp-layers A,B,...   layers per pipeline stage (default: even)\n"
           "  --threads N           CPU threads (default: all cores)\n"
+          "device (generate, perplexity, serve):\n"
+          "  --device cpu|cuda     where the shard runs (default cpu)\n"
+          "  --comm mpi|nccl       activations between ranks: mpi (default; GPUs go through\n"
+          "                        host memory and may be shared) or nccl (--device cuda,\n"
+          "                        one GPU per rank)\n"
+          "  --act-dtype bf16|f32  CUDA activation type (default bf16; the CPU is f32)\n"
+          "  --weight-dtype bf16|f32  CUDA weight type (default bf16; f32 is the reference-\n"
+          "                        precision mode: full f32 GEMMs, needs --act-dtype f32)\n"
+          "  --gpu N               CUDA device (default: local rank modulo the GPUs;\n"
+          "                        with nccl, the local rank)\n"
           "  --ctx N               context length (generate: default min(model, 4096);\n"
           "                        perplexity: chunk length, default 512)\n"
           "  --batch N             prefill chunk size (default 512)\n"
@@ -145,7 +164,7 @@ enum {
     OPT_SEED, OPT_REPEAT, OPT_FREQ, OPT_PRES, OPT_STOP, OPT_STOP_ID, OPT_IGNORE_EOS, OPT_VERBOSE,
     OPT_HELP, OPT_TP, OPT_PP, OPT_PP_LAYERS, OPT_HOST, OPT_PORT, OPT_AUTH, OPT_TLS_CERT,
     OPT_TLS_KEY, OPT_MAX_SEQS, OPT_KV_POS, OPT_MAX_BATCH, OPT_QUEUE, OPT_GRACE, OPT_LOG_PROMPTS,
-    OPT_METRICS_PORT,
+    OPT_METRICS_PORT, OPT_DEVICE, OPT_COMM, OPT_ACT_DTYPE, OPT_WEIGHT_DTYPE, OPT_GPU,
 };
 
 static int parse_layers(const char *s, options *o) {
@@ -208,6 +227,11 @@ static int parse_options(int argc, char **argv, options *o) {
         {"grace", required_argument, 0, OPT_GRACE},
         {"log-prompts", no_argument, 0, OPT_LOG_PROMPTS},
         {"metrics-port", required_argument, 0, OPT_METRICS_PORT},
+        {"device", required_argument, 0, OPT_DEVICE},
+        {"comm", required_argument, 0, OPT_COMM},
+        {"act-dtype", required_argument, 0, OPT_ACT_DTYPE},
+        {"weight-dtype", required_argument, 0, OPT_WEIGHT_DTYPE},
+        {"gpu", required_argument, 0, OPT_GPU},
         {0, 0, 0, 0},
     };
     tsr_sampling_params sp = TSR_SAMPLING_PARAMS_INIT;
@@ -220,6 +244,11 @@ static int parse_options(int argc, char **argv, options *o) {
     o->max_batch_tokens = 512;
     o->queue = 256;
     o->grace_s = 30;
+    o->device = TSR_DEVICE_CPU;
+    o->comm = TSR_COMM_MPI;
+    o->act_dtype = TSR_ENGINE_ACT_DEFAULT;
+    o->weight_dtype = TSR_ENGINE_ACT_DEFAULT;
+    o->gpu = -1;
     optind = 2; /* argv[1] is the command */
     int c, seed;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -282,6 +311,37 @@ static int parse_options(int argc, char **argv, options *o) {
         }
         case OPT_LOG_PROMPTS: o->log_prompts = 1; break;
         case OPT_METRICS_PORT: r = parse_int(optarg, "--metrics-port", 0, 65535, &o->metrics_port); break;
+        case OPT_DEVICE:
+            if (!strcmp(optarg, "cpu") || !strcmp(optarg, "cuda")) {
+                o->device = optarg[1] == 'p' ? TSR_DEVICE_CPU : TSR_DEVICE_CUDA;
+            } else {
+                PERR("tessera: --device expects cpu or cuda, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_COMM:
+            if (tsr_comm_kind_parse(optarg, &o->comm) != TSR_OK) {
+                PERR("tessera: --comm: %s\n", tsr_error_msg());
+                r = -1;
+            }
+            break;
+        case OPT_ACT_DTYPE:
+            if (!strcmp(optarg, "bf16") || !strcmp(optarg, "f32")) {
+                o->act_dtype = optarg[0] == 'b' ? TSR_BF16 : TSR_F32;
+            } else {
+                PERR("tessera: --act-dtype expects bf16 or f32, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_WEIGHT_DTYPE:
+            if (!strcmp(optarg, "bf16") || !strcmp(optarg, "f32")) {
+                o->weight_dtype = optarg[0] == 'b' ? TSR_BF16 : TSR_F32;
+            } else {
+                PERR("tessera: --weight-dtype expects bf16 or f32, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_GPU: r = parse_int(optarg, "--gpu", 0, 1023, &o->gpu); break;
         case OPT_VERBOSE: o->verbose = 1; break;
         case OPT_HELP: if (g_rank == 0) usage(stdout); tsr_comm_mpi_finalize(); exit(0);
         default: usage(stderr); return -1;
@@ -305,7 +365,37 @@ static int parse_options(int argc, char **argv, options *o) {
         PERR("tessera: %s\n", tsr_error_msg());
         return -1;
     }
+    /* device flags that cannot go together, whatever the build */
+    if (o->comm == TSR_COMM_NCCL && o->device != TSR_DEVICE_CUDA) {
+        PERR("tessera: --comm nccl needs --device cuda (NCCL moves GPU memory; --comm mpi works "
+             "with either device)\n");
+        return -1;
+    }
+    if (o->device == TSR_DEVICE_CPU && o->act_dtype == TSR_BF16) {
+        PERR("tessera: --act-dtype bf16 needs --device cuda (the CPU backend computes in f32)\n");
+        return -1;
+    }
+    if (o->device == TSR_DEVICE_CPU && o->weight_dtype == TSR_BF16) {
+        PERR("tessera: --weight-dtype bf16 needs --device cuda (the CPU backend keeps f32)\n");
+        return -1;
+    }
+    if (o->weight_dtype == TSR_F32 && o->device == TSR_DEVICE_CUDA && o->act_dtype != TSR_F32) {
+        PERR("tessera: --weight-dtype f32 needs --act-dtype f32 (full-precision GEMMs)\n");
+        return -1;
+    }
+    if (o->device == TSR_DEVICE_CPU && o->gpu >= 0) {
+        PERR("tessera: --gpu needs --device cuda\n");
+        return -1;
+    }
     return 0;
+}
+
+/* The device part of the engine's config, from the options. */
+static void device_config(const options *o, tsr_engine_config *ec) {
+    ec->device = o->device;
+    ec->act_dtype = o->act_dtype;
+    ec->weight_dtype = o->weight_dtype;
+    ec->gpu = o->gpu;
 }
 
 /* Reads a whole file (or stdin for "-") into a NUL-terminated buffer. */
@@ -509,6 +599,7 @@ static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o
     }
     tsr_plan_config pc = {o->tp, o->pp, o->n_pp_layers ? o->pp_layers : NULL, o->n_pp_layers};
     tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
+    device_config(o, &ec);
     ec.threads = o->threads;
     ec.max_ctx = ctx;
     if (s->serving) {
@@ -864,9 +955,12 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
     atomic_store(&g_stats.ready, 1);
     if (metrics)
         tsr_metric_set(metrics->up, 1); /* /healthz: 200 */
-    fprintf(stderr, "tessera: ready (tp=%d pp=%d, %d sequences x %d positions, %d KV blocks of %d)\n",
+    fprintf(stderr,
+            "tessera: ready (tp=%d pp=%d, %d sequences x %d positions, %d KV blocks of %d; %s, "
+            "%s activations, %s between ranks)\n",
             o->tp, o->pp, s.engine.cfg.max_seqs, s.engine.kv.max_ctx, s.engine.kv.n_blocks,
-            s.engine.kv.block_size);
+            s.engine.kv.block_size, s.engine.be->iface->name,
+            tsr_dtype_name(s.engine.be->iface->act_dtype), tsr_comm_kind_name(o->comm));
     while (!g_signal && st == TSR_OK)
         st = tsr_scheduler_iterate(sched);
     if (st != TSR_OK) {
@@ -935,11 +1029,42 @@ int main(int argc, char **argv) {
              o.pp, o.tp * o.pp, g_world, o.tp * o.pp);
         goto done;
     }
+    const int engine_cmd = strcmp(cmd, "tokenize") != 0; /* tokenize needs no device */
     tsr_comm_grid_config gc = TSR_COMM_GRID_CONFIG_INIT;
-    gc.tp = strcmp(cmd, "tokenize") ? o.tp : 1;
-    gc.pp = strcmp(cmd, "tokenize") ? o.pp : 1;
-    tsr_status st = tsr_comm_grid_init(&grid, &gc);
+    gc.tp = engine_cmd ? o.tp : 1;
+    gc.pp = engine_cmd ? o.pp : 1;
+    gc.kind = engine_cmd ? o.comm : TSR_COMM_MPI;
+    tsr_engine_config dev = TSR_ENGINE_CONFIG_INIT;
+    device_config(&o, &dev);
+    tsr_status st = TSR_OK;
+    /* What this build cannot do is the same on every rank: rank 0 says it. */
+    if (engine_cmd && (st = tsr_engine_config_check(&dev, gc.kind)) != TSR_OK) {
+        PERR("tessera: error: %s\n", tsr_error_msg());
+        goto done;
+    }
+    /* NCCL's groups are built on the GPU: choose it first, so a host without
+     * one is named (by its rank) instead of failing inside NCCL. Every rank
+     * gets the same status and leaves. */
+    if (gc.kind == TSR_COMM_NCCL) {
+        st = tsr_engine_device_probe(&dev, gc.kind);
+        if (st != TSR_OK) {
+            if (strstr(tsr_error_msg(), "another rank failed") && g_rank != 0)
+                rc = st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1; /* it reported */
+            else
+                rc = fail(st);
+            goto done;
+        }
+        gc.device = dev.gpu;
+        o.gpu = dev.gpu;
+    }
+    st = tsr_comm_grid_init(&grid, &gc);
     if (st != TSR_OK) {
+        if (gc.kind == TSR_COMM_NCCL && g_world > 1) {
+            /* a rank that failed inside ncclCommInitRank may have left its
+             * peers in it (docs/comm.md): end the job */
+            fail(st);
+            tsr_comm_abort(NULL, 1, "building the NCCL groups failed");
+        }
         PERR("tessera: %s\n", tsr_error_msg());
         goto done;
     }

@@ -2,8 +2,12 @@
  * on a tp x pp grid and writes what rank 0 sees, for comparison between
  * layouts by test_layouts.py.
  *
- *   mpirun -np N engine_probe MODEL OUTDIR TP PP ID [ID ...]
+ *   mpirun -np N engine_probe [--stage-host] [--device cpu|cuda] [--comm mpi|nccl]
+ *                             [--act-dtype f32|bf16] MODEL OUTDIR TP PP ID [ID ...]
  *
+ * --stage-host sets tsr_engine_config.stage_host (activations through host
+ * scratch buffers, the path of GPUs with --comm mpi); the other flags choose
+ * the device and data backend as tessera's do.
  * Writes OUTDIR/logits.f32 (every position's logits of the ids, one prefill
  * step, TSR_OUT_LOGITS), OUTDIR/greedy.txt (64 greedy tokens generated
  * after the ids, one ARGMAX decode step per token, end-of-generation ignored),
@@ -35,24 +39,48 @@ static int write_tokens(const char *dir, const char *name, const int32_t *t, int
 
 int main(int argc, char **argv) {
     int rank, world;
-    if (tsr_comm_mpi_init(&argc, &argv, &rank, &world) != TSR_OK || argc < 6)
-        return fprintf(stderr, "usage: mpirun -np N engine_probe MODEL OUTDIR TP PP ID...\n"), 2;
+    if (tsr_comm_mpi_init(&argc, &argv, &rank, &world) != TSR_OK)
+        return fprintf(stderr, "engine_probe: MPI did not start\n"), 1;
+    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
+    tsr_comm_grid_config gc = TSR_COMM_GRID_CONFIG_INIT;
+    int a = 1;
+    for (; a + 1 < argc && !strncmp(argv[a], "--", 2); a++) {
+        if (!strcmp(argv[a], "--stage-host")) {
+            ec.stage_host = 1;
+        } else if (!strcmp(argv[a], "--device")) {
+            ec.device = !strcmp(argv[++a], "cuda") ? TSR_DEVICE_CUDA : TSR_DEVICE_CPU;
+        } else if (!strcmp(argv[a], "--act-dtype")) {
+            ec.act_dtype = !strcmp(argv[++a], "bf16") ? TSR_BF16 : TSR_F32;
+        } else if (!strcmp(argv[a], "--comm")) {
+            if (tsr_comm_kind_parse(argv[++a], &gc.kind) != TSR_OK)
+                return die("--comm", rank);
+        } else {
+            return fprintf(stderr, "engine_probe: unknown flag %s\n", argv[a]), 2;
+        }
+    }
+    argv += a - 1;
+    argc -= a - 1;
+    if (argc < 6)
+        return fprintf(stderr, "usage: engine_probe [flags] MODEL OUTDIR TP PP ID...\n"), 2;
     const char *dir = argv[2];
     int n = argc - 5;
     int32_t *ids = malloc((size_t)n * sizeof *ids);
     for (int i = 0; i < n; i++)
         ids[i] = atoi(argv[5 + i]);
     tsr_comm_grid grid;
-    tsr_comm_grid_config gc = TSR_COMM_GRID_CONFIG_INIT;
     gc.tp = atoi(argv[3]);
     gc.pp = atoi(argv[4]);
+    if (gc.kind == TSR_COMM_NCCL) { /* the GPU first: NCCL's groups are built on it */
+        if (tsr_engine_device_probe(&ec, gc.kind) != TSR_OK)
+            return die("device", rank);
+        gc.device = ec.gpu;
+    }
     if (tsr_comm_grid_init(&grid, &gc) != TSR_OK)
         return die("grid", rank);
     tsr_model_file_t *mf;
     if (tsr_model_file_open(argv[1], &mf) != TSR_OK)
         return die("model", rank);
     tsr_plan_config pc = {gc.tp, gc.pp, NULL, 0};
-    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
     ec.max_seqs = 2;
     ec.max_ctx = 256;
     ec.threads = 1;

@@ -7,6 +7,12 @@
   * Misconfigurations end every rank with a non-zero exit within seconds and one
     message naming the numbers: tp*pp != ranks, an impossible head split (tp=4
     for 9 heads / 3 KV heads), the model missing on one rank.
+  * Device flags: --device cuda where no GPU can be used (a build without the
+    CUDA backend, or CUDA_VISIBLE_DEVICES="" in one with it) ends 1 and 2 rank
+    jobs within seconds, non-zero, with a message saying which; --comm nccl
+    without --device cuda, a bad --act-dtype and bf16 on the CPU are usage
+    errors (exit 2); the explicit defaults (--device cpu --comm mpi
+    --act-dtype f32) give the single-rank answer.
   * A rank killed with SIGKILL mid-generation ends the whole job within 10 s.
   * An idle two-rank server uses under 5% of a core per rank.
 
@@ -39,6 +45,52 @@ def run(cmd, timeout=300):
     return r, time.time() - t0
 
 
+def device_flags(tessera, mpiexec, gen, single):
+    """--device / --comm / --act-dtype / --gpu: refusals that need no GPU."""
+    r, _ = run([tessera, *gen, "--device", "cpu", "--comm", "mpi", "--act-dtype", "f32"])
+    check(r.returncode == 0 and r.stdout == single.stdout,
+          f"explicit CPU defaults changed the answer: {r.stdout!r} vs {single.stdout!r}\n{r.stderr}")
+    usage = [
+        (["--comm", "nccl"], "--comm nccl needs --device cuda"),
+        (["--act-dtype", "fp8", "--device", "cuda"], "--act-dtype expects bf16 or f32"),
+        (["--act-dtype", "bf16"], "--act-dtype bf16 needs --device cuda"),
+        (["--device", "gpu"], "--device expects cpu or cuda"),
+        (["--comm", "gloo"], "want mpi or nccl"),
+        (["--gpu", "0"], "--gpu needs --device cuda"),
+    ]
+    for n in (1, 2):
+        for extra, words in usage:
+            r, dt = run(mpi(mpiexec, n) + [tessera, *gen, "--tp", str(n), *extra], timeout=60)
+            print(f"{extra} on {n} rank(s): exit {r.returncode} in {dt:.1f} s")
+            check(r.returncode == 2, f"{extra}: exit {r.returncode}, want 2 (usage)\n{r.stderr}")
+            check(words in r.stderr, f"{extra}: message does not say {words!r}: {r.stderr!r}")
+            check(r.stderr.count(words) == 1, f"{extra}: reported more than once: {r.stderr!r}")
+
+    # No usable GPU: a build without the CUDA backend (or NCCL) says so; a CUDA
+    # build with no visible device names the host. Never a hang or a crash.
+    env = dict(ENV, CUDA_VISIBLE_DEVICES="")
+    no_gpu = ("this build has no CUDA backend", "no CUDA device is visible on host",
+              "this build has no NCCL")
+    for n in (1, 2):
+        for extra in (["--device", "cuda"], ["--device", "cuda", "--act-dtype", "f32"],
+                      ["--device", "cuda", "--comm", "nccl"]):
+            cmd = mpi(mpiexec, n) + [tessera, *gen, "--tp", str(n), *extra]
+            t0 = time.time()
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
+                               stdin=subprocess.DEVNULL)
+            dt = time.time() - t0
+            err = r.stderr.strip().splitlines()
+            print(f"{extra} on {n} rank(s), no GPU: exit {r.returncode} in {dt:.1f} s: "
+                  f"{err[0][:160] if err else ''!r}")
+            check(r.returncode not in (0, -11, 139, 134),
+                  f"{extra} on {n} rank(s) without a GPU: exit {r.returncode}\n{r.stderr}")
+            check(any(w in r.stderr for w in no_gpu),
+                  f"{extra} on {n} rank(s): no clear message: {r.stderr!r}")
+            check("Segmentation" not in r.stderr and "core dumped" not in r.stderr,
+                  f"{extra} on {n} rank(s) crashed: {r.stderr!r}")
+            check(dt < 30, f"{extra} on {n} rank(s): took {dt:.1f} s to fail")
+
+
 def main():
     tessera, mpiexec = sys.argv[1], sys.argv[2]
     model = default_model()
@@ -53,6 +105,8 @@ def main():
         check(r.stdout == single.stdout,
               f"tp={tp} pp={pp} answer differs from one rank: {r.stdout!r} vs {single.stdout!r}")
         check(r.stderr.count("completion") == 1, f"statistics printed more than once:\n{r.stderr}")
+
+    device_flags(tessera, mpiexec, gen, single)
 
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("The Eiffel Tower is a wrought-iron lattice tower in Paris, France. " * 30)

@@ -11,6 +11,12 @@ under mpirun and writes what rank 0 sees. Every layout must give:
 Per-rank peak RSS must fall as tp*pp grows (each rank holds ~1/(tp*pp) of the
 weights): the largest rank of (3,2) stays under 60% of (1,1).
 
+Staging: (2,1), (1,2) and (2,2) run again with --stage-host (the engine's
+stage_host switch: activations cross the TP all-reduce and the PP send/recv
+through host scratch buffers, the path a GPU takes with --comm mpi). On the CPU
+the copies are exact, so logits must be bitwise equal to the same layout
+without staging, and the greedy and batched tokens identical.
+
 usage: test_layouts.py ENGINE_PROBE MPIEXEC
 """
 
@@ -26,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from common import check, default_model, fail  # noqa: E402
 
 LAYOUTS = [(1, 1), (2, 1), (3, 1), (1, 2), (1, 3), (2, 2), (3, 2)]
+STAGED = [(2, 1), (1, 2), (2, 2)]
 IDS = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
 
 
@@ -39,23 +46,34 @@ def mpirun(mpiexec, n, cmd):
 def main():
     probe, mpiexec = sys.argv[1], sys.argv[2]
     model = default_model()
-    results = {}
+    results, staged = {}, {}
     with tempfile.TemporaryDirectory() as root:
-        for tp, pp in LAYOUTS:
-            d = os.path.join(root, f"{tp}x{pp}")
+        runs = [(tp, pp, False) for tp, pp in LAYOUTS] + [(tp, pp, True) for tp, pp in STAGED]
+        for tp, pp, stage in runs:
+            name = f"tp={tp} pp={pp}" + (" staged" if stage else "")
+            d = os.path.join(root, f"{tp}x{pp}" + ("s" if stage else ""))
             os.makedirs(d)
             t0 = time.time()
-            r = mpirun(mpiexec, tp * pp, [probe, model, d, str(tp), str(pp), *map(str, IDS)])
+            flags = ["--stage-host"] if stage else []
+            r = mpirun(mpiexec, tp * pp, [probe, *flags, model, d, str(tp), str(pp), *map(str, IDS)])
             if r.returncode != 0:
-                fail(f"tp={tp} pp={pp}: engine_probe exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+                fail(f"{name}: engine_probe exited {r.returncode}\n{r.stdout}\n{r.stderr}")
             logits = np.fromfile(os.path.join(d, "logits.f32"), dtype="<f4").reshape(len(IDS), -1)
             greedy = open(os.path.join(d, "greedy.txt")).read().split()
             batch = [l.split() for l in open(os.path.join(d, "batch.txt")).read().splitlines()]
             rss = [int(l.split()[1]) for l in open(os.path.join(d, "rss.txt"))]
-            results[(tp, pp)] = (logits.astype(np.float64), greedy, batch, rss)
-            print(f"tp={tp} pp={pp}: {time.time() - t0:.1f} s, per-rank peak RSS MiB "
+            (staged if stage else results)[(tp, pp)] = (logits.astype(np.float64), greedy, batch, rss)
+            print(f"{name}: {time.time() - t0:.1f} s, per-rank peak RSS MiB "
                   f"{[round(x / 1024) for x in rss]}")
 
+    for (tp, pp), (logits, greedy, batch, _) in staged.items():
+        ref_logits, ref_greedy, ref_batch, _ = results[(tp, pp)]
+        same = np.array_equal(logits, ref_logits)
+        print(f"tp={tp} pp={pp} staged: logits bitwise equal to unstaged: {same}")
+        check(same, f"tp={tp} pp={pp}: staging through host changed the logits (max difference "
+                    f"{float(np.max(np.abs(logits - ref_logits))):.3e})")
+        check(greedy == ref_greedy, f"tp={tp} pp={pp}: staging changed the greedy tokens")
+        check(batch == ref_batch, f"tp={tp} pp={pp}: staging changed the batched greedy tokens")
     base_logits, base_greedy, base_batch, base_rss = results[(1, 1)]
     check(base_batch[0] == base_greedy[:16],
           f"two sequences in one batch changed sequence 0's tokens: {base_batch[0]} vs {base_greedy[:16]}")
