@@ -1,11 +1,12 @@
 /* bench/tsr_bench_dist.c - the `tsr_bench_dist` program: throughput and
- * per-rank memory of the engine on a tp x pp grid of CPU ranks, run under
- * mpirun (one process per rank).
+ * per-rank memory of the engine on a tp x pp grid of ranks (CPU, or one GPU
+ * each with --device cuda), run under mpirun (one process per rank).
  *
  *   mpirun -np T*P tsr_bench_dist --model M --tp T --pp P [--threads N]
  *          [--prompt-tokens 256] [--gen-tokens 64] [--batch 1] [--reps 3]
  *          [--decode-prompt 16] [--micro-batches 0] [--comm-iters 200]
- *          [--no-warmup] [--json]
+ *          [--device cpu|cuda] [--comm mpi|nccl] [--act-dtype bf16|f32]
+ *          [--gpu N] [--no-warmup] [--json]
  *
  * What it measures, everything timed on world rank 0 through tsr_engine_step
  * (so descriptor broadcast, every stage's forward, the pipeline sends, the
@@ -21,9 +22,12 @@
  *    (/proc/self/statm) of every rank, gathered to rank 0, next to the f32
  *    weight bytes the shard plan assigns to the rank;
  *  - after the engine has stopped, two collective micro-benchmarks on the
- *    data path's message sizes: the per-call time of an all-reduce of B * C
- *    floats over the TP group (the engine does 2 per layer per step), and the
- *    one-way time of a B * C float send between PP stages 0 and 1 (ping-pong).
+ *    data path's message sizes, through the engine's own data path
+ *    (tsr_engine_tp_allreduce / _pp_send / _pp_recv on backend buffers, so a
+ *    GPU with --comm mpi includes the copies through the host): the per-call
+ *    time of an all-reduce of B * C activations over the TP group (the engine
+ *    does 2 per layer per step), and the one-way time of a B * C activation
+ *    send between PP stages 0 and 1 (ping-pong).
  * Rates are the median over reps, with min and max, after one untimed warm-up.
  *
  * Prompt ids are the splitmix64 stream of tsr_bench (seed TSR_BENCH_SEED);
@@ -53,6 +57,9 @@ typedef struct {
     int threads; /* per rank; 0 = cores / ranks on this host, at least 1 */
     int prompt_tokens, gen_tokens, batch, reps, decode_prompt, micro_batches, comm_iters;
     int warmup, json;
+    tsr_device device;  /* --device */
+    tsr_comm_kind comm; /* --comm */
+    int act_dtype, gpu; /* --act-dtype (-1: the device's), --gpu (-1: by local rank) */
 } options;
 
 /* The per-rep rates of one test and their summary. */
@@ -70,6 +77,10 @@ typedef struct {
     double *weight_mib;     /* (world) f32 weight bytes of the rank's shard, from the plan */
     double allreduce_us;    /* per call, B*C floats over the TP group; < 0 when tp == 1 */
     double pp_send_us;      /* one way, B*C floats stage 0 -> 1; < 0 when pp == 1 */
+    const char *device;     /* the kernel backend's name: "cpu", "cuda" */
+    const char *act_dtype;  /* "f32", "bf16" */
+    const char *comm;       /* data backend of the tp/pp groups: "mpi", "nccl" */
+    int staged;             /* activations cross the host on their way to MPI */
 } job_info;
 
 /* A message every rank would print alike: rank 0 speaks for the job. */
@@ -88,6 +99,10 @@ static void usage(FILE *f) {
           "  --micro-batches M     pipeline micro-batches per step (default 0 = the engine's: pp)\n"
           "  --reps R              repetitions of each test; median/min/max reported (default 3)\n"
           "  --comm-iters K        iterations of the collective micro-benchmarks (default 200; 0 skips)\n"
+          "  --device cpu|cuda     where each rank's shard runs (default cpu)\n"
+          "  --comm mpi|nccl       activations between ranks (default mpi; nccl: --device cuda)\n"
+          "  --act-dtype bf16|f32  CUDA activation type (default bf16)\n"
+          "  --gpu N               CUDA device (default: local rank modulo the GPUs)\n"
           "  --no-warmup           skip the untimed warm-up run\n"
           "  --json                print one JSON object instead of text\n",
           f);
@@ -106,7 +121,8 @@ static int parse_int(const char *s, const char *flag, int lo, int hi, int rank, 
 }
 
 enum { OPT_MODEL = 256, OPT_TP, OPT_PP, OPT_THREADS, OPT_PROMPT, OPT_GEN, OPT_BATCH, OPT_REPS,
-       OPT_DPROMPT, OPT_MB, OPT_COMM_ITERS, OPT_NO_WARMUP, OPT_JSON, OPT_HELP };
+       OPT_DPROMPT, OPT_MB, OPT_COMM_ITERS, OPT_NO_WARMUP, OPT_JSON, OPT_HELP, OPT_DEVICE,
+       OPT_COMM, OPT_ACT_DTYPE, OPT_GPU };
 
 /* Every rank parses the same command line and reaches the same verdict; only
  * rank 0 prints. Returns 0 to go on, 1 when --help was printed, -1 on a bad
@@ -127,10 +143,16 @@ static int parse_options(int argc, char **argv, int rank, options *o) {
         {"no-warmup", no_argument, 0, OPT_NO_WARMUP},
         {"json", no_argument, 0, OPT_JSON},
         {"help", no_argument, 0, OPT_HELP},
+        {"device", required_argument, 0, OPT_DEVICE},
+        {"comm", required_argument, 0, OPT_COMM},
+        {"act-dtype", required_argument, 0, OPT_ACT_DTYPE},
+        {"gpu", required_argument, 0, OPT_GPU},
         {0, 0, 0, 0},
     };
     *o = (options){.tp = 1, .pp = 1, .prompt_tokens = 256, .gen_tokens = 64, .batch = 1,
-                   .reps = 3, .decode_prompt = 16, .comm_iters = 200, .warmup = 1};
+                   .reps = 3, .decode_prompt = 16, .comm_iters = 200, .warmup = 1,
+                   .device = TSR_DEVICE_CPU, .comm = TSR_COMM_MPI,
+                   .act_dtype = TSR_ENGINE_ACT_DEFAULT, .gpu = -1};
     opterr = rank == 0; /* getopt's own complaints from rank 0 only */
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -149,6 +171,29 @@ static int parse_options(int argc, char **argv, int rank, options *o) {
         case OPT_COMM_ITERS: r = parse_int(optarg, "--comm-iters", 0, 1 << 20, rank, &o->comm_iters); break;
         case OPT_NO_WARMUP: o->warmup = 0; break;
         case OPT_JSON: o->json = 1; break;
+        case OPT_DEVICE:
+            if (!strcmp(optarg, "cpu") || !strcmp(optarg, "cuda")) {
+                o->device = optarg[1] == 'p' ? TSR_DEVICE_CPU : TSR_DEVICE_CUDA;
+            } else {
+                PERR(rank, "tsr_bench_dist: --device expects cpu or cuda, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_COMM:
+            if (tsr_comm_kind_parse(optarg, &o->comm) != TSR_OK) {
+                PERR(rank, "tsr_bench_dist: --comm: %s\n", tsr_error_msg());
+                r = -1;
+            }
+            break;
+        case OPT_ACT_DTYPE:
+            if (!strcmp(optarg, "bf16") || !strcmp(optarg, "f32")) {
+                o->act_dtype = optarg[0] == 'b' ? TSR_BF16 : TSR_F32;
+            } else {
+                PERR(rank, "tsr_bench_dist: --act-dtype expects bf16 or f32, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_GPU: r = parse_int(optarg, "--gpu", 0, 1023, rank, &o->gpu); break;
         case OPT_HELP:
             if (rank == 0)
                 usage(stdout);
@@ -167,6 +212,15 @@ static int parse_options(int argc, char **argv, int rank, options *o) {
     }
     if (!o->model) {
         PERR(rank, "tsr_bench_dist: --model PATH is required\n");
+        return -1;
+    }
+    if (o->comm == TSR_COMM_NCCL && o->device != TSR_DEVICE_CUDA) {
+        PERR(rank, "tsr_bench_dist: --comm nccl needs --device cuda\n");
+        return -1;
+    }
+    if (o->device == TSR_DEVICE_CPU && (o->act_dtype == TSR_BF16 || o->gpu >= 0)) {
+        PERR(rank, "tsr_bench_dist: %s needs --device cuda\n",
+             o->gpu >= 0 ? "--gpu" : "--act-dtype bf16");
         return -1;
     }
     return 0;
@@ -350,32 +404,36 @@ cleanup:
 
 /* ---- collective micro-benchmarks (every rank, after the engine stopped) ---- */
 
-/* Per-call microseconds of an in-place all-reduce of n floats over the TP
- * group, median of 5 batches of iters / 5 calls each; every rank of every TP
- * group runs it at once, as in the engine. -1 when tp == 1 or iters == 0. */
-static tsr_status bench_allreduce(tsr_comm_grid *g, float *buf, size_t n, int iters, double *us) {
+/* Per-call microseconds of an in-place all-reduce of n activations (backend
+ * buffer) over the TP group through the engine's data path, median of 5
+ * batches of iters / 5 calls each; every rank of every TP group runs it at
+ * once, as in the engine. -1 when tp == 1 or iters == 0. */
+static tsr_status bench_allreduce(tsr_engine *e, void *buf, size_t n, int iters, double *us) {
+    tsr_comm_grid *g = e->grid;
     *us = -1;
     if (g->tp == 1 || iters == 0)
         return TSR_OK;
     int per = iters / 5 > 0 ? iters / 5 : 1;
     double t[5];
     for (int i = 0; i < 20; i++)
-        TSR_TRY(tsr_comm_allreduce(g->tp_group, buf, buf, n, TSR_F32, TSR_COMM_SUM));
+        TSR_TRY(tsr_engine_tp_allreduce(e, buf, n));
     for (int k = 0; k < 5; k++) {
         TSR_TRY(tsr_comm_barrier(g->world));
         double t0 = now_s();
         for (int i = 0; i < per; i++)
-            TSR_TRY(tsr_comm_allreduce(g->tp_group, buf, buf, n, TSR_F32, TSR_COMM_SUM));
+            TSR_TRY(tsr_engine_tp_allreduce(e, buf, n));
         t[k] = (now_s() - t0) / per * 1e6;
     }
     *us = median_of(t, 5);
     return TSR_OK;
 }
 
-/* One-way microseconds of n floats between PP stages 0 and 1 (a ping-pong,
- * half the round trip), every TP column at once; stages >= 2 wait at the
- * barriers. -1 when pp == 1 or iters == 0. */
-static tsr_status bench_pp_send(tsr_comm_grid *g, float *buf, size_t n, int iters, double *us) {
+/* One-way microseconds of n activations between PP stages 0 and 1 (a
+ * ping-pong, half the round trip) through the engine's data path, every TP
+ * column at once; stages >= 2 wait at the barriers. -1 when pp == 1 or
+ * iters == 0. */
+static tsr_status bench_pp_send(tsr_engine *e, void *buf, size_t n, int iters, double *us) {
+    tsr_comm_grid *g = e->grid;
     *us = -1;
     if (g->pp == 1 || iters == 0)
         return TSR_OK;
@@ -386,11 +444,11 @@ static tsr_status bench_pp_send(tsr_comm_grid *g, float *buf, size_t n, int iter
         double t0 = now_s();
         for (int i = 0; me <= 1 && i < (k < 0 ? 20 : per); i++) {
             if (me == 0) {
-                TSR_TRY(tsr_comm_send(g->pp_group, buf, n, TSR_F32, 1, 7));
-                TSR_TRY(tsr_comm_recv(g->pp_group, buf, n, TSR_F32, 1, 7));
+                TSR_TRY(tsr_engine_pp_send(e, buf, n, 1, 7));
+                TSR_TRY(tsr_engine_pp_recv(e, buf, n, 1, 7));
             } else {
-                TSR_TRY(tsr_comm_recv(g->pp_group, buf, n, TSR_F32, 0, 7));
-                TSR_TRY(tsr_comm_send(g->pp_group, buf, n, TSR_F32, 0, 7));
+                TSR_TRY(tsr_engine_pp_recv(e, buf, n, 0, 7));
+                TSR_TRY(tsr_engine_pp_send(e, buf, n, 0, 7));
             }
         }
         if (k >= 0)
@@ -481,6 +539,14 @@ static void print_json(const options *o, const tsr_model_config *c, const job_in
         fprintf(f, "%s%.1f", r ? ", " : "", j->weight_mib[r]);
     fprintf(f, "], \"max_peak_rss_mib\": %.1f, \"sum_peak_rss_mib\": %.1f", pk_max, pk_sum);
     fprintf(f, ", \"max_end_rss_mib\": %.1f, \"sum_end_rss_mib\": %.1f", end_max, end_sum);
+    fputs(", \"device\": ", f);
+    json_string(f, j->device);
+    fputs(", \"act_dtype\": ", f);
+    json_string(f, j->act_dtype);
+    fputs(", \"comm\": ", f);
+    json_string(f, j->comm);
+    fprintf(f, ", \"comm_staged\": %s", j->staged ? "true" : "false");
+    /* elements of the micro-benchmarks, in act_dtype (the key predates bf16) */
     fprintf(f, ", \"comm_floats\": %d", o->batch * c->n_embd);
     if (j->allreduce_us >= 0)
         fprintf(f, ", \"tp_allreduce_us\": %.2f", j->allreduce_us);
@@ -506,6 +572,8 @@ static void print_text(const options *o, const tsr_model_config *c, const job_in
            j->oversubscribed ? " (OVERSUBSCRIBED)" : "");
     printf("threads    %d per rank, micro-batches %d, reps %d%s\n", j->threads, j->micro_batches,
            o->reps, o->warmup ? " (after one warm-up)" : "");
+    printf("device     %s, %s activations, %s between ranks%s\n", j->device, j->act_dtype, j->comm,
+           j->staged ? " (through host memory)" : "");
     printf("load       %.3f s (slowest rank)\n", load);
     printf("%-14s %12s %12s %12s\n", "test", "median t/s", "min t/s", "max t/s");
     char name[48];
@@ -522,13 +590,13 @@ static void print_text(const options *o, const tsr_model_config *c, const job_in
                j->end_rss_kib[r] / 1024.0, j->weight_mib[r]);
     printf("peak RSS   max %.1f MiB, sum %.1f MiB\n", pk_max, pk_sum);
     if (j->allreduce_us >= 0)
-        printf("TP all-reduce of %d floats: %.1f us per call; the engine makes %d per decode step "
+        printf("TP all-reduce of %d %s: %.1f us per call; the engine makes %d per decode step "
                "(2 per layer) -> %.2f ms\n",
-               o->batch * c->n_embd, j->allreduce_us, 2 * c->n_layer,
+               o->batch * c->n_embd, j->act_dtype, j->allreduce_us, 2 * c->n_layer,
                2 * c->n_layer * j->allreduce_us / 1e3);
     if (j->pp_send_us >= 0)
-        printf("PP send of %d floats, stage 0 -> 1: %.1f us one way\n", o->batch * c->n_embd,
-               j->pp_send_us);
+        printf("PP send of %d %s, stage 0 -> 1: %.1f us one way\n", o->batch * c->n_embd,
+               j->act_dtype, j->pp_send_us);
 }
 
 /* ---- main ---- */
@@ -546,7 +614,7 @@ int main(int argc, char **argv) {
     tsr_engine e;
     series pp = {0}, tg = {0};
     job_info j = {0};
-    float *comm_buf = NULL;
+    void *comm_buf = NULL; /* backend buffer of the engine's device */
     tsr_status st = TSR_OK;
 
     int pr = parse_options(argc, argv, rank, &o);
@@ -563,7 +631,32 @@ int main(int argc, char **argv) {
     tsr_comm_grid_config gc = TSR_COMM_GRID_CONFIG_INIT;
     gc.tp = o.tp;
     gc.pp = o.pp;
+    gc.kind = o.comm;
+    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
+    ec.device = o.device;
+    ec.act_dtype = o.act_dtype;
+    ec.gpu = o.gpu;
+    if ((st = tsr_engine_config_check(&ec, gc.kind)) != TSR_OK) {
+        PERR(rank, "tsr_bench_dist: %s\n", tsr_error_msg());
+        reported = 1; /* the same on every rank */
+        goto cleanup;
+    }
+    if (gc.kind == TSR_COMM_NCCL) { /* the GPU first: NCCL's groups are built on it */
+        if ((st = tsr_engine_device_probe(&ec, gc.kind)) != TSR_OK) {
+            if (rank == 0 || !strstr(tsr_error_msg(), "another rank failed"))
+                fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
+            reported = 1;
+            rc = 1;
+            goto cleanup;
+        }
+        gc.device = ec.gpu;
+    }
     if ((st = tsr_comm_grid_init(&grid, &gc)) != TSR_OK) {
+        if (gc.kind == TSR_COMM_NCCL && world > 1) {
+            /* a rank failing inside ncclCommInitRank may leave its peers in it */
+            fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
+            tsr_comm_abort(NULL, 1, "tsr_bench_dist: building the NCCL groups failed");
+        }
         PERR(rank, "tsr_bench_dist: %s\n", tsr_error_msg());
         reported = 1; /* the same on every rank: rank 0 speaks */
         goto cleanup;
@@ -602,7 +695,6 @@ int main(int argc, char **argv) {
     const tsr_model_config *c = tsr_model_file_config(mf);
     int D = o.decode_prompt, G = o.gen_tokens, P = o.prompt_tokens;
     tsr_plan_config pc = {o.tp, o.pp, NULL, 0};
-    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
     ec.threads = j.threads;
     ec.max_seqs = o.batch;
     ec.max_ctx = P > D + G ? P : D + G;
@@ -619,6 +711,10 @@ int main(int argc, char **argv) {
     have_engine = 1;
     float my_load = (float)(now_s() - t0);
     j.micro_batches = o.pp > 1 ? e.cfg.micro_batches : 1;
+    j.device = e.be->iface->name;
+    j.act_dtype = tsr_dtype_name(e.be->iface->act_dtype);
+    j.comm = tsr_comm_kind_name(o.comm);
+    j.staged = e.tp_xfer == TSR_XFER_STAGED || e.pp_xfer == TSR_XFER_STAGED;
     if (rank == 0 && ec.max_ctx > c->n_ctx_train)
         fprintf(stderr, "tsr_bench_dist: warning: %d positions exceed the model's training context %d\n",
                 ec.max_ctx, c->n_ctx_train);
@@ -628,8 +724,15 @@ int main(int argc, char **argv) {
     j.weight_mib = malloc((size_t)world * sizeof *j.weight_mib);
     pp.tok_s = calloc((size_t)o.reps, sizeof *pp.tok_s);
     tg.tok_s = calloc((size_t)o.reps, sizeof *tg.tok_s);
-    size_t n_comm = (size_t)o.batch * c->n_embd;
-    comm_buf = calloc(n_comm, sizeof *comm_buf);
+    size_t n_comm = (size_t)o.batch * c->n_embd, comm_bytes = n_comm * tsr_backend_act_size(e.be);
+    /* zeros: garbage could hold NaNs or denormals, which are slower to add */
+    void *zeros = calloc(comm_bytes, 1);
+    if (zeros && tsr_backend_alloc(e.be, comm_bytes, "comm benchmark", &comm_buf) == TSR_OK &&
+        e.be->iface->to_device(e.be, comm_buf, zeros, comm_bytes) != TSR_OK) {
+        tsr_backend_free(e.be, comm_buf);
+        comm_buf = NULL;
+    }
+    free(zeros);
     int ok = j.load_s && j.peak_rss_kib && j.weight_mib && pp.tok_s && tg.tok_s && comm_buf;
     if ((st = tsr_comm_agree(grid.world, ok ? TSR_OK : TSR_ERR_NOMEM)) != TSR_OK) {
         fprintf(stderr, "[rank %d] tsr_bench_dist: out of memory for the report\n", rank);
@@ -657,8 +760,9 @@ int main(int argc, char **argv) {
 
     /* Collective micro-benchmarks and the gathers: every rank. Failures here
      * may leave peers inside a collective, so they end the job. */
-    if ((st = bench_allreduce(&grid, comm_buf, n_comm, o.comm_iters, &j.allreduce_us)) != TSR_OK ||
-        (st = bench_pp_send(&grid, comm_buf, n_comm, o.comm_iters, &j.pp_send_us)) != TSR_OK ||
+    if ((st = tsr_backend_sync(e.be)) != TSR_OK || /* comm_buf's zeros are in place */
+        (st = bench_allreduce(&e, comm_buf, n_comm, o.comm_iters, &j.allreduce_us)) != TSR_OK ||
+        (st = bench_pp_send(&e, comm_buf, n_comm, o.comm_iters, &j.pp_send_us)) != TSR_OK ||
         (st = tsr_comm_allgather(grid.world, &my_load, j.load_s, 1, TSR_F32)) != TSR_OK ||
         (st = tsr_comm_allgather(grid.world, &my_rss[0], j.peak_rss_kib, 1, TSR_COMM_I32)) != TSR_OK ||
         (st = tsr_comm_allgather(grid.world, &my_rss[1], j.end_rss_kib, 1, TSR_COMM_I32)) != TSR_OK) {
@@ -682,10 +786,11 @@ cleanup:
     if (st != TSR_OK && !reported)
         fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank,
                 tsr_error_msg()[0] ? tsr_error_msg() : tsr_status_str(st));
-    if (have_engine)
+    if (have_engine) {
+        tsr_backend_free(e.be, comm_buf);
         tsr_engine_free(&e);
+    }
     tsr_model_file_close(mf);
-    free(comm_buf);
     free(pp.tok_s);
     free(tg.tok_s);
     free(j.load_s);
