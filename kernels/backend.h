@@ -132,6 +132,19 @@ typedef struct {
     /* The device stream (cudaStream_t) ops are enqueued on; NULL: none. */
     void *(*stream)(tsr_backend *b);
 
+    /* Graph capture (CUDA graphs); all four NULL where unsupported (CPU).
+     * Between capture_begin and capture_end the ops enqueued are recorded,
+     * not run: only device-side ops on existing buffers may be enqueued (no
+     * to_device/to_host, sync, alloc or free, and no scratch growth: run the
+     * same ops once uncaptured first). capture_end returns a replayable graph
+     * in *graph (or NULL with an error; the stream is usable again either
+     * way); graph_launch enqueues one replay; graph_free releases it (NULL
+     * ok). A graph keeps the buffer addresses it was recorded with. */
+    tsr_status (*capture_begin)(tsr_backend *b);
+    tsr_status (*capture_end)(tsr_backend *b, void **graph);
+    tsr_status (*graph_launch)(tsr_backend *b, void *graph);
+    void (*graph_free)(tsr_backend *b, void *graph);
+
     /* ---- training (LoRA): backward ops and the optimizer ----
      * Gradients of activations have the activation type; LoRA parameters,
      * their gradients and optimizer state ("f32" below) are f32 on the

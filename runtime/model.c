@@ -14,6 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void graphs_clear(tsr_model *m);
+static tsr_status forward_body(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                               const void *hidden_in, void *hidden_out);
+
 tsr_model_slice tsr_model_slice_full(const tsr_model_config *c) {
     tsr_model_slice s = {0};
     s.layer_end = c->n_layer;
@@ -215,11 +219,13 @@ void tsr_model_free(tsr_model *m) {
         be->iface->weight_free(be, &m->lm_head);
     tsr_backend_free(be, m->out_norm);
     tsr_backend_free(be, m->inv_freq);
+    graphs_clear(m);
     ws_free(m);
     memset(m, 0, sizeof *m);
 }
 
 /* ---- forward ---- */
+
 
 static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_len) {
     tsr_forward_ws *w = &m->ws;
@@ -230,6 +236,8 @@ static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_l
     if (n_tokens > w->max_tokens || n_out > w->max_out) {
         int nt = n_tokens > w->max_tokens ? n_tokens : w->max_tokens;
         int no = n_out > w->max_out ? n_out : w->max_out;
+        graphs_clear(m); /* recorded graphs hold the old addresses */
+        m->ws_gen++;
         ws_free(m); /* also drops the tables, reallocated below */
         size_t t = (size_t)nt;
         TSR_TRY(tsr_backend_alloc(be, t * c->n_embd * a, "activations", &w->x));
@@ -250,6 +258,8 @@ static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_l
         w->max_out = no;
     }
     if (tables_len > w->tables_cap) {
+        graphs_clear(m);
+        m->ws_gen++;
         tsr_backend_free(be, w->tables);
         w->tables = NULL;
         w->tables_cap = 0;
@@ -309,6 +319,64 @@ static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
     return TSR_OK;
 }
 
+/* ---- CUDA graphs for decode-shaped steps ----
+ * A step launches ~16 kernels a layer; for small batches the launches, not
+ * the GPU, set the pace. Where the backend can record graphs, a forward whose
+ * shape repeats is recorded the second time it is seen and replayed from then
+ * on. The key is everything a recording bakes in: the token count, the KV
+ * cache and the workspace generation (the buffer addresses; positions, slots
+ * and block tables are read from device memory, so their values may change). Only steps that need no collective inside the forward (one TP
+ * rank) and whose output rows are the whole batch in order (decode steps)
+ * qualify; metadata is copied to the device before the replay. */
+
+static void graph_forget(tsr_model *m, tsr_fwd_graph *g) {
+    if (g->graph)
+        m->be->iface->graph_free(m->be, g->graph);
+    memset(g, 0, sizeof *g);
+}
+
+static void graphs_clear(tsr_model *m) {
+    for (int i = 0; i < TSR_FWD_GRAPHS; i++)
+        if (m->graphs[i].n_tokens)
+            graph_forget(m, &m->graphs[i]);
+}
+
+/* TSR_NO_CUDA_GRAPHS=1 turns recording off (for comparisons and debugging). */
+static int env_graphs_off(void) {
+    const char *v = getenv("TSR_NO_CUDA_GRAPHS");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+/* *out: the cache entry for this step (graph NULL when seen once only), or
+ * NULL when the step does not qualify or is seen for the first time (then
+ * an entry is made, so the next one records). */
+static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                               tsr_fwd_graph **out) {
+    const tsr_backend_i *I = m->be->iface;
+    *out = NULL;
+    if (!I->capture_begin || m->comm.allreduce_sum || !m->first_stage || !m->last_stage ||
+        b->n_out != b->n_tokens || b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || env_graphs_off())
+        return TSR_OK;
+    for (int i = 0; i < b->n_out; i++)
+        if (b->out_rows[i] != i)
+            return TSR_OK;
+    for (int i = 0; i < TSR_FWD_GRAPHS; i++) {
+        tsr_fwd_graph *g = &m->graphs[i];
+        if (g->n_tokens == b->n_tokens && g->kv == kv && g->ws_gen == m->ws_gen) {
+            *out = g;
+            return TSR_OK;
+        }
+    }
+    /* first sight: remember it (evicting round-robin) and run uncaptured */
+    tsr_fwd_graph *g = &m->graphs[m->next_graph];
+    m->next_graph = (m->next_graph + 1) % TSR_FWD_GRAPHS;
+    graph_forget(m, g);
+    g->n_tokens = b->n_tokens;
+    g->kv = kv;
+    g->ws_gen = m->ws_gen;
+    return TSR_OK;
+}
+
 /* The forward; the last stage's output is either the logits (logits != NULL)
  * or each row's argmax (best_val, best_idx). */
 static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
@@ -317,7 +385,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
-    const int n = b->n_tokens, C = c->n_embd;
+    const int n = b->n_tokens;
     if (n <= 0)
         return tsr_error_set(TSR_ERR_INVALID, "forward: empty batch");
     if (m->last_stage && (b->n_out < 0 || b->n_out > n))
@@ -356,13 +424,51 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     if (st == TSR_OK) st = I->to_device(be, w->seq, b->seq, (size_t)n * 4);
     if (st == TSR_OK) st = I->to_device(be, w->slot, slots, (size_t)n * 4);
     if (st == TSR_OK) st = I->to_device(be, w->tables, kv->tables, (size_t)tables_len * 4);
+    if (st == TSR_OK && m->first_stage)
+        st = I->to_device(be, w->ids, b->tokens, (size_t)n * 4);
     free(slots);
     if (st != TSR_OK)
         return st;
 
+    /* the device work: replayed from a CUDA graph where one applies */
+    tsr_fwd_graph *gr = NULL;
+    TSR_TRY(graph_lookup(m, kv, b, &gr));
+    if (gr && gr->graph) {
+        TSR_TRY(I->graph_launch(be, gr->graph));
+    } else if (gr) { /* seen before, not yet recorded: record, then replay */
+        TSR_TRY(I->capture_begin(be));
+        tsr_status body = forward_body(m, kv, b, hidden_in, hidden_out);
+        void *graph = NULL;
+        tsr_status end = I->capture_end(be, &graph);
+        if (body != TSR_OK || end != TSR_OK) {
+            I->graph_free(be, graph);
+            graph_forget(m, gr);
+            return body != TSR_OK ? body : end;
+        }
+        gr->graph = graph;
+        TSR_TRY(I->graph_launch(be, graph));
+    } else {
+        TSR_TRY(forward_body(m, kv, b, hidden_in, hidden_out));
+    }
+    if (!m->last_stage || b->n_out == 0)
+        return TSR_OK;
+    if (!logits)
+        return I->argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
+    return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
+}
+
+/* The forward's device work from the metadata on the device to the logits
+ * in w->logits (last stage) or hidden_out (other stages): only device-side
+ * ops, so that it can be recorded in a graph. */
+static tsr_status forward_body(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                               const void *hidden_in, void *hidden_out) {
+    const tsr_backend_i *I = m->be->iface;
+    tsr_backend *be = m->be;
+    const tsr_model_config *c = &m->cfg;
+    tsr_forward_ws *w = &m->ws;
+    const int n = b->n_tokens, C = c->n_embd;
     size_t a = tsr_backend_act_size(be);
     if (m->first_stage) {
-        OP(I->to_device(be, w->ids, b->tokens, (size_t)n * 4));
         OP(I->embedding(be, w->x, &m->tok_embd, w->ids, n, m->slice.vocab_begin));
         OP(allreduce(m, w->x, (size_t)n * C)); /* vocab-parallel: one rank had each row */
     } else {
@@ -397,10 +503,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
         OP(I->copy(be, (char *)w->h + (size_t)i * C * a, (char *)w->x + (size_t)b->out_rows[i] * C * a,
                    (size_t)C * a));
     OP(I->rmsnorm(be, w->h, w->h, m->out_norm, b->n_out, C, c->rms_eps));
-    OP(I->matmul(be, w->logits, w->h, &m->lm_head, b->n_out, 0));
-    if (!logits)
-        return I->argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
-    return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
+    return I->matmul(be, w->logits, w->h, &m->lm_head, b->n_out, 0);
 }
 
 tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,

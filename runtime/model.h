@@ -51,6 +51,17 @@ typedef struct {
     int max_out;
 } tsr_forward_ws;
 
+/* A recorded forward (CUDA graph) and what it was recorded for. */
+typedef struct {
+    int n_tokens;           /* 0: free entry */
+    const void *kv;         /* the KV cache it writes */
+    unsigned ws_gen;        /* the workspace generation (buffer addresses) */
+    void *graph;            /* NULL: seen once, not recorded yet */
+} tsr_fwd_graph;
+
+#define TSR_FWD_GRAPHS 16
+#define TSR_FWD_GRAPH_MAX_TOKENS 256 /* decode-sized steps only */
+
 typedef struct {
     tsr_model_config cfg;
     tsr_model_slice slice;
@@ -64,6 +75,9 @@ typedef struct {
     tsr_layer_weights *layers; /* (layer_end - layer_begin) */
     float *inv_freq;       /* (head_dim/2) device */
     tsr_forward_ws ws;
+    unsigned ws_gen;        /* bumped whenever a workspace buffer moves */
+    tsr_fwd_graph graphs[TSR_FWD_GRAPHS];
+    int next_graph;
 } tsr_model;
 
 /* A batch: token i of sequence seq[i] at position pos[i]. Host arrays. */

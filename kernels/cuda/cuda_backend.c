@@ -487,6 +487,40 @@ static tsr_status cuda_argmax(tsr_backend *b, float *val, int32_t *idx, const vo
     return CU(c, cudaStreamSynchronize(c->stream));
 }
 
+/* ---- CUDA graphs ---- */
+
+static tsr_status cuda_capture_begin(tsr_backend *b) {
+    cuda_ctx *c = ctx_of(b);
+    return CU(c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+}
+
+static tsr_status cuda_capture_end(tsr_backend *b, void **graph) {
+    cuda_ctx *c = ctx_of(b);
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    *graph = NULL;
+    tsr_status st = CU(c, cudaStreamEndCapture(c->stream, &g));
+    if (st == TSR_OK)
+        st = CU(c, cudaGraphInstantiate(&exec, g, 0));
+    if (g)
+        cudaGraphDestroy(g);
+    if (st == TSR_OK)
+        *graph = exec;
+    return st;
+}
+
+static tsr_status cuda_graph_launch(tsr_backend *b, void *graph) {
+    cuda_ctx *c = ctx_of(b);
+    return CU(c, cudaGraphLaunch((cudaGraphExec_t)graph, c->stream));
+}
+
+static void cuda_graph_free(tsr_backend *b, void *graph) {
+    if (graph) {
+        cudaStreamSynchronize(ctx_of(b)->stream);
+        cudaGraphExecDestroy((cudaGraphExec_t)graph);
+    }
+}
+
 /* ---- training ---- */
 
 /* dx(n, cols) = dy(n, rows) W(rows, cols), bf16 GEMM inputs. */
@@ -649,6 +683,10 @@ static tsr_status cuda_scale_f32(tsr_backend *b, float *x, size_t n, float s) {
         .embedding = cuda_embedding,                                                               \
         .argmax = cuda_argmax,                                                                     \
         .stream = cuda_stream_of,                                                                  \
+        .capture_begin = cuda_capture_begin,                                                       \
+        .capture_end = cuda_capture_end,                                                           \
+        .graph_launch = cuda_graph_launch,                                                         \
+        .graph_free = cuda_graph_free,                                                             \
         .matmul_dx = cuda_matmul_dx,                                                               \
         .lora_fwd = cuda_lora_fwd,                                                                 \
         .lora_bwd = cuda_lora_bwd,                                                                 \
