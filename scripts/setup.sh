@@ -43,7 +43,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   "$py" -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import numpy, gguf, tokenizers, jinja2, grpc, grpc_tools" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import numpy, gguf, tokenizers, jinja2, grpc, grpc_tools, safetensors, ml_dtypes" 2>/dev/null; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -r "$root/scripts/requirements-test.txt"
 fi
