@@ -5,8 +5,9 @@
  *   tessera tokenize --model M (--text TEXT | --file F)
  *   [mpirun -np N] tessera perplexity --model M --file F [--ctx N] [--tp T --pp P]
  *   [mpirun -np N] tessera serve --model M [--port P] [--tp T --pp P]
+ *   [mpirun -np N] tessera train --model M --data F.jsonl --out DIR [--steps N] [--tp T]
  *
- * generate, perplexity and serve run on the CPU or on CUDA GPUs (--device,
+ * generate, perplexity, serve and train run on the CPU or on CUDA GPUs (--device,
  * --act-dtype, --gpu), with activations between ranks over MPI (through host
  * memory) or NCCL (--comm).
  *
@@ -22,7 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "base/log.h"
@@ -33,7 +37,11 @@
 #include "runtime/server/grpc_server.h"
 #include "runtime/server/metrics.h"
 #include "runtime/server/scheduler.h"
+#include "runtime/lora.h"
+#include "runtime/peft.h"
 #include "runtime/tokenizer/chat.h"
+#include "runtime/train.h"
+#include "runtime/train_data.h"
 
 #define MAX_STOP 16
 
@@ -59,6 +67,11 @@ typedef struct {
     size_t n_stop;
     int32_t stop_ids[MAX_STOP];
     size_t n_stop_ids;
+    /* train */
+    const char *data, *out, *targets;
+    int steps, epochs, batch_size, lora_rank;
+    float lr, alpha, max_grad_norm, weight_decay;
+    int have_seed;
 } options;
 
 /* Everything one command needs, built in order and freed in reverse. */
@@ -88,6 +101,41 @@ static int g_rank, g_world = 1;
             fprintf(stderr, __VA_ARGS__);                                                          \
     } while (0)
 
+static void train_usage(FILE *f) {
+    fputs("usage: [mpirun -np N] tessera train --model PATH --data FILE.jsonl --out DIR [options]\n"
+          "\n"
+          "Trains a LoRA adapter on the examples of FILE.jsonl and saves it in DIR in Hugging\n"
+          "Face PEFT's format (adapter_config.json, adapter_model.safetensors), with loss.csv.\n"
+          "Rank 0 reads the data file and sends the tokens to the other ranks.\n"
+          "\n"
+          "data (one JSON object per line; docs/lora.md):\n"
+          "  {\"prompt\": \"...\", \"completion\": \"...\"}   loss on the completion and EOS\n"
+          "  {\"messages\": [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}, ...]}\n"
+          "                        rendered with the model's chat template; loss on the\n"
+          "                        assistant messages and their end-of-turn tokens\n"
+          "\n"
+          "options:\n"
+          "  --steps N             optimizer steps (default: --epochs)\n"
+          "  --epochs N            passes over the data (default 1; ignored with --steps)\n"
+          "  --batch-size B        examples per step (default 8)\n"
+          "  --lr LR               AdamW learning rate (default 1e-4)\n"
+          "  --weight-decay W      AdamW weight decay (default 0)\n"
+          "  --max-grad-norm G     clip the global gradient norm (default 1.0; 0 = off)\n"
+          "  --rank R              LoRA rank (default 8)\n"
+          "  --alpha A             LoRA alpha; scaling alpha / r (default 16)\n"
+          "  --targets LIST        q,k,v,o,gate,up,down or all (default q,v)\n"
+          "  --seed S              A's initialisation and the per-epoch shuffle (default 0)\n"
+          "  --ctx N               most tokens per example; longer ones are refused (default 512)\n"
+          "  --tp T                tensor-parallel ranks (= the job's ranks; --pp must be 1)\n"
+          "  --device cpu|cuda  --act-dtype bf16|f32  --weight-dtype bf16|f32  --gpu N\n"
+          "  --threads N           CPU threads per rank\n"
+          "\n"
+          "Rank 0 prints one line per step to stdout:\n"
+          "  step 3/20  loss 2.3456  grad_norm 1.234  tokens 412  tok/s 123.4\n"
+          "Exit status: 0 saved; 1 a failure (a non-finite step saves nothing); 2 bad usage.\n",
+          f);
+}
+
 static void usage(FILE *f) {
     fputs("usage: tessera COMMAND --model PATH [options]\n"
           "\n"
@@ -96,6 +144,7 @@ static void usage(FILE *f) {
           "  tokenize    --text TEXT | --file F   (prints token ids; special tokens parsed)\n"
           "  perplexity  --file F [--ctx N]       (llama.cpp-compatible chunked perplexity)\n"
           "  serve       [--host H] [--port P]    (gRPC server on rank 0; see docs/serving.md)\n"
+          "  train       --data F.jsonl --out DIR (LoRA training; tessera train --help)\n"
           "\n"
           "model:\n"
           "  --model PATH          a .gguf file or a Hugging Face directory\n"
@@ -165,6 +214,8 @@ enum {
     OPT_HELP, OPT_TP, OPT_PP, OPT_PP_LAYERS, OPT_HOST, OPT_PORT, OPT_AUTH, OPT_TLS_CERT,
     OPT_TLS_KEY, OPT_MAX_SEQS, OPT_KV_POS, OPT_MAX_BATCH, OPT_QUEUE, OPT_GRACE, OPT_LOG_PROMPTS,
     OPT_METRICS_PORT, OPT_DEVICE, OPT_COMM, OPT_ACT_DTYPE, OPT_WEIGHT_DTYPE, OPT_GPU,
+    OPT_DATA, OPT_OUT, OPT_STEPS, OPT_EPOCHS, OPT_LR, OPT_BATCH_SIZE, OPT_RANK, OPT_ALPHA,
+    OPT_TARGETS, OPT_MAX_GRAD_NORM, OPT_WEIGHT_DECAY,
 };
 
 static int parse_layers(const char *s, options *o) {
@@ -232,6 +283,17 @@ static int parse_options(int argc, char **argv, options *o) {
         {"act-dtype", required_argument, 0, OPT_ACT_DTYPE},
         {"weight-dtype", required_argument, 0, OPT_WEIGHT_DTYPE},
         {"gpu", required_argument, 0, OPT_GPU},
+        {"data", required_argument, 0, OPT_DATA},
+        {"out", required_argument, 0, OPT_OUT},
+        {"steps", required_argument, 0, OPT_STEPS},
+        {"epochs", required_argument, 0, OPT_EPOCHS},
+        {"lr", required_argument, 0, OPT_LR},
+        {"batch-size", required_argument, 0, OPT_BATCH_SIZE},
+        {"rank", required_argument, 0, OPT_RANK},
+        {"alpha", required_argument, 0, OPT_ALPHA},
+        {"targets", required_argument, 0, OPT_TARGETS},
+        {"max-grad-norm", required_argument, 0, OPT_MAX_GRAD_NORM},
+        {"weight-decay", required_argument, 0, OPT_WEIGHT_DECAY},
         {0, 0, 0, 0},
     };
     tsr_sampling_params sp = TSR_SAMPLING_PARAMS_INIT;
@@ -249,6 +311,13 @@ static int parse_options(int argc, char **argv, options *o) {
     o->act_dtype = TSR_ENGINE_ACT_DEFAULT;
     o->weight_dtype = TSR_ENGINE_ACT_DEFAULT;
     o->gpu = -1;
+    o->batch_size = 8;
+    o->lora_rank = 8;
+    o->lr = 1e-4f;
+    o->alpha = 16.0f;
+    o->max_grad_norm = 1.0f;
+    o->targets = "q,v";
+    const int train = !strcmp(argv[1], "train");
     optind = 2; /* argv[1] is the command */
     int c, seed;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -272,6 +341,7 @@ static int parse_options(int argc, char **argv, options *o) {
         case OPT_SEED:
             r = parse_int(optarg, "--seed", 0, 2147483647, &seed);
             o->sp.seed = (uint64_t)seed;
+            o->have_seed = 1;
             break;
         case OPT_REPEAT: r = parse_float(optarg, "--repeat-penalty", &o->sp.repetition_penalty); break;
         case OPT_FREQ: r = parse_float(optarg, "--frequency-penalty", &o->sp.frequency_penalty); break;
@@ -343,8 +413,47 @@ static int parse_options(int argc, char **argv, options *o) {
             break;
         case OPT_GPU: r = parse_int(optarg, "--gpu", 0, 1023, &o->gpu); break;
         case OPT_VERBOSE: o->verbose = 1; break;
-        case OPT_HELP: if (g_rank == 0) usage(stdout); tsr_comm_mpi_finalize(); exit(0);
-        default: usage(stderr); return -1;
+        case OPT_DATA: o->data = optarg; break;
+        case OPT_OUT: o->out = optarg; break;
+        case OPT_STEPS: r = parse_int(optarg, "--steps", 1, 1 << 30, &o->steps); break;
+        case OPT_EPOCHS: r = parse_int(optarg, "--epochs", 1, 1 << 20, &o->epochs); break;
+        case OPT_BATCH_SIZE: r = parse_int(optarg, "--batch-size", 1, 1 << 16, &o->batch_size); break;
+        case OPT_RANK: r = parse_int(optarg, "--rank", 1, 4096, &o->lora_rank); break;
+        case OPT_TARGETS: o->targets = optarg; break;
+        case OPT_LR:
+            r = parse_float(optarg, "--lr", &o->lr);
+            if (!r && !(o->lr > 0)) {
+                PERR("tessera: --lr must be > 0, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_ALPHA:
+            r = parse_float(optarg, "--alpha", &o->alpha);
+            if (!r && !(o->alpha > 0)) {
+                PERR("tessera: --alpha must be > 0, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_MAX_GRAD_NORM:
+            r = parse_float(optarg, "--max-grad-norm", &o->max_grad_norm);
+            if (!r && o->max_grad_norm < 0) {
+                PERR("tessera: --max-grad-norm must be >= 0 (0 = no clipping), got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_WEIGHT_DECAY:
+            r = parse_float(optarg, "--weight-decay", &o->weight_decay);
+            if (!r && o->weight_decay < 0) {
+                PERR("tessera: --weight-decay must be >= 0, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_HELP:
+            if (g_rank == 0)
+                (train ? train_usage : usage)(stdout);
+            tsr_comm_mpi_finalize();
+            exit(0);
+        default: (train ? train_usage : usage)(stderr); return -1;
         }
         if (r)
             return -1;
@@ -356,6 +465,30 @@ static int parse_options(int argc, char **argv, options *o) {
     if (!o->model) {
         PERR("tessera: --model PATH is required\n");
         return -1;
+    }
+    if (!train && (o->data || o->out || o->steps || o->epochs)) {
+        PERR("tessera: --data, --out, --steps and --epochs belong to `tessera train`\n");
+        return -1;
+    }
+    if (train) {
+        unsigned mask;
+        if (!o->data || !o->out) {
+            PERR("tessera train: --data FILE.jsonl and --out DIR are required\n");
+            return -1;
+        }
+        if (o->pp > 1 || o->n_pp_layers) {
+            PERR("tessera train: pipeline-parallel training is not implemented yet (use --pp 1; "
+                 "--tp T splits the model over the job's ranks)\n");
+            return -1;
+        }
+        if (o->comm == TSR_COMM_NCCL) {
+            PERR("tessera train: --comm nccl is not supported for training yet (use --comm mpi)\n");
+            return -1;
+        }
+        if (tsr_lora_parse_targets(o->targets, &mask) != TSR_OK) {
+            PERR("tessera train: --targets: %s\n", tsr_error_msg());
+            return -1;
+        }
     }
     if (o->n_pp_layers && o->n_pp_layers != o->pp) {
         PERR("tessera: --pp-layers lists %d stages but --pp is %d\n", o->n_pp_layers, o->pp);
@@ -999,6 +1132,464 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
     return st == TSR_OK ? 0 : 1;
 }
 
+/* ---- train ----
+ * LoRA training inside the MPI job (pp = 1): rank 0 reads and tokenizes the
+ * JSONL file and broadcasts the tokens; every rank loads its TP shard of the
+ * model (no engine, no KV cache) and runs the same batches; the adapter is
+ * gathered whole to rank 0 and saved as a PEFT directory. */
+
+/* The collectives training needs, over the TP group (= the world: pp = 1),
+ * staged through host memory when the backend's buffers are on a device. */
+typedef struct {
+    tsr_comm_grid *grid;
+    tsr_backend *be;
+    void *stage;
+    size_t cap;
+} train_hooks;
+
+static tsr_status th_reduce(train_hooks *h, void *buf, size_t count, int dtype, size_t esize,
+                            tsr_comm_op op) {
+    if (h->be->iface->host_memory)
+        return tsr_comm_allreduce(h->grid->tp_group, buf, buf, count, dtype, op);
+    size_t bytes = count * esize;
+    if (bytes > h->cap) {
+        void *p = realloc(h->stage, bytes);
+        if (!p)
+            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        h->stage = p;
+        h->cap = bytes;
+    }
+    TSR_TRY(h->be->iface->to_host(h->be, h->stage, buf, bytes));
+    TSR_TRY(tsr_comm_allreduce(h->grid->tp_group, h->stage, h->stage, count, dtype, op));
+    TSR_TRY(h->be->iface->to_device(h->be, buf, h->stage, bytes));
+    return tsr_backend_sync(h->be);
+}
+
+static tsr_status th_act_sum(void *ctx, void *buf, size_t count) {
+    train_hooks *h = ctx;
+    return th_reduce(h, buf, count, h->be->iface->act_dtype, tsr_backend_act_size(h->be),
+                     TSR_COMM_SUM);
+}
+
+static tsr_status th_f32_sum(void *ctx, float *buf, size_t count) {
+    return th_reduce(ctx, buf, count, TSR_F32, sizeof(float), TSR_COMM_SUM);
+}
+
+static tsr_status th_f32_max(void *ctx, float *buf, size_t count) {
+    return th_reduce(ctx, buf, count, TSR_F32, sizeof(float), TSR_COMM_MAX);
+}
+
+/* Doubles summed over the world in rank order on every rank (an all-gather
+ * of their bytes), so every rank gets the same bits. */
+static tsr_status th_world_sum(void *ctx, double *buf, size_t count) {
+    train_hooks *h = ctx;
+    int n = h->grid->world_size;
+    double *all = malloc((size_t)n * count * sizeof *all);
+    if (!all)
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+    tsr_status st = tsr_comm_allgather(h->grid->world, buf, all, count * 2, TSR_COMM_I32);
+    if (st == TSR_OK) {
+        for (size_t i = 0; i < count; i++) {
+            double s = 0;
+            for (int r = 0; r < n; r++)
+                s += all[(size_t)r * count + i];
+            buf[i] = s;
+        }
+    }
+    free(all);
+    return st;
+}
+
+/* After a phase every rank ran on its own: all ranks learn whether all
+ * succeeded. 0 when they did; otherwise the exit status (the failing rank
+ * reports; the others stay quiet). */
+static int train_agree(tsr_comm_grid *g, tsr_status st) {
+    tsr_status all = tsr_comm_agree(g->world, st);
+    if (st != TSR_OK)
+        return fail(st);
+    if (all != TSR_OK)
+        return all == TSR_ERR_INVALID || all == TSR_ERR_RANGE ? 2 : 1;
+    return 0;
+}
+
+/* Whether tsr_peft_save will be able to put an adapter at `dir`: its parent
+ * exists and is writable, and an existing `dir` is a directory of regular
+ * files that is empty or holds adapter_config.json. */
+static tsr_status check_out_dir(const char *dir) {
+    char parent[4096];
+    if (!dir[0] || strlen(dir) >= sizeof parent)
+        return tsr_error_set(TSR_ERR_INVALID, "--out: bad path '%s'", dir);
+    snprintf(parent, sizeof parent, "%s", dir);
+    size_t n = strlen(parent);
+    while (n > 1 && parent[n - 1] == '/')
+        parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == parent)
+        parent[1] = '\0';
+    else
+        *slash = '\0';
+    if (access(parent, W_OK | X_OK) != 0)
+        return tsr_error_set(TSR_ERR_IO, "--out %s: cannot write in '%s': %s", dir, parent,
+                             strerror(errno));
+    struct stat sb;
+    if (lstat(dir, &sb) != 0)
+        return errno == ENOENT ? TSR_OK
+                               : tsr_error_set(TSR_ERR_IO, "--out %s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--out %s exists and is not a directory (it would not be replaced)",
+                             dir);
+    DIR *d = opendir(dir);
+    if (!d)
+        return tsr_error_set(TSR_ERR_IO, "--out %s: %s", dir, strerror(errno));
+    int entries = 0, has_config = 0, other = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        entries++;
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat es;
+        if (lstat(p, &es) != 0 || !S_ISREG(es.st_mode))
+            other = 1;
+        if (!strcmp(e->d_name, "adapter_config.json"))
+            has_config = 1;
+    }
+    closedir(d);
+    if (other || (entries && !has_config))
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--out %s exists and is not an adapter directory (it is replaced only "
+                             "when empty or holding an adapter_config.json and plain files)",
+                             dir);
+    return TSR_OK;
+}
+
+/* Rank 0's data to every rank (control plane, bytes). */
+static tsr_status share_data(tsr_comm_grid *g, tsr_train_data *d) {
+    int64_t head[3] = {d->n_examples, d->n_examples ? d->start[d->n_examples] : 0, d->n_target};
+    TSR_TRY(tsr_comm_bcast_idle(g->world, head, sizeof head, 0));
+    if (g_rank != 0)
+        TSR_TRY(tsr_train_data_alloc(d, (int)head[0], (size_t)head[1]));
+    d->n_target = (long)head[2];
+    size_t ne = (size_t)head[0], nt = (size_t)head[1];
+    TSR_TRY(tsr_comm_bcast_idle(g->world, d->start, (ne + 1) * sizeof *d->start, 0));
+    TSR_TRY(tsr_comm_bcast_idle(g->world, d->line, ne * sizeof *d->line, 0));
+    TSR_TRY(tsr_comm_bcast_idle(g->world, d->tokens, nt * sizeof *d->tokens, 0));
+    return tsr_comm_bcast_idle(g->world, d->target, nt, 0);
+}
+
+/* Buffer `which` of (layer, t) whole into host `full` on every rank: the
+ * owner of each piece places it, the TP group sums (the rest is 0). */
+static tsr_status gather_lora(const tsr_lora_adapter *a, tsr_comm_grid *g, int layer,
+                              tsr_lora_target t, tsr_lora_buf which, float *full) {
+    const tsr_lora_matrix *m = tsr_lora_matrix_of_c(a, layer, t);
+    const int r = a->cfg.rank, is_a = which == TSR_LORA_A;
+    const size_t count = is_a ? (size_t)r * m->d_in : (size_t)m->d_out * r;
+    memset(full, 0, count * sizeof *full);
+    float *piece = malloc(tsr_lora_piece_size(a, m, which) * sizeof *piece + 1);
+    if (!piece)
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+    tsr_status st = tsr_lora_get(a, layer, t, which, piece);
+    if (st == TSR_OK && (is_a ? m->a_owner : m->b_owner)) {
+        if (is_a)
+            for (int i = 0; i < r; i++)
+                memcpy(full + (size_t)i * m->d_in + m->in_begin, piece + (size_t)i * m->n_in,
+                       (size_t)m->n_in * sizeof *full);
+        else
+            memcpy(full + (size_t)m->out_begin * r, piece, (size_t)m->n_out * r * sizeof *full);
+    }
+    free(piece);
+    if (st == TSR_OK && g->tp > 1)
+        st = tsr_comm_allreduce(g->tp_group, full, full, count, TSR_F32, TSR_COMM_SUM);
+    return st;
+}
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The order of epoch `epoch`: a Fisher-Yates shuffle from splitmix64 seeded
+ * with seed and the epoch, the same on every rank. */
+static void shuffle_epoch(int *perm, int n, uint64_t seed, int epoch) {
+    uint64_t s = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(epoch + 1));
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(splitmix64(&s) % (uint64_t)(i + 1));
+        int t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+typedef struct {
+    double loss, grad_norm;
+    long tokens;
+} step_log;
+
+static int cmd_train(tsr_comm_grid *grid, const options *o) {
+    session s = {0};
+    tsr_train_data data = {0};
+    tsr_backend *be = NULL;
+    tsr_shard_plan plan;
+    int have_plan = 0, model_loaded = 0, trainer_ready = 0, adapter_ready = 0;
+    tsr_model m;
+    tsr_trainer tr;
+    tsr_lora_adapter ad;
+    train_hooks h = {grid, NULL, NULL, 0};
+    tsr_peft_adapter pa = {0};
+    int *perm = NULL;
+    int32_t *bstart = NULL;
+    float *bweight = NULL;
+    step_log *logs = NULL;
+    int rc = 0;
+    const int ctx = o->have_ctx ? o->ctx : 512;
+    tsr_lora_config lc = TSR_LORA_CONFIG_INIT;
+    lc.rank = o->lora_rank;
+    lc.alpha = o->alpha;
+    lc.seed = o->sp.seed;
+    tsr_status st = tsr_lora_parse_targets(o->targets, &lc.targets);
+    if (st == TSR_OK)
+        st = tsr_lora_config_check(&lc);
+    if (st == TSR_OK && g_rank == 0)
+        st = check_out_dir(o->out);
+    if ((rc = train_agree(grid, st)))
+        return rc;
+
+    /* the model file everywhere, the tokenizer on rank 0 */
+    st = session_open(&s, grid, o, 0);
+    if (st != TSR_OK) {
+        rc = fail_open(&s, st);
+        goto cleanup;
+    }
+    const tsr_model_config *mc = tsr_model_file_config(s.mf);
+    double t0 = now_s();
+    st = TSR_OK;
+    if (g_rank == 0)
+        st = tsr_train_data_load(o->data, s.tok, ctx, &data);
+    if ((rc = train_agree(grid, st)))
+        goto cleanup;
+    if ((st = share_data(grid, &data)) != TSR_OK) {
+        fail(st);
+        tsr_comm_abort(grid, 1, "sharing the training data failed");
+    }
+    const int n_ex = data.n_examples;
+    if (g_rank == 0)
+        fprintf(stderr, "tessera train: %d examples, %d tokens (%ld carry loss) from %s in %.2f s\n",
+                n_ex, data.start[n_ex], data.n_target, o->data, now_s() - t0);
+
+    /* this rank's shard on its device: no engine, no KV cache */
+    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
+    device_config(o, &ec);
+    int gpu = -1;
+    st = tsr_engine_device_select(grid, &ec, TSR_COMM_MPI, &gpu);
+    if (st != TSR_OK) {
+        rc = strstr(tsr_error_msg(), "another rank failed") && g_rank != 0 ? 1 : fail(st);
+        goto cleanup;
+    }
+    tsr_plan_config pc = {o->tp, 1, NULL, 0};
+    tsr_lora_shard shard;
+    st = tsr_shard_plan_init(mc, &pc, &plan);
+    have_plan = st == TSR_OK;
+    if (st == TSR_OK)
+        st = tsr_shard_plan_check_world(&plan, g_world);
+    if (st == TSR_OK)
+        st = tsr_lora_shard_of(&plan, grid->tp_rank, 0, &shard);
+    if (st != TSR_OK) { /* the same on every rank: rank 0 says it */
+        rc = g_rank == 0 ? fail(st) : (st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1);
+        goto cleanup;
+    }
+    if (o->device == TSR_DEVICE_CUDA) {
+        int act = o->act_dtype != TSR_ENGINE_ACT_DEFAULT ? o->act_dtype : TSR_BF16;
+        int wdt = o->weight_dtype != TSR_ENGINE_ACT_DEFAULT ? o->weight_dtype : TSR_BF16;
+        st = tsr_backend_cuda_create(gpu, (tsr_dtype)act, (tsr_dtype)wdt, &be);
+    } else {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int per = (int)(cores / (grid->local_size > 0 ? grid->local_size : 1));
+        st = tsr_backend_cpu_create(o->threads > 0 ? o->threads : per > 0 ? per : 1, &be);
+    }
+    h.be = be;
+    if (st == TSR_OK) {
+        tsr_model_comm mcomm = {&h, grid->tp > 1 ? th_act_sum : NULL};
+        st = tsr_model_load(&m, s.mf, &shard.slice, 1, 1, be, &mcomm);
+        model_loaded = st == TSR_OK;
+        tsr_model_file_drop_pages(s.mf);
+    }
+    if (st == TSR_OK) {
+        tsr_train_comm tcomm = {&h, grid->tp > 1 ? th_f32_sum : NULL,
+                                grid->tp > 1 ? th_f32_max : NULL,
+                                g_world > 1 ? th_world_sum : NULL};
+        st = tsr_trainer_init(&tr, &m, &tcomm, NULL);
+        trainer_ready = st == TSR_OK;
+    }
+    if (st == TSR_OK) {
+        st = tsr_lora_adapter_init(&ad, &lc, mc, &shard, be);
+        adapter_ready = st == TSR_OK;
+    }
+    if ((rc = train_agree(grid, st)))
+        goto cleanup;
+
+    const int B = o->batch_size;
+    const int per_epoch = (n_ex + B - 1) / B;
+    const int total = o->steps ? o->steps : (o->epochs ? o->epochs : 1) * per_epoch;
+    perm = malloc((size_t)n_ex * sizeof *perm);
+    bstart = malloc(((size_t)B + 1) * sizeof *bstart);
+    int32_t *btok = malloc(((size_t)B * ctx + 1) * sizeof *btok);
+    bweight = malloc(((size_t)B * ctx + 1) * sizeof *bweight);
+    logs = calloc((size_t)total, sizeof *logs);
+    if (!perm || !bstart || !btok || !bweight || !logs) {
+        free(btok);
+        btok = NULL;
+    }
+    st = btok ? TSR_OK : tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+    if ((rc = train_agree(grid, st)))
+        goto cleanup;
+    if (g_rank == 0)
+        fprintf(stderr,
+                "tessera train: %d steps of %d examples (%d per epoch), LoRA r=%d alpha=%g "
+                "targets=%s, lr %g, tp=%d on %s (%s activations)\n",
+                total, B, per_epoch, lc.rank, (double)lc.alpha, o->targets, (double)o->lr, o->tp,
+                be->iface->name, tsr_dtype_name(be->iface->act_dtype));
+    tsr_optim_params op = {{o->lr, 0.9f, 0.999f, 1e-8f, o->weight_decay}, o->max_grad_norm};
+    int epoch = 0, pos = 0;
+    shuffle_epoch(perm, n_ex, o->sp.seed, epoch);
+    for (int k = 0; k < total; k++) {
+        if (pos >= n_ex) {
+            shuffle_epoch(perm, n_ex, o->sp.seed, ++epoch);
+            pos = 0;
+        }
+        int nb = n_ex - pos < B ? n_ex - pos : B, n_tok = 0;
+        bstart[0] = 0;
+        for (int i = 0; i < nb; i++) {
+            int e = perm[pos + i], a = data.start[e], len = data.start[e + 1] - a;
+            memcpy(btok + n_tok, data.tokens + a, (size_t)len * sizeof *btok);
+            /* weight[j] is for predicting token j+1 */
+            for (int j = 0; j < len; j++)
+                bweight[n_tok + j] = j + 1 < len ? (float)data.target[a + j + 1] : 0.0f;
+            n_tok += len;
+            bstart[i + 1] = n_tok;
+        }
+        pos += nb;
+        tsr_train_batch b = {nb, bstart, btok, bweight};
+        double ts = now_s();
+        tsr_train_stats stats;
+        tsr_optim_result res = {0};
+        st = tsr_train_forward_backward(&tr, &ad, &b, &stats);
+        if (st == TSR_OK)
+            st = tsr_train_optim_step(&tr, &ad, &op, &res);
+        if (st == TSR_ERR_INVALID || st == TSR_ERR_RANGE) {
+            /* refused before anything ran, or the step's collective verdict
+             * (a non-finite loss or norm): the same on every rank */
+            if (g_rank == 0)
+                fprintf(stderr, "tessera train: step %d/%d failed: %s; stopping without saving "
+                                "the adapter\n",
+                        k + 1, total, tsr_error_msg());
+            rc = 1;
+            break;
+        }
+        if (st != TSR_OK) {
+            fail(st);
+            tsr_comm_abort(grid, 1, "a training step failed");
+        }
+        double dt = now_s() - ts;
+        logs[k] = (step_log){res.loss, res.grad_norm, n_tok};
+        if (g_rank == 0) {
+            printf("step %d/%d  loss %.4f  grad_norm %.3f  tokens %d  tok/s %.1f\n", k + 1, total,
+                   res.loss, res.grad_norm, n_tok, dt > 0 ? n_tok / dt : 0.0);
+            fflush(stdout);
+        }
+    }
+    free(btok);
+    if (rc)
+        goto cleanup;
+
+    /* the adapter, whole, on rank 0 */
+    st = TSR_OK;
+    if (g_rank == 0) {
+        st = tsr_peft_init(&pa, mc, lc.rank, lc.alpha, lc.targets);
+        if (st == TSR_OK)
+            snprintf(pa.base_model, sizeof pa.base_model, "%s", o->model);
+    }
+    if ((rc = train_agree(grid, st)))
+        goto cleanup;
+    for (int l = 0; l < mc->n_layer && st == TSR_OK; l++) {
+        for (int t = 0; t < TSR_LORA_N_TARGETS && st == TSR_OK; t++) {
+            const tsr_lora_matrix *mm = tsr_lora_matrix_of_c(&ad, l, (tsr_lora_target)t);
+            if (!mm)
+                continue;
+            float *fa = g_rank == 0 ? pa.A[TSR_PEFT_IDX(l, t)] : NULL;
+            float *fb = g_rank == 0 ? pa.B[TSR_PEFT_IDX(l, t)] : NULL;
+            float *tmp = NULL;
+            if (g_rank != 0) {
+                size_t na = (size_t)lc.rank * mm->d_in, nbb = (size_t)mm->d_out * lc.rank;
+                tmp = malloc((na > nbb ? na : nbb) * sizeof *tmp);
+                if (!tmp) {
+                    fail(tsr_error_set(TSR_ERR_NOMEM, "out of memory"));
+                    tsr_comm_abort(grid, 1, "gathering the adapter failed");
+                }
+                fa = fb = tmp;
+            }
+            st = gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_A, fa);
+            if (st == TSR_OK)
+                st = gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_B, fb);
+            free(tmp);
+        }
+    }
+    if (st != TSR_OK) {
+        fail(st);
+        tsr_comm_abort(grid, 1, "gathering the adapter failed");
+    }
+    if (g_rank == 0) {
+        st = tsr_peft_save(o->out, &pa, mc);
+        /* loss.csv after the save: the save replaces the directory */
+        if (st == TSR_OK) {
+            char p[4200];
+            snprintf(p, sizeof p, "%s/loss.csv", o->out);
+            FILE *f = fopen(p, "w");
+            if (!f) {
+                st = tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
+            } else {
+                fprintf(f, "step,loss,grad_norm,tokens\n");
+                for (int k = 0; k < total; k++)
+                    fprintf(f, "%d,%.6f,%.6f,%ld\n", k + 1, logs[k].loss, logs[k].grad_norm,
+                            logs[k].tokens);
+                if (fclose(f))
+                    st = tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
+            }
+        }
+        if (st == TSR_OK)
+            fprintf(stderr, "tessera train: saved the adapter (%d steps) in %s, peak RSS %.0f MiB\n",
+                    total, o->out, peak_rss_kb() / 1024.0);
+    }
+    rc = train_agree(grid, st);
+cleanup:
+    tsr_peft_free(&pa);
+    free(logs);
+    free(bweight);
+    free(bstart);
+    free(perm);
+    if (adapter_ready)
+        tsr_lora_adapter_free(&ad);
+    if (trainer_ready)
+        tsr_trainer_free(&tr);
+    if (model_loaded)
+        tsr_model_free(&m);
+    if (be)
+        tsr_backend_destroy(be);
+    free(h.stage);
+    if (have_plan)
+        tsr_shard_plan_free(&plan);
+    tsr_train_data_free(&data);
+    session_free(&s);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
@@ -1006,7 +1597,7 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "generate") && strcmp(cmd, "tokenize") && strcmp(cmd, "perplexity") &&
-        strcmp(cmd, "serve")) {
+        strcmp(cmd, "serve") && strcmp(cmd, "train")) {
         PERR("tessera: unknown command '%s'\n", cmd);
         usage(stderr);
         return 2;
@@ -1075,6 +1666,8 @@ int main(int argc, char **argv) {
         rc = cmd_tokenize(&grid, &o);
     else if (!strcmp(cmd, "serve"))
         rc = cmd_serve(&grid, &o);
+    else if (!strcmp(cmd, "train"))
+        rc = cmd_train(&grid, &o);
     else
         rc = cmd_perplexity(&grid, &o);
 done:
