@@ -627,7 +627,7 @@ int main(int argc, char **argv) {
     if (a.dry_run) {
         if (!has_train)
             fprintf(stderr, "tessera-launch: note: %s has no train command yet "
-                            "(`tessera train --help` fails); LoRA training is a later issue\n",
+                            "(`tessera train --help` fails): an older build?\n",
                     tessera);
         printf("%s\n", line);
         rc = 0;

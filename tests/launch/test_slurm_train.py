@@ -3,10 +3,9 @@
 slurm/tessera-train.sbatch --model M --tp 2 --data F --out DIR --steps N` trains
 a LoRA adapter from a JSONL file, saves it in DIR and the job exits 0.
 
-Skips (77) until `tessera train` exists (`tessera train --help` must succeed):
-LoRA training is a later issue. Also skips where the local Slurm cannot run
-(see test_slurm.py). When `tessera train` lands, check that the JSONL records
-below match its documented format.
+The records use the chat ("messages") form of the JSONL format in docs/lora.md.
+Skips (77) if `tessera train --help` fails (a build without it) or where the
+local Slurm cannot run (see test_slurm.py).
 
 usage: test_slurm_train.py TESSERA_LAUNCH TESSERA
 """
@@ -29,7 +28,7 @@ def main():
     if r.returncode != 0:
         skip("`tessera train` does not exist yet (`tessera train --help` exits "
              f"{r.returncode}: {r.stderr.strip().splitlines()[0] if r.stderr.strip() else ''}); "
-             "LoRA training is a later issue")
+             "a build without LoRA training")
     if os.geteuid() != 0:
         skip("the local Slurm harness needs root")
     for tool in ("sbatch", "srun"):
