@@ -43,11 +43,11 @@ die() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(ops train model bench)
+[ ${#steps[@]} -gt 0 ] || steps=(ops train model lora bench)
 for s in "${steps[@]}"; do
   case "$s" in
-    ops|train|model|bench) ;;
-    *) die "unknown step '$s' (steps: ops train model bench)" ;;
+    ops|train|model|lora|bench) ;;
+    *) die "unknown step '$s' (steps: ops train model lora bench)" ;;
   esac
 done
 want() { case " ${steps[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -212,6 +212,10 @@ if want model; then
   [ -f "$script" ] || script=$gpu/tests/test_cuda_model.py
   run_step model "${TSR_MODEL_TIMEOUT:-330}" "$out/model.log" \
     python3 "$script" "$gpu/bin/tessera" "$mpirun"
+fi
+if want lora; then
+  run_step lora "${TSR_LORA_TIMEOUT:-300}" "$out/lora.log" \
+    python3 tests/cuda/test_cuda_lora.py "$gpu/bin/tessera"
 fi
 if want bench; then
   if [ -f scripts/gpu-bench.sh ]; then
