@@ -45,69 +45,7 @@
 #include "runtime/lora.h"
 #include "runtime/model.h"
 #include "runtime/train.h"
-
-/* ---- the collective hooks: the TP group of the grid, host memory (staged
- * through the host when the backend's buffers are on a device) ---- */
-
-typedef struct {
-    tsr_comm_grid *grid;
-    tsr_backend *be;
-    void *stage;
-    size_t cap;
-} hooks;
-
-static tsr_status tp_reduce(hooks *h, void *buf, size_t count, int dtype, size_t esize,
-                            tsr_comm_op op) {
-    if (h->be->iface->host_memory)
-        return tsr_comm_allreduce(h->grid->tp_group, buf, buf, count, dtype, op);
-    size_t bytes = count * esize;
-    if (bytes > h->cap) {
-        void *p = realloc(h->stage, bytes);
-        if (!p)
-            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-        h->stage = p;
-        h->cap = bytes;
-    }
-    TSR_TRY(h->be->iface->to_host(h->be, h->stage, buf, bytes));
-    TSR_TRY(tsr_comm_allreduce(h->grid->tp_group, h->stage, h->stage, count, dtype, op));
-    TSR_TRY(h->be->iface->to_device(h->be, buf, h->stage, bytes));
-    return tsr_backend_sync(h->be);
-}
-
-static tsr_status act_sum(void *ctx, void *buf, size_t count) {
-    hooks *h = ctx;
-    return tp_reduce(h, buf, count, h->be->iface->act_dtype, tsr_backend_act_size(h->be),
-                     TSR_COMM_SUM);
-}
-
-static tsr_status f32_sum(void *ctx, float *buf, size_t count) {
-    return tp_reduce(ctx, buf, count, TSR_F32, sizeof(float), TSR_COMM_SUM);
-}
-
-static tsr_status f32_max(void *ctx, float *buf, size_t count) {
-    return tp_reduce(ctx, buf, count, TSR_F32, sizeof(float), TSR_COMM_MAX);
-}
-
-/* Doubles summed over the world in rank order on every rank (an all-gather
- * of their bytes), so every rank gets the same bits. */
-static tsr_status world_sum(void *ctx, double *buf, size_t count) {
-    hooks *h = ctx;
-    int n = h->grid->world_size;
-    double *all = malloc((size_t)n * count * sizeof *all);
-    if (!all)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-    tsr_status st = tsr_comm_allgather(h->grid->world, buf, all, count * 2, TSR_COMM_I32);
-    if (st == TSR_OK) {
-        for (size_t i = 0; i < count; i++) {
-            double s = 0;
-            for (int r = 0; r < n; r++)
-                s += all[(size_t)r * count + i];
-            buf[i] = s;
-        }
-    }
-    free(all);
-    return st;
-}
+#include "runtime/train_comm.h"
 
 /* ---- the record files ---- */
 
@@ -369,13 +307,13 @@ int main(int argc, char **argv) {
     } else if (tsr_backend_cpu_create(threads, &be) != TSR_OK) {
         return fail(rank, "backend");
     }
-    hooks h = {&grid, be, NULL, 0};
-    tsr_model_comm mcomm = {&h, world > 1 ? act_sum : NULL};
+    tsr_train_mpi h;
+    tsr_train_mpi_init(&h, &grid, be);
+    tsr_model_comm mcomm = tsr_train_mpi_model_comm(&h); /* pp = 1: the world is the TP group */
     tsr_model m;
     if (tsr_model_load(&m, mf, &shard.slice, 1, 1, be, &mcomm) != TSR_OK)
         return fail(rank, "load");
-    tsr_train_comm tcomm = {&h, world > 1 ? f32_sum : NULL, world > 1 ? f32_max : NULL,
-                            world > 1 ? world_sum : NULL};
+    tsr_train_comm tcomm = tsr_train_mpi_comm(&h);
     tsr_trainer tr;
     tsr_lora_adapter ad;
     if (tsr_trainer_init(&tr, &m, &tcomm, &tc) != TSR_OK)
@@ -485,7 +423,7 @@ int main(int argc, char **argv) {
     for (uint32_t i = 0; i < n_recs; i++)
         free(recs[i].data);
     free(recs);
-    free(h.stage);
+    tsr_train_mpi_free(&h);
     tsr_lora_adapter_free(&ad);
     tsr_trainer_free(&tr);
     tsr_model_free(&m);
