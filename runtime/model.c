@@ -221,6 +221,7 @@ void tsr_model_free(tsr_model *m) {
     tsr_backend_free(be, m->inv_freq);
     graphs_clear(m);
     ws_free(m);
+    tsr_backend_free(be, m->lora_xa);
     memset(m, 0, sizeof *m);
 }
 
@@ -266,6 +267,18 @@ static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_l
         TSR_TRY(tsr_backend_alloc(be, (size_t)tables_len * 4, "block tables", (void **)&w->tables));
         w->tables_cap = tables_len;
     }
+    if (m->lora) { /* x A^T of one target at a time: (max_tokens, r) f32 */
+        size_t need = (size_t)w->max_tokens * (size_t)m->lora->cfg.rank;
+        if (need > m->lora_xa_cap) {
+            graphs_clear(m);
+            m->ws_gen++;
+            tsr_backend_free(be, m->lora_xa);
+            m->lora_xa = NULL;
+            m->lora_xa_cap = 0;
+            TSR_TRY(tsr_backend_alloc(be, need * sizeof(float), "LoRA scratch", (void **)&m->lora_xa));
+            m->lora_xa_cap = need;
+        }
+    }
     return TSR_OK;
 }
 
@@ -280,6 +293,19 @@ static tsr_status allreduce(tsr_model *m, void *buf, size_t count) {
     if (!m->comm.allreduce_sum)
         return TSR_OK;
     return m->comm.allreduce_sum(m->comm.ctx, buf, count);
+}
+
+/* y(n, n_out local) += the adapter's delta of (local layer li, target t) on
+ * x(n, n_in local); nothing without an adapter or when t is not adapted. */
+static tsr_status lora_add(tsr_model *m, int li, tsr_lora_target t, void *y, const void *x, int n) {
+    const tsr_lora_adapter *a = m->lora;
+    if (!a)
+        return TSR_OK;
+    const tsr_lora_matrix *lm = &a->mats[(size_t)li * TSR_LORA_N_TARGETS + t];
+    if (!lm->present)
+        return TSR_OK;
+    return m->be->iface->lora_fwd(m->be, y, x, lm->A, lm->B, m->lora_xa, n, lm->n_in, lm->n_out,
+                                  a->cfg.rank, a->scale);
 }
 
 static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
@@ -301,19 +327,26 @@ static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
         OP(I->add_bias(be, w->k, L->bk, n, kvd));
         OP(I->add_bias(be, w->v, L->bv, n, kvd));
     }
+    OP(lora_add(m, li, TSR_LORA_Q, w->q, w->h, n)); /* linear: the order with the bias is free */
+    OP(lora_add(m, li, TSR_LORA_K, w->k, w->h, n));
+    OP(lora_add(m, li, TSR_LORA_V, w->v, w->h, n));
     OP(I->rope(be, w->q, w->pos, m->inv_freq, n, m->slice.n_head, hd));
     OP(I->rope(be, w->k, w->pos, m->inv_freq, n, m->slice.n_kv_head, hd));
     OP(I->kv_store(be, kv->k[li], kv->v[li], w->k, w->v, w->slot, n, kvd));
     OP(I->attention(be, w->att, w->q, kv->k[li], kv->v[li], ad));
     OP(I->matmul(be, w->tmp, w->att, &L->wo, n, 0));
+    OP(lora_add(m, li, TSR_LORA_O, w->tmp, w->att, n)); /* a partial sum, as the matmul's */
     OP(allreduce(m, w->tmp, (size_t)n * C));
     OP(I->add(be, w->x, w->tmp, n, C));
 
     OP(I->rmsnorm(be, w->h, w->x, L->ffn_norm, n, C, c->rms_eps));
     OP(I->matmul(be, w->gate, w->h, &L->w_gate, n, 0));
     OP(I->matmul(be, w->up, w->h, &L->w_up, n, 0));
+    OP(lora_add(m, li, TSR_LORA_GATE, w->gate, w->h, n));
+    OP(lora_add(m, li, TSR_LORA_UP, w->up, w->h, n));
     OP(I->swiglu(be, w->gate, w->gate, w->up, n, m->slice.n_ff));
     OP(I->matmul(be, w->tmp, w->gate, &L->w_down, n, 0));
+    OP(lora_add(m, li, TSR_LORA_DOWN, w->tmp, w->gate, n)); /* a partial sum */
     OP(allreduce(m, w->tmp, (size_t)n * C));
     OP(I->add(be, w->x, w->tmp, n, C));
     return TSR_OK;
@@ -324,8 +357,10 @@ static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
  * the GPU, set the pace. Where the backend can record graphs, a forward whose
  * shape repeats is recorded the second time it is seen and replayed from then
  * on. The key is everything a recording bakes in: the token count, the KV
- * cache and the workspace generation (the buffer addresses; positions, slots
- * and block tables are read from device memory, so their values may change). Only steps that need no collective inside the forward (one TP
+ * cache, the workspace generation (the buffer addresses; positions, slots
+ * and block tables are read from device memory, so their values may change)
+ * and the adapter generation (tsr_model_set_lora: its A/B addresses and
+ * which launches there are). Only steps that need no collective inside the forward (one TP
  * rank) and whose output rows are the whole batch in order (decode steps)
  * qualify; metadata is copied to the device before the replay. */
 
@@ -362,7 +397,8 @@ static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
             return TSR_OK;
     for (int i = 0; i < TSR_FWD_GRAPHS; i++) {
         tsr_fwd_graph *g = &m->graphs[i];
-        if (g->n_tokens == b->n_tokens && g->kv == kv && g->ws_gen == m->ws_gen) {
+        if (g->n_tokens == b->n_tokens && g->kv == kv && g->ws_gen == m->ws_gen &&
+            g->lora_gen == m->lora_gen) {
             *out = g;
             return TSR_OK;
         }
@@ -374,6 +410,7 @@ static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
     g->n_tokens = b->n_tokens;
     g->kv = kv;
     g->ws_gen = m->ws_gen;
+    g->lora_gen = m->lora_gen;
     return TSR_OK;
 }
 
@@ -519,4 +556,72 @@ tsr_status tsr_model_forward_greedy(tsr_model *m, tsr_kv_cache *kv, const tsr_ba
     if (m->last_stage && b->n_out > 0 && (!best_val || !best_idx))
         return tsr_error_set(TSR_ERR_INVALID, "forward: no buffers for the greedy picks");
     return forward(m, kv, b, hidden_in, hidden_out, NULL, best_val, best_idx);
+}
+
+/* ---- LoRA ---- */
+
+/* The slice of the weight (layer, t) this rank holds, as [in_begin, +n_in)
+ * columns and [out_begin, +n_out) rows of the full (d_out, d_in). */
+static void target_slice(const tsr_model *m, tsr_lora_target t, int *in_begin, int *n_in,
+                         int *out_begin, int *n_out) {
+    const tsr_model_config *c = &m->cfg;
+    const tsr_model_slice *s = &m->slice;
+    const int hd = c->head_dim, C = c->n_embd;
+    *in_begin = 0;
+    *n_in = C;
+    *out_begin = 0;
+    *n_out = C;
+    switch (t) {
+    case TSR_LORA_Q: *out_begin = s->head_begin * hd; *n_out = s->n_head * hd; break;
+    case TSR_LORA_K:
+    case TSR_LORA_V: *out_begin = s->kv_head_begin * hd; *n_out = s->n_kv_head * hd; break;
+    case TSR_LORA_O: *in_begin = s->head_begin * hd; *n_in = s->n_head * hd; break;
+    case TSR_LORA_GATE:
+    case TSR_LORA_UP: *out_begin = s->ff_begin; *n_out = s->n_ff; break;
+    case TSR_LORA_DOWN: *in_begin = s->ff_begin; *n_in = s->n_ff; break;
+    default: break;
+    }
+}
+
+tsr_status tsr_model_set_lora(tsr_model *m, const tsr_lora_adapter *a) {
+    graphs_clear(m); /* recorded graphs launch the old adapter's kernels (or none) */
+    m->lora_gen++;
+    m->lora = NULL;
+    if (!a)
+        return TSR_OK;
+    const tsr_model_config *c = &m->cfg, *ac = &a->mcfg;
+    const int nl = m->slice.layer_end - m->slice.layer_begin;
+    if (a->be != m->be)
+        return tsr_error_set(TSR_ERR_INVALID, "LoRA adapter: made for another backend than the model's");
+    if (ac->n_layer != c->n_layer || ac->n_embd != c->n_embd || ac->n_head != c->n_head ||
+        ac->n_head_kv != c->n_head_kv || ac->head_dim != c->head_dim || ac->n_ff != c->n_ff)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "LoRA adapter: made for another model (%d layers, n_embd %d, n_ff %d; "
+                             "this model has %d, %d, %d)",
+                             ac->n_layer, ac->n_embd, ac->n_ff, c->n_layer, c->n_embd, c->n_ff);
+    if (a->layer_begin != m->slice.layer_begin || a->n_layers != nl)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "LoRA adapter: holds layers %d..%d, this shard %d..%d", a->layer_begin,
+                             a->layer_begin + a->n_layers - 1, m->slice.layer_begin,
+                             m->slice.layer_end - 1);
+    if (a->cfg.rank < 1 || !(isfinite(a->scale)))
+        return tsr_error_set(TSR_ERR_INVALID, "LoRA adapter: bad rank %d or scale", a->cfg.rank);
+    for (int li = 0; li < nl; li++)
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
+            const tsr_lora_matrix *lm = &a->mats[(size_t)li * TSR_LORA_N_TARGETS + t];
+            if (!lm->present)
+                continue;
+            int ib, ni, ob, no;
+            target_slice(m, (tsr_lora_target)t, &ib, &ni, &ob, &no);
+            if (lm->layer != m->slice.layer_begin + li || lm->in_begin != ib || lm->n_in != ni ||
+                lm->out_begin != ob || lm->n_out != no || !lm->A || !lm->B)
+                return tsr_error_set(TSR_ERR_INVALID,
+                                     "LoRA adapter: layer %d %s holds inputs %d+%d, outputs %d+%d; "
+                                     "this shard has %d+%d, %d+%d",
+                                     lm->layer, tsr_lora_target_name((tsr_lora_target)t),
+                                     lm->in_begin, lm->n_in, lm->out_begin, lm->n_out, ib, ni, ob,
+                                     no);
+        }
+    m->lora = a;
+    return TSR_OK;
 }

@@ -19,6 +19,7 @@
 
 #include "kernels/backend.h"
 #include "runtime/kv_cache.h"
+#include "runtime/lora.h"
 #include "shard/model_file.h"
 #include "shard/plan.h"
 
@@ -56,6 +57,7 @@ typedef struct {
     int n_tokens;           /* 0: free entry */
     const void *kv;         /* the KV cache it writes */
     unsigned ws_gen;        /* the workspace generation (buffer addresses) */
+    unsigned lora_gen;      /* the adapter generation (tsr_model_set_lora) */
     void *graph;            /* NULL: seen once, not recorded yet */
 } tsr_fwd_graph;
 
@@ -78,6 +80,11 @@ typedef struct {
     unsigned ws_gen;        /* bumped whenever a workspace buffer moves */
     tsr_fwd_graph graphs[TSR_FWD_GRAPHS];
     int next_graph;
+    /* LoRA at inference (tsr_model_set_lora): NULL = none. Not owned. */
+    const tsr_lora_adapter *lora;
+    unsigned lora_gen;      /* bumped by every tsr_model_set_lora (part of the graph key) */
+    float *lora_xa;         /* device f32 scratch (ws.max_tokens, r) for x A^T */
+    size_t lora_xa_cap;     /* floats */
 } tsr_model;
 
 /* A batch: token i of sequence seq[i] at position pos[i]. Host arrays. */
@@ -94,7 +101,20 @@ typedef struct {
 tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_model_slice *slice,
                           int first_stage, int last_stage, tsr_backend *be,
                           const tsr_model_comm *comm);
-void tsr_model_free(tsr_model *m); /* NULL ok */
+void tsr_model_free(tsr_model *m); /* NULL ok; does not free the adapter */
+
+/* Applies a LoRA adapter in every later forward: after each targeted
+ * projection's matmul of this rank's layers, y += scale * (x A^T) B^T with
+ * this rank's pieces (column-parallel q, k, v, gate, up: A whole, B this
+ * rank's output rows; row-parallel o, down: A this rank's input columns, B
+ * whole, added before the TP all-reduce like the base matmul's partial sum).
+ * The embedding and the LM head are never adapted. NULL removes it. The
+ * adapter must cover exactly this model's slice (its shard's layers, heads,
+ * KV heads and FFN columns) on the same backend: TSR_ERR_INVALID otherwise,
+ * and the model is left without an adapter. The adapter is not owned and
+ * must outlive its use (or be unset first). Recorded CUDA graphs are
+ * dropped. */
+tsr_status tsr_model_set_lora(tsr_model *m, const tsr_lora_adapter *a);
 
 /* Runs the batch through this rank's layers.
  * hidden_in: (n_tokens, C) activations on the device from the previous

@@ -2,6 +2,7 @@
  * perplexity, on one rank or on a tp x pp grid under mpirun.
  *
  *   [mpirun -np N] tessera generate --model M (--prompt T | --chat T) [--tp T --pp P]
+ *                  [--adapter DIR]   (also perplexity and serve: a PEFT LoRA adapter)
  *   tessera tokenize --model M (--text TEXT | --file F)
  *   [mpirun -np N] tessera perplexity --model M --file F [--ctx N] [--tp T --pp P]
  *   [mpirun -np N] tessera serve --model M [--port P] [--tp T --pp P]
@@ -47,6 +48,7 @@
 
 typedef struct {
     const char *model;
+    const char *adapter; /* --adapter DIR: a PEFT LoRA adapter (generate, perplexity, serve) */
     const char *prompt, *chat, *system, *text, *file;
     int max_tokens, min_tokens, ctx, threads, n_batch, verbose, ignore_eos, raw_ids;
     int have_ctx;
@@ -87,6 +89,8 @@ typedef struct {
     tsr_metrics *metrics;            /* serve, rank 0, --metrics-port: owned by cmd_serve */
     tsr_metrics_http_t *metrics_http;
     tsr_lm lm;
+    tsr_lora_adapter lora; /* --adapter: this rank's pieces, set on the engine's model */
+    int lora_ready;
 } session;
 
 /* This process's rank and world size, known from MPI init on. Written once
@@ -151,6 +155,9 @@ static void usage(FILE *f) {
           "  --tp T  --pp P        tensor / pipeline parallel degrees (tp*pp = ranks)\n"
           "  --pp-layers A,B,...   layers per pipeline stage (default: even)\n"
           "  --threads N           CPU threads (default: all cores)\n"
+          "  --adapter DIR         apply a PEFT LoRA adapter directory (adapter_config.json +\n"
+          "                        adapter_model.safetensors, as `tessera train` writes it)\n"
+          "                        in generate, perplexity and serve\n"
           "device (generate, perplexity, serve):\n"
           "  --device cpu|cuda     where the shard runs (default cpu)\n"
           "  --comm mpi|nccl       activations between ranks: mpi (default; GPUs go through\n"
@@ -215,7 +222,7 @@ enum {
     OPT_TLS_KEY, OPT_MAX_SEQS, OPT_KV_POS, OPT_MAX_BATCH, OPT_QUEUE, OPT_GRACE, OPT_LOG_PROMPTS,
     OPT_METRICS_PORT, OPT_DEVICE, OPT_COMM, OPT_ACT_DTYPE, OPT_WEIGHT_DTYPE, OPT_GPU,
     OPT_DATA, OPT_OUT, OPT_STEPS, OPT_EPOCHS, OPT_LR, OPT_BATCH_SIZE, OPT_RANK, OPT_ALPHA,
-    OPT_TARGETS, OPT_MAX_GRAD_NORM, OPT_WEIGHT_DECAY,
+    OPT_TARGETS, OPT_MAX_GRAD_NORM, OPT_WEIGHT_DECAY, OPT_ADAPTER,
 };
 
 static int parse_layers(const char *s, options *o) {
@@ -294,6 +301,7 @@ static int parse_options(int argc, char **argv, options *o) {
         {"targets", required_argument, 0, OPT_TARGETS},
         {"max-grad-norm", required_argument, 0, OPT_MAX_GRAD_NORM},
         {"weight-decay", required_argument, 0, OPT_WEIGHT_DECAY},
+        {"adapter", required_argument, 0, OPT_ADAPTER},
         {0, 0, 0, 0},
     };
     tsr_sampling_params sp = TSR_SAMPLING_PARAMS_INIT;
@@ -324,6 +332,7 @@ static int parse_options(int argc, char **argv, options *o) {
         int r = 0;
         switch (c) {
         case OPT_MODEL: o->model = optarg; break;
+        case OPT_ADAPTER: o->adapter = optarg; break;
         case OPT_PROMPT: o->prompt = optarg; break;
         case OPT_CHAT: o->chat = optarg; break;
         case OPT_SYSTEM: o->system = optarg; break;
@@ -470,6 +479,10 @@ static int parse_options(int argc, char **argv, options *o) {
         PERR("tessera: --data, --out, --steps and --epochs belong to `tessera train`\n");
         return -1;
     }
+    if (o->adapter && (train || !strcmp(argv[1], "tokenize"))) {
+        PERR("tessera: --adapter belongs to generate, perplexity and serve\n");
+        return -1;
+    }
     if (train) {
         unsigned mask;
         if (!o->data || !o->out) {
@@ -574,6 +587,17 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The adapter goes before the engine: its buffers live on the engine's
+ * backend, which tsr_engine_free destroys. */
+static void session_drop_adapter(session *s) {
+    if (!s->lora_ready)
+        return;
+    if (s->engine.model_loaded)
+        tsr_model_set_lora(&s->engine.model, NULL);
+    tsr_lora_adapter_free(&s->lora);
+    s->lora_ready = 0;
+}
+
 static void session_free(session *s) {
     tsr_grpc_server_shutdown(s->server);
     s->server = NULL;
@@ -582,8 +606,10 @@ static void session_free(session *s) {
     if (s->engine_ready) {
         if (g_rank == 0)
             tsr_engine_stop(&s->engine);
+        session_drop_adapter(s);
         tsr_engine_free(&s->engine);
     }
+    session_drop_adapter(s);
     tsr_tokenizer_free(s->tok);
     tsr_model_file_close(s->mf);
 }
@@ -694,6 +720,77 @@ static tsr_status load_tokenizer(session *s) {
     return tsr_tokenizer_from_json(tj, f ? tc : NULL, &s->tok);
 }
 
+/* PEFT's target order is TSR_LORA_*'s: the bit masks are the same. */
+_Static_assert(TSR_PEFT_Q == (int)TSR_LORA_Q && TSR_PEFT_K == (int)TSR_LORA_K &&
+                   TSR_PEFT_V == (int)TSR_LORA_V && TSR_PEFT_O == (int)TSR_LORA_O &&
+                   TSR_PEFT_GATE == (int)TSR_LORA_GATE && TSR_PEFT_UP == (int)TSR_LORA_UP &&
+                   TSR_PEFT_DOWN == (int)TSR_LORA_DOWN &&
+                   TSR_PEFT_N_TARGETS == (int)TSR_LORA_N_TARGETS,
+               "PEFT and LoRA target orders differ");
+
+/* --adapter on this rank: reads the whole PEFT directory (every rank reads
+ * the same files; they are small next to the model), checks it against the
+ * model (tsr_peft_load: rank, targets, shapes), keeps this rank's pieces of
+ * each matrix in an adapter on the engine's backend and sets it on the
+ * engine's model. Dropout is a training-time setting and is ignored. */
+static tsr_status load_adapter(session *s, const options *o) {
+    const tsr_model_config *mc = &s->engine.mcfg;
+    tsr_peft_adapter pa = {0};
+    float *piece = NULL;
+    tsr_status st = tsr_peft_load(o->adapter, mc, &pa);
+    if (st != TSR_OK)
+        return tsr_error_wrap(st, "--adapter");
+    tsr_lora_config lc = TSR_LORA_CONFIG_INIT;
+    lc.rank = pa.r;
+    lc.alpha = pa.alpha;
+    lc.use_rslora = pa.use_rslora;
+    lc.targets = pa.targets;
+    lc.dropout = 0.0f; /* inference: no dropout */
+    tsr_lora_shard shard;
+    st = tsr_lora_shard_of(&s->engine.plan, s->grid->tp_rank, s->grid->pp_rank, &shard);
+    if (st == TSR_OK) {
+        st = tsr_lora_adapter_init(&s->lora, &lc, mc, &shard, s->engine.be);
+        if (st != TSR_OK)
+            st = tsr_error_wrap(st, "--adapter");
+    }
+    s->lora_ready = st == TSR_OK;
+    const int r = pa.r;
+    for (int l = shard.slice.layer_begin; st == TSR_OK && l < shard.slice.layer_end; l++)
+        for (int t = 0; st == TSR_OK && t < TSR_LORA_N_TARGETS; t++) {
+            const tsr_lora_matrix *m = tsr_lora_matrix_of_c(&s->lora, l, (tsr_lora_target)t);
+            if (!m)
+                continue;
+            const float *A = pa.A[TSR_PEFT_IDX(l, t)], *B = pa.B[TSR_PEFT_IDX(l, t)];
+            size_t na = (size_t)r * m->n_in;
+            float *p = realloc(piece, (na > (size_t)m->n_out * r ? na : (size_t)m->n_out * r) *
+                                          sizeof *piece);
+            if (!p) {
+                st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+                break;
+            }
+            piece = p;
+            /* A (r, d_in): this rank's columns [in_begin, +n_in) of each row */
+            for (int i = 0; i < r; i++)
+                memcpy(piece + (size_t)i * m->n_in, A + (size_t)i * m->d_in + m->in_begin,
+                       (size_t)m->n_in * sizeof *piece);
+            st = tsr_lora_set(&s->lora, l, (tsr_lora_target)t, TSR_LORA_A, piece);
+            /* B (d_out, r): this rank's rows [out_begin, +n_out), contiguous */
+            if (st == TSR_OK)
+                st = tsr_lora_set(&s->lora, l, (tsr_lora_target)t, TSR_LORA_B,
+                                  B + (size_t)m->out_begin * r);
+        }
+    free(piece);
+    tsr_peft_free(&pa);
+    if (st == TSR_OK)
+        st = tsr_backend_sync(s->engine.be);
+    if (st == TSR_OK)
+        st = tsr_model_set_lora(&s->engine.model, &s->lora);
+    if (st == TSR_OK)
+        TSR_LOG_I("adapter %s: r %d, scale %g, targets 0x%x", o->adapter, s->lora.cfg.rank,
+                  (double)s->lora.scale, s->lora.cfg.targets);
+    return st;
+}
+
 /* Opens the model (every rank) and the tokenizer (rank 0); with ctx != 0 also
  * builds the engine: each rank loads only its shard and a one-sequence KV
  * cache of ctx positions (-1: the model's context, at most 4096).
@@ -756,6 +853,22 @@ static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o
         return st;
     }
     s->engine_ready = 1;
+    if (o->adapter) {
+        /* every rank loads its pieces; all learn whether all could. On a
+         * failure no step was ever broadcast: the engine is freed without
+         * the stop message (which the peers would never read). */
+        st = load_adapter(s, o);
+        all = tsr_comm_agree(grid->world, st);
+        if (all != TSR_OK) {
+            session_drop_adapter(s);
+            s->engine_ready = 0;
+            tsr_engine_free(&s->engine);
+            if (st != TSR_OK)
+                return st;
+            s->peer_failed = 1;
+            return tsr_error_set(all, "another rank could not load the adapter (see its message)");
+        }
+    }
     tsr_engine_lm(&s->engine, &s->lm);
     const tsr_model_config *c = tsr_model_file_config(s->mf);
     const tsr_model_slice *sl = &s->engine.slice;
@@ -794,6 +907,7 @@ static int run_worker(session *s) {
         tsr_comm_abort(s->grid, 1, "engine step failed");
     }
     s->engine_ready = 0; /* stopped by rank 0: nothing to tell it */
+    session_drop_adapter(s);
     tsr_engine_free(&s->engine);
     session_free(s);
     return 0;
@@ -1031,6 +1145,7 @@ static int cmd_perplexity(tsr_comm_grid *grid, const options *o) {
     printf("\n");
     PERR("tessera: %ld tokens scored in %.2f s (%.1f tok/s); PPL uncertainty +/- %.5f\n",
             count, now_s() - t0, n_chunks * ctx / (now_s() - t0), ppl * err);
+    PERR("tessera: mean NLL %.9f over %ld tokens\n", mean, count);
     printf("Final estimate: PPL = %.4f\n", ppl);
 cleanup:
     free(ids);

@@ -2,7 +2,10 @@
  * and writes the logits of every position as raw little-endian f32 (T, V),
  * for comparison with the NumPy reference.
  *
- *   dump_logits MODEL OUT.f32 MODE ID [ID ...]
+ *   dump_logits [--adapter DIR] MODEL OUT.f32 MODE ID [ID ...]
+ *
+ * --adapter DIR applies a PEFT LoRA adapter directory (runtime/peft.h) with
+ * tsr_model_set_lora.
  *
  * MODE: "prefill" (one batch), "decode" (one token per step) or "chunk:N"
  * (prefill in chunks of N). All modes must give the same logits. */
@@ -11,13 +14,46 @@
 #include <string.h>
 
 #include "runtime/model.h"
+#include "runtime/peft.h"
 
 static int die(const char *what) {
     fprintf(stderr, "dump_logits: %s: %s\n", what, tsr_error_msg());
     return 1;
 }
 
+/* The whole adapter `dir` on the one rank's model. */
+static int set_adapter(tsr_model *m, const char *dir, tsr_lora_adapter *ad) {
+    tsr_peft_adapter pa = {0};
+    if (tsr_peft_load(dir, &m->cfg, &pa) != TSR_OK)
+        return die("adapter");
+    tsr_lora_config lc = TSR_LORA_CONFIG_INIT;
+    lc.rank = pa.r;
+    lc.alpha = pa.alpha;
+    lc.use_rslora = pa.use_rslora;
+    lc.targets = pa.targets;
+    tsr_lora_shard sh = tsr_lora_shard_single(&m->cfg);
+    if (tsr_lora_adapter_init(ad, &lc, &m->cfg, &sh, m->be) != TSR_OK)
+        return die("adapter init");
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++)
+            if (pa.targets & (1u << t)) {
+                if (tsr_lora_set(ad, l, (tsr_lora_target)t, TSR_LORA_A, pa.A[TSR_PEFT_IDX(l, t)]) != TSR_OK ||
+                    tsr_lora_set(ad, l, (tsr_lora_target)t, TSR_LORA_B, pa.B[TSR_PEFT_IDX(l, t)]) != TSR_OK)
+                    return die("adapter set");
+            }
+    tsr_peft_free(&pa);
+    if (tsr_model_set_lora(m, ad) != TSR_OK)
+        return die("set_lora");
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    const char *adapter = NULL;
+    if (argc > 2 && !strcmp(argv[1], "--adapter")) {
+        adapter = argv[2];
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 5) {
         fprintf(stderr, "usage: dump_logits MODEL OUT.f32 prefill|decode|chunk:N ID...\n");
         return 2;
@@ -45,6 +81,9 @@ int main(int argc, char **argv) {
     tsr_model_slice sl = tsr_model_slice_full(c);
     if (tsr_backend_cpu_create(0, &be) != TSR_OK || tsr_model_load(&m, mf, &sl, 1, 1, be, NULL) != TSR_OK)
         return die("load");
+    tsr_lora_adapter ad = {0};
+    if (adapter && set_adapter(&m, adapter, &ad))
+        return 1;
     int bs = 16, ctx = (n + bs - 1) / bs * bs;
     if (tsr_kv_cache_init(&kv, be, c->n_layer, c->n_head_kv * c->head_dim, bs, ctx / bs, 1, ctx) != TSR_OK ||
         tsr_kv_cache_reserve(&kv, 0, n) != TSR_OK)
@@ -70,6 +109,8 @@ int main(int argc, char **argv) {
     free(rows);
     free(ids);
     tsr_kv_cache_free(&kv);
+    tsr_model_set_lora(&m, NULL);
+    tsr_lora_adapter_free(&ad);
     tsr_model_free(&m);
     tsr_backend_destroy(be);
     tsr_model_file_close(mf);
