@@ -42,6 +42,7 @@
 #include "runtime/peft.h"
 #include "runtime/tokenizer/chat.h"
 #include "runtime/train.h"
+#include "runtime/train_comm.h"
 #include "runtime/train_data.h"
 
 #define MAX_STOP 16
@@ -1253,68 +1254,6 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
  * model (no engine, no KV cache) and runs the same batches; the adapter is
  * gathered whole to rank 0 and saved as a PEFT directory. */
 
-/* The collectives training needs, over the TP group (= the world: pp = 1),
- * staged through host memory when the backend's buffers are on a device. */
-typedef struct {
-    tsr_comm_grid *grid;
-    tsr_backend *be;
-    void *stage;
-    size_t cap;
-} train_hooks;
-
-static tsr_status th_reduce(train_hooks *h, void *buf, size_t count, int dtype, size_t esize,
-                            tsr_comm_op op) {
-    if (h->be->iface->host_memory)
-        return tsr_comm_allreduce(h->grid->tp_group, buf, buf, count, dtype, op);
-    size_t bytes = count * esize;
-    if (bytes > h->cap) {
-        void *p = realloc(h->stage, bytes);
-        if (!p)
-            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-        h->stage = p;
-        h->cap = bytes;
-    }
-    TSR_TRY(h->be->iface->to_host(h->be, h->stage, buf, bytes));
-    TSR_TRY(tsr_comm_allreduce(h->grid->tp_group, h->stage, h->stage, count, dtype, op));
-    TSR_TRY(h->be->iface->to_device(h->be, buf, h->stage, bytes));
-    return tsr_backend_sync(h->be);
-}
-
-static tsr_status th_act_sum(void *ctx, void *buf, size_t count) {
-    train_hooks *h = ctx;
-    return th_reduce(h, buf, count, h->be->iface->act_dtype, tsr_backend_act_size(h->be),
-                     TSR_COMM_SUM);
-}
-
-static tsr_status th_f32_sum(void *ctx, float *buf, size_t count) {
-    return th_reduce(ctx, buf, count, TSR_F32, sizeof(float), TSR_COMM_SUM);
-}
-
-static tsr_status th_f32_max(void *ctx, float *buf, size_t count) {
-    return th_reduce(ctx, buf, count, TSR_F32, sizeof(float), TSR_COMM_MAX);
-}
-
-/* Doubles summed over the world in rank order on every rank (an all-gather
- * of their bytes), so every rank gets the same bits. */
-static tsr_status th_world_sum(void *ctx, double *buf, size_t count) {
-    train_hooks *h = ctx;
-    int n = h->grid->world_size;
-    double *all = malloc((size_t)n * count * sizeof *all);
-    if (!all)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-    tsr_status st = tsr_comm_allgather(h->grid->world, buf, all, count * 2, TSR_COMM_I32);
-    if (st == TSR_OK) {
-        for (size_t i = 0; i < count; i++) {
-            double s = 0;
-            for (int r = 0; r < n; r++)
-                s += all[(size_t)r * count + i];
-            buf[i] = s;
-        }
-    }
-    free(all);
-    return st;
-}
-
 /* After a phase every rank ran on its own: all ranks learn whether all
  * succeeded. 0 when they did; otherwise the exit status (the failing rank
  * reports; the others stay quiet). */
@@ -1457,7 +1396,8 @@ static int cmd_train(tsr_comm_grid *grid, const options *o) {
     tsr_model m;
     tsr_trainer tr;
     tsr_lora_adapter ad;
-    train_hooks h = {grid, NULL, NULL, 0};
+    tsr_train_mpi h;
+    tsr_train_mpi_init(&h, grid, NULL);
     tsr_peft_adapter pa = {0};
     int *perm = NULL;
     int32_t *bstart = NULL;
@@ -1531,15 +1471,13 @@ static int cmd_train(tsr_comm_grid *grid, const options *o) {
     }
     h.be = be;
     if (st == TSR_OK) {
-        tsr_model_comm mcomm = {&h, grid->tp > 1 ? th_act_sum : NULL};
+        tsr_model_comm mcomm = tsr_train_mpi_model_comm(&h);
         st = tsr_model_load(&m, s.mf, &shard.slice, 1, 1, be, &mcomm);
         model_loaded = st == TSR_OK;
         tsr_model_file_drop_pages(s.mf);
     }
     if (st == TSR_OK) {
-        tsr_train_comm tcomm = {&h, grid->tp > 1 ? th_f32_sum : NULL,
-                                grid->tp > 1 ? th_f32_max : NULL,
-                                g_world > 1 ? th_world_sum : NULL};
+        tsr_train_comm tcomm = tsr_train_mpi_comm(&h);
         st = tsr_trainer_init(&tr, &m, &tcomm, NULL);
         trainer_ready = st == TSR_OK;
     }
@@ -1697,7 +1635,7 @@ cleanup:
         tsr_model_free(&m);
     if (be)
         tsr_backend_destroy(be);
-    free(h.stage);
+    tsr_train_mpi_free(&h);
     if (have_plan)
         tsr_shard_plan_free(&plan);
     tsr_train_data_free(&data);
