@@ -7,6 +7,7 @@
  *   [mpirun -np N] tessera perplexity --model M --file F [--ctx N] [--tp T --pp P]
  *   [mpirun -np N] tessera serve --model M [--port P] [--tp T --pp P]
  *   [mpirun -np N] tessera train --model M --data F.jsonl --out DIR [--steps N] [--tp T]
+ *   tessera merge-lora --model M --adapter DIR --out OUTDIR [--dtype f32|bf16]
  *
  * generate, perplexity, serve and train run on the CPU or on CUDA GPUs (--device,
  * --act-dtype, --gpu), with activations between ranks over MPI (through host
@@ -39,6 +40,7 @@
 #include "runtime/server/metrics.h"
 #include "runtime/server/scheduler.h"
 #include "runtime/lora.h"
+#include "runtime/merge.h"
 #include "runtime/peft.h"
 #include "runtime/tokenizer/chat.h"
 #include "runtime/train.h"
@@ -150,6 +152,8 @@ static void usage(FILE *f) {
           "  perplexity  --file F [--ctx N]       (llama.cpp-compatible chunked perplexity)\n"
           "  serve       [--host H] [--port P]    (gRPC server on rank 0; see docs/serving.md)\n"
           "  train       --data F.jsonl --out DIR (LoRA training; tessera train --help)\n"
+          "  merge-lora  --adapter DIR --out OUTDIR [--dtype f32|bf16]  (base + adapter as a\n"
+          "              Hugging Face directory; tessera merge-lora --help)\n"
           "\n"
           "model:\n"
           "  --model PATH          a .gguf file or a Hugging Face directory\n"
@@ -1643,12 +1647,111 @@ cleanup:
     return rc;
 }
 
+/* ---- merge-lora ---------------------------------------------------------- */
+
+static void merge_usage(FILE *f) {
+    fputs("usage: tessera merge-lora --model M --adapter DIR --out OUTDIR [--dtype f32|bf16]\n"
+          "\n"
+          "Folds the PEFT LoRA adapter DIR into the weights of M (a .gguf file or a Hugging\n"
+          "Face directory) and writes OUTDIR, a Hugging Face directory (config.json,\n"
+          "model.safetensors, tokenizer files) that `tessera generate --model OUTDIR` runs\n"
+          "like `--model M --adapter DIR`. Each adapted weight becomes W + scaling * B A.\n"
+          "OUTDIR must not exist (or be empty); it appears complete or not at all.\n"
+          "\n"
+          "  --dtype f32|bf16   weight type in model.safetensors (default f32)\n"
+          "\n"
+          "One process (no mpirun). Exit status: 0 written; 1 a failure; 2 bad usage.\n",
+          f);
+}
+
+/* Runs before MPI is set up: the merge is a single-process file conversion.
+ * Under mpirun with more than one rank it refuses (every rank exits 2). */
+static int cmd_merge_lora(int argc, char **argv) {
+    static const struct option lo[] = {{"model", required_argument, 0, 'm'},
+                                       {"adapter", required_argument, 0, 'a'},
+                                       {"out", required_argument, 0, 'o'},
+                                       {"dtype", required_argument, 0, 'd'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+    const char *model = NULL, *adapter = NULL, *out = NULL;
+    tsr_merge_dtype dtype = TSR_MERGE_F32;
+    optind = 2;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":", lo, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'a': adapter = optarg; break;
+        case 'o': out = optarg; break;
+        case 'd':
+            if (!strcmp(optarg, "f32"))
+                dtype = TSR_MERGE_F32;
+            else if (!strcmp(optarg, "bf16"))
+                dtype = TSR_MERGE_BF16;
+            else {
+                fprintf(stderr, "tessera merge-lora: --dtype must be f32 or bf16, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'h': merge_usage(stdout); return 0;
+        case ':':
+            fprintf(stderr, "tessera merge-lora: %s needs a value\n", argv[optind - 1]);
+            merge_usage(stderr);
+            return 2;
+        default:
+            fprintf(stderr, "tessera merge-lora: unknown option '%s'\n", argv[optind - 1]);
+            merge_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tessera merge-lora: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!model || !adapter || !out) {
+        fprintf(stderr, "tessera merge-lora: --model, --adapter and --out are required\n");
+        merge_usage(stderr);
+        return 2;
+    }
+    /* mpirun sets one of these in every rank it starts. */
+    static const char *const size_vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE",
+                                            "MPI_LOCALNRANKS", NULL};
+    for (const char *const *v = size_vars; *v; v++) {
+        const char *e = getenv(*v);
+        if (e && atoi(e) > 1) {
+            const char *r = getenv("OMPI_COMM_WORLD_RANK");
+            if (!r || atoi(r) == 0)
+                fprintf(stderr, "tessera merge-lora: runs as one process; do not start it "
+                                "under mpirun with more than one rank (%s=%s)\n",
+                        *v, e);
+            return 2;
+        }
+    }
+    tsr_log_init(TSR_LOG_WARN, 0, 1);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    tsr_status st = tsr_merge_lora(model, adapter, out, dtype);
+    if (st != TSR_OK) {
+        fprintf(stderr, "tessera merge-lora: error: %s\n",
+                tsr_error_msg()[0] ? tsr_error_msg() : tsr_status_str(st));
+        return st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    fprintf(stderr, "tessera merge-lora: wrote %s (%s) in %.1f s\n", out,
+            dtype == TSR_MERGE_BF16 ? "bf16" : "f32",
+            (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "merge-lora"))
+        return cmd_merge_lora(argc, argv);
     if (strcmp(cmd, "generate") && strcmp(cmd, "tokenize") && strcmp(cmd, "perplexity") &&
         strcmp(cmd, "serve") && strcmp(cmd, "train")) {
         PERR("tessera: unknown command '%s'\n", cmd);
