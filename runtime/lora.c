@@ -208,9 +208,9 @@ static tsr_status check_shard(const tsr_model_config *c, const tsr_lora_shard *s
     return TSR_OK;
 }
 
-tsr_status tsr_lora_adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
-                                 const tsr_model_config *mc, const tsr_lora_shard *shard,
-                                 tsr_backend *be) {
+static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
+                               const tsr_model_config *mc, const tsr_lora_shard *shard,
+                               tsr_backend *be, int with_state) {
     memset(a, 0, sizeof *a);
     TSR_TRY(tsr_lora_config_check(cfg));
     TSR_TRY(check_shard(mc, shard));
@@ -263,14 +263,18 @@ tsr_status tsr_lora_adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg
     a->n_params = region_n[0] + region_n[1] + region_n[2];
     const size_t bytes = (a->n_params ? a->n_params : 1) * sizeof(float);
     TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "LoRA parameters", (void **)&a->param));
-    TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "LoRA gradients", (void **)&a->grad));
-    TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "LoRA AdamW state", (void **)&a->m));
-    TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "LoRA AdamW state", (void **)&a->v));
+    if (with_state) {
+        TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "LoRA gradients", (void **)&a->grad));
+        TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "LoRA AdamW state", (void **)&a->m));
+        TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "LoRA AdamW state", (void **)&a->v));
+    }
     for (size_t i = 0; i < nm; i++) {
         tsr_lora_matrix *m = &a->mats[i];
         if (!m->present)
             continue;
         m->A = a->param + m->a_off, m->B = a->param + m->b_off;
+        if (!with_state)
+            continue; /* frozen: no gradients or moments */
         m->dA = a->grad + m->a_off, m->dB = a->grad + m->b_off;
         m->mA = a->m + m->a_off, m->mB = a->m + m->b_off;
         m->vA = a->v + m->a_off, m->vB = a->v + m->b_off;
@@ -302,9 +306,11 @@ tsr_status tsr_lora_adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg
     TSR_CHECK_GOTO(st, be->iface->to_device(be, a->param, host, a->n_params * sizeof *host));
     /* to_device may read `host` until the stream reaches the copy */
     TSR_CHECK_GOTO(st, tsr_backend_sync(be));
-    TSR_CHECK_GOTO(st, tsr_lora_fill_zero(be, a->grad, a->n_params * sizeof(float)));
-    TSR_CHECK_GOTO(st, tsr_lora_fill_zero(be, a->m, a->n_params * sizeof(float)));
-    TSR_CHECK_GOTO(st, tsr_lora_fill_zero(be, a->v, a->n_params * sizeof(float)));
+    if (with_state) {
+        TSR_CHECK_GOTO(st, tsr_lora_fill_zero(be, a->grad, a->n_params * sizeof(float)));
+        TSR_CHECK_GOTO(st, tsr_lora_fill_zero(be, a->m, a->n_params * sizeof(float)));
+        TSR_CHECK_GOTO(st, tsr_lora_fill_zero(be, a->v, a->n_params * sizeof(float)));
+    }
     free(host);
     free(draw);
     return TSR_OK;
@@ -313,6 +319,18 @@ cleanup:
     free(draw);
     tsr_lora_adapter_free(a);
     return st;
+}
+
+tsr_status tsr_lora_adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
+                                 const tsr_model_config *mc, const tsr_lora_shard *shard,
+                                 tsr_backend *be) {
+    return adapter_init(a, cfg, mc, shard, be, 1);
+}
+
+tsr_status tsr_lora_adapter_init_frozen(tsr_lora_adapter *a, const tsr_lora_config *cfg,
+                                        const tsr_model_config *mc, const tsr_lora_shard *shard,
+                                        tsr_backend *be) {
+    return adapter_init(a, cfg, mc, shard, be, 0);
 }
 
 void tsr_lora_adapter_free(tsr_lora_adapter *a) {
@@ -370,7 +388,9 @@ static tsr_status find(const tsr_lora_adapter *a, int layer, tsr_lora_target t,
                              layer, tsr_lora_target_name(t));
     *p = buf_of(*m, which);
     if (!*p)
-        return tsr_error_set(TSR_ERR_INVALID, "LoRA: unknown buffer %d", (int)which);
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "LoRA: buffer %d is not there (unknown, or a frozen adapter's "
+                             "gradient/optimizer state)", (int)which);
     return TSR_OK;
 }
 
@@ -393,6 +413,8 @@ tsr_status tsr_lora_set(tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_l
 
 tsr_status tsr_lora_zero_grads(tsr_lora_adapter *a) {
     a->grads_reduced = 0;
+    if (!a->grad)
+        return TSR_OK; /* frozen: nothing to zero */
     return tsr_lora_fill_zero(a->be, a->grad, a->n_params * sizeof(float));
 }
 

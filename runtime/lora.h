@@ -175,6 +175,13 @@ void tsr_lora_init_values(uint64_t seed, int layer, int target, float bound, flo
 tsr_status tsr_lora_adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
                                  const tsr_model_config *mc, const tsr_lora_shard *shard,
                                  tsr_backend *be);
+/* The same for inference only: the parameters without gradient and AdamW
+ * slabs (a quarter of the memory). dA/dB/mA/vA/mB/vB are NULL; the training
+ * functions refuse such an adapter, and tsr_lora_get/set of those buffers
+ * fail with TSR_ERR_INVALID. */
+tsr_status tsr_lora_adapter_init_frozen(tsr_lora_adapter *a, const tsr_lora_config *cfg,
+                                        const tsr_model_config *mc, const tsr_lora_shard *shard,
+                                        tsr_backend *be);
 void tsr_lora_adapter_free(tsr_lora_adapter *a); /* NULL ok */
 
 /* The matrix of (global layer, target), or NULL when this rank does not hold

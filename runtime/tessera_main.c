@@ -754,7 +754,7 @@ static tsr_status load_adapter(session *s, const options *o) {
     tsr_lora_shard shard;
     st = tsr_lora_shard_of(&s->engine.plan, s->grid->tp_rank, s->grid->pp_rank, &shard);
     if (st == TSR_OK) {
-        st = tsr_lora_adapter_init(&s->lora, &lc, mc, &shard, s->engine.be);
+        st = tsr_lora_adapter_init_frozen(&s->lora, &lc, mc, &shard, s->engine.be);
         if (st != TSR_OK)
             st = tsr_error_wrap(st, "--adapter");
     }

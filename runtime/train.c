@@ -265,6 +265,15 @@ static tsr_status check_batch(const tsr_model *m, const tsr_train_batch *b) {
 }
 
 /* The adapter must cover exactly this rank's layers and slice. */
+/* Training needs the adapter's gradient and optimizer slabs. */
+static tsr_status check_trainable(const tsr_lora_adapter *a) {
+    if (a && !a->grad)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "LoRA adapter was made for inference only (no gradients): create it "
+                             "with tsr_lora_adapter_init to train it");
+    return TSR_OK;
+}
+
 static tsr_status check_adapter(const tsr_model *m, const tsr_lora_adapter *a) {
     if (!a)
         return TSR_OK;
@@ -575,6 +584,7 @@ tsr_status tsr_train_stage_backward(tsr_trainer *t, tsr_lora_adapter *a, tsr_tra
     if (!a)
         return tsr_error_set(TSR_ERR_INVALID, "training backward: no adapter");
     TSR_TRY(check_adapter(m, a));
+    TSR_TRY(check_trainable(a));
     if (!tape->has_output || !tape->keep)
         return tsr_error_set(TSR_ERR_INVALID,
                              "training backward: the tape has no forward that kept its inputs");
@@ -674,6 +684,7 @@ cleanup:
 }
 
 tsr_status tsr_train_reduce_grads(tsr_trainer *t, tsr_lora_adapter *a) {
+    TSR_TRY(check_trainable(a));
     if (a->grads_reduced)
         return TSR_OK;
     if (a->shard.tp_size > 1) {
@@ -716,6 +727,7 @@ tsr_status tsr_train_optim_step(tsr_trainer *t, tsr_lora_adapter *a, const tsr_o
     const tsr_backend_i *I = be->iface;
     TSR_TRY(check_optim(p));
     TSR_TRY(check_adapter(t->m, a));
+    TSR_TRY(check_trainable(a));
     if ((a->shard.tp_size > 1 || !t->m->first_stage || !t->m->last_stage) && !t->comm.world_sum)
         return tsr_error_set(TSR_ERR_INVALID,
                              "optimizer: the adapter is split over ranks but there is no "

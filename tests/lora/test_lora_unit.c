@@ -221,6 +221,25 @@ static void test_layouts(void) {
     float one = 1;
     CHECK_ERR(tsr_lora_set(&a, 0, TSR_LORA_V, TSR_LORA_A, &one), TSR_ERR_INVALID, "not adapted");
     tsr_lora_adapter_free(&a);
+    /* a frozen (inference) adapter: the same A, no gradient or moment slabs */
+    tsr_lora_adapter f;
+    CHECK_OK(tsr_lora_adapter_init(&a, &lc, &c, &sh, be));
+    CHECK_OK(tsr_lora_adapter_init_frozen(&f, &lc, &c, &sh, be));
+    {
+        const tsr_lora_matrix *mq = tsr_lora_matrix_of_c(&f, 2, TSR_LORA_Q);
+        size_t na = tsr_lora_piece_size(&f, mq, TSR_LORA_A);
+        float *x = malloc(na * sizeof *x), *y = malloc(na * sizeof *y);
+        CHECK(x && y, "out of memory");
+        CHECK_OK(tsr_lora_get(&a, 2, TSR_LORA_Q, TSR_LORA_A, x));
+        CHECK_OK(tsr_lora_get(&f, 2, TSR_LORA_Q, TSR_LORA_A, y));
+        CHECK(!memcmp(x, y, na * sizeof *x), "frozen adapter: A differs from the trainable one");
+        CHECK(!f.grad && !f.m && !f.v && !mq->dA && !mq->mB, "frozen adapter has training state");
+        CHECK_ERR(tsr_lora_get(&f, 2, TSR_LORA_Q, TSR_LORA_DA, x), TSR_ERR_INVALID, "not there");
+        CHECK_OK(tsr_lora_zero_grads(&f));
+        free(x), free(y);
+    }
+    tsr_lora_adapter_free(&f);
+    tsr_lora_adapter_free(&a);
     tsr_backend_destroy(be);
 }
 

@@ -32,7 +32,7 @@ static int set_adapter(tsr_model *m, const char *dir, tsr_lora_adapter *ad) {
     lc.use_rslora = pa.use_rslora;
     lc.targets = pa.targets;
     tsr_lora_shard sh = tsr_lora_shard_single(&m->cfg);
-    if (tsr_lora_adapter_init(ad, &lc, &m->cfg, &sh, m->be) != TSR_OK)
+    if (tsr_lora_adapter_init_frozen(ad, &lc, &m->cfg, &sh, m->be) != TSR_OK)
         return die("adapter init");
     for (int l = 0; l < m->cfg.n_layer; l++)
         for (int t = 0; t < TSR_LORA_N_TARGETS; t++)
