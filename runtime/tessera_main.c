@@ -1339,31 +1339,6 @@ static tsr_status share_data(tsr_comm_grid *g, tsr_train_data *d) {
     return tsr_comm_bcast_idle(g->world, d->target, nt, 0);
 }
 
-/* Buffer `which` of (layer, t) whole into host `full` on every rank: the
- * owner of each piece places it, the TP group sums (the rest is 0). */
-static tsr_status gather_lora(const tsr_lora_adapter *a, tsr_comm_grid *g, int layer,
-                              tsr_lora_target t, tsr_lora_buf which, float *full) {
-    const tsr_lora_matrix *m = tsr_lora_matrix_of_c(a, layer, t);
-    const int r = a->cfg.rank, is_a = which == TSR_LORA_A;
-    const size_t count = is_a ? (size_t)r * m->d_in : (size_t)m->d_out * r;
-    memset(full, 0, count * sizeof *full);
-    float *piece = malloc(tsr_lora_piece_size(a, m, which) * sizeof *piece + 1);
-    if (!piece)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-    tsr_status st = tsr_lora_get(a, layer, t, which, piece);
-    if (st == TSR_OK && (is_a ? m->a_owner : m->b_owner)) {
-        if (is_a)
-            for (int i = 0; i < r; i++)
-                memcpy(full + (size_t)i * m->d_in + m->in_begin, piece + (size_t)i * m->n_in,
-                       (size_t)m->n_in * sizeof *full);
-        else
-            memcpy(full + (size_t)m->out_begin * r, piece, (size_t)m->n_out * r * sizeof *full);
-    }
-    free(piece);
-    if (st == TSR_OK && g->tp > 1)
-        st = tsr_comm_allreduce(g->tp_group, full, full, count, TSR_F32, TSR_COMM_SUM);
-    return st;
-}
 
 static uint64_t splitmix64(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
@@ -1592,9 +1567,9 @@ static int cmd_train(tsr_comm_grid *grid, const options *o) {
                 }
                 fa = fb = tmp;
             }
-            st = gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_A, fa);
+            st = tsr_train_gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_A, fa);
             if (st == TSR_OK)
-                st = gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_B, fb);
+                st = tsr_train_gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_B, fb);
             free(tmp);
         }
     }

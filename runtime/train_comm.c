@@ -3,6 +3,7 @@
 #include "runtime/train_comm.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 void tsr_train_mpi_init(tsr_train_mpi *h, tsr_comm_grid *grid, tsr_backend *be) {
     h->grid = grid;
@@ -84,4 +85,33 @@ tsr_train_comm tsr_train_mpi_comm(tsr_train_mpi *h) {
     tsr_train_comm c = {h, h->grid->tp > 1 ? f32_sum : NULL, h->grid->tp > 1 ? f32_max : NULL,
                         h->grid->world_size > 1 ? world_sum : NULL};
     return c;
+}
+
+tsr_status tsr_train_gather_lora(const tsr_lora_adapter *a, tsr_comm_grid *grid, int layer,
+                                 tsr_lora_target t, tsr_lora_buf which, float *full) {
+    const tsr_lora_matrix *m = tsr_lora_matrix_of_c(a, layer, t);
+    if (!m)
+        return tsr_error_set(TSR_ERR_INVALID, "LoRA: layer %d %s is not adapted on this rank",
+                             layer, tsr_lora_target_name(t));
+    const int r = a->cfg.rank;
+    const int is_a = which == TSR_LORA_A || which == TSR_LORA_DA || which == TSR_LORA_MA ||
+                     which == TSR_LORA_VA;
+    const size_t count = is_a ? (size_t)r * m->d_in : (size_t)m->d_out * r;
+    memset(full, 0, count * sizeof *full);
+    float *piece = malloc(tsr_lora_piece_size(a, m, which) * sizeof *piece + 1);
+    if (!piece)
+        return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory gathering a LoRA matrix");
+    tsr_status st = tsr_lora_get(a, layer, t, which, piece);
+    if (st == TSR_OK && (is_a ? m->a_owner : m->b_owner)) {
+        if (is_a)
+            for (int i = 0; i < r; i++)
+                memcpy(full + (size_t)i * m->d_in + m->in_begin, piece + (size_t)i * m->n_in,
+                       (size_t)m->n_in * sizeof *full);
+        else
+            memcpy(full + (size_t)m->out_begin * r, piece, (size_t)m->n_out * r * sizeof *full);
+    }
+    free(piece);
+    if (st == TSR_OK && grid->tp > 1)
+        st = tsr_comm_allreduce(grid->tp_group, full, full, count, TSR_F32, TSR_COMM_SUM);
+    return st;
 }

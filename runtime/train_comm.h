@@ -38,4 +38,11 @@ tsr_model_comm tsr_train_mpi_model_comm(tsr_train_mpi *h);
  * the world sum over every rank (NULL on one rank). */
 tsr_train_comm tsr_train_mpi_comm(tsr_train_mpi *h);
 
+/* Buffer `which` of (layer, t) whole, (r, d_in) for A-side buffers or
+ * (d_out, r) for B-side ones, into host `full` on every rank of the TP group:
+ * the owner of each piece places it, the group sums (everything else is 0).
+ * Collective over the TP group. */
+tsr_status tsr_train_gather_lora(const tsr_lora_adapter *a, tsr_comm_grid *grid, int layer,
+                                 tsr_lora_target t, tsr_lora_buf which, float *full);
+
 #endif

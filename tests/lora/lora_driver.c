@@ -124,40 +124,11 @@ static void put_scalar(writer *w, const char *name, double v) {
     put(w, name, 'd', 1, &one, &v);
 }
 
-/* ---- gathering a matrix whole ---- */
-
 static int fail(int rank, const char *what) {
     fprintf(stderr, "[rank %d] lora_driver: %s: %s\n", rank, what, tsr_error_msg());
     return 1;
 }
 
-/* Buffer `which` of (layer, t) whole into host `full`: the owner of each
- * piece places it, the TP group sums (everything else is 0). Collective. */
-static tsr_status gather(const tsr_lora_adapter *a, tsr_comm_grid *g, int layer,
-                         tsr_lora_target t, tsr_lora_buf which, float *full) {
-    const tsr_lora_matrix *m = tsr_lora_matrix_of_c(a, layer, t);
-    const int r = a->cfg.rank;
-    const int is_a = which == TSR_LORA_A || which == TSR_LORA_DA || which == TSR_LORA_MA ||
-                     which == TSR_LORA_VA;
-    const size_t count = is_a ? (size_t)r * m->d_in : (size_t)m->d_out * r;
-    memset(full, 0, count * sizeof *full);
-    float *piece = malloc(tsr_lora_piece_size(a, m, which) * sizeof *piece + 1);
-    if (!piece)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-    tsr_status st = tsr_lora_get(a, layer, t, which, piece);
-    if (st == TSR_OK && (is_a ? m->a_owner : m->b_owner)) {
-        if (is_a)
-            for (int i = 0; i < r; i++)
-                memcpy(full + (size_t)i * m->d_in + m->in_begin, piece + (size_t)i * m->n_in,
-                       (size_t)m->n_in * sizeof *full);
-        else
-            memcpy(full + (size_t)m->out_begin * r, piece, (size_t)m->n_out * r * sizeof *full);
-    }
-    free(piece);
-    if (st == TSR_OK)
-        st = tsr_comm_allreduce(g->tp_group, full, full, count, TSR_F32, TSR_COMM_SUM);
-    return st;
-}
 
 /* Writes the whole A/B (or dA/dB) of every adapted matrix as PREFIX.L.T.A/B. */
 static tsr_status put_adapter(writer *w, const tsr_lora_adapter *a, tsr_comm_grid *g,
@@ -176,13 +147,15 @@ static tsr_status put_adapter(writer *w, const tsr_lora_adapter *a, tsr_comm_gri
             uint64_t da[2] = {(uint64_t)r, (uint64_t)m->d_in}, db[2] = {(uint64_t)m->d_out,
                                                                         (uint64_t)r};
             tsr_status st =
-                gather(a, g, l, (tsr_lora_target)t, grads ? TSR_LORA_DA : TSR_LORA_A, buf);
+                tsr_train_gather_lora(a, g, l, (tsr_lora_target)t,
+                                      grads ? TSR_LORA_DA : TSR_LORA_A, buf);
             snprintf(name, sizeof name, "%s.%d.%s.%s", prefix, l, tsr_lora_target_name(t),
                      grads ? "dA" : "A");
             if (st == TSR_OK)
                 put(w, name, 'f', 2, da, buf);
             if (st == TSR_OK)
-                st = gather(a, g, l, (tsr_lora_target)t, grads ? TSR_LORA_DB : TSR_LORA_B, buf);
+                st = tsr_train_gather_lora(a, g, l, (tsr_lora_target)t,
+                                           grads ? TSR_LORA_DB : TSR_LORA_B, buf);
             snprintf(name, sizeof name, "%s.%d.%s.%s", prefix, l, tsr_lora_target_name(t),
                      grads ? "dB" : "B");
             if (st == TSR_OK)
