@@ -125,12 +125,12 @@ def proc_children():
 
 
 def descendants(pid):
-    kids, out, todo = proc_children(), [], [pid]
-    while todo:
-        p = todo.pop()
+    kids, out, pending = proc_children(), [], [pid]
+    while pending:
+        p = pending.pop()
         for c in kids.get(p, []):
             out.append(c)
-            todo.append(c)
+            pending.append(c)
     return out
 
 
