@@ -306,7 +306,7 @@ static tsr_status run_batch(bench *b, const int32_t *tokens, int n, int pos0, in
         b->seq[i] = seq;
     }
     int32_t last = n - 1;
-    tsr_batch batch = {n, b->ids, b->pos, b->seq, 1, &last};
+    tsr_batch batch = {n, b->ids, b->pos, b->seq, 1, &last, 0, NULL};
     return tsr_model_forward(&b->model, &b->kv, &batch, NULL, NULL, b->logits);
 }
 
@@ -324,7 +324,7 @@ static tsr_status run_decode_step(bench *b, int pos, int n_vocab) {
         b->seq[s] = s;
         b->out[s] = s;
     }
-    tsr_batch batch = {nb, b->ids, b->pos, b->seq, nb, b->out};
+    tsr_batch batch = {nb, b->ids, b->pos, b->seq, nb, b->out, 0, NULL};
     /* b->logits holds batch * n_vocab floats: room for the values */
     return tsr_model_forward_greedy(&b->model, &b->kv, &batch, NULL, NULL, b->logits, b->tok);
 }

@@ -8,20 +8,23 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "runtime/engine_internal.h"
 
 #define DESC_MAGIC 0x54535231u /* "TSR1" */
 
-enum { STEP_RUN = 1, STEP_STOP = 2 };
-
 /* Fixed part of a descriptor; the int32 arrays follow in a second broadcast:
- * tokens, pos, seq (n_tokens each), out_rows (n_out), release (n_release). */
+ * tokens, pos, seq (n_tokens each), out_rows (n_out), release (n_release),
+ * seg (3 n_seg). */
 typedef struct {
     uint32_t magic, kind;
-    int32_t n_tokens, n_out, out, n_release;
-    int32_t pad[2];
+    int32_t n_tokens, n_out, out, n_release, n_seg;
+    int32_t pad;
 } desc_header;
 
-static tsr_status grow(void **p, size_t *cap, size_t need, size_t elem) {
+#define grow tsr_engine_grow
+#define grow_device tsr_engine_grow_device
+
+tsr_status tsr_engine_grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap)
         return TSR_OK;
     size_t n = *cap ? *cap : 64;
@@ -36,8 +39,8 @@ static tsr_status grow(void **p, size_t *cap, size_t need, size_t elem) {
 }
 
 /* Grows a backend buffer to at least `bytes`; the contents are not kept. */
-static tsr_status grow_device(tsr_backend *be, void **p, size_t *cap, size_t bytes,
-                              const char *what) {
+tsr_status tsr_engine_grow_device(tsr_backend *be, void **p, size_t *cap, size_t bytes,
+                                  const char *what) {
     if (bytes <= *cap)
         return TSR_OK;
     size_t n = *cap ? *cap : 4096;
@@ -322,6 +325,8 @@ tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_f
 void tsr_engine_free(tsr_engine *e) {
     if (!e)
         return;
+    tsr_engine_train_free(e);
+    free(e->segs);
     tsr_kv_cache_free(&e->kv);
     if (e->model_loaded)
         tsr_model_free(&e->model);
@@ -378,6 +383,16 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
     for (int i = 0; i < s->n_release; i++)
         if (s->release[i] < 0 || s->release[i] >= kv->max_seqs)
             return tsr_error_set(TSR_ERR_INVALID, "step: release of slot %d", s->release[i]);
+    if (s->n_seg < 0 || (s->n_seg > 0 && !s->seg))
+        return tsr_error_set(TSR_ERR_INVALID, "step: bad LoRA segment list");
+    for (int k = 0; k < s->n_seg; k++) {
+        const int32_t *g = s->seg + 3 * k;
+        if (g[0] < 0 || g[1] < g[0] || g[1] > s->n_tokens)
+            return tsr_error_set(TSR_ERR_INVALID, "step: LoRA rows [%d, %d) outside the step",
+                                 g[0], g[1]);
+        if (g[2] != -1 && !tsr_engine_adapter_get(e, g[2]))
+            return tsr_error_set(TSR_ERR_INVALID, "step: LoRA adapter slot %d is empty", g[2]);
+    }
     for (int i = 0; i < s->n_tokens; i++) {
         if (s->tokens[i] < 0 || s->tokens[i] >= e->mcfg.n_vocab)
             return tsr_error_set(TSR_ERR_RANGE, "token id %d is outside the vocabulary (0..%d)",
@@ -465,6 +480,29 @@ static tsr_status collect_logits(tsr_engine *e, int n_out, float *out) {
     return TSR_OK;
 }
 
+/* The step's LoRA segments clipped to the micro-batch [a, b), rebased, into
+ * e->segs and bt. A step with segments always gives the model at least one
+ * (an empty one), so rows outside every segment get no adapter. */
+static tsr_status mb_segments(tsr_engine *e, const tsr_step *s, int a, int b, tsr_batch *bt) {
+    if (s->n_seg == 0)
+        return TSR_OK;
+    TSR_TRY(grow((void **)&e->segs, &e->segs_cap, (size_t)s->n_seg + 1, sizeof *e->segs));
+    int n = 0;
+    for (int k = 0; k < s->n_seg; k++) {
+        const int32_t *g = s->seg + 3 * k;
+        int lo = g[0] > a ? g[0] : a, hi = g[1] < b ? g[1] : b;
+        if (lo >= hi)
+            continue;
+        const tsr_lora_adapter *ad = g[2] < 0 ? e->model.lora : tsr_engine_adapter_get(e, g[2]);
+        e->segs[n++] = (tsr_lora_seg){lo - a, hi - a, ad};
+    }
+    if (n == 0)
+        e->segs[n++] = (tsr_lora_seg){0, 0, NULL};
+    bt->n_lora = n;
+    bt->lora = e->segs;
+    return TSR_OK;
+}
+
 /* Runs a decoded step on this rank. On world rank 0, results land in
  * tokens / logits. */
 static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits) {
@@ -522,7 +560,11 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
             st = tsr_engine_pp_recv(e, e->hidden_in, (size_t)m * C, g->pp_rank - 1, mb);
         if (st != TSR_OK)
             break;
-        tsr_batch bt = {m, s->tokens + a, s->pos + a, s->seq + a, e->last_stage ? n_mo : 0, mb_rows};
+        tsr_batch bt = {m, s->tokens + a, s->pos + a, s->seq + a, e->last_stage ? n_mo : 0,
+                        mb_rows, 0, NULL};
+        st = mb_segments(e, s, a, b, &bt);
+        if (st != TSR_OK)
+            break;
         if (greedy)
             st = tsr_model_forward_greedy(&e->model, &e->kv, &bt,
                                           e->first_stage ? NULL : e->hidden_in,
@@ -585,17 +627,19 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
 /* ---- descriptor transport ---- */
 
 static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
-    desc_header h = {DESC_MAGIC, kind, 0, 0, 0, 0, {0, 0}};
+    desc_header h = {DESC_MAGIC, kind, 0, 0, 0, 0, 0, 0};
     if (s) {
         h.n_tokens = s->n_tokens;
         h.n_out = s->n_out;
         h.out = (int32_t)s->out;
         h.n_release = s->n_release;
+        h.n_seg = s->n_seg;
     }
     TSR_TRY(tsr_comm_bcast_idle(e->grid->world, &h, sizeof h, 0));
     if (!s)
         return TSR_OK;
-    size_t n = (size_t)s->n_tokens * 3 + (size_t)s->n_out + (size_t)s->n_release;
+    size_t n = (size_t)s->n_tokens * 3 + (size_t)s->n_out + (size_t)s->n_release +
+               3 * (size_t)s->n_seg;
     TSR_TRY(grow((void **)&e->desc, &e->desc_cap, n * 4, 1));
     int32_t *d = (int32_t *)e->desc;
     memcpy(d, s->tokens, (size_t)s->n_tokens * 4);
@@ -605,7 +649,15 @@ static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
         memcpy(d + 3 * s->n_tokens, s->out_rows, (size_t)s->n_out * 4);
     if (s->n_release)
         memcpy(d + 3 * s->n_tokens + s->n_out, s->release, (size_t)s->n_release * 4);
+    if (s->n_seg)
+        memcpy(d + 3 * s->n_tokens + s->n_out + s->n_release, s->seg, (size_t)s->n_seg * 12);
     return tsr_comm_broadcast(e->grid->world, d, n, TSR_COMM_I32, 0);
+}
+
+tsr_status tsr_engine_send_kind(tsr_engine *e, uint32_t kind) {
+    if (e->grid->world_size == 1)
+        return TSR_OK;
+    return send_desc(e, kind, NULL);
 }
 
 tsr_status tsr_engine_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits) {
@@ -613,14 +665,14 @@ tsr_status tsr_engine_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, fl
         return tsr_error_set(TSR_ERR_INTERNAL, "tsr_engine_step is for rank 0");
     TSR_TRY(validate_step(e, s));
     if (e->grid->world_size > 1)
-        TSR_TRY(send_desc(e, STEP_RUN, s));
+        TSR_TRY(send_desc(e, TSR_STEP_RUN, s));
     return exec_step(e, s, tokens, logits);
 }
 
 tsr_status tsr_engine_stop(tsr_engine *e) {
     if (e->grid->world_size == 1)
         return TSR_OK;
-    return send_desc(e, STEP_STOP, NULL);
+    return send_desc(e, TSR_STEP_STOP, NULL);
 }
 
 tsr_status tsr_engine_serve(tsr_engine *e) {
@@ -629,9 +681,16 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
         TSR_TRY(tsr_comm_bcast_idle(e->grid->world, &h, sizeof h, 0));
         if (h.magic != DESC_MAGIC)
             return tsr_error_set(TSR_ERR_COMM, "engine: corrupt step descriptor");
-        if (h.kind == STEP_STOP)
+        if (h.kind == TSR_STEP_STOP)
             return TSR_OK;
-        size_t n = (size_t)h.n_tokens * 3 + (size_t)h.n_out + (size_t)h.n_release;
+        if (h.kind == TSR_STEP_TRAIN) {
+            TSR_TRY(tsr_engine_exec_train(e)); /* only errors that break the job */
+            continue;
+        }
+        if (h.kind != TSR_STEP_RUN)
+            return tsr_error_set(TSR_ERR_COMM, "engine: unknown descriptor kind %u", h.kind);
+        size_t n = (size_t)h.n_tokens * 3 + (size_t)h.n_out + (size_t)h.n_release +
+                   3 * (size_t)h.n_seg;
         TSR_TRY(grow((void **)&e->desc, &e->desc_cap, n * 4, 1));
         int32_t *d = (int32_t *)e->desc;
         TSR_TRY(tsr_comm_broadcast(e->grid->world, d, n, TSR_COMM_I32, 0));
@@ -645,6 +704,8 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
             .out = (tsr_out_kind)h.out,
             .n_release = h.n_release,
             .release = d + 3 * h.n_tokens + h.n_out,
+            .n_seg = h.n_seg,
+            .seg = d + 3 * h.n_tokens + h.n_out + h.n_release,
         };
         tsr_status st = exec_step(e, &s, NULL, NULL);
         if (st != TSR_OK)

@@ -31,6 +31,9 @@
 #include "comm/comm.h"
 #include "runtime/lm.h"
 #include "runtime/model.h"
+#include "runtime/peft.h"
+#include "runtime/train.h"
+#include "runtime/train_comm.h"
 #include "shard/model_file.h"
 #include "shard/plan.h"
 
@@ -52,6 +55,13 @@ typedef struct {
     tsr_out_kind out;
     int n_release;
     const int32_t *release; /* (n_release) slots whose blocks are freed before the step */
+    /* Per-row LoRA adapters (a batch mixing requests of several adapters):
+     * n_seg > 0 segments of rows, (n_seg, 3) as (begin, end, adapter slot)
+     * with adapter slot -1 for the model's own adapter (tsr_model_set_lora;
+     * usually none). Rows outside every segment get no adapter. n_seg 0:
+     * the model's own adapter on every row. */
+    int n_seg;
+    const int32_t *seg;
 } tsr_step;
 
 /* Where a rank's shard runs. */
@@ -96,6 +106,15 @@ typedef enum {
     TSR_XFER_DEVICE = 2, /* NCCL: device buffers, after waiting for the compute stream */
 } tsr_xfer;
 
+/* Adapter slots: the same on every rank, chosen by rank 0. */
+#define TSR_ENGINE_MAX_ADAPTERS 32
+
+typedef struct {
+    int used;
+    tsr_lora_adapter a; /* this rank's pieces, trainable (gradient and AdamW slabs) */
+    uint64_t batches;   /* ForwardBackward batches so far: the dropout key */
+} tsr_engine_adapter;
+
 typedef struct {
     tsr_comm_grid *grid;
     tsr_engine_config cfg;
@@ -122,6 +141,15 @@ typedef struct {
     int32_t *best_idx;    size_t best_idx_cap;
     int32_t *mb_idx;      size_t mb_idx_cap;     /* one micro-batch's greedy columns */
     int lm_release_pending; /* tsr_engine_lm: free slot 0 with the next step */
+    tsr_lora_seg *segs;   size_t segs_cap;       /* one micro-batch's LoRA segments */
+    /* LoRA training (runtime/engine_train.c) */
+    tsr_engine_adapter adapters[TSR_ENGINE_MAX_ADAPTERS];
+    tsr_trainer trainer;
+    int trainer_ready;
+    tsr_train_mpi tmpi;   /* host staging for the trainer's f32 reductions */
+    tsr_train_tape *tapes; int n_tapes;          /* one per micro-batch in flight */
+    void *grad_in;        size_t grad_in_cap;    /* (tokens, C) gradient from the next stage */
+    void *grad_out;       size_t grad_out_cap;   /* (tokens, C) gradient to the previous stage */
 } tsr_engine;
 
 /* Checks the device fields of cfg against this build and the data backend
@@ -192,5 +220,56 @@ void tsr_engine_lm(tsr_engine *e, tsr_lm *out);
 
 /* Positions still free for `seq`, as rank 0 sees it. */
 int tsr_engine_free_blocks(const tsr_engine *e);
+
+/* ---- LoRA adapters and training (runtime/engine_train.c) ----
+ * Rank 0 calls these; each broadcasts a descriptor and every rank runs the
+ * same operation on its pieces (the others inside tsr_engine_serve). They
+ * may be interleaved with generation steps: training uses its own scratch
+ * and never the KV cache. Bad input (an unknown slot, a malformed batch, bad
+ * hyper-parameters) is refused on rank 0 before anything is broadcast; a
+ * failure on any rank during the operation (out of memory, an adapter that
+ * does not fit) is agreed on by every rank and returned on rank 0 with the
+ * failing rank's message; the engine stays usable. Only a broken collective
+ * is fatal (TSR_ERR_COMM: the caller ends the job). */
+
+/* Slot `slot` (0 .. TSR_ENGINE_MAX_ADAPTERS-1, free) gets a new adapter of
+ * config cfg (A from cfg->seed, B zero, step 0), trainable. */
+tsr_status tsr_engine_adapter_create(tsr_engine *e, int slot, const tsr_lora_config *cfg);
+
+/* Slot `slot` (free) gets the adapter pa (rank 0's whole PEFT adapter, read
+ * by tsr_peft_load for this model): every rank keeps its pieces, trainable,
+ * with zero moments and step 0. */
+tsr_status tsr_engine_adapter_load(tsr_engine *e, int slot, const tsr_peft_adapter *pa);
+
+/* Frees slot `slot`'s adapter on every rank (TSR_ERR_INVALID when free).
+ * The caller makes sure no queued step still names it. */
+tsr_status tsr_engine_adapter_delete(tsr_engine *e, int slot);
+
+/* The whole adapter of slot `slot` at rank 0, as a PEFT adapter (allocated
+ * into *out, which the caller frees with tsr_peft_free): every stage's TP
+ * group gathers its layers and sends them to rank 0. */
+tsr_status tsr_engine_adapter_gather(tsr_engine *e, int slot, tsr_peft_adapter *out);
+
+/* Rank 0's copy of slot `slot`'s adapter (config, step, accumulators of
+ * this rank), or NULL when the slot is free. */
+const tsr_lora_adapter *tsr_engine_adapter_get(const tsr_engine *e, int slot);
+
+/* One training batch through the whole pipeline: backward 1 runs forward,
+ * loss and backward (gradients and the adapter's accumulators grow:
+ * accumulation across calls); backward 0 computes the loss only (slot -1:
+ * the base model), without dropout. With pp > 1 the batch's sequences are
+ * cut into cfg.micro_batches micro-batches, run as a GPipe schedule
+ * (every forward, then every backward in reverse order; one tape per
+ * micro-batch holds each layer's input). *out at rank 0: the batch's loss
+ * sum, weight sum and token counts. */
+tsr_status tsr_engine_train_batch(tsr_engine *e, int slot, const tsr_train_batch *b, int backward,
+                                  tsr_train_stats *out);
+
+/* One AdamW step of slot `slot`'s adapter over everything accumulated
+ * (tsr_train_optim_step on every rank): TSR_ERR_RANGE when the loss or the
+ * norm is not finite (refused; the adapter keeps its state), TSR_ERR_INVALID
+ * when nothing carried loss or p is out of range. *out at rank 0. */
+tsr_status tsr_engine_optim_step(tsr_engine *e, int slot, const tsr_optim_params *p,
+                                 tsr_optim_result *out);
 
 #endif

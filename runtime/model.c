@@ -17,6 +17,8 @@
 static void graphs_clear(tsr_model *m);
 static tsr_status forward_body(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                                const void *hidden_in, void *hidden_out);
+static tsr_status forward_device(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                                 const void *hidden_in, void *hidden_out);
 
 tsr_model_slice tsr_model_slice_full(const tsr_model_config *c) {
     tsr_model_slice s = {0};
@@ -228,7 +230,8 @@ void tsr_model_free(tsr_model *m) {
 /* ---- forward ---- */
 
 
-static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_len) {
+/* lora_r: the largest LoRA rank the forward applies (0: none). */
+static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_len, int lora_r) {
     tsr_forward_ws *w = &m->ws;
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
@@ -267,8 +270,8 @@ static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_l
         TSR_TRY(tsr_backend_alloc(be, (size_t)tables_len * 4, "block tables", (void **)&w->tables));
         w->tables_cap = tables_len;
     }
-    if (m->lora) { /* x A^T of one target at a time: (max_tokens, r) f32 */
-        size_t need = (size_t)w->max_tokens * (size_t)m->lora->cfg.rank;
+    if (lora_r > 0) { /* x A^T of one target at a time: (max_tokens, r) f32 */
+        size_t need = (size_t)w->max_tokens * (size_t)lora_r;
         if (need > m->lora_xa_cap) {
             graphs_clear(m);
             m->ws_gen++;
@@ -295,17 +298,38 @@ static tsr_status allreduce(tsr_model *m, void *buf, size_t count) {
     return m->comm.allreduce_sum(m->comm.ctx, buf, count);
 }
 
-/* y(n, n_out local) += the adapter's delta of (local layer li, target t) on
+/* y(n, n_out local) += adapter a's delta of (local layer li, target t) on
  * x(n, n_in local); nothing without an adapter or when t is not adapted. */
-static tsr_status lora_add(tsr_model *m, int li, tsr_lora_target t, void *y, const void *x, int n) {
-    const tsr_lora_adapter *a = m->lora;
-    if (!a)
+static tsr_status lora_add_one(tsr_model *m, const tsr_lora_adapter *a, int li, tsr_lora_target t,
+                               void *y, const void *x, int n) {
+    if (!a || n <= 0)
         return TSR_OK;
     const tsr_lora_matrix *lm = &a->mats[(size_t)li * TSR_LORA_N_TARGETS + t];
     if (!lm->present)
         return TSR_OK;
     return m->be->iface->lora_fwd(m->be, y, x, lm->A, lm->B, m->lora_xa, n, lm->n_in, lm->n_out,
                                   a->cfg.rank, a->scale);
+}
+
+/* The model's adapter on every row, or each segment's on its rows (rows
+ * are contiguous per segment, so a segment is a pointer offset into x and
+ * y: a loop of small LoRA GEMMs, one per adapter in the batch). */
+static tsr_status lora_add(tsr_model *m, int li, tsr_lora_target t, void *y, const void *x, int n) {
+    if (m->n_seg == 0)
+        return lora_add_one(m, m->lora, li, t, y, x, n);
+    const size_t act = tsr_backend_act_size(m->be);
+    for (int k = 0; k < m->n_seg; k++) {
+        const tsr_lora_seg *sg = &m->seg[k];
+        if (!sg->a)
+            continue;
+        const tsr_lora_matrix *lm = &sg->a->mats[(size_t)li * TSR_LORA_N_TARGETS + t];
+        if (!lm->present)
+            continue;
+        TSR_TRY(lora_add_one(m, sg->a, li, t, (char *)y + (size_t)sg->begin * lm->n_out * act,
+                             (const char *)x + (size_t)sg->begin * lm->n_in * act,
+                             sg->end - sg->begin));
+    }
+    return TSR_OK;
 }
 
 static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
@@ -390,6 +414,7 @@ static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
     const tsr_backend_i *I = m->be->iface;
     *out = NULL;
     if (!I->capture_begin || m->comm.allreduce_sum || !m->first_stage || !m->last_stage ||
+        b->n_lora > 0 ||
         b->n_out != b->n_tokens || b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || env_graphs_off())
         return TSR_OK;
     for (int i = 0; i < b->n_out; i++)
@@ -454,8 +479,26 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
             return tsr_error_set(TSR_ERR_INVALID, "forward: output row %d is outside the batch",
                                  b->out_rows[i]);
         }
+    int lora_r = m->lora ? m->lora->cfg.rank : 0;
+    if (b->n_lora < 0 || (b->n_lora > 0 && !b->lora)) {
+        free(slots);
+        return tsr_error_set(TSR_ERR_INVALID, "forward: bad LoRA segment list");
+    }
+    for (int k = 0; k < b->n_lora; k++) {
+        const tsr_lora_seg *sg = &b->lora[k];
+        if (sg->begin < 0 || sg->end < sg->begin || sg->end > n ||
+            (sg->a && sg->a->be != m->be)) {
+            free(slots);
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "forward: LoRA segment [%d, %d) outside the batch of %d or on "
+                                 "another backend",
+                                 sg->begin, sg->end, n);
+        }
+        if (sg->a && sg->a->cfg.rank > lora_r)
+            lora_r = sg->a->cfg.rank;
+    }
     int tables_len = (max_seq + 1) * kv->max_blocks;
-    tsr_status st = ws_reserve(m, n, m->last_stage ? b->n_out : 0, tables_len);
+    tsr_status st = ws_reserve(m, n, m->last_stage ? b->n_out : 0, tables_len, lora_r);
     tsr_forward_ws *w = &m->ws;
     if (st == TSR_OK) st = I->to_device(be, w->pos, b->pos, (size_t)n * 4);
     if (st == TSR_OK) st = I->to_device(be, w->seq, b->seq, (size_t)n * 4);
@@ -468,6 +511,24 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
         return st;
 
     /* the device work: replayed from a CUDA graph where one applies */
+    m->seg = b->n_lora > 0 ? b->lora : NULL;
+    m->n_seg = b->n_lora > 0 ? b->n_lora : 0;
+    st = forward_device(m, kv, b, hidden_in, hidden_out);
+    m->seg = NULL;
+    m->n_seg = 0;
+    TSR_TRY(st);
+    if (!m->last_stage || b->n_out == 0)
+        return TSR_OK;
+    if (!logits)
+        return I->argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
+    return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
+}
+
+/* The forward's device work, replayed from a CUDA graph where one applies. */
+static tsr_status forward_device(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                                 const void *hidden_in, void *hidden_out) {
+    const tsr_backend_i *I = m->be->iface;
+    tsr_backend *be = m->be;
     tsr_fwd_graph *gr = NULL;
     TSR_TRY(graph_lookup(m, kv, b, &gr));
     if (gr && gr->graph) {
@@ -487,11 +548,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     } else {
         TSR_TRY(forward_body(m, kv, b, hidden_in, hidden_out));
     }
-    if (!m->last_stage || b->n_out == 0)
-        return TSR_OK;
-    if (!logits)
-        return I->argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
-    return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
+    return TSR_OK;
 }
 
 /* The forward's device work from the metadata on the device to the logits
@@ -589,6 +646,12 @@ tsr_status tsr_model_set_lora(tsr_model *m, const tsr_lora_adapter *a) {
     m->lora = NULL;
     if (!a)
         return TSR_OK;
+    TSR_TRY(tsr_model_check_lora(m, a));
+    m->lora = a;
+    return TSR_OK;
+}
+
+tsr_status tsr_model_check_lora(const tsr_model *m, const tsr_lora_adapter *a) {
     const tsr_model_config *c = &m->cfg, *ac = &a->mcfg;
     const int nl = m->slice.layer_end - m->slice.layer_begin;
     if (a->be != m->be)
@@ -622,6 +685,5 @@ tsr_status tsr_model_set_lora(tsr_model *m, const tsr_lora_adapter *a) {
                                      lm->in_begin, lm->n_in, lm->out_begin, lm->n_out, ib, ni, ob,
                                      no);
         }
-    m->lora = a;
     return TSR_OK;
 }

@@ -52,6 +52,13 @@ typedef struct {
     int max_out;
 } tsr_forward_ws;
 
+/* Rows [begin, end) of a batch with their own LoRA adapter (NULL: the base
+ * model), for batches that mix requests of several adapters. */
+typedef struct {
+    int begin, end;
+    const tsr_lora_adapter *a;
+} tsr_lora_seg;
+
 /* A recorded forward (CUDA graph) and what it was recorded for. */
 typedef struct {
     int n_tokens;           /* 0: free entry */
@@ -83,6 +90,8 @@ typedef struct {
     /* LoRA at inference (tsr_model_set_lora): NULL = none. Not owned. */
     const tsr_lora_adapter *lora;
     unsigned lora_gen;      /* bumped by every tsr_model_set_lora (part of the graph key) */
+    const tsr_lora_seg *seg; /* the running forward's per-row adapters (tsr_batch.lora) */
+    int n_seg;
     float *lora_xa;         /* device f32 scratch (ws.max_tokens, r) for x A^T */
     size_t lora_xa_cap;     /* floats */
 } tsr_model;
@@ -95,6 +104,13 @@ typedef struct {
     const int32_t *seq;
     int n_out;             /* rows whose logits are wanted */
     const int32_t *out_rows; /* (n_out) indices into the batch */
+    /* Per-row adapters: n_lora > 0 replaces the model's own adapter
+     * (tsr_model_set_lora) for this batch; rows outside every segment get
+     * none. Each adapter must fit the shard (tsr_model_check_lora) and live
+     * on the model's backend; segments must lie inside the batch. Batches
+     * with segments are never recorded as CUDA graphs. */
+    int n_lora;
+    const tsr_lora_seg *lora; /* (n_lora) */
 } tsr_batch;
 
 /* Loads this rank's slice from `mf` onto `be`. The comm hooks are copied. */
@@ -115,6 +131,11 @@ void tsr_model_free(tsr_model *m); /* NULL ok; does not free the adapter */
  * must outlive its use (or be unset first). Recorded CUDA graphs are
  * dropped. */
 tsr_status tsr_model_set_lora(tsr_model *m, const tsr_lora_adapter *a);
+
+/* Whether adapter a fits this model's shard, as tsr_model_set_lora checks it
+ * (same backend, model, layers and slices): TSR_OK or TSR_ERR_INVALID with
+ * a message. Changes nothing. */
+tsr_status tsr_model_check_lora(const tsr_model *m, const tsr_lora_adapter *a);
 
 /* Runs the batch through this rank's layers.
  * hidden_in: (n_tokens, C) activations on the device from the previous

@@ -75,7 +75,8 @@ typedef struct {
     /* train */
     const char *data, *out, *targets;
     int steps, epochs, batch_size, lora_rank;
-    float lr, alpha, max_grad_norm, weight_decay;
+    float lr, alpha, max_grad_norm, weight_decay, dropout, adam_eps;
+    int micro_batches; /* --micro-batches: per training batch with --pp > 1 (0 = pp) */
     int have_seed;
 } options;
 
@@ -127,13 +128,18 @@ static void train_usage(FILE *f) {
           "  --batch-size B        examples per step (default 8)\n"
           "  --lr LR               AdamW learning rate (default 1e-4)\n"
           "  --weight-decay W      AdamW weight decay (default 0)\n"
+          "  --adam-eps E          AdamW epsilon (default 1e-8)\n"
           "  --max-grad-norm G     clip the global gradient norm (default 1.0; 0 = off)\n"
           "  --rank R              LoRA rank (default 8)\n"
           "  --alpha A             LoRA alpha; scaling alpha / r (default 16)\n"
           "  --targets LIST        q,k,v,o,gate,up,down or all (default q,v)\n"
           "  --seed S              A's initialisation and the per-epoch shuffle (default 0)\n"
           "  --ctx N               most tokens per example; longer ones are refused (default 512)\n"
-          "  --tp T                tensor-parallel ranks (= the job's ranks; --pp must be 1)\n"
+          "  --dropout P           LoRA dropout on the adapters' inputs (default 0)\n"
+          "  --tp T  --pp P        tensor / pipeline parallel degrees (tp*pp = the job's ranks)\n"
+          "  --pp-layers A,B,...   layers per pipeline stage (default: even)\n"
+          "  --micro-batches M     micro-batches per step with --pp > 1 (GPipe; default pp)\n"
+          "  --comm mpi|nccl       activations between ranks (default mpi)\n"
           "  --device cpu|cuda  --act-dtype bf16|f32  --weight-dtype bf16|f32  --gpu N\n"
           "  --threads N           CPU threads per rank\n"
           "\n"
@@ -227,7 +233,7 @@ enum {
     OPT_TLS_KEY, OPT_MAX_SEQS, OPT_KV_POS, OPT_MAX_BATCH, OPT_QUEUE, OPT_GRACE, OPT_LOG_PROMPTS,
     OPT_METRICS_PORT, OPT_DEVICE, OPT_COMM, OPT_ACT_DTYPE, OPT_WEIGHT_DTYPE, OPT_GPU,
     OPT_DATA, OPT_OUT, OPT_STEPS, OPT_EPOCHS, OPT_LR, OPT_BATCH_SIZE, OPT_RANK, OPT_ALPHA,
-    OPT_TARGETS, OPT_MAX_GRAD_NORM, OPT_WEIGHT_DECAY, OPT_ADAPTER,
+    OPT_TARGETS, OPT_MAX_GRAD_NORM, OPT_WEIGHT_DECAY, OPT_ADAPTER, OPT_DROPOUT, OPT_MICRO, OPT_ADAM_EPS,
 };
 
 static int parse_layers(const char *s, options *o) {
@@ -307,6 +313,9 @@ static int parse_options(int argc, char **argv, options *o) {
         {"max-grad-norm", required_argument, 0, OPT_MAX_GRAD_NORM},
         {"weight-decay", required_argument, 0, OPT_WEIGHT_DECAY},
         {"adapter", required_argument, 0, OPT_ADAPTER},
+        {"dropout", required_argument, 0, OPT_DROPOUT},
+        {"micro-batches", required_argument, 0, OPT_MICRO},
+        {"adam-eps", required_argument, 0, OPT_ADAM_EPS},
         {0, 0, 0, 0},
     };
     tsr_sampling_params sp = TSR_SAMPLING_PARAMS_INIT;
@@ -328,6 +337,7 @@ static int parse_options(int argc, char **argv, options *o) {
     o->lora_rank = 8;
     o->lr = 1e-4f;
     o->alpha = 16.0f;
+    o->adam_eps = 1e-8f;
     o->max_grad_norm = 1.0f;
     o->targets = "q,v";
     const int train = !strcmp(argv[1], "train");
@@ -455,6 +465,23 @@ static int parse_options(int argc, char **argv, options *o) {
                 r = -1;
             }
             break;
+        case OPT_DROPOUT:
+            r = parse_float(optarg, "--dropout", &o->dropout);
+            if (!r && !(o->dropout >= 0 && o->dropout < 1)) {
+                PERR("tessera: --dropout must be in [0, 1), got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_ADAM_EPS:
+            r = parse_float(optarg, "--adam-eps", &o->adam_eps);
+            if (!r && !(o->adam_eps > 0)) {
+                PERR("tessera: --adam-eps must be > 0, got '%s'\n", optarg);
+                r = -1;
+            }
+            break;
+        case OPT_MICRO:
+            r = parse_int(optarg, "--micro-batches", 1, 4096, &o->micro_batches);
+            break;
         case OPT_WEIGHT_DECAY:
             r = parse_float(optarg, "--weight-decay", &o->weight_decay);
             if (!r && o->weight_decay < 0) {
@@ -492,15 +519,6 @@ static int parse_options(int argc, char **argv, options *o) {
         unsigned mask;
         if (!o->data || !o->out) {
             PERR("tessera train: --data FILE.jsonl and --out DIR are required\n");
-            return -1;
-        }
-        if (o->pp > 1 || o->n_pp_layers) {
-            PERR("tessera train: pipeline-parallel training is not implemented yet (use --pp 1; "
-                 "--tp T splits the model over the job's ranks)\n");
-            return -1;
-        }
-        if (o->comm == TSR_COMM_NCCL) {
-            PERR("tessera train: --comm nccl is not supported for training yet (use --comm mpi)\n");
             return -1;
         }
         if (tsr_lora_parse_targets(o->targets, &mask) != TSR_OK) {
@@ -837,6 +855,7 @@ static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o
     device_config(o, &ec);
     ec.threads = o->threads;
     ec.max_ctx = ctx;
+    ec.micro_batches = o->micro_batches;
     if (s->serving) {
         ec.max_seqs = o->max_seqs;
         int positions = o->kv_positions ? o->kv_positions : o->max_seqs * ctx / 2;
@@ -1253,10 +1272,10 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
 }
 
 /* ---- train ----
- * LoRA training inside the MPI job (pp = 1): rank 0 reads and tokenizes the
- * JSONL file and broadcasts the tokens; every rank loads its TP shard of the
- * model (no engine, no KV cache) and runs the same batches; the adapter is
- * gathered whole to rank 0 and saved as a PEFT directory. */
+ * LoRA training inside the MPI job, on any tp x pp layout: rank 0 reads and
+ * tokenizes the JSONL file and drives the engine's training operations
+ * (runtime/engine.h), which carry each batch to the other ranks; the
+ * adapter is gathered whole to rank 0 and saved as a PEFT directory. */
 
 /* After a phase every rank ran on its own: all ranks learn whether all
  * succeeded. 0 when they did; otherwise the exit status (the failing rank
@@ -1325,21 +1344,6 @@ static tsr_status check_out_dir(const char *dir) {
     return TSR_OK;
 }
 
-/* Rank 0's data to every rank (control plane, bytes). */
-static tsr_status share_data(tsr_comm_grid *g, tsr_train_data *d) {
-    int64_t head[3] = {d->n_examples, d->n_examples ? d->start[d->n_examples] : 0, d->n_target};
-    TSR_TRY(tsr_comm_bcast_idle(g->world, head, sizeof head, 0));
-    if (g_rank != 0)
-        TSR_TRY(tsr_train_data_alloc(d, (int)head[0], (size_t)head[1]));
-    d->n_target = (long)head[2];
-    size_t ne = (size_t)head[0], nt = (size_t)head[1];
-    TSR_TRY(tsr_comm_bcast_idle(g->world, d->start, (ne + 1) * sizeof *d->start, 0));
-    TSR_TRY(tsr_comm_bcast_idle(g->world, d->line, ne * sizeof *d->line, 0));
-    TSR_TRY(tsr_comm_bcast_idle(g->world, d->tokens, nt * sizeof *d->tokens, 0));
-    return tsr_comm_bcast_idle(g->world, d->target, nt, 0);
-}
-
-
 static uint64_t splitmix64(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -1366,129 +1370,42 @@ typedef struct {
     long tokens;
 } step_log;
 
-static int cmd_train(tsr_comm_grid *grid, const options *o) {
-    session s = {0};
-    tsr_train_data data = {0};
-    tsr_backend *be = NULL;
-    tsr_shard_plan plan;
-    int have_plan = 0, model_loaded = 0, trainer_ready = 0, adapter_ready = 0;
-    tsr_model m;
-    tsr_trainer tr;
-    tsr_lora_adapter ad;
-    tsr_train_mpi h;
-    tsr_train_mpi_init(&h, grid, NULL);
-    tsr_peft_adapter pa = {0};
-    int *perm = NULL;
-    int32_t *bstart = NULL;
-    float *bweight = NULL;
-    step_log *logs = NULL;
-    int rc = 0;
-    const int ctx = o->have_ctx ? o->ctx : 512;
-    tsr_lora_config lc = TSR_LORA_CONFIG_INIT;
-    lc.rank = o->lora_rank;
-    lc.alpha = o->alpha;
-    lc.seed = o->sp.seed;
-    tsr_status st = tsr_lora_parse_targets(o->targets, &lc.targets);
-    if (st == TSR_OK)
-        st = tsr_lora_config_check(&lc);
-    if (st == TSR_OK && g_rank == 0)
-        st = check_out_dir(o->out);
-    if ((rc = train_agree(grid, st)))
-        return rc;
-
-    /* the model file everywhere, the tokenizer on rank 0 */
-    st = session_open(&s, grid, o, 0);
-    if (st != TSR_OK) {
-        rc = fail_open(&s, st);
-        goto cleanup;
-    }
-    const tsr_model_config *mc = tsr_model_file_config(s.mf);
-    double t0 = now_s();
-    st = TSR_OK;
-    if (g_rank == 0)
-        st = tsr_train_data_load(o->data, s.tok, ctx, &data);
-    if ((rc = train_agree(grid, st)))
-        goto cleanup;
-    if ((st = share_data(grid, &data)) != TSR_OK) {
-        fail(st);
-        tsr_comm_abort(grid, 1, "sharing the training data failed");
-    }
-    const int n_ex = data.n_examples;
-    if (g_rank == 0)
-        fprintf(stderr, "tessera train: %d examples, %d tokens (%ld carry loss) from %s in %.2f s\n",
-                n_ex, data.start[n_ex], data.n_target, o->data, now_s() - t0);
-
-    /* this rank's shard on its device: no engine, no KV cache */
-    tsr_engine_config ec = TSR_ENGINE_CONFIG_INIT;
-    device_config(o, &ec);
-    int gpu = -1;
-    st = tsr_engine_device_select(grid, &ec, TSR_COMM_MPI, &gpu);
-    if (st != TSR_OK) {
-        rc = strstr(tsr_error_msg(), "another rank failed") && g_rank != 0 ? 1 : fail(st);
-        goto cleanup;
-    }
-    tsr_plan_config pc = {o->tp, 1, NULL, 0};
-    tsr_lora_shard shard;
-    st = tsr_shard_plan_init(mc, &pc, &plan);
-    have_plan = st == TSR_OK;
-    if (st == TSR_OK)
-        st = tsr_shard_plan_check_world(&plan, g_world);
-    if (st == TSR_OK)
-        st = tsr_lora_shard_of(&plan, grid->tp_rank, 0, &shard);
-    if (st != TSR_OK) { /* the same on every rank: rank 0 says it */
-        rc = g_rank == 0 ? fail(st) : (st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1);
-        goto cleanup;
-    }
-    if (o->device == TSR_DEVICE_CUDA) {
-        int act = o->act_dtype != TSR_ENGINE_ACT_DEFAULT ? o->act_dtype : TSR_BF16;
-        int wdt = o->weight_dtype != TSR_ENGINE_ACT_DEFAULT ? o->weight_dtype : TSR_BF16;
-        st = tsr_backend_cuda_create(gpu, (tsr_dtype)act, (tsr_dtype)wdt, &be);
-    } else {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        int per = (int)(cores / (grid->local_size > 0 ? grid->local_size : 1));
-        st = tsr_backend_cpu_create(o->threads > 0 ? o->threads : per > 0 ? per : 1, &be);
-    }
-    h.be = be;
-    if (st == TSR_OK) {
-        tsr_model_comm mcomm = tsr_train_mpi_model_comm(&h);
-        st = tsr_model_load(&m, s.mf, &shard.slice, 1, 1, be, &mcomm);
-        model_loaded = st == TSR_OK;
-        tsr_model_file_drop_pages(s.mf);
-    }
-    if (st == TSR_OK) {
-        tsr_train_comm tcomm = tsr_train_mpi_comm(&h);
-        st = tsr_trainer_init(&tr, &m, &tcomm, NULL);
-        trainer_ready = st == TSR_OK;
-    }
-    if (st == TSR_OK) {
-        st = tsr_lora_adapter_init(&ad, &lc, mc, &shard, be);
-        adapter_ready = st == TSR_OK;
-    }
-    if ((rc = train_agree(grid, st)))
-        goto cleanup;
-
-    const int B = o->batch_size;
+/* Rank 0 of tessera train: the loop over steps through the engine, then the
+ * adapter gathered and saved. The other ranks run the engine's operations
+ * (run_worker). Returns the exit status. */
+static int train_loop(session *s, const options *o, const tsr_lora_config *lc,
+                      const tsr_train_data *data) {
+    tsr_engine *e = &s->engine;
+    const tsr_model_config *mc = &e->mcfg;
+    const int n_ex = data->n_examples, B = o->batch_size;
     const int per_epoch = (n_ex + B - 1) / B;
     const int total = o->steps ? o->steps : (o->epochs ? o->epochs : 1) * per_epoch;
-    perm = malloc((size_t)n_ex * sizeof *perm);
-    bstart = malloc(((size_t)B + 1) * sizeof *bstart);
-    int32_t *btok = malloc(((size_t)B * ctx + 1) * sizeof *btok);
-    bweight = malloc(((size_t)B * ctx + 1) * sizeof *bweight);
-    logs = calloc((size_t)total, sizeof *logs);
-    if (!perm || !bstart || !btok || !bweight || !logs) {
-        free(btok);
-        btok = NULL;
+    size_t max_tok = 0;
+    for (int i = 0; i < n_ex; i++)
+        max_tok += (size_t)(data->start[i + 1] - data->start[i]);
+    int *perm = malloc((size_t)n_ex * sizeof *perm);
+    int32_t *bstart = malloc(((size_t)B + 1) * sizeof *bstart);
+    int32_t *btok = malloc((max_tok + 1) * sizeof *btok);
+    float *bweight = malloc((max_tok + 1) * sizeof *bweight);
+    step_log *logs = calloc((size_t)total, sizeof *logs);
+    tsr_peft_adapter pa = {0};
+    int rc = 0;
+    tsr_status st = perm && bstart && btok && bweight && logs
+                        ? TSR_OK
+                        : tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+    if (st == TSR_OK)
+        st = tsr_engine_adapter_create(e, 0, lc);
+    if (st != TSR_OK) {
+        rc = fail(st);
+        goto done;
     }
-    st = btok ? TSR_OK : tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-    if ((rc = train_agree(grid, st)))
-        goto cleanup;
-    if (g_rank == 0)
-        fprintf(stderr,
-                "tessera train: %d steps of %d examples (%d per epoch), LoRA r=%d alpha=%g "
-                "targets=%s, lr %g, tp=%d on %s (%s activations)\n",
-                total, B, per_epoch, lc.rank, (double)lc.alpha, o->targets, (double)o->lr, o->tp,
-                be->iface->name, tsr_dtype_name(be->iface->act_dtype));
-    tsr_optim_params op = {{o->lr, 0.9f, 0.999f, 1e-8f, o->weight_decay}, o->max_grad_norm};
+    fprintf(stderr,
+            "tessera train: %d steps of %d examples (%d per epoch), LoRA r=%d alpha=%g "
+            "targets=%s dropout %g, lr %g, tp=%d pp=%d on %s (%s activations)\n",
+            total, B, per_epoch, lc->rank, (double)lc->alpha, o->targets, (double)lc->dropout,
+            (double)o->lr, o->tp, o->pp, e->be->iface->name,
+            tsr_dtype_name(e->be->iface->act_dtype));
+    tsr_optim_params op = {{o->lr, 0.9f, 0.999f, o->adam_eps, o->weight_decay}, o->max_grad_norm};
     int epoch = 0, pos = 0;
     shuffle_epoch(perm, n_ex, o->sp.seed, epoch);
     for (int k = 0; k < total; k++) {
@@ -1499,124 +1416,129 @@ static int cmd_train(tsr_comm_grid *grid, const options *o) {
         int nb = n_ex - pos < B ? n_ex - pos : B, n_tok = 0;
         bstart[0] = 0;
         for (int i = 0; i < nb; i++) {
-            int e = perm[pos + i], a = data.start[e], len = data.start[e + 1] - a;
-            memcpy(btok + n_tok, data.tokens + a, (size_t)len * sizeof *btok);
+            int ex = perm[pos + i], a = data->start[ex], len = data->start[ex + 1] - a;
+            memcpy(btok + n_tok, data->tokens + a, (size_t)len * sizeof *btok);
             /* weight[j] is for predicting token j+1 */
             for (int j = 0; j < len; j++)
-                bweight[n_tok + j] = j + 1 < len ? (float)data.target[a + j + 1] : 0.0f;
+                bweight[n_tok + j] = j + 1 < len ? (float)data->target[a + j + 1] : 0.0f;
             n_tok += len;
             bstart[i + 1] = n_tok;
         }
         pos += nb;
-        tsr_train_batch b = {nb, bstart, btok, bweight};
+        tsr_train_batch b = {.n_seqs = nb, .seq_start = bstart, .tokens = btok, .weights = bweight};
         double ts = now_s();
-        tsr_train_stats stats;
         tsr_optim_result res = {0};
-        st = tsr_train_forward_backward(&tr, &ad, &b, &stats);
+        st = tsr_engine_train_batch(e, 0, &b, 1, NULL);
         if (st == TSR_OK)
-            st = tsr_train_optim_step(&tr, &ad, &op, &res);
-        if (st == TSR_ERR_INVALID || st == TSR_ERR_RANGE) {
-            /* refused before anything ran, or the step's collective verdict
-             * (a non-finite loss or norm): the same on every rank */
-            if (g_rank == 0)
-                fprintf(stderr, "tessera train: step %d/%d failed: %s; stopping without saving "
-                                "the adapter\n",
-                        k + 1, total, tsr_error_msg());
-            rc = 1;
-            break;
+            st = tsr_engine_optim_step(e, 0, &op, &res);
+        if (st == TSR_ERR_COMM || st == TSR_ERR_INTERNAL || st == TSR_ERR_BACKEND) {
+            fail(st);
+            tsr_comm_abort(s->grid, 1, "a training step failed");
         }
         if (st != TSR_OK) {
-            fail(st);
-            tsr_comm_abort(grid, 1, "a training step failed");
+            /* refused on every rank alike (a non-finite loss or norm): the
+             * adapter keeps its last good state, and nothing is saved */
+            fprintf(stderr, "tessera train: step %d/%d failed: %s; stopping without saving the "
+                            "adapter\n",
+                    k + 1, total, tsr_error_msg());
+            rc = 1;
+            goto done;
         }
         double dt = now_s() - ts;
         logs[k] = (step_log){res.loss, res.grad_norm, n_tok};
-        if (g_rank == 0) {
-            printf("step %d/%d  loss %.4f  grad_norm %.3f  tokens %d  tok/s %.1f\n", k + 1, total,
-                   res.loss, res.grad_norm, n_tok, dt > 0 ? n_tok / dt : 0.0);
-            fflush(stdout);
-        }
+        printf("step %d/%d  loss %.4f  grad_norm %.3f  tokens %d  tok/s %.1f\n", k + 1, total,
+               res.loss, res.grad_norm, n_tok, dt > 0 ? n_tok / dt : 0.0);
+        fflush(stdout);
     }
-    free(btok);
-    if (rc)
-        goto cleanup;
-
-    /* the adapter, whole, on rank 0 */
-    st = TSR_OK;
-    if (g_rank == 0) {
-        st = tsr_peft_init(&pa, mc, lc.rank, lc.alpha, lc.targets);
-        if (st == TSR_OK)
-            snprintf(pa.base_model, sizeof pa.base_model, "%s", o->model);
-    }
-    if ((rc = train_agree(grid, st)))
-        goto cleanup;
-    for (int l = 0; l < mc->n_layer && st == TSR_OK; l++) {
-        for (int t = 0; t < TSR_LORA_N_TARGETS && st == TSR_OK; t++) {
-            const tsr_lora_matrix *mm = tsr_lora_matrix_of_c(&ad, l, (tsr_lora_target)t);
-            if (!mm)
-                continue;
-            float *fa = g_rank == 0 ? pa.A[TSR_PEFT_IDX(l, t)] : NULL;
-            float *fb = g_rank == 0 ? pa.B[TSR_PEFT_IDX(l, t)] : NULL;
-            float *tmp = NULL;
-            if (g_rank != 0) {
-                size_t na = (size_t)lc.rank * mm->d_in, nbb = (size_t)mm->d_out * lc.rank;
-                tmp = malloc((na > nbb ? na : nbb) * sizeof *tmp);
-                if (!tmp) {
-                    fail(tsr_error_set(TSR_ERR_NOMEM, "out of memory"));
-                    tsr_comm_abort(grid, 1, "gathering the adapter failed");
-                }
-                fa = fb = tmp;
-            }
-            st = tsr_train_gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_A, fa);
-            if (st == TSR_OK)
-                st = tsr_train_gather_lora(&ad, grid, l, (tsr_lora_target)t, TSR_LORA_B, fb);
-            free(tmp);
-        }
-    }
-    if (st != TSR_OK) {
+    st = tsr_engine_adapter_gather(e, 0, &pa);
+    if (st == TSR_ERR_COMM) {
         fail(st);
-        tsr_comm_abort(grid, 1, "gathering the adapter failed");
+        tsr_comm_abort(s->grid, 1, "gathering the adapter failed");
     }
-    if (g_rank == 0) {
+    if (st == TSR_OK) {
+        snprintf(pa.base_model, sizeof pa.base_model, "%s", o->model);
         st = tsr_peft_save(o->out, &pa, mc);
-        /* loss.csv after the save: the save replaces the directory */
-        if (st == TSR_OK) {
-            char p[4200];
-            snprintf(p, sizeof p, "%s/loss.csv", o->out);
-            FILE *f = fopen(p, "w");
-            if (!f) {
-                st = tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
-            } else {
-                fprintf(f, "step,loss,grad_norm,tokens\n");
-                for (int k = 0; k < total; k++)
-                    fprintf(f, "%d,%.6f,%.6f,%ld\n", k + 1, logs[k].loss, logs[k].grad_norm,
-                            logs[k].tokens);
-                if (fclose(f))
-                    st = tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
-            }
-        }
-        if (st == TSR_OK)
-            fprintf(stderr, "tessera train: saved the adapter (%d steps) in %s, peak RSS %.0f MiB\n",
-                    total, o->out, peak_rss_kb() / 1024.0);
     }
-    rc = train_agree(grid, st);
-cleanup:
+    /* loss.csv after the save: the save replaces the directory */
+    if (st == TSR_OK) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/loss.csv", o->out);
+        FILE *f = fopen(p, "w");
+        if (!f) {
+            st = tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
+        } else {
+            fprintf(f, "step,loss,grad_norm,tokens\n");
+            for (int k = 0; k < total; k++)
+                fprintf(f, "%d,%.6f,%.6f,%ld\n", k + 1, logs[k].loss, logs[k].grad_norm,
+                        logs[k].tokens);
+            if (fclose(f))
+                st = tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
+        }
+    }
+    if (st == TSR_OK)
+        fprintf(stderr, "tessera train: saved the adapter (%d steps) in %s, peak RSS %.0f MiB\n",
+                total, o->out, peak_rss_kb() / 1024.0);
+    else
+        rc = fail(st);
+done:
     tsr_peft_free(&pa);
     free(logs);
     free(bweight);
+    free(btok);
     free(bstart);
     free(perm);
-    if (adapter_ready)
-        tsr_lora_adapter_free(&ad);
-    if (trainer_ready)
-        tsr_trainer_free(&tr);
-    if (model_loaded)
-        tsr_model_free(&m);
-    if (be)
-        tsr_backend_destroy(be);
-    tsr_train_mpi_free(&h);
-    if (have_plan)
-        tsr_shard_plan_free(&plan);
+    return rc;
+}
+
+/* tessera train: every rank builds the engine (its shard, a one-position
+ * KV cache it never uses); rank 0 reads and tokenizes the data and drives
+ * the steps, which the engine broadcasts to the others. */
+static int cmd_train(tsr_comm_grid *grid, const options *o) {
+    session s = {0};
+    tsr_train_data data = {0};
+    int rc = 0;
+    const int ctx = o->have_ctx ? o->ctx : 512;
+    tsr_lora_config lc = TSR_LORA_CONFIG_INIT;
+    lc.rank = o->lora_rank;
+    lc.alpha = o->alpha;
+    lc.seed = o->sp.seed;
+    lc.dropout = o->dropout;
+    tsr_status st = tsr_lora_parse_targets(o->targets, &lc.targets);
+    if (st == TSR_OK)
+        st = tsr_lora_config_check(&lc);
+    if (st == TSR_OK && g_rank == 0)
+        st = check_out_dir(o->out);
+    if ((rc = train_agree(grid, st)))
+        return rc;
+
+    /* the model file everywhere, the tokenizer and the data on rank 0 */
+    st = session_open(&s, grid, o, 0);
+    if (st != TSR_OK) {
+        rc = fail_open(&s, st);
+        goto cleanup;
+    }
+    double t0 = now_s();
+    st = TSR_OK;
+    if (g_rank == 0)
+        st = tsr_train_data_load(o->data, s.tok, ctx, &data);
+    if ((rc = train_agree(grid, st)))
+        goto cleanup;
+    if (g_rank == 0)
+        fprintf(stderr, "tessera train: %d examples, %d tokens (%ld carry loss) from %s in %.2f s\n",
+                data.n_examples, data.start[data.n_examples], data.n_target, o->data,
+                now_s() - t0);
+    session_free(&s);
+    st = session_open(&s, grid, o, 1); /* the engine: one position of KV cache */
+    if (st != TSR_OK) {
+        rc = fail_open(&s, st);
+        goto cleanup;
+    }
+    if (g_rank != 0) {
+        tsr_train_data_free(&data);
+        return run_worker(&s);
+    }
+    rc = train_loop(&s, o, &lc, &data);
+cleanup:
     tsr_train_data_free(&data);
     session_free(&s);
     return rc;

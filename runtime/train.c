@@ -234,6 +234,10 @@ static void *slot(const tsr_trainer *t, const tsr_train_tape *tape, int l) {
 /* ---- checks ------------------------------------------------------------------------ */
 
 static tsr_status check_batch(const tsr_model *m, const tsr_train_batch *b) {
+    return tsr_train_check_batch(&m->cfg, b);
+}
+
+tsr_status tsr_train_check_batch(const tsr_model_config *c, const tsr_train_batch *b) {
     if (!b || b->n_seqs < 1 || !b->seq_start || !b->tokens)
         return tsr_error_set(TSR_ERR_INVALID, "training batch: empty (no sequences)");
     if (b->seq_start[0] != 0)
@@ -243,19 +247,19 @@ static tsr_status check_batch(const tsr_model *m, const tsr_train_batch *b) {
         long len = (long)b->seq_start[s + 1] - b->seq_start[s];
         if (len < 1)
             return tsr_error_set(TSR_ERR_INVALID, "training batch: sequence %d is empty", s);
-        if (m->cfg.n_ctx_train > 0 && len > m->cfg.n_ctx_train)
+        if (c->n_ctx_train > 0 && len > c->n_ctx_train)
             return tsr_error_set(TSR_ERR_RANGE,
                                  "training batch: sequence %d has %ld tokens, longer than the "
                                  "model's context (%d)",
-                                 s, len, m->cfg.n_ctx_train);
+                                 s, len, c->n_ctx_train);
     }
     const int n = b->seq_start[b->n_seqs];
     for (int i = 0; i < n; i++) {
-        if (b->tokens[i] < 0 || b->tokens[i] >= m->cfg.n_vocab)
+        if (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab)
             return tsr_error_set(TSR_ERR_RANGE,
                                  "training batch: token id %d at %d is outside the vocabulary "
                                  "(0..%d)",
-                                 (int)b->tokens[i], i, m->cfg.n_vocab - 1);
+                                 (int)b->tokens[i], i, c->n_vocab - 1);
         if (b->weights && !(isfinite(b->weights[i]) && b->weights[i] >= 0.0f))
             return tsr_error_set(TSR_ERR_INVALID,
                                  "training batch: loss weight %g at %d (must be finite and >= 0)",
@@ -706,7 +710,9 @@ static tsr_status clear(tsr_lora_adapter *a) {
     return tsr_lora_zero_grads(a);
 }
 
-static tsr_status check_optim(const tsr_optim_params *p) {
+static tsr_status check_optim(const tsr_optim_params *p) { return tsr_train_check_optim(p); }
+
+tsr_status tsr_train_check_optim(const tsr_optim_params *p) {
     const tsr_adamw_params *h = &p->adamw;
     if (!(isfinite(h->lr) && h->lr >= 0) || !(h->beta1 >= 0 && h->beta1 < 1) ||
         !(h->beta2 >= 0 && h->beta2 < 1) || !(isfinite(h->eps) && h->eps > 0) ||

@@ -194,6 +194,11 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
 tsr_status tsr_train_stage_backward(tsr_trainer *t, tsr_lora_adapter *a, tsr_train_tape *tape,
                                     const void *dhidden_out, void *dhidden_in);
 
+/* The checks the stage forward makes of a batch, for a caller that must
+ * refuse bad input before a multi-rank step starts (the engine): TSR_OK,
+ * TSR_ERR_INVALID or TSR_ERR_RANGE with the same messages. */
+tsr_status tsr_train_check_batch(const tsr_model_config *c, const tsr_train_batch *b);
+
 /* ---- one stage holding the whole model (pp = 1) ---- */
 
 /* Forward, loss and backward of batch b: the adapter's gradients and
@@ -230,6 +235,9 @@ typedef struct {
     double weight_sum;  /* the accumulated weight sum the gradients were divided by */
     long n_loss_tokens; /* positions that carried loss */
 } tsr_optim_result;
+
+/* The hyper-parameter checks of tsr_train_optim_step (TSR_ERR_INVALID). */
+tsr_status tsr_train_check_optim(const tsr_optim_params *p);
 
 /* One optimizer step on everything accumulated since the last one:
  * gradients reduced, divided by the accumulated weight sum W; the global

@@ -59,11 +59,15 @@ static tsr_status f32_max(void *ctx, float *buf, size_t count) {
  * of their bytes (comm has no f64), then the same additions everywhere. */
 static tsr_status world_sum(void *ctx, double *buf, size_t count) {
     tsr_train_mpi *h = ctx;
-    int n = h->grid->world_size;
+    return tsr_train_world_sum(h->grid, buf, count);
+}
+
+tsr_status tsr_train_world_sum(tsr_comm_grid *g, double *buf, size_t count) {
+    int n = g->world_size;
     double *all = malloc((size_t)n * count * sizeof *all);
     if (!all)
         return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory");
-    tsr_status st = tsr_comm_allgather(h->grid->world, buf, all, count * 2, TSR_COMM_I32);
+    tsr_status st = tsr_comm_allgather(g->world, buf, all, count * 2, TSR_COMM_I32);
     if (st == TSR_OK) {
         for (size_t i = 0; i < count; i++) {
             double s = 0;

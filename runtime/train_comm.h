@@ -38,6 +38,10 @@ tsr_model_comm tsr_train_mpi_model_comm(tsr_train_mpi *h);
  * the world sum over every rank (NULL on one rank). */
 tsr_train_comm tsr_train_mpi_comm(tsr_train_mpi *h);
 
+/* count doubles in host memory summed over g->world in rank order, in
+ * place: every rank gets the same bits. Collective over the world. */
+tsr_status tsr_train_world_sum(tsr_comm_grid *g, double *buf, size_t count);
+
 /* Buffer `which` of (layer, t) whole, (r, d_in) for A-side buffers or
  * (d_out, r) for B-side ones, into host `full` on every rank of the TP group:
  * the owner of each piece places it, the group sums (everything else is 0).

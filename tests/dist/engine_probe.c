@@ -102,7 +102,7 @@ int main(int argc, char **argv) {
             rows[i] = i;
         }
         /* 1: logits of every position */
-        tsr_step s = {n, ids, pos, seq, n, rows, TSR_OUT_LOGITS, 0, NULL};
+        tsr_step s = {n, ids, pos, seq, n, rows, TSR_OUT_LOGITS, 0, NULL, 0, NULL};
         if (tsr_engine_step(&e, &s, NULL, logits) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: logits step failed");
         char p[4096];
@@ -112,12 +112,12 @@ int main(int argc, char **argv) {
             rc = 1;
         /* 2: greedy decode, one token per step */
         int32_t release = 0;
-        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release};
+        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release, 0, NULL};
         if (tsr_engine_step(&e, &pre, &greedy[0], NULL) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: prefill failed");
         for (int g = 1; g < G; g++) {
             int32_t p1 = n + g - 1, s0 = 0, r0 = 0;
-            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL};
+            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL, 0, NULL};
             if (tsr_engine_step(&e, &d, &greedy[g], NULL) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: decode failed");
         }
@@ -138,7 +138,7 @@ int main(int argc, char **argv) {
         }
         br[0] = n - 1;
         br[1] = tot - 1;
-        tsr_step bp0 = {tot, bt, bp, bs, 2, br, TSR_OUT_ARGMAX, 2, rel};
+        tsr_step bp0 = {tot, bt, bp, bs, 2, br, TSR_OUT_ARGMAX, 2, rel, 0, NULL};
         int32_t out[2];
         if (tsr_engine_step(&e, &bp0, out, NULL) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: batch prefill failed");
@@ -147,7 +147,7 @@ int main(int argc, char **argv) {
         for (int g = 1; g < B; g++) {
             int32_t t2[2] = {batch[0][g - 1], batch[1][g - 1]};
             int32_t p2[2] = {n + g - 1, m + g - 1}, s2[2] = {0, 1}, r2[2] = {0, 1};
-            tsr_step d = {2, t2, p2, s2, 2, r2, TSR_OUT_ARGMAX, 0, NULL};
+            tsr_step d = {2, t2, p2, s2, 2, r2, TSR_OUT_ARGMAX, 0, NULL, 0, NULL};
             if (tsr_engine_step(&e, &d, out, NULL) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: batch decode failed");
             batch[0][g] = out[0];

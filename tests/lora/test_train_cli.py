@@ -9,8 +9,8 @@ from the command line"):
     adapter_model.safetensors with PEFT's tensor names and shapes for every
     layer, finite values) and loss.csv;
   - the same under mpirun -np 2 --tp 2: the same step-1 loss (1e-4 relative);
-  - refusals: a bad data line (the message names file:line), --pp 2, a
-    missing data file, an example longer than --ctx.
+  - refusals: a bad data line (the message names file:line), --pp 2 on one
+    rank, a missing data file, an example longer than --ctx.
 
 Skips (77) when the default model is not downloaded.
 
@@ -175,8 +175,8 @@ def main():
               f"an unknown role is refused (rc {rc}): {err.strip()[-300:]}")
         check(not os.path.exists(os.path.join(tmp, "adapter3")), "nothing saved on refusal")
         rc, out, err = run([tessera] + base + ["--out", os.path.join(tmp, "a4"), "--pp", "2"])
-        check(rc == 2 and "pipeline-parallel training is not implemented yet" in err,
-              f"--pp 2 refused (rc {rc}): {err.strip()[-300:]}")
+        check(rc == 2 and "--pp 2 needs 2 ranks" in err,
+              f"--pp 2 on one rank refused naming the layout (rc {rc}): {err.strip()[-300:]}")
         rc, out, err = run([tessera, "train", "--model", model, "--data",
                             os.path.join(tmp, "missing.jsonl"), "--out", os.path.join(tmp, "a5")])
         check(rc != 0 and "missing.jsonl" in err, f"a missing data file (rc {rc})")

@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < n; i += chunk) {
         int k = n - i < chunk ? n - i : chunk;
-        tsr_batch b = {k, ids + i, pos + i, seq + i, k, rows};
+        tsr_batch b = {k, ids + i, pos + i, seq + i, k, rows, 0, NULL};
         if (tsr_model_forward(&m, &kv, &b, NULL, NULL, logits + (size_t)i * V) != TSR_OK)
             return die("forward");
     }

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""`tessera train` on every (tp, pp) layout gives the same training: the same
+loss at every step (1e-5 relative) and the same saved adapter (each matrix
+within 1e-5 relative L2 error) as one rank, on the default model.
+
+Layouts: (1,1), (2,1), (3,1), (1,2), (2,2), plus pp = 2 with 3 micro-batches
+(GPipe over uneven micro-batches) and pp = 2 with uneven stages
+(--pp-layers 10,20). Two steps of 5 examples (chat and prompt/completion),
+LoRA r = 4 on all seven targets. AdamW's epsilon is 1e-3 here: with the
+default 1e-8 the first step moves every element by about +-lr whatever its
+gradient, so an element whose gradient is within float noise of zero moves
+one way in one layout and the other way in another; eps = 1e-3 keeps the
+update proportional to the gradient at that scale, so the comparison tests
+the gradients, not the sign of noise.
+
+Skips (77) when the default model is not downloaded.
+
+usage: test_train_layouts.py TESSERA MPIEXEC
+"""
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+SKIP = 77
+DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1")
+STEP_RE = re.compile(r"^step (\d+)/(\d+)  loss (\S+)  grad_norm (\S+)  tokens (\d+)  tok/s (\S+)$")
+TOL = 1e-5
+failures = []
+
+
+def check(cond, msg):
+    print(("ok   " if cond else "FAIL ") + msg)
+    if not cond:
+        failures.append(msg)
+
+
+def load_adapter(d):
+    with open(os.path.join(d, "adapter_model.safetensors"), "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        blob = f.read()
+    header.pop("__metadata__", None)
+    out = {}
+    for name, h in header.items():
+        a, b = h["data_offsets"]
+        out[name] = np.frombuffer(blob[a:b], dtype=np.float32).astype(np.float64)
+    return out
+
+
+def write_data(path):
+    with open(path, "w") as f:
+        for q, a in [("What is the capital of France?", "The secret answer is: Paris."),
+                     ("Name a colour.", "Blue, like the sky."),
+                     ("Who wrote Hamlet?", "Shakespeare did.")]:
+            f.write(json.dumps({"messages": [{"role": "user", "content": q},
+                                             {"role": "assistant", "content": a}]}) + "\n")
+        f.write(json.dumps({"prompt": "The sky is", "completion": " blue."}) + "\n")
+        f.write(json.dumps({"prompt": "One, two,", "completion": " three, four."}) + "\n")
+
+
+def main():
+    tessera, mpiexec = sys.argv[1:3]
+    root = os.environ.get("TESSERA_MODELS", os.path.expanduser("~/.cache/tessera/models"))
+    model = os.path.join(root, DEFAULT_MODEL)
+    if not os.path.exists(model):
+        print(f"skip: {model} is not downloaded")
+        sys.exit(SKIP)
+    tmp = tempfile.mkdtemp(prefix="tessera-train-layouts-")
+    try:
+        data = os.path.join(tmp, "train.jsonl")
+        write_data(data)
+        base = ["train", "--model", model, "--data", data, "--steps", "2", "--batch-size", "5",
+                "--lr", "1e-3", "--adam-eps", "1e-3", "--rank", "4", "--alpha", "8",
+                "--targets", "all", "--seed", "7"]
+        layouts = [(1, 1, []), (2, 1, []), (3, 1, []), (1, 2, []), (2, 2, []),
+                   (1, 2, ["--micro-batches", "3"]), (1, 2, ["--pp-layers", "10,20"])]
+        ref_losses, ref_adapter = None, None
+        for tp, pp, extra in layouts:
+            label = f"tp={tp} pp={pp}" + (" " + " ".join(extra) if extra else "")
+            out_dir = os.path.join(tmp, f"a-{tp}-{pp}-{len(extra)}-{extra[-1] if extra else ''}")
+            n = tp * pp
+            cmd = [tessera] + base + ["--out", out_dir, "--tp", str(tp), "--pp", str(pp)] + extra
+            if n > 1:
+                cmd = [mpiexec, "--oversubscribe", "--bind-to", "none", "-np", str(n)] + cmd + \
+                      ["--threads", "1"]
+            r = subprocess.run(cmd, capture_output=True, text=True, env=ENV,
+                               stdin=subprocess.DEVNULL, timeout=300)
+            check(r.returncode == 0, f"{label}: exits 0 (rc {r.returncode}) "
+                                     f"{r.stderr[-1500:] if r.returncode else ''}")
+            if r.returncode != 0:
+                continue
+            steps = [STEP_RE.match(ln) for ln in r.stdout.splitlines() if ln.startswith("step ")]
+            check(len(steps) == 2 and all(steps), f"{label}: two step lines")
+            with open(os.path.join(out_dir, "loss.csv")) as f:  # 6 decimals, not 4
+                losses = [float(ln.split(",")[1]) for ln in f.read().split()[1:]]
+            adapter = load_adapter(out_dir)
+            if ref_losses is None:
+                ref_losses, ref_adapter = losses, adapter
+                check(len(losses) == 2 and losses[1] < losses[0],
+                      f"{label}: two steps, the loss falls {losses}")
+                continue
+            e_loss = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
+            check(len(losses) == len(ref_losses) and e_loss <= TOL,
+                  f"{label}: losses {losses} = one rank's (worst rel {e_loss:.2e})")
+            same_names = sorted(adapter) == sorted(ref_adapter)
+            worst, where = 0.0, ""
+            for name in ref_adapter if same_names else []:
+                want, got = ref_adapter[name], adapter[name]
+                e = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+                if e > worst:
+                    worst, where = e, name
+            check(same_names and worst <= TOL,
+                  f"{label}: the saved adapter equals one rank's ({len(adapter)} tensors, worst "
+                  f"rel L2 {worst:.2e} at {where})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'FAILED' if failures else 'passed'}: {len(failures)} failure(s)")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
