@@ -1215,7 +1215,7 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
         return run_worker(&s);
 
     tsr_scheduler_t *sched = NULL;
-    tsr_sched_config sc = {o->max_batch_tokens, 0.05, metrics};
+    tsr_sched_config sc = {o->max_batch_tokens, 0.05, metrics, o->model};
     st = tsr_scheduler_create(&s.engine, s.tok, &g_queue, &g_stats, &sc, &sched);
     if (st != TSR_OK) {
         int rc = fail(st);

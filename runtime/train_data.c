@@ -121,6 +121,36 @@ static tsr_status build_chat(seq_buf *s, const tsr_tokenizer_t *tok, const char 
     return st;
 }
 
+/* The finished example out of s (ownership passes), or s freed on error. */
+static tsr_status take(seq_buf *s, tsr_status st, int32_t **tokens, uint8_t **target, size_t *n) {
+    if (st != TSR_OK) {
+        free(s->tokens);
+        free(s->target);
+        *tokens = NULL;
+        *target = NULL;
+        *n = 0;
+        return st;
+    }
+    *tokens = s->tokens;
+    *target = s->target;
+    *n = s->n;
+    return TSR_OK;
+}
+
+tsr_status tsr_train_example_pc(const tsr_tokenizer_t *tok, const char *where, const char *prompt,
+                                const char *completion, int32_t **tokens, uint8_t **target,
+                                size_t *n) {
+    seq_buf s = {0};
+    return take(&s, build_pc(&s, tok, where, prompt, completion), tokens, target, n);
+}
+
+tsr_status tsr_train_example_chat(const tsr_tokenizer_t *tok, const char *where,
+                                  const tsr_chat_msg *msgs, size_t n_msgs, int32_t **tokens,
+                                  uint8_t **target, size_t *n) {
+    seq_buf s = {0};
+    return take(&s, build_chat(&s, tok, where, msgs, n_msgs), tokens, target, n);
+}
+
 static const char *jtype(const json_t *v) {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";

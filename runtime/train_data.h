@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "base/status.h"
+#include "runtime/tokenizer/chat.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 typedef struct {
@@ -64,5 +65,17 @@ tsr_status tsr_train_data_load(const char *path, const tsr_tokenizer_t *tok, int
 tsr_status tsr_train_data_alloc(tsr_train_data *out, int n_examples, size_t n_tokens);
 
 void tsr_train_data_free(tsr_train_data *d); /* NULL ok; zeroes */
+
+/* One example, tokenized and masked as a record of the file is: a
+ * prompt/completion pair, or a conversation (chat.h's messages). *tokens
+ * and *target (1: a loss target) get n malloc'd entries each (the caller
+ * frees both). Errors as tsr_train_data_load's, with `where` (e.g.
+ * "example 3") in place of "path:line". */
+tsr_status tsr_train_example_pc(const tsr_tokenizer_t *tok, const char *where, const char *prompt,
+                                const char *completion, int32_t **tokens, uint8_t **target,
+                                size_t *n);
+tsr_status tsr_train_example_chat(const tsr_tokenizer_t *tok, const char *where,
+                                  const tsr_chat_msg *msgs, size_t n_msgs, int32_t **tokens,
+                                  uint8_t **target, size_t *n);
 
 #endif

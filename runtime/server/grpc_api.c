@@ -11,10 +11,9 @@
 #include "runtime/sampler.h"
 #include "runtime/tokenizer/chat.h"
 
-static grpc_status_code refuse(tsr_api_error *e, grpc_status_code code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+#define refuse tsr_api_refuse
 
-static grpc_status_code refuse(tsr_api_error *e, grpc_status_code code, const char *fmt, ...) {
+grpc_status_code tsr_api_refuse(tsr_api_error *e, grpc_status_code code, const char *fmt, ...) {
     e->code = code;
     va_list ap;
     va_start(ap, fmt);
@@ -195,13 +194,12 @@ grpc_status_code tsr_api_generate_request(const tsr_api_ctx *ctx,
     grpc_status_code code = tsr_api_check_id(m->request_id, err);
     if (code != GRPC_STATUS_OK)
         return code;
+    /* the adapter's name; whether it exists is the engine thread's to say
+     * (NOT_FOUND), as adapters come and go between calls */
     if (m->adapter[0]) {
-        if (!tsr_api_utf8_valid(m->adapter, strlen(m->adapter)))
-            return refuse(err, GRPC_STATUS_INVALID_ARGUMENT, "adapter is not valid UTF-8");
-        return refuse(err, GRPC_STATUS_NOT_FOUND,
-                      "adapter '%.100s' is not loaded: this server serves the base model only "
-                      "(leave adapter empty)",
-                      m->adapter);
+        code = tsr_api_check_adapter_name(m->adapter, "adapter", err);
+        if (code != GRPC_STATUS_OK)
+            return code;
     }
 
     /* ---- sampling (proto3 zeros mapped to their documented defaults) ---- */
@@ -363,7 +361,7 @@ grpc_status_code tsr_api_generate_request(const tsr_api_ctx *ctx,
     r->ignore_eos = sp->ignore_eos ? 1 : 0;
     r->logprobs = sp->logprobs || sp->top_logprobs > 0;
     r->top_logprobs = sp->top_logprobs;
-    r->adapter[0] = '\0';
+    snprintf(r->adapter, sizeof r->adapter, "%s", m->adapter);
     if (sp->n_stop) {
         r->stop = calloc(sp->n_stop, sizeof *r->stop);
         if (!r->stop)

@@ -45,6 +45,33 @@ enum {
     TSR_API_MAX_TOP_LOGPROBS = 20,
 };
 
+/* Fills e (code and printf-style message) and returns code. */
+grpc_status_code tsr_api_refuse(tsr_api_error *e, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* An adapter name: 1..TSR_ADAPTER_NAME_MAX characters of [A-Za-z0-9._-],
+ * not starting with '.'. `field` names it in the message. */
+grpc_status_code tsr_api_check_adapter_name(const char *name, const char *field,
+                                            tsr_api_error *err);
+
+/* ---- the adapter and training calls (runtime/server/train_api.c) ---- */
+
+/* Limits on one training call. */
+enum {
+    TSR_API_MAX_EXAMPLES = 1024,      /* examples per ForwardBackward / Forward */
+    TSR_API_MAX_TRAIN_TOKENS = 65536, /* tokens per ForwardBackward / Forward */
+};
+
+/* Checks and converts the serialized request of adapter call `kind` into r
+ * (the examples tokenized and weighted: see tessera.v1.TrainExample).
+ * Returns GRPC_STATUS_OK or the refusal (err filled); r may then hold
+ * partial data that tsr_ctl_request_release frees. */
+grpc_status_code tsr_api_ctl_request(const tsr_api_ctx *ctx, tsr_ctl_kind kind, const uint8_t *in,
+                                     size_t n, tsr_ctl_request *r, tsr_api_error *err);
+
+/* The serialized response of a finished call (r->code == 0). TSR_ERR_NOMEM. */
+tsr_status tsr_api_ctl_response(const tsr_ctl_request *r, uint8_t **out, size_t *len);
+
 /* Valid UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 int tsr_api_utf8_valid(const char *s, size_t n);
 

@@ -63,7 +63,23 @@ enum {
     M_ABORT,
     M_HEALTH_CHECK,
     M_HEALTH_WATCH,
+    /* the adapter calls: M_CTL_FIRST + tsr_ctl_kind - 1 */
+    M_CTL_FIRST,
+    M_CREATE_ADAPTER = M_CTL_FIRST,
+    M_FORWARD_BACKWARD,
+    M_FORWARD,
+    M_OPTIM_STEP,
+    M_SAVE_ADAPTER,
+    M_LOAD_ADAPTER,
+    M_LIST_ADAPTERS,
+    M_DELETE_ADAPTER,
 };
+
+_Static_assert(M_FORWARD_BACKWARD - M_CTL_FIRST + 1 == TSR_CTL_FORWARD_BACKWARD &&
+                   M_DELETE_ADAPTER - M_CTL_FIRST + 1 == TSR_CTL_DELETE,
+               "adapter methods and tsr_ctl_kind differ");
+
+static int is_ctl(int method) { return method >= M_CTL_FIRST && method <= M_DELETE_ADAPTER; }
 
 static const struct {
     const char *path;
@@ -76,6 +92,14 @@ static const struct {
     {"/tessera.v1.Tessera/GetModelInfo", "GetModelInfo", M_MODEL_INFO},
     {"/tessera.v1.Tessera/GetServerInfo", "GetServerInfo", M_SERVER_INFO},
     {"/tessera.v1.Tessera/Abort", "Abort", M_ABORT},
+    {"/tessera.v1.Tessera/CreateAdapter", "CreateAdapter", M_CREATE_ADAPTER},
+    {"/tessera.v1.Tessera/ForwardBackward", "ForwardBackward", M_FORWARD_BACKWARD},
+    {"/tessera.v1.Tessera/Forward", "Forward", M_FORWARD},
+    {"/tessera.v1.Tessera/OptimStep", "OptimStep", M_OPTIM_STEP},
+    {"/tessera.v1.Tessera/SaveAdapter", "SaveAdapter", M_SAVE_ADAPTER},
+    {"/tessera.v1.Tessera/LoadAdapter", "LoadAdapter", M_LOAD_ADAPTER},
+    {"/tessera.v1.Tessera/ListAdapters", "ListAdapters", M_LIST_ADAPTERS},
+    {"/tessera.v1.Tessera/DeleteAdapter", "DeleteAdapter", M_DELETE_ADAPTER},
     {"/grpc.health.v1.Health/Check", "Health.Check", M_HEALTH_CHECK},
     {"/grpc.health.v1.Health/Watch", "Health.Watch", M_HEALTH_WATCH},
 };
@@ -123,6 +147,8 @@ struct srv_call {
     char *prompt_text;      /* log_prompts only */
     /* Health.Watch */
     int watching, watch_unknown, watch_sent;
+    /* the adapter calls: our reference while the call lives */
+    tsr_ctl_request *ctl;
 };
 
 struct tsr_grpc_server {
@@ -300,6 +326,8 @@ static void access_log(tsr_grpc_server_t *s, srv_call *c) {
     lb_kv(&b, "peer", c->peer, sizeof c->peer);
     if (c->method == M_GENERATE)
         lb_kv(&b, "adapter", c->req && c->req->adapter[0] ? c->req->adapter : "-", 128);
+    if (is_ctl(c->method) && c->ctl && c->ctl->name[0])
+        lb_kv(&b, "adapter", c->ctl->name, sizeof c->ctl->name);
     lb_kv(&b, "status", status_name(c->status), 64);
     double total = tsr_now_s() - c->t_arrival;
     if (c->method == M_GENERATE) {
@@ -354,6 +382,7 @@ static void call_free(srv_call *c) {
         grpc_slice_unref(c->status_slice);
     tsr_gen_event_free(c->stash);
     tsr_gen_request_release(c->req);
+    tsr_ctl_request_release(c->ctl);
     free(c->prompt_text);
     free(c);
 }
@@ -409,6 +438,8 @@ static void maybe_release(tsr_grpc_server_t *s, srv_call *c) {
     }
     if (c->req && !c->final_seen)
         atomic_store(&c->req->cancelled, 1); /* the engine frees its KV within a step */
+    if (c->ctl)
+        atomic_store(&c->ctl->cancelled, 1); /* skipped if it has not started */
     list_remove(s, c);
     if (c->counted)
         atomic_fetch_sub(&s->active_calls, 1);
@@ -586,6 +617,68 @@ static void on_abort(tsr_grpc_server_t *s, srv_call *c, const uint8_t *data, siz
     tessera__v1__abort_request__free_unpacked(m, NULL);
 }
 
+/* An adapter call: parsed and checked here, run by the engine thread, answered
+ * by pump_ctl once it is done. */
+static void on_ctl(tsr_grpc_server_t *s, srv_call *c, const uint8_t *data, size_t len) {
+    tsr_server_stats *st = s->cfg.stats;
+    if (atomic_load(&st->engine_failed)) {
+        finish(c, GRPC_STATUS_UNAVAILABLE,
+               "the engine has failed (see the server log); restart the server");
+        return;
+    }
+    if (!atomic_load(&st->ready)) {
+        finish(c, GRPC_STATUS_UNAVAILABLE,
+               "the model is still loading: retry when health reports SERVING");
+        return;
+    }
+    tsr_ctl_request *r = tsr_ctl_request_new();
+    if (!r) {
+        finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    tsr_api_error err;
+    grpc_status_code code = tsr_api_ctl_request(&s->api, (tsr_ctl_kind)(c->method - M_CTL_FIRST + 1),
+                                                data, len, r, &err);
+    if (code != GRPC_STATUS_OK) {
+        finish(c, code, "%s", err.msg);
+        tsr_ctl_request_release(r);
+        return;
+    }
+    if (tsr_request_queue_push_ctl(s->cfg.queue, r) != TSR_OK) {
+        finish(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        tsr_ctl_request_release(r);
+        return;
+    }
+    c->ctl = r; /* the queue took its own reference */
+}
+
+static void pump_ctl(tsr_grpc_server_t *s, srv_call *c, double now) {
+    (void)s;
+    if (c->op_busy || !atomic_load(&c->ctl->done)) {
+        if (c->deadline > 0 && now >= c->deadline && !c->op_busy) {
+            atomic_store(&c->ctl->cancelled, 1);
+            grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED,
+                                         "deadline exceeded", NULL);
+            c->status = GRPC_STATUS_DEADLINE_EXCEEDED;
+            snprintf(c->msg, sizeof c->msg, "deadline exceeded");
+            c->status_started = 1;
+        }
+        return;
+    }
+    const tsr_ctl_request *r = c->ctl;
+    if (r->code != GRPC_STATUS_OK) {
+        finish(c, (grpc_status_code)r->code, "%s", r->msg);
+        return;
+    }
+    uint8_t *buf;
+    size_t len;
+    if (tsr_api_ctl_response(r, &buf, &len) != TSR_OK) {
+        finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory on the server");
+        return;
+    }
+    reply(c, buf, len);
+}
+
 static void on_server_info(tsr_grpc_server_t *s, srv_call *c) {
     tsr_server_stats *st = s->cfg.stats;
     Tessera__V1__ServerInfo si = TESSERA__V1__SERVER_INFO__INIT;
@@ -668,7 +761,12 @@ static void on_message(tsr_grpc_server_t *s, srv_call *c, int ok) {
     case M_ABORT: on_abort(s, c, data, len); break;
     case M_HEALTH_CHECK:
     case M_HEALTH_WATCH: on_health(s, c, data, len); break;
-    default: finish(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method"); break;
+    default:
+        if (is_ctl(c->method))
+            on_ctl(s, c, data, len);
+        else
+            finish(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
+        break;
     }
     if (code != GRPC_STATUS_OK)
         finish(c, code, "%s", err.msg);
@@ -767,6 +865,8 @@ static void on_close(tsr_grpc_server_t *s, srv_call *c) {
         return;
     if (c->req)
         atomic_store(&c->req->cancelled, 1);
+    if (c->ctl)
+        atomic_store(&c->ctl->cancelled, 1);
     if (c->status_started && c->status != GRPC_STATUS_OK)
         return; /* our own status says why */
     if (c->deadline > 0 && tsr_now_s() >= c->deadline - 0.002) {
@@ -849,6 +949,13 @@ static void pump_generate(tsr_grpc_server_t *s, srv_call *c, double now) {
     snprintf(c->fin_error, sizeof c->fin_error, "%.*s", (int)sizeof fin->error - 1, fin->error);
     grpc_status_code code = GRPC_STATUS_OK;
     char msg[256] = "";
+    if (fin->status_code != 0) { /* refused by the engine thread (an unknown adapter) */
+        code = (grpc_status_code)fin->status_code;
+        snprintf(msg, sizeof msg, "%s", fin->error);
+        tsr_gen_event_free(fin);
+        finish(c, code, "%s", msg);
+        return;
+    }
     if (fin->finish == TSR_FIN_CANCELLED) {
         code = GRPC_STATUS_CANCELLED;
         if (c->aborted)
@@ -901,6 +1008,9 @@ static int pump(tsr_grpc_server_t *s) {
         if (c->method == M_GENERATE && c->req) {
             pump_generate(s, c, now);
             streaming |= !c->status_started;
+        } else if (c->ctl) {
+            pump_ctl(s, c, now);
+            streaming |= !c->status_started;
         } else if (c->watching) {
             pump_watch(s, c);
         }
@@ -930,9 +1040,12 @@ static void begin_shutdown(tsr_grpc_server_t *s) {
     atomic_store(&s->draining, 1);
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
     grpc_server_cancel_all_calls(s->server);
-    for (srv_call *c = s->calls; c; c = c->next)
+    for (srv_call *c = s->calls; c; c = c->next) {
         if (c->req && !c->final_seen)
             atomic_store(&c->req->cancelled, 1);
+        if (c->ctl)
+            atomic_store(&c->ctl->cancelled, 1);
+    }
 }
 
 static void *server_thread(void *arg) {

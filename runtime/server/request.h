@@ -25,7 +25,9 @@
 #include <stdint.h>
 
 #include "base/status.h"
+#include "runtime/lora.h"
 #include "runtime/sampler.h"
+#include "runtime/train.h"
 
 typedef enum {
     TSR_EV_CHUNK = 0, /* tokens and the text they completed */
@@ -60,6 +62,9 @@ typedef struct tsr_gen_event {
     int prompt_tokens, completion_tokens, cached_tokens;
     double queued_s, ttft_s, total_s;
     char error[256];
+    int status_code;    /* FINAL: 0, or the gRPC status (numbered as grpc_status_code) the
+                           call ends with instead of a final message (an unknown adapter:
+                           NOT_FOUND); `error` says why */
 } tsr_gen_event;
 
 typedef struct tsr_gen_request {
@@ -107,13 +112,89 @@ void tsr_gen_request_post(tsr_gen_request *r, tsr_gen_event *ev);
 tsr_gen_event *tsr_gen_request_take(tsr_gen_request *r);
 void tsr_gen_event_free(tsr_gen_event *ev); /* NULL ok */
 
-/* The bounded queue of requests waiting for the engine. */
+/* ---- adapter and training calls ----
+ * CreateAdapter, ForwardBackward, Forward, OptimStep, SaveAdapter,
+ * LoadAdapter, ListAdapters and DeleteAdapter travel as a tsr_ctl_request:
+ * the gRPC thread parses, validates and tokenizes, the engine thread runs it
+ * between two generation steps (runtime/server/adapters.h), fills in the
+ * result and sets `done`; the gRPC thread, which polls `done`, answers.
+ * Ownership as for generation requests: refcounted, the last release frees. */
+
+#define TSR_ADAPTER_NAME_MAX 64
+
+typedef enum {
+    TSR_CTL_CREATE = 1,
+    TSR_CTL_FORWARD_BACKWARD,
+    TSR_CTL_FORWARD,
+    TSR_CTL_OPTIM_STEP,
+    TSR_CTL_SAVE,
+    TSR_CTL_LOAD,
+    TSR_CTL_LIST,
+    TSR_CTL_DELETE,
+} tsr_ctl_kind;
+
+/* One adapter as ListAdapters and CreateAdapter report it. */
+typedef struct {
+    char name[TSR_ADAPTER_NAME_MAX + 1];
+    tsr_lora_config cfg;
+    int step;
+    long long n_params;   /* of the whole adapter */
+    int pending_batches;  /* ForwardBackward calls since the last OptimStep */
+    char source[4096];    /* "created" or the directory it was loaded from */
+} tsr_adapter_info;
+
+typedef struct tsr_ctl_request {
+    struct tsr_ctl_request *next; /* in the queue */
+    /* ---- written by the gRPC thread before submit ---- */
+    tsr_ctl_kind kind;
+    char name[TSR_ADAPTER_NAME_MAX + 1]; /* the adapter ("" = base model, Forward only) */
+    tsr_lora_config lora;    /* CREATE */
+    int n_seqs;              /* FORWARD_BACKWARD, FORWARD: the batch, as tsr_train_batch */
+    int32_t *seq_start;      /* (n_seqs + 1) */
+    int32_t *tokens;         /* (seq_start[n_seqs]) */
+    float *weights;          /* (seq_start[n_seqs]) for predicting token i+1 from i */
+    tsr_optim_params optim;  /* OPTIM_STEP */
+    char path[4096];         /* SAVE ("" = none), LOAD */
+    int return_files;        /* SAVE */
+    atomic_int cancelled;    /* the client left: not started calls are skipped */
+    atomic_int refs;
+    /* ---- written by the engine thread, then `done` ---- */
+    atomic_int done;
+    int code;                /* 0 = OK, else the gRPC status (numbered as grpc_status_code) */
+    char msg[512];           /* why, when code != 0 */
+    tsr_train_stats stats;   /* FORWARD_BACKWARD, FORWARD */
+    int pending_batches;
+    tsr_optim_result result; /* OPTIM_STEP */
+    tsr_adapter_info info;   /* CREATE, LOAD */
+    tsr_adapter_info *list;  /* LIST: (n_list), malloc'd */
+    int n_list, max_adapters;
+    int step;                /* SAVE */
+    uint8_t *config_json;    /* SAVE with return_files: the two files' bytes */
+    size_t config_len;
+    uint8_t *safetensors;
+    size_t safetensors_len;
+} tsr_ctl_request;
+
+/* A zeroed request with refcount 1. NULL on OOM. */
+tsr_ctl_request *tsr_ctl_request_new(void);
+void tsr_ctl_request_retain(tsr_ctl_request *r);
+void tsr_ctl_request_release(tsr_ctl_request *r); /* NULL ok; the last frees */
+
+/* Engine side: the result is complete (code, msg and the kind's fields). */
+void tsr_ctl_request_finish(tsr_ctl_request *r, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The bounded queue of requests waiting for the engine (generation
+ * requests in a ring; adapter calls in a FIFO list beside it, unbounded:
+ * each is one client call). */
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     tsr_gen_request **items; /* ring */
     int cap, head, count;
     int closed;              /* no more pushes (shutdown) */
+    tsr_ctl_request *ctl_head, *ctl_tail;
+    int n_ctl;
 } tsr_request_queue;
 
 tsr_status tsr_request_queue_init(tsr_request_queue *q, int capacity);
@@ -125,11 +206,19 @@ tsr_status tsr_request_queue_push(tsr_request_queue *q, tsr_gen_request *r);
 
 /* Engine side: takes up to max requests (their references pass to the
  * caller). Waits up to timeout_s for the first one when the queue is empty
- * (0: do not wait). Returns the number taken. */
+ * (0: do not wait); an adapter call arriving ends the wait too. Returns the
+ * number taken. */
 int tsr_request_queue_pop(tsr_request_queue *q, tsr_gen_request **out, int max, double timeout_s);
 
 /* Requests waiting now. */
 int tsr_request_queue_len(tsr_request_queue *q);
+
+/* gRPC side: enqueues an adapter call (taking a reference); wakes a waiting
+ * pop. TSR_ERR_INVALID when closed. */
+tsr_status tsr_request_queue_push_ctl(tsr_request_queue *q, tsr_ctl_request *r);
+
+/* Engine side: the oldest adapter call (its reference passes), or NULL. */
+tsr_ctl_request *tsr_request_queue_pop_ctl(tsr_request_queue *q);
 
 /* Stops further pushes and wakes a waiting pop. */
 void tsr_request_queue_close(tsr_request_queue *q);

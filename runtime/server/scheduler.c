@@ -18,6 +18,7 @@ typedef struct {
     int n_completion;
     int reserved;         /* KV blocks reserved for the worst case */
     int greedy;           /* argmax without logits suffices */
+    int adapter;          /* engine adapter slot, -1 = the base model (or serve --adapter) */
     tsr_sampler smp;
     tsr_detok_stream ds;
     tsr_stop_text stops;
@@ -32,6 +33,7 @@ struct tsr_scheduler {
     tsr_server_stats *stats;
     tsr_metrics *mx;      /* NULL: no metrics */
     tsr_sched_config cfg;
+    tsr_adapters_t *adapters;
     int max_seqs, ctx, block_size, total_blocks, reserved_blocks;
     seq_state *seqs;
     tsr_gen_request **waiting; /* FIFO, admitted in order */
@@ -43,6 +45,7 @@ struct tsr_scheduler {
     /* step buffers */
     int32_t *tokens, *pos, *seq, *rows, *row_slot, *argmax;
     int cap_tokens;
+    int32_t *perm, *segs; /* grouping a step's tokens by adapter: (cap_tokens), (3 * (slots + 1)) */
     float *logits;
     size_t cap_logits;
 };
@@ -81,8 +84,17 @@ static void post_chunk(tsr_gen_request *r, const int32_t *tokens, int n, const f
     tsr_gen_request_post(r, ev);
 }
 
+static void post_final_code(tsr_scheduler_t *sc, tsr_gen_request *r, tsr_fin_reason why,
+                            const seq_state *s, const char *error, int code);
+
 static void post_final(tsr_scheduler_t *sc, tsr_gen_request *r, tsr_fin_reason why,
                        const seq_state *s, const char *error) {
+    post_final_code(sc, r, why, s, error, 0);
+}
+
+/* code != 0: the call ends with that gRPC status instead of a final message. */
+static void post_final_code(tsr_scheduler_t *sc, tsr_gen_request *r, tsr_fin_reason why,
+                            const seq_state *s, const char *error, int code) {
     tsr_gen_event *ev = calloc(1, sizeof *ev);
     if (!ev)
         return;
@@ -96,6 +108,7 @@ static void post_final(tsr_scheduler_t *sc, tsr_gen_request *r, tsr_fin_reason w
     ev->total_s = now - r->t_arrival;
     if (error)
         snprintf(ev->error, sizeof ev->error, "%s", error);
+    ev->status_code = code;
     if (sc->mx) {
         if (why >= TSR_FIN_STOP && why <= TSR_FIN_ERROR)
             tsr_metric_inc(sc->mx->finished[why - 1], 1);
@@ -130,6 +143,7 @@ static void finish_seq(tsr_scheduler_t *s, int slot, tsr_fin_reason why, const c
         }
     }
     post_final(s, q->req, why, q, error);
+    tsr_adapters_hold(s->adapters, q->adapter, -1);
     tsr_gen_request_release(q->req);
     tsr_sampler_free(&q->smp);
     tsr_detok_stream_free(&q->ds);
@@ -158,6 +172,19 @@ static void admit(tsr_scheduler_t *s) {
             s->n_waiting--;
             continue;
         }
+        int ad = -1;
+        if (r->adapter[0] && (ad = tsr_adapters_find(s->adapters, r->adapter)) < 0) {
+            char msg[256];
+            snprintf(msg, sizeof msg,
+                     "no adapter named '%.64s' (CreateAdapter or LoadAdapter it first; "
+                     "ListAdapters shows what exists)",
+                     r->adapter);
+            post_final_code(s, r, TSR_FIN_ERROR, NULL, msg, 5 /* NOT_FOUND */);
+            tsr_gen_request_release(r);
+            memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
+            s->n_waiting--;
+            continue;
+        }
         int slot = -1;
         for (int k = 0; k < s->max_seqs && slot < 0; k++)
             if (!s->seqs[k].req)
@@ -177,6 +204,8 @@ static void admit(tsr_scheduler_t *s) {
             tsr_gen_request_release(r);
         } else {
             q->req = r;
+            q->adapter = ad;
+            tsr_adapters_hold(s->adapters, ad, +1);
             q->reserved = need;
             s->reserved_blocks += need;
             if (s->mx)
@@ -227,6 +256,13 @@ tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_r
     for (int32_t t = 0; t < V; t++)
         if (tsr_tokenizer_is_eog(tok, t))
             s->eog[s->n_eog++] = t;
+    s->segs = malloc(3 * ((size_t)TSR_ENGINE_MAX_ADAPTERS + 1) * sizeof *s->segs);
+    tsr_status st = s->segs ? tsr_adapters_create(e, cfg->base_model, &s->adapters)
+                            : tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+    if (st != TSR_OK) {
+        tsr_scheduler_free(s);
+        return st;
+    }
     atomic_store(&stats->kv_blocks_total, s->total_blocks);
     atomic_store(&stats->kv_block_size, s->block_size);
     if (s->mx)
@@ -243,6 +279,11 @@ void tsr_scheduler_cancel_all(tsr_scheduler_t *s) {
         tsr_gen_request_release(s->waiting[i]);
     }
     s->n_waiting = 0;
+    tsr_ctl_request *c;
+    while ((c = tsr_request_queue_pop_ctl(s->q))) {
+        tsr_ctl_request_finish(c, 14 /* UNAVAILABLE */, "the server is shutting down");
+        tsr_ctl_request_release(c);
+    }
     tsr_gen_request *r[64];
     int n;
     while ((n = tsr_request_queue_pop(s->q, r, 64, 0)) > 0)
@@ -262,7 +303,10 @@ void tsr_scheduler_free(tsr_scheduler_t *s) {
     free(s->release);
     free(s->eog);
     free(s->tokens);
+    free(s->perm);
+    free(s->segs);
     free(s->logits);
+    tsr_adapters_free(s->adapters);
     free(s);
 }
 
@@ -277,8 +321,10 @@ static tsr_status grow_step(tsr_scheduler_t *s, int n) {
     if (n <= s->cap_tokens)
         return TSR_OK;
     free(s->tokens);
+    free(s->perm);
     s->tokens = malloc((size_t)n * 6 * sizeof *s->tokens);
-    if (!s->tokens)
+    s->perm = malloc((size_t)n * 4 * sizeof *s->perm);
+    if (!s->tokens || !s->perm)
         return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
     s->pos = s->tokens + n;
     s->seq = s->pos + n;
@@ -365,6 +411,44 @@ static void accept_token(tsr_scheduler_t *s, int slot, int32_t tok, const float 
     q->has_next = 1;
 }
 
+/* Orders the step's n tokens by adapter (stably, so each sequence's tokens
+ * keep their order) and writes the row segments (begin, end, slot) into
+ * s->segs; the output rows follow their tokens. Returns the number of
+ * segments, 0 when every token is for the base model (the step then takes
+ * the plain path, CUDA graphs included). */
+static int group_by_adapter(tsr_scheduler_t *s, int n, int n_out) {
+    int any = 0;
+    for (int i = 0; i < n && !any; i++)
+        any = s->seqs[s->seq[i]].adapter >= 0;
+    if (!any)
+        return 0;
+    int32_t *perm = s->perm, *inv = s->perm + n, *tmp = s->perm + 2 * n;
+    int n_seg = 0, m = 0;
+    for (int slot = -1; slot < TSR_ENGINE_MAX_ADAPTERS; slot++) {
+        int begin = m;
+        for (int i = 0; i < n; i++)
+            if (s->seqs[s->seq[i]].adapter == slot)
+                perm[m++] = i;
+        if (m > begin) {
+            s->segs[3 * n_seg] = begin;
+            s->segs[3 * n_seg + 1] = m;
+            s->segs[3 * n_seg + 2] = slot;
+            n_seg++;
+        }
+    }
+    for (int j = 0; j < n; j++)
+        inv[perm[j]] = j;
+    int32_t *arrays[3] = {s->tokens, s->pos, s->seq};
+    for (int a = 0; a < 3; a++) {
+        for (int j = 0; j < n; j++)
+            tmp[j] = arrays[a][perm[j]];
+        memcpy(arrays[a], tmp, (size_t)n * sizeof *tmp);
+    }
+    for (int o = 0; o < n_out; o++)
+        s->rows[o] = inv[s->rows[o]];
+    return n_seg;
+}
+
 /* What GetServerInfo and the metrics report: the running batch, the
  * requests waiting, the KV blocks in use. */
 static void publish(tsr_scheduler_t *s) {
@@ -400,6 +484,18 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     }
     for (int i = 0; i < n_in; i++)
         s->waiting[s->n_waiting++] = in[i];
+
+    /* 1b. adapter calls: one between two steps while sequences generate, all
+     * of them when idle */
+    for (int k = 0; k < (busy ? 1 : 64); k++) {
+        tsr_ctl_request *c = tsr_request_queue_pop_ctl(s->q);
+        if (!c)
+            break;
+        tsr_status cst = tsr_adapters_run(s->adapters, c);
+        tsr_ctl_request_release(c);
+        if (cst != TSR_OK)
+            return cst; /* the engine failed */
+    }
 
     /* 2. cancelled or expired sequences leave; their blocks go with this step */
     double now = tsr_now_s();
@@ -463,6 +559,7 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
             return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
         }
     }
+    int n_seg = group_by_adapter(s, n, n_out);
     tsr_status st;
     {
         tsr_step step = {
@@ -475,6 +572,8 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
             .out = n_out == 0 ? TSR_OUT_NONE : (want_logits ? TSR_OUT_LOGITS : TSR_OUT_ARGMAX),
             .n_release = s->n_release,
             .release = s->release,
+            .n_seg = n_seg,
+            .seg = s->segs,
         };
         st = tsr_engine_step(s->e, &step, want_logits ? NULL : s->argmax,
                              want_logits ? s->logits : NULL);

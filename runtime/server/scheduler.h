@@ -14,12 +14,19 @@
  * admission, so a running sequence never runs out and nothing is preempted;
  * a request that cannot fit waits.
  *
+ * LoRA adapters (runtime/server/adapters.h): a request names an adapter (or
+ * none); one step mixes requests of several adapters, its tokens grouped by
+ * adapter into row segments (tsr_step.seg). Adapter calls from the queue
+ * (CreateAdapter ... DeleteAdapter) run between steps: one per iteration
+ * while sequences are generating, so training and generation interleave.
+ *
  * What it is not: transport (runtime/server/grpc_server.h) nor the engine
  * (runtime/engine.h); it only runs on world rank 0. */
 #ifndef TSR_RUNTIME_SERVER_SCHEDULER_H
 #define TSR_RUNTIME_SERVER_SCHEDULER_H
 
 #include "runtime/engine.h"
+#include "runtime/server/adapters.h"
 #include "runtime/server/metrics.h"
 #include "runtime/server/request.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -29,6 +36,7 @@ typedef struct {
     double idle_wait_s;   /* how long an idle loop waits for a request; 0 = 0.05 */
     tsr_metrics *metrics; /* tokens, latencies, finishes, steps and the batch/KV gauges are
                              recorded here (this thread only writes); NULL = off */
+    const char *base_model; /* the adapters' base_model_name_or_path when saved */
 } tsr_sched_config;
 
 typedef struct tsr_scheduler tsr_scheduler_t; /* opaque */

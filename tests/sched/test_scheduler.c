@@ -100,7 +100,7 @@ int main(int argc, char **argv) {
     CHECK(tsr_request_queue_init(&q, 64) == TSR_OK, "queue");
     tsr_server_stats stats;
     memset(&stats, 0, sizeof stats);
-    tsr_sched_config sc = {48, 0.01, NULL}; /* small budget: prompts are chunked */
+    tsr_sched_config sc = {48, 0.01, NULL, NULL}; /* small budget: prompts are chunked */
     tsr_scheduler_t *s;
     CHECK(tsr_scheduler_create(&e, tok, &q, &stats, &sc, &s) == TSR_OK, "scheduler");
 

@@ -69,7 +69,14 @@ static void sleep_ms(double ms) {
         ;
 }
 
+static void post_final_code(fake_seq *q, tsr_fin_reason why, const char *error, int code);
+
 static void post_final(fake_seq *q, tsr_fin_reason why, const char *error) {
+    post_final_code(q, why, error, 0);
+}
+
+/* code != 0: the call ends with that gRPC status (the scheduler's refusals) */
+static void post_final_code(fake_seq *q, tsr_fin_reason why, const char *error, int code) {
     tsr_gen_event *ev = calloc(1, sizeof *ev);
     if (!ev)
         abort();
@@ -83,6 +90,7 @@ static void post_final(fake_seq *q, tsr_fin_reason why, const char *error) {
     ev->total_s = now - q->r->t_arrival;
     if (error)
         snprintf(ev->error, sizeof ev->error, "%s", error);
+    ev->status_code = code;
     tsr_gen_request_post(q->r, ev);
 }
 
@@ -319,6 +327,9 @@ int main(int argc, char **argv) {
             if (atomic_load(&q->r->cancelled)) {
                 fprintf(stderr, "fake-engine: cancelled id=%s\n", q->r->id);
                 post_final(q, TSR_FIN_CANCELLED, NULL);
+                done = 1;
+            } else if (q->r->adapter[0]) { /* the fake has no adapters: as the scheduler answers */
+                post_final_code(q, TSR_FIN_ERROR, "no adapter named 'french'", 5 /* NOT_FOUND */);
                 done = 1;
             } else if (q->r->sampling.seed == 666 || q->r->sampling.seed == 667) {
                 if (q->r->sampling.seed == 667)

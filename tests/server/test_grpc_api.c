@@ -161,9 +161,16 @@ static void test_generate(const tsr_api_ctx *ctx) {
     m.text = "ab\xed\xa0\x80"; /* an encoded surrogate */
     CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT &&
           strstr(err.msg, "UTF-8"));
-    m.adapter = "x";
+    /* an adapter name is checked for its form here; whether it exists is
+     * the engine thread's answer */
+    m.adapter = "x-1.v2";
     m.text = "hi";
-    CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_NOT_FOUND);
+    CHECK(gen(ctx, &m, &r, &err) == GRPC_STATUS_OK && strcmp(r->adapter, "x-1.v2") == 0);
+    tsr_gen_request_release(r);
+    m.adapter = "no spaces";
+    CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "adapter"));
+    m.adapter = ".hidden";
+    CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT);
     m.adapter = "";
     m.request_id = "tab\there";
     CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT);
@@ -298,6 +305,145 @@ static void test_utf8(void) {
     CHECK(!tsr_api_utf8_valid("\x80", 1));
 }
 
+/* Packs m and runs tsr_api_ctl_request on the bytes into a fresh r. */
+static grpc_status_code ctl(const tsr_api_ctx *ctx, tsr_ctl_kind kind, const ProtobufCMessage *m,
+                            tsr_ctl_request **out, tsr_api_error *err) {
+    uint8_t *buf;
+    size_t len;
+    CHECK(tsr_api_pack(m, &buf, &len) == TSR_OK);
+    tsr_ctl_request *r = tsr_ctl_request_new();
+    grpc_status_code code = tsr_api_ctl_request(ctx, kind, buf, len, r, err);
+    free(buf);
+    if (out)
+        *out = r;
+    else
+        tsr_ctl_request_release(r);
+    return code;
+}
+
+static void test_ctl(const tsr_api_ctx *ctx) {
+    tsr_api_error err;
+    tsr_ctl_request *r;
+    /* two token examples: one with weights (target-aligned), one without */
+    int32_t ids0[] = {3, 4, 5, 6}, ids1[] = {7, 8, 9};
+    float w0[] = {0, 0.5f, 0, 2};
+    Tessera__V1__TokenIds t0 = TESSERA__V1__TOKEN_IDS__INIT, t1 = t0;
+    t0.n_ids = 4, t0.ids = ids0;
+    t1.n_ids = 3, t1.ids = ids1;
+    Tessera__V1__TrainExample e0 = TESSERA__V1__TRAIN_EXAMPLE__INIT, e1 = e0;
+    e0.input_case = TESSERA__V1__TRAIN_EXAMPLE__INPUT_TOKENS, e0.tokens = &t0;
+    e0.n_weights = 4, e0.weights = w0;
+    e1.input_case = TESSERA__V1__TRAIN_EXAMPLE__INPUT_TOKENS, e1.tokens = &t1;
+    Tessera__V1__TrainExample *exs[] = {&e0, &e1};
+    Tessera__V1__ForwardBackwardRequest fb = TESSERA__V1__FORWARD_BACKWARD_REQUEST__INIT;
+    fb.adapter = "a";
+    fb.n_examples = 2, fb.examples = exs;
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, &r, &err) == GRPC_STATUS_OK);
+    CHECK(r->n_seqs == 2 && r->seq_start[0] == 0 && r->seq_start[1] == 4 && r->seq_start[2] == 7);
+    CHECK(r->tokens[0] == 3 && r->tokens[4] == 7 && r->tokens[6] == 9);
+    /* the trainer's weights: position i weighs predicting token i+1 */
+    const float want[] = {0.5f, 0, 2, 0, 1, 1, 0};
+    for (int i = 0; i < 7; i++)
+        CHECK(r->weights[i] == want[i]);
+    CHECK(strcmp(r->name, "a") == 0);
+    /* the response carries the example sizes and the mean loss */
+    r->stats = (tsr_train_stats){3.0, 1.5, 7, 4};
+    r->pending_batches = 2;
+    uint8_t *buf;
+    size_t len;
+    CHECK(tsr_api_ctl_response(r, &buf, &len) == TSR_OK);
+    Tessera__V1__ForwardBackwardResponse *resp =
+        tessera__v1__forward_backward_response__unpack(NULL, len, buf);
+    CHECK(resp && resp->loss == 2.0 && resp->n_tokens == 7 && resp->n_example_tokens == 2 &&
+          resp->example_tokens[0] == 4 && resp->example_tokens[1] == 3 &&
+          resp->pending_batches == 2);
+    tessera__v1__forward_backward_response__free_unpacked(resp, NULL);
+    free(buf);
+    tsr_ctl_request_release(r);
+    /* refusals */
+    w0[0] = 1;
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
+              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "weights[0]"));
+    w0[0] = 0, w0[2] = NAN;
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
+              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "examples[0].weights[2]"));
+    w0[2] = 0, e0.n_weights = 3;
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
+              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "3 weights for 4 tokens"));
+    e0.n_weights = 4, ids1[1] = ctx->model->n_vocab;
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
+              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "examples[1].tokens[1]"));
+    ids1[1] = 8, e1.input_case = TESSERA__V1__TRAIN_EXAMPLE__INPUT__NOT_SET;
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
+              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "no input"));
+    fb.n_examples = 0;
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
+              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "empty"));
+    fb.adapter = "";
+    CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
+              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "adapter is empty"));
+    /* CreateAdapter: defaults and checks */
+    Tessera__V1__CreateAdapterRequest ca = TESSERA__V1__CREATE_ADAPTER_REQUEST__INIT;
+    ca.name = "n1";
+    CHECK(ctl(ctx, TSR_CTL_CREATE, &ca.base, &r, &err) == GRPC_STATUS_OK);
+    CHECK(r->lora.rank == 8 && r->lora.alpha == 16.0f &&
+          r->lora.targets == (TSR_LORA_TARGET_BIT(TSR_LORA_Q) | TSR_LORA_TARGET_BIT(TSR_LORA_V)));
+    tsr_ctl_request_release(r);
+    Tessera__V1__LoraConfig lc = TESSERA__V1__LORA_CONFIG__INIT;
+    char *targets[] = {"q", "down_proj", "bogus"};
+    lc.n_target_modules = 3, lc.target_modules = targets;
+    ca.config = &lc;
+    CHECK(ctl(ctx, TSR_CTL_CREATE, &ca.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "target_modules[2]"));
+    lc.n_target_modules = 2, lc.rank = -3;
+    CHECK(ctl(ctx, TSR_CTL_CREATE, &ca.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT);
+    lc.rank = 4;
+    CHECK(ctl(ctx, TSR_CTL_CREATE, &ca.base, &r, &err) == GRPC_STATUS_OK);
+    CHECK(r->lora.rank == 4 && r->lora.targets == (TSR_LORA_TARGET_BIT(TSR_LORA_Q) |
+                                                   TSR_LORA_TARGET_BIT(TSR_LORA_DOWN)));
+    tsr_ctl_request_release(r);
+    ca.name = "bad/name";
+    CHECK(ctl(ctx, TSR_CTL_CREATE, &ca.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT);
+    /* OptimStep: lr required, defaults for the rest */
+    Tessera__V1__OptimStepRequest os = TESSERA__V1__OPTIM_STEP_REQUEST__INIT;
+    Tessera__V1__AdamWParams aw = TESSERA__V1__ADAM_WPARAMS__INIT;
+    os.adapter = "a";
+    CHECK(ctl(ctx, TSR_CTL_OPTIM_STEP, &os.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "lr"));
+    aw.lr = 1e-3f;
+    os.adamw = &aw;
+    CHECK(ctl(ctx, TSR_CTL_OPTIM_STEP, &os.base, &r, &err) == GRPC_STATUS_OK);
+    CHECK(r->optim.adamw.beta1 == 0.9f && r->optim.adamw.beta2 == 0.999f &&
+          r->optim.adamw.eps == 1e-8f && r->optim.adamw.lr == 1e-3f);
+    tsr_ctl_request_release(r);
+    aw.beta2 = 1.5f;
+    CHECK(ctl(ctx, TSR_CTL_OPTIM_STEP, &os.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT);
+    /* SaveAdapter / LoadAdapter paths */
+    Tessera__V1__SaveAdapterRequest sa = TESSERA__V1__SAVE_ADAPTER_REQUEST__INIT;
+    sa.adapter = "a";
+    CHECK(ctl(ctx, TSR_CTL_SAVE, &sa.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "nothing to do"));
+    sa.path = "relative/dir";
+    CHECK(ctl(ctx, TSR_CTL_SAVE, &sa.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "absolute"));
+    sa.path = "";
+    sa.return_files = 1;
+    CHECK(ctl(ctx, TSR_CTL_SAVE, &sa.base, NULL, &err) == GRPC_STATUS_OK);
+    Tessera__V1__LoadAdapterRequest la = TESSERA__V1__LOAD_ADAPTER_REQUEST__INIT;
+    la.name = "l";
+    CHECK(ctl(ctx, TSR_CTL_LOAD, &la.base, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT);
+    la.path = "/srv/adapters/x";
+    CHECK(ctl(ctx, TSR_CTL_LOAD, &la.base, &r, &err) == GRPC_STATUS_OK &&
+          strcmp(r->path, "/srv/adapters/x") == 0);
+    tsr_ctl_request_release(r);
+    /* garbage bytes */
+    tsr_ctl_request *g = tsr_ctl_request_new();
+    const uint8_t junk[] = {0xff, 0xff, 0xff};
+    CHECK(tsr_api_ctl_request(ctx, TSR_CTL_DELETE, junk, 3, g, &err) ==
+          GRPC_STATUS_INVALID_ARGUMENT);
+    tsr_ctl_request_release(g);
+}
+
 int main(void) {
     tsr_tokenizer_t *tok = tiny_tokenizer();
     tsr_model_config mc;
@@ -310,6 +456,7 @@ int main(void) {
     test_pack(&ctx);
     test_unary(&ctx);
     test_utf8();
+    test_ctl(&ctx);
     tsr_tokenizer_free(tok);
     printf("test_grpc_api: %d checks passed\n", g_checks);
     return 0;

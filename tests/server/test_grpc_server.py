@@ -325,7 +325,7 @@ def t_validation(S, pb, pbg, hp, hpg):
              pb.GenerateRequest(chat=pb.ChatInput(messages=[pb.ChatMessage(content="x")])),
              INV, "chat.messages[0].role is empty"),
             ("unknown adapter", pb.GenerateRequest(text="hi", adapter="french"),
-             grpc.StatusCode.NOT_FOUND, "adapter 'french' is not loaded"),
+             grpc.StatusCode.NOT_FOUND, "no adapter named 'french'"),
             ("request_id too long", pb.GenerateRequest(text="hi", request_id="x" * 200), INV,
              "request_id is 200 bytes long"),
             ("request_id with newline", pb.GenerateRequest(text="hi", request_id="a\nb"), INV,
