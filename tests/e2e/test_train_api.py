@@ -19,6 +19,8 @@ stages; generation steps are cut into micro-batches), driven by grpcio.
   * requests for two adapters and for the base model, streaming at the same
     time (one batch), each equal their single-stream answer;
   * a generation stream keeps running, unchanged, while a training step runs;
+  * a non-finite loss (a loaded adapter of huge values) is reported and its
+    OptimStep refused (FAILED_PRECONDITION), the adapter unchanged;
   * refusals: unknown adapter (Generate, ForwardBackward: NOT_FOUND), an
     empty batch, a token outside the vocabulary, a sequence longer than the
     context, bad weights (INVALID_ARGUMENT), OptimStep with nothing
@@ -380,6 +382,32 @@ def main():
                       lambda: api.SaveAdapter(pb.SaveAdapterRequest(adapter="ref",
                                                                     path=notadapter)),
                       grpc.StatusCode.FAILED_PRECONDITION, "notadapter"))
+        # a finite but huge adapter: its loss overflows to a non-finite value;
+        # the step is refused and the adapter keeps its last good state
+        huge = os.path.join(tmp, "huge")
+        shutil.copytree(saved, huge)
+        hp = os.path.join(huge, "adapter_model.safetensors")
+        blob = bytearray(open(hp, "rb").read())
+        (hn,) = struct.unpack("<Q", blob[:8])
+        hdr = json.loads(blob[8:8 + hn])
+        for name, h in hdr.items():
+            if ".lora_B." in name:
+                a_, b_ = h["data_offsets"]
+                v = np.frombuffer(bytes(blob[8 + hn + a_:8 + hn + b_]), dtype=np.float32) + 1e30
+                blob[8 + hn + a_:8 + hn + b_] = v.astype(np.float32).tobytes()
+        open(hp, "wb").write(bytes(blob))
+        api.LoadAdapter(pb.LoadAdapterRequest(name="huge", path=huge))
+        before = save("huge").adapter_model_safetensors
+        fb = api.ForwardBackward(pb.ForwardBackwardRequest(adapter="huge", examples=fact))
+        code, msg = code_of(lambda: api.OptimStep(pb.OptimStepRequest(
+            adapter="huge", adamw=pb.AdamWParams(lr=1e-3))))
+        after = save("huge")
+        check(not np.isfinite(fb.loss) and code == grpc.StatusCode.FAILED_PRECONDITION
+              and "non-finite" in msg and after.adapter_model_safetensors == before
+              and after.step == 0,
+              f"a non-finite loss ({fb.loss}) is reported, the step refused ({code}: {msg}) and "
+              f"the adapter unchanged")
+        api.DeleteAdapter(pb.DeleteAdapterRequest(name="huge"))
         for label, fn, want, word in cases:
             code, msg = code_of(fn)
             check(code == want and word in msg, f"{label}: {code} {msg}")
