@@ -26,7 +26,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "model"))
+sys.path.insert(0, HERE)
+from e2e_common import free_port, stubs  # noqa: E402
 from common import check, default_model, fail  # noqa: E402
 
 try:
@@ -49,14 +50,6 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
            OMPI_MCA_mpi_yield_when_idle="1")
 TOKEN = "s3cret-token"
 QUESTION = "What is the capital of France?"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def http_get(port, path, method="GET"):
@@ -126,18 +119,6 @@ def histogram(samples, name):
     count, total = metric(samples, name + "_count"), metric(samples, name + "_sum")
     check(buckets[-1][1] == count, f"{name}: +Inf bucket {buckets[-1][1]} != count {count}")
     return count, total
-
-
-def stubs(tmp):
-    out = os.path.join(tmp, "stubs")
-    os.makedirs(out)
-    for sub, name in (("tessera/v1", "tessera.proto"), ("grpc/health/v1", "health.proto")):
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I",
-                        os.path.join(ROOT, "proto", sub), "--python_out=" + out,
-                        "--grpc_python_out=" + out, name], check=True)
-    sys.path.insert(0, out)
-    import tessera_pb2, tessera_pb2_grpc, health_pb2, health_pb2_grpc  # noqa: E401
-    return tessera_pb2, tessera_pb2_grpc, health_pb2, health_pb2_grpc
 
 
 def main():

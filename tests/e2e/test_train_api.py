@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -50,6 +49,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "model"))
+sys.path.insert(0, HERE)
+from e2e_common import free_port, stubs  # noqa: E402
 from common import default_model  # noqa: E402
 
 try:
@@ -70,26 +71,6 @@ def check(cond, msg):
     print(("ok   " if cond else "FAIL ") + msg, flush=True)
     if not cond:
         failures.append(msg)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def stubs(tmp):
-    out = os.path.join(tmp, "stubs")
-    os.makedirs(out)
-    for sub, name in (("tessera/v1", "tessera.proto"), ("grpc/health/v1", "health.proto")):
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I",
-                        os.path.join(ROOT, "proto", sub), "--python_out=" + out,
-                        "--grpc_python_out=" + out, name], check=True)
-    sys.path.insert(0, out)
-    import tessera_pb2, tessera_pb2_grpc, health_pb2, health_pb2_grpc  # noqa: E401
-    return tessera_pb2, tessera_pb2_grpc, health_pb2, health_pb2_grpc
 
 
 def tensors(blob):
