@@ -17,8 +17,8 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
-/* Largest response message accepted (a Tokenize of a long text is the
- * largest thing the API sends back). */
+/* Largest response message accepted unless the config says otherwise (a
+ * Tokenize of a long text; SaveAdapter's files ask for more). */
 #define CLI_MAX_RECV_BYTES (64 << 20)
 /* How often a blocked wait looks at the interrupt flag. */
 #define CLI_POLL_MS 100
@@ -84,7 +84,8 @@ static int make_channel(tsr_cli_conn_t *c) {
     size_t n_args = 0;
     args[n_args].type = GRPC_ARG_INTEGER;
     args[n_args].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[n_args++].value.integer = CLI_MAX_RECV_BYTES;
+    args[n_args++].value.integer = cfg->max_recv_bytes > 0 ? cfg->max_recv_bytes
+                                                           : CLI_MAX_RECV_BYTES;
     args[n_args].type = GRPC_ARG_INTEGER;
     args[n_args].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
     args[n_args++].value.integer = 200;

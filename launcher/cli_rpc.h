@@ -31,6 +31,9 @@ typedef struct {
                                     in addr; NULL = the host. Only with TLS. */
     double timeout_s;            /* deadline of each call from its start; <= 0 = none */
     const char *user_agent;      /* "tessera-cli/0.1.0"; NULL = gRPC's own */
+    int max_recv_bytes;          /* largest response message accepted; <= 0 = 64 MiB.
+                                    `train` raises it: SaveAdapter sends the adapter's
+                                    files back in one message */
     /* Set (by a SIGINT handler) to ask for the call in flight to be
      * cancelled; NULL = never. Read only. */
     volatile sig_atomic_t *interrupted;

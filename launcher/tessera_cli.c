@@ -1,6 +1,7 @@
 /* launcher/tessera_cli.c - `tessera-cli`, the command-line client of a
  * Tessera server: generate (streamed to stdout), health, info, tokenize,
- * detokenize and abort, over gRPC (the C core API, through cli_rpc.h) with
+ * detokenize, abort and train (a LoRA adapter trained on the server from a
+ * local JSONL file, saved locally), over gRPC (the C core API, through cli_rpc.h) with
  * protobuf-c messages from proto/tessera/v1/tessera.proto and
  * proto/grpc/health/v1/health.proto.
  *
@@ -10,8 +11,9 @@
  * Program output (generated text, ids, info) goes to stdout; statistics and
  * errors go to stderr, prefixed "tessera-cli: ". Exit codes: 0 success, 1 the
  * call failed (any gRPC status, unreachable server, not SERVING, generation
- * ended in error or was cancelled), 2 bad flags, 128+signal when interrupted
- * (130 for Ctrl-C), after cancelling the call in flight.
+ * ended in error or was cancelled), 2 bad flags (and, for train, a bad data
+ * file or --out), 128+signal when interrupted (130 for Ctrl-C), after
+ * cancelling the call in flight (train: after the step in flight, and saving).
  *
  * What it is not: a server or a load generator (bench/ has that); it checks
  * the syntax of flag values only and leaves their ranges to the server, so
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <grpc/grpc.h>
 #include <grpc/support/log.h>
@@ -31,7 +34,9 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "launcher/cli_parse.h"
+#include "launcher/cli_plot.h"
 #include "launcher/cli_rpc.h"
+#include "launcher/cli_train.h"
 #include "tessera/v1/tessera.pb-c.h"
 
 #ifndef TSR_CLI_VERSION
@@ -41,6 +46,8 @@
 #define DEFAULT_ADDR "127.0.0.1:50051"
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
+/* Largest response train accepts: SaveAdapter's files come in one message. */
+#define TRAIN_MAX_RECV_BYTES (1 << 30)
 
 /* ---- options ------------------------------------------------------------ */
 
@@ -52,7 +59,8 @@ enum {
     CMD_TOKENIZE = 1u << 3,
     CMD_DETOKENIZE = 1u << 4,
     CMD_ABORT = 1u << 5,
-    CMD_ANY = 0x3fu,
+    CMD_TRAIN = 1u << 6,
+    CMD_ANY = 0x7fu,
 };
 
 static const struct {
@@ -61,6 +69,7 @@ static const struct {
 } k_commands[] = {
     {"generate", CMD_GENERATE}, {"health", CMD_HEALTH},         {"info", CMD_INFO},
     {"tokenize", CMD_TOKENIZE}, {"detokenize", CMD_DETOKENIZE}, {"abort", CMD_ABORT},
+    {"train", CMD_TRAIN},
 };
 
 typedef enum {
@@ -69,6 +78,8 @@ typedef enum {
     O_MIN_P, O_SEED, O_REPEAT_PENALTY, O_FREQ_PENALTY, O_PRES_PENALTY, O_STOP, O_STOP_ID,
     O_MIN_TOKENS, O_IGNORE_EOS, O_LOGPROBS, O_REQUEST_ID, O_ADAPTER, O_QUIET,
     O_WAIT, O_SERVICE, O_JSON, O_TEXT, O_PARSE_SPECIAL, O_ADD_SPECIAL, O_IDS, O_SKIP_SPECIAL,
+    O_DATA, O_OUT, O_STEPS, O_EPOCHS, O_LR, O_BATCH_SIZE, O_RANK, O_ALPHA, O_TARGETS,
+    O_MAX_GRAD_NORM, O_WEIGHT_DECAY, O_DROPOUT, O_RESUME,
     O__COUNT
 } opt_id;
 
@@ -95,7 +106,7 @@ static const cli_option k_options[] = {
     {"top-k", O_TOP_K, 1, CMD_GENERATE},
     {"top-p", O_TOP_P, 1, CMD_GENERATE},
     {"min-p", O_MIN_P, 1, CMD_GENERATE},
-    {"seed", O_SEED, 1, CMD_GENERATE},
+    {"seed", O_SEED, 1, CMD_GENERATE | CMD_TRAIN},
     {"repeat-penalty", O_REPEAT_PENALTY, 1, CMD_GENERATE},
     {"frequency-penalty", O_FREQ_PENALTY, 1, CMD_GENERATE},
     {"presence-penalty", O_PRES_PENALTY, 1, CMD_GENERATE},
@@ -105,7 +116,7 @@ static const cli_option k_options[] = {
     {"ignore-eos", O_IGNORE_EOS, 0, CMD_GENERATE},
     {"logprobs", O_LOGPROBS, 1, CMD_GENERATE},
     {"request-id", O_REQUEST_ID, 1, CMD_GENERATE | CMD_ABORT},
-    {"adapter", O_ADAPTER, 1, CMD_GENERATE},
+    {"adapter", O_ADAPTER, 1, CMD_GENERATE | CMD_TRAIN},
     {"quiet", O_QUIET, 0, CMD_GENERATE},
     {"wait", O_WAIT, 1, CMD_HEALTH},
     {"service", O_SERVICE, 1, CMD_HEALTH},
@@ -115,6 +126,19 @@ static const cli_option k_options[] = {
     {"add-special", O_ADD_SPECIAL, 0, CMD_TOKENIZE},
     {"ids", O_IDS, 1, CMD_DETOKENIZE},
     {"skip-special", O_SKIP_SPECIAL, 0, CMD_DETOKENIZE},
+    {"data", O_DATA, 1, CMD_TRAIN},
+    {"out", O_OUT, 1, CMD_TRAIN},
+    {"steps", O_STEPS, 1, CMD_TRAIN},
+    {"epochs", O_EPOCHS, 1, CMD_TRAIN},
+    {"lr", O_LR, 1, CMD_TRAIN},
+    {"batch-size", O_BATCH_SIZE, 1, CMD_TRAIN},
+    {"rank", O_RANK, 1, CMD_TRAIN},
+    {"alpha", O_ALPHA, 1, CMD_TRAIN},
+    {"targets", O_TARGETS, 1, CMD_TRAIN},
+    {"max-grad-norm", O_MAX_GRAD_NORM, 1, CMD_TRAIN},
+    {"weight-decay", O_WEIGHT_DECAY, 1, CMD_TRAIN},
+    {"dropout", O_DROPOUT, 1, CMD_TRAIN},
+    {"resume", O_RESUME, 0, CMD_TRAIN},
 };
 #define N_OPTIONS (sizeof k_options / sizeof k_options[0])
 
@@ -158,6 +182,13 @@ static const char k_usage[] =
     "              prints the ids on one line, separated by spaces\n"
     "  detokenize  --ids 1,2,3 [--skip-special]  prints the text\n"
     "  abort       --request-id ID               cancels a queued or running request\n"
+    "  train       --data F.jsonl --adapter NAME --out DIR [--steps N | --epochs N]\n"
+    "              [--batch-size B] [--lr LR] [--rank R] [--alpha A] [--targets q,v,...]\n"
+    "              [--seed S] [--max-grad-norm G] [--weight-decay W] [--dropout P] [--resume]\n"
+    "              trains a LoRA adapter on the server (defaults: 1 epoch, batch 8, lr 1e-4,\n"
+    "              rank 8, alpha 16, targets q,v, seed 0, max-grad-norm 1, weight decay 0);\n"
+    "              one line per step on stdout; saves the adapter (PEFT), loss.csv and\n"
+    "              loss.png in DIR. Ctrl-C stops after the current step and saves\n"
     "\n"
     "Global flags (before or after the command):\n"
     "  --addr HOST:PORT         server address (default " DEFAULT_ADDR ")\n"
@@ -169,7 +200,8 @@ static const char k_usage[] =
     "  --help, --version\n"
     "\n"
     "Values take the next argument or follow '=' (--top-p=0.9). Exit status: 0 ok,\n"
-    "1 the call failed, 2 bad flags, 130 interrupted. See docs/cli.md.\n";
+    "1 the call failed, 2 bad flags (train: or a bad --data or --out), 130 interrupted.\n"
+    "See docs/cli.md.\n";
 
 /* Reports a usage error and returns EXIT_USAGE. */
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -237,7 +269,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
                     a->cmd = k_commands[k].bit;
             if (!a->cmd)
                 return usage_error("unknown command '%s' (commands: generate, health, info, "
-                                   "tokenize, detokenize, abort)",
+                                   "tokenize, detokenize, abort, train)",
                                    arg);
             a->cmd_name = arg;
             continue;
@@ -270,7 +302,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         return 0;
     if (!a->cmd)
         return usage_error("no command given (generate, health, info, tokenize, detokenize, "
-                           "abort)");
+                           "abort, train)");
     for (size_t i = 0; i < N_OPTIONS; i++)
         if (a->val[k_options[i].id] && !(k_options[i].cmds & a->cmd))
             return usage_error("--%s does not apply to '%s'", k_options[i].name, a->cmd_name);
@@ -307,19 +339,35 @@ static int opt_seconds(const cli_args *a, opt_id id, double *out) {
 
 /* ---- signals ------------------------------------------------------------ */
 
-/* The signal that asked us to stop (SIGINT, SIGTERM), 0 while none. The one
- * piece of global state: a signal handler can reach nothing else. */
+/* The signal that asked us to stop (SIGINT, SIGTERM), 0 while none: the call
+ * in flight is cancelled. With g_stop below, the only global state: a signal
+ * handler can reach nothing else. */
 static volatile sig_atomic_t g_signal;
+/* train: the signal that asked to stop after the step in flight and save
+ * the adapter (the calls are left to finish); 0 while none. */
+static volatile sig_atomic_t g_stop;
 
 static void on_signal(int sig) { g_signal = sig; }
 
+/* train: the first signal stops the training gently (g_stop), the second
+ * cancels the call in flight (g_signal), a third kills the process. */
+static void on_train_signal(int sig) {
+    if (!g_stop) {
+        g_stop = sig;
+        return;
+    }
+    g_signal = sig;
+    signal(SIGINT, SIG_DFL); /* async-signal-safe, unlike most of libc */
+    signal(SIGTERM, SIG_DFL);
+}
+
 /* One-shot handlers: a second Ctrl-C kills the process at once, should
- * the cancellation itself hang. */
-static void install_signal_handlers(void) {
+ * the cancellation itself hang. `train` counts its signals instead. */
+static void install_signal_handlers(int train) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESETHAND;
+    sa.sa_handler = train ? on_train_signal : on_signal;
+    sa.sa_flags = train ? 0 : SA_RESETHAND;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -912,6 +960,513 @@ static int cmd_abort(const cli_ctx *cx, const cli_args *a) {
     return 0;
 }
 
+/* ---- train -------------------------------------------------------------- */
+
+/* The flags of train, checked. targets points into a malloc'd copy of
+ * --targets (train_opts_free). */
+typedef struct {
+    const char *data, *adapter, *out;
+    int steps, epochs, batch;
+    int32_t rank;
+    float lr, alpha, max_grad_norm, weight_decay, dropout;
+    uint64_t seed;
+    char *targets_buf;
+    char *targets[16];
+    size_t n_targets;
+    int resume;
+} train_opts;
+
+static void train_opts_free(train_opts *o) { free(o->targets_buf); }
+
+/* Fills *o from the flags with tessera train's defaults. 0 or EXIT_USAGE. */
+static int train_parse(const cli_args *a, train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->data = a->val[O_DATA];
+    o->adapter = a->val[O_ADAPTER];
+    o->out = a->val[O_OUT];
+    if (!o->data || !o->adapter || !o->out)
+        return usage_error("train needs --data FILE.jsonl, --adapter NAME and --out DIR");
+    if (!o->adapter[0])
+        return usage_error("--adapter is empty: name the adapter");
+    o->epochs = 1;
+    o->batch = 8;
+    o->rank = 8;
+    o->lr = 1e-4f;
+    o->alpha = 16.0f;
+    o->max_grad_norm = 1.0f;
+    o->resume = a->val[O_RESUME] != NULL;
+    int rc;
+    if ((rc = opt_i32(a, O_STEPS, &o->steps)) || (rc = opt_i32(a, O_EPOCHS, &o->epochs)) ||
+        (rc = opt_i32(a, O_BATCH_SIZE, &o->batch)) || (rc = opt_i32(a, O_RANK, &o->rank)) ||
+        (rc = opt_f32(a, O_LR, &o->lr)) || (rc = opt_f32(a, O_ALPHA, &o->alpha)) ||
+        (rc = opt_f32(a, O_MAX_GRAD_NORM, &o->max_grad_norm)) ||
+        (rc = opt_f32(a, O_WEIGHT_DECAY, &o->weight_decay)) ||
+        (rc = opt_f32(a, O_DROPOUT, &o->dropout)))
+        return rc;
+    /* Where the protocol reads 0 as "the default", the client refuses it
+     * rather than send a value the server would silently replace. */
+    static const struct {
+        opt_id id;
+        const char *what;
+    } positive[] = {{O_STEPS, "a number of steps >= 1"}, {O_EPOCHS, "a number of epochs >= 1"},
+                    {O_BATCH_SIZE, "examples per step, >= 1"}, {O_RANK, "a LoRA rank >= 1"},
+                    {O_LR, "a learning rate > 0"}, {O_ALPHA, "a LoRA alpha > 0"}};
+    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++) {
+        opt_id id = positive[i].id;
+        double v = id == O_STEPS ? o->steps : id == O_EPOCHS ? o->epochs
+                   : id == O_BATCH_SIZE ? o->batch : id == O_RANK ? o->rank
+                   : id == O_LR ? (double)o->lr : (double)o->alpha;
+        if (a->val[id] && !(v > 0))
+            return usage_error("--%s expects %s, got '%s'", option_name(id), positive[i].what,
+                               a->val[id]);
+    }
+    if (a->val[O_SEED] && tsr_cli_parse_u64(a->val[O_SEED], &o->seed) != 0)
+        return usage_error("--seed expects an unsigned integer, got '%s'", a->val[O_SEED]);
+    const char *targets = a->val[O_TARGETS] ? a->val[O_TARGETS] : "q,v";
+    if (!(o->targets_buf = strdup(targets))) {
+        fputs("tessera-cli: out of memory\n", stderr);
+        return EXIT_FAIL;
+    }
+    for (char *p = o->targets_buf;;) {
+        char *comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        while (*p == ' ')
+            p++;
+        tsr_cli_rstrip(p);
+        if (!*p || o->n_targets == sizeof o->targets / sizeof o->targets[0])
+            return usage_error("--targets expects modules separated by commas "
+                               "(q,k,v,o,gate,up,down or all), got '%s'",
+                               targets);
+        o->targets[o->n_targets++] = p;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return 0;
+}
+
+/* The bit of a target module name (short or PEFT's "*_proj"), 0x7f for
+ * "all", 0 for a name the client does not know. */
+static unsigned target_bits(const char *name) {
+    static const char *const names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+    if (!strcmp(name, "all"))
+        return 0x7fu;
+    size_t n = strlen(name);
+    if (n > 5 && !strcmp(name + n - 5, "_proj"))
+        n -= 5;
+    for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i]) == n && !strncmp(name, names[i], n))
+            return 1u << i;
+    return 0;
+}
+
+/* The progress line on stderr: rewritten in place on a terminal, one line
+ * per step otherwise. */
+typedef struct {
+    int tty;
+    int open; /* a line without its newline is on the terminal */
+} progress_line;
+
+static void progress_show(progress_line *p, int k, int total, double loss, double grad_norm,
+                          double tok_s) {
+    enum { BAR = 24 };
+    char bar[BAR + 1];
+    int filled = total > 0 ? (int)((long long)k * BAR / total) : BAR;
+    for (int i = 0; i < BAR; i++)
+        bar[i] = i < filled ? '#' : '.';
+    bar[BAR] = '\0';
+    fprintf(stderr, "%stessera-cli: [%s] step %d/%d  loss %.4f  grad_norm %.3f  tok/s %.1f%s",
+            p->tty ? "\r" : "", bar, k, total, loss, grad_norm, tok_s, p->tty ? "\033[K" : "\n");
+    fflush(stderr);
+    p->open = p->tty;
+}
+
+/* Ends a progress line left open on the terminal, before another message. */
+static void progress_end(progress_line *p) {
+    if (p->open)
+        fputc('\n', stderr);
+    p->open = 0;
+}
+
+/* The adapter named `name` in a ListAdapters answer, or NULL. */
+static const Tessera__V1__AdapterInfo *find_adapter(const Tessera__V1__ListAdaptersResponse *l,
+                                                    const char *name) {
+    for (size_t i = 0; l && i < l->n_adapters; i++)
+        if (!strcmp(l->adapters[i]->name, name))
+            return l->adapters[i];
+    return NULL;
+}
+
+static int list_adapters(const cli_ctx *cx, Tessera__V1__ListAdaptersResponse **out,
+                         tsr_cli_status *st) {
+    Tessera__V1__ListAdaptersRequest req = TESSERA__V1__LIST_ADAPTERS_REQUEST__INIT;
+    return tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/ListAdapters", &req.base,
+                              &tessera__v1__list_adapters_response__descriptor,
+                              (ProtobufCMessage **)out, st);
+}
+
+/* Warns about each flag given on the command line that the resumed adapter
+ * does not have: --resume keeps the adapter's own config. */
+static void resume_warn_config(const cli_args *a, const train_opts *o,
+                               const Tessera__V1__AdapterInfo *info) {
+    const Tessera__V1__LoraConfig *c = info->config;
+    if (!c)
+        return;
+    if (a->val[O_RANK] && c->rank != o->rank)
+        fprintf(stderr, "tessera-cli: warning: adapter '%s' has rank %d; --rank %d is ignored\n",
+                info->name, c->rank, o->rank);
+    if (a->val[O_ALPHA] && c->alpha != o->alpha)
+        fprintf(stderr, "tessera-cli: warning: adapter '%s' has alpha %g; --alpha %g is ignored\n",
+                info->name, (double)c->alpha, (double)o->alpha);
+    if (a->val[O_DROPOUT] && c->dropout != o->dropout)
+        fprintf(stderr,
+                "tessera-cli: warning: adapter '%s' has dropout %g; --dropout %g is ignored\n",
+                info->name, (double)c->dropout, (double)o->dropout);
+    if (a->val[O_TARGETS]) {
+        unsigned want = 0, have = 0;
+        for (size_t i = 0; i < o->n_targets; i++)
+            want |= target_bits(o->targets[i]);
+        for (size_t i = 0; i < c->n_target_modules; i++)
+            have |= target_bits(c->target_modules[i]);
+        if (want != have) {
+            fprintf(stderr, "tessera-cli: warning: adapter '%s' targets ", info->name);
+            for (size_t i = 0; i < c->n_target_modules; i++)
+                fprintf(stderr, "%s%s", i ? "," : "", c->target_modules[i]);
+            fprintf(stderr, "; --targets %s is ignored\n", a->val[O_TARGETS]);
+        }
+    }
+}
+
+/* After a ForwardBackward refused for "examples[k]...": which line of the
+ * data file that example is. */
+static void explain_example(const tsr_cli_status *st, const train_opts *o,
+                            const tsr_cli_train_data *d, const int *batch_ex, int count) {
+    const char *p = strstr(st->details, "examples[");
+    int k;
+    if (p && sscanf(p, "examples[%d]", &k) == 1 && k >= 0 && k < count)
+        fprintf(stderr, "tessera-cli: examples[%d] of that batch is %s:%d\n", k, o->data,
+                d->ex[batch_ex[k]].line);
+}
+
+/* SaveAdapter with return_files, then DIR written with the adapter's two
+ * files, loss.csv and loss.png. Returns 0 or the exit code (reported). */
+static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_cli_step_log *log,
+                      size_t n_log, int *saved_step) {
+    Tessera__V1__SaveAdapterRequest req = TESSERA__V1__SAVE_ADAPTER_REQUEST__INIT;
+    req.adapter = (char *)o->adapter;
+    req.return_files = 1;
+    Tessera__V1__SaveAdapterResponse *r = NULL;
+    tsr_cli_status st;
+    if (tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/SaveAdapter", &req.base,
+                           &tessera__v1__save_adapter_response__descriptor,
+                           (ProtobufCMessage **)&r, &st) != 0)
+        return report_failure(cx, "SaveAdapter", &st);
+    int rc = EXIT_FAIL;
+    char *csv = NULL;
+    uint8_t *rgb = NULL, *png = NULL;
+    double *xs = NULL, *ys = NULL;
+    size_t csv_len = 0, png_len = 0;
+    if (!r->adapter_config_json.len || !r->adapter_model_safetensors.len) {
+        fprintf(stderr, "tessera-cli: SaveAdapter: the server sent no adapter files "
+                        "(adapter_config.json %zu bytes, adapter_model.safetensors %zu bytes)\n",
+                r->adapter_config_json.len, r->adapter_model_safetensors.len);
+        goto cleanup;
+    }
+    xs = malloc((n_log + 1) * sizeof *xs);
+    ys = malloc((n_log + 1) * sizeof *ys);
+    if (!xs || !ys || !(csv = tsr_cli_train_loss_csv(log, n_log, &csv_len))) {
+        fputs("tessera-cli: out of memory\n", stderr);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n_log; i++) {
+        xs[i] = log[i].step;
+        ys[i] = log[i].loss;
+    }
+    tsr_cli_plot_opts po = {.width = 800, .height = 480, .title = "training loss",
+                            .x_label = "step", .y_label = "loss"};
+    if (tsr_cli_plot_line(xs, ys, n_log, &po, &rgb) != 0 ||
+        tsr_cli_png_encode(rgb, po.width, po.height, &png, &png_len) != 0) {
+        fputs("tessera-cli: cannot draw loss.png (out of memory?)\n", stderr);
+        goto cleanup;
+    }
+    const tsr_cli_out_file files[] = {
+        {"adapter_config.json", r->adapter_config_json.data, r->adapter_config_json.len},
+        {"adapter_model.safetensors", r->adapter_model_safetensors.data,
+         r->adapter_model_safetensors.len},
+        {"loss.csv", (const uint8_t *)csv, csv_len},
+        {"loss.png", png, png_len},
+    };
+    char why[1024];
+    if (tsr_cli_train_write_dir(o->out, files, sizeof files / sizeof files[0], why,
+                                sizeof why) != 0) {
+        fprintf(stderr, "tessera-cli: saving the adapter: %s\n", why);
+        goto cleanup;
+    }
+    *saved_step = r->step;
+    rc = 0;
+cleanup:
+    free(png);
+    free(rgb);
+    free(csv);
+    free(xs);
+    free(ys);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return rc;
+}
+
+/* Rows of DIR/loss.csv from an earlier run, up to step `upto`, for a
+ * resumed run to continue. Returns how many went into log (capacity cap). */
+static size_t previous_log(const train_opts *o, int upto, tsr_cli_step_log *log, size_t cap) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/loss.csv", o->out);
+    char *text = tsr_cli_read_file(path, NULL);
+    if (!text)
+        return 0;
+    tsr_cli_step_log *rows = NULL;
+    size_t n = 0, kept = 0;
+    if (tsr_cli_train_loss_csv_parse(text, &rows, &n) != 0)
+        fprintf(stderr, "tessera-cli: warning: %s is not a loss.csv; starting a new one\n", path);
+    for (size_t i = 0; i < n && kept < cap; i++)
+        if (rows[i].step >= 1 && rows[i].step <= upto &&
+            (kept == 0 || rows[i].step > log[kept - 1].step))
+            log[kept++] = rows[i];
+    free(rows);
+    free(text);
+    return kept;
+}
+
+static int cmd_train(const cli_ctx *cx, const cli_args *a) {
+    train_opts o;
+    int rc = train_parse(a, &o);
+    if (rc) {
+        train_opts_free(&o);
+        return rc;
+    }
+    tsr_cli_train_data data = {0};
+    Tessera__V1__AdapterInfo *created = NULL;
+    Tessera__V1__ListAdaptersResponse *list = NULL;
+    int *perm = NULL, *batch_ex = NULL;
+    Tessera__V1__TrainExample **batch = NULL;
+    tsr_cli_step_log *log = NULL;
+    progress_line prog = {.tty = isatty(STDERR_FILENO)};
+    tsr_cli_status st;
+    char why[1024];
+
+    /* Everything local first: a bad file or --out costs no call. */
+    if (tsr_cli_train_data_load(o.data, &data, why, sizeof why) != 0) {
+        fprintf(stderr, "tessera-cli: %s\n", why);
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
+    int out_exists;
+    if (tsr_cli_train_check_out_dir(o.out, &out_exists, why, sizeof why) != 0) {
+        fprintf(stderr, "tessera-cli: %s\n", why);
+        rc = EXIT_USAGE;
+        goto cleanup;
+    }
+    const int n_ex = (int)data.n;
+    const int total = tsr_cli_train_total_steps(n_ex, o.batch, o.steps, o.epochs);
+    if (total <= 0) {
+        rc = usage_error("--epochs %d of %d examples is too many steps", o.epochs, n_ex);
+        goto cleanup;
+    }
+    perm = malloc((size_t)n_ex * sizeof *perm);
+    batch_ex = malloc((size_t)o.batch * sizeof *batch_ex);
+    batch = malloc((size_t)o.batch * sizeof *batch);
+    log = malloc(((size_t)total + 1) * sizeof *log);
+    if (!perm || !batch_ex || !batch || !log) {
+        fputs("tessera-cli: out of memory\n", stderr);
+        rc = EXIT_FAIL;
+        goto cleanup;
+    }
+    if (g_stop) {
+        fputs("tessera-cli: interrupted before training started; nothing was created\n", stderr);
+        rc = 128 + (int)g_stop;
+        goto cleanup;
+    }
+
+    /* The adapter: a new one, or with --resume the one already there. */
+    const Tessera__V1__AdapterInfo *info = NULL;
+    if (o.resume) {
+        if (list_adapters(cx, &list, &st) != 0) {
+            rc = report_failure(cx, "ListAdapters", &st);
+            goto cleanup;
+        }
+        info = find_adapter(list, o.adapter);
+        if (info)
+            resume_warn_config(a, &o, info);
+        else
+            fprintf(stderr, "tessera-cli: no adapter '%s' on the server to resume; creating it\n",
+                    o.adapter);
+    }
+    if (!info) {
+        Tessera__V1__CreateAdapterRequest req = TESSERA__V1__CREATE_ADAPTER_REQUEST__INIT;
+        Tessera__V1__LoraConfig cfg = TESSERA__V1__LORA_CONFIG__INIT;
+        req.name = (char *)o.adapter;
+        req.config = &cfg;
+        cfg.rank = o.rank;
+        cfg.alpha = o.alpha;
+        cfg.n_target_modules = o.n_targets;
+        cfg.target_modules = o.targets;
+        cfg.dropout = o.dropout;
+        cfg.seed = o.seed;
+        if (tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/CreateAdapter", &req.base,
+                               &tessera__v1__adapter_info__descriptor,
+                               (ProtobufCMessage **)&created, &st) != 0) {
+            rc = report_failure(cx, "CreateAdapter", &st);
+            if (st.code == GRPC_STATUS_ALREADY_EXISTS && !st.local_error && !g_signal) {
+                Tessera__V1__ListAdaptersResponse *l = NULL;
+                tsr_cli_status lst;
+                const Tessera__V1__AdapterInfo *old =
+                    list_adapters(cx, &l, &lst) == 0 ? find_adapter(l, o.adapter) : NULL;
+                char at[64] = "";
+                if (old)
+                    snprintf(at, sizeof at, " (it is at step %d)", old->step);
+                fprintf(stderr,
+                        "tessera-cli: the server already has an adapter '%s'%s: add --resume to "
+                        "continue training it, or delete it (DeleteAdapter) to start afresh\n",
+                        o.adapter, at);
+                if (l)
+                    protobuf_c_message_free_unpacked(&l->base, NULL);
+            }
+            goto cleanup;
+        }
+        info = created;
+    }
+    const int start = info->step > 0 ? info->step : 0;
+    const Tessera__V1__LoraConfig *lc = info->config;
+    if (info->pending_batches > 0)
+        fprintf(stderr,
+                "tessera-cli: warning: adapter '%s' has %d ForwardBackward batch(es) accumulated "
+                "since its last step; they count in the next one\n",
+                o.adapter, info->pending_batches);
+
+    size_t n_log = 0;
+    if (start > 0 && out_exists)
+        n_log = previous_log(&o, start, log, (size_t)total + 1);
+    const int per_epoch = (n_ex + o.batch - 1) / o.batch;
+    if (created)
+        fprintf(stderr, "tessera-cli: training new adapter '%s': %d step%s", o.adapter, total,
+                total == 1 ? "" : "s");
+    else
+        fprintf(stderr, "tessera-cli: resuming adapter '%s' at step %d: steps %d..%d", o.adapter,
+                start, start + 1, total);
+    fprintf(stderr, " of %d examples (%d steps per epoch) from %s (%d examples)", o.batch,
+            per_epoch, o.data, n_ex);
+    if (lc) {
+        fprintf(stderr, ", LoRA r=%d alpha=%g targets=", lc->rank, (double)lc->alpha);
+        for (size_t i = 0; i < lc->n_target_modules; i++)
+            fprintf(stderr, "%s%s", i ? "," : "", lc->target_modules[i]);
+        fprintf(stderr, " dropout %g", (double)lc->dropout);
+    }
+    fprintf(stderr, ", lr %g\n", (double)o.lr);
+    if (start >= total)
+        fprintf(stderr, "tessera-cli: adapter '%s' is already at step %d of %d: nothing to "
+                        "train; saving it\n",
+                o.adapter, start, total);
+
+    /* The steps. */
+    Tessera__V1__AdamWParams adamw = TESSERA__V1__ADAM_WPARAMS__INIT;
+    adamw.lr = o.lr;
+    adamw.weight_decay = o.weight_decay;
+    Tessera__V1__OptimStepRequest oreq = TESSERA__V1__OPTIM_STEP_REQUEST__INIT;
+    oreq.adapter = (char *)o.adapter;
+    oreq.adamw = &adamw;
+    oreq.max_grad_norm = o.max_grad_norm;
+    int shuffled_epoch = -1, k = start, warned_step = 0;
+    for (; k < total && !g_stop; k++) {
+        int epoch, first, count;
+        tsr_cli_train_step_batch(k, n_ex, o.batch, &epoch, &first, &count);
+        if (epoch != shuffled_epoch) {
+            tsr_cli_train_shuffle(perm, n_ex, o.seed, epoch);
+            shuffled_epoch = epoch;
+        }
+        for (int i = 0; i < count; i++) {
+            batch_ex[i] = perm[first + i];
+            batch[i] = &data.ex[batch_ex[i]].msg;
+        }
+        Tessera__V1__ForwardBackwardRequest freq = TESSERA__V1__FORWARD_BACKWARD_REQUEST__INIT;
+        freq.adapter = (char *)o.adapter;
+        freq.n_examples = (size_t)count;
+        freq.examples = batch;
+        Tessera__V1__ForwardBackwardResponse *fb = NULL;
+        Tessera__V1__OptimStepResponse *os = NULL;
+        double t0 = now_s();
+        const char *what = "ForwardBackward";
+        int ok = tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/ForwardBackward", &freq.base,
+                                    &tessera__v1__forward_backward_response__descriptor,
+                                    (ProtobufCMessage **)&fb, &st) == 0;
+        if (ok) {
+            what = "OptimStep";
+            ok = tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/OptimStep", &oreq.base,
+                                    &tessera__v1__optim_step_response__descriptor,
+                                    (ProtobufCMessage **)&os, &st) == 0;
+        }
+        if (!ok) {
+            progress_end(&prog);
+            fprintf(stderr, "tessera-cli: step %d/%d: %s failed\n", k + 1, total, what);
+            rc = report_failure(cx, what, &st);
+            if (fb == NULL)
+                explain_example(&st, &o, &data, batch_ex, count);
+            if (!g_signal)
+                fprintf(stderr, "tessera-cli: nothing was saved; adapter '%s' stays on the "
+                                "server (--resume continues it)\n",
+                        o.adapter);
+            if (fb)
+                protobuf_c_message_free_unpacked(&fb->base, NULL);
+            goto cleanup;
+        }
+        double dt = now_s() - t0, tok_s = dt > 0 ? (double)fb->n_tokens / dt : 0.0;
+        if (os->step != k + 1 && !warned_step) {
+            progress_end(&prog);
+            fprintf(stderr, "tessera-cli: warning: the server counts step %d where this run is "
+                            "at %d (is another client training '%s'?)\n",
+                    os->step, k + 1, o.adapter);
+            warned_step = 1;
+        }
+        log[n_log++] = (tsr_cli_step_log){k + 1, os->loss, os->grad_norm, (long)fb->n_tokens};
+        printf("step %d/%d  loss %.4f  grad_norm %.3f  tokens %ld  tok/s %.1f\n", k + 1, total,
+               os->loss, os->grad_norm, (long)fb->n_tokens, tok_s);
+        fflush(stdout);
+        progress_show(&prog, k + 1, total, os->loss, os->grad_norm, tok_s);
+        protobuf_c_message_free_unpacked(&fb->base, NULL);
+        protobuf_c_message_free_unpacked(&os->base, NULL);
+    }
+    progress_end(&prog);
+    const int stopped = k < total; /* by a signal */
+    if (stopped)
+        fprintf(stderr, "tessera-cli: interrupted after step %d of %d; saving the adapter "
+                        "(Ctrl-C again to abandon the save)\n",
+                k, total);
+
+    int saved_step = 0;
+    if ((rc = train_save(cx, &o, log, n_log, &saved_step)))
+        goto cleanup;
+    fprintf(stderr,
+            "tessera-cli: saved adapter '%s' (step %d) in %s: adapter_config.json, "
+            "adapter_model.safetensors, loss.csv, loss.png\n",
+            o.adapter, saved_step, o.out);
+    if (stopped) {
+        fprintf(stderr, "tessera-cli: training stopped at step %d of %d; --resume continues it\n",
+                k, total);
+        rc = 128 + (int)g_stop;
+    }
+cleanup:
+    progress_end(&prog);
+    if (created)
+        protobuf_c_message_free_unpacked(&created->base, NULL);
+    if (list)
+        protobuf_c_message_free_unpacked(&list->base, NULL);
+    free(log);
+    free(batch);
+    free(batch_ex);
+    free(perm);
+    tsr_cli_train_data_free(&data);
+    train_opts_free(&o);
+    return rc;
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 /* Reads the bearer token from --auth-token-file or $TESSERA_AUTH_TOKEN into
@@ -992,7 +1547,7 @@ int main(int argc, char **argv) {
         goto done;
     }
 
-    install_signal_handlers();
+    install_signal_handlers(a.cmd == CMD_TRAIN);
     if (!cx.verbose && !getenv("GRPC_VERBOSITY") && !getenv("GRPC_TRACE"))
         gpr_set_log_function(drop_grpc_log);
     grpc_init();
@@ -1004,6 +1559,7 @@ int main(int argc, char **argv) {
         .tls_server_name = a.val[O_TLS_NAME],
         .timeout_s = cx.timeout_s,
         .user_agent = "tessera-cli/" TSR_CLI_VERSION,
+        .max_recv_bytes = a.cmd == CMD_TRAIN ? TRAIN_MAX_RECV_BYTES : 0,
         .interrupted = &g_signal,
     };
     if (!(conn = tsr_cli_conn_open(&cfg))) {
@@ -1024,6 +1580,7 @@ int main(int argc, char **argv) {
     case CMD_TOKENIZE: rc = cmd_tokenize(&cx, &a); break;
     case CMD_DETOKENIZE: rc = cmd_detokenize(&cx, &a); break;
     case CMD_ABORT: rc = cmd_abort(&cx, &a); break;
+    case CMD_TRAIN: rc = cmd_train(&cx, &a); break;
     default: rc = EXIT_USAGE;
     }
     if (fflush(stdout) != 0 && rc == 0) {

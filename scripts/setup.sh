@@ -22,6 +22,7 @@ debs=(
   python3 python3-venv python3-dev
   openssl                  # test certificates for the TLS tests
   libyaml-dev              # tessera-launch's config files (YAML)
+  zlib1g-dev               # tessera-cli train's loss.png (PNG's deflate and CRCs)
   slurm-wlm munge libpmix-dev   # sbatch scripts + the local Slurm of tests/launch (srun --mpi=pmix)
 )
 
