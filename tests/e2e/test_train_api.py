@@ -30,7 +30,11 @@ stages; generation steps are cut into micro-batches), driven by grpcio.
     while a request uses it (FAILED_PRECONDITION); the server keeps serving;
   * SIGTERM: every rank exits 0.
 
-usage: test_train_api.py TESSERA MPIEXEC
+  * `tessera-cli train` against the same server: the same first loss as the
+    RPCs, the adapter saved in its --out with loss.csv and loss.png, and the
+    adapter left on the server under its name;
+
+usage: test_train_api.py TESSERA TESSERA_CLI MPIEXEC
 """
 
 import json
@@ -98,7 +102,7 @@ def code_of(fn):
 
 
 def main():
-    tessera, mpiexec = sys.argv[1:3]
+    tessera, cli, mpiexec = sys.argv[1:4]
     model = default_model()
     tmp = tempfile.mkdtemp(prefix="tessera-train-api-")
     pb, pbg, hpb, hpbg = stubs(tmp)
@@ -226,6 +230,24 @@ def main():
             e = rel_l2(want_t, tensors(got.adapter_model_safetensors))
             check(got.step == 3 and e <= 1e-4,
                   f"the RPC-trained adapter = tessera train's (step {got.step}, rel L2 {e:.1e})")
+
+        # ---- tessera-cli train: the same data through the client ----
+        cli_out = os.path.join(tmp, "cli-out")
+        r = subprocess.run([cli, "--addr", f"127.0.0.1:{port}", "train", "--data", data,
+                            "--adapter", "cli", "--out", cli_out, "--steps", "2",
+                            "--batch-size", "4", "--lr", str(lr), "--rank", "4", "--alpha", "8",
+                            "--targets", "q,v,o,down", "--seed", "11"],
+                           capture_output=True, text=True, env=ENV, timeout=600)
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("step ")]
+        first_cli = float(lines[0].split()[3]) if lines else float("nan")
+        files = sorted(os.listdir(cli_out)) if os.path.isdir(cli_out) else []
+        names = [x.name for x in api.ListAdapters(pb.ListAdaptersRequest()).adapters]
+        check(r.returncode == 0 and len(lines) == 2 and abs(first_cli - losses[0]) < 1e-4
+              and files == ["adapter_config.json", "adapter_model.safetensors", "loss.csv",
+                            "loss.png"] and "cli" in names,
+              f"tessera-cli train: rc {r.returncode}, first loss {first_cli} (RPCs {losses[0]:.4f}),"
+              f" files {files} {r.stderr[-400:] if r.returncode else ''}")
+        api.DeleteAdapter(pb.DeleteAdapterRequest(name="cli"))
 
         # ---- accumulation and Forward ----
         for n in ("whole", "halves"):
