@@ -307,7 +307,7 @@ def main():
             (pb.GenerateRequest(text=""), C.INVALID_ARGUMENT, "empty"),
             (pb.GenerateRequest(), C.INVALID_ARGUMENT, "input"),
             (pb.GenerateRequest(tokens=pb.TokenIds(ids=[1, 99999999])), C.INVALID_ARGUMENT, "99999999"),
-            (pb.GenerateRequest(text="hi", adapter="nope"), None, "nope"),
+            (pb.GenerateRequest(text="hi", adapter="nope"), C.NOT_FOUND, "nope"),
         ]
         for req, code, word in bad:
             try:
@@ -351,6 +351,9 @@ def main():
             got = http_get(mport, path, method)[0]
             check(got == want, f"{method} {path}: {got}, expected {want}")
         n_ok = len(finished)
+        # an unknown adapter is found out on the engine thread, after the request was
+        # queued: it finishes with reason "error" and is timed like any admitted request
+        n_admitted_err = generate_codes.get("NOT_FOUND", 0)
         stop = sum(f.finish_reason == pb.FINISH_REASON_STOP for _, f in finished)
         length = sum(f.finish_reason == pb.FINISH_REASON_LENGTH for _, f in finished)
         check(stop + length == n_ok, "a stream that ended OK did not finish by stop or length")
@@ -370,7 +373,7 @@ def main():
                 ("tessera_generate_finished_total", (("reason", "stop"),)): stop,
                 ("tessera_generate_finished_total", (("reason", "length"),)): length,
                 ("tessera_generate_finished_total", (("reason", "cancelled"),)): 0,
-                ("tessera_generate_finished_total", (("reason", "error"),)): 0,
+                ("tessera_generate_finished_total", (("reason", "error"),)): n_admitted_err,
                 ("tessera_generated_tokens_total", ()): completion,
                 ("tessera_prompt_tokens_total", ()): prompt,
                 ("tessera_requests_running", ()): 0,
@@ -383,8 +386,8 @@ def main():
             bad_ = [f"{k}: {m.get(k, 0.0)} != {v}" for k, v in want.items() if m.get(k, 0.0) != v]
             for name, n in (("tessera_time_to_first_token_seconds", with_ttft),
                             ("tessera_inter_token_latency_seconds", gaps),
-                            ("tessera_request_duration_seconds", n_ok),
-                            ("tessera_queue_time_seconds", n_ok)):
+                            ("tessera_request_duration_seconds", n_ok + n_admitted_err),
+                            ("tessera_queue_time_seconds", n_ok + n_admitted_err)):
                 if histogram(m, name)[0] != n:
                     bad_.append(f"{name}_count: {histogram(m, name)[0]} != {n}")
             # every prompt token runs once, every sampled token but a sequence's last once more
@@ -461,7 +464,7 @@ def main():
                 ("tessera_kv_blocks_used", ()): 0,
             }
             bad_ = [f"{k}: {m.get(k, 0.0)} != {v}" for k, v in want.items() if m.get(k, 0.0) != v]
-            n = n_ok + 3
+            n = n_ok + n_admitted_err + 3
             for name in ("tessera_request_duration_seconds", "tessera_queue_time_seconds"):
                 if histogram(m, name)[0] != n:
                     bad_.append(f"{name}_count: {histogram(m, name)[0]} != {n}")
