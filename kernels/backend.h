@@ -66,6 +66,18 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
 } tsr_adamw_params;
 
+/* Where one lora_dropout call sits in LoRA dropout's mask: element (i, j) of
+ * its (n, d) block is token row0 + i of the batch and input column col0 + j
+ * of the FULL d_in of (layer, target). runtime/lora.h defines the hash that
+ * decides each element; tsr_lora_dropout_stream / _bits / _threshold below
+ * compute it on the host. */
+typedef struct {
+    float p;            /* drop probability, in [0, 1) */
+    uint64_t seed, key; /* the adapter's seed, the batch's dropout key */
+    int layer, target;  /* global layer index; tsr_lora_target (0 = q .. 6 = down) */
+    int row0, col0;     /* global token of row 0; global input column of column 0 */
+} tsr_lora_dropout_desc;
+
 typedef struct tsr_backend tsr_backend;
 
 typedef struct {
@@ -214,6 +226,21 @@ typedef struct {
     tsr_status (*sumsq)(tsr_backend *b, double *out, const float *x, size_t n);
     /* x(n) *= s, f32. */
     tsr_status (*scale_f32)(tsr_backend *b, float *x, size_t n, float s);
+    /* LoRA dropout (inverted), activations: out(n, d) = m * x / (1 - p), or
+     * out += that when accumulate, where m(i, j) is 0 where the hash of
+     * runtime/lora.h drops element (row0 + i, col0 + j) of dd and 1 elsewhere;
+     * a kept value is x * (1.0f / (1.0f - p)) computed in f32, a dropped one
+     * exactly 0 whatever x holds (NaN included). The forward masks the LoRA
+     * branch's input with it, the backward the branch's input gradient (the
+     * same mask: d/dx of m x / (1-p) is m / (1-p)). out may be x when not
+     * accumulating (in place). */
+    tsr_status (*lora_dropout)(tsr_backend *b, void *out, const void *x, int n, int d,
+                               const tsr_lora_dropout_desc *dd, int accumulate);
+    /* Sets `bytes` bytes of device memory p to zero (0.0 in f32, f16 and bf16
+     * alike), enqueued like an op. Optional: NULL where a backend has none;
+     * callers go through tsr_lora_fill_zero (runtime/lora.h), which copies
+     * zeros from the host then. */
+    tsr_status (*fill_zero)(tsr_backend *b, void *p, size_t bytes);
 } tsr_backend_i;
 
 struct tsr_backend {
@@ -252,6 +279,15 @@ void tsr_backend_destroy(tsr_backend *b);
 
 /* Bytes per activation element of this backend. */
 size_t tsr_backend_act_size(const tsr_backend *b);
+
+/* LoRA dropout's hash on the host, exactly as runtime/lora.h defines it (the
+ * backends' lora_dropout ops compute the same bits): the stream of (seed, key,
+ * layer, target); the 24 bits of element (global token, global column) of a
+ * stream; the threshold of p (an element is dropped when its bits are below
+ * it: ceil(p * 2^24)). Cannot fail. */
+uint64_t tsr_lora_dropout_stream(uint64_t seed, uint64_t key, int layer, int target);
+uint32_t tsr_lora_dropout_bits(uint64_t stream, int64_t token, int64_t column);
+uint32_t tsr_lora_dropout_threshold(float p);
 
 /* Allocates n bytes of device memory or returns TSR_ERR_NOMEM naming `what`. */
 tsr_status tsr_backend_alloc(tsr_backend *b, size_t bytes, const char *what, void **out);

@@ -459,6 +459,9 @@ static tsr_status run_batch(tsr_engine *e, tsr_engine_adapter *ad, const tsr_tra
         mbs[k].seq_start = starts + s0 + k;
         mbs[k].tokens = b->tokens + t0;
         mbs[k].weights = b->weights ? b->weights + t0 : NULL;
+        /* dropout: the whole batch's masks whatever the micro-batching */
+        mbs[k].dropout_key = ad ? ad->batches : 0;
+        mbs[k].token_offset = t0;
     }
     for (int k = 0; k < M && st == TSR_OK; k++) {
         const tsr_train_batch *mb = &mbs[k];

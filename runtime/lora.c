@@ -76,8 +76,6 @@ tsr_status tsr_lora_config_check(const tsr_lora_config *cfg) {
     if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
         return tsr_error_set(TSR_ERR_INVALID, "LoRA dropout %g (must be in [0, 1))",
                              (double)cfg->dropout);
-    if (cfg->dropout > 0.0f)
-        return tsr_error_set(TSR_ERR_UNSUPPORTED, "LoRA dropout is not implemented yet");
     return TSR_OK;
 }
 
@@ -149,6 +147,8 @@ void tsr_lora_init_values(uint64_t seed, int layer, int target, float bound, flo
 /* ---- the adapter -------------------------------------------------------------------- */
 
 tsr_status tsr_lora_fill_zero(tsr_backend *be, void *p, size_t bytes) {
+    if (be->iface->fill_zero)
+        return be->iface->fill_zero(be, p, bytes);
     static const unsigned char zeros[65536];
     for (size_t off = 0; off < bytes; off += sizeof zeros) {
         size_t k = bytes - off < sizeof zeros ? bytes - off : sizeof zeros;

@@ -31,6 +31,37 @@
  * slabs of the same layout. One all-reduce per region and one AdamW call
  * cover the whole adapter.
  *
+ * Dropout (training only), as Hugging Face PEFT's lora_dropout: the delta of
+ * a target becomes scale * (dropout(x) A^T) B^T, dropout on the LoRA branch's
+ * input only (the base projection sees x unmasked), inverted (a kept element
+ * is x / (1 - p), a dropped one 0), each (layer, target) with its own mask.
+ * The training forward (runtime/train.h, keep = 1) and its backward's
+ * recompute draw the same mask, and the backward masks the branch's input
+ * gradient with it (d/dx of m x / (1-p) is m / (1-p)). Evaluation (the
+ * loss-only forward) and inference (runtime/model.c) never drop.
+ *
+ * The mask is a pure function of the element's place in the whole batch, so
+ * every parallel layout (tp, pp, micro-batches) draws the same one: element
+ * (token i, input column j) of (layer L, target t) is dropped when
+ *     bits(i, j) < ceil(p * 2^24)   (i.e. u = bits * 2^-24 < p)
+ * with, in unsigned 64-bit arithmetic (mod 2^64),
+ *     mix(z)     = splitmix64's output function:
+ *                    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+ *                    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+ *                    z =  z ^ (z >> 31)
+ *     G          = 0x9E3779B97F4A7C15
+ *     stream     = mix(mix(mix(seed ^ 0xD1B54A32D192ED03) ^ key)
+ *                      + G * (1 + 7 L + t))
+ *     bits(i, j) = mix(mix(stream ^ i) + G * (1 + j)) >> 40
+ * where seed is cfg.seed, key the batch's dropout_key (tsr_train_batch), L
+ * the global layer index, t the tsr_lora_target value (q = 0 .. down = 6),
+ * i the token's index in the whole batch (the micro-batch's token_offset
+ * plus its row) and j the column within the FULL d_in (a row-parallel
+ * target's slice adds in_begin). p is cfg.dropout as an f32; a kept value is
+ * x * (1.0f / (1.0f - p)), the factor computed in f32.
+ * (kernels/backend.c: tsr_lora_dropout_stream / _bits / _threshold;
+ * tests/reference/train_ref.py: dropout_keep, the NumPy copy.)
+ *
  * What it is not: no forward or backward (runtime/train.h), no file format
  * (saving and loading gather these pieces), no communication. */
 #ifndef TSR_RUNTIME_LORA_H
@@ -62,8 +93,8 @@ typedef struct {
     float alpha;       /* the scale's numerator, > 0 */
     int use_rslora;    /* 1: scale = alpha / sqrt(r) (rsLoRA); 0: alpha / r */
     unsigned targets;  /* TSR_LORA_TARGET_BIT mask, not 0 */
-    float dropout;     /* on the LoRA input; only 0 is implemented */
-    uint64_t seed;     /* A's initialisation (and dropout's masks, later) */
+    float dropout;     /* on the LoRA input while training, in [0, 1); 0: none */
+    uint64_t seed;     /* A's initialisation and dropout's masks */
 } tsr_lora_config;
 
 /* PEFT's defaults: r = 8, alpha = 8, q and v. */
@@ -150,9 +181,8 @@ const char *tsr_lora_target_peft_name(tsr_lora_target t);
  * item, or for an empty list. */
 tsr_status tsr_lora_parse_targets(const char *s, unsigned *out);
 
-/* Checks cfg: r >= 1, alpha > 0 and finite, targets a non-empty subset;
- * TSR_ERR_UNSUPPORTED "LoRA dropout is not implemented yet" for dropout > 0
- * (TSR_ERR_INVALID for dropout < 0 or >= 1). */
+/* Checks cfg: r >= 1, alpha > 0 and finite, targets a non-empty subset,
+ * dropout in [0, 1) (not NaN); TSR_ERR_INVALID naming the bad field. */
 tsr_status tsr_lora_config_check(const tsr_lora_config *cfg);
 
 /* alpha / r, or alpha / sqrt(r) with use_rslora. */
@@ -170,7 +200,7 @@ void tsr_lora_init_values(uint64_t seed, int layer, int target, float bound, flo
 /* Creates the adapter for the layers and slice of `shard` on backend be:
  * A from cfg->seed as described above, B, gradients, moments and the
  * accumulators zero, step 0. TSR_ERR_INVALID for a bad config or a shard that
- * does not fit mc; TSR_ERR_UNSUPPORTED for dropout; TSR_ERR_NOMEM. On failure
+ * does not fit mc; TSR_ERR_NOMEM. On failure
  * the adapter is zeroed (tsr_lora_adapter_free on it is harmless). */
 tsr_status tsr_lora_adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
                                  const tsr_model_config *mc, const tsr_lora_shard *shard,
@@ -212,8 +242,8 @@ tsr_status tsr_lora_zero_grads(tsr_lora_adapter *a);
 void tsr_lora_reset_accum(tsr_lora_adapter *a);
 
 /* Sets `bytes` bytes of device memory p of be to zero (0.0 in f32, f16 and
- * bf16 alike). The kernel table has no fill op: this copies from a constant
- * zero block in pieces (to_device), so it also clears NaNs. */
+ * bf16 alike), NaNs included: the backend's fill_zero, or where it has none
+ * copies from a constant zero block in pieces (to_device). */
 tsr_status tsr_lora_fill_zero(tsr_backend *be, void *p, size_t bytes);
 
 #endif

@@ -1,6 +1,7 @@
 /* runtime/train.c - LoRA training over this rank's shard: stage forward with
  * stored layer inputs, vocabulary-parallel loss, backward with recompute,
- * gradient reduction and the AdamW step. Contracts are in runtime/train.h.
+ * LoRA dropout, gradient reduction and the AdamW step. Contracts are in
+ * runtime/train.h.
  *
  * Tensor parallelism, derived. TP ranks p = 1..P; activations x, h between
  * the projections are replicated (every rank holds the same full (n, C)
@@ -37,12 +38,20 @@
  * Vocabulary-parallel head: logits_p = hN E_p^T, so dL/dhN = sum_p dlogits_p
  * E_p is partial: all-reduced over TP. The embedding is frozen.
  *
+ * LoRA dropout changes none of this: the branch's input x becomes M x (M the
+ * mask over x's elements, scaled by 1/(1-p)), so xa = (M x) A^T, dA += t^T (M x)
+ * and dx += M (t A). A replicated input is masked alike on every TP rank (the
+ * mask depends on the global token and column only) and a row-parallel
+ * rank's slice z_p with the columns it holds (in_begin), so each rank's
+ * terms are those of the tp = 1 sum.
+ *
  * The reductions of the replicated factors are linear, so they wait: every
  * backward adds partial sums, and one all-reduce per slab region runs at the
  * step (or tsr_train_reduce_grads) however many micro-batches accumulated.
  * In the gradient norm a replicated factor is counted on its owner only. */
 #include "runtime/train.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,7 +106,7 @@ static void ws_free(tsr_trainer *t) {
     void *bufs[] = {w->h1,  w->h2,  w->x2,   w->tmp,  w->dh, w->q,  w->att,
                     w->datt, w->dq, w->k,    w->v,    w->dk, w->dv, w->gate,
                     w->up,  w->s,   w->ds,   w->lse,  w->lt, w->logits, w->hn,
-                    w->dhn, w->ce};
+                    w->dhn, w->ce,  w->xd,  w->dxd};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         tsr_backend_free(be, bufs[i]);
     for (int i = 0; i < TSR_LORA_N_TARGETS; i++)
@@ -106,12 +115,14 @@ static void ws_free(tsr_trainer *t) {
     memset(w, 0, sizeof *w);
 }
 
-/* Scratch for n tokens and LoRA rank r (grows, never shrinks). */
-static tsr_status ws_reserve(tsr_trainer *t, int n, int r) {
+/* Scratch for n tokens and LoRA rank r, and LoRA dropout's buffers when
+ * drop (grows, never shrinks). */
+static tsr_status ws_reserve(tsr_trainer *t, int n, int r, int drop) {
     tsr_train_ws *w = &t->ws;
-    if (w->h1 && n <= w->cap && r <= w->r)
+    if (w->h1 && n <= w->cap && r <= w->r && (!drop || w->xd))
         return TSR_OK;
     const int cap = n > w->cap ? n : w->cap, rr = r > w->r ? r : (w->r > 0 ? w->r : 1);
+    drop = drop || w->xd;
     ws_free(t);
     tsr_backend *be = t->m->be;
     const tsr_model_config *c = &t->m->cfg;
@@ -119,6 +130,9 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r) {
     const size_t a = tsr_backend_act_size(be), N = (size_t)cap, C = (size_t)c->n_embd;
     const size_t qd = (size_t)s->n_head * c->head_dim, kvd = (size_t)s->n_kv_head * c->head_dim;
     const size_t ff = (size_t)s->n_ff;
+    /* the widest LoRA input: h1/h2 (C), att (q_dim) or s (n_ff_local) */
+    const size_t dmax = C > qd ? (C > ff ? C : ff) : (qd > ff ? qd : ff);
+    const size_t db = drop ? N * dmax * a : 0;
     const int hr = t->cfg.head_rows < cap ? t->cfg.head_rows : cap;
     struct {
         void **p;
@@ -135,8 +149,11 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r) {
         {&w->logits, (size_t)hr * s->n_vocab * a},
         {&w->hn, (size_t)hr * C * a},  {&w->dhn, (size_t)hr * C * a},
         {(void **)&w->ce, (size_t)3 * hr * sizeof(float)},
+        {&w->xd, db},           {&w->dxd, db},
     };
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
+        if ((plan[i].p == &w->xd || plan[i].p == &w->dxd) && !drop)
+            continue; /* no dropout: xd and dxd stay NULL */
         tsr_status st = tsr_backend_alloc(be, plan[i].bytes, "training scratch", plan[i].p);
         if (st != TSR_OK) {
             ws_free(t);
@@ -254,6 +271,11 @@ tsr_status tsr_train_check_batch(const tsr_model_config *c, const tsr_train_batc
                                  s, len, c->n_ctx_train);
     }
     const int n = b->seq_start[b->n_seqs];
+    if (b->token_offset < 0 || b->token_offset > INT_MAX - n)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "training batch: token_offset %d (must be >= 0, and with the batch's "
+                             "%d tokens fit an int)",
+                             b->token_offset, n);
     for (int i = 0; i < n; i++) {
         if (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab)
             return tsr_error_set(TSR_ERR_RANGE,
@@ -304,6 +326,8 @@ static tsr_status tape_load(tsr_trainer *t, tsr_train_tape *tape, const tsr_trai
     tape->n_tokens = n;
     tape->n_seqs = b->n_seqs;
     tape->has_output = tape->has_grad = 0;
+    tape->dropout_key = b->dropout_key;
+    tape->token_offset = b->token_offset;
     tsr_train_stats st = {0};
     st.n_tokens = n;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -356,26 +380,68 @@ static const tsr_lora_matrix *lmat(const tsr_lora_adapter *a, int li, tsr_lora_t
     return m->present ? m : NULL;
 }
 
-/* y(n, n_out) += the LoRA delta of target tg on x; keeps x A^T in xa[tg]. */
-static tsr_status lora_fwd(tsr_trainer *t, const tsr_lora_adapter *a, int li, tsr_lora_target tg,
-                           void *y, const void *x, int n) {
-    const tsr_lora_matrix *m = lmat(a, li, tg);
-    if (!m)
-        return TSR_OK;
-    tsr_backend *be = t->m->be;
-    return be->iface->lora_fwd(be, y, x, m->A, m->B, t->ws.xa[tg], n, m->n_in, m->n_out,
-                               a->cfg.rank, a->scale);
+/* 1 when the LoRA inputs of this tape's batch are dropped: an adapter with
+ * dropout and a forward that keeps its inputs (training; evaluation never
+ * drops). */
+static int drops(const tsr_lora_adapter *a, const tsr_train_tape *tape) {
+    return a && a->cfg.dropout > 0.0f && tape->keep;
 }
 
-/* dA, dB += the LoRA gradients of target tg; dx += its input gradient. */
-static tsr_status lora_bwd(tsr_trainer *t, const tsr_lora_adapter *a, int li, tsr_lora_target tg,
-                           void *dx, const void *dy, const void *x, int n) {
+/* Where target m's input block sits in the mask (runtime/lora.h). */
+static tsr_lora_dropout_desc drop_desc(const tsr_lora_adapter *a, const tsr_train_tape *tape,
+                                       const tsr_lora_matrix *m) {
+    tsr_lora_dropout_desc d = {
+        .p = a->cfg.dropout,
+        .seed = a->cfg.seed,
+        .key = tape->dropout_key,
+        .layer = m->layer,
+        .target = (int)m->target,
+        .row0 = tape->token_offset,
+        .col0 = m->in_begin,
+    };
+    return d;
+}
+
+/* y(n, n_out) += the LoRA delta of target tg on x (dropped first when the
+ * tape's batch drops); keeps (dropped) x A^T in xa[tg]. */
+static tsr_status lora_fwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_train_tape *tape,
+                           int li, tsr_lora_target tg, void *y, const void *x, int n) {
     const tsr_lora_matrix *m = lmat(a, li, tg);
     if (!m)
         return TSR_OK;
     tsr_backend *be = t->m->be;
-    return be->iface->lora_bwd(be, dx, m->dA, m->dB, dy, x, t->ws.xa[tg], m->A, m->B, t->ws.lt, n,
-                               m->n_in, m->n_out, a->cfg.rank, a->scale);
+    const tsr_backend_i *I = be->iface;
+    if (drops(a, tape)) {
+        const tsr_lora_dropout_desc d = drop_desc(a, tape, m);
+        TSR_TRY(I->lora_dropout(be, t->ws.xd, x, n, m->n_in, &d, 0));
+        x = t->ws.xd;
+    }
+    return I->lora_fwd(be, y, x, m->A, m->B, t->ws.xa[tg], n, m->n_in, m->n_out, a->cfg.rank,
+                       a->scale);
+}
+
+/* dA, dB += the LoRA gradients of target tg; dx += its input gradient. With
+ * dropout, x is dropped again (the forward's mask) for dA, and the branch's
+ * input gradient t A goes through the same mask before it joins dx. */
+static tsr_status lora_bwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_train_tape *tape,
+                           int li, tsr_lora_target tg, void *dx, const void *dy, const void *x,
+                           int n) {
+    const tsr_lora_matrix *m = lmat(a, li, tg);
+    if (!m)
+        return TSR_OK;
+    tsr_backend *be = t->m->be;
+    const tsr_backend_i *I = be->iface;
+    tsr_train_ws *w = &t->ws;
+    if (!drops(a, tape))
+        return I->lora_bwd(be, dx, m->dA, m->dB, dy, x, w->xa[tg], m->A, m->B, w->lt, n, m->n_in,
+                           m->n_out, a->cfg.rank, a->scale);
+    const tsr_lora_dropout_desc d = drop_desc(a, tape, m);
+    TSR_TRY(I->lora_dropout(be, w->xd, x, n, m->n_in, &d, 0));
+    if (dx)
+        TSR_TRY(tsr_lora_fill_zero(be, w->dxd, (size_t)n * m->n_in * tsr_backend_act_size(be)));
+    TSR_TRY(I->lora_bwd(be, dx ? w->dxd : NULL, m->dA, m->dB, dy, w->xd, w->xa[tg], m->A, m->B,
+                        w->lt, n, m->n_in, m->n_out, a->cfg.rank, a->scale));
+    return dx ? I->lora_dropout(be, dx, w->dxd, n, m->n_in, &d, 1) : TSR_OK;
 }
 
 /* ---- one layer ------------------------------------------------------------------------ */
@@ -385,7 +451,8 @@ static tsr_status lora_bwd(tsr_trainer *t, const tsr_lora_adapter *a, int li, ts
  * nothing more: after s = swiglu(gate, up) and the down target's x A^T.
  * Leaves h1, q, k, v (rotated), att, lse, x2, h2, gate, up, s and xa in the
  * scratch. */
-static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a, int li, int n,
+static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a,
+                            const tsr_train_tape *tape, int li, int n,
                             const tsr_attn_train_desc *ad, const int32_t *pos, const void *x,
                             void *out) {
     tsr_model *m = t->m;
@@ -407,14 +474,14 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a, int li, i
         TSR_TRY(I->add_bias(be, w->k, L->bk, n, kvd));
         TSR_TRY(I->add_bias(be, w->v, L->bv, n, kvd));
     }
-    TSR_TRY(lora_fwd(t, a, li, TSR_LORA_Q, w->q, w->h1, n));
-    TSR_TRY(lora_fwd(t, a, li, TSR_LORA_K, w->k, w->h1, n));
-    TSR_TRY(lora_fwd(t, a, li, TSR_LORA_V, w->v, w->h1, n));
+    TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_Q, w->q, w->h1, n));
+    TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_K, w->k, w->h1, n));
+    TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_V, w->v, w->h1, n));
     TSR_TRY(I->rope(be, w->q, pos, m->inv_freq, n, m->slice.n_head, hd));
     TSR_TRY(I->rope(be, w->k, pos, m->inv_freq, n, m->slice.n_kv_head, hd));
     TSR_TRY(I->attn_train_fwd(be, w->att, w->lse, w->q, w->k, w->v, ad));
     TSR_TRY(I->matmul(be, w->tmp, w->att, &L->wo, n, 0));
-    TSR_TRY(lora_fwd(t, a, li, TSR_LORA_O, w->tmp, w->att, n));
+    TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_O, w->tmp, w->att, n));
     TSR_TRY(act_allreduce(t, w->tmp, (size_t)n * C)); /* row-parallel O */
     TSR_TRY(I->copy(be, w->x2, x, bytes));
     TSR_TRY(I->add(be, w->x2, w->tmp, n, C));
@@ -422,13 +489,13 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a, int li, i
     TSR_TRY(I->rmsnorm(be, w->h2, w->x2, L->ffn_norm, n, C, c->rms_eps));
     TSR_TRY(I->matmul(be, w->gate, w->h2, &L->w_gate, n, 0));
     TSR_TRY(I->matmul(be, w->up, w->h2, &L->w_up, n, 0));
-    TSR_TRY(lora_fwd(t, a, li, TSR_LORA_GATE, w->gate, w->h2, n));
-    TSR_TRY(lora_fwd(t, a, li, TSR_LORA_UP, w->up, w->h2, n));
+    TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_GATE, w->gate, w->h2, n));
+    TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_UP, w->up, w->h2, n));
     TSR_TRY(I->swiglu(be, w->s, w->gate, w->up, n, ff));
     if (!out) /* recompute: only x A^T of down is needed (tmp takes a throwaway delta) */
-        return lora_fwd(t, a, li, TSR_LORA_DOWN, w->tmp, w->s, n);
+        return lora_fwd(t, a, tape, li, TSR_LORA_DOWN, w->tmp, w->s, n);
     TSR_TRY(I->matmul(be, w->tmp, w->s, &L->w_down, n, 0));
-    TSR_TRY(lora_fwd(t, a, li, TSR_LORA_DOWN, w->tmp, w->s, n));
+    TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_DOWN, w->tmp, w->s, n));
     TSR_TRY(act_allreduce(t, w->tmp, (size_t)n * C)); /* row-parallel down */
     TSR_TRY(I->copy(be, out, w->x2, bytes));
     return I->add(be, out, w->tmp, n, C);
@@ -436,9 +503,9 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a, int li, i
 
 /* The backward of local layer li: x is its stored input, dx (n, C) holds
  * d(loss)/d(its output) on entry and d(loss)/d(x) on return. */
-static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, int li, int n,
-                            const tsr_attn_train_desc *ad, const int32_t *pos, const void *x,
-                            void *dx) {
+static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train_tape *tape,
+                            int li, int n, const tsr_attn_train_desc *ad, const int32_t *pos,
+                            const void *x, void *dx) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
     const tsr_backend_i *I = be->iface;
@@ -447,22 +514,22 @@ static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, int li, int n,
     tsr_train_ws *w = &t->ws;
     const int C = c->n_embd, hd = c->head_dim, ff = m->slice.n_ff;
 
-    TSR_TRY(layer_fwd(t, a, li, n, ad, pos, x, NULL)); /* recompute the internals */
+    TSR_TRY(layer_fwd(t, a, tape, li, n, ad, pos, x, NULL)); /* recompute the internals */
 
     /* MLP: out = x2 + (s Wd^T + LoRA), s = silu(gate) * up */
     TSR_TRY(I->matmul_dx(be, w->ds, dx, &L->w_down, n, 0));
-    TSR_TRY(lora_bwd(t, a, li, TSR_LORA_DOWN, w->ds, dx, w->s, n));
+    TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_DOWN, w->ds, dx, w->s, n));
     TSR_TRY(I->swiglu_bwd(be, w->gate, w->up, w->ds, w->gate, w->up, n, ff)); /* in place */
     TSR_TRY(I->matmul_dx(be, w->dh, w->gate, &L->w_gate, n, 0));
     TSR_TRY(I->matmul_dx(be, w->dh, w->up, &L->w_up, n, 1));
-    TSR_TRY(lora_bwd(t, a, li, TSR_LORA_GATE, w->dh, w->gate, w->h2, n));
-    TSR_TRY(lora_bwd(t, a, li, TSR_LORA_UP, w->dh, w->up, w->h2, n));
+    TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_GATE, w->dh, w->gate, w->h2, n));
+    TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_UP, w->dh, w->up, w->h2, n));
     TSR_TRY(act_allreduce(t, w->dh, (size_t)n * C)); /* column-parallel gate+up input */
     TSR_TRY(I->rmsnorm_bwd(be, dx, w->dh, w->x2, L->ffn_norm, n, C, c->rms_eps)); /* += */
 
     /* attention: x2 = x + (att Wo^T + LoRA) */
     TSR_TRY(I->matmul_dx(be, w->datt, dx, &L->wo, n, 0));
-    TSR_TRY(lora_bwd(t, a, li, TSR_LORA_O, w->datt, dx, w->att, n));
+    TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_O, w->datt, dx, w->att, n));
     TSR_TRY(I->attn_train_bwd(be, w->dq, w->dk, w->dv, w->datt, w->q, w->k, w->v, w->att, w->lse,
                               ad));
     TSR_TRY(I->rope_bwd(be, w->dq, pos, m->inv_freq, n, m->slice.n_head, hd));
@@ -470,9 +537,9 @@ static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, int li, int n,
     TSR_TRY(I->matmul_dx(be, w->dh, w->dq, &L->wq, n, 0));
     TSR_TRY(I->matmul_dx(be, w->dh, w->dk, &L->wk, n, 1));
     TSR_TRY(I->matmul_dx(be, w->dh, w->dv, &L->wv, n, 1));
-    TSR_TRY(lora_bwd(t, a, li, TSR_LORA_Q, w->dh, w->dq, w->h1, n));
-    TSR_TRY(lora_bwd(t, a, li, TSR_LORA_K, w->dh, w->dk, w->h1, n));
-    TSR_TRY(lora_bwd(t, a, li, TSR_LORA_V, w->dh, w->dv, w->h1, n));
+    TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_Q, w->dh, w->dq, w->h1, n));
+    TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_K, w->dh, w->dk, w->h1, n));
+    TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_V, w->dh, w->dv, w->h1, n));
     TSR_TRY(act_allreduce(t, w->dh, (size_t)n * C)); /* column-parallel q+k+v input */
     return I->rmsnorm_bwd(be, dx, w->dh, x, L->attn_norm, n, C, c->rms_eps); /* += */
 }
@@ -494,7 +561,7 @@ tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
     TSR_TRY(check_adapter(m, a));
     TSR_TRY(tape_load(t, tape, b, keep));
     const int n = tape->n_tokens;
-    TSR_TRY(ws_reserve(t, n, a ? a->cfg.rank : 1));
+    TSR_TRY(ws_reserve(t, n, a ? a->cfg.rank : 1, drops(a, tape)));
     const size_t bytes = (size_t)n * C * tsr_backend_act_size(be);
     void *x0 = slot(t, tape, 0);
     if (m->first_stage) {
@@ -505,7 +572,8 @@ tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
     }
     const tsr_attn_train_desc ad = attn_desc(t, tape);
     for (int li = 0; li < nl; li++)
-        TSR_TRY(layer_fwd(t, a, li, n, &ad, tape->pos, slot(t, tape, li), slot(t, tape, li + 1)));
+        TSR_TRY(layer_fwd(t, a, tape, li, n, &ad, tape->pos, slot(t, tape, li),
+                          slot(t, tape, li + 1)));
     tape->has_output = 1;
     if (!m->last_stage)
         return I->copy(be, hidden_out, slot(t, tape, nl), bytes);
@@ -605,10 +673,10 @@ tsr_status tsr_train_stage_backward(tsr_trainer *t, tsr_lora_adapter *a, tsr_tra
     if (dhidden_out)
         TSR_TRY(be->iface->copy(be, tape->dx, dhidden_out, bytes));
     TSR_TRY(unreduce(a));
-    TSR_TRY(ws_reserve(t, n, a->cfg.rank));
+    TSR_TRY(ws_reserve(t, n, a->cfg.rank, drops(a, tape)));
     const tsr_attn_train_desc ad = attn_desc(t, tape);
     for (int li = n_layers(m) - 1; li >= 0; li--)
-        TSR_TRY(layer_bwd(t, a, li, n, &ad, tape->pos, slot(t, tape, li), tape->dx));
+        TSR_TRY(layer_bwd(t, a, tape, li, n, &ad, tape->pos, slot(t, tape, li), tape->dx));
     if (dhidden_in)
         TSR_TRY(be->iface->copy(be, dhidden_in, tape->dx, bytes));
     tape->has_grad = 0;

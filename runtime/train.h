@@ -42,6 +42,15 @@
  * the pp = 1 convenience functions (tsr_train_forward_backward,
  * tsr_train_forward) exist here.
  *
+ * LoRA dropout (runtime/lora.h): with an adapter whose cfg.dropout > 0, a
+ * forward with keep = 1 masks each target's LoRA input (the base projection
+ * sees it unmasked) and the backward recomputes the same masks from the
+ * tape's dropout_key and token_offset; keep = 0 (evaluation) never drops. The
+ * cost when dropping, per target: one masking pass over its input in the
+ * forward and one in the backward's recompute; in the backward one more, a
+ * zero fill and a masked accumulation of the branch's input gradient; two
+ * (n, widest LoRA input) scratch activations. Nothing at all with dropout 0.
+ *
  * What it is not: no schedule over micro-batches or stages, no data loading,
  * no adapter files. Not thread-safe: one engine thread per rank. */
 #ifndef TSR_RUNTIME_TRAIN_H
@@ -84,6 +93,17 @@ typedef struct {
     const int32_t *tokens;    /* (n_tokens = seq_start[n_seqs]) ids; every stage needs them
                                  (the first embeds them, the last takes its targets from them) */
     const float *weights;     /* (n_tokens) loss weights, finite and >= 0; NULL = all 1 */
+    /* LoRA dropout (runtime/lora.h; only when the adapter's cfg.dropout > 0
+     * and the forward keeps its inputs for a backward). Zero-initialised
+     * callers get key 0 and offset 0. */
+    uint64_t dropout_key; /* names the batch in the mask's hash: a value that differs from
+                             batch to batch (e.g. the adapter's count of ForwardBackward
+                             batches so far), the same on every rank and for every
+                             micro-batch of one batch; the same key gives the same masks */
+    int token_offset;     /* index in the whole batch of this (micro-)batch's first token,
+                             for a caller that splits one batch into micro-batches (pipeline
+                             schedules, accumulation in pieces) and wants the whole batch's
+                             masks; 0 otherwise. >= 0 */
 } tsr_train_batch;
 
 /* What one batch contributed. */
@@ -111,6 +131,8 @@ typedef struct {
     tsr_train_stats stats; /* the batch's counts, and its loss once tsr_train_loss ran */
     int has_output;        /* the forward ran */
     int has_grad;          /* dx holds d(loss)/d(stage output) (tsr_train_loss with grad) */
+    uint64_t dropout_key;  /* the batch's, for the backward's recompute of the masks */
+    int token_offset;
 } tsr_train_tape;
 
 /* Scratch for one layer of one micro-batch, and the LM head's chunk. */
@@ -124,6 +146,9 @@ typedef struct {
     float *xa[TSR_LORA_N_TARGETS];  /* (cap, r) x A^T of each target */
     float *lt;                      /* (cap, r) lora_bwd's scratch */
     int r;                          /* rank the xa buffers were made for */
+    void *xd, *dxd;                 /* (cap, d_max) LoRA dropout's masked input and the
+                                       branch's input gradient, d_max the widest LoRA input
+                                       (C, q_dim, n_ff_local); NULL until a batch drops */
     void *logits;                   /* (head_rows, n_vocab_local) */
     void *hn, *dhn;                 /* (head_rows, C) */
     float *ce;                      /* (3 * head_rows): rowmax | sumexp | tlogit */
@@ -167,8 +192,11 @@ void tsr_train_tape_free(tsr_trainer *t, tsr_train_tape *tape);
  * the last stage (the output stays in the tape for tsr_train_loss).
  * Validates b: TSR_ERR_INVALID for an empty or malformed batch (seq_start,
  * weights negative or not finite), TSR_ERR_RANGE for a token id outside the
- * vocabulary or a sequence longer than the model's training context; nothing
- * is computed then. The adapter must be made for this rank's shard. */
+ * vocabulary or a sequence longer than the model's training context,
+ * TSR_ERR_INVALID for a negative token_offset; nothing is computed then. The
+ * adapter must be made for this rank's shard. With keep = 1 and
+ * a->cfg.dropout > 0 the LoRA inputs are dropped (b's dropout_key and
+ * token_offset, kept in the tape for the backward). */
 tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
                                    tsr_train_tape *tape, const tsr_train_batch *b, int keep,
                                    const void *hidden_in, void *hidden_out);

@@ -343,6 +343,8 @@ static const tsr_backend_i cpu_iface = {
     .adamw = tsr_cpu_adamw,
     .sumsq = tsr_cpu_sumsq,
     .scale_f32 = tsr_cpu_scale_f32,
+    .lora_dropout = tsr_cpu_lora_dropout,
+    .fill_zero = tsr_cpu_fill_zero,
 };
 
 tsr_status tsr_backend_cpu_create(int n_threads, tsr_backend **out) {

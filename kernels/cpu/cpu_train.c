@@ -1,7 +1,8 @@
 /* kernels/cpu/cpu_train.c - the CPU backend's training (LoRA) ops: matmul
  * input gradient, LoRA forward/backward, RMSNorm/RoPE/SwiGLU backward, causal
  * attention over contiguous sequences with its backward, vocabulary-parallel
- * cross-entropy pieces, AdamW, sum of squares and scaling. f32 everywhere;
+ * cross-entropy pieces, AdamW, sum of squares and scaling, LoRA dropout's
+ * mask and zero fills. f32 everywhere;
  * sums that can lose digits (norms, softmax denominators, sumsq) accumulate in
  * double. Contracts are in kernels/backend.h.
  *
@@ -458,5 +459,40 @@ tsr_status tsr_cpu_scale_f32(tsr_backend *b, float *x, size_t n, float s) {
 #pragma omp parallel for if (n > PAR_WORK)
     for (size_t i = 0; i < n; i++)
         x[i] *= s;
+    return TSR_OK;
+}
+
+/* ---- LoRA dropout ------------------------------------------------------------------ */
+
+tsr_status tsr_cpu_lora_dropout(tsr_backend *b, void *outv, const void *xv, int n, int d,
+                                const tsr_lora_dropout_desc *dd, int accumulate) {
+    (void)b;
+    TSR_TRY(check_sizes("lora_dropout", n, d, dd->row0, dd->col0));
+    if (!(dd->p >= 0.0f && dd->p < 1.0f))
+        return tsr_error_set(TSR_ERR_INVALID, "cpu lora_dropout: p = %g (must be in [0, 1))",
+                             (double)dd->p);
+    float *out = outv;
+    const float *x = xv;
+    const uint64_t stream = tsr_lora_dropout_stream(dd->seed, dd->key, dd->layer, dd->target);
+    const uint32_t thr = tsr_lora_dropout_threshold(dd->p);
+    const float inv = 1.0f / (1.0f - dd->p);
+#pragma omp parallel for schedule(static) if ((long)n * d > PAR_WORK)
+    for (int i = 0; i < n; i++) {
+        float *o = out + (size_t)i * d;
+        const float *xi = x + (size_t)i * d;
+        for (int j = 0; j < d; j++) {
+            const uint32_t bits =
+                tsr_lora_dropout_bits(stream, (int64_t)dd->row0 + i, (int64_t)dd->col0 + j);
+            const float v = bits < thr ? 0.0f : xi[j] * inv;
+            o[j] = accumulate ? o[j] + v : v;
+        }
+    }
+    return TSR_OK;
+}
+
+tsr_status tsr_cpu_fill_zero(tsr_backend *b, void *p, size_t bytes) {
+    (void)b;
+    if (bytes)
+        memset(p, 0, bytes);
     return TSR_OK;
 }

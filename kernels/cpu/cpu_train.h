@@ -1,7 +1,8 @@
 /* kernels/cpu/cpu_train.h - the CPU backend's training (LoRA) ops: the
  * backward of every forward op the LoRA fine-tuning path uses, vocabulary-
- * parallel cross-entropy, AdamW and the small f32 helpers. cpu_backend.c puts
- * them in its tsr_backend_i table; nothing else should call them directly.
+ * parallel cross-entropy, AdamW, LoRA dropout and the small helpers.
+ * cpu_backend.c puts them in its tsr_backend_i table; nothing else should
+ * call them directly.
  *
  * The contracts (shapes, "+=" versus overwrite, aliasing) are the ones of the
  * matching slots in kernels/backend.h and are not repeated here. On the CPU
@@ -49,5 +50,8 @@ tsr_status tsr_cpu_adamw(tsr_backend *b, float *p, const float *g, float *m, flo
                          const tsr_adamw_params *h, int t);
 tsr_status tsr_cpu_sumsq(tsr_backend *b, double *out, const float *x, size_t n);
 tsr_status tsr_cpu_scale_f32(tsr_backend *b, float *x, size_t n, float s);
+tsr_status tsr_cpu_lora_dropout(tsr_backend *b, void *out, const void *x, int n, int d,
+                                const tsr_lora_dropout_desc *dd, int accumulate);
+tsr_status tsr_cpu_fill_zero(tsr_backend *b, void *p, size_t bytes);
 
 #endif

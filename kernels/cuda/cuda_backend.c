@@ -30,6 +30,7 @@
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/kv_store.h"
+#include "kernels/cuda/lora_dropout.h"
 #include "kernels/cuda/optim.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rmsnorm_bwd.h"
@@ -654,6 +655,27 @@ static tsr_status cuda_scale_f32(tsr_backend *b, float *x, size_t n, float s) {
     return CU(c, tsr_cuda_scale_f32(c->stream, x, n, s));
 }
 
+static tsr_status cuda_lora_dropout(tsr_backend *b, void *out, const void *x, int n, int d,
+                                    const tsr_lora_dropout_desc *dd, int accumulate) {
+    cuda_ctx *c = ctx_of(b);
+    if (n < 0 || d < 0 || dd->row0 < 0 || dd->col0 < 0 || !(dd->p >= 0.0f && dd->p < 1.0f))
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "cuda lora_dropout: n %d, d %d, row0 %d, col0 %d, p %g (sizes and "
+                             "offsets >= 0, p in [0, 1))",
+                             n, d, dd->row0, dd->col0, (double)dd->p);
+    const uint64_t stream = tsr_lora_dropout_stream(dd->seed, dd->key, dd->layer, dd->target);
+    return CU(c, tsr_cuda_lora_dropout(c->stream, c->act, out, x, n, d, stream, dd->row0, dd->col0,
+                                       tsr_lora_dropout_threshold(dd->p), 1.0f / (1.0f - dd->p),
+                                       accumulate));
+}
+
+static tsr_status cuda_fill_zero(tsr_backend *b, void *p, size_t bytes) {
+    cuda_ctx *c = ctx_of(b);
+    if (!bytes)
+        return TSR_OK;
+    return CU(c, cudaMemsetAsync(p, 0, bytes, c->stream));
+}
+
 /* One table per activation type; everything but act_dtype is shared. */
 #define CUDA_IFACE(act)                                                                            \
     {                                                                                              \
@@ -701,6 +723,8 @@ static tsr_status cuda_scale_f32(tsr_backend *b, float *x, size_t n, float s) {
         .adamw = cuda_adamw,                                                                       \
         .sumsq = cuda_sumsq,                                                                       \
         .scale_f32 = cuda_scale_f32,                                                               \
+        .lora_dropout = cuda_lora_dropout,                                                         \
+        .fill_zero = cuda_fill_zero,                                                               \
     }
 
 static const tsr_backend_i cuda_iface_f32 = CUDA_IFACE(TSR_F32);

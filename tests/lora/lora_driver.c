@@ -16,6 +16,10 @@
  *        --nan (B[0][0] of the first adapted matrix of layer 0 set to NaN
  *        before the run) --head-rows N (LM-head chunk; 0 = default)
  *        --threads N (CPU threads per rank, 1)
+ *        --dropout P (LoRA dropout, 0) --dropout-key K (0: step k's batch has
+ *        dropout_key K + k; with --accum both halves share it and the second
+ *        half's token_offset is the first half's length, so the masks are the
+ *        whole batch's)
  *        --backend cpu|cuda (cpu) --act f32|bf16 --weights f32|bf16 (CUDA's
  *        activation and weight types; f32 f32 is its reference precision)
  *
@@ -24,8 +28,9 @@
  *   record: u32 name length, name, u8 kind ('f' f32, 'd' f64, 'i' int32),
  *           u32 ndim, u64 dims[ndim], data
  * IN holds seq_start (i), tokens (i) and optionally weights (f).
- * OUT (written by world rank 0): cfg.scale, cfg.tp; init.L.T.A / .B (the
- * adapter as created, L the layer, T the target name); per step k:
+ * OUT (written by world rank 0): cfg.scale, cfg.tp, cfg.dropout, cfg.seed,
+ * cfg.dropout_key; init.L.T.A / .B (the adapter as created, L the layer, T
+ * the target name); per step k:
  * sK.fwd_loss (Forward, before the step's backward), sK.loss, sK.weight_sum,
  * sK.n_loss_tokens (ForwardBackward, summed over its calls), sK.L.T.dA / .dB
  * (the reduced gradient sums), sK.status (0 or the tsr_status of OptimStep),
@@ -198,7 +203,7 @@ int main(int argc, char **argv) {
     lc.rank = 4;
     lc.seed = 1;
     lc.targets = TSR_LORA_TARGETS_ALL;
-    uint64_t b_seed = 7;
+    uint64_t b_seed = 7, dropout_key = 0;
     float b_scale = 0.02f;
     int steps = 1, accum = 0, nan_mode = 0, threads = 1, cuda = 0;
     tsr_dtype act = TSR_F32, wdt = TSR_F32;
@@ -220,6 +225,7 @@ int main(int argc, char **argv) {
                     return fail(rank, "--targets");
             }
             else if (!strcmp(f, "--dropout")) lc.dropout = strtof(v, NULL);
+            else if (!strcmp(f, "--dropout-key")) dropout_key = strtoull(v, NULL, 10);
             else if (!strcmp(f, "--seed")) lc.seed = strtoull(v, NULL, 10);
             else if (!strcmp(f, "--b-seed")) b_seed = strtoull(v, NULL, 10);
             else if (!strcmp(f, "--b-scale")) b_scale = strtof(v, NULL);
@@ -251,7 +257,11 @@ int main(int argc, char **argv) {
     const record *rw = find_record(recs, n_recs, "weights", 'f');
     if (!rs || !rt || rs->count < 2)
         return fprintf(stderr, "lora_driver: IN needs seq_start and tokens\n"), 2;
-    tsr_train_batch batch = {(int)rs->count - 1, rs->data, rt->data, rw ? rw->data : NULL};
+    tsr_train_batch batch = {.n_seqs = (int)rs->count - 1,
+                             .seq_start = rs->data,
+                             .tokens = rt->data,
+                             .weights = rw ? rw->data : NULL,
+                             .dropout_key = dropout_key};
 
     tsr_comm_grid grid;
     tsr_comm_grid_config gc = TSR_COMM_GRID_CONFIG_INIT;
@@ -324,6 +334,9 @@ int main(int argc, char **argv) {
     }
     put_scalar(&w, "cfg.scale", ad.scale);
     put_scalar(&w, "cfg.tp", world);
+    put_scalar(&w, "cfg.dropout", ad.cfg.dropout);
+    put_scalar(&w, "cfg.seed", (double)ad.cfg.seed);
+    put_scalar(&w, "cfg.dropout_key", (double)dropout_key);
     if (put_adapter(&w, &ad, &grid, "init", 0) != TSR_OK)
         return fail(rank, "gather");
 
@@ -334,8 +347,12 @@ int main(int argc, char **argv) {
     for (int s = h1; s <= ns; s++)
         ss2[s - h1] = ss[s] - ss[h1];
     tsr_train_batch parts[2] = {
-        {h1, ss, batch.tokens, batch.weights},
-        {ns - h1, ss2, batch.tokens + ss[h1], batch.weights ? batch.weights + ss[h1] : NULL},
+        {.n_seqs = h1, .seq_start = ss, .tokens = batch.tokens, .weights = batch.weights},
+        {.n_seqs = ns - h1,
+         .seq_start = ss2,
+         .tokens = batch.tokens + ss[h1],
+         .weights = batch.weights ? batch.weights + ss[h1] : NULL,
+         .token_offset = ss[h1]}, /* the whole batch's dropout masks */
     };
     const int n_parts = accum && ns > 1 ? 2 : 1;
     if (n_parts == 1)
@@ -351,6 +368,7 @@ int main(int argc, char **argv) {
         put_scalar(&w, name, fs.loss);
         for (int p = 0; p < n_parts; p++) {
             tsr_train_stats st;
+            parts[p].dropout_key = dropout_key + (uint64_t)k; /* one key per step's batch */
             if (tsr_train_forward_backward(&tr, &ad, &parts[p], &st) != TSR_OK)
                 return fail(rank, "forward_backward");
             sum.loss += st.loss;

@@ -26,7 +26,25 @@ float64 NumPy reference tests/reference/lora_ref.py, and between TP layouts.
     accumulators are zeroed.
 (f) Bad input is refused with a message naming the problem: a token id
     outside the vocabulary, a negative loss weight, an empty sequence, a
-    sequence longer than the context, LoRA dropout, an unknown target.
+    sequence longer than the context, LoRA dropout 1 (must be in [0, 1)), an
+    unknown target.
+(g) LoRA dropout p = 0.3 (runtime/lora.h's masks; lora_ref.py applies the
+    same ones, bit for bit, from train_ref.dropout_keep):
+      - the reference's gradients with the masks held fixed equal central
+        finite differences (as (a), tiny llama and tiny qwen2);
+      - Tessera's loss and every dA, dB at tp = 1 equal the reference's
+        (1e-5 / 1e-4) on the tiny llama (all targets, the batch in two
+        ForwardBackward calls: the second's token_offset makes its masks the
+        whole batch's) and the default model (q,v,o,down), and step 2 (key
+        + 1, new masks) equals the reference from Tessera's adapter after
+        step 1; the dropped loss and gradients differ from the undropped ones;
+      - Forward (evaluation) does not drop: its loss with dropout 0.3 is bit
+        for bit the one with dropout 0, and equals the reference's undropped
+        loss;
+      - the same steps under tp = 2, 3 (a tiny 6-head MHA llama and the
+        default model) and tp = 2, 4 (the tiny llama, tp = 4 replicating its
+        KV heads) give the same loss, gradients and updated adapter as tp = 1
+        (the (c) tolerances).
 
 usage: test_lora.py LORA_DRIVER MPIEXEC
 """
@@ -215,12 +233,12 @@ def grads_of(rec, prefix):
 
 # ---- (a) the reference against finite differences -------------------------------------
 
-def fd_check(path, label, rslora=False):
+def fd_check(path, label, rslora=False, dropout=0.0, key=None):
     rng = np.random.default_rng(3)
     model = lora_ref.hf_layout(llama_ref.load(path))
     c = model.cfg
     r = 2
-    ad = lora_ref.Adapter(16.0 / (np.sqrt(r) if rslora else r))
+    ad = lora_ref.Adapter(16.0 / (np.sqrt(r) if rslora else r), dropout=dropout, seed=17)
     dims = {"q": (c.n_embd, c.n_head * c.head_dim), "k": (c.n_embd, c.n_head_kv * c.head_dim),
             "v": (c.n_embd, c.n_head_kv * c.head_dim), "o": (c.n_head * c.head_dim, c.n_embd),
             "gate": (c.n_embd, c.n_ff), "up": (c.n_embd, c.n_ff), "down": (c.n_ff, c.n_embd)}
@@ -234,7 +252,8 @@ def fd_check(path, label, rslora=False):
     seq_start = [0, 6, 10]
     weights = rng.uniform(0.2, 1.0, len(tokens))
     weights[2] = 0.0
-    _, dA, dB = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights)
+    kw = dict(dropout_key=key)
+    _, dA, dB = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights, **kw)
     h, worst = 1e-5, 0.0
     for (l, t), A in ad.A.items():
         for name, P, G in (("A", A, dA[l, t]), ("B", ad.B[l, t], dB[l, t])):
@@ -244,39 +263,52 @@ def fd_check(path, label, rslora=False):
             for j, i in enumerate(idx):
                 old = flat[i]
                 flat[i] = old + h
-                lp = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights, grads=False)[0]
+                lp = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights, grads=False,
+                                             **kw)[0]
                 flat[i] = old - h
-                lm = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights, grads=False)[0]
+                lm = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights, grads=False,
+                                             **kw)[0]
                 flat[i] = old
                 fd[j] = (lp - lm) / (2 * h)
             e = float(np.max(np.abs(fd - G.reshape(-1)[idx])) / np.max(np.abs(G)))
             worst = max(worst, e)
-    check(worst <= FD_TOL, f"(a) {label}: reference LoRA gradients vs finite differences, "
+    tag = f"(g) {label}, dropout {dropout:g} (masks fixed)" if dropout else f"(a) {label}"
+    check(worst <= FD_TOL, f"{tag}: reference LoRA gradients vs finite differences, "
                            f"worst err {worst:.2e} (<= {FD_TOL:g})")
 
 
 # ---- (b), (d), (e): Tessera against the reference --------------------------------------
 
-def compare_ref(rec, seq_start, tokens, weights, model, label, accum_parts=1):
-    """Loss and gradients of step 0 against the reference; returns the worst err."""
-    ad = adapter_from(rec, "init", rec["cfg.scale"])
-    loss, dA, dB = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights)
-    e_loss = abs(rec["s0.loss"] - loss) / abs(loss)
-    e_fwd = abs(rec["s0.fwd_loss"] - loss) / abs(loss)
+def compare_ref(rec, seq_start, tokens, weights, model, label, accum_parts=1, step=0):
+    """Loss and gradients of step `step` (from the adapter before it) against the
+    reference, with the driver's dropout and that step's key (cfg.dropout_key + step);
+    Forward against the undropped reference loss. Returns the reference's (dA, dB)."""
+    before = "init" if step == 0 else f"s{step - 1}"
+    ad = adapter_from(rec, before, rec["cfg.scale"])
+    ad.dropout, ad.seed = float(np.float32(rec["cfg.dropout"])), int(rec["cfg.seed"])
+    key = int(rec["cfg.dropout_key"]) + step
+    tag = "(g)" if ad.dropout > 0 else "(b)"
+    loss, dA, dB = lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights,
+                                           dropout_key=key)
+    eval_loss = (lora_ref.loss_and_grads(model, ad, tokens, seq_start, weights, grads=False)[0]
+                 if ad.dropout > 0 else loss)
+    sk = f"s{step}"
+    e_loss = abs(rec[sk + ".loss"] - loss) / abs(loss)
+    e_fwd = abs(rec[sk + ".fwd_loss"] - eval_loss) / abs(eval_loss)
     check(e_loss <= 1e-5 and e_fwd <= 1e-5,
-          f"(b) {label}: loss {rec['s0.loss']:.6f} (Forward {rec['s0.fwd_loss']:.6f}) vs "
-          f"reference {loss:.6f}: rel err {max(e_loss, e_fwd):.2e}")
-    cA, cB = grads_of(rec, "s0")
-    check(set(cA) == set(dA), f"(b) {label}: the same adapted matrices ({len(dA)})")
+          f"{tag} {label}: loss {rec[sk + '.loss']:.6f} vs reference {loss:.6f}, Forward "
+          f"{rec[sk + '.fwd_loss']:.6f} vs {eval_loss:.6f}: rel err {max(e_loss, e_fwd):.2e}")
+    cA, cB = grads_of(rec, sk)
+    check(set(cA) == set(dA), f"{tag} {label}: the same adapted matrices ({len(dA)})")
     worst, where = 0.0, None
     for key in dA:
         for name, got, want in (("dA", cA[key], dA[key]), ("dB", cB[key], dB[key])):
             e = err(got, want)
             if e > worst:
                 worst, where = e, f"layer {key[0]} {key[1]} {name}"
-    check(worst <= C_TOL, f"(b) {label}{' (2 calls accumulated)' if accum_parts > 1 else ''}: "
-                          f"every dA, dB vs reference, worst err {worst:.2e} at {where} "
-                          f"(<= {C_TOL:g})")
+    check(worst <= C_TOL, f"{tag} {label}{' (2 calls accumulated)' if accum_parts > 1 else ''}"
+                          f"{f' step {step + 1}' if step else ''}: every dA, dB vs reference, "
+                          f"worst err {worst:.2e} at {where} (<= {C_TOL:g})")
     return dA, dB
 
 
@@ -378,6 +410,43 @@ def main():
             compare_layouts(base, rec, f"tiny llama tp={tp}" +
                             (" (KV heads replicated)" if tp == 4 else ""), 2)
 
+        # (g) dropout 0.3 on the tiny llama: the reference with the masks fixed against
+        # finite differences, Tessera against it (steps 1 and 2, two calls accumulated),
+        # Forward undropped, tp = 2 and 4 against tp = 1
+        t0 = time.time()
+        fd_check(tiny, "tiny llama, untied head", dropout=0.3, key=5)
+        fd_check(qwen, "tiny qwen2 with biases, rsLoRA", rslora=True, dropout=0.3, key=6)
+        print(f"     finite differences with dropout in {time.time() - t0:.1f}s")
+        drop = ["--dropout", "0.3", "--dropout-key", "11"]
+        dbase, ss = R.run(tiny, seqs, weights, 1, flags + drop)
+        compare_ref(dbase, ss, tokens, wcat, model, "tiny llama dropout 0.3", accum_parts=2)
+        compare_ref(dbase, ss, tokens, wcat, model, "tiny llama dropout 0.3", accum_parts=2,
+                    step=1)
+        check(dbase["s0.fwd_loss"] == base["s0.fwd_loss"],
+              f"(g) tiny llama: Forward with dropout 0.3 is Forward with dropout 0, bit for bit "
+              f"({dbase['s0.fwd_loss']!r} vs {base['s0.fwd_loss']!r})")
+        dg = err(dbase["s0.0.q.dA"], base["s0.0.q.dA"])
+        check(abs(dbase["s0.loss"] - base["s0.loss"]) > 1e-3 * abs(base["s0.loss"]) and dg > 1e-2,
+              f"(g) tiny llama: dropout changes the training loss ({dbase['s0.loss']:.6f} vs "
+              f"{base['s0.loss']:.6f}) and the gradients (layer 0 q dA err {dg:.2e})")
+        for tp in (2, 4):
+            rec, _ = R.run(tiny, seqs, weights, tp, flags + drop)
+            compare_layouts(dbase, rec, f"tiny llama dropout 0.3 tp={tp}" +
+                            (" (KV heads replicated)" if tp == 4 else ""), 2)
+        # a 6-head MHA llama splits over tp = 2 and 3. Its gradients hold elements near
+        # f32 noise that AdamW with eps = 1e-8 turns into +-lr steps (with or without
+        # dropout; see the default model below): eps = 1e-3, lr = 1e-4 here too
+        mha = os.path.join(tmp, "tiny_mha.gguf")
+        write_tiny(mha, "llama", n_embd=48, n_head=6, n_kv=6, n_ff=96, untied=True, seed=4)
+        mflags = ["--rank", "4", "--alpha", "8", "--targets", "all", "--b-scale", "0.1",
+                  "--steps", "2", "--accum", "--lr", "1e-4", "--eps", "1e-3"] + drop
+        mbase, ss = R.run(mha, seqs, weights, 1, mflags)
+        compare_ref(mbase, ss, tokens, wcat, lora_ref.hf_layout(llama_ref.load(mha)),
+                    "tiny MHA llama dropout 0.3", accum_parts=2)
+        for tp in (2, 3):
+            rec, _ = R.run(mha, seqs, weights, tp, mflags)
+            compare_layouts(mbase, rec, f"tiny MHA llama dropout 0.3 tp={tp}", 2)
+
         # PEFT's initialisation: B = 0, A within 1/sqrt(d_in), so dA = 0
         rec, _ = R.run(tiny, seqs, weights, 1, ["--rank", "4", "--b-scale", "0", "--targets",
                                                 "q,o,down"])
@@ -423,8 +492,8 @@ def main():
                   seq_start=np.array([0, 3, 3, 5]))
         R.refused("a sequence longer than the context", "longer than the model's context (256)",
                   tiny, [np.arange(257) % 96], [np.ones(257, np.float32)])
-        R.refused("LoRA dropout", "LoRA dropout is not implemented yet", tiny, short, sw,
-                  ["--dropout", "0.1"])
+        R.refused("LoRA dropout 1", "LoRA dropout 1 (must be in [0, 1))", tiny, short, sw,
+                  ["--dropout", "1"])
         R.refused("an unknown target", "unknown module 'foo'", tiny, short, sw,
                   ["--targets", "q,foo"])
 
@@ -457,6 +526,15 @@ def main():
             for tp in (2, 3):
                 rec, _ = R.run(path, seqs, weights, tp, dflags)
                 compare_layouts(base, rec, f"SmolLM2 tp={tp}", 2)
+            # (g) the same with dropout 0.3
+            ddflags = dflags + ["--dropout", "0.3", "--dropout-key", "3"]
+            dbase, ss = R.run(path, seqs, weights, 1, ddflags)
+            compare_ref(dbase, ss, tokens, wcat, dmodel, "SmolLM2-135M Q4_1 dropout 0.3")
+            check(dbase["s0.fwd_loss"] == base["s0.fwd_loss"],
+                  "(g) SmolLM2: Forward with dropout 0.3 is Forward with dropout 0, bit for bit")
+            for tp in (2, 3):
+                rec, _ = R.run(path, seqs, weights, tp, ddflags)
+                compare_layouts(dbase, rec, f"SmolLM2 dropout 0.3 tp={tp}", 2)
 
     if failures:
         print(f"FAIL: {len(failures)} check(s) failed")

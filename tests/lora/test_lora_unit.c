@@ -3,7 +3,8 @@
  * over every TP rank of tp = 1..4 (and pp = 2) of a small configuration:
  * shapes and offsets follow the shard plan, the pieces of A put together are
  * the same full matrix in every layout, every element of every factor has
- * exactly one owning copy, B and all state start at zero, get/set round-trip.
+ * exactly one owning copy, B and all state start at zero, get/set round-trip;
+ * LoRA dropout's hash (pinned values, threshold edges, the drop rate).
  * (Gradients and the optimizer are covered by test_lora.py against NumPy.) */
 #include <math.h>
 #include <stdlib.h>
@@ -43,9 +44,16 @@ static void test_config(void) {
     c.use_rslora = 1;
     CHECK(fabsf(tsr_lora_scale(&c) - 8.0f) < 1e-6f, "alpha / sqrt(r)");
     c.dropout = 0.1f;
-    CHECK_ERR(tsr_lora_config_check(&c), TSR_ERR_UNSUPPORTED,
-              "LoRA dropout is not implemented yet");
+    CHECK_OK(tsr_lora_config_check(&c));
+    c.dropout = 0.999f;
+    CHECK_OK(tsr_lora_config_check(&c));
     c.dropout = 1.5f;
+    CHECK_ERR(tsr_lora_config_check(&c), TSR_ERR_INVALID, "dropout");
+    c.dropout = 1.0f;
+    CHECK_ERR(tsr_lora_config_check(&c), TSR_ERR_INVALID, "must be in [0, 1)");
+    c.dropout = -0.1f;
+    CHECK_ERR(tsr_lora_config_check(&c), TSR_ERR_INVALID, "dropout");
+    c.dropout = NAN;
     CHECK_ERR(tsr_lora_config_check(&c), TSR_ERR_INVALID, "dropout");
     c.dropout = 0;
     c.rank = 0;
@@ -208,10 +216,14 @@ static void test_layouts(void) {
     /* a refused adapter is zeroed and free on it is harmless */
     tsr_lora_adapter a;
     tsr_lora_shard sh = tsr_lora_shard_single(&c);
-    lc.dropout = 0.05f;
-    CHECK_ERR(tsr_lora_adapter_init(&a, &lc, &c, &sh, be), TSR_ERR_UNSUPPORTED, "dropout");
+    lc.dropout = 1.0f;
+    CHECK_ERR(tsr_lora_adapter_init(&a, &lc, &c, &sh, be), TSR_ERR_INVALID, "dropout");
     tsr_lora_adapter_free(&a);
     tsr_lora_adapter_free(NULL);
+    lc.dropout = 0.05f; /* dropout is a training-time setting: any adapter may carry it */
+    CHECK_OK(tsr_lora_adapter_init(&a, &lc, &c, &sh, be));
+    CHECK(a.cfg.dropout == 0.05f, "the adapter keeps cfg.dropout");
+    tsr_lora_adapter_free(&a);
     lc.dropout = 0;
     lc.targets = TSR_LORA_TARGET_BIT(TSR_LORA_Q);
     CHECK_OK(tsr_lora_adapter_init(&a, &lc, &c, &sh, be));
@@ -243,10 +255,64 @@ static void test_layouts(void) {
     tsr_backend_destroy(be);
 }
 
+/* seed, key, layer, target, token, column, stream, bits: from dropout_stream
+ * and dropout_bits of tests/reference/train_ref.py */
+#define DROPOUT_PINS                                                                               \
+    {0x0ull, 0x0ull, 0, 0, 0, 0, 0xfd0c822e52afcb14ull, 12442833u},                                \
+        {0x1ull, 0x0ull, 0, 0, 0, 0, 0xc498626d7a4e4b33ull, 7800235u},                             \
+        {0x2aull, 0x7ull, 3, 6, 123, 456, 0x0c1f1cec4f0f3a3dull, 6155949u},                        \
+        {0xffffffffffffffffull, 0x123456789abcdef0ull, 29, 4, 100000, 1535,                        \
+         0x849d787e4961fdbdull, 3035084u},                                                         \
+        {0x5ull, 0x1ull, 1, 3, 7, 300, 0xa6969e3e88374416ull, 8044051u}
+
+/* LoRA dropout's hash (runtime/lora.h): values pinned from the NumPy copy in
+ * tests/reference/train_ref.py, the threshold's edges, and the drop rate. */
+static void test_dropout_hash(void) {
+    CHECK(tsr_lora_dropout_threshold(0.0f) == 0, "threshold(0)");
+    CHECK(tsr_lora_dropout_threshold(0.5f) == 1u << 23, "threshold(0.5)");
+    CHECK(tsr_lora_dropout_threshold(0x1.0p-24f) == 1, "threshold(2^-24)");
+    CHECK(tsr_lora_dropout_threshold(0x1.8p-25f) == 1, "threshold(1.5 * 2^-25) rounds up");
+    CHECK(tsr_lora_dropout_threshold(0.3f) == 5033165, "threshold(0.3) = %u",
+          tsr_lora_dropout_threshold(0.3f));
+    static const struct {
+        uint64_t seed, key;
+        int layer, target;
+        int64_t token, col;
+        uint64_t stream;
+        uint32_t bits;
+    } pin[] = {DROPOUT_PINS};
+    for (size_t i = 0; i < sizeof pin / sizeof pin[0]; i++) {
+        uint64_t st = tsr_lora_dropout_stream(pin[i].seed, pin[i].key, pin[i].layer, pin[i].target);
+        CHECK(st == pin[i].stream, "pin %zu: stream 0x%016llx, want 0x%016llx", i,
+              (unsigned long long)st, (unsigned long long)pin[i].stream);
+        uint32_t b = tsr_lora_dropout_bits(st, pin[i].token, pin[i].col);
+        CHECK(b == pin[i].bits, "pin %zu: bits %u, want %u", i, b, pin[i].bits);
+    }
+    /* the drop rate over 200 x 500 elements is p within 5 sigma */
+    const uint64_t st = tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP);
+    const uint32_t thr = tsr_lora_dropout_threshold(0.3f);
+    long dropped = 0, total = 200L * 500;
+    for (int i = 0; i < 200; i++)
+        for (int j = 0; j < 500; j++)
+            dropped += tsr_lora_dropout_bits(st, i, j) < thr;
+    const double rate = (double)dropped / total, sd = sqrt(0.3 * 0.7 / total);
+    CHECK(fabs(rate - 0.3) < 5 * sd, "drop rate %g for p = 0.3", rate);
+    CHECK(tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP) !=
+              tsr_lora_dropout_stream(1, 3, 3, TSR_LORA_UP) &&
+              tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP) !=
+                  tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_DOWN) &&
+              tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP) !=
+                  tsr_lora_dropout_stream(1, 2, 4, TSR_LORA_UP) &&
+              tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP) !=
+                  tsr_lora_dropout_stream(2, 2, 3, TSR_LORA_UP),
+          "key, target, layer and seed each change the stream");
+}
+
 int main(void) {
     test_parse();
     test_config();
     test_init_values();
+    test_dropout_hash();
     test_layouts();
     printf("PASS\n");
     return 0;

@@ -18,15 +18,26 @@ Conventions, as runtime/train.h and runtime/lora.h state them:
   * Q/K rows are in rotate-half (Hugging Face) order, as Tessera holds them
     whatever the file: llama GGUF files store them permuted for adjacent-pair
     RoPE, so hf_layout() un-permutes them (the same permutation as
-    gguf_to_hf.py) and the LoRA B of q and k has HF's row order (PEFT's).
+    gguf_to_hf.py) and the LoRA B of q and k has HF's row order (PEFT's);
+  * LoRA dropout (PEFT's lora_dropout, runtime/lora.h): with adapter.dropout
+    p > 0 and a dropout_key (the training forward), the LoRA branch of
+    (layer l, target t) sees dropout(x) = mask * x / (1 - p), the mask from
+    train_ref.dropout_keep (runtime/lora.h's hash, bit for bit) over the
+    batch's global token indices (token_offset + i) and the full d_in; the
+    base projection sees x. The backward masks the branch's input gradient
+    the same way. Without a key (evaluation) nothing is dropped.
 
 API:
   TARGETS                              the target names in Tessera's order
   hf_layout(model)                     llama_ref.Model with Q/K in rotate-half order
-  Adapter(scale, A, B)                 A, B: dicts (layer, target) -> array
+  Adapter(scale, A, B, dropout, seed)  A, B: dicts (layer, target) -> array; dropout p
+                                       and the seed of its masks
   batch_targets(tokens, seq_start, w)  (target, weight) per position
-  loss_and_grads(model, adapter, tokens, seq_start, weights, grads=True)
+  loss_and_grads(model, adapter, tokens, seq_start, weights, grads=True,
+                 dropout_key=None, token_offset=0)
                                        -> (loss, dA, dB) (dA/dB dicts, None without grads)
+  dropout_masks(adapter, n, key, token_offset)
+                                       (layer, target) -> keep mask (n, d_in)
   adamw(p, g, m, v, t, lr, b1, b2, eps, wd)  train_ref.adamw_step
 
 What it is not: fast, or a trainer. Nothing here runs in Tessera.
@@ -95,6 +106,8 @@ class Adapter:
     scale: float
     A: dict = field(default_factory=dict)  # (layer, target) -> (r, d_in)
     B: dict = field(default_factory=dict)  # (layer, target) -> (d_out, r)
+    dropout: float = 0.0                   # LoRA dropout p (training only)
+    seed: int = 0                          # the seed of dropout's masks (cfg.seed)
 
 
 def batch_targets(tokens, seq_start, weights):
@@ -113,10 +126,22 @@ def _positions(seq_start):
     return np.concatenate([np.arange(b - a) for a, b in zip(seq_start[:-1], seq_start[1:])])
 
 
-def loss_and_grads(model, adapter, tokens, seq_start, weights=None, grads=True):
+def dropout_masks(adapter, n, key, token_offset=0):
+    """(layer, target) -> the boolean keep mask (n, d_in) of each adapted matrix for a
+    batch of n tokens starting at global token token_offset, under dropout key `key`."""
+    return {(l, t): train_ref.dropout_keep(adapter.dropout, adapter.seed, key, l,
+                                           TARGETS.index(t), token_offset + np.arange(n),
+                                           np.arange(A.shape[1]))
+            for (l, t), A in adapter.A.items()}
+
+
+def loss_and_grads(model, adapter, tokens, seq_start, weights=None, grads=True,
+                   dropout_key=None, token_offset=0):
     """(loss, dA, dB): the weighted-sum cross-entropy of the batch and, with grads, its
     gradient with respect to every A and B of the adapter (dicts like adapter.A/B).
-    `model` must be in Tessera's layout (hf_layout)."""
+    `model` must be in Tessera's layout (hf_layout). With adapter.dropout > 0 and a
+    dropout_key, the LoRA inputs are dropped as the training forward drops them (the
+    masks are fixed by the key: the loss is a smooth function of A and B)."""
     cfg = model.cfg
     H, KV, D, eps = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.eps
     seq_start = [int(s) for s in seq_start]
@@ -125,6 +150,12 @@ def loss_and_grads(model, adapter, tokens, seq_start, weights=None, grads=True):
     att_scale = 1.0 / math.sqrt(D)
     s = adapter.scale
     target, w = batch_targets(tokens, seq_start, weights)
+    p = adapter.dropout
+    masks = (dropout_masks(adapter, len(tokens), dropout_key, token_offset)
+             if p > 0 and dropout_key is not None else {})
+
+    def lora_in(l, t, x):
+        return train_ref.dropout(x, masks[l, t], p) if (l, t) in masks else x
 
     def proj(l, t, x, L):
         y = x @ getattr(L, _WEIGHT[t]).T
@@ -132,7 +163,7 @@ def loss_and_grads(model, adapter, tokens, seq_start, weights=None, grads=True):
         if b is not None:
             y = y + b
         if (l, t) in adapter.A:
-            y = y + train_ref.lora(x, adapter.A[l, t], adapter.B[l, t], s)[0]
+            y = y + train_ref.lora(lora_in(l, t, x), adapter.A[l, t], adapter.B[l, t], s)[0]
         return y
 
     x = model.embed[np.asarray(tokens)].astype(np.float64)
@@ -162,8 +193,9 @@ def loss_and_grads(model, adapter, tokens, seq_start, weights=None, grads=True):
     def proj_bwd(l, t, dy, xin, L):
         dx = dy @ getattr(L, _WEIGHT[t])
         if (l, t) in adapter.A:
-            dxl, da, db, _ = train_ref.lora_bwd(dy, xin, adapter.A[l, t], adapter.B[l, t], s)
-            dx = dx + dxl
+            dxl, da, db, _ = train_ref.lora_bwd(dy, lora_in(l, t, xin), adapter.A[l, t],
+                                                adapter.B[l, t], s)
+            dx = dx + lora_in(l, t, dxl)  # d/dx of m x / (1-p) is m / (1-p)
             dA[l, t], dB[l, t] = da, db
         return dx
 

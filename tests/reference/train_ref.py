@@ -13,6 +13,9 @@ Tessera at run time.
 
   matmul / matmul_bwd          y = x W^T                      (W frozen: dx)
   lora / lora_bwd              y = scale (x A^T) B^T          (dx, dA, dB)
+  dropout_stream, dropout_bits, dropout_keep, dropout
+                               LoRA dropout's hash (runtime/lora.h), bit for bit,
+                               and the inverted mask it gives
   rmsnorm / rmsnorm_bwd        y = x / sqrt(mean(x^2)+eps) * w (dx; dw too)
   rope / rope_bwd              rotate-half RoPE               (dx)
   swiglu / swiglu_bwd          out = silu(gate) * up          (dgate, dup)
@@ -53,6 +56,69 @@ def lora_bwd(dy, x, A, B, scale):
     xa = x @ A.T
     t = scale * (dy @ B)
     return t @ A, t.T @ x, scale * (dy.T @ xa), t
+
+
+# ---- LoRA dropout (runtime/lora.h defines the hash; this is its NumPy copy) ---------------
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_SALT = 0xD1B54A32D192ED03
+_N_TARGETS = 7
+
+
+def _mix_int(z):
+    """splitmix64's output function on a Python int (mod 2^64)."""
+    z &= _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix(z):
+    """The same on a uint64 array (NumPy's unsigned array arithmetic wraps mod 2^64)."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_stream(seed, key, layer, target):
+    """The 64-bit stream of (seed, key, layer, target) (target: 0 = q .. 6 = down)."""
+    s = _mix_int((seed & _M64) ^ _SALT)
+    s = _mix_int(s ^ (key & _M64))
+    return _mix_int(s + _GOLDEN * (1 + layer * _N_TARGETS + target))
+
+
+def dropout_bits(stream, tokens, cols):
+    """(len(tokens), len(cols)) uint32: the 24 bits of each (global token, global column)."""
+    t = np.asarray(tokens, np.int64).astype(np.uint64)[:, None]
+    c = np.asarray(cols, np.int64).astype(np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        row = _mix(np.uint64(stream) ^ t)
+        h = _mix(row + np.uint64(_GOLDEN) * (c + np.uint64(1)))
+    return (h >> np.uint64(40)).astype(np.uint32)
+
+
+def dropout_threshold(p):
+    """ceil(p * 2^24) for p as an f32 (an element is dropped when its bits are below)."""
+    return int(np.ceil(float(np.float32(p)) * 2.0**24))
+
+
+def dropout_keep(p, seed, key, layer, target, tokens, cols):
+    """Boolean (len(tokens), len(cols)): True where the element is kept."""
+    bits = dropout_bits(dropout_stream(seed, key, layer, target), tokens, cols)
+    return bits >= np.uint32(dropout_threshold(p))
+
+
+def dropout_scale(p):
+    """1 / (1 - p) as the C side computes it: in f32, from p as an f32."""
+    return float(np.float32(1.0) / (np.float32(1.0) - np.float32(p)))
+
+
+def dropout(x, keep, p):
+    """Inverted dropout: x / (1 - p) where kept, 0 where dropped."""
+    return np.where(keep, x * dropout_scale(p), 0.0)
 
 
 # ---- RMSNorm, RoPE, SwiGLU ----------------------------------------------------------

@@ -14,7 +14,15 @@
     attn_train_fwd/bwd (GQA 6/2, 9/3, 2/1 with odd head_dim 3, MHA 4/4; 1-3
     sequences of different lengths including length 1), ce_rowmax, ce_sums,
     ce_grad (also dlogits = logits), adamw (3 steps from t = 1 and from t = 5),
-    sumsq (double accumulation: 1e-12), scale_f32 (exact).
+    sumsq (double accumulation: 1e-12), scale_f32 (exact), fill_zero (exact),
+    lora_dropout (LoRA dropout's inverted mask, runtime/lora.h's hash against
+    train_ref.py's NumPy copy: the keep/drop decision of every element
+    bit-exact (a dropped element is exactly 0, a kept one is not), kept values
+    x * f32(1/(1-p)) exact with f32 activations; p from 0.05 to 0.9 and 0
+    (the identity), seeds and keys up to 2^64-1, every target, offsets
+    row0/col0 != 0 (a block at an offset is exactly that block of the
+    unshifted call: the mask does not depend on how the matrix is split),
+    accumulate (1e-6) and in place).
     Outputs start as NaN so an element the op leaves unwritten fails, the
     driver checks a guard tail after every array, and every array that is not
     an output must come back bit-identical (inputs are not modified).
@@ -418,6 +426,91 @@ def misc_cases(cases):
         cases.append(c)
 
 
+def _i64(u):
+    """A u64 bit pattern as the i64 the case file carries."""
+    u &= (1 << 64) - 1
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+DROPOUT_CONFIGS = [  # n, d, p, seed, key, layer, target, row0, col0
+    (1, 7, 0.3, 1, 0, 0, 0, 0, 0),
+    (13, 33, 0.1, 42, 7, 3, 6, 0, 0),
+    (64, 576, 0.5, (1 << 64) - 1, 0x123456789ABCDEF0, 29, 4, 1000, 0),
+    (37, 1536, 0.05, 5, 1 << 63, 1, 3, 17, 768),
+    (9, 100, 0.9, 0, 12345, 0, 5, 3, 2),
+    (5, 40, 0.0, 3, 3, 2, 1, 0, 0),
+]
+
+
+def dropout_cases(cases, combos, rep, act):
+    exact = act == "f32"
+    for n, d, p, seed, key, layer, target, row0, col0 in DROPOUT_CONFIGS:
+        x = rnd(n, d, hi=4.0)
+        keep = ref.dropout_keep(p, seed, key, layer, target, row0 + np.arange(n),
+                                col0 + np.arange(d))
+        x32 = x.astype(np.float32)
+        inv = np.float32(1.0) / (np.float32(1.0) - np.float32(p))
+        kept = np.where(keep, x32 * inv, np.float32(0)).astype(np.float64)
+        ints = dict(n=n, d=d, layer=layer, target=target, row0=row0, col0=col0, seed=_i64(seed),
+                    key=_i64(key))
+        lab = f"n={n} d={d} p={p:g} L={layer} t={target} row0={row0} col0={col0}"
+        made = []
+        for acc, inplace in ((0, 0), (1, 0), (0, 1)):
+            c = new_case("lora_dropout", lab + f" acc={acc} inplace={inplace}",
+                         dict(ints, accumulate=acc, inplace=inplace), dict(p=p))
+            y0 = rnd(n, d) if acc else nan(n, d)
+            c.add("x", "a", x), c.add("out", "a", y0)
+            if inplace:
+                expect(c, "x", kept, 0.0 if exact else None)
+                c.untouched_ok = {"out"}
+            elif acc:
+                expect(c, "out", y0 + kept, 1e-6 if exact else None)
+            else:
+                expect(c, "out", kept, 0.0 if exact else None)
+            cases.append(c)
+            made.append(c)
+
+        def mask_check(c=made[0], keep=keep, lab=lab):
+            got = c.out["out"].astype(np.float64)
+            same = np.array_equal(got != 0.0, keep)
+            rep.check("lora_dropout mask", f"lora_dropout mask bit-exact {lab}: "
+                      f"{int(np.sum((got != 0.0) != keep))} decisions differ",
+                      0.0 if same else np.inf, 0.0)
+
+        combos.append(mask_check)
+    # a block at an offset is that block of the whole matrix
+    n, d, p, seed, key, layer, target = 20, 300, 0.3, 9, 4, 2, 6
+    x = rnd(n, d)
+    whole = new_case("lora_dropout", "whole 20x300", dict(
+        n=n, d=d, layer=layer, target=target, row0=0, col0=0, seed=seed, key=key, accumulate=0,
+        inplace=0), dict(p=p))
+    whole.add("x", "a", x), whole.add("out", "a", nan(n, d))
+    r0, c0, n2, d2 = 7, 150, 9, 100
+    part = new_case("lora_dropout", "block (7, 150) of it", dict(
+        n=n2, d=d2, layer=layer, target=target, row0=r0, col0=c0, seed=seed, key=key,
+        accumulate=0, inplace=0), dict(p=p))
+    part.add("x", "a", x[r0:r0 + n2, c0:c0 + d2]), part.add("out", "a", nan(n2, d2))
+    for c, rows, cols in ((whole, np.arange(n), np.arange(d)),
+                          (part, r0 + np.arange(n2), c0 + np.arange(d2))):
+        keep = ref.dropout_keep(p, seed, key, layer, target, rows, cols)
+        inv = np.float32(1.0) / (np.float32(1.0) - np.float32(p))
+        want = np.where(keep, c["x"].astype(np.float32) * inv, np.float32(0))  # f32 product
+        expect(c, "out", want.astype(np.float64), 0.0 if exact else None)
+    cases += [whole, part]
+
+    def block_check(whole=whole, part=part):
+        a = whole.out["out"][r0:r0 + n2, c0:c0 + d2]
+        rep.check("lora_dropout mask", "lora_dropout: a block at (row0, col0) equals that block "
+                  "of the whole call", 0.0 if np.array_equal(a, part.out["out"]) else np.inf, 0.0)
+
+    combos.append(block_check)
+    c = new_case("fill_zero", "x (a) and f (f)")
+    c.add("x", "a", rnd(7, 33)), c.add("f", "f", rnd(1001))
+    expect(c, "x", np.zeros((7, 33)), 0.0)
+    expect(c, "f", np.zeros(1001), 0.0)
+    cases.append(c)
+
+
 def run_driver(driver, args, cases, extra):
     with tempfile.TemporaryDirectory() as d:
         fin, fout = os.path.join(d, "in.bin"), os.path.join(d, "out.bin")
@@ -448,6 +541,7 @@ def check_backend(rep, args, driver, extra):
     ce_cases(cases, combos, rep, args.rtol, bf16=args.act == "bf16")
     adamw_cases(cases, combos, rep, args.rtol)
     misc_cases(cases)
+    dropout_cases(cases, combos, rep, args.act)
     outs = run_driver(driver, args, cases, extra)
     tag = f"[{args.backend}{' ' + ' '.join(extra) if extra else ''}]"
     unsupported = set()
@@ -478,7 +572,7 @@ def check_backend(rep, args, driver, extra):
             rep.check("slots", f"cpu backend lacks {op}", np.inf, 0.0)
     for combo in combos:
         if all(hasattr(c, "out") for c in cases if c.op in ("ce_rowmax", "ce_sums", "ce_grad",
-                                                             "adamw")):
+                                                             "adamw", "lora_dropout")):
             combo()
 
 

@@ -54,6 +54,10 @@
  *                  and t = t0 + k
  *   sumsq          n / - / x(f), out*(d, 1 value)
  *   scale_f32      n / s / x*(f)
+ *   lora_dropout   n d layer target row0 col0 seed key accumulate inplace / p /
+ *                  x, out* (seed and key: the u64 bit patterns as i64;
+ *                  inplace=1: out is x's buffer, the result comes back in x)
+ *   fill_zero      - / - / x*(a), f*(f) (both zeroed whole)
  *
  * Exits 0 when every case ran (or was unsupported), 1 on a bad file, an op
  * error or a clobbered guard (with a message naming the case), 2 on bad usage,
@@ -542,6 +546,28 @@ static int run_case(tsr_backend *be, tcase *c) {
         NEED(sumsq);
         int64_t n = I(c, "n");
         OK(c, be->iface->sumsq(be, A("out", 'd', 1), A("x", 'f', n), (size_t)n));
+    } else if (!strcmp(op, "lora_dropout")) {
+        NEED(lora_dropout);
+        int64_t n = I(c, "n"), d = I(c, "d");
+        tsr_lora_dropout_desc dd = {
+            .p = F(c, "p"),
+            .seed = (uint64_t)I(c, "seed"),
+            .key = (uint64_t)I(c, "key"),
+            .layer = (int)I(c, "layer"),
+            .target = (int)I(c, "target"),
+            .row0 = (int)I(c, "row0"),
+            .col0 = (int)I(c, "col0"),
+        };
+        void *x = A("x", 'a', n * d);
+        void *out = I(c, "inplace") ? x : A("out", 'a', n * d);
+        OK(c, be->iface->lora_dropout(be, out, x, (int)n, (int)d, &dd, (int)I(c, "accumulate")));
+    } else if (!strcmp(op, "fill_zero")) {
+        NEED(fill_zero);
+        array *x = find(c, "x"), *f = find(c, "f");
+        if (!x || x->kind != 'a' || !f || f->kind != 'f')
+            die(c, "fill_zero needs arrays x (a) and f (f)");
+        OK(c, be->iface->fill_zero(be, x->dev, x->count * tsr_backend_act_size(be)));
+        OK(c, be->iface->fill_zero(be, f->dev, f->count * sizeof(float)));
     } else if (!strcmp(op, "scale_f32")) {
         NEED(scale_f32);
         int64_t n = I(c, "n");
