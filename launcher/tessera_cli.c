@@ -79,7 +79,7 @@ typedef enum {
     O_MIN_TOKENS, O_IGNORE_EOS, O_LOGPROBS, O_REQUEST_ID, O_ADAPTER, O_QUIET,
     O_WAIT, O_SERVICE, O_JSON, O_TEXT, O_PARSE_SPECIAL, O_ADD_SPECIAL, O_IDS, O_SKIP_SPECIAL,
     O_DATA, O_OUT, O_STEPS, O_EPOCHS, O_LR, O_BATCH_SIZE, O_RANK, O_ALPHA, O_TARGETS,
-    O_MAX_GRAD_NORM, O_WEIGHT_DECAY, O_DROPOUT, O_RESUME,
+    O_MAX_GRAD_NORM, O_WEIGHT_DECAY, O_ADAM_EPS, O_DROPOUT, O_RESUME,
     O__COUNT
 } opt_id;
 
@@ -137,6 +137,7 @@ static const cli_option k_options[] = {
     {"targets", O_TARGETS, 1, CMD_TRAIN},
     {"max-grad-norm", O_MAX_GRAD_NORM, 1, CMD_TRAIN},
     {"weight-decay", O_WEIGHT_DECAY, 1, CMD_TRAIN},
+    {"adam-eps", O_ADAM_EPS, 1, CMD_TRAIN},
     {"dropout", O_DROPOUT, 1, CMD_TRAIN},
     {"resume", O_RESUME, 0, CMD_TRAIN},
 };
@@ -184,9 +185,11 @@ static const char k_usage[] =
     "  abort       --request-id ID               cancels a queued or running request\n"
     "  train       --data F.jsonl --adapter NAME --out DIR [--steps N | --epochs N]\n"
     "              [--batch-size B] [--lr LR] [--rank R] [--alpha A] [--targets q,v,...]\n"
-    "              [--seed S] [--max-grad-norm G] [--weight-decay W] [--dropout P] [--resume]\n"
+    "              [--seed S] [--max-grad-norm G] [--weight-decay W] [--adam-eps E]\n"
+    "              [--dropout P] [--resume]\n"
     "              trains a LoRA adapter on the server (defaults: 1 epoch, batch 8, lr 1e-4,\n"
-    "              rank 8, alpha 16, targets q,v, seed 0, max-grad-norm 1, weight decay 0);\n"
+    "              rank 8, alpha 16, targets q,v, seed 0, max-grad-norm 1, weight decay 0,\n"
+    "              adam-eps 1e-8);\n"
     "              one line per step on stdout; saves the adapter (PEFT), loss.csv and\n"
     "              loss.png in DIR. Ctrl-C stops after the current step and saves\n"
     "\n"
@@ -968,7 +971,7 @@ typedef struct {
     const char *data, *adapter, *out;
     int steps, epochs, batch;
     int32_t rank;
-    float lr, alpha, max_grad_norm, weight_decay, dropout;
+    float lr, alpha, max_grad_norm, weight_decay, dropout, adam_eps; /* adam_eps 0: 1e-8 */
     uint64_t seed;
     char *targets_buf;
     char *targets[16];
@@ -1001,6 +1004,7 @@ static int train_parse(const cli_args *a, train_opts *o) {
         (rc = opt_f32(a, O_LR, &o->lr)) || (rc = opt_f32(a, O_ALPHA, &o->alpha)) ||
         (rc = opt_f32(a, O_MAX_GRAD_NORM, &o->max_grad_norm)) ||
         (rc = opt_f32(a, O_WEIGHT_DECAY, &o->weight_decay)) ||
+        (rc = opt_f32(a, O_ADAM_EPS, &o->adam_eps)) ||
         (rc = opt_f32(a, O_DROPOUT, &o->dropout)))
         return rc;
     /* Where the protocol reads 0 as "the default", the client refuses it
@@ -1010,12 +1014,14 @@ static int train_parse(const cli_args *a, train_opts *o) {
         const char *what;
     } positive[] = {{O_STEPS, "a number of steps >= 1"}, {O_EPOCHS, "a number of epochs >= 1"},
                     {O_BATCH_SIZE, "examples per step, >= 1"}, {O_RANK, "a LoRA rank >= 1"},
-                    {O_LR, "a learning rate > 0"}, {O_ALPHA, "a LoRA alpha > 0"}};
+                    {O_LR, "a learning rate > 0"}, {O_ALPHA, "a LoRA alpha > 0"},
+                    {O_ADAM_EPS, "an AdamW epsilon > 0"}};
     for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++) {
         opt_id id = positive[i].id;
         double v = id == O_STEPS ? o->steps : id == O_EPOCHS ? o->epochs
                    : id == O_BATCH_SIZE ? o->batch : id == O_RANK ? o->rank
-                   : id == O_LR ? (double)o->lr : (double)o->alpha;
+                   : id == O_LR ? (double)o->lr : id == O_ALPHA ? (double)o->alpha
+                   : (double)o->adam_eps;
         if (a->val[id] && !(v > 0))
             return usage_error("--%s expects %s, got '%s'", option_name(id), positive[i].what,
                                a->val[id]);
@@ -1136,6 +1142,57 @@ static void resume_warn_config(const cli_args *a, const train_opts *o,
             fprintf(stderr, "; --targets %s is ignored\n", a->val[O_TARGETS]);
         }
     }
+}
+
+/* The server's per-call limits (runtime/server/grpc_api.h): a step of more
+ * examples goes out in several ForwardBackward calls, whose gradients the
+ * server accumulates until OptimStep, so the step is the same. */
+enum { CLI_MAX_EXAMPLES_PER_CALL = 1024 };
+
+/* The example a "more than N tokens (at example K)" refusal names: the call
+ * must end before it. 1 with *k set, else 0. */
+static int token_limit_split(const tsr_cli_status *st, int *k) {
+    const char *p = st->code == GRPC_STATUS_INVALID_ARGUMENT ? strstr(st->details, "tokens (at example ")
+                                                             : NULL;
+    return p && sscanf(p, "tokens (at example %d)", k) == 1;
+}
+
+/* ForwardBackward of a step's count examples in as few calls as the limits
+ * allow: at most CLI_MAX_EXAMPLES_PER_CALL each, and a call the server
+ * refuses for its token count is cut before the example it names. Adds the
+ * calls' tokens to *n_tokens. 0, or -1 with *st the failed call's status and
+ * *failed_first the index in batch of that call's first example. */
+static int forward_backward_step(const cli_ctx *cx, const char *adapter,
+                                 Tessera__V1__TrainExample **batch, int count, long *n_tokens,
+                                 tsr_cli_status *st, int *failed_first) {
+    *n_tokens = 0;
+    for (int first = 0; first < count;) {
+        int n = count - first < CLI_MAX_EXAMPLES_PER_CALL ? count - first
+                                                          : CLI_MAX_EXAMPLES_PER_CALL;
+        for (;;) {
+            Tessera__V1__ForwardBackwardRequest req = TESSERA__V1__FORWARD_BACKWARD_REQUEST__INIT;
+            req.adapter = (char *)adapter;
+            req.n_examples = (size_t)n;
+            req.examples = batch + first;
+            Tessera__V1__ForwardBackwardResponse *r = NULL;
+            if (tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/ForwardBackward", &req.base,
+                                   &tessera__v1__forward_backward_response__descriptor,
+                                   (ProtobufCMessage **)&r, st) == 0) {
+                *n_tokens += (long)r->n_tokens;
+                protobuf_c_message_free_unpacked(&r->base, NULL);
+                break;
+            }
+            int k;
+            if (token_limit_split(st, &k) && k > 0 && k < n) {
+                n = k; /* nothing of a refused call accumulated: send its head alone */
+                continue;
+            }
+            *failed_first = first;
+            return -1;
+        }
+        first += n;
+    }
+    return 0;
 }
 
 /* After a ForwardBackward refused for "examples[k]...": which line of the
@@ -1370,6 +1427,7 @@ static int cmd_train(const cli_ctx *cx, const cli_args *a) {
     Tessera__V1__AdamWParams adamw = TESSERA__V1__ADAM_WPARAMS__INIT;
     adamw.lr = o.lr;
     adamw.weight_decay = o.weight_decay;
+    adamw.eps = o.adam_eps;
     Tessera__V1__OptimStepRequest oreq = TESSERA__V1__OPTIM_STEP_REQUEST__INIT;
     oreq.adapter = (char *)o.adapter;
     oreq.adamw = &adamw;
@@ -1386,17 +1444,14 @@ static int cmd_train(const cli_ctx *cx, const cli_args *a) {
             batch_ex[i] = perm[first + i];
             batch[i] = &data.ex[batch_ex[i]].msg;
         }
-        Tessera__V1__ForwardBackwardRequest freq = TESSERA__V1__FORWARD_BACKWARD_REQUEST__INIT;
-        freq.adapter = (char *)o.adapter;
-        freq.n_examples = (size_t)count;
-        freq.examples = batch;
-        Tessera__V1__ForwardBackwardResponse *fb = NULL;
         Tessera__V1__OptimStepResponse *os = NULL;
         double t0 = now_s();
         const char *what = "ForwardBackward";
-        int ok = tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/ForwardBackward", &freq.base,
-                                    &tessera__v1__forward_backward_response__descriptor,
-                                    (ProtobufCMessage **)&fb, &st) == 0;
+        long n_tokens = 0;
+        int failed_first = 0;
+        int ok = forward_backward_step(cx, o.adapter, batch, count, &n_tokens, &st,
+                                       &failed_first) == 0;
+        const int fb_ok = ok;
         if (ok) {
             what = "OptimStep";
             ok = tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/OptimStep", &oreq.base,
@@ -1407,17 +1462,15 @@ static int cmd_train(const cli_ctx *cx, const cli_args *a) {
             progress_end(&prog);
             fprintf(stderr, "tessera-cli: step %d/%d: %s failed\n", k + 1, total, what);
             rc = report_failure(cx, what, &st);
-            if (fb == NULL)
-                explain_example(&st, &o, &data, batch_ex, count);
+            if (!fb_ok)
+                explain_example(&st, &o, &data, batch_ex + failed_first, count - failed_first);
             if (!g_signal)
                 fprintf(stderr, "tessera-cli: nothing was saved; adapter '%s' stays on the "
                                 "server (--resume continues it)\n",
                         o.adapter);
-            if (fb)
-                protobuf_c_message_free_unpacked(&fb->base, NULL);
             goto cleanup;
         }
-        double dt = now_s() - t0, tok_s = dt > 0 ? (double)fb->n_tokens / dt : 0.0;
+        double dt = now_s() - t0, tok_s = dt > 0 ? (double)n_tokens / dt : 0.0;
         if (os->step != k + 1 && !warned_step) {
             progress_end(&prog);
             fprintf(stderr, "tessera-cli: warning: the server counts step %d where this run is "
@@ -1425,12 +1478,11 @@ static int cmd_train(const cli_ctx *cx, const cli_args *a) {
                     os->step, k + 1, o.adapter);
             warned_step = 1;
         }
-        log[n_log++] = (tsr_cli_step_log){k + 1, os->loss, os->grad_norm, (long)fb->n_tokens};
+        log[n_log++] = (tsr_cli_step_log){k + 1, os->loss, os->grad_norm, n_tokens};
         printf("step %d/%d  loss %.4f  grad_norm %.3f  tokens %ld  tok/s %.1f\n", k + 1, total,
-               os->loss, os->grad_norm, (long)fb->n_tokens, tok_s);
+               os->loss, os->grad_norm, n_tokens, tok_s);
         fflush(stdout);
         progress_show(&prog, k + 1, total, os->loss, os->grad_norm, tok_s);
-        protobuf_c_message_free_unpacked(&fb->base, NULL);
         protobuf_c_message_free_unpacked(&os->base, NULL);
     }
     progress_end(&prog);

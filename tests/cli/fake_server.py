@@ -199,6 +199,9 @@ def main():
     ap.add_argument("--adapter-mib", type=float, default=0.0)
     ap.add_argument("--step-delay", type=float, default=0.0)
     ap.add_argument("--fail-at-step", type=int, default=0)
+    ap.add_argument("--max-train-tokens", type=int, default=0,
+                    help="refuse a ForwardBackward over this many tokens, as the server "
+                         "refuses one over 65536")
     args = ap.parse_args()
 
     import grpc
@@ -476,19 +479,25 @@ def main():
                         mismatch(context, f"examples[{k}]", c, "a record of the data file")
                     idx.append(expect_data.index(c))
             step = a["step"]
-            if expect_data is not None and "batch_size" in expect and not a["pending"]:
-                n, b = len(expect_data), expect["batch_size"]
-                per_epoch = (n + b - 1) // b
-                want = min(b, n - (step % per_epoch) * b)
-                if len(canon) != want:
-                    mismatch(context, f"the batch size of step {step + 1}", len(canon), want)
             n_tok = [train_example_tokens(c) for c in canon]
+            if args.max_train_tokens:
+                total = 0
+                for k, t in enumerate(n_tok):
+                    total += t
+                    if total > args.max_train_tokens:
+                        train_log({"method": "ForwardBackward(refused)", "adapter": request.adapter,
+                                   "step": step, "examples": idx})
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"the batch has more than {args.max_train_tokens} tokens "
+                                      f"(at example {k}): split it over several calls "
+                                      "(gradients accumulate)")
             loss = fake_loss(step)
             n_loss = sum(n_tok) // 2
             train_log({"method": "ForwardBackward", "adapter": request.adapter, "step": step,
                        "examples": idx, "canon": canon})
             with lock:
                 a["pending"].append((loss, n_loss))
+                a["pending_examples"] = a.get("pending_examples", 0) + len(canon)
                 pending = len(a["pending"])
             return pb.ForwardBackwardResponse(loss=loss, loss_sum=loss * n_loss, weight_sum=n_loss,
                                               n_tokens=sum(n_tok), n_loss_tokens=n_loss,
@@ -499,11 +508,12 @@ def main():
             a = adapter_of(request.adapter, context)
             h = request.adamw
             train_log({"method": "OptimStep", "adapter": request.adapter, "step": a["step"],
-                       "lr": h.lr, "weight_decay": h.weight_decay,
+                       "lr": h.lr, "weight_decay": h.weight_decay, "eps": h.eps,
                        "max_grad_norm": request.max_grad_norm})
             expect_eq(context, "adamw.lr", "lr", h.lr)
             expect_eq(context, "adamw.weight_decay", "weight_decay", h.weight_decay)
             expect_eq(context, "max_grad_norm", "max_grad_norm", request.max_grad_norm)
+            expect_eq(context, "adamw.eps", "adam_eps", h.eps)
             if not h.lr > 0:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"adamw.lr {h.lr}: the learning rate must be finite and > 0")
@@ -511,10 +521,19 @@ def main():
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"adapter '{request.adapter}' has nothing accumulated: "
                               "call ForwardBackward first")
+            if expect_data is not None and "batch_size" in expect:
+                # a step's examples, over however many ForwardBackward calls
+                n, b = len(expect_data), expect["batch_size"]
+                per_epoch = (n + b - 1) // b
+                want = min(b, n - (a["step"] % per_epoch) * b)
+                got = a.get("pending_examples", 0)
+                if got != want:
+                    mismatch(context, f"the batch size of step {a['step'] + 1}", got, want)
             if args.step_delay > 0:
                 time.sleep(args.step_delay)
             if args.fail_at_step and a["step"] + 1 == args.fail_at_step:
                 a["pending"].clear()
+                a["pending_examples"] = 0
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"step {args.fail_at_step}: the loss is not finite; the adapter "
                               "keeps its last good state")
@@ -524,6 +543,7 @@ def main():
                 gn = fake_grad_norm(a["step"])
                 a["step"] += 1
                 a["pending"].clear()
+                a["pending_examples"] = 0
                 step = a["step"]
             return pb.OptimStepResponse(step=step, grad_norm=gn, loss=loss, weight_sum=w,
                                         n_loss_tokens=w)

@@ -4,7 +4,9 @@ the requests it sends (adapter, LoRA config, examples as in the JSONL, batch
 sizes, shuffle order, AdamW values), its stdout and progress lines, the saved
 directory (the adapter's files byte for byte, loss.csv, loss.png decoded
 here with zlib), --resume, ALREADY_EXISTS, bad data lines, a refused --out,
-Ctrl-C, a step that fails, a 65 MiB adapter, auth and usage errors.
+Ctrl-C, a step that fails, a step split over several ForwardBackward calls
+(the per-call limits of 1024 examples and of the tokens the server names),
+--adam-eps, a 65 MiB adapter, auth and usage errors.
 
   test_cli_train.py --cli build/launcher/tessera-cli [--proto proto]
 
@@ -391,7 +393,7 @@ def main():
     expect = {"adapter": "plain", "config": {"rank": 8, "alpha": 16.0,
                                              "target_modules": ["q", "v"]},
               "data": data, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.0,
-              "max_grad_norm": 1.0}
+              "max_grad_norm": 1.0, "adam_eps": 0.0}
     with fake(expect) as f:
         code, so, se = run(["--addr", f.addr, "train", "--data", data, "--adapter", "plain",
                             "--out", out4])
@@ -413,6 +415,50 @@ def main():
                                if e["method"] == "ForwardBackward"] == b,
                 f"rc={code} {se!r}")
         check_steps("--steps 4", so, b, 0, 4)
+
+    # ---- a step over the server's per-call token limit: several calls ----------
+    limit = max(ntok) + 2  # every example fits; most pairs do not
+    expect = {"adapter": "split", "data": data, "batch_size": 3, "adam_eps": 0.001}
+    with fake(expect, "--max-train-tokens", str(limit)) as f:
+        code, so, se = run(["--addr", f.addr, "train", "--data", data, "--adapter", "split",
+                            "--out", path("out-split"), "--batch-size", "3", "--epochs", "2",
+                            "--adam-eps", "0.001"])
+        b = plan(n, 3, 0, 6)
+        r.check("a step over the token limit: exit 0", code == 0, f"rc={code} {se!r}")
+        check_steps("a split step prints its whole token count", so, b, 0, 6)
+        log = read_log(f.log)
+        per_step, calls, refused = {}, [], 0
+        for e in log:
+            if e["method"] == "ForwardBackward":
+                per_step.setdefault(e["step"], []).extend(e["examples"])
+                calls.append(e["examples"])
+            refused += e["method"] == "ForwardBackward(refused)"
+        r.check("the split calls carry the step's examples in order, each call within the limit",
+                [per_step.get(k) for k in range(6)] == b
+                and all(sum(ntok[j] for j in c) <= limit for c in calls),
+                f"calls {calls} want steps {b}")
+        r.check("some step went out in more than one call after a refusal",
+                refused > 0 and len(calls) > 6, f"{len(calls)} calls, {refused} refused")
+        ops = [e for e in log if e["method"] == "OptimStep"]
+        r.check("one OptimStep a step, with --adam-eps",
+                len(ops) == 6 and all(abs(e["eps"] - 0.001) < 1e-9 for e in ops), repr(ops[:1]))
+    with fake({}, "--max-train-tokens", str(min(ntok) - 1)) as f:
+        out = path("out-toolong")
+        code, so, se = run(["--addr", f.addr, "train", "--data", data, "--adapter", "tl",
+                            "--out", out])
+        r.check("an example alone over the token limit: exit 1 with the server's reason",
+                code == 1 and "INVALID_ARGUMENT: the batch has more than" in se
+                and "(at example 0)" in se and not os.path.exists(out), f"rc={code} {se!r}")
+
+    many = [{"prompt": f"q{i}", "completion": f" a{i}"} for i in range(1030)]
+    mdata = write(path("many.jsonl"), "\n".join(json.dumps(x) for x in many) + "\n")
+    with fake({"adapter": "many", "data": mdata, "batch_size": 1030}) as f:
+        code, so, se = run(["--addr", f.addr, "train", "--data", mdata, "--adapter", "many",
+                            "--out", path("out-many"), "--batch-size", "1030"])
+        sizes = [len(e["examples"]) for e in read_log(f.log) if e["method"] == "ForwardBackward"]
+        r.check("a step of 1030 examples goes out as 1024 + 6 (the per-call limit)",
+                code == 0 and sizes == [1024, 6] and so.startswith("step 1/1"),
+                f"rc={code} sizes={sizes} {se[-300:]!r}")
 
     # ---- local refusals: nothing reaches the server ------------------------------
     with fake({}) as f:
@@ -473,6 +519,8 @@ def main():
              "--rank expects a LoRA rank >= 1"),
             (["train", "--data", data, "--adapter", "x", "--out", "o", "--lr", "0"],
              "--lr expects a learning rate > 0"),
+            (["train", "--data", data, "--adapter", "x", "--out", "o", "--adam-eps", "0"],
+             "--adam-eps expects an AdamW epsilon > 0, got '0'"),
             (["train", "--data", data, "--adapter", "x", "--out", "o", "--lr", "fast"],
              "--lr expects a number, got 'fast'"),
             (["train", "--data", data, "--adapter", "x", "--out", "o", "--steps", "0"],
