@@ -140,6 +140,17 @@ typedef struct {
      * per row to the host instead of the whole row. */
     tsr_status (*argmax)(tsr_backend *b, float *val, int32_t *idx, const void *logits, int n,
                          int V);
+    /* The k best entries of each row of logits(n, V) (activations), best
+     * first: val(n, k) their values in f32, idx(n, k) their columns; host
+     * memory. Synchronises. "Best" is tsr_topk_before's order: NaN before
+     * everything (so a caller sees a broken row), then the larger value,
+     * and between equal values the lower column, so with no NaN entry 0 is
+     * argmax's pick. Where k > V the entries past V are (-inf, -1).
+     * 1 <= k <= TSR_TOPK_MAX. Lets sampling with top-k bring 8k bytes per
+     * row to the host instead of the row. Optional: NULL where a backend
+     * has none (callers then take the logits). */
+    tsr_status (*topk)(tsr_backend *b, float *val, int32_t *idx, const void *logits, int n, int V,
+                       int k);
 
     /* The device stream (cudaStream_t) ops are enqueued on; NULL: none. */
     void *(*stream)(tsr_backend *b);
@@ -288,6 +299,18 @@ size_t tsr_backend_act_size(const tsr_backend *b);
 uint64_t tsr_lora_dropout_stream(uint64_t seed, uint64_t key, int layer, int target);
 uint32_t tsr_lora_dropout_bits(uint64_t stream, int64_t token, int64_t column);
 uint32_t tsr_lora_dropout_threshold(float p);
+
+/* The largest k the topk op takes. */
+#define TSR_TOPK_MAX 256
+
+/* topk's order: 1 when (va, ia) comes before (vb, ib): NaN first (lower
+ * index first among NaNs), then the larger value, then the lower index. */
+static inline int tsr_topk_before(float va, int32_t ia, float vb, int32_t ib) {
+    const int na = va != va, nb = vb != vb;
+    if (na || nb)
+        return na && (!nb || ia < ib);
+    return va > vb || (va == vb && ia < ib);
+}
 
 /* Allocates n bytes of device memory or returns TSR_ERR_NOMEM naming `what`. */
 tsr_status tsr_backend_alloc(tsr_backend *b, size_t bytes, const char *what, void **out);

@@ -18,7 +18,7 @@
 typedef struct {
     uint32_t magic, kind;
     int32_t n_tokens, n_out, out, n_release, n_seg;
-    int32_t pad;
+    int32_t top_k;
 } desc_header;
 
 #define grow tsr_engine_grow
@@ -344,6 +344,8 @@ void tsr_engine_free(tsr_engine *e) {
     free(e->gathered);
     free(e->best_val);
     free(e->best_idx);
+    free(e->topk_all);
+    free(e->topk_all_idx);
     memset(e, 0, sizeof *e);
 }
 
@@ -373,6 +375,11 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
     const tsr_kv_cache *kv = &e->kv;
     if (s->n_tokens < 0 || (s->n_tokens == 0 && s->n_release == 0))
         return tsr_error_set(TSR_ERR_INVALID, "step: no tokens and nothing to release");
+    if (s->out < TSR_OUT_NONE || s->out > TSR_OUT_TOPK)
+        return tsr_error_set(TSR_ERR_INVALID, "step: output kind %d", (int)s->out);
+    if (s->out == TSR_OUT_TOPK && (s->top_k < 1 || s->top_k > TSR_TOPK_MAX))
+        return tsr_error_set(TSR_ERR_INVALID, "step: top_k %d (must be in 1..%d)", s->top_k,
+                             TSR_TOPK_MAX);
     if (s->n_out < 0 || s->n_out > s->n_tokens || (s->out != TSR_OUT_NONE && s->n_out == 0))
         return tsr_error_set(TSR_ERR_INVALID, "step: %d output rows for %d tokens", s->n_out,
                              s->n_tokens);
@@ -438,6 +445,57 @@ static tsr_status collect_argmax(tsr_engine *e, int n_out, int32_t *tokens) {
         TSR_TRY(tsr_comm_allreduce_argmax(e->grid->tp_group, e->best_val, e->best_idx,
                                           (size_t)n_out));
     memcpy(tokens, e->best_idx, (size_t)n_out * sizeof *tokens);
+    return TSR_OK;
+}
+
+/* Top-k: each row's k best of this rank's slice were picked on the device
+ * (best_val, best_idx as global ids, -1 past the slice); with TP the ranks'
+ * lists are gathered and merged into the row's k best of the vocabulary in
+ * the same order. val, ids: (n_out, k). */
+static tsr_status collect_topk(tsr_engine *e, int n_out, int k, float *val, int32_t *ids) {
+    const int tp = e->grid->tp;
+    const size_t per = (size_t)n_out * k;
+    if (tp == 1) {
+        memcpy(val, e->best_val, per * sizeof *val);
+        memcpy(ids, e->best_idx, per * sizeof *ids);
+        return TSR_OK;
+    }
+    TSR_TRY(grow((void **)&e->topk_all, &e->topk_all_cap, per * tp, sizeof(float)));
+    TSR_TRY(grow((void **)&e->topk_all_idx, &e->topk_all_idx_cap, per * tp, sizeof(int32_t)));
+    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->best_val, e->topk_all, per, TSR_F32));
+    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->best_idx, e->topk_all_idx, per,
+                               TSR_COMM_I32));
+    int *head = malloc((size_t)tp * sizeof *head);
+    if (!head)
+        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+    for (int i = 0; i < n_out; i++) {
+        for (int r = 0; r < tp; r++)
+            head[r] = 0;
+        for (int j = 0; j < k; j++) { /* a k-way merge of sorted lists */
+            int best = -1;
+            float bv = -INFINITY;
+            int32_t bi = -1;
+            for (int r = 0; r < tp; r++) {
+                if (head[r] >= k)
+                    continue;
+                const size_t at = (size_t)r * per + (size_t)i * k + head[r];
+                const float v = e->topk_all[at];
+                const int32_t id = e->topk_all_idx[at];
+                if (id < 0)
+                    continue; /* that list ran out */
+                if (best < 0 || tsr_topk_before(v, id, bv, bi)) {
+                    best = r;
+                    bv = v;
+                    bi = id;
+                }
+            }
+            if (best >= 0)
+                head[best]++;
+            val[(size_t)i * k + j] = best >= 0 ? bv : -INFINITY;
+            ids[(size_t)i * k + j] = bi;
+        }
+    }
+    free(head);
     return TSR_OK;
 }
 
@@ -528,19 +586,21 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                          "hidden_out");
     /* greedy steps bring each row's best (value, column) from the device;
      * the others the rows' logits */
-    const int greedy = s->out == TSR_OUT_ARGMAX;
-    const size_t per_row = greedy ? 1 : (size_t)V;
-    if (st == TSR_OK && e->last_stage && s->n_out > 0 && !greedy)
+    const int greedy = s->out == TSR_OUT_ARGMAX, topk = s->out == TSR_OUT_TOPK;
+    const int K = topk ? s->top_k : 1; /* picks per row from the device */
+    const size_t per_row = greedy || topk ? (size_t)K : (size_t)V;
+    if (st == TSR_OK && e->last_stage && s->n_out > 0 && !greedy && !topk)
         st = grow((void **)&e->logits, &e->logits_cap, (size_t)s->n_out * V, sizeof(float));
     if (st == TSR_OK && e->last_stage && s->n_out > 0)
         st = grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * per_row,
                   sizeof(float));
-    if (st == TSR_OK && e->last_stage && s->n_out > 0 && greedy) {
-        st = grow((void **)&e->best_val, &e->best_val_cap, (size_t)s->n_out, sizeof(float));
+    if (st == TSR_OK && e->last_stage && s->n_out > 0 && (greedy || topk)) {
+        const size_t m = (size_t)s->n_out * K;
+        st = grow((void **)&e->best_val, &e->best_val_cap, m, sizeof(float));
         if (st == TSR_OK)
-            st = grow((void **)&e->best_idx, &e->best_idx_cap, (size_t)s->n_out, sizeof(int32_t));
+            st = grow((void **)&e->best_idx, &e->best_idx_cap, m, sizeof(int32_t));
         if (st == TSR_OK)
-            st = grow((void **)&e->mb_idx, &e->mb_idx_cap, (size_t)s->n_out, sizeof(int32_t));
+            st = grow((void **)&e->mb_idx, &e->mb_idx_cap, m, sizeof(int32_t));
     }
     float *mb_logits = e->mb_logits;
     /* micro-batches: contiguous token ranges; each stage walks them in order,
@@ -570,15 +630,24 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                                           e->first_stage ? NULL : e->hidden_in,
                                           e->last_stage ? NULL : e->hidden_out, mb_logits,
                                           e->mb_idx);
+        else if (topk)
+            st = tsr_model_forward_topk(&e->model, &e->kv, &bt,
+                                        e->first_stage ? NULL : e->hidden_in,
+                                        e->last_stage ? NULL : e->hidden_out, K, mb_logits,
+                                        e->mb_idx);
         else
             st = tsr_model_forward(&e->model, &e->kv, &bt, e->first_stage ? NULL : e->hidden_in,
                                    e->last_stage ? NULL : e->hidden_out, mb_logits);
         if (st == TSR_OK && !e->last_stage)
             st = tsr_engine_pp_send(e, e->hidden_out, (size_t)m * C, g->pp_rank + 1, mb);
         for (int i = 0; st == TSR_OK && e->last_stage && i < n_mo; i++) {
-            if (greedy) {
-                e->best_val[mb_outs[i]] = mb_logits[i];
-                e->best_idx[mb_outs[i]] = e->slice.vocab_begin + e->mb_idx[i];
+            if (greedy || topk) {
+                const size_t to = (size_t)mb_outs[i] * K, from = (size_t)i * K;
+                for (int j = 0; j < K; j++) {
+                    const int32_t c = e->mb_idx[from + j];
+                    e->best_val[to + j] = mb_logits[from + j];
+                    e->best_idx[to + j] = c < 0 ? -1 : e->slice.vocab_begin + c;
+                }
             } else {
                 memcpy(e->logits + (size_t)mb_outs[i] * V, mb_logits + (size_t)i * V,
                        (size_t)V * sizeof(float));
@@ -592,34 +661,42 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
 
     /* results: computed on the last stage, wanted on world rank 0 */
     const int src = (g->pp - 1) * g->tp; /* last stage, tp rank 0 */
-    const size_t count = s->out == TSR_OUT_ARGMAX ? (size_t)s->n_out
-                                                   : (size_t)s->n_out * e->mcfg.n_vocab;
-    const int dtype = s->out == TSR_OUT_ARGMAX ? TSR_COMM_I32 : TSR_F32;
+    const size_t count = greedy ? (size_t)s->n_out
+                         : topk ? (size_t)s->n_out * K
+                                : (size_t)s->n_out * e->mcfg.n_vocab;
+    const int want_tk = greedy || topk, want_lg = !greedy; /* which arrays the kind fills */
     if (e->last_stage) {
         int32_t *tk = g->world_rank == 0 && tokens ? tokens : NULL;
         float *lg = g->world_rank == 0 && logits ? logits : NULL;
         int32_t *tbuf = NULL;
         float *lbuf = NULL;
-        if (s->out == TSR_OUT_ARGMAX && !tk)
-            tk = tbuf = malloc((size_t)s->n_out * sizeof *tbuf);
-        if (s->out == TSR_OUT_LOGITS && !lg)
+        if (want_tk && !tk)
+            tk = tbuf = malloc(count * sizeof *tbuf);
+        if (want_lg && !lg)
             lg = lbuf = malloc(count * sizeof *lbuf);
-        if ((s->out == TSR_OUT_ARGMAX && !tk) || (s->out == TSR_OUT_LOGITS && !lg))
+        if ((want_tk && !tk) || (want_lg && !lg)) {
+            free(tbuf);
+            free(lbuf);
             return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-        st = s->out == TSR_OUT_ARGMAX ? collect_argmax(e, s->n_out, tk)
-                                      : collect_logits(e, s->n_out, lg);
-        if (st == TSR_OK && g->world_rank == src && src != 0)
-            st = tsr_comm_send(g->world, s->out == TSR_OUT_ARGMAX ? (void *)tk : (void *)lg, count,
-                               dtype, 0, 1000);
+        }
+        st = greedy ? collect_argmax(e, s->n_out, tk)
+             : topk ? collect_topk(e, s->n_out, K, lg, tk)
+                    : collect_logits(e, s->n_out, lg);
+        if (st == TSR_OK && g->world_rank == src && src != 0 && want_tk)
+            st = tsr_comm_send(g->world, tk, count, TSR_COMM_I32, 0, 1000);
+        if (st == TSR_OK && g->world_rank == src && src != 0 && want_lg)
+            st = tsr_comm_send(g->world, lg, count, TSR_F32, 0, 1001);
         free(tbuf);
         free(lbuf);
         return st;
     }
     if (g->world_rank == 0) {
-        void *dst = s->out == TSR_OUT_ARGMAX ? (void *)tokens : (void *)logits;
-        if (!dst)
+        if ((want_tk && !tokens) || (want_lg && !logits))
             return tsr_error_set(TSR_ERR_INVALID, "step: no buffer for its results");
-        return tsr_comm_recv(g->world, dst, count, dtype, src, 1000);
+        if (want_tk)
+            TSR_TRY(tsr_comm_recv(g->world, tokens, count, TSR_COMM_I32, src, 1000));
+        if (want_lg)
+            TSR_TRY(tsr_comm_recv(g->world, logits, count, TSR_F32, src, 1001));
     }
     return TSR_OK;
 }
@@ -634,6 +711,7 @@ static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
         h.out = (int32_t)s->out;
         h.n_release = s->n_release;
         h.n_seg = s->n_seg;
+        h.top_k = s->top_k;
     }
     TSR_TRY(tsr_comm_bcast_idle(e->grid->world, &h, sizeof h, 0));
     if (!s)
@@ -706,6 +784,7 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
             .release = d + 3 * h.n_tokens + h.n_out,
             .n_seg = h.n_seg,
             .seg = d + 3 * h.n_tokens + h.n_out + h.n_release,
+            .top_k = h.top_k,
         };
         tsr_status st = exec_step(e, &s, NULL, NULL);
         if (st != TSR_OK)

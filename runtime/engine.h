@@ -41,6 +41,9 @@ typedef enum {
     TSR_OUT_NONE = 0,   /* no output (prefill chunk whose logits are not needed) */
     TSR_OUT_ARGMAX = 1, /* greedy token per output row */
     TSR_OUT_LOGITS = 2, /* full logits per output row, at rank 0 */
+    TSR_OUT_TOPK = 3,   /* the top_k best logits per output row and their token ids, picked
+                           on each TP rank's device and merged: what sampling with top-k
+                           needs, 8 top_k bytes a row instead of 4 n_vocab */
 } tsr_out_kind;
 
 /* One step, as rank 0 describes it. Arrays are host memory. A step with no
@@ -62,6 +65,7 @@ typedef struct {
      * the model's own adapter on every row. */
     int n_seg;
     const int32_t *seg;
+    int top_k; /* TSR_OUT_TOPK: entries per row, 1..TSR_TOPK_MAX (kernels/backend.h) */
 } tsr_step;
 
 /* Where a rank's shard runs. */
@@ -137,9 +141,11 @@ typedef struct {
     float *logits;        size_t logits_cap;     /* (n_out, V_local) */
     float *mb_logits;     size_t mb_logits_cap;  /* one micro-batch's rows */
     float *gathered;      size_t gathered_cap;   /* (tp, n_out, widest slice) */
-    float *best_val;      size_t best_val_cap;   /* greedy: per output row */
+    float *best_val;      size_t best_val_cap;   /* greedy / top-k: per output row (k each) */
     int32_t *best_idx;    size_t best_idx_cap;
-    int32_t *mb_idx;      size_t mb_idx_cap;     /* one micro-batch's greedy columns */
+    int32_t *mb_idx;      size_t mb_idx_cap;     /* one micro-batch's greedy / top-k columns */
+    float *topk_all;      size_t topk_all_cap;   /* top-k: every TP rank's lists, gathered */
+    int32_t *topk_all_idx; size_t topk_all_idx_cap;
     int lm_release_pending; /* tsr_engine_lm: free slot 0 with the next step */
     tsr_lora_seg *segs;   size_t segs_cap;       /* one micro-batch's LoRA segments */
     /* LoRA training (runtime/engine_train.c) */
@@ -204,7 +210,11 @@ tsr_status tsr_engine_pp_recv(tsr_engine *e, void *buf, size_t count, int peer, 
 
 /* Rank 0: runs one step on every rank. Results at rank 0: tokens (n_out) for
  * TSR_OUT_ARGMAX, logits (n_out, n_vocab) for TSR_OUT_LOGITS; the other may
- * be NULL. Errors in the step's content (a token outside the vocabulary,
+ * be NULL. TSR_OUT_TOPK fills both: logits (n_out, top_k) with each row's
+ * best values and tokens (n_out, top_k) with their token ids, best first in
+ * kernels/backend.h's tsr_topk_before order (NaN first, then larger, then
+ * the lower id: entry 0 is the greedy pick when the row has no NaN); ids
+ * -1 with -inf past the vocabulary's end. Errors in the step's content (a token outside the vocabulary,
  * no KV space) are found on rank 0 before anything is broadcast. */
 tsr_status tsr_engine_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits);
 

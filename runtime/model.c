@@ -439,11 +439,12 @@ static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
     return TSR_OK;
 }
 
-/* The forward; the last stage's output is either the logits (logits != NULL)
- * or each row's argmax (best_val, best_idx). */
+/* The forward; the last stage's output is the logits (logits != NULL), each
+ * row's argmax (best_val, best_idx; top_k 0) or each row's top_k best
+ * (best_val, best_idx of (n_out, top_k)). */
 static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                           const void *hidden_in, void *hidden_out, float *logits, float *best_val,
-                          int32_t *best_idx) {
+                          int32_t *best_idx, int top_k) {
     const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
@@ -519,6 +520,8 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     TSR_TRY(st);
     if (!m->last_stage || b->n_out == 0)
         return TSR_OK;
+    if (!logits && top_k > 0)
+        return I->topk(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab, top_k);
     if (!logits)
         return I->argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
     return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
@@ -604,7 +607,7 @@ tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                              const void *hidden_in, void *hidden_out, float *logits) {
     if (m->last_stage && b->n_out > 0 && !logits)
         return tsr_error_set(TSR_ERR_INVALID, "forward: no buffer for the logits");
-    return forward(m, kv, b, hidden_in, hidden_out, logits, NULL, NULL);
+    return forward(m, kv, b, hidden_in, hidden_out, logits, NULL, NULL, 0);
 }
 
 tsr_status tsr_model_forward_greedy(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
@@ -612,7 +615,23 @@ tsr_status tsr_model_forward_greedy(tsr_model *m, tsr_kv_cache *kv, const tsr_ba
                                     int32_t *best_idx) {
     if (m->last_stage && b->n_out > 0 && (!best_val || !best_idx))
         return tsr_error_set(TSR_ERR_INVALID, "forward: no buffers for the greedy picks");
-    return forward(m, kv, b, hidden_in, hidden_out, NULL, best_val, best_idx);
+    return forward(m, kv, b, hidden_in, hidden_out, NULL, best_val, best_idx, 0);
+}
+
+tsr_status tsr_model_forward_topk(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                                  const void *hidden_in, void *hidden_out, int k, float *top_val,
+                                  int32_t *top_idx) {
+    if (m->last_stage && b->n_out > 0) {
+        if (!top_val || !top_idx)
+            return tsr_error_set(TSR_ERR_INVALID, "forward: no buffers for the top-k picks");
+        if (!m->be->iface->topk)
+            return tsr_error_set(TSR_ERR_UNSUPPORTED, "forward: backend %s has no top-k op",
+                                 m->be->iface->name);
+        if (k < 1 || k > TSR_TOPK_MAX)
+            return tsr_error_set(TSR_ERR_INVALID, "forward: top-k of %d (must be in 1..%d)", k,
+                                 TSR_TOPK_MAX);
+    }
+    return forward(m, kv, b, hidden_in, hidden_out, NULL, top_val, top_idx, k);
 }
 
 /* ---- LoRA ---- */

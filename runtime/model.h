@@ -155,4 +155,13 @@ tsr_status tsr_model_forward_greedy(tsr_model *m, tsr_kv_cache *kv, const tsr_ba
                                     const void *hidden_in, void *hidden_out, float *best_val,
                                     int32_t *best_idx);
 
+/* As tsr_model_forward_greedy, but each output row's k best logits of the
+ * vocabulary slice, best first (kernels/backend.h topk: NaN first, larger
+ * value, lower column): top_val, top_idx (n_out, k) host arrays, columns
+ * within the slice, (-inf, -1) past the slice's end. 1 <= k <= TSR_TOPK_MAX;
+ * TSR_ERR_UNSUPPORTED on a backend without the op. */
+tsr_status tsr_model_forward_topk(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
+                                  const void *hidden_in, void *hidden_out, int k, float *top_val,
+                                  int32_t *top_idx);
+
 #endif

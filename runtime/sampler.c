@@ -135,35 +135,10 @@ static int cmp_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t *banned,
-                              size_t n_banned, int32_t *token) {
+/* The draw from candidates sorted best first (cmp_desc), m >= 1: top_k,
+ * the softmax at the temperature, min_p, top_p, then one uniform number. */
+static tsr_status draw(tsr_sampler *s, const tsr_candidate *cand, int m, int32_t *token) {
     const tsr_sampling_params *p = &s->p;
-    const int n = s->n_vocab;
-    float *l = s->logits;
-    memcpy(l, logits, (size_t)n * sizeof *l);
-    for (size_t i = 0; i < n_banned; i++)
-        if (banned[i] >= 0 && banned[i] < n)
-            l[banned[i]] = -INFINITY;
-    apply_penalties(s, l);
-    for (int i = 0; i < n; i++)
-        if (isnan(l[i]))
-            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", i);
-    if (p->temperature == 0) {
-        int32_t best = tsr_argmax(l, n);
-        if (l[best] == -INFINITY)
-            return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
-        *token = best;
-        return TSR_OK;
-    }
-    /* candidates: top_k by sorting (partial selection would do; n is ~1e5) */
-    tsr_candidate *cand = s->cand;
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (l[i] > -INFINITY)
-            cand[m++] = (tsr_candidate){l[i], i};
-    if (m == 0)
-        return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
-    qsort(cand, (size_t)m, sizeof *cand, cmp_desc);
     if (p->top_k > 0 && p->top_k < m)
         m = p->top_k;
     /* softmax over the candidates at the temperature */
@@ -210,4 +185,69 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
     *token = cand[pick].id;
     free(prob);
     return TSR_OK;
+}
+
+tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t *banned,
+                              size_t n_banned, int32_t *token) {
+    const tsr_sampling_params *p = &s->p;
+    const int n = s->n_vocab;
+    float *l = s->logits;
+    memcpy(l, logits, (size_t)n * sizeof *l);
+    for (size_t i = 0; i < n_banned; i++)
+        if (banned[i] >= 0 && banned[i] < n)
+            l[banned[i]] = -INFINITY;
+    apply_penalties(s, l);
+    for (int i = 0; i < n; i++)
+        if (isnan(l[i]))
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", i);
+    if (p->temperature == 0) {
+        int32_t best = tsr_argmax(l, n);
+        if (l[best] == -INFINITY)
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
+        *token = best;
+        return TSR_OK;
+    }
+    /* candidates: top_k by sorting (partial selection would do; n is ~1e5) */
+    tsr_candidate *cand = s->cand;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (l[i] > -INFINITY)
+            cand[m++] = (tsr_candidate){l[i], i};
+    if (m == 0)
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
+    qsort(cand, (size_t)m, sizeof *cand, cmp_desc);
+    return draw(s, cand, m, token);
+}
+
+tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_t *ids, int n,
+                                  int32_t *token) {
+    tsr_candidate *cand = s->cand;
+    int m = 0;
+    for (int i = 0; i < n && ids[i] >= 0; i++) {
+        if (isnan(val[i]))
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", ids[i]);
+        if (ids[i] >= s->n_vocab)
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: candidate id %d is outside the "
+                                                "vocabulary", ids[i]);
+        if (val[i] > -INFINITY)
+            cand[m++] = (tsr_candidate){val[i], ids[i]};
+    }
+    if (m == 0)
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
+    if (s->p.temperature == 0) {
+        *token = cand[0].id;
+        return TSR_OK;
+    }
+    return draw(s, cand, m, token);
+}
+
+int tsr_sampler_candidates_needed(const tsr_sampling_params *p, int max_k) {
+    const int penalties = p->penalty_last_n != -1 &&
+                          (p->repetition_penalty != 1.0f || p->frequency_penalty != 0 ||
+                           p->presence_penalty != 0);
+    if (penalties)
+        return 0;
+    if (p->temperature == 0)
+        return 1;
+    return p->top_k >= 1 && p->top_k <= max_k ? p->top_k : 0;
 }

@@ -64,7 +64,7 @@ typedef struct {
     int n_pp_layers;
     /* serve */
     const char *host, *auth_token_file, *tls_cert, *tls_key;
-    int port, max_seqs, kv_positions, max_batch_tokens, queue, log_prompts;
+    int port, max_seqs, kv_positions, max_batch_tokens, queue, log_prompts, host_sampling;
     int metrics_port; /* 0 = no metrics endpoint */
     double grace_s;
     tsr_sampling_params sp;
@@ -194,6 +194,8 @@ static void usage(FILE *f) {
           "  --tls-cert F --tls-key F   --max-seqs N (32)  --ctx N (2048)\n"
           "  --kv-positions N (max-seqs*ctx/2)  --max-batch-tokens N (512)\n"
           "  --queue N (256)  --grace S (30)  --log-prompts\n"
+          "  --host-sampling   bring every sampled row's logits to rank 0 (default: top-k\n"
+          "                    requests get only their top-k candidates from the device)\n"
           "  --metrics-port N (0 = off)  Prometheus /metrics and /healthz over HTTP on --host\n"
           "other:\n"
           "  --file -              read the text from standard input\n"
@@ -234,6 +236,7 @@ enum {
     OPT_METRICS_PORT, OPT_DEVICE, OPT_COMM, OPT_ACT_DTYPE, OPT_WEIGHT_DTYPE, OPT_GPU,
     OPT_DATA, OPT_OUT, OPT_STEPS, OPT_EPOCHS, OPT_LR, OPT_BATCH_SIZE, OPT_RANK, OPT_ALPHA,
     OPT_TARGETS, OPT_MAX_GRAD_NORM, OPT_WEIGHT_DECAY, OPT_ADAPTER, OPT_DROPOUT, OPT_MICRO, OPT_ADAM_EPS,
+    OPT_HOST_SAMPLING,
 };
 
 static int parse_layers(const char *s, options *o) {
@@ -295,6 +298,7 @@ static int parse_options(int argc, char **argv, options *o) {
         {"queue", required_argument, 0, OPT_QUEUE},
         {"grace", required_argument, 0, OPT_GRACE},
         {"log-prompts", no_argument, 0, OPT_LOG_PROMPTS},
+        {"host-sampling", no_argument, 0, OPT_HOST_SAMPLING},
         {"metrics-port", required_argument, 0, OPT_METRICS_PORT},
         {"device", required_argument, 0, OPT_DEVICE},
         {"comm", required_argument, 0, OPT_COMM},
@@ -404,6 +408,7 @@ static int parse_options(int argc, char **argv, options *o) {
             break;
         }
         case OPT_LOG_PROMPTS: o->log_prompts = 1; break;
+        case OPT_HOST_SAMPLING: o->host_sampling = 1; break;
         case OPT_METRICS_PORT: r = parse_int(optarg, "--metrics-port", 0, 65535, &o->metrics_port); break;
         case OPT_DEVICE:
             if (!strcmp(optarg, "cpu") || !strcmp(optarg, "cuda")) {
@@ -1215,7 +1220,7 @@ static int cmd_serve(tsr_comm_grid *grid, const options *o) {
         return run_worker(&s);
 
     tsr_scheduler_t *sched = NULL;
-    tsr_sched_config sc = {o->max_batch_tokens, 0.05, metrics, o->model};
+    tsr_sched_config sc = {o->max_batch_tokens, 0.05, metrics, o->model, o->host_sampling};
     st = tsr_scheduler_create(&s.engine, s.tok, &g_queue, &g_stats, &sc, &sched);
     if (st != TSR_OK) {
         int rc = fail(st);

@@ -302,6 +302,42 @@ static tsr_status cpu_argmax(tsr_backend *b, float *val, int32_t *idx, const voi
     return TSR_OK;
 }
 
+/* Per row: a sorted list of the best k so far; a value enters by insertion
+ * when it beats the last (V log-free: k is small, and after the first
+ * entries few values beat the k-th). */
+static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void *lv, int n, int V,
+                           int k) {
+    (void)b;
+    if (n < 0 || V < 0 || k < 1 || k > TSR_TOPK_MAX)
+        return tsr_error_set(TSR_ERR_INVALID, "cpu topk: n %d, V %d, k %d (k must be in 1..%d)", n,
+                             V, k, TSR_TOPK_MAX);
+    const float *logits = lv;
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * V;
+        float *v = val + (size_t)i * k;
+        int32_t *c = idx + (size_t)i * k;
+        int m = 0; /* entries filled */
+        for (int j = 0; j < V; j++) {
+            const float x = l[j];
+            if (m == k && !tsr_topk_before(x, j, v[k - 1], c[k - 1]))
+                continue;
+            int at = m < k ? m++ : k - 1; /* the slot it takes, then moves up from */
+            while (at > 0 && tsr_topk_before(x, j, v[at - 1], c[at - 1])) {
+                v[at] = v[at - 1];
+                c[at] = c[at - 1];
+                at--;
+            }
+            v[at] = x;
+            c[at] = j;
+        }
+        for (; m < k; m++) {
+            v[m] = -INFINITY;
+            c[m] = -1;
+        }
+    }
+    return TSR_OK;
+}
+
 static const tsr_backend_i cpu_iface = {
     .name = "cpu",
     .act_dtype = TSR_F32,
@@ -328,6 +364,7 @@ static const tsr_backend_i cpu_iface = {
     .add_bias = cpu_add_bias,
     .embedding = cpu_embedding,
     .argmax = cpu_argmax,
+    .topk = cpu_topk,
     .stream = NULL,
     .matmul_dx = tsr_cpu_matmul_dx,
     .lora_fwd = tsr_cpu_lora_fwd,

@@ -24,6 +24,7 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/add.h"
 #include "kernels/cuda/argmax.h"
+#include "kernels/cuda/topk.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attn_train.h"
 #include "kernels/cuda/ce.h"
@@ -59,7 +60,7 @@ typedef struct {
     void *xbf;     size_t xbf_cap;   /* bf16 GEMM inputs from f32 activations */
     void *stage;   size_t stage_cap; /* f32 staging for act_to_f32 / act_from_f32 */
     void *tmp[4];  size_t tmp_cap[4]; /* training scratch (f32 copies, partial sums) */
-    void *pick;    size_t pick_cap;   /* argmax results before their copy to the host */
+    void *pick;    size_t pick_cap;   /* argmax / top-k results before their copy to the host */
     lt_plan plans[LT_CACHE];
     int next_evict;
 } cuda_ctx;
@@ -488,6 +489,24 @@ static tsr_status cuda_argmax(tsr_backend *b, float *val, int32_t *idx, const vo
     return CU(c, cudaStreamSynchronize(c->stream));
 }
 
+static tsr_status cuda_topk(tsr_backend *b, float *val, int32_t *idx, const void *logits, int n,
+                            int V, int k) {
+    cuda_ctx *c = ctx_of(b);
+    if (n < 0 || V < 0 || k < 1 || k > TSR_TOPK_MAX)
+        return tsr_error_set(TSR_ERR_INVALID, "cuda topk: n %d, V %d, k %d (k must be in 1..%d)",
+                             n, V, k, TSR_TOPK_MAX);
+    if (n == 0)
+        return TSR_OK;
+    const size_t m = (size_t)n * k;
+    TSR_TRY(scratch(c, &c->pick, &c->pick_cap, m * 8, "top-k results"));
+    float *dv = c->pick;
+    int32_t *di = (int32_t *)(dv + m);
+    TSR_TRY(CU(c, tsr_cuda_topk(c->stream, c->act, dv, di, logits, n, V, k)));
+    TSR_TRY(CU(c, cudaMemcpyAsync(val, dv, m * 4, cudaMemcpyDeviceToHost, c->stream)));
+    TSR_TRY(CU(c, cudaMemcpyAsync(idx, di, m * 4, cudaMemcpyDeviceToHost, c->stream)));
+    return CU(c, cudaStreamSynchronize(c->stream));
+}
+
 /* ---- CUDA graphs ---- */
 
 static tsr_status cuda_capture_begin(tsr_backend *b) {
@@ -704,6 +723,7 @@ static tsr_status cuda_fill_zero(tsr_backend *b, void *p, size_t bytes) {
         .add_bias = cuda_add_bias,                                                                 \
         .embedding = cuda_embedding,                                                               \
         .argmax = cuda_argmax,                                                                     \
+        .topk = cuda_topk,                                                                         \
         .stream = cuda_stream_of,                                                                  \
         .capture_begin = cuda_capture_begin,                                                       \
         .capture_end = cuda_capture_end,                                                           \

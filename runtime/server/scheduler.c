@@ -18,6 +18,8 @@ typedef struct {
     int n_completion;
     int reserved;         /* KV blocks reserved for the worst case */
     int greedy;           /* argmax without logits suffices */
+    int cand_k;           /* candidates a row needs (tsr_sampler_candidates_needed); 0: the
+                             whole row of logits */
     int adapter;          /* engine adapter slot, -1 = the base model (or serve --adapter) */
     tsr_sampler smp;
     tsr_detok_stream ds;
@@ -48,6 +50,10 @@ struct tsr_scheduler {
     int32_t *perm, *segs; /* grouping a step's tokens by adapter: (cap_tokens), (3 * (slots + 1)) */
     float *logits;
     size_t cap_logits;
+    long steps_by_kind[4]; /* engine steps run, by tsr_out_kind */
+    float *cand_val;  /* TSR_OUT_TOPK steps: (n_out, top_k) candidates */
+    int32_t *cand_id;
+    size_t cap_cand;
 };
 
 /* ---- events ---- */
@@ -214,6 +220,10 @@ static void admit(tsr_scheduler_t *s) {
             q->greedy = p->temperature == 0 && p->repetition_penalty == 1.0f &&
                         p->frequency_penalty == 0 && p->presence_penalty == 0 &&
                         r->min_tokens == 0 && !r->ignore_eos && !r->logprobs;
+            q->cand_k = r->min_tokens == 0 && !r->ignore_eos && !r->logprobs &&
+                                !s->cfg.host_sampling
+                            ? tsr_sampler_candidates_needed(p, TSR_TOPK_MAX)
+                            : 0;
             tsr_detok_stream_init(&q->ds, s->tok, TSR_DETOK_SKIP_SPECIAL);
             tsr_stop_text_init(&q->stops, (const char *const *)r->stop, (size_t)r->n_stop);
         }
@@ -237,6 +247,8 @@ tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_r
     s->stats = stats;
     s->cfg = *cfg;
     s->mx = cfg->metrics;
+    if (!e->be->iface->topk) /* every rank runs the same backend as rank 0 */
+        s->cfg.host_sampling = 1;
     if (s->cfg.max_batch_tokens <= 0)
         s->cfg.max_batch_tokens = 512;
     if (s->cfg.idle_wait_s <= 0)
@@ -306,6 +318,8 @@ void tsr_scheduler_free(tsr_scheduler_t *s) {
     free(s->perm);
     free(s->segs);
     free(s->logits);
+    free(s->cand_val);
+    free(s->cand_id);
     tsr_adapters_free(s->adapters);
     free(s);
 }
@@ -467,6 +481,17 @@ static void publish(tsr_scheduler_t *s) {
     }
 }
 
+/* What an output row of sequence q asks of the step: nothing more than
+ * argmax (greedy), its best cand_k candidates, or the whole row. */
+static void row_needs(const seq_state *q, int *want_logits, int *top_k) {
+    if (q->greedy)
+        return;
+    if (q->cand_k == 0)
+        *want_logits = 1;
+    else if (q->cand_k > *top_k)
+        *top_k = q->cand_k;
+}
+
 tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     /* 1. new arrivals (wait only when there is nothing else to do) */
     int busy = tsr_scheduler_pending(s) > 0;
@@ -508,7 +533,9 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     admit(s);
 
     /* 4. the step: decodes first, then prompt chunks under the budget */
-    int budget = s->cfg.max_batch_tokens, n = 0, n_out = 0, want_logits = 0;
+    /* what the sampled rows need: the whole rows (want_logits), or only the
+     * best cand_k of each (top_k, the largest of them) */
+    int budget = s->cfg.max_batch_tokens, n = 0, n_out = 0, want_logits = 0, top_k = 0;
     TSR_TRY(grow_step(s, budget + s->max_seqs));
     for (int k = 0; k < s->max_seqs; k++) {
         seq_state *q = &s->seqs[k];
@@ -519,7 +546,7 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         s->seq[n] = k;
         s->rows[n_out] = n;
         s->row_slot[n_out++] = k;
-        want_logits |= !q->greedy;
+        row_needs(q, &want_logits, &top_k);
         n++;
         budget--;
     }
@@ -540,7 +567,7 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         if (q->n_fed + c == q->req->n_prompt) { /* the prompt's last token gives logits */
             s->rows[n_out] = n + c - 1;
             s->row_slot[n_out++] = k;
-            want_logits |= !q->greedy;
+            row_needs(q, &want_logits, &top_k);
         }
         n += c;
         budget -= c;
@@ -550,6 +577,21 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         return TSR_OK;
     /* with n == 0 the step only frees the slots of finished sequences */
     const int V = s->e->mcfg.n_vocab;
+    const tsr_out_kind kind = n_out == 0 ? TSR_OUT_NONE
+                              : want_logits ? TSR_OUT_LOGITS
+                              : top_k > 0   ? TSR_OUT_TOPK
+                                            : TSR_OUT_ARGMAX;
+    if (kind == TSR_OUT_TOPK && (size_t)n_out * top_k > s->cap_cand) {
+        free(s->cand_val);
+        free(s->cand_id);
+        s->cap_cand = (size_t)n_out * top_k;
+        s->cand_val = malloc(s->cap_cand * sizeof *s->cand_val);
+        s->cand_id = malloc(s->cap_cand * sizeof *s->cand_id);
+        if (!s->cand_val || !s->cand_id) {
+            s->cap_cand = 0;
+            return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+        }
+    }
     if (want_logits && (size_t)n_out * V > s->cap_logits) {
         free(s->logits);
         s->cap_logits = (size_t)n_out * V;
@@ -569,17 +611,24 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
             .seq = s->seq,
             .n_out = n_out,
             .out_rows = s->rows,
-            .out = n_out == 0 ? TSR_OUT_NONE : (want_logits ? TSR_OUT_LOGITS : TSR_OUT_ARGMAX),
+            .out = kind,
             .n_release = s->n_release,
             .release = s->release,
             .n_seg = n_seg,
             .seg = s->segs,
+            .top_k = kind == TSR_OUT_TOPK ? top_k : 0,
         };
-        st = tsr_engine_step(s->e, &step, want_logits ? NULL : s->argmax,
-                             want_logits ? s->logits : NULL);
+        st = tsr_engine_step(s->e, &step,
+                             kind == TSR_OUT_TOPK ? s->cand_id
+                             : want_logits        ? NULL
+                                                  : s->argmax,
+                             kind == TSR_OUT_TOPK ? s->cand_val
+                             : want_logits        ? s->logits
+                                                  : NULL);
     }
     if (st != TSR_OK)
         return st;
+    s->steps_by_kind[kind]++;
     s->n_release = 0;
     if (s->mx && n > 0) {
         tsr_metric_inc(s->mx->engine_steps, 1);
@@ -602,7 +651,19 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
             continue;
         int32_t tok;
         const float *row = want_logits ? s->logits + (size_t)o * V : NULL;
-        if (!want_logits) {
+        if (kind == TSR_OUT_TOPK) {
+            const float *cv = s->cand_val + (size_t)o * top_k;
+            const int32_t *ci = s->cand_id + (size_t)o * top_k;
+            if (q->greedy) { /* argmax's pick: the best that is not NaN */
+                int j = 0;
+                while (j + 1 < top_k && isnan(cv[j]))
+                    j++;
+                tok = ci[j] >= 0 ? ci[j] : 0;
+            } else if (tsr_sampler_sample_top(&q->smp, cv, ci, top_k, &tok) != TSR_OK) {
+                finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
+                continue;
+            }
+        } else if (!want_logits) {
             tok = s->argmax[o];
         } else if (q->greedy) {
             tok = tsr_argmax(row, V);
@@ -618,4 +679,8 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     }
     publish(s);
     return TSR_OK;
+}
+
+void tsr_scheduler_step_counts(const tsr_scheduler_t *s, long counts[4]) {
+    memcpy(counts, s->steps_by_kind, sizeof s->steps_by_kind);
 }

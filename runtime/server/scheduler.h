@@ -37,6 +37,10 @@ typedef struct {
     tsr_metrics *metrics; /* tokens, latencies, finishes, steps and the batch/KV gauges are
                              recorded here (this thread only writes); NULL = off */
     const char *base_model; /* the adapters' base_model_name_or_path when saved */
+    int host_sampling;      /* 1: every sampled row's logits come to rank 0 whole; 0: steps
+                               whose sampled rows all use top-k (no penalties, min_tokens,
+                               ignore_eos or logprobs) bring only each row's top-k candidates,
+                               picked on the device (the same tokens, far fewer bytes) */
 } tsr_sched_config;
 
 typedef struct tsr_scheduler tsr_scheduler_t; /* opaque */
@@ -50,6 +54,11 @@ void tsr_scheduler_free(tsr_scheduler_t *s); /* NULL ok; posts CANCELLED to what
 /* One iteration (may run no step when idle; then waits up to idle_wait_s for
  * a request). A returned error is an engine failure: the job must end. */
 tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s);
+
+/* Engine steps run so far by output kind (counts[TSR_OUT_NONE] ..
+ * counts[TSR_OUT_TOPK]): which steps brought whole rows of logits and which
+ * only candidates or greedy picks. */
+void tsr_scheduler_step_counts(const tsr_scheduler_t *s, long counts[4]);
 
 /* Sequences running or waiting for admission. */
 int tsr_scheduler_pending(const tsr_scheduler_t *s);

@@ -67,12 +67,13 @@ typedef enum {
     OP_ADD_BIAS,
     OP_EMBEDDING,
     OP_ARGMAX,
+    OP_TOPK,
     OP_COUNT,
 } op_id;
 
 static const char *const OP_NAMES[OP_COUNT] = {
     "memory", "matmul", "rmsnorm", "rope",     "kv_store",
-    "attention", "swiglu", "add", "add_bias", "embedding", "argmax",
+    "attention", "swiglu", "add", "add_bias", "embedding", "argmax", "topk",
 };
 
 typedef struct {
@@ -738,6 +739,94 @@ static void test_argmax(ctx *c) {
             }
 }
 
+/* qsort by tsr_topk_before over (value, column) pairs of one row */
+typedef struct {
+    float v;
+    int32_t i;
+} tk_pair;
+
+static int tk_cmp(const void *a, const void *b) {
+    const tk_pair *x = a, *y = b;
+    return tsr_topk_before(x->v, x->i, y->v, y->i) ? -1 : tsr_topk_before(y->v, y->i, x->v, x->i);
+}
+
+/* Both backends' topk against a full sort of each row (the order of
+ * kernels/backend.h: NaN first, larger, lower column), and against each
+ * other bit for bit: planted ties, a NaN row entry, -inf entries, k > V. */
+static void test_topk(ctx *c) {
+    static const int ns[] = {1, 5, 33}, vs[] = {1, 7, 1000, 49152}, ks[] = {1, 40, 256};
+    for (int a = 0; a < 3; a++)
+        for (int vi = 0; vi < 4; vi++)
+            for (int ki = 0; ki < 3; ki++) {
+                const int n = ns[a], V = vs[vi], k = ks[ki];
+                const size_t total = (size_t)n * V, m = (size_t)n * k;
+                snprintf(c->what, sizeof c->what, "topk n=%d V=%d k=%d", n, V, k);
+                float *l = rand_act(c, total, -20, 20);
+                for (int i = 0; i < n && V > 4; i++) {
+                    float *row = l + (size_t)i * V;
+                    const int j1 = (int)((i * 7919u + 3) % (unsigned)V);
+                    row[j1 / 2] = row[j1] = 25.0f; /* a tie at the top */
+                    row[(j1 + 1) % V] = row[(j1 + 2) % V] = row[(j1 + 3) % V] = 1.5f;
+                    row[(j1 + 4) % V] = -INFINITY;
+                    if (i == 2)
+                        row[V / 3] = NAN; /* a broken row: the NaN comes first */
+                }
+                pbuf dl = pbuf_new(c, l, total);
+                float *val[2], *ref_v = malloc(m * sizeof *ref_v);
+                int32_t *idx[2], *ref_i = malloc(m * sizeof *ref_i);
+                tk_pair *row = malloc((size_t)V * sizeof *row);
+                REQUIRE(c, ref_v && ref_i && row, "out of memory");
+                for (int b = 0; b < 2; b++) {
+                    val[b] = malloc(m * sizeof *val[b]);
+                    idx[b] = malloc(m * sizeof *idx[b]);
+                    REQUIRE(c, val[b] && idx[b], "out of memory");
+                    RUN_OK(c, c->be[b]->iface->topk(c->be[b], val[b], idx[b], dl.p[b], n, V, k));
+                }
+                float *seen = malloc(total * sizeof *seen); /* what the device holds */
+                REQUIRE(c, seen != NULL, "out of memory");
+                {
+                    float *cpu_copy, *gpu_copy;
+                    pbuf_read(c, &dl, &cpu_copy, &gpu_copy);
+                    memcpy(seen, gpu_copy, total * sizeof *seen);
+                    free(cpu_copy);
+                    free(gpu_copy);
+                }
+                for (int i = 0; i < n; i++) {
+                    for (int j = 0; j < V; j++)
+                        row[j] = (tk_pair){seen[(size_t)i * V + j], j};
+                    qsort(row, (size_t)V, sizeof *row, tk_cmp);
+                    for (int j = 0; j < k; j++) {
+                        ref_v[(size_t)i * k + j] = j < V ? row[j].v : -INFINITY;
+                        ref_i[(size_t)i * k + j] = j < V ? row[j].i : -1;
+                    }
+                }
+                double worst = 0;
+                for (size_t e = 0; e < m; e++)
+                    for (int b = 0; b < 2; b++) {
+                        const float x = val[b][e], y = ref_v[e];
+                        const int same_v = (x != x && y != y) || x == y;
+                        REQUIRE(c, idx[b][e] == ref_i[e] && same_v,
+                                "%s row %zu entry %zu: column %d (%g), the sort says %d (%g)",
+                                b == BE_GPU ? "gpu" : "cpu", e / (size_t)k, e % (size_t)k,
+                                idx[b][e], (double)x, ref_i[e], (double)y);
+                        if (idx[b][e] != ref_i[e])
+                            worst = 1;
+                    }
+                float zero = 0.0f, w = (float)worst;
+                compare(c, OP_TOPK, &w, &zero, 1);
+                for (int b = 0; b < 2; b++) {
+                    free(val[b]);
+                    free(idx[b]);
+                }
+                free(seen);
+                free(row);
+                free(ref_v);
+                free(ref_i);
+                pbuf_free(c, &dl);
+                free(l);
+            }
+}
+
 static void test_add(ctx *c) {
     static const int ns[] = {1, 3, 37}, dims[] = {5, 97, 576};
     for (int a = 0; a < 3; a++)
@@ -858,6 +947,7 @@ static int run_mode(tsr_backend *cpu, tsr_backend *gpu, tsr_dtype act, tsr_dtype
     test_add(&c);
     test_embedding(&c);
     test_argmax(&c);
+    test_topk(&c);
     for (int op = 0; op < OP_COUNT; op++) {
         const op_stat *st = &c.ops[op];
         printf("  [%-4s] %-10s %3d cases  max err %.3e  limit %.0e  %s%s%s\n", c.mode,

@@ -13,7 +13,9 @@
  * after the ids, one ARGMAX decode step per token, end-of-generation ignored),
  * OUTDIR/batch.txt (the first 16 greedy tokens of two sequences decoded
  * together in the same steps: the ids, and the ids minus their first three
- * tokens) and OUTDIR/rss.txt ("rank peak_rss_kb" per rank). */
+ * tokens) and OUTDIR/rss.txt ("rank peak_rss_kb" per rank). Exits 1 when
+ * the same prefill step with TSR_OUT_TOPK (40 per row, merged over the TP
+ * ranks) is not exactly the 40 best of each row of logits.f32. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,7 +104,7 @@ int main(int argc, char **argv) {
             rows[i] = i;
         }
         /* 1: logits of every position */
-        tsr_step s = {n, ids, pos, seq, n, rows, TSR_OUT_LOGITS, 0, NULL, 0, NULL};
+        tsr_step s = {n, ids, pos, seq, n, rows, TSR_OUT_LOGITS, 0, NULL, 0, NULL, 0};
         if (tsr_engine_step(&e, &s, NULL, logits) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: logits step failed");
         char p[4096];
@@ -110,14 +112,43 @@ int main(int argc, char **argv) {
         FILE *f = fopen(p, "wb");
         if (!f || fwrite(logits, sizeof *logits, (size_t)n * V, f) != (size_t)n * V || fclose(f))
             rc = 1;
+        /* 1b: the same step with TSR_OUT_TOPK: each row's K best, merged over
+         * the TP ranks, must be exactly the K best of the row's logits above
+         * (value, then the lower id) */
+        {
+            enum { K = 40 };
+            float *tv = malloc((size_t)n * K * sizeof *tv);
+            int32_t *ti = malloc((size_t)n * K * sizeof *ti);
+            tsr_step t = {n, ids, pos, seq, n, rows, TSR_OUT_TOPK, 0, NULL, 0, NULL, K};
+            if (!tv || !ti || tsr_engine_step(&e, &t, ti, tv) != TSR_OK)
+                tsr_comm_abort(&grid, 1, "engine_probe: top-k step failed");
+            for (int i = 0; i < n && rc == 0; i++) {
+                const float *l = logits + (size_t)i * V;
+                for (int j = 0; j < K && rc == 0; j++) {
+                    const int32_t c = ti[(size_t)i * K + j];
+                    /* the entry is the j-th best: exactly j entries come before it */
+                    int before = 0;
+                    for (int x = 0; c >= 0 && c < V && x < V; x++)
+                        before += tsr_topk_before(l[x], x, l[c], c);
+                    if (c < 0 || c >= V || before != j || tv[(size_t)i * K + j] != l[c]) {
+                        fprintf(stderr, "engine_probe: top-k row %d entry %d: id %d value %g "
+                                        "(%d entries of the logits come before it)\n",
+                                i, j, c, (double)tv[(size_t)i * K + j], before);
+                        rc = 1;
+                    }
+                }
+            }
+            free(tv);
+            free(ti);
+        }
         /* 2: greedy decode, one token per step */
         int32_t release = 0;
-        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release, 0, NULL};
+        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release, 0, NULL, 0};
         if (tsr_engine_step(&e, &pre, &greedy[0], NULL) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: prefill failed");
         for (int g = 1; g < G; g++) {
             int32_t p1 = n + g - 1, s0 = 0, r0 = 0;
-            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL, 0, NULL};
+            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0};
             if (tsr_engine_step(&e, &d, &greedy[g], NULL) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: decode failed");
         }
@@ -138,7 +169,7 @@ int main(int argc, char **argv) {
         }
         br[0] = n - 1;
         br[1] = tot - 1;
-        tsr_step bp0 = {tot, bt, bp, bs, 2, br, TSR_OUT_ARGMAX, 2, rel, 0, NULL};
+        tsr_step bp0 = {tot, bt, bp, bs, 2, br, TSR_OUT_ARGMAX, 2, rel, 0, NULL, 0};
         int32_t out[2];
         if (tsr_engine_step(&e, &bp0, out, NULL) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: batch prefill failed");
@@ -147,7 +178,7 @@ int main(int argc, char **argv) {
         for (int g = 1; g < B; g++) {
             int32_t t2[2] = {batch[0][g - 1], batch[1][g - 1]};
             int32_t p2[2] = {n + g - 1, m + g - 1}, s2[2] = {0, 1}, r2[2] = {0, 1};
-            tsr_step d = {2, t2, p2, s2, 2, r2, TSR_OUT_ARGMAX, 0, NULL, 0, NULL};
+            tsr_step d = {2, t2, p2, s2, 2, r2, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0};
             if (tsr_engine_step(&e, &d, out, NULL) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: batch decode failed");
             batch[0][g] = out[0];

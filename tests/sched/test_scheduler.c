@@ -8,7 +8,12 @@
  * max_tokens, a budget small enough to chunk long prompts) each produce
  * exactly the tokens of the same request run alone; a request cancelled
  * mid-stream ends with CANCELLED; a stop string ends the text before it;
- * when everything is done, no KV block is in use and no sequence active. */
+ * when everything is done, no KV block is in use and no sequence active;
+ * 12 sampled requests batched together (top-k 1 to 256, temperatures,
+ * top-p, min-p, seeds; one with a penalty and one without top-k, which take
+ * whole rows) give the same tokens whether each step brings the rows'
+ * top-k candidates from the device or the whole rows (host_sampling), and
+ * the device run did use top-k steps. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +81,55 @@ static int drain(tsr_gen_request *r, result *res) {
     return res->done;
 }
 
+#define N_SAMPLED 12
+
+/* N_SAMPLED sampled requests (top-k 1 to 256 with temperatures, top-p and
+ * min-p; one with a repetition penalty and one without top-k, which need
+ * whole rows) pushed together into a fresh scheduler with host_sampling as
+ * given; their tokens in res, the steps by output kind in kinds. */
+static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_queue *q,
+                        tsr_server_stats *stats, char (*prompts)[512], int host_sampling,
+                        result *res, long kinds[4]) {
+    static const struct {
+        int top_k;
+        float temperature, top_p, min_p, repeat;
+    } sp[N_SAMPLED] = {
+        {40, 0.8f, 1.0f, 0.0f, 1.0f},  {1, 1.0f, 1.0f, 0.0f, 1.0f},   {256, 1.3f, 1.0f, 0.0f, 1.0f},
+        {50, 1.0f, 0.9f, 0.0f, 1.0f},  {20, 0.7f, 1.0f, 0.05f, 1.0f}, {200, 2.0f, 0.95f, 0.0f, 1.0f},
+        {5, 1.5f, 1.0f, 0.0f, 1.0f},   {64, 0.9f, 0.8f, 0.02f, 1.0f}, {40, 1.0f, 1.0f, 0.0f, 1.3f},
+        {0, 0.9f, 0.9f, 0.0f, 1.0f},   {100, 1.1f, 1.0f, 0.0f, 1.0f}, {3, 0.6f, 1.0f, 0.0f, 1.0f},
+    };
+    tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling};
+    tsr_scheduler_t *s;
+    CHECK(tsr_scheduler_create(e, tok, q, stats, &sc, &s) == TSR_OK, "scheduler");
+    tsr_gen_request *reqs[N_SAMPLED];
+    memset(res, 0, N_SAMPLED * sizeof *res);
+    for (int i = 0; i < N_SAMPLED; i++) {
+        reqs[i] = make_request(tok, prompts[i % 8], 24, NULL);
+        reqs[i]->sampling.top_k = sp[i].top_k;
+        reqs[i]->sampling.temperature = sp[i].temperature;
+        reqs[i]->sampling.top_p = sp[i].top_p;
+        reqs[i]->sampling.min_p = sp[i].min_p;
+        reqs[i]->sampling.repetition_penalty = sp[i].repeat;
+        reqs[i]->sampling.seed = 1000 + (uint64_t)i;
+        CHECK(tsr_request_queue_push(q, reqs[i]) == TSR_OK, "push");
+    }
+    for (int done = 0; done < N_SAMPLED;) {
+        CHECK(tsr_scheduler_iterate(s) == TSR_OK, "iterate");
+        done = 0;
+        for (int i = 0; i < N_SAMPLED; i++)
+            done += drain(reqs[i], &res[i]);
+    }
+    for (int i = 0; i < N_SAMPLED; i++) {
+        CHECK(res[i].finish != TSR_FIN_ERROR && res[i].n_tokens > 0, "sampled request %d failed",
+              i);
+        tsr_gen_request_release(reqs[i]);
+    }
+    CHECK(tsr_scheduler_iterate(s) == TSR_OK, "iterate"); /* frees the last slots */
+    tsr_scheduler_step_counts(s, kinds);
+    tsr_scheduler_free(s);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || access(argv[1], R_OK) != 0) {
         printf("SKIP: model not found at %s\n", argc > 1 ? argv[1] : "(none)");
@@ -100,7 +154,7 @@ int main(int argc, char **argv) {
     CHECK(tsr_request_queue_init(&q, 64) == TSR_OK, "queue");
     tsr_server_stats stats;
     memset(&stats, 0, sizeof stats);
-    tsr_sched_config sc = {48, 0.01, NULL, NULL}; /* small budget: prompts are chunked */
+    tsr_sched_config sc = {48, 0.01, NULL, NULL, 0}; /* small budget: prompts are chunked */
     tsr_scheduler_t *s;
     CHECK(tsr_scheduler_create(&e, tok, &q, &stats, &sc, &s) == TSR_OK, "scheduler");
 
@@ -187,6 +241,44 @@ int main(int argc, char **argv) {
           "resources left: %d active, %d KV blocks", atomic_load(&stats.active),
           tsr_kv_cache_used_blocks(&e.kv));
     tsr_scheduler_free(s);
+
+    /* sampling from device-side top-k candidates picks exactly the tokens
+     * the host picks from whole rows, batched, with the same seeds */
+    static result host_run[N_SAMPLED], dev_run[N_SAMPLED];
+    long host_kinds[4], dev_kinds[4];
+    run_sampled(&e, tok, &q, &stats, prompts, 1, host_run, host_kinds);
+    run_sampled(&e, tok, &q, &stats, prompts, 0, dev_run, dev_kinds);
+    int differ_from_greedy = 0;
+    for (int i = 0; i < N_SAMPLED; i++) {
+        CHECK(dev_run[i].n_tokens == host_run[i].n_tokens &&
+                  !memcmp(dev_run[i].tokens, host_run[i].tokens,
+                          (size_t)host_run[i].n_tokens * 4) &&
+                  dev_run[i].finish == host_run[i].finish,
+              "sampled request %d: top-k candidates from the device gave other tokens than the "
+              "whole row on the host (%d vs %d tokens)",
+              i, dev_run[i].n_tokens, host_run[i].n_tokens);
+        /* against the greedy answer of the same prompt (shorter: compare its length) */
+        const result *g = &alone[i % 8];
+        const int m = g->n_tokens < dev_run[i].n_tokens ? g->n_tokens : dev_run[i].n_tokens;
+        const int same = memcmp(dev_run[i].tokens, g->tokens, (size_t)m * 4) == 0;
+        if (i == 1)
+            CHECK(same, "top_k 1 must sample the greedy tokens");
+        else
+            differ_from_greedy += !same;
+    }
+    CHECK(host_kinds[TSR_OUT_TOPK] == 0, "--host-sampling ran %ld top-k steps",
+          host_kinds[TSR_OUT_TOPK]);
+    CHECK(dev_kinds[TSR_OUT_TOPK] > 0 && dev_kinds[TSR_OUT_LOGITS] > 0 &&
+              dev_kinds[TSR_OUT_LOGITS] < host_kinds[TSR_OUT_LOGITS],
+          "device sampling: %ld top-k steps, %ld whole-row steps (host: %ld)",
+          dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS], host_kinds[TSR_OUT_LOGITS]);
+    CHECK(differ_from_greedy >= N_SAMPLED / 2,
+          "only %d of %d sampled answers leave the greedy path", differ_from_greedy,
+          N_SAMPLED - 1);
+    printf("%d sampled requests: device top-k (%ld top-k steps, %ld whole-row steps) matches "
+           "host sampling token for token\n",
+           N_SAMPLED, dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS]);
+
     tsr_request_queue_free(&q);
     tsr_engine_free(&e);
     tsr_tokenizer_free(tok);

@@ -7,7 +7,9 @@
  * test is deterministic); repetition, frequency and presence penalties move
  * logits by exactly the documented amounts (checked by making the penalised
  * token lose or win the argmax by a hair) over the documented window; banned
- * tokens never come out; parameter validation. Exits 0 on success, 1 with a
+ * tokens never come out; parameter validation; sampling from a row's top-k
+ * candidates (the engine's TSR_OUT_TOPK) picks what sampling from the whole
+ * row picks, draw for draw. Exits 0 on success, 1 with a
  * message at the first failure. */
 #include "runtime/sampler.h"
 
@@ -495,6 +497,90 @@ static void test_validate(void) {
     CHECK_OK(tsr_sampling_params_validate(&p));
 }
 
+/* A row's k best as the engine's TSR_OUT_TOPK brings them: sorted by value,
+ * then the lower id (written here by selection, not with the sampler's
+ * sort), -1 past the row. */
+static void ref_top(const float *x, int n, int k, float *val, int32_t *ids) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            int taken = 0;
+            for (int q = 0; q < j && !taken; q++)
+                taken = ids[q] == i;
+            if (!taken && (best < 0 || x[i] > x[best]))
+                best = i;
+        }
+        val[j] = best < 0 ? -INFINITY : x[best];
+        ids[j] = best;
+    }
+}
+
+/* tsr_sampler_sample_top on a row's best candidates picks what
+ * tsr_sampler_sample picks from the whole row, draw for draw, for top_k
+ * from 1 to past the row, with temperatures, top_p, min_p, ties and -inf
+ * entries; tsr_sampler_candidates_needed says when that holds. */
+static void test_sample_top(tu_rng *r) {
+    enum { V = 300, K = 256 };
+    static float x[V], val[K];
+    static int32_t ids[K];
+    static const int top_ks[] = {1, 2, 7, 40, 256};
+    for (int c = 0; c < 40; c++) {
+        tu_rng_fill(r, x, V, -6, 6);
+        for (int i = 0; i < 12; i++) /* ties and banned-looking entries */
+            x[tu_rng_below(r, V)] = i < 8 ? 2.5f : -INFINITY;
+        tsr_sampling_params p = defaults();
+        p.top_k = top_ks[c % 5];
+        p.temperature = c % 7 == 0 ? 0.0f : 0.3f + 0.1f * (float)(c % 15);
+        p.top_p = c % 3 == 0 ? 0.85f : 1.0f;
+        p.min_p = c % 4 == 1 ? 0.03f : 0.0f;
+        p.seed = 77 + (uint64_t)c;
+        CHECK(tsr_sampler_candidates_needed(&p, K) == (p.temperature == 0 ? 1 : p.top_k),
+              "candidates needed for top_k %d", p.top_k);
+        const int k = p.temperature == 0 ? 3 : p.top_k + c % 3; /* more than needed is fine */
+        ref_top(x, V, k < K ? k : K, val, ids);
+        tsr_sampler whole, top;
+        CHECK_OK(tsr_sampler_init(&whole, &p, V));
+        CHECK_OK(tsr_sampler_init(&top, &p, V));
+        for (int d = 0; d < 200; d++) {
+            int32_t a, b;
+            CHECK_OK(tsr_sampler_sample(&whole, x, NULL, 0, &a));
+            CHECK_OK(tsr_sampler_sample_top(&top, val, ids, k < K ? k : K, &b));
+            CHECK(a == b, "case %d draw %d (top_k %d, T %g, top_p %g, min_p %g): the row gave %d, "
+                          "the candidates %d", c, d, p.top_k, (double)p.temperature,
+                  (double)p.top_p, (double)p.min_p, a, b);
+        }
+        tsr_sampler_free(&whole);
+        tsr_sampler_free(&top);
+    }
+    /* when candidates cannot do: penalties, or no top_k within the limit */
+    tsr_sampling_params p = defaults();
+    p.temperature = 1.0f;
+    p.top_k = 0;
+    CHECK(tsr_sampler_candidates_needed(&p, K) == 0, "no top_k needs the row");
+    p.top_k = K + 1;
+    CHECK(tsr_sampler_candidates_needed(&p, K) == 0, "top_k over the limit needs the row");
+    p.top_k = 40;
+    p.repetition_penalty = 1.1f;
+    CHECK(tsr_sampler_candidates_needed(&p, K) == 0, "a penalty needs the row");
+    p.penalty_last_n = -1; /* penalties off by window */
+    CHECK(tsr_sampler_candidates_needed(&p, K) == 40, "a penalty with no window is off");
+    /* a NaN candidate fails as a NaN row does; an empty list is refused */
+    tsr_sampler s;
+    p = defaults();
+    p.temperature = 1.0f;
+    p.top_k = 2;
+    CHECK_OK(tsr_sampler_init(&s, &p, V));
+    float nv[2] = {NAN, 1.0f};
+    int32_t ni[2] = {5, 6}, none[2] = {-1, -1};
+    int32_t t;
+    CHECK(tsr_sampler_sample_top(&s, nv, ni, 2, &t) == TSR_ERR_RANGE, "NaN candidate accepted");
+    CHECK(tsr_sampler_sample_top(&s, nv, none, 2, &t) == TSR_ERR_RANGE, "no candidates accepted");
+    int32_t big[2] = {V, 6};
+    nv[0] = 2.0f;
+    CHECK(tsr_sampler_sample_top(&s, nv, big, 2, &t) == TSR_ERR_RANGE, "id past the vocabulary");
+    tsr_sampler_free(&s);
+}
+
 int main(void) {
     tu_rng r = {0x73616d706c6572ull};
     test_argmax(&r);
@@ -513,6 +599,8 @@ int main(void) {
     printf("  validation ok\n");
     test_banned(&r);
     printf("  bans ok\n");
+    test_sample_top(&r);
+    printf("  sampling from top-k candidates ok\n");
     printf("test_sampler: all passed\n");
     return 0;
 }
