@@ -9,8 +9,8 @@ duration has passed; requests still in flight then run to completion (their
 latencies count, their tokens after the window do not). Every request is a
 fixed prompt of exactly P token ids (deterministic English-like text, tokenized
 once by the server and cut to P ids; 256 different prompts) with
-max_tokens = G, greedy, ignore_eos = true: every request generates exactly G
-tokens, and the run checks that it did.
+max_tokens = G, greedy (or --temperature/--top-k/--top-p/--seed), ignore_eos =
+true: every request generates exactly G tokens, and the run checks that it did.
 
 Per request it records: TTFT (arrival of the first chunk carrying tokens minus
 the send time), the inter-token latencies (gap between consecutive chunks
@@ -281,9 +281,13 @@ def make_prompts(api, pb, n, p_tokens, metadata, seed):
 # ---------------------------------------------------------------------------
 # one level
 # ---------------------------------------------------------------------------
+SAMPLING = {}  # extra SamplingParams fields (--temperature, --top-k, --top-p)
+
+
 async def one_request(stub, pb, rid, ids, g, metadata, timeout):
     req = pb.GenerateRequest(request_id=rid, tokens=pb.TokenIds(ids=ids),
-                             sampling=pb.SamplingParams(max_tokens=g, ignore_eos=True))
+                             sampling=pb.SamplingParams(max_tokens=g, ignore_eos=True,
+                                                        **SAMPLING))
     rec = {"id": rid, "t_send": time.perf_counter(), "chunks": [], "final": None, "error": None}
     try:
         call = stub.Generate(req, metadata=metadata, timeout=timeout)
@@ -548,6 +552,10 @@ def main():
                    help="instead of --duration: this many requests per client")
     g.add_argument("--prompts", type=int, default=256, help="distinct prompts")
     g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature of every request (0: greedy)")
+    g.add_argument("--top-k", type=int, default=0, help="top_k of every request (0: off)")
+    g.add_argument("--top-p", type=float, default=0.0, help="top_p of every request (0: off)")
     g.add_argument("--channels", type=int, default=1, help="gRPC channels (connections)")
     g.add_argument("--timeout", type=float, default=600, help="per-request deadline, s")
     g.add_argument("--no-warmup", dest="warmup", action="store_false")
@@ -562,6 +570,12 @@ def main():
     g.add_argument("--markdown", help="write the markdown table here")
     g.add_argument("--plot", help="write a PNG plot here (matplotlib)")
     args = ap.parse_args()
+    if args.temperature:
+        SAMPLING.update(temperature=args.temperature, seed=args.seed)
+    if args.top_k:
+        SAMPLING["top_k"] = args.top_k
+    if args.top_p:
+        SAMPLING["top_p"] = args.top_p
     if not args.addr and not (args.tessera and os.access(args.tessera, os.X_OK)):
         ap.error("no tessera binary: pass --tessera or --addr")
 

@@ -220,7 +220,7 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
 }
 
 tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_t *ids, int n,
-                                  int32_t *token) {
+                                  const int32_t *banned, size_t n_banned, int32_t *token) {
     tsr_candidate *cand = s->cand;
     int m = 0;
     for (int i = 0; i < n && ids[i] >= 0; i++) {
@@ -229,7 +229,10 @@ tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_
         if (ids[i] >= s->n_vocab)
             return tsr_error_set(TSR_ERR_RANGE, "sampler: candidate id %d is outside the "
                                                 "vocabulary", ids[i]);
-        if (val[i] > -INFINITY)
+        int ban = 0;
+        for (size_t b = 0; b < n_banned && !ban; b++)
+            ban = banned[b] == ids[i];
+        if (!ban && val[i] > -INFINITY)
             cand[m++] = (tsr_candidate){val[i], ids[i]};
     }
     if (m == 0)

@@ -60,20 +60,20 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
 
 /* As tsr_sampler_sample, from a row's best candidates instead of the row:
  * val, ids (n) best first (larger value, then lower id; NaN entries first,
- * which fail as a NaN row does), ids -1 ending the list early. With
- * penalties off, no banned tokens and top_k <= n this picks exactly the
- * token tsr_sampler_sample picks from the whole row (the same draw from the
- * same random state): top-k keeps only candidates, and the softmax, min_p
- * and top_p that follow see only the top-k set. tsr_sampler_candidates_needed
- * says when that holds. */
+ * which fail as a NaN row does), ids -1 ending the list early; candidates
+ * in banned[0..n_banned) are dropped. With penalties off and
+ * n >= tsr_sampler_candidates_needed + n_banned this picks exactly the token
+ * tsr_sampler_sample picks from the whole row with the same bans (the same
+ * draw from the same random state): top-k keeps only candidates, and the
+ * softmax, min_p and top_p that follow see only the top-k set. */
 tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_t *ids, int n,
-                                  int32_t *token);
+                                  const int32_t *banned, size_t n_banned, int32_t *token);
 
 /* How many best candidates per row sampling with p needs for
  * tsr_sampler_sample_top to be exact: 1 for greedy, top_k for top-k
  * sampling with 1 <= top_k <= max_k, and 0 (the whole row is needed) with
- * penalties on or no top_k in that range. Banned tokens (min_tokens,
- * ignore_eos) are the caller's to rule out. */
+ * penalties on or no top_k in that range. With banned tokens, ask for that
+ * many more candidates. */
 int tsr_sampler_candidates_needed(const tsr_sampling_params *p, int max_k);
 
 /* Index of the largest value; the lowest index wins ties. */

@@ -220,10 +220,13 @@ static void admit(tsr_scheduler_t *s) {
             q->greedy = p->temperature == 0 && p->repetition_penalty == 1.0f &&
                         p->frequency_penalty == 0 && p->presence_penalty == 0 &&
                         r->min_tokens == 0 && !r->ignore_eos && !r->logprobs;
-            q->cand_k = r->min_tokens == 0 && !r->ignore_eos && !r->logprobs &&
-                                !s->cfg.host_sampling
-                            ? tsr_sampler_candidates_needed(p, TSR_TOPK_MAX)
-                            : 0;
+            /* candidates: the sampler's need, plus the end-of-generation
+             * tokens it may have to skip (min_tokens, ignore_eos) */
+            const int bans = r->min_tokens > 0 || r->ignore_eos ? s->n_eog : 0;
+            const int want = r->logprobs || s->cfg.host_sampling
+                                 ? 0
+                                 : tsr_sampler_candidates_needed(p, TSR_TOPK_MAX - bans);
+            q->cand_k = want > 0 && want + bans <= TSR_TOPK_MAX ? want + bans : 0;
             tsr_detok_stream_init(&q->ds, s->tok, TSR_DETOK_SKIP_SPECIAL);
             tsr_stop_text_init(&q->stops, (const char *const *)r->stop, (size_t)r->n_stop);
         }
@@ -659,9 +662,13 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
                 while (j + 1 < top_k && isnan(cv[j]))
                     j++;
                 tok = ci[j] >= 0 ? ci[j] : 0;
-            } else if (tsr_sampler_sample_top(&q->smp, cv, ci, top_k, &tok) != TSR_OK) {
-                finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
-                continue;
+            } else {
+                int suppress = q->n_completion < q->req->min_tokens || q->req->ignore_eos;
+                if (tsr_sampler_sample_top(&q->smp, cv, ci, top_k, suppress ? s->eog : NULL,
+                                           suppress ? (size_t)s->n_eog : 0, &tok) != TSR_OK) {
+                    finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
+                    continue;
+                }
             }
         } else if (!want_logits) {
             tok = s->argmax[o];

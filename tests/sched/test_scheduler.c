@@ -10,8 +10,8 @@
  * mid-stream ends with CANCELLED; a stop string ends the text before it;
  * when everything is done, no KV block is in use and no sequence active;
  * 12 sampled requests batched together (top-k 1 to 256, temperatures,
- * top-p, min-p, seeds; one with a penalty and one without top-k, which take
- * whole rows) give the same tokens whether each step brings the rows'
+ * top-p, min-p, seeds, min_tokens and ignore_eos, greedy with ignore_eos;
+ * one with a penalty and one without top-k, which take whole rows) give the same tokens whether each step brings the rows'
  * top-k candidates from the device or the whole rows (host_sampling), and
  * the device run did use top-k steps. */
 #include <stdio.h>
@@ -84,8 +84,8 @@ static int drain(tsr_gen_request *r, result *res) {
 #define N_SAMPLED 12
 
 /* N_SAMPLED sampled requests (top-k 1 to 256 with temperatures, top-p and
- * min-p; one with a repetition penalty and one without top-k, which need
- * whole rows) pushed together into a fresh scheduler with host_sampling as
+ * min-p, min_tokens and ignore_eos; greedy with ignore_eos; one with a
+ * repetition penalty and one without top-k, which need whole rows) pushed together into a fresh scheduler with host_sampling as
  * given; their tokens in res, the steps by output kind in kinds. */
 static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_queue *q,
                         tsr_server_stats *stats, char (*prompts)[512], int host_sampling,
@@ -93,11 +93,14 @@ static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_q
     static const struct {
         int top_k;
         float temperature, top_p, min_p, repeat;
+        int min_tokens, ignore_eos; /* end-of-generation banned: more candidates */
     } sp[N_SAMPLED] = {
-        {40, 0.8f, 1.0f, 0.0f, 1.0f},  {1, 1.0f, 1.0f, 0.0f, 1.0f},   {256, 1.3f, 1.0f, 0.0f, 1.0f},
-        {50, 1.0f, 0.9f, 0.0f, 1.0f},  {20, 0.7f, 1.0f, 0.05f, 1.0f}, {200, 2.0f, 0.95f, 0.0f, 1.0f},
-        {5, 1.5f, 1.0f, 0.0f, 1.0f},   {64, 0.9f, 0.8f, 0.02f, 1.0f}, {40, 1.0f, 1.0f, 0.0f, 1.3f},
-        {0, 0.9f, 0.9f, 0.0f, 1.0f},   {100, 1.1f, 1.0f, 0.0f, 1.0f}, {3, 0.6f, 1.0f, 0.0f, 1.0f},
+        {40, 0.8f, 1.0f, 0.0f, 1.0f, 0, 0},   {1, 1.0f, 1.0f, 0.0f, 1.0f, 0, 0},
+        {256, 1.3f, 1.0f, 0.0f, 1.0f, 0, 0},  {50, 1.0f, 0.9f, 0.0f, 1.0f, 0, 0},
+        {20, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},  {200, 2.0f, 0.95f, 0.0f, 1.0f, 0, 0},
+        {5, 1.5f, 1.0f, 0.0f, 1.0f, 0, 1},    {64, 0.9f, 0.8f, 0.02f, 1.0f, 0, 0},
+        {40, 1.0f, 1.0f, 0.0f, 1.3f, 0, 0},   {0, 0.9f, 0.9f, 0.0f, 1.0f, 0, 0},
+        {100, 1.1f, 1.0f, 0.0f, 1.0f, 20, 0}, {0, 0.0f, 1.0f, 0.0f, 1.0f, 0, 1},
     };
     tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling};
     tsr_scheduler_t *s;
@@ -112,6 +115,8 @@ static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_q
         reqs[i]->sampling.min_p = sp[i].min_p;
         reqs[i]->sampling.repetition_penalty = sp[i].repeat;
         reqs[i]->sampling.seed = 1000 + (uint64_t)i;
+        reqs[i]->min_tokens = sp[i].min_tokens;
+        reqs[i]->ignore_eos = sp[i].ignore_eos;
         CHECK(tsr_request_queue_push(q, reqs[i]) == TSR_OK, "push");
     }
     for (int done = 0; done < N_SAMPLED;) {
@@ -261,8 +266,9 @@ int main(int argc, char **argv) {
         const result *g = &alone[i % 8];
         const int m = g->n_tokens < dev_run[i].n_tokens ? g->n_tokens : dev_run[i].n_tokens;
         const int same = memcmp(dev_run[i].tokens, g->tokens, (size_t)m * 4) == 0;
-        if (i == 1)
-            CHECK(same, "top_k 1 must sample the greedy tokens");
+        if (i == 1 || i == 11)
+            CHECK(same, "request %d (top_k 1, or greedy with ignore_eos) must give the greedy "
+                        "tokens", i);
         else
             differ_from_greedy += !same;
     }
@@ -274,7 +280,7 @@ int main(int argc, char **argv) {
           dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS], host_kinds[TSR_OUT_LOGITS]);
     CHECK(differ_from_greedy >= N_SAMPLED / 2,
           "only %d of %d sampled answers leave the greedy path", differ_from_greedy,
-          N_SAMPLED - 1);
+          N_SAMPLED - 2);
     printf("%d sampled requests: device top-k (%ld top-k steps, %ld whole-row steps) matches "
            "host sampling token for token\n",
            N_SAMPLED, dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS]);

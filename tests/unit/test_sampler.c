@@ -541,10 +541,20 @@ static void test_sample_top(tu_rng *r) {
         tsr_sampler whole, top;
         CHECK_OK(tsr_sampler_init(&whole, &p, V));
         CHECK_OK(tsr_sampler_init(&top, &p, V));
+        /* some cases ban tokens (min_tokens, ignore_eos): the two best and
+         * one elsewhere, with as many more candidates */
+        int32_t ban[3] = {ids[0], ids[1], (int32_t)tu_rng_below(r, V)};
+        const size_t n_ban = c % 3 == 2 ? 3 : 0;
+        if (n_ban) {
+            const int k2 = k + 3 < K ? k + 3 : K;
+            ref_top(x, V, k2, val, ids);
+            ban[0] = ids[0], ban[1] = ids[1];
+        }
+        const int kk = n_ban ? (k + 3 < K ? k + 3 : K) : (k < K ? k : K);
         for (int d = 0; d < 200; d++) {
             int32_t a, b;
-            CHECK_OK(tsr_sampler_sample(&whole, x, NULL, 0, &a));
-            CHECK_OK(tsr_sampler_sample_top(&top, val, ids, k < K ? k : K, &b));
+            CHECK_OK(tsr_sampler_sample(&whole, x, n_ban ? ban : NULL, n_ban, &a));
+            CHECK_OK(tsr_sampler_sample_top(&top, val, ids, kk, n_ban ? ban : NULL, n_ban, &b));
             CHECK(a == b, "case %d draw %d (top_k %d, T %g, top_p %g, min_p %g): the row gave %d, "
                           "the candidates %d", c, d, p.top_k, (double)p.temperature,
                   (double)p.top_p, (double)p.min_p, a, b);
@@ -573,11 +583,11 @@ static void test_sample_top(tu_rng *r) {
     float nv[2] = {NAN, 1.0f};
     int32_t ni[2] = {5, 6}, none[2] = {-1, -1};
     int32_t t;
-    CHECK(tsr_sampler_sample_top(&s, nv, ni, 2, &t) == TSR_ERR_RANGE, "NaN candidate accepted");
-    CHECK(tsr_sampler_sample_top(&s, nv, none, 2, &t) == TSR_ERR_RANGE, "no candidates accepted");
+    CHECK(tsr_sampler_sample_top(&s, nv, ni, 2, NULL, 0, &t) == TSR_ERR_RANGE, "NaN candidate accepted");
+    CHECK(tsr_sampler_sample_top(&s, nv, none, 2, NULL, 0, &t) == TSR_ERR_RANGE, "no candidates accepted");
     int32_t big[2] = {V, 6};
     nv[0] = 2.0f;
-    CHECK(tsr_sampler_sample_top(&s, nv, big, 2, &t) == TSR_ERR_RANGE, "id past the vocabulary");
+    CHECK(tsr_sampler_sample_top(&s, nv, big, 2, NULL, 0, &t) == TSR_ERR_RANGE, "id past the vocabulary");
     tsr_sampler_free(&s);
 }
 
