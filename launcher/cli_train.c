@@ -1,8 +1,9 @@
 /* launcher/cli_train.c - data file, shuffle, output directory and loss.csv
- * of `tessera-cli train` (see cli_train.h). The record checks and their
- * messages follow runtime/train_data.c, the shuffle and the directory check
- * runtime/tessera_main.c, and the atomic save runtime/peft.c, so the client
- * and `tessera train` agree on what a data file and an --out may be. */
+ * of `tessera-cli train` (see cli_train.h). The data file is read by
+ * runtime/train_record.c, as `tessera train` reads it; the shuffle and the
+ * directory check follow runtime/tessera_main.c, and the atomic save
+ * runtime/peft.c, so the client and `tessera train` agree on what a data
+ * file and an --out may be. */
 #include "launcher/cli_train.h"
 
 #include <dirent.h>
@@ -16,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <jansson.h>
+#include "runtime/train_record.h"
 
 static int failf(char *why, size_t why_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -29,19 +30,6 @@ static int failf(char *why, size_t why_size, const char *fmt, ...) {
 }
 
 /* ---- the data file ---------------------------------------------------------- */
-
-static const char *jtype(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
-    }
-}
 
 static void example_free(tsr_cli_train_example *e) {
     if (e->msg.input_case == TESSERA__V1__TRAIN_EXAMPLE__INPUT_PROMPT_COMPLETION) {
@@ -57,150 +45,76 @@ static void example_free(tsr_cli_train_example *e) {
     memset(e, 0, sizeof *e);
 }
 
-/* Builds *e from one record; `where` is "path:line". */
-static int parse_record(tsr_cli_train_example *e, const json_t *root, const char *where,
-                        char *why, size_t why_size) {
+/* Builds *e from one record (copies of its strings). */
+static tsr_status build_example(tsr_cli_train_example *e, const tsr_train_record *r) {
     memset(e, 0, sizeof *e);
     tessera__v1__train_example__init(&e->msg);
     tessera__v1__prompt_completion__init(&e->pc);
     tessera__v1__chat_input__init(&e->chat);
-    if (!json_is_object(root))
-        return failf(why, why_size, "%s: expected a JSON object, got %s", where, jtype(root));
-    const json_t *msgs = json_object_get(root, "messages");
-    const json_t *prompt = json_object_get(root, "prompt");
-    const json_t *comp = json_object_get(root, "completion");
-    if (msgs && (prompt || comp))
-        return failf(why, why_size,
-                     "%s: a record has either \"messages\" or \"prompt\"/\"completion\", not both",
-                     where);
-    if (!msgs) {
-        if (!prompt || !comp)
-            return failf(why, why_size,
-                         "%s: expected {\"prompt\": ..., \"completion\": ...} or "
-                         "{\"messages\": [...]}; missing \"%s\"",
-                         where, !prompt && !comp ? "messages" : !prompt ? "prompt" : "completion");
-        if (!json_is_string(prompt) || !json_is_string(comp))
-            return failf(why, why_size, "%s: \"%s\" must be a string, got %s", where,
-                         json_is_string(prompt) ? "completion" : "prompt",
-                         jtype(json_is_string(prompt) ? comp : prompt));
+    if (!r->chat) {
         e->msg.input_case = TESSERA__V1__TRAIN_EXAMPLE__INPUT_PROMPT_COMPLETION;
-        e->msg.prompt_completion = &e->pc;
-        e->pc.prompt = strdup(json_string_value(prompt));
-        e->pc.completion = strdup(json_string_value(comp));
-        if (!e->pc.prompt || !e->pc.completion)
-            return failf(why, why_size, "out of memory");
-        return 0;
+        e->pc.prompt = strdup(r->prompt);
+        e->pc.completion = strdup(r->completion);
+        return e->pc.prompt && e->pc.completion ? TSR_OK
+                                                : tsr_error_set(TSR_ERR_NOMEM, "out of memory");
     }
-    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
-        return failf(why, why_size, "%s: \"messages\" must be a non-empty array, got %s", where,
-                     json_is_array(msgs) ? "an empty array" : jtype(msgs));
-    size_t n = json_array_size(msgs);
+    const size_t n = r->n_msgs;
     e->msg.input_case = TESSERA__V1__TRAIN_EXAMPLE__INPUT_CHAT;
-    e->msg.chat = &e->chat;
     e->msgs = calloc(n, sizeof *e->msgs);
     e->msg_ptrs = calloc(n, sizeof *e->msg_ptrs);
     if (!e->msgs || !e->msg_ptrs)
-        return failf(why, why_size, "out of memory");
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
     e->chat.messages = e->msg_ptrs;
-    int n_assistant = 0;
     for (size_t i = 0; i < n; i++) {
-        const json_t *m = json_array_get(msgs, i);
-        const json_t *role = json_is_object(m) ? json_object_get(m, "role") : NULL;
-        const json_t *content = json_is_object(m) ? json_object_get(m, "content") : NULL;
-        if (!json_is_object(m))
-            return failf(why, why_size, "%s: message %zu must be an object, got %s", where, i + 1,
-                         jtype(m));
-        if (!json_is_string(role) || !json_is_string(content))
-            return failf(why, why_size, "%s: message %zu needs string \"role\" and \"content\"",
-                         where, i + 1);
-        const char *r = json_string_value(role);
-        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
-            return failf(why, why_size,
-                         "%s: message %zu has role \"%.32s\" (want system, user or assistant)",
-                         where, i + 1, r);
-        n_assistant += !strcmp(r, "assistant");
         tessera__v1__chat_message__init(&e->msgs[i]);
         e->msg_ptrs[i] = &e->msgs[i];
         e->chat.n_messages = i + 1; /* what example_free frees */
-        e->msgs[i].role = strdup(r);
-        e->msgs[i].content = strdup(json_string_value(content));
+        e->msgs[i].role = strdup(r->msgs[i].role);
+        e->msgs[i].content = strdup(r->msgs[i].content);
         if (!e->msgs[i].role || !e->msgs[i].content)
-            return failf(why, why_size, "out of memory");
+            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
     }
-    if (!n_assistant)
-        return failf(why, why_size,
-                     "%s: the conversation has no assistant message (nothing to learn)", where);
-    return 0;
+    return TSR_OK;
+}
+
+/* One record of the file, appended to the tsr_cli_train_data at ctx. */
+static tsr_status load_record(void *ctx, const tsr_train_record *r, const char *where, int line) {
+    tsr_cli_train_data *d = ctx;
+    if (d->n >= (size_t)INT_MAX / 2)
+        return tsr_error_set(TSR_ERR_RANGE, "%s: too many examples", where);
+    if ((d->n & (d->n - 1)) == 0) { /* 0, 1, 2, 4, ...: grow to the next power of two */
+        tsr_cli_train_example *g = realloc(d->ex, (d->n ? 2 * d->n : 1) * sizeof *g);
+        if (!g)
+            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        d->ex = g;
+    }
+    tsr_cli_train_example *e = &d->ex[d->n];
+    tsr_status st = build_example(e, r);
+    if (st != TSR_OK) {
+        example_free(e);
+        return st;
+    }
+    e->line = line;
+    d->n++;
+    return TSR_OK;
 }
 
 int tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d, char *why, size_t why_size) {
     memset(d, 0, sizeof *d);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return failf(why, why_size, "cannot open the data file '%s': %s", path, strerror(errno));
-    char *line = NULL;
-    size_t line_cap = 0, cap = 0;
-    ssize_t len;
-    int lineno = 0, rc = 0;
-    char where[4200];
-    while ((len = getline(&line, &line_cap, f)) >= 0) {
-        lineno++;
-        size_t i = 0;
-        while (i < (size_t)len && strchr(" \t\r\n", line[i]))
-            i++;
-        if (i == (size_t)len)
-            continue; /* blank */
-        snprintf(where, sizeof where, "%s:%d", path, lineno);
-        json_error_t je;
-        json_t *root = json_loadb(line, (size_t)len, 0, &je);
-        if (!root) {
-            rc = failf(why, why_size, "%s: not valid JSON: %s (column %d)", where, je.text,
-                       je.column);
-            break;
-        }
-        if (d->n == cap) {
-            size_t ncap = cap ? cap * 2 : 64;
-            tsr_cli_train_example *g = realloc(d->ex, ncap * sizeof *g);
-            if (!g) {
-                json_decref(root);
-                rc = failf(why, why_size, "out of memory");
-                break;
-            }
-            d->ex = g;
-            cap = ncap;
-        }
-        tsr_cli_train_example *e = &d->ex[d->n];
-        rc = parse_record(e, root, where, why, why_size);
-        json_decref(root);
-        if (rc != 0) {
-            example_free(e);
-            break;
-        }
-        e->line = lineno;
-        d->n++;
-        if (d->n > INT_MAX / 2) {
-            rc = failf(why, why_size, "%s: too many examples", where);
-            break;
-        }
-    }
-    if (rc == 0 && ferror(f))
-        rc = failf(why, why_size, "cannot read the data file '%s': %s", path, strerror(errno));
-    fclose(f);
-    free(line);
-    if (rc == 0 && d->n == 0)
-        rc = failf(why, why_size, "the data file '%s' holds no example (one JSON object per line)",
-                   path);
-    if (rc != 0)
+    if (tsr_train_jsonl_read(path, load_record, d) != TSR_OK) {
+        failf(why, why_size, "%s", tsr_error_msg());
         tsr_cli_train_data_free(d);
-    else /* the examples do not move from here on: point their messages home */
-        for (size_t k = 0; k < d->n; k++) {
-            tsr_cli_train_example *e = &d->ex[k];
-            if (e->msg.input_case == TESSERA__V1__TRAIN_EXAMPLE__INPUT_PROMPT_COMPLETION)
-                e->msg.prompt_completion = &e->pc;
-            else
-                e->msg.chat = &e->chat;
-        }
-    return rc;
+        return -1;
+    }
+    /* the examples do not move from here on: point their messages home */
+    for (size_t k = 0; k < d->n; k++) {
+        tsr_cli_train_example *e = &d->ex[k];
+        if (e->msg.input_case == TESSERA__V1__TRAIN_EXAMPLE__INPUT_PROMPT_COMPLETION)
+            e->msg.prompt_completion = &e->pc;
+        else
+            e->msg.chat = &e->chat;
+    }
+    return 0;
 }
 
 void tsr_cli_train_data_free(tsr_cli_train_data *d) {

@@ -1,13 +1,11 @@
 /* runtime/train_data.c - JSONL training examples (runtime/train_data.h). */
 #include "runtime/train_data.h"
 
-#include <errno.h>
-#include <jansson.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/tokenizer/chat.h"
+#include "runtime/train_record.h"
 
 /* A growing example list. */
 typedef struct {
@@ -151,89 +149,6 @@ tsr_status tsr_train_example_chat(const tsr_tokenizer_t *tok, const char *where,
     return take(&s, build_chat(&s, tok, where, msgs, n_msgs), tokens, target, n);
 }
 
-static const char *jtype(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
-    }
-}
-
-/* One record into s (appended). */
-static tsr_status parse_record(seq_buf *s, const tsr_tokenizer_t *tok, const char *where,
-                               const json_t *root) {
-    if (!json_is_object(root))
-        return tsr_error_set(TSR_ERR_FORMAT, "%s: expected a JSON object, got %s", where,
-                             jtype(root));
-    const json_t *msgs = json_object_get(root, "messages");
-    const json_t *prompt = json_object_get(root, "prompt");
-    const json_t *comp = json_object_get(root, "completion");
-    if (msgs && (prompt || comp))
-        return tsr_error_set(TSR_ERR_FORMAT,
-                             "%s: a record has either \"messages\" or \"prompt\"/\"completion\", "
-                             "not both",
-                             where);
-    if (!msgs) {
-        if (!prompt || !comp)
-            return tsr_error_set(TSR_ERR_FORMAT,
-                                 "%s: expected {\"prompt\": ..., \"completion\": ...} or "
-                                 "{\"messages\": [...]}; missing \"%s\"",
-                                 where, !msgs && !prompt && !comp ? "messages"
-                                        : !prompt                 ? "prompt"
-                                                                  : "completion");
-        if (!json_is_string(prompt) || !json_is_string(comp))
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: \"%s\" must be a string, got %s", where,
-                                 json_is_string(prompt) ? "completion" : "prompt",
-                                 jtype(json_is_string(prompt) ? comp : prompt));
-        return build_pc(s, tok, where, json_string_value(prompt), json_string_value(comp));
-    }
-    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
-        return tsr_error_set(TSR_ERR_FORMAT, "%s: \"messages\" must be a non-empty array, got %s",
-                             where, json_is_array(msgs) ? "an empty array" : jtype(msgs));
-    size_t n = json_array_size(msgs);
-    tsr_chat_msg *cm = calloc(n, sizeof *cm);
-    if (!cm)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-    tsr_status st = TSR_OK;
-    int n_assistant = 0;
-    for (size_t i = 0; i < n && st == TSR_OK; i++) {
-        const json_t *m = json_array_get(msgs, i);
-        const json_t *role = json_is_object(m) ? json_object_get(m, "role") : NULL;
-        const json_t *content = json_is_object(m) ? json_object_get(m, "content") : NULL;
-        if (!json_is_object(m))
-            st = tsr_error_set(TSR_ERR_FORMAT, "%s: message %zu must be an object, got %s", where,
-                               i + 1, jtype(m));
-        else if (!json_is_string(role) || !json_is_string(content))
-            st = tsr_error_set(TSR_ERR_FORMAT,
-                               "%s: message %zu needs string \"role\" and \"content\"", where,
-                               i + 1);
-        else if (strcmp(json_string_value(role), "system") &&
-                 strcmp(json_string_value(role), "user") &&
-                 strcmp(json_string_value(role), "assistant"))
-            st = tsr_error_set(TSR_ERR_FORMAT,
-                               "%s: message %zu has role \"%s\" (want system, user or assistant)",
-                               where, i + 1, json_string_value(role));
-        else {
-            cm[i].role = json_string_value(role);
-            cm[i].content = json_string_value(content);
-            n_assistant += !strcmp(cm[i].role, "assistant");
-        }
-    }
-    if (st == TSR_OK && !n_assistant)
-        st = tsr_error_set(TSR_ERR_FORMAT,
-                           "%s: the conversation has no assistant message (nothing to learn)",
-                           where);
-    if (st == TSR_OK)
-        st = build_chat(s, tok, where, cm, n);
-    free(cm);
-    return st;
-}
-
 tsr_status tsr_train_data_alloc(tsr_train_data *out, int n_examples, size_t n_tokens) {
     memset(out, 0, sizeof *out);
     out->start = calloc((size_t)n_examples + 1, sizeof *out->start);
@@ -258,83 +173,67 @@ void tsr_train_data_free(tsr_train_data *d) {
     memset(d, 0, sizeof *d);
 }
 
+/* tsr_train_data_load's state while the file is read. */
+typedef struct {
+    const tsr_tokenizer_t *tok;
+    int max_tokens;
+    seq_buf all;
+    int32_t *start, *lines; /* per example: first token in all, line of the file */
+    size_t n_ex, cap_ex;
+} load_ctx;
+
+/* One record: tokenized and appended. */
+static tsr_status load_record(void *ctxp, const tsr_train_record *r, const char *where,
+                              int line) {
+    load_ctx *c = ctxp;
+    const size_t before = c->all.n;
+    if (!r->chat) {
+        TSR_TRY(build_pc(&c->all, c->tok, where, r->prompt, r->completion));
+    } else {
+        tsr_chat_msg *cm = calloc(r->n_msgs, sizeof *cm);
+        if (!cm)
+            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; i < r->n_msgs; i++)
+            cm[i] = (tsr_chat_msg){r->msgs[i].role, r->msgs[i].content};
+        tsr_status st = build_chat(&c->all, c->tok, where, cm, r->n_msgs);
+        free(cm);
+        TSR_TRY(st);
+    }
+    const size_t n_tok = c->all.n - before;
+    if (c->max_tokens > 0 && n_tok > (size_t)c->max_tokens)
+        return tsr_error_set(TSR_ERR_RANGE,
+                             "%s: the example has %zu tokens, more than --ctx %d (raise --ctx "
+                             "or shorten the example; examples are not truncated)",
+                             where, n_tok, c->max_tokens);
+    if (n_tok < 2)
+        return tsr_error_set(TSR_ERR_FORMAT, "%s: the example has fewer than 2 tokens", where);
+    if (c->all.n > (size_t)INT32_MAX / 2)
+        return tsr_error_set(TSR_ERR_RANGE, "%s: the data file has too many tokens", where);
+    if (c->n_ex + 2 > c->cap_ex) {
+        const size_t cap = c->cap_ex ? c->cap_ex * 2 : 64;
+        int32_t *a = realloc(c->start, cap * sizeof *a);
+        if (a)
+            c->start = a;
+        int32_t *b = a ? realloc(c->lines, cap * sizeof *b) : NULL;
+        if (!a || !b)
+            return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        c->lines = b;
+        c->cap_ex = cap;
+    }
+    c->start[c->n_ex] = (int32_t)before;
+    c->lines[c->n_ex] = line;
+    c->n_ex++;
+    return TSR_OK;
+}
+
 tsr_status tsr_train_data_load(const char *path, const tsr_tokenizer_t *tok, int max_tokens,
                                tsr_train_data *out) {
     memset(out, 0, sizeof *out);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tsr_error_set(TSR_ERR_IO, "cannot open the data file '%s': %s", path,
-                             strerror(errno));
-    seq_buf all = {0};
-    int32_t *start = NULL, *lines = NULL;
-    size_t n_ex = 0, cap_ex = 0;
-    char *line = NULL;
-    size_t line_cap = 0;
-    ssize_t len;
-    int lineno = 0;
-    tsr_status st = TSR_OK;
-    char where[4200];
-    while (st == TSR_OK && (len = getline(&line, &line_cap, f)) >= 0) {
-        lineno++;
-        size_t i = 0;
-        while (i < (size_t)len && strchr(" \t\r\n", line[i]))
-            i++;
-        if (i == (size_t)len)
-            continue; /* blank */
-        snprintf(where, sizeof where, "%s:%d", path, lineno);
-        json_error_t je;
-        json_t *root = json_loadb(line, (size_t)len, 0, &je);
-        if (!root) {
-            st = tsr_error_set(TSR_ERR_FORMAT, "%s: not valid JSON: %s (column %d)", where,
-                               je.text, je.column);
-            break;
-        }
-        size_t before = all.n;
-        st = parse_record(&all, tok, where, root);
-        json_decref(root);
-        if (st != TSR_OK)
-            break;
-        size_t n_tok = all.n - before;
-        if (max_tokens > 0 && n_tok > (size_t)max_tokens) {
-            st = tsr_error_set(TSR_ERR_RANGE,
-                               "%s: the example has %zu tokens, more than --ctx %d (raise --ctx "
-                               "or shorten the example; examples are not truncated)",
-                               where, n_tok, max_tokens);
-            break;
-        }
-        if (n_tok < 2) {
-            st = tsr_error_set(TSR_ERR_FORMAT, "%s: the example has fewer than 2 tokens", where);
-            break;
-        }
-        if (all.n > (size_t)INT32_MAX / 2) {
-            st = tsr_error_set(TSR_ERR_RANGE, "%s: the data file has too many tokens", where);
-            break;
-        }
-        if (n_ex + 2 > cap_ex) {
-            cap_ex = cap_ex ? cap_ex * 2 : 64;
-            int32_t *a = realloc(start, cap_ex * sizeof *a);
-            if (a)
-                start = a;
-            int32_t *b = a ? realloc(lines, cap_ex * sizeof *b) : NULL;
-            if (!a || !b) {
-                st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-                break;
-            }
-            lines = b;
-        }
-        start[n_ex] = (int32_t)before;
-        lines[n_ex] = lineno;
-        n_ex++;
-    }
-    if (st == TSR_OK && ferror(f))
-        st = tsr_error_set(TSR_ERR_IO, "cannot read the data file '%s': %s", path,
-                           strerror(errno));
-    fclose(f);
-    free(line);
-    if (st == TSR_OK && n_ex == 0)
-        st = tsr_error_set(TSR_ERR_INVALID,
-                           "the data file '%s' holds no example (one JSON object per line)",
-                           path);
+    load_ctx c = {.tok = tok, .max_tokens = max_tokens};
+    tsr_status st = tsr_train_jsonl_read(path, load_record, &c);
+    seq_buf all = c.all;
+    int32_t *start = c.start, *lines = c.lines;
+    const size_t n_ex = c.n_ex;
     if (st == TSR_OK)
         st = tsr_train_data_alloc(out, (int)n_ex, all.n);
     if (st == TSR_OK) {
