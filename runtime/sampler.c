@@ -135,6 +135,121 @@ static int cmp_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Restores the heap below `at` of h[0..n), a heap whose root is its worst
+ * member in cmp_desc's order (each parent no better than its children). */
+static void sift_worst(tsr_candidate *h, int n, int at) {
+    for (;;) {
+        int w = at;
+        const int l = 2 * at + 1, r = l + 1;
+        if (l < n && cmp_desc(&h[l], &h[w]) > 0)
+            w = l;
+        if (r < n && cmp_desc(&h[r], &h[w]) > 0)
+            w = r;
+        if (w == at)
+            return;
+        const tsr_candidate t = h[at];
+        h[at] = h[w];
+        h[w] = t;
+        at = w;
+    }
+}
+
+/* Moves the best k of c[0..m) (cmp_desc's order) to c[0..k), sorted; the
+ * others stay in c[k..m) in some order. A heap of the k best so far, worst
+ * on top: O(m log k). 1 <= k <= m. */
+static void select_best(tsr_candidate *c, int m, int k) {
+    if (k < m) {
+        /* c[0..k) as a heap whose root is its worst member */
+        for (int start = k / 2 - 1; start >= 0; start--)
+            sift_worst(c, k, start);
+        for (int i = k; i < m; i++)
+            if (cmp_desc(&c[i], &c[0]) < 0) { /* better than the worst kept */
+                const tsr_candidate t = c[0];
+                c[0] = c[i];
+                c[i] = t;
+                sift_worst(c, k, 0);
+            }
+    }
+    qsort(c, (size_t)k, sizeof *c, cmp_desc);
+}
+
+/* The draw with top_k off: the probabilities are over every candidate, so
+ * the order matters only up to the min_p and top_p cuts and the pick. The
+ * best 64 are sorted first, then 256, 1024, ..., until the cuts and the pick
+ * fall inside the sorted prefix (usually the first round), rather than
+ * sorting the vocabulary: the same token as sorting it all, up to the
+ * rounding of the double sums. */
+static tsr_status draw_all(tsr_sampler *s, tsr_candidate *cand, int m, int32_t *token) {
+    const tsr_sampling_params *p = &s->p;
+    const double T = p->temperature;
+    double mx = cand[0].logit, z = 0;
+    for (int i = 1; i < m; i++)
+        if (cand[i].logit > mx)
+            mx = cand[i].logit;
+    for (int i = 0; i < m; i++)
+        z += exp(((double)cand[i].logit - mx) / T);
+    const double u = next_unit(s->rng); /* one number a draw, as in draw() */
+    double *prob = NULL;
+    for (int k = m < 64 ? m : 64;; k = k > m / 4 ? m : 4 * k) {
+        select_best(cand, m, k);
+        double *np = realloc(prob, (size_t)k * sizeof *prob);
+        if (!np) {
+            free(prob);
+            return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
+        }
+        prob = np;
+        for (int i = 0; i < k; i++)
+            prob[i] = exp(((double)cand[i].logit - mx) / T) / z;
+        const int all = k == m;
+        /* min_p: the first candidate below min_p times the best ends the list */
+        int m1 = -1; /* -1: past the sorted prefix, not known yet */
+        if (p->min_p > 0) {
+            int j = 1;
+            while (j < k && prob[j] >= p->min_p * prob[0])
+                j++;
+            if (j < k || all)
+                m1 = j;
+        } else if (all) {
+            m1 = m;
+        }
+        /* top_p: the smallest prefix (of those) with mass >= top_p */
+        int m2 = m1;
+        if (p->top_p < 1) {
+            const int lim = m1 >= 0 ? m1 : k;
+            double c = 0;
+            for (int j = 0; j < lim; j++) {
+                c += prob[j];
+                if (c >= p->top_p) {
+                    m2 = j + 1;
+                    break;
+                }
+            }
+        }
+        double total = 1.0; /* no cut at all: every candidate, whose mass is 1 */
+        if (m2 >= 0) {
+            total = 0;
+            for (int i = 0; i < m2; i++)
+                total += prob[i];
+        } else if (p->min_p > 0 || p->top_p < 1) {
+            continue; /* a cut lies past the prefix: sort more */
+        }
+        const int lim = m2 >= 0 ? m2 : k;
+        const double r = u * total;
+        double acc = 0;
+        int pick = -1;
+        for (int i = 0; i < lim && pick < 0; i++) {
+            acc += prob[i];
+            if (r < acc)
+                pick = i;
+        }
+        if (pick < 0 && m2 < 0 && !all)
+            continue; /* the pick lies past the prefix */
+        *token = cand[pick >= 0 ? pick : lim - 1].id;
+        free(prob);
+        return TSR_OK;
+    }
+}
+
 /* The draw from candidates sorted best first (cmp_desc), m >= 1: top_k,
  * the softmax at the temperature, min_p, top_p, then one uniform number. */
 static tsr_status draw(tsr_sampler *s, const tsr_candidate *cand, int m, int32_t *token) {
@@ -207,7 +322,6 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
         *token = best;
         return TSR_OK;
     }
-    /* candidates: top_k by sorting (partial selection would do; n is ~1e5) */
     tsr_candidate *cand = s->cand;
     int m = 0;
     for (int i = 0; i < n; i++)
@@ -215,8 +329,15 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
             cand[m++] = (tsr_candidate){l[i], i};
     if (m == 0)
         return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
-    qsort(cand, (size_t)m, sizeof *cand, cmp_desc);
-    return draw(s, cand, m, token);
+    if (p->top_k > 0 && p->top_k < m) { /* only the top-k set matters, and only it is sorted */
+        select_best(cand, m, p->top_k);
+        return draw(s, cand, p->top_k, token);
+    }
+    if (p->top_k > 0) {
+        qsort(cand, (size_t)m, sizeof *cand, cmp_desc);
+        return draw(s, cand, m, token);
+    }
+    return draw_all(s, cand, m, token);
 }
 
 tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_t *ids, int n,

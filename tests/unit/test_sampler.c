@@ -591,6 +591,60 @@ static void test_sample_top(tu_rng *r) {
     tsr_sampler_free(&s);
 }
 
+typedef struct {
+    float v;
+    int32_t i;
+} best_pair;
+
+/* larger value first, then the lower id */
+static int cmp_best(const void *a, const void *b) {
+    const best_pair *x = a, *y = b;
+    if (x->v != y->v)
+        return x->v > y->v ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* With top_k off the sampler sorts only the prefix it needs (64, 256, ...
+ * candidates): the same tokens as drawing from the fully sorted row, which
+ * tsr_sampler_sample_top does when given every token, draw for draw. Flat
+ * rows at high temperatures push the cuts and the picks past the first
+ * rounds; peaked rows stop in the first. */
+static void test_partial_sort(tu_rng *r) {
+    enum { V = 20000 };
+    static float x[V], val[V];
+    static int32_t ids[V];
+    static best_pair pairs[V];
+    for (int c = 0; c < 12; c++) {
+        const float spread = c % 3 == 0 ? 1.0f : c % 3 == 1 ? 8.0f : 30.0f;
+        tu_rng_fill(r, x, V, -spread, spread);
+        for (int i = 0; i < 20; i++)
+            x[tu_rng_below(r, V)] = i < 10 ? spread * 0.5f : -INFINITY; /* ties, bans */
+        tsr_sampling_params p = defaults();
+        p.temperature = c % 4 == 0 ? 4.0f : 0.5f + 0.25f * (float)(c % 5);
+        p.top_p = c % 3 == 2 ? 1.0f : c % 3 == 1 ? 0.97f : 0.6f;
+        p.min_p = c % 4 == 3 ? 0.001f : 0.0f;
+        p.seed = 500 + (uint64_t)c;
+        for (int i = 0; i < V; i++)
+            pairs[i].v = x[i], pairs[i].i = i;
+        qsort(pairs, V, sizeof pairs[0], cmp_best);
+        for (int i = 0; i < V; i++)
+            val[i] = pairs[i].v, ids[i] = pairs[i].i;
+        tsr_sampler part, full;
+        CHECK_OK(tsr_sampler_init(&part, &p, V));
+        CHECK_OK(tsr_sampler_init(&full, &p, V));
+        for (int d = 0; d < 100; d++) {
+            int32_t a, b;
+            CHECK_OK(tsr_sampler_sample(&part, x, NULL, 0, &a));
+            CHECK_OK(tsr_sampler_sample_top(&full, val, ids, V, NULL, 0, &b));
+            CHECK(a == b, "case %d draw %d (T %g, top_p %g, min_p %g, spread %g): the partial "
+                          "sort gave %d, the full sort %d", c, d, (double)p.temperature,
+                  (double)p.top_p, (double)p.min_p, (double)spread, a, b);
+        }
+        tsr_sampler_free(&part);
+        tsr_sampler_free(&full);
+    }
+}
+
 int main(void) {
     tu_rng r = {0x73616d706c6572ull};
     test_argmax(&r);
@@ -611,6 +665,8 @@ int main(void) {
     printf("  bans ok\n");
     test_sample_top(&r);
     printf("  sampling from top-k candidates ok\n");
+    test_partial_sort(&r);
+    printf("  top_k off: the partially sorted row draws as the sorted row\n");
     printf("test_sampler: all passed\n");
     return 0;
 }
