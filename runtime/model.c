@@ -150,6 +150,13 @@ static tsr_status check_slice(const tsr_model_config *c, const tsr_model_slice *
     return TSR_OK;
 }
 
+/* TSR_NO_CUDA_GRAPHS=1 turns recording off (for comparisons and debugging);
+ * read once, at load. */
+static int env_graphs_off(void) {
+    const char *v = getenv("TSR_NO_CUDA_GRAPHS");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
 tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_model_slice *slice,
                           int first_stage, int last_stage, tsr_backend *be,
                           const tsr_model_comm *comm) {
@@ -161,6 +168,7 @@ tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_mo
         m->comm = *comm;
     m->first_stage = first_stage;
     m->last_stage = last_stage;
+    m->graphs_off = env_graphs_off();
     tsr_status st;
     TSR_CHECK_GOTO(st, check_slice(&m->cfg, slice));
     const int C = m->cfg.n_embd;
@@ -400,12 +408,6 @@ static void graphs_clear(tsr_model *m) {
             graph_forget(m, &m->graphs[i]);
 }
 
-/* TSR_NO_CUDA_GRAPHS=1 turns recording off (for comparisons and debugging). */
-static int env_graphs_off(void) {
-    const char *v = getenv("TSR_NO_CUDA_GRAPHS");
-    return v && *v && strcmp(v, "0") != 0;
-}
-
 /* *out: the cache entry for this step (graph NULL when seen once only), or
  * NULL when the step does not qualify or is seen for the first time (then
  * an entry is made, so the next one records). */
@@ -415,7 +417,7 @@ static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
     *out = NULL;
     if (!I->capture_begin || m->comm.allreduce_sum || !m->first_stage || !m->last_stage ||
         b->n_lora > 0 ||
-        b->n_out != b->n_tokens || b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || env_graphs_off())
+        b->n_out != b->n_tokens || b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || m->graphs_off)
         return TSR_OK;
     for (int i = 0; i < b->n_out; i++)
         if (b->out_rows[i] != i)

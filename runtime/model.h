@@ -87,6 +87,7 @@ typedef struct {
     unsigned ws_gen;        /* bumped whenever a workspace buffer moves */
     tsr_fwd_graph graphs[TSR_FWD_GRAPHS];
     int next_graph;
+    int graphs_off;         /* TSR_NO_CUDA_GRAPHS was set at load: never record */
     /* LoRA at inference (tsr_model_set_lora): NULL = none. Not owned. */
     const tsr_lora_adapter *lora;
     unsigned lora_gen;      /* bumped by every tsr_model_set_lora (part of the graph key) */
