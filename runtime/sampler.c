@@ -173,6 +173,56 @@ static void select_best(tsr_candidate *c, int m, int k) {
     qsort(c, (size_t)k, sizeof *c, cmp_desc);
 }
 
+int tsr_sampler_pick_sorted(const float *val, int k, int all, double mx, double z, float T,
+                            float top_p, float min_p, double u) {
+    if (k < 1 || !(T > 0) || !(z > 0) || !isfinite(z) || !isfinite(mx))
+        return -1;
+#define PROB(i) (exp(((double)val[i] - mx) / T) / z)
+    /* min_p: the first candidate below min_p times the best ends the list */
+    int m1 = -1; /* -1: past the candidates, not known */
+    if (min_p > 0) {
+        const double p0 = PROB(0);
+        int j = 1;
+        while (j < k && PROB(j) >= min_p * p0)
+            j++;
+        if (j < k || all)
+            m1 = j;
+    } else if (all) {
+        m1 = k;
+    }
+    /* top_p: the smallest prefix (of those) with mass >= top_p */
+    int m2 = m1;
+    if (top_p < 1) {
+        const int lim = m1 >= 0 ? m1 : k;
+        double c = 0;
+        for (int j = 0; j < lim; j++) {
+            c += PROB(j);
+            if (c >= top_p) {
+                m2 = j + 1;
+                break;
+            }
+        }
+    }
+    double total = 1.0; /* no cut at all and more than the candidates: the row's mass */
+    if (m2 >= 0) {
+        total = 0;
+        for (int i = 0; i < m2; i++)
+            total += PROB(i);
+    } else if (min_p > 0 || top_p < 1) {
+        return -1; /* a cut lies past the candidates */
+    }
+    const int lim = m2 >= 0 ? m2 : k;
+    const double r = u * total;
+    double acc = 0;
+    for (int i = 0; i < lim; i++) {
+        acc += PROB(i);
+        if (r < acc)
+            return i;
+    }
+#undef PROB
+    return m2 >= 0 || all ? lim - 1 : -1; /* rounding left r at the end; or past the candidates */
+}
+
 /* The draw with top_k off: the probabilities are over every candidate, so
  * the order matters only up to the min_p and top_p cuts and the pick. The
  * best 64 are sorted first, then 256, 1024, ..., until the cuts and the pick
@@ -189,116 +239,40 @@ static tsr_status draw_all(tsr_sampler *s, tsr_candidate *cand, int m, int32_t *
     for (int i = 0; i < m; i++)
         z += exp(((double)cand[i].logit - mx) / T);
     const double u = next_unit(s->rng); /* one number a draw, as in draw() */
-    double *prob = NULL;
+    float *val = s->logits;             /* free again: the candidates hold the values */
     for (int k = m < 64 ? m : 64;; k = k > m / 4 ? m : 4 * k) {
         select_best(cand, m, k);
-        double *np = realloc(prob, (size_t)k * sizeof *prob);
-        if (!np) {
-            free(prob);
-            return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
-        }
-        prob = np;
         for (int i = 0; i < k; i++)
-            prob[i] = exp(((double)cand[i].logit - mx) / T) / z;
-        const int all = k == m;
-        /* min_p: the first candidate below min_p times the best ends the list */
-        int m1 = -1; /* -1: past the sorted prefix, not known yet */
-        if (p->min_p > 0) {
-            int j = 1;
-            while (j < k && prob[j] >= p->min_p * prob[0])
-                j++;
-            if (j < k || all)
-                m1 = j;
-        } else if (all) {
-            m1 = m;
+            val[i] = cand[i].logit;
+        const int pick = tsr_sampler_pick_sorted(val, k, k == m, mx, z, p->temperature,
+                                                 p->top_p, p->min_p, u);
+        if (pick >= 0) {
+            *token = cand[pick].id;
+            return TSR_OK;
         }
-        /* top_p: the smallest prefix (of those) with mass >= top_p */
-        int m2 = m1;
-        if (p->top_p < 1) {
-            const int lim = m1 >= 0 ? m1 : k;
-            double c = 0;
-            for (int j = 0; j < lim; j++) {
-                c += prob[j];
-                if (c >= p->top_p) {
-                    m2 = j + 1;
-                    break;
-                }
-            }
-        }
-        double total = 1.0; /* no cut at all: every candidate, whose mass is 1 */
-        if (m2 >= 0) {
-            total = 0;
-            for (int i = 0; i < m2; i++)
-                total += prob[i];
-        } else if (p->min_p > 0 || p->top_p < 1) {
-            continue; /* a cut lies past the prefix: sort more */
-        }
-        const int lim = m2 >= 0 ? m2 : k;
-        const double r = u * total;
-        double acc = 0;
-        int pick = -1;
-        for (int i = 0; i < lim && pick < 0; i++) {
-            acc += prob[i];
-            if (r < acc)
-                pick = i;
-        }
-        if (pick < 0 && m2 < 0 && !all)
-            continue; /* the pick lies past the prefix */
-        *token = cand[pick >= 0 ? pick : lim - 1].id;
-        free(prob);
-        return TSR_OK;
+        if (k == m)
+            return tsr_error_set(TSR_ERR_INTERNAL, "sampler: no pick among every candidate");
     }
 }
 
 /* The draw from candidates sorted best first (cmp_desc), m >= 1: top_k,
- * the softmax at the temperature, min_p, top_p, then one uniform number. */
+ * then the softmax at the temperature over what is left, min_p, top_p and
+ * one uniform number. */
 static tsr_status draw(tsr_sampler *s, const tsr_candidate *cand, int m, int32_t *token) {
     const tsr_sampling_params *p = &s->p;
     if (p->top_k > 0 && p->top_k < m)
         m = p->top_k;
-    /* softmax over the candidates at the temperature */
-    double mx = cand[0].logit, sum = 0;
-    double *prob = malloc((size_t)m * sizeof *prob);
-    if (!prob)
-        return tsr_error_set(TSR_ERR_NOMEM, "sampler: out of memory");
+    float *val = s->logits; /* free again: the candidates hold the values */
+    double mx = cand[0].logit, z = 0;
     for (int i = 0; i < m; i++) {
-        prob[i] = exp(((double)cand[i].logit - mx) / p->temperature);
-        sum += prob[i];
+        val[i] = cand[i].logit;
+        z += exp(((double)cand[i].logit - mx) / p->temperature);
     }
-    for (int i = 0; i < m; i++)
-        prob[i] /= sum;
-    /* min_p: drop tokens below min_p times the best probability */
-    if (p->min_p > 0) {
-        int k = 1;
-        while (k < m && prob[k] >= p->min_p * prob[0])
-            k++;
-        m = k;
-    }
-    /* top_p: smallest prefix with mass >= top_p */
-    if (p->top_p < 1) {
-        double c = 0;
-        int k = 0;
-        while (k < m) {
-            c += prob[k++];
-            if (c >= p->top_p)
-                break;
-        }
-        m = k;
-    }
-    double total = 0;
-    for (int i = 0; i < m; i++)
-        total += prob[i];
-    double r = next_unit(s->rng) * total, acc = 0;
-    int pick = m - 1;
-    for (int i = 0; i < m; i++) {
-        acc += prob[i];
-        if (r < acc) {
-            pick = i;
-            break;
-        }
-    }
+    const int pick = tsr_sampler_pick_sorted(val, m, 1, mx, z, p->temperature, p->top_p,
+                                             p->min_p, next_unit(s->rng));
+    if (pick < 0)
+        return tsr_error_set(TSR_ERR_INTERNAL, "sampler: no pick among the candidates");
     *token = cand[pick].id;
-    free(prob);
     return TSR_OK;
 }
 
@@ -363,6 +337,45 @@ tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_
         return TSR_OK;
     }
     return draw(s, cand, m, token);
+}
+
+double tsr_sampler_peek_unit(const tsr_sampler *s) {
+    uint64_t r[4];
+    memcpy(r, s->rng, sizeof r);
+    return next_unit(r);
+}
+
+tsr_status tsr_sampler_sample_row_top(tsr_sampler *s, const float *val, const int32_t *ids, int n,
+                                      double mx, double z, int32_t *token) {
+    const tsr_sampling_params *p = &s->p;
+    if (!tsr_sampler_row_top_ok(p))
+        return tsr_error_set(TSR_ERR_INVALID, "sampler: these parameters need the whole row");
+    int m = 0;
+    while (m < n && ids[m] >= 0) {
+        if (isnan(val[m]))
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", ids[m]);
+        if (ids[m] >= s->n_vocab)
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: candidate id %d is outside the "
+                                                "vocabulary", ids[m]);
+        m++;
+    }
+    if (m == 0 || !(val[0] > -INFINITY))
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
+    const int pick = tsr_sampler_pick_sorted(val, m, m < n, mx, z, p->temperature, p->top_p,
+                                             p->min_p, next_unit(s->rng));
+    if (pick < 0)
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: the %d candidates do not decide the draw "
+                                            "(top_p %g, min_p %g)", m, (double)p->top_p,
+                             (double)p->min_p);
+    *token = ids[pick];
+    return TSR_OK;
+}
+
+int tsr_sampler_row_top_ok(const tsr_sampling_params *p) {
+    const int penalties = p->penalty_last_n != -1 &&
+                          (p->repetition_penalty != 1.0f || p->frequency_penalty != 0 ||
+                           p->presence_penalty != 0);
+    return !penalties && p->temperature > 0 && p->top_k == 0;
 }
 
 int tsr_sampler_candidates_needed(const tsr_sampling_params *p, int max_k) {

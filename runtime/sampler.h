@@ -72,9 +72,42 @@ tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_
 /* How many best candidates per row sampling with p needs for
  * tsr_sampler_sample_top to be exact: 1 for greedy, top_k for top-k
  * sampling with 1 <= top_k <= max_k, and 0 (the whole row is needed) with
- * penalties on or no top_k in that range. With banned tokens, ask for that
- * many more candidates. */
+ * penalties on or no top_k in that range (top_k off may still draw from
+ * candidates with the row's normaliser: tsr_sampler_row_top_ok). With banned
+ * tokens, ask for that many more candidates. */
 int tsr_sampler_candidates_needed(const tsr_sampling_params *p, int max_k);
+
+/* The sampler's draw over candidates sorted best first (larger logit, then
+ * lower id): logits val[0..k) of a set whose largest logit is mx and whose
+ * sum of exp((l - mx) / T) is z; min_p and top_p cut the list (min_p
+ * against the best candidate's probability, top_p on the cumulative mass),
+ * then u in [0, 1) picks within what is left. `all` says the k candidates
+ * are the whole set. Returns the index picked, or -1 when the candidates
+ * cannot decide: a cut, or with no cut the pick, lies past them (never when
+ * all and z > 0). Pure: the engine's last stage and rank 0's sampler call it
+ * with the same arguments and agree. */
+int tsr_sampler_pick_sorted(const float *val, int k, int all, double mx, double z, float T,
+                            float top_p, float min_p, double u);
+
+/* The uniform number the sampler's next draw will use (it does not advance
+ * the state): lets a caller decide before the draw whether a row's best
+ * candidates will do (tsr_sampler_pick_sorted). */
+double tsr_sampler_peek_unit(const tsr_sampler *s);
+
+/* 1 when sampling with p can draw from a row's best candidates plus the
+ * row's max and sum of exp((l - max) / T) over the whole vocabulary
+ * (tsr_sampler_sample_row_top): temperature > 0, top_k off, no penalties.
+ * Bans are not applied there; rows with bans take the whole row. */
+int tsr_sampler_row_top_ok(const tsr_sampling_params *p);
+
+/* As tsr_sampler_sample on the whole row, for top_k off: from the row's
+ * best n candidates (val, ids as tsr_sampler_sample_top takes them; ids -1
+ * end a list that holds the whole row) and the row's mx and z at the
+ * sampler's temperature. TSR_ERR_RANGE when the candidates do not decide
+ * the draw (tsr_sampler_pick_sorted gives -1), a NaN or an id outside the
+ * vocabulary. The same token as the whole row up to the rounding of z. */
+tsr_status tsr_sampler_sample_row_top(tsr_sampler *s, const float *val, const int32_t *ids, int n,
+                                      double mx, double z, int32_t *token);
 
 /* Index of the largest value; the lowest index wins ties. */
 int32_t tsr_argmax(const float *x, int n);

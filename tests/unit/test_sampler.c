@@ -9,7 +9,9 @@
  * token lose or win the argmax by a hair) over the documented window; banned
  * tokens never come out; parameter validation; sampling from a row's top-k
  * candidates (the engine's TSR_OUT_TOPK) picks what sampling from the whole
- * row picks, draw for draw. Exits 0 on success, 1 with a
+ * row picks, draw for draw; so does top_k off from the best candidates and
+ * the row's normaliser wherever they decide the draw; the partial sort with
+ * top_k off against a plain reference. Exits 0 on success, 1 with a
  * message at the first failure. */
 #include "runtime/sampler.h"
 
@@ -604,6 +606,52 @@ static int cmp_best(const void *a, const void *b) {
     return x->i < y->i ? -1 : x->i > y->i;
 }
 
+/* The sampler's pipeline with top_k off, written plainly here over a fully
+ * sorted row (val, ids best first, -inf entries dropped): probabilities at
+ * the temperature over every finite entry, the min_p cut against the best,
+ * the top_p cut on the cumulative mass, then the uniform number u scaled to
+ * the mass kept. */
+static int32_t ref_pick(const float *val, const int32_t *ids, int n, const tsr_sampling_params *p,
+                        double u) {
+    while (n > 0 && val[n - 1] == -INFINITY)
+        n--;
+    double *pr = malloc((size_t)n * sizeof *pr), z = 0;
+    if (!pr)
+        abort();
+    for (int i = 0; i < n; i++)
+        z += pr[i] = exp(((double)val[i] - val[0]) / p->temperature);
+    for (int i = 0; i < n; i++)
+        pr[i] /= z;
+    int keep = n;
+    for (int i = 1; p->min_p > 0 && i < n; i++)
+        if (pr[i] < p->min_p * pr[0]) {
+            keep = i;
+            break;
+        }
+    double mass = 0;
+    for (int i = 0; i < keep; i++) {
+        mass += pr[i];
+        if (p->top_p < 1 && mass >= p->top_p) {
+            keep = i + 1;
+            break;
+        }
+    }
+    mass = 0;
+    for (int i = 0; i < keep; i++)
+        mass += pr[i];
+    double acc = 0;
+    int pick = keep - 1;
+    for (int i = 0; i < keep; i++) {
+        acc += pr[i];
+        if (u * mass < acc) {
+            pick = i;
+            break;
+        }
+    }
+    free(pr);
+    return ids[pick];
+}
+
 /* With top_k off the sampler sorts only the prefix it needs (64, 256, ...
  * candidates): the same tokens as drawing from the fully sorted row, which
  * tsr_sampler_sample_top does when given every token, draw for draw. Flat
@@ -634,15 +682,134 @@ static void test_partial_sort(tu_rng *r) {
         CHECK_OK(tsr_sampler_init(&full, &p, V));
         for (int d = 0; d < 100; d++) {
             int32_t a, b;
+            const int32_t want = ref_pick(val, ids, V, &p, tsr_sampler_peek_unit(&part));
             CHECK_OK(tsr_sampler_sample(&part, x, NULL, 0, &a));
             CHECK_OK(tsr_sampler_sample_top(&full, val, ids, V, NULL, 0, &b));
-            CHECK(a == b, "case %d draw %d (T %g, top_p %g, min_p %g, spread %g): the partial "
-                          "sort gave %d, the full sort %d", c, d, (double)p.temperature,
-                  (double)p.top_p, (double)p.min_p, (double)spread, a, b);
+            CHECK(a == want && b == want,
+                  "case %d draw %d (T %g, top_p %g, min_p %g, spread %g): the partial sort gave "
+                  "%d, the full sort %d, the reference %d", c, d, (double)p.temperature,
+                  (double)p.top_p, (double)p.min_p, (double)spread, a, b, want);
         }
         tsr_sampler_free(&part);
         tsr_sampler_free(&full);
     }
+}
+
+/* Top_k off from a row's best K candidates plus its (max, sum) as the
+ * engine brings them (the sum rounded to f32): where
+ * tsr_sampler_pick_sorted says the candidates decide the draw,
+ * tsr_sampler_sample_row_top picks what tsr_sampler_sample picks from the
+ * whole row, draw for draw; where it says not, sample_row_top refuses and
+ * the whole row is drawn from instead (the engine's fallback), still in step. Both
+ * outcomes must occur. Also: which parameters qualify. */
+static void test_row_top(tu_rng *r) {
+    enum { V = 3000, K = 64 };
+    static float x[V], val[K];
+    static int32_t ids[K];
+    long decided = 0, fell_back = 0;
+    for (int c = 0; c < 24; c++) {
+        const float spread = c % 3 == 0 ? 2.0f : c % 3 == 1 ? 8.0f : 20.0f;
+        tu_rng_fill(r, x, V, -spread, spread);
+        for (int i = 0; i < 6; i++)
+            x[tu_rng_below(r, V)] = i < 3 ? spread * 0.9f : -INFINITY;
+        tsr_sampling_params p = defaults();
+        p.temperature = 0.4f + 0.15f * (float)(c % 9);
+        p.top_p = c % 4 == 0 ? 1.0f : c % 4 == 1 ? 0.9f : c % 4 == 2 ? 0.5f : 0.97f;
+        p.min_p = c % 5 == 2 ? 0.02f : 0.0f;
+        p.seed = 900 + (uint64_t)c;
+        CHECK(tsr_sampler_row_top_ok(&p), "case %d: top_k off should qualify", c);
+        ref_top(x, V, K, val, ids);
+        double mx = -INFINITY, z = 0;
+        for (int i = 0; i < V; i++)
+            if (x[i] > mx)
+                mx = x[i];
+        for (int i = 0; i < V; i++)
+            z += exp(((double)x[i] - mx) / p.temperature);
+        const float zf = (float)z;
+        tsr_sampler whole, top;
+        CHECK_OK(tsr_sampler_init(&whole, &p, V));
+        CHECK_OK(tsr_sampler_init(&top, &p, V));
+        for (int d = 0; d < 100; d++) {
+            int32_t a, b;
+            const double u = tsr_sampler_peek_unit(&top);
+            CHECK(u == tsr_sampler_peek_unit(&whole) && u == tsr_sampler_peek_unit(&top),
+                  "peek moved the state");
+            const int pick = tsr_sampler_pick_sorted(val, K, 0, mx, zf, p.temperature, p.top_p,
+                                                     p.min_p, u);
+            CHECK_OK(tsr_sampler_sample(&whole, x, NULL, 0, &a));
+            if (pick >= 0) {
+                CHECK_OK(tsr_sampler_sample_row_top(&top, val, ids, K, mx, zf, &b));
+                CHECK(b == ids[pick], "case %d draw %d: sample_row_top %d, pick_sorted %d", c, d,
+                      b, ids[pick]);
+                decided++;
+            } else {
+                tsr_sampler probe = top; /* a refusal must not draw: check on a copy */
+                CHECK(tsr_sampler_sample_row_top(&probe, val, ids, K, mx, zf, &b) ==
+                          TSR_ERR_RANGE,
+                      "case %d draw %d: undecided candidates accepted", c, d);
+                CHECK_OK(tsr_sampler_sample(&top, x, NULL, 0, &b));
+                fell_back++;
+            }
+            CHECK(a == b, "case %d draw %d (T %g, top_p %g, min_p %g): the row gave %d, the "
+                          "candidates %d", c, d, (double)p.temperature, (double)p.top_p,
+                  (double)p.min_p, a, b);
+        }
+        tsr_sampler_free(&whole);
+        tsr_sampler_free(&top);
+    }
+    CHECK(decided > 0 && fell_back > 0, "row-top draws: %ld decided, %ld fell back (both should "
+                                        "happen)", decided, fell_back);
+    printf("  top_k off from %d candidates: %ld draws decided by them, %ld from the whole row\n",
+           K, decided, fell_back);
+    /* the list holding the whole vocabulary (ids -1 after it) always decides */
+    {
+        enum { W = 10 };
+        float wv[W + 2], wx[W];
+        int32_t wi[W + 2];
+        tu_rng_fill(r, wx, W, -3, 3);
+        ref_top(wx, W, W + 2, wv, wi);
+        tsr_sampling_params p = defaults();
+        p.temperature = 1.0f;
+        double mx = wv[0], z = 0;
+        for (int i = 0; i < W; i++)
+            z += exp((double)wx[i] - mx);
+        tsr_sampler a, b;
+        CHECK_OK(tsr_sampler_init(&a, &p, W));
+        CHECK_OK(tsr_sampler_init(&b, &p, W));
+        for (int d = 0; d < 50; d++) {
+            int32_t ta, tb;
+            CHECK_OK(tsr_sampler_sample(&a, wx, NULL, 0, &ta));
+            CHECK_OK(tsr_sampler_sample_row_top(&b, wv, wi, W + 2, mx, (float)z, &tb));
+            CHECK(ta == tb, "whole-vocabulary list, draw %d: %d vs %d", d, ta, tb);
+        }
+        tsr_sampler_free(&a);
+        tsr_sampler_free(&b);
+    }
+    /* who qualifies */
+    tsr_sampling_params p = defaults();
+    p.temperature = 0.8f;
+    CHECK(tsr_sampler_row_top_ok(&p), "plain temperature qualifies");
+    p.top_k = 40;
+    CHECK(!tsr_sampler_row_top_ok(&p), "top_k on takes the top-k path");
+    p.top_k = 0;
+    p.presence_penalty = 0.5f;
+    CHECK(!tsr_sampler_row_top_ok(&p), "a penalty needs the row");
+    p.presence_penalty = 0;
+    p.temperature = 0;
+    CHECK(!tsr_sampler_row_top_ok(&p), "greedy is not a draw");
+    /* bad input: NaN candidates, a NaN normaliser */
+    tsr_sampler s;
+    p = defaults();
+    p.temperature = 1.0f;
+    CHECK_OK(tsr_sampler_init(&s, &p, V));
+    float nv[2] = {NAN, 1.0f};
+    int32_t ni[2] = {5, 6}, t;
+    CHECK(tsr_sampler_sample_row_top(&s, nv, ni, 2, 1.0, 2.0, &t) == TSR_ERR_RANGE,
+          "NaN candidate accepted");
+    nv[0] = 2.0f;
+    CHECK(tsr_sampler_sample_row_top(&s, nv, ni, 2, 2.0, NAN, &t) == TSR_ERR_RANGE,
+          "NaN normaliser accepted");
+    tsr_sampler_free(&s);
 }
 
 int main(void) {
@@ -667,6 +834,7 @@ int main(void) {
     printf("  sampling from top-k candidates ok\n");
     test_partial_sort(&r);
     printf("  top_k off: the partially sorted row draws as the sorted row\n");
+    test_row_top(&r);
     printf("test_sampler: all passed\n");
     return 0;
 }
