@@ -152,6 +152,16 @@ typedef struct {
     tsr_status (*topk)(tsr_backend *b, float *val, int32_t *idx, const void *logits, int n, int V,
                        int k);
 
+    /* Each row's softmax normaliser at its temperature: for row i of
+     * logits(n, V) (activations), out[2i] = the largest value and out[2i+1]
+     * = the sum over the row of exp((l - max) * inv_t[i]) (f32, host
+     * memory; inv_t (n) host). A NaN entry, or a maximum that is not finite
+     * (every entry -inf, or +inf), makes the sum NaN. Synchronises. With the row's top-k it lets
+     * sampling with top_p or min_p but no top_k know each candidate's
+     * probability over the whole vocabulary. Optional (NULL). */
+    tsr_status (*row_expsum)(tsr_backend *b, float *out, const void *logits, const float *inv_t,
+                             int n, int V);
+
     /* The device stream (cudaStream_t) ops are enqueued on; NULL: none. */
     void *(*stream)(tsr_backend *b);
 

@@ -338,6 +338,32 @@ static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void 
     return TSR_OK;
 }
 
+/* Two passes per row, the sum in double, rounded once. */
+static tsr_status cpu_row_expsum(tsr_backend *b, float *out, const void *lv, const float *inv_t,
+                                 int n, int V) {
+    (void)b;
+    if (n < 0 || V < 1)
+        return tsr_error_set(TSR_ERR_INVALID, "cpu row_expsum: n %d, V %d", n, V);
+    const float *logits = lv;
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * V;
+        float mx = -INFINITY;
+        int nan = 0;
+        for (int j = 0; j < V; j++) {
+            nan |= isnan(l[j]);
+            if (l[j] > mx)
+                mx = l[j];
+        }
+        double z = 0;
+        const double it = inv_t[i];
+        for (int j = 0; j < V && mx > -INFINITY; j++)
+            z += exp(((double)l[j] - mx) * it);
+        out[2 * i] = mx;
+        out[2 * i + 1] = nan || !(mx > -INFINITY) ? NAN : (float)z;
+    }
+    return TSR_OK;
+}
+
 static const tsr_backend_i cpu_iface = {
     .name = "cpu",
     .act_dtype = TSR_F32,
@@ -365,6 +391,7 @@ static const tsr_backend_i cpu_iface = {
     .embedding = cpu_embedding,
     .argmax = cpu_argmax,
     .topk = cpu_topk,
+    .row_expsum = cpu_row_expsum,
     .stream = NULL,
     .matmul_dx = tsr_cpu_matmul_dx,
     .lora_fwd = tsr_cpu_lora_fwd,

@@ -24,6 +24,7 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/add.h"
 #include "kernels/cuda/argmax.h"
+#include "kernels/cuda/row_expsum.h"
 #include "kernels/cuda/topk.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attn_train.h"
@@ -507,6 +508,23 @@ static tsr_status cuda_topk(tsr_backend *b, float *val, int32_t *idx, const void
     return CU(c, cudaStreamSynchronize(c->stream));
 }
 
+/* The temperatures go up and the (max, sum) pairs come back through the
+ * pick scratch: 12 bytes a row each way in all. */
+static tsr_status cuda_row_expsum(tsr_backend *b, float *out, const void *logits,
+                                  const float *inv_t, int n, int V) {
+    cuda_ctx *c = ctx_of(b);
+    if (n < 0 || V < 1)
+        return tsr_error_set(TSR_ERR_INVALID, "cuda row_expsum: n %d, V %d", n, V);
+    if (n == 0)
+        return TSR_OK;
+    TSR_TRY(scratch(c, &c->pick, &c->pick_cap, (size_t)n * 12, "row sums"));
+    float *dout = c->pick, *dt = dout + 2 * (size_t)n;
+    TSR_TRY(CU(c, cudaMemcpyAsync(dt, inv_t, (size_t)n * 4, cudaMemcpyHostToDevice, c->stream)));
+    TSR_TRY(CU(c, tsr_cuda_row_expsum(c->stream, c->act, dout, logits, dt, n, V)));
+    TSR_TRY(CU(c, cudaMemcpyAsync(out, dout, (size_t)n * 8, cudaMemcpyDeviceToHost, c->stream)));
+    return CU(c, cudaStreamSynchronize(c->stream));
+}
+
 /* ---- CUDA graphs ---- */
 
 static tsr_status cuda_capture_begin(tsr_backend *b) {
@@ -724,6 +742,7 @@ static tsr_status cuda_fill_zero(tsr_backend *b, void *p, size_t bytes) {
         .embedding = cuda_embedding,                                                               \
         .argmax = cuda_argmax,                                                                     \
         .topk = cuda_topk,                                                                         \
+        .row_expsum = cuda_row_expsum,                                                             \
         .stream = cuda_stream_of,                                                                  \
         .capture_begin = cuda_capture_begin,                                                       \
         .capture_end = cuda_capture_end,                                                           \

@@ -9,7 +9,8 @@
  * rope (positions up to 600), kv_store + paged attention (GQA 9/3 with
  * head_dim 64 and 128, block size 16, several sequences with shuffled block
  * tables, prefill beside decode), swiglu (also out = gate), add, add_bias,
- * embedding (row0 != 0, ids outside the slice give zeros).
+ * embedding (row0 != 0, ids outside the slice give zeros), argmax, topk
+ * and row_expsum (NaN and all -inf rows).
  *
  * Metric, per case: err = max_i |gpu_i - cpu_i| / max_i |cpu_i|, the largest
  * absolute difference relative to the largest magnitude of the CPU result
@@ -68,12 +69,13 @@ typedef enum {
     OP_EMBEDDING,
     OP_ARGMAX,
     OP_TOPK,
+    OP_ROW_EXPSUM,
     OP_COUNT,
 } op_id;
 
 static const char *const OP_NAMES[OP_COUNT] = {
     "memory", "matmul", "rmsnorm", "rope",     "kv_store",
-    "attention", "swiglu", "add", "add_bias", "embedding", "argmax", "topk",
+    "attention", "swiglu", "add", "add_bias", "embedding", "argmax", "topk", "row_expsum",
 };
 
 typedef struct {
@@ -827,6 +829,56 @@ static void test_topk(ctx *c) {
             }
 }
 
+/* row_expsum: each row's maximum must be the same float on both backends,
+ * and the sum of exp((l - max) / T) agree within the mode's limit, at a
+ * temperature per row; a NaN entry and an all -inf row give NaN sums. */
+static void test_row_expsum(ctx *c) {
+    static const int ns[] = {1, 5, 33}, vs[] = {1, 7, 1000, 49152};
+    for (int a = 0; a < 3; a++)
+        for (int vi = 0; vi < 4; vi++) {
+            const int n = ns[a], V = vs[vi];
+            const size_t total = (size_t)n * V;
+            snprintf(c->what, sizeof c->what, "row_expsum n=%d V=%d", n, V);
+            float *l = rand_act(c, total, -20, 20);
+            float *inv_t = tu_xmalloc((size_t)n * sizeof *inv_t);
+            tu_rng_fill(&c->rng, inv_t, (size_t)n, 0.3f, 3.0f);
+            for (int i = 0; i < n && V > 4; i++) {
+                float *row = l + (size_t)i * V;
+                row[(i * 7919u + 3) % (unsigned)V] = -INFINITY;
+                if (i == 2)
+                    row[V / 3] = NAN;
+                if (i == 3)
+                    for (int j = 0; j < V; j++)
+                        row[j] = -INFINITY;
+            }
+            pbuf dl = pbuf_new(c, l, total);
+            float *out[2], *sums[2];
+            for (int b = 0; b < 2; b++) {
+                out[b] = tu_xmalloc((size_t)n * 2 * sizeof *out[b]);
+                sums[b] = tu_xmalloc((size_t)n * sizeof *sums[b]);
+                RUN_OK(c, c->be[b]->iface->row_expsum(c->be[b], out[b], dl.p[b], inv_t, n, V));
+                for (int i = 0; i < n; i++)
+                    sums[b][i] = out[b][2 * i + 1];
+            }
+            for (int i = 0; i < n; i++) {
+                const float g = out[BE_GPU][2 * i], r = out[BE_CPU][2 * i];
+                REQUIRE(c, g == r || (isnan(g) && isnan(r)), "row %d: gpu max %g, cpu max %g", i,
+                        (double)g, (double)r);
+                REQUIRE(c, !(V > 4 && (i == 2 || i == 3)) || isnan(sums[BE_CPU][i]),
+                        "row %d: the cpu sum %g of a broken row is not NaN", i,
+                        (double)sums[BE_CPU][i]);
+            }
+            compare(c, OP_ROW_EXPSUM, sums[BE_GPU], sums[BE_CPU], (size_t)n);
+            for (int b = 0; b < 2; b++) {
+                free(out[b]);
+                free(sums[b]);
+            }
+            free(inv_t);
+            pbuf_free(c, &dl);
+            free(l);
+        }
+}
+
 static void test_add(ctx *c) {
     static const int ns[] = {1, 3, 37}, dims[] = {5, 97, 576};
     for (int a = 0; a < 3; a++)
@@ -948,6 +1000,7 @@ static int run_mode(tsr_backend *cpu, tsr_backend *gpu, tsr_dtype act, tsr_dtype
     test_embedding(&c);
     test_argmax(&c);
     test_topk(&c);
+    test_row_expsum(&c);
     for (int op = 0; op < OP_COUNT; op++) {
         const op_stat *st = &c.ops[op];
         printf("  [%-4s] %-10s %3d cases  max err %.3e  limit %.0e  %s%s%s\n", c.mode,

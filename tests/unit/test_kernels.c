@@ -558,6 +558,49 @@ static void test_embedding(tsr_backend *be, tu_rng *r) {
         }
 }
 
+/* row_expsum against double loops written here: the maximum exactly, the
+ * sum of exp((l - max) * inv_t) within f32 rounding; NaN sums for a row
+ * with a NaN entry and for an all -inf row. */
+static void test_row_expsum(tsr_backend *be, tu_rng *r) {
+    static const int vs[] = {1, 9, 5000};
+    const int n = 5;
+    for (int a = 0; a < 3; a++) {
+        const int V = vs[a];
+        float *l = rand_vec(r, (size_t)n * V, -30, 30), inv_t[5], out[10];
+        tu_rng_fill(r, inv_t, n, 0.2f, 4.0f);
+        l[V / 2] = -INFINITY;
+        if (V > 1) {
+            l[(size_t)2 * V + 1] = NAN;
+            for (int j = 0; j < V; j++)
+                l[(size_t)3 * V + j] = -INFINITY;
+        }
+        dbuf dl = dbuf_new(be, l, (size_t)n * V);
+        CHECK_OK(be->iface->row_expsum(be, out, dl.p, inv_t, n, V));
+        for (int i = 0; i < n; i++) {
+            const float *x = l + (size_t)i * V;
+            double mx = -INFINITY, z = 0;
+            int nan = 0;
+            for (int j = 0; j < V; j++) {
+                nan |= x[j] != x[j];
+                if (x[j] > mx)
+                    mx = x[j];
+            }
+            for (int j = 0; j < V; j++)
+                z += exp(((double)x[j] - mx) * inv_t[i]);
+            if (nan || mx == -INFINITY) {
+                CHECK(out[2 * i + 1] != out[2 * i + 1], "row_expsum V=%d row %d: sum %g, want NaN",
+                      V, i, (double)out[2 * i + 1]);
+                continue;
+            }
+            CHECK(out[2 * i] == (float)mx && fabs(out[2 * i + 1] - z) <= 1e-6 * z,
+                  "row_expsum V=%d row %d: (%g, %g), want (%g, %g)", V, i, (double)out[2 * i],
+                  (double)out[2 * i + 1], mx, z);
+        }
+        dbuf_free(be, &dl);
+        free(l);
+    }
+}
+
 static void run_all(tsr_backend *be, tu_rng *r) {
     CHECK(be->iface->act_dtype == TSR_F32 && tsr_backend_act_size(be) == 4,
           "the tolerances here are for f32 activations");
@@ -574,6 +617,8 @@ static void run_all(tsr_backend *be, tu_rng *r) {
     test_add(be, r);
     test_embedding(be, r);
     printf("  swiglu, add, add_bias, embedding ok\n");
+    test_row_expsum(be, r);
+    printf("  row_expsum ok\n");
 }
 
 int main(void) {
