@@ -347,7 +347,9 @@ def compare_layouts(base, other, label, steps):
     Gradients: relative L2 error of the whole gradient <= TP_TOL, and each matrix's
     err <= TP_MAT_TOL (on the default model the worst matrix sits at the f32 noise
     floor: tp=1 itself is 2e-5 from float64 there). The updated adapter: each matrix
-    within TP_TOL."""
+    within TP_MAT_TOL too: AdamW's first step maps g to about g / (|g| + eps), so a
+    gradient element near 0 moves its update by lr * dg / eps, and dg at the f32 floor
+    (1e-13 here, set by the BLAS kernel OpenBLAS picks for the CPU) is 1e-5 of lr."""
     e = abs(other["s0.loss"] - base["s0.loss"]) / abs(base["s0.loss"])
     check(e <= TP_TOL, f"(c) {label}: loss rel err {e:.2e} vs tp=1")
     same_init = all(np.array_equal(other[k], v) for k, v in base.items() if k.startswith("init."))
@@ -363,8 +365,8 @@ def compare_layouts(base, other, label, steps):
               f"worst matrix err {worst:.2e} at {where} (<= {TP_MAT_TOL:g})")
         keys = [k for k in base if k.startswith(prefix + ".") and k.split(".")[-1] in ("A", "B")]
         worst, where = max((err(other[k], base[k]), k) for k in keys)
-        check(worst <= TP_TOL, f"(c) {label}: adapter after step {prefix}, worst matrix err "
-                               f"{worst:.2e} at {where} (<= {TP_TOL:g})")
+        check(worst <= TP_MAT_TOL, f"(c) {label}: adapter after step {prefix}, worst matrix "
+                                   f"err {worst:.2e} at {where} (<= {TP_MAT_TOL:g})")
         e = abs(other[prefix + ".norm"] - base[prefix + ".norm"]) / base[prefix + ".norm"]
         check(e <= TP_TOL, f"(c) {label}: gradient norm of {prefix} rel err {e:.2e}")
 
