@@ -321,7 +321,7 @@ static tsr_status test_prefill(tsr_engine *e, step_bufs *b, const int32_t *promp
     for (int k = 0; k < n_slots; k++)
         b->release[k] = k;
     b->rows[0] = p - 1;
-    tsr_step s = {p, b->tokens, b->pos, b->seq, 1, b->rows, TSR_OUT_ARGMAX, n_slots, b->release, 0, NULL, 0};
+    tsr_step s = {p, b->tokens, b->pos, b->seq, 1, b->rows, TSR_OUT_ARGMAX, n_slots, b->release, 0, NULL, 0, NULL};
     double t0 = now_s();
     TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
     *tok_s = p / (now_s() - t0);
@@ -343,7 +343,7 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
         b->rows[k] = k * d + d - 1;
         b->release[k] = k;
     }
-    tsr_step pre = {n, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, nb, b->release, 0, NULL, 0};
+    tsr_step pre = {n, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, nb, b->release, 0, NULL, 0, NULL};
     TSR_TRY(tsr_engine_step(e, &pre, b->out, NULL));
     for (int k = 0; k < nb; k++) {
         b->seq[k] = k;
@@ -355,7 +355,7 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
             b->tokens[k] = b->out[k]; /* the previous step's greedy token */
             b->pos[k] = d + step;
         }
-        tsr_step s = {nb, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0};
+        tsr_step s = {nb, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0, NULL};
         TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
     }
     *tok_s = (double)nb * g / (now_s() - t0);

@@ -9,17 +9,21 @@
 
 #include "base/log.h"
 #include "runtime/engine_internal.h"
+#include "runtime/sampler.h"
 
 #define DESC_MAGIC 0x54535231u /* "TSR1" */
 
 /* Fixed part of a descriptor; the int32 arrays follow in a second broadcast:
  * tokens, pos, seq (n_tokens each), out_rows (n_out), release (n_release),
- * seg (3 n_seg). */
+ * seg (3 n_seg), then with has_draw the rows' tsr_row_draw (n_out). */
 typedef struct {
     uint32_t magic, kind;
     int32_t n_tokens, n_out, out, n_release, n_seg;
     int32_t top_k;
+    int32_t has_draw; /* the n_out tsr_row_draw follow the int32 arrays, as bytes */
 } desc_header;
+
+_Static_assert(sizeof(tsr_row_draw) % 4 == 0, "row draws travel as int32 words");
 
 #define grow tsr_engine_grow
 #define grow_device tsr_engine_grow_device
@@ -346,6 +350,12 @@ void tsr_engine_free(tsr_engine *e) {
     free(e->best_idx);
     free(e->topk_all);
     free(e->topk_all_idx);
+    free(e->draws);
+    free(e->inv_t);
+    free(e->mb_expsum);
+    free(e->expsum);
+    free(e->whole);
+    free(e->whole_rows);
     memset(e, 0, sizeof *e);
 }
 
@@ -380,6 +390,21 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
     if (s->out == TSR_OUT_TOPK && (s->top_k < 1 || s->top_k > TSR_TOPK_MAX))
         return tsr_error_set(TSR_ERR_INVALID, "step: top_k %d (must be in 1..%d)", s->top_k,
                              TSR_TOPK_MAX);
+    if (s->draw && s->out != TSR_OUT_TOPK)
+        return tsr_error_set(TSR_ERR_INVALID, "step: row draws without a top-k output");
+    for (int i = 0; s->draw && i < s->n_out; i++) {
+        const tsr_row_draw *d = &s->draw[i];
+        if (d->mode < TSR_DRAW_CAND || d->mode > TSR_DRAW_WHOLE)
+            return tsr_error_set(TSR_ERR_INVALID, "step: row %d draw mode %d", i, (int)d->mode);
+        if (d->mode == TSR_DRAW_ROW_TOP &&
+            (!(d->temperature > 0) || !isfinite(d->temperature) || !(d->top_p > 0) ||
+             !(d->top_p <= 1) || !(d->min_p >= 0) || !(d->min_p < 1) || !(d->u >= 0) ||
+             !(d->u < 1)))
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "step: row %d draw (T %g, top_p %g, min_p %g, u %g) out of range",
+                                 i, (double)d->temperature, (double)d->top_p, (double)d->min_p,
+                                 d->u);
+    }
     if (s->n_out < 0 || s->n_out > s->n_tokens || (s->out != TSR_OUT_NONE && s->n_out == 0))
         return tsr_error_set(TSR_ERR_INVALID, "step: %d output rows for %d tokens", s->n_out,
                              s->n_tokens);
@@ -439,36 +464,45 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
 /* Greedy: each row's best over this rank's vocabulary slice was picked on
  * the device during the forward (best_val, best_idx as global ids); the
  * max-with-index all-reduce over the TP group picks among the slices. The
- * logits never leave the device. */
-static tsr_status collect_argmax(tsr_engine *e, int n_out, int32_t *tokens) {
+ * logits never leave the device. The picks stay in best_idx. */
+static tsr_status collect_argmax(tsr_engine *e, int n_out) {
     if (e->grid->tp > 1)
         TSR_TRY(tsr_comm_allreduce_argmax(e->grid->tp_group, e->best_val, e->best_idx,
                                           (size_t)n_out));
-    memcpy(tokens, e->best_idx, (size_t)n_out * sizeof *tokens);
     return TSR_OK;
 }
 
-/* Top-k: each row's k best of this rank's slice were picked on the device
- * (best_val, best_idx as global ids, -1 past the slice); with TP the ranks'
- * lists are gathered and merged into the row's k best of the vocabulary in
- * the same order. val, ids: (n_out, k). */
-static tsr_status collect_topk(tsr_engine *e, int n_out, int k, float *val, int32_t *ids) {
+/* Top-k, per micro-batch: rows 0..n of the micro-batch have this rank's k
+ * best in e->mb_logits / e->mb_idx (columns of the slice); with TP the
+ * ranks' lists are gathered and merged into each row's k best of the
+ * vocabulary in the same order, into e->best_val / e->best_idx at the
+ * step's output index outs[i]. Every TP rank merges (they all take part in
+ * what follows for the same rows). */
+static tsr_status merge_topk(tsr_engine *e, int n, int k, const int32_t *outs) {
     const int tp = e->grid->tp;
-    const size_t per = (size_t)n_out * k;
+    const size_t per = (size_t)n * k;
+    for (size_t j = 0; j < per; j++)
+        e->mb_idx[j] = e->mb_idx[j] < 0 ? -1 : e->slice.vocab_begin + e->mb_idx[j];
     if (tp == 1) {
-        memcpy(val, e->best_val, per * sizeof *val);
-        memcpy(ids, e->best_idx, per * sizeof *ids);
+        for (int i = 0; i < n; i++) {
+            memcpy(e->best_val + (size_t)outs[i] * k, e->mb_logits + (size_t)i * k,
+                   (size_t)k * sizeof(float));
+            memcpy(e->best_idx + (size_t)outs[i] * k, e->mb_idx + (size_t)i * k,
+                   (size_t)k * sizeof(int32_t));
+        }
         return TSR_OK;
     }
     TSR_TRY(grow((void **)&e->topk_all, &e->topk_all_cap, per * tp, sizeof(float)));
     TSR_TRY(grow((void **)&e->topk_all_idx, &e->topk_all_idx_cap, per * tp, sizeof(int32_t)));
-    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->best_val, e->topk_all, per, TSR_F32));
-    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->best_idx, e->topk_all_idx, per,
+    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_logits, e->topk_all, per, TSR_F32));
+    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_idx, e->topk_all_idx, per,
                                TSR_COMM_I32));
     int *head = malloc((size_t)tp * sizeof *head);
     if (!head)
         return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-    for (int i = 0; i < n_out; i++) {
+    for (int i = 0; i < n; i++) {
+        float *val = e->best_val + (size_t)outs[i] * k;
+        int32_t *ids = e->best_idx + (size_t)outs[i] * k;
         for (int r = 0; r < tp; r++)
             head[r] = 0;
         for (int j = 0; j < k; j++) { /* a k-way merge of sorted lists */
@@ -491,19 +525,20 @@ static tsr_status collect_topk(tsr_engine *e, int n_out, int k, float *val, int3
             }
             if (best >= 0)
                 head[best]++;
-            val[(size_t)i * k + j] = best >= 0 ? bv : -INFINITY;
-            ids[(size_t)i * k + j] = bi;
+            val[j] = best >= 0 ? bv : -INFINITY;
+            ids[j] = bi;
         }
     }
     free(head);
     return TSR_OK;
 }
 
-/* Full logits: every TP rank's slice gathered (padded to the widest slice). */
-static tsr_status collect_logits(tsr_engine *e, int n_out, float *out) {
+/* Full logits: every TP rank's slice of rows part (n, slice) gathered
+ * (padded to the widest slice) into out (n, n_vocab). */
+static tsr_status collect_logits(tsr_engine *e, const float *part, int n, float *out) {
     const int tp = e->grid->tp, V = e->mcfg.n_vocab;
     if (tp == 1) {
-        memcpy(out, e->logits, (size_t)n_out * V * sizeof *out);
+        memcpy(out, part, (size_t)n * V * sizeof *out);
         return TSR_OK;
     }
     int width = 0;
@@ -513,13 +548,13 @@ static tsr_status collect_logits(tsr_engine *e, int n_out, float *out) {
         if (sl.n_vocab > width)
             width = sl.n_vocab;
     }
-    size_t per = (size_t)n_out * width;
+    size_t per = (size_t)n * width;
     float *send = malloc(per * sizeof *send);
     TSR_TRY(grow((void **)&e->gathered, &e->gathered_cap, per * tp, sizeof(float)));
     if (!send)
         return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-    for (int i = 0; i < n_out; i++) {
-        memcpy(send + (size_t)i * width, e->logits + (size_t)i * e->slice.n_vocab,
+    for (int i = 0; i < n; i++) {
+        memcpy(send + (size_t)i * width, part + (size_t)i * e->slice.n_vocab,
                (size_t)e->slice.n_vocab * sizeof *send);
         for (int j = e->slice.n_vocab; j < width; j++)
             send[(size_t)i * width + j] = -INFINITY;
@@ -530,12 +565,101 @@ static tsr_status collect_logits(tsr_engine *e, int n_out, float *out) {
     for (int r = 0; r < tp; r++) {
         tsr_model_slice sl;
         TSR_TRY(tsr_shard_plan_slice(&e->plan, r, e->grid->pp_rank, &sl));
-        for (int i = 0; i < n_out; i++)
+        for (int i = 0; i < n; i++)
             memcpy(out + (size_t)i * V + sl.vocab_begin,
                    e->gathered + (size_t)r * per + (size_t)i * width,
                    (size_t)sl.n_vocab * sizeof *out);
     }
     return TSR_OK;
+}
+
+/* A top-k step with draws, per micro-batch on the last stage, after
+ * merge_topk while the micro-batch's logits are still on the device: the
+ * TSR_DRAW_ROW_TOP rows' normalisers (each slice's (max, sum) gathered over
+ * TP and combined in rank order, so every TP rank gets the same floats),
+ * then which rows go whole (TSR_DRAW_WHOLE, and ROW_TOP rows whose
+ * candidates cannot decide the draw rank 0 will make), and those rows'
+ * logits gathered into e->whole_rows. n rows; outs[i] their output index. */
+static tsr_status draw_rows(tsr_engine *e, const tsr_step *s, int n, int K, const int32_t *outs) {
+    const int tp = e->grid->tp, V = e->mcfg.n_vocab;
+    int n_rt = 0;
+    for (int i = 0; i < n; i++)
+        n_rt += s->draw[outs[i]].mode == TSR_DRAW_ROW_TOP;
+    if (n_rt > 0) {
+        TSR_TRY(grow((void **)&e->inv_t, &e->inv_t_cap, (size_t)n, sizeof(float)));
+        TSR_TRY(grow((void **)&e->mb_expsum, &e->mb_expsum_cap, (size_t)n * 2 * (tp + 1),
+                     sizeof(float)));
+        for (int i = 0; i < n; i++) {
+            const tsr_row_draw *d = &s->draw[outs[i]];
+            e->inv_t[i] = d->mode == TSR_DRAW_ROW_TOP ? 1.0f / d->temperature : 1.0f;
+        }
+        float *mine = e->mb_expsum, *all = e->mb_expsum + (size_t)n * 2;
+        TSR_TRY(tsr_model_row_expsum(&e->model, e->inv_t, mine));
+        if (tp > 1)
+            TSR_TRY(tsr_comm_allgather(e->grid->tp_group, mine, all, (size_t)n * 2, TSR_F32));
+        else
+            all = mine;
+        for (int i = 0; i < n; i++) {
+            double mx = -INFINITY, z = 0;
+            int bad = 0;
+            for (int r = 0; r < tp; r++) {
+                const float m = all[(size_t)r * n * 2 + 2 * i];
+                if (m > mx)
+                    mx = m;
+                bad |= isnan(m);
+            }
+            for (int r = 0; r < tp && !bad; r++) {
+                const float m = all[(size_t)r * n * 2 + 2 * i], zr = all[(size_t)r * n * 2 + 2 * i + 1];
+                if (m == -INFINITY)
+                    continue; /* a slice with nothing finite adds nothing */
+                bad |= isnan(zr);
+                z += (double)zr * exp(((double)m - mx) * e->inv_t[i]);
+            }
+            e->expsum[2 * (size_t)outs[i]] = (float)mx;
+            e->expsum[2 * (size_t)outs[i] + 1] = bad || !isfinite(mx) ? NAN : (float)z;
+        }
+    }
+    int32_t *rows = malloc((size_t)n * sizeof *rows);
+    if (!rows)
+        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+    int nw = 0;
+    for (int i = 0; i < n; i++) {
+        const int o = outs[i];
+        const tsr_row_draw *d = &s->draw[o];
+        int whole = d->mode == TSR_DRAW_WHOLE;
+        if (d->mode == TSR_DRAW_ROW_TOP) {
+            const float *val = e->best_val + (size_t)o * K;
+            const int32_t *ids = e->best_idx + (size_t)o * K;
+            int m = 0;
+            while (m < K && ids[m] >= 0)
+                m++;
+            whole = m == 0 || !(val[0] > -INFINITY) || isnan(val[0]) ||
+                    tsr_sampler_pick_sorted(val, m, m < K, e->expsum[2 * (size_t)o],
+                                            e->expsum[2 * (size_t)o + 1], d->temperature,
+                                            d->top_p, d->min_p, d->u) < 0;
+        }
+        e->whole[o] = -1;
+        if (whole) {
+            e->whole[o] = e->n_whole + nw;
+            rows[nw++] = i;
+        }
+    }
+    tsr_status st = TSR_OK;
+    if (nw > 0) {
+        const size_t part = (size_t)nw * e->slice.n_vocab;
+        st = grow((void **)&e->logits, &e->logits_cap, part, sizeof(float));
+        if (st == TSR_OK)
+            st = grow((void **)&e->whole_rows, &e->whole_rows_cap,
+                      (size_t)(e->n_whole + nw) * V, sizeof(float));
+        if (st == TSR_OK)
+            st = tsr_model_logits_rows(&e->model, rows, nw, e->logits);
+        if (st == TSR_OK)
+            st = collect_logits(e, e->logits, nw, e->whole_rows + (size_t)e->n_whole * V);
+        if (st == TSR_OK)
+            e->n_whole += nw;
+    }
+    free(rows);
+    return st;
 }
 
 /* The step's LoRA segments clipped to the micro-batch [a, b), rebased, into
@@ -561,9 +685,22 @@ static tsr_status mb_segments(tsr_engine *e, const tsr_step *s, int a, int b, ts
     return TSR_OK;
 }
 
+/* Rank 0's results of a TOPK step that has a whole row for each output
+ * index where e->whole says so (packed in e->whole_rows): into out. */
+static void unpack_whole(const tsr_engine *e, int n_out, const tsr_top_out *out) {
+    const int V = e->mcfg.n_vocab;
+    for (int o = 0; o < n_out; o++) {
+        out->whole[o] = e->whole[o] >= 0;
+        if (e->whole[o] >= 0)
+            memcpy(out->rows + (size_t)o * V, e->whole_rows + (size_t)e->whole[o] * V,
+                   (size_t)V * sizeof(float));
+    }
+}
+
 /* Runs a decoded step on this rank. On world rank 0, results land in
- * tokens / logits. */
-static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits) {
+ * tokens / logits, or in *to for TSR_OUT_TOPK. */
+static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits,
+                            const tsr_top_out *to) {
     tsr_comm_grid *g = e->grid;
     const int C = e->mcfg.n_embd, V = e->slice.n_vocab, n = s->n_tokens;
     for (int i = 0; i < s->n_release; i++)
@@ -584,23 +721,33 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     if (st == TSR_OK && !e->last_stage)
         st = grow_device(e->be, &e->hidden_out, &e->hidden_out_cap, (size_t)n * C * act,
                          "hidden_out");
-    /* greedy steps bring each row's best (value, column) from the device;
-     * the others the rows' logits */
+    /* greedy steps bring each row's best (value, column) from the device,
+     * top-k steps its K best; the others the rows' logits */
     const int greedy = s->out == TSR_OUT_ARGMAX, topk = s->out == TSR_OUT_TOPK;
+    const int draws = topk && s->draw;
     const int K = topk ? s->top_k : 1; /* picks per row from the device */
     const size_t per_row = greedy || topk ? (size_t)K : (size_t)V;
-    if (st == TSR_OK && e->last_stage && s->n_out > 0 && !greedy && !topk)
+    const int last = e->last_stage && s->n_out > 0;
+    if (st == TSR_OK && last && !greedy && !topk)
         st = grow((void **)&e->logits, &e->logits_cap, (size_t)s->n_out * V, sizeof(float));
-    if (st == TSR_OK && e->last_stage && s->n_out > 0)
+    if (st == TSR_OK && last)
         st = grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * per_row,
                   sizeof(float));
-    if (st == TSR_OK && e->last_stage && s->n_out > 0 && (greedy || topk)) {
+    if (st == TSR_OK && last && (greedy || topk)) {
         const size_t m = (size_t)s->n_out * K;
         st = grow((void **)&e->best_val, &e->best_val_cap, m, sizeof(float));
         if (st == TSR_OK)
             st = grow((void **)&e->best_idx, &e->best_idx_cap, m, sizeof(int32_t));
         if (st == TSR_OK)
             st = grow((void **)&e->mb_idx, &e->mb_idx_cap, m, sizeof(int32_t));
+    }
+    if (st == TSR_OK && last && draws) {
+        st = grow((void **)&e->expsum, &e->expsum_cap, (size_t)s->n_out * 2, sizeof(float));
+        if (st == TSR_OK)
+            st = grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t));
+        for (int i = 0; st == TSR_OK && i < 2 * s->n_out; i++)
+            e->expsum[i] = 0;
+        e->n_whole = 0;
     }
     float *mb_logits = e->mb_logits;
     /* micro-batches: contiguous token ranges; each stage walks them in order,
@@ -640,14 +787,19 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                                    e->last_stage ? NULL : e->hidden_out, mb_logits);
         if (st == TSR_OK && !e->last_stage)
             st = tsr_engine_pp_send(e, e->hidden_out, (size_t)m * C, g->pp_rank + 1, mb);
-        for (int i = 0; st == TSR_OK && e->last_stage && i < n_mo; i++) {
-            if (greedy || topk) {
-                const size_t to = (size_t)mb_outs[i] * K, from = (size_t)i * K;
-                for (int j = 0; j < K; j++) {
-                    const int32_t c = e->mb_idx[from + j];
-                    e->best_val[to + j] = mb_logits[from + j];
-                    e->best_idx[to + j] = c < 0 ? -1 : e->slice.vocab_begin + c;
-                }
+        if (st != TSR_OK || !e->last_stage || n_mo == 0)
+            continue;
+        if (topk) { /* merged over TP now, while this micro-batch's logits are on the device */
+            st = merge_topk(e, n_mo, K, mb_outs);
+            if (st == TSR_OK && draws)
+                st = draw_rows(e, s, n_mo, K, mb_outs);
+            continue;
+        }
+        for (int i = 0; i < n_mo; i++) {
+            if (greedy) {
+                const int32_t c = e->mb_idx[i];
+                e->best_val[mb_outs[i]] = mb_logits[i];
+                e->best_idx[mb_outs[i]] = c < 0 ? -1 : e->slice.vocab_begin + c;
             } else {
                 memcpy(e->logits + (size_t)mb_outs[i] * V, mb_logits + (size_t)i * V,
                        (size_t)V * sizeof(float));
@@ -661,42 +813,87 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
 
     /* results: computed on the last stage, wanted on world rank 0 */
     const int src = (g->pp - 1) * g->tp; /* last stage, tp rank 0 */
+    const int Vf = e->mcfg.n_vocab;
     const size_t count = greedy ? (size_t)s->n_out
                          : topk ? (size_t)s->n_out * K
-                                : (size_t)s->n_out * e->mcfg.n_vocab;
-    const int want_tk = greedy || topk, want_lg = !greedy; /* which arrays the kind fills */
-    if (e->last_stage) {
-        int32_t *tk = g->world_rank == 0 && tokens ? tokens : NULL;
-        float *lg = g->world_rank == 0 && logits ? logits : NULL;
-        int32_t *tbuf = NULL;
-        float *lbuf = NULL;
-        if (want_tk && !tk)
-            tk = tbuf = malloc(count * sizeof *tbuf);
-        if (want_lg && !lg)
-            lg = lbuf = malloc(count * sizeof *lbuf);
-        if ((want_tk && !tk) || (want_lg && !lg)) {
-            free(tbuf);
-            free(lbuf);
+                                : (size_t)s->n_out * Vf;
+    if (g->world_rank == 0 && topk && (!to || !to->ids || !to->val ||
+                                       (draws && (!to->expsum || !to->whole || !to->rows))))
+        return tsr_error_set(TSR_ERR_INVALID, "step: no buffers for the top-k results");
+    if (g->world_rank == 0 && ((greedy && !tokens) || (!greedy && !topk && !logits)))
+        return tsr_error_set(TSR_ERR_INVALID, "step: no buffer for its results");
+    if (e->last_stage && !greedy && !topk) { /* whole rows: every TP rank gathers them */
+        float *lg = g->world_rank == 0 ? logits : malloc(count * sizeof *lg);
+        if (!lg)
             return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-        }
-        st = greedy ? collect_argmax(e, s->n_out, tk)
-             : topk ? collect_topk(e, s->n_out, K, lg, tk)
-                    : collect_logits(e, s->n_out, lg);
-        if (st == TSR_OK && g->world_rank == src && src != 0 && want_tk)
-            st = tsr_comm_send(g->world, tk, count, TSR_COMM_I32, 0, 1000);
-        if (st == TSR_OK && g->world_rank == src && src != 0 && want_lg)
+        st = collect_logits(e, e->logits, s->n_out, lg);
+        if (st == TSR_OK && g->world_rank == src && src != 0)
             st = tsr_comm_send(g->world, lg, count, TSR_F32, 0, 1001);
-        free(tbuf);
-        free(lbuf);
+        if (lg != logits)
+            free(lg);
         return st;
     }
+    if (e->last_stage) {
+        if (greedy)
+            TSR_TRY(collect_argmax(e, s->n_out));
+        if (g->world_rank == 0) { /* this rank is the last stage's tp rank 0 */
+            if (greedy)
+                memcpy(tokens, e->best_idx, count * sizeof *tokens);
+            if (topk) {
+                memcpy(to->ids, e->best_idx, count * sizeof(int32_t));
+                memcpy(to->val, e->best_val, count * sizeof(float));
+            }
+            if (draws) {
+                memcpy(to->expsum, e->expsum, (size_t)s->n_out * 2 * sizeof(float));
+                unpack_whole(e, s->n_out, to);
+            }
+            return TSR_OK;
+        }
+        if (g->world_rank != src)
+            return TSR_OK;
+        if (greedy || topk)
+            TSR_TRY(tsr_comm_send(g->world, e->best_idx, count, TSR_COMM_I32, 0, 1000));
+        if (topk)
+            TSR_TRY(tsr_comm_send(g->world, e->best_val, count, TSR_F32, 0, 1001));
+        if (draws) {
+            TSR_TRY(tsr_comm_send(g->world, e->expsum, (size_t)s->n_out * 2, TSR_F32, 0, 1002));
+            TSR_TRY(tsr_comm_send(g->world, e->whole, (size_t)s->n_out, TSR_COMM_I32, 0, 1003));
+            if (e->n_whole > 0)
+                TSR_TRY(tsr_comm_send(g->world, e->whole_rows, (size_t)e->n_whole * Vf,
+                                      TSR_F32, 0, 1004));
+        }
+        return TSR_OK;
+    }
     if (g->world_rank == 0) {
-        if ((want_tk && !tokens) || (want_lg && !logits))
-            return tsr_error_set(TSR_ERR_INVALID, "step: no buffer for its results");
-        if (want_tk)
+        if (greedy)
             TSR_TRY(tsr_comm_recv(g->world, tokens, count, TSR_COMM_I32, src, 1000));
-        if (want_lg)
+        if (topk) {
+            TSR_TRY(tsr_comm_recv(g->world, to->ids, count, TSR_COMM_I32, src, 1000));
+            TSR_TRY(tsr_comm_recv(g->world, to->val, count, TSR_F32, src, 1001));
+        }
+        if (!greedy && !topk)
             TSR_TRY(tsr_comm_recv(g->world, logits, count, TSR_F32, src, 1001));
+        if (draws) {
+            TSR_TRY(tsr_comm_recv(g->world, to->expsum, (size_t)s->n_out * 2, TSR_F32, src,
+                                  1002));
+            TSR_TRY(grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t)));
+            TSR_TRY(tsr_comm_recv(g->world, e->whole, (size_t)s->n_out, TSR_COMM_I32, src, 1003));
+            int nw = 0;
+            for (int o = 0; o < s->n_out; o++)
+                if (e->whole[o] >= 0)
+                    nw++;
+            /* the packing is the sender's: places 0..nw-1, each once */
+            for (int o = 0; o < s->n_out; o++)
+                if (e->whole[o] >= nw)
+                    return tsr_error_set(TSR_ERR_COMM, "engine: corrupt whole-row list");
+            if (nw > 0) {
+                TSR_TRY(grow((void **)&e->whole_rows, &e->whole_rows_cap, (size_t)nw * Vf,
+                             sizeof(float)));
+                TSR_TRY(tsr_comm_recv(g->world, e->whole_rows, (size_t)nw * Vf, TSR_F32, src,
+                                      1004));
+            }
+            unpack_whole(e, s->n_out, to);
+        }
     }
     return TSR_OK;
 }
@@ -704,7 +901,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
 /* ---- descriptor transport ---- */
 
 static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
-    desc_header h = {DESC_MAGIC, kind, 0, 0, 0, 0, 0, 0};
+    desc_header h = {DESC_MAGIC, kind, 0, 0, 0, 0, 0, 0, 0};
     if (s) {
         h.n_tokens = s->n_tokens;
         h.n_out = s->n_out;
@@ -712,13 +909,15 @@ static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
         h.n_release = s->n_release;
         h.n_seg = s->n_seg;
         h.top_k = s->top_k;
+        h.has_draw = s->draw != NULL;
     }
     TSR_TRY(tsr_comm_bcast_idle(e->grid->world, &h, sizeof h, 0));
     if (!s)
         return TSR_OK;
+    const size_t nd = s->draw ? (size_t)s->n_out * sizeof(tsr_row_draw) / 4 : 0;
     size_t n = (size_t)s->n_tokens * 3 + (size_t)s->n_out + (size_t)s->n_release +
                3 * (size_t)s->n_seg;
-    TSR_TRY(grow((void **)&e->desc, &e->desc_cap, n * 4, 1));
+    TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1));
     int32_t *d = (int32_t *)e->desc;
     memcpy(d, s->tokens, (size_t)s->n_tokens * 4);
     memcpy(d + s->n_tokens, s->pos, (size_t)s->n_tokens * 4);
@@ -729,7 +928,9 @@ static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
         memcpy(d + 3 * s->n_tokens + s->n_out, s->release, (size_t)s->n_release * 4);
     if (s->n_seg)
         memcpy(d + 3 * s->n_tokens + s->n_out + s->n_release, s->seg, (size_t)s->n_seg * 12);
-    return tsr_comm_broadcast(e->grid->world, d, n, TSR_COMM_I32, 0);
+    if (nd)
+        memcpy(d + n, s->draw, nd * 4);
+    return tsr_comm_broadcast(e->grid->world, d, n + nd, TSR_COMM_I32, 0);
 }
 
 tsr_status tsr_engine_send_kind(tsr_engine *e, uint32_t kind) {
@@ -741,10 +942,23 @@ tsr_status tsr_engine_send_kind(tsr_engine *e, uint32_t kind) {
 tsr_status tsr_engine_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits) {
     if (e->grid->world_rank != 0)
         return tsr_error_set(TSR_ERR_INTERNAL, "tsr_engine_step is for rank 0");
+    if (s->out == TSR_OUT_TOPK)
+        return tsr_error_set(TSR_ERR_INVALID, "step: top-k results need tsr_engine_step_top");
     TSR_TRY(validate_step(e, s));
     if (e->grid->world_size > 1)
         TSR_TRY(send_desc(e, TSR_STEP_RUN, s));
-    return exec_step(e, s, tokens, logits);
+    return exec_step(e, s, tokens, logits, NULL);
+}
+
+tsr_status tsr_engine_step_top(tsr_engine *e, const tsr_step *s, const tsr_top_out *out) {
+    if (e->grid->world_rank != 0)
+        return tsr_error_set(TSR_ERR_INTERNAL, "tsr_engine_step_top is for rank 0");
+    if (s->out != TSR_OUT_TOPK)
+        return tsr_error_set(TSR_ERR_INVALID, "tsr_engine_step_top: the step's output is not top-k");
+    TSR_TRY(validate_step(e, s));
+    if (e->grid->world_size > 1)
+        TSR_TRY(send_desc(e, TSR_STEP_RUN, s));
+    return exec_step(e, s, NULL, NULL, out);
 }
 
 tsr_status tsr_engine_stop(tsr_engine *e) {
@@ -767,11 +981,18 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
         }
         if (h.kind != TSR_STEP_RUN)
             return tsr_error_set(TSR_ERR_COMM, "engine: unknown descriptor kind %u", h.kind);
+        if (h.n_tokens < 0 || h.n_out < 0 || h.n_release < 0 || h.n_seg < 0)
+            return tsr_error_set(TSR_ERR_COMM, "engine: corrupt step descriptor");
+        const size_t nd = h.has_draw ? (size_t)h.n_out * sizeof(tsr_row_draw) / 4 : 0;
         size_t n = (size_t)h.n_tokens * 3 + (size_t)h.n_out + (size_t)h.n_release +
                    3 * (size_t)h.n_seg;
-        TSR_TRY(grow((void **)&e->desc, &e->desc_cap, n * 4, 1));
+        TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1));
         int32_t *d = (int32_t *)e->desc;
-        TSR_TRY(tsr_comm_broadcast(e->grid->world, d, n, TSR_COMM_I32, 0));
+        TSR_TRY(tsr_comm_broadcast(e->grid->world, d, n + nd, TSR_COMM_I32, 0));
+        if (nd) { /* into aligned memory: the doubles may sit at any 4-byte offset */
+            TSR_TRY(grow((void **)&e->draws, &e->draws_cap, (size_t)h.n_out, sizeof *e->draws));
+            memcpy(e->draws, d + n, nd * 4);
+        }
         tsr_step s = {
             .n_tokens = h.n_tokens,
             .tokens = d,
@@ -785,8 +1006,9 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
             .n_seg = h.n_seg,
             .seg = d + 3 * h.n_tokens + h.n_out + h.n_release,
             .top_k = h.top_k,
+            .draw = nd ? e->draws : NULL,
         };
-        tsr_status st = exec_step(e, &s, NULL, NULL);
+        tsr_status st = exec_step(e, &s, NULL, NULL, NULL);
         if (st != TSR_OK)
             return st; /* the caller aborts the job: peers would wait forever */
     }

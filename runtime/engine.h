@@ -46,6 +46,25 @@ typedef enum {
                            needs, 8 top_k bytes a row instead of 4 n_vocab */
 } tsr_out_kind;
 
+/* How rank 0 will draw an output row of a TSR_OUT_TOPK step (tsr_step.draw):
+ * from its candidates alone (top-k and greedy rows), from its candidates and
+ * the row's softmax normaliser (top_k off: the last stage checks, while the
+ * logits are still on the device, that the candidates decide this draw, and
+ * otherwise sends the whole row), or always from the whole row (penalties,
+ * logprobs, bans). */
+typedef enum {
+    TSR_DRAW_CAND = 0,
+    TSR_DRAW_ROW_TOP = 1,
+    TSR_DRAW_WHOLE = 2,
+} tsr_draw_mode;
+
+typedef struct {
+    double u;          /* TSR_DRAW_ROW_TOP: the draw's uniform number (tsr_sampler_peek_unit) */
+    float temperature; /* TSR_DRAW_ROW_TOP: > 0; and the sampler's top_p and min_p */
+    float top_p, min_p;
+    int32_t mode;      /* tsr_draw_mode */
+} tsr_row_draw;
+
 /* One step, as rank 0 describes it. Arrays are host memory. A step with no
  * tokens only releases slots. */
 typedef struct {
@@ -66,7 +85,19 @@ typedef struct {
     int n_seg;
     const int32_t *seg;
     int top_k; /* TSR_OUT_TOPK: entries per row, 1..TSR_TOPK_MAX (kernels/backend.h) */
+    const tsr_row_draw *draw; /* TSR_OUT_TOPK, optional (n_out): NULL is TSR_DRAW_CAND for all */
 } tsr_step;
+
+/* Rank 0's results of a TSR_OUT_TOPK step (tsr_engine_step_top). */
+typedef struct {
+    int32_t *ids; /* (n_out, top_k): each row's best token ids, as tsr_engine_step's tokens */
+    float *val;   /* (n_out, top_k): their logits */
+    /* with tsr_step.draw only (else may be NULL): */
+    float *expsum; /* (n_out, 2): TSR_DRAW_ROW_TOP rows' max and sum of exp((l - max) / T)
+                      over the vocabulary, as the last stage decided with them */
+    int32_t *whole; /* (n_out): 1 where rows holds the row's logits, else 0 */
+    float *rows;    /* (n_out, n_vocab): row i's logits where whole[i] */
+} tsr_top_out;
 
 /* Where a rank's shard runs. */
 typedef enum {
@@ -146,6 +177,14 @@ typedef struct {
     int32_t *mb_idx;      size_t mb_idx_cap;     /* one micro-batch's greedy / top-k columns */
     float *topk_all;      size_t topk_all_cap;   /* top-k: every TP rank's lists, gathered */
     int32_t *topk_all_idx; size_t topk_all_idx_cap;
+    /* top-k steps with draws (tsr_step.draw) */
+    tsr_row_draw *draws;  size_t draws_cap;      /* the descriptor's, aligned */
+    float *inv_t;         size_t inv_t_cap;      /* one micro-batch's 1 / T */
+    float *mb_expsum;     size_t mb_expsum_cap;  /* (tp, rows, 2): every slice's sums */
+    float *expsum;        size_t expsum_cap;     /* (n_out, 2) over the vocabulary */
+    int32_t *whole;       size_t whole_cap;      /* (n_out): row's place in whole_rows, or -1 */
+    float *whole_rows;    size_t whole_rows_cap; /* (rows sent whole, n_vocab) */
+    int n_whole;
     int lm_release_pending; /* tsr_engine_lm: free slot 0 with the next step */
     tsr_lora_seg *segs;   size_t segs_cap;       /* one micro-batch's LoRA segments */
     /* LoRA training (runtime/engine_train.c) */
@@ -217,6 +256,13 @@ tsr_status tsr_engine_pp_recv(tsr_engine *e, void *buf, size_t count, int peer, 
  * -1 with -inf past the vocabulary's end. Errors in the step's content (a token outside the vocabulary,
  * no KV space) are found on rank 0 before anything is broadcast. */
 tsr_status tsr_engine_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits);
+
+/* Rank 0: runs a TSR_OUT_TOPK step, its results in *out. Without draws as
+ * tsr_engine_step (ids, val). With s->draw, rows of mode TSR_DRAW_WHOLE, and
+ * TSR_DRAW_ROW_TOP rows whose candidates cannot decide their draw
+ * (tsr_sampler_pick_sorted with the row's expsum gives -1, or the row holds
+ * a NaN), come with their whole row of logits too. */
+tsr_status tsr_engine_step_top(tsr_engine *e, const tsr_step *s, const tsr_top_out *out);
 
 /* Other ranks: execute steps until rank 0 calls tsr_engine_stop. */
 tsr_status tsr_engine_serve(tsr_engine *e);

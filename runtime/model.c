@@ -451,6 +451,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
     const int n = b->n_tokens;
+    m->last_n_out = 0;
     if (n <= 0)
         return tsr_error_set(TSR_ERR_INVALID, "forward: empty batch");
     if (m->last_stage && (b->n_out < 0 || b->n_out > n))
@@ -522,6 +523,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     TSR_TRY(st);
     if (!m->last_stage || b->n_out == 0)
         return TSR_OK;
+    m->last_n_out = b->n_out;
     if (!logits && top_k > 0)
         return I->topk(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab, top_k);
     if (!logits)
@@ -634,6 +636,32 @@ tsr_status tsr_model_forward_topk(tsr_model *m, tsr_kv_cache *kv, const tsr_batc
                                  TSR_TOPK_MAX);
     }
     return forward(m, kv, b, hidden_in, hidden_out, NULL, top_val, top_idx, k);
+}
+
+tsr_status tsr_model_row_expsum(tsr_model *m, const float *inv_t, float *out) {
+    const tsr_backend_i *I = m->be->iface;
+    if (!m->last_stage || m->last_n_out <= 0)
+        return tsr_error_set(TSR_ERR_INVALID, "model: no output rows of a forward to sum");
+    if (!I->row_expsum)
+        return tsr_error_set(TSR_ERR_UNSUPPORTED, "model: backend %s has no row_expsum op",
+                             I->name);
+    return I->row_expsum(m->be, out, m->ws.logits, inv_t, m->last_n_out, m->slice.n_vocab);
+}
+
+tsr_status tsr_model_logits_rows(tsr_model *m, const int32_t *rows, int n, float *out) {
+    const tsr_backend_i *I = m->be->iface;
+    const int V = m->slice.n_vocab;
+    const size_t a = tsr_backend_act_size(m->be);
+    if (!m->last_stage || m->last_n_out <= 0)
+        return tsr_error_set(TSR_ERR_INVALID, "model: no output rows of a forward to copy");
+    for (int i = 0; i < n; i++) {
+        if (rows[i] < 0 || rows[i] >= m->last_n_out)
+            return tsr_error_set(TSR_ERR_INVALID, "model: output row %d of %d", rows[i],
+                                 m->last_n_out);
+        TSR_TRY(I->act_to_f32(m->be, out + (size_t)i * V,
+                              (const char *)m->ws.logits + (size_t)rows[i] * V * a, (size_t)V));
+    }
+    return TSR_OK;
 }
 
 /* ---- LoRA ---- */

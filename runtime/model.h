@@ -88,6 +88,7 @@ typedef struct {
     tsr_fwd_graph graphs[TSR_FWD_GRAPHS];
     int next_graph;
     int graphs_off;         /* TSR_NO_CUDA_GRAPHS was set at load: never record */
+    int last_n_out;         /* output rows of the last forward in ws.logits; 0: none */
     /* LoRA at inference (tsr_model_set_lora): NULL = none. Not owned. */
     const tsr_lora_adapter *lora;
     unsigned lora_gen;      /* bumped by every tsr_model_set_lora (part of the graph key) */
@@ -164,5 +165,14 @@ tsr_status tsr_model_forward_greedy(tsr_model *m, tsr_kv_cache *kv, const tsr_ba
 tsr_status tsr_model_forward_topk(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                                   const void *hidden_in, void *hidden_out, int k, float *top_val,
                                   int32_t *top_idx);
+
+/* After a last-stage forward with output rows (any of the three above),
+ * while no other forward has run: each output row's maximum and sum of
+ * exp((l - max) * inv_t[i]) over this rank's vocabulary slice (backend
+ * row_expsum: out (n_out, 2) host f32, inv_t (n_out) host), and the logits
+ * of output rows rows[0..n) of it as host f32 (out (n, slice n_vocab)).
+ * TSR_ERR_INVALID when there is no such forward output. */
+tsr_status tsr_model_row_expsum(tsr_model *m, const float *inv_t, float *out);
+tsr_status tsr_model_logits_rows(tsr_model *m, const int32_t *rows, int n, float *out);
 
 #endif

@@ -79,6 +79,7 @@ tsr_bench|bench/tsr_bench|1
 tsr_bench_dist|bench/tsr_bench_dist|1
 test_cuda_ops|tests/cuda/test_cuda_ops|1
 train_ops_driver|tests/train/train_ops_driver|1
+engine_probe|tests/dist/engine_probe|1
 tessera-cli|launcher/tessera-cli|1
 tessera-launch|launcher/tessera-launch|1
 test_nccl|tests/comm/test_nccl|0

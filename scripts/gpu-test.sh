@@ -13,6 +13,9 @@
 #   3. ops:   .gpu/bin/test_cuda_ops (every backend op, CPU vs CUDA, f32 and bf16);
 #   4. model: tests/cuda/test_cuda_model.py (greedy generation cpu vs cuda, tp/pp
 #      under mpirun);
+#   4b. engine: .gpu/bin/engine_probe on CUDA (one rank in f32 and bf16
+#      activations, tp=2 over --comm mpi): the top-k steps' candidates against
+#      the logits, and top-k steps with per-row draws (row_expsum, whole rows);
 #   5. bench: scripts/gpu-bench.sh when it exists.
 # Logs go to ${OUT:-/tmp/gpu-out}: gpu-test.log (setup and summary), ops.log,
 # model.log, bench.log; four files, leaving four of the device tool's eight for
@@ -20,13 +23,14 @@
 # the exit status is 1 when any failed or skipped (a skip on a GPU machine means
 # something is missing), 0 when all passed.
 #
-# usage: scripts/gpu-test.sh [ops] [model] [bench]   (default: all three)
+# usage: scripts/gpu-test.sh [ops] [train] [model] [engine] [lora] [bench]   (default: all)
 # environment:
 #   OUT               log folder (default /tmp/gpu-out)
 #   TSR_MODEL_PARTS   folder with the model's parts (split to fit transfers)
 #   TESSERA_MODELS    model cache (default $HOME/.cache/tessera/models)
-#   TSR_OPS_TIMEOUT, TSR_MODEL_TIMEOUT, TSR_BENCH_TIMEOUT   seconds per step
-#                     (default 180, 330, 240: the three fit one 10-minute call)
+#   TSR_OPS_TIMEOUT, TSR_TRAIN_TIMEOUT, TSR_MODEL_TIMEOUT, TSR_ENGINE_TIMEOUT,
+#   TSR_LORA_TIMEOUT, TSR_BENCH_TIMEOUT   seconds per step
+#                     (default 180, 240, 330, 180, 300, 240)
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,11 +47,11 @@ die() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(ops train model lora bench)
+[ ${#steps[@]} -gt 0 ] || steps=(ops train model engine lora bench)
 for s in "${steps[@]}"; do
   case "$s" in
-    ops|train|model|lora|bench) ;;
-    *) die "unknown step '$s' (steps: ops train model lora bench)" ;;
+    ops|train|model|engine|lora|bench) ;;
+    *) die "unknown step '$s' (steps: ops train model engine lora bench)" ;;
   esac
 done
 want() { case " ${steps[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -212,6 +216,19 @@ if want model; then
   [ -f "$script" ] || script=$gpu/tests/test_cuda_model.py
   run_step model "${TSR_MODEL_TIMEOUT:-330}" "$out/model.log" \
     python3 "$script" "$gpu/bin/tessera" "$mpirun"
+fi
+if want engine; then
+  # engine_probe exits 1 when a top-k step's candidates are not the logits'
+  # best, or a step with per-row draws brings the wrong rows whole
+  ids="1 4093 198 1780 314 260 3575 282 4649 47 2 198 1 520 9531 198"
+  run_step engine "${TSR_ENGINE_TIMEOUT:-180}" "$out/engine.log" bash -c "
+    set -e
+    for act in f32 bf16; do
+      mkdir -p /tmp/probe-\$act
+      $gpu/bin/engine_probe --device cuda --act-dtype \$act $model /tmp/probe-\$act 1 1 $ids
+    done
+    mkdir -p /tmp/probe-tp2
+    $mpirun -np 2 $gpu/bin/engine_probe --device cuda --comm mpi $model /tmp/probe-tp2 2 1 $ids"
 fi
 if want lora; then
   run_step lora "${TSR_LORA_TIMEOUT:-300}" "$out/lora.log" \

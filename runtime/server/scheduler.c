@@ -19,7 +19,9 @@ typedef struct {
     int reserved;         /* KV blocks reserved for the worst case */
     int greedy;           /* argmax without logits suffices */
     int cand_k;           /* candidates a row needs (tsr_sampler_candidates_needed); 0: the
-                             whole row of logits */
+                             whole row of logits, or row_top */
+    int row_top;          /* top_k off: ROW_TOP_K candidates and the row's normaliser
+                             (tsr_sampler_row_top_ok), the whole row when they do not do */
     int adapter;          /* engine adapter slot, -1 = the base model (or serve --adapter) */
     tsr_sampler smp;
     tsr_detok_stream ds;
@@ -54,7 +56,16 @@ struct tsr_scheduler {
     float *cand_val;  /* TSR_OUT_TOPK steps: (n_out, top_k) candidates */
     int32_t *cand_id;
     size_t cap_cand;
+    tsr_row_draw *draw; /* TSR_OUT_TOPK steps: (n_out) how each row is drawn */
+    float *expsum;      /* (n_out, 2) */
+    int32_t *whole;     /* (n_out) */
+    int cap_draw;
+    long rows_by_path[4]; /* sampled rows: candidates, row-top, row-top sent whole, whole */
 };
+
+/* Candidates a top_k-off row brings: its nucleus usually lies within them;
+ * when it does not, the last stage sends the whole row instead. */
+#define ROW_TOP_K 64
 
 /* ---- events ---- */
 
@@ -227,6 +238,8 @@ static void admit(tsr_scheduler_t *s) {
                                  ? 0
                                  : tsr_sampler_candidates_needed(p, TSR_TOPK_MAX - bans);
             q->cand_k = want > 0 && want + bans <= TSR_TOPK_MAX ? want + bans : 0;
+            q->row_top = !r->logprobs && !s->cfg.host_sampling && !bans &&
+                         tsr_sampler_row_top_ok(p) && s->e->be->iface->row_expsum;
             tsr_detok_stream_init(&q->ds, s->tok, TSR_DETOK_SKIP_SPECIAL);
             tsr_stop_text_init(&q->stops, (const char *const *)r->stop, (size_t)r->n_stop);
         }
@@ -323,6 +336,9 @@ void tsr_scheduler_free(tsr_scheduler_t *s) {
     free(s->logits);
     free(s->cand_val);
     free(s->cand_id);
+    free(s->draw);
+    free(s->expsum);
+    free(s->whole);
     tsr_adapters_free(s->adapters);
     free(s);
 }
@@ -485,14 +501,34 @@ static void publish(tsr_scheduler_t *s) {
 }
 
 /* What an output row of sequence q asks of the step: nothing more than
- * argmax (greedy), its best cand_k candidates, or the whole row. */
+ * argmax (greedy), its best cand_k candidates, ROW_TOP_K candidates and
+ * maybe the whole row (row_top), or the whole row. */
 static void row_needs(const seq_state *q, int *want_logits, int *top_k) {
     if (q->greedy)
         return;
-    if (q->cand_k == 0)
+    const int k = q->row_top ? ROW_TOP_K : q->cand_k;
+    if (k == 0)
         *want_logits = 1;
-    else if (q->cand_k > *top_k)
-        *top_k = q->cand_k;
+    else if (k > *top_k)
+        *top_k = k;
+}
+
+/* How rank 0 draws an output row of a top-k step (tsr_row_draw). */
+static tsr_row_draw row_draw(const seq_state *q) {
+    tsr_row_draw d = {0, 0, 1, 0, TSR_DRAW_CAND};
+    if (q->greedy || q->cand_k > 0)
+        return d;
+    if (!q->row_top) {
+        d.mode = TSR_DRAW_WHOLE;
+        return d;
+    }
+    const tsr_sampling_params *p = &q->smp.p;
+    d.mode = TSR_DRAW_ROW_TOP;
+    d.u = tsr_sampler_peek_unit(&q->smp);
+    d.temperature = p->temperature;
+    d.top_p = p->top_p;
+    d.min_p = p->min_p;
+    return d;
 }
 
 tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
@@ -580,10 +616,35 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         return TSR_OK;
     /* with n == 0 the step only frees the slots of finished sequences */
     const int V = s->e->mcfg.n_vocab;
+    /* top-k whenever a sampled row can use candidates; rows that need
+     * the whole row then get it through their draw (TSR_DRAW_WHOLE) */
     const tsr_out_kind kind = n_out == 0 ? TSR_OUT_NONE
-                              : want_logits ? TSR_OUT_LOGITS
                               : top_k > 0   ? TSR_OUT_TOPK
+                              : want_logits ? TSR_OUT_LOGITS
                                             : TSR_OUT_ARGMAX;
+    int draws = 0; /* whether the top-k step needs per-row draws */
+    for (int o = 0; kind == TSR_OUT_TOPK && o < n_out; o++) {
+        const seq_state *q = &s->seqs[s->row_slot[o]];
+        draws |= !q->greedy && q->cand_k == 0;
+    }
+    if (draws) {
+        want_logits = 1; /* room for the rows that come whole */
+        if (n_out > s->cap_draw) {
+            free(s->draw);
+            free(s->expsum);
+            free(s->whole);
+            s->cap_draw = n_out;
+            s->draw = malloc((size_t)n_out * sizeof *s->draw);
+            s->expsum = malloc((size_t)n_out * 2 * sizeof *s->expsum);
+            s->whole = malloc((size_t)n_out * sizeof *s->whole);
+            if (!s->draw || !s->expsum || !s->whole) {
+                s->cap_draw = 0;
+                return tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+            }
+        }
+        for (int o = 0; o < n_out; o++)
+            s->draw[o] = row_draw(&s->seqs[s->row_slot[o]]);
+    }
     if (kind == TSR_OUT_TOPK && (size_t)n_out * top_k > s->cap_cand) {
         free(s->cand_val);
         free(s->cand_id);
@@ -620,14 +681,15 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
             .n_seg = n_seg,
             .seg = s->segs,
             .top_k = kind == TSR_OUT_TOPK ? top_k : 0,
+            .draw = draws ? s->draw : NULL,
         };
-        st = tsr_engine_step(s->e, &step,
-                             kind == TSR_OUT_TOPK ? s->cand_id
-                             : want_logits        ? NULL
-                                                  : s->argmax,
-                             kind == TSR_OUT_TOPK ? s->cand_val
-                             : want_logits        ? s->logits
-                                                  : NULL);
+        if (kind == TSR_OUT_TOPK) {
+            const tsr_top_out out = {s->cand_id, s->cand_val, s->expsum, s->whole, s->logits};
+            st = tsr_engine_step_top(s->e, &step, &out);
+        } else {
+            st = tsr_engine_step(s->e, &step, want_logits ? NULL : s->argmax,
+                                 want_logits ? s->logits : NULL);
+        }
     }
     if (st != TSR_OK)
         return st;
@@ -652,35 +714,38 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         seq_state *q = &s->seqs[k];
         if (!q->req)
             continue;
+        /* end-of-generation tokens are banned until min_tokens, or always with ignore_eos */
+        const int suppress = q->n_completion < q->req->min_tokens || q->req->ignore_eos;
+        const int32_t *ban = suppress ? s->eog : NULL;
+        const size_t n_ban = suppress ? (size_t)s->n_eog : 0;
+        const int whole = kind == TSR_OUT_LOGITS || (draws && s->whole[o]);
+        const float *row = whole ? s->logits + (size_t)o * V : NULL;
+        const float *cv = kind == TSR_OUT_TOPK ? s->cand_val + (size_t)o * top_k : NULL;
+        const int32_t *ci = kind == TSR_OUT_TOPK ? s->cand_id + (size_t)o * top_k : NULL;
         int32_t tok;
-        const float *row = want_logits ? s->logits + (size_t)o * V : NULL;
-        if (kind == TSR_OUT_TOPK) {
-            const float *cv = s->cand_val + (size_t)o * top_k;
-            const int32_t *ci = s->cand_id + (size_t)o * top_k;
-            if (q->greedy) { /* argmax's pick: the best that is not NaN */
-                int j = 0;
-                while (j + 1 < top_k && isnan(cv[j]))
-                    j++;
-                tok = ci[j] >= 0 ? ci[j] : 0;
-            } else {
-                int suppress = q->n_completion < q->req->min_tokens || q->req->ignore_eos;
-                if (tsr_sampler_sample_top(&q->smp, cv, ci, top_k, suppress ? s->eog : NULL,
-                                           suppress ? (size_t)s->n_eog : 0, &tok) != TSR_OK) {
-                    finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
-                    continue;
-                }
-            }
-        } else if (!want_logits) {
+        tsr_status sst = TSR_OK;
+        if (kind == TSR_OUT_ARGMAX) {
             tok = s->argmax[o];
+        } else if (q->greedy && !whole) { /* argmax's pick: the best that is not NaN */
+            int j = 0;
+            while (j + 1 < top_k && isnan(cv[j]))
+                j++;
+            tok = ci[j] >= 0 ? ci[j] : 0;
         } else if (q->greedy) {
             tok = tsr_argmax(row, V);
+        } else if (whole) {
+            sst = tsr_sampler_sample(&q->smp, row, ban, n_ban, &tok);
+        } else if (q->cand_k > 0) {
+            sst = tsr_sampler_sample_top(&q->smp, cv, ci, top_k, ban, n_ban, &tok);
         } else {
-            int suppress = q->n_completion < q->req->min_tokens || q->req->ignore_eos;
-            if (tsr_sampler_sample(&q->smp, row, suppress ? s->eog : NULL,
-                                   suppress ? (size_t)s->n_eog : 0, &tok) != TSR_OK) {
-                finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
-                continue;
-            }
+            sst = tsr_sampler_sample_row_top(&q->smp, cv, ci, top_k, s->expsum[2 * o],
+                                             s->expsum[2 * o + 1], &tok);
+        }
+        if (!q->greedy && kind != TSR_OUT_ARGMAX)
+            s->rows_by_path[q->cand_k > 0 ? 0 : !q->row_top ? 3 : whole ? 2 : 1]++;
+        if (sst != TSR_OK) {
+            finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
+            continue;
         }
         accept_token(s, k, tok, row);
     }
@@ -690,4 +755,8 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
 
 void tsr_scheduler_step_counts(const tsr_scheduler_t *s, long counts[4]) {
     memcpy(counts, s->steps_by_kind, sizeof s->steps_by_kind);
+}
+
+void tsr_scheduler_row_counts(const tsr_scheduler_t *s, long counts[4]) {
+    memcpy(counts, s->rows_by_path, sizeof s->rows_by_path);
 }

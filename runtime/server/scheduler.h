@@ -37,10 +37,12 @@ typedef struct {
     tsr_metrics *metrics; /* tokens, latencies, finishes, steps and the batch/KV gauges are
                              recorded here (this thread only writes); NULL = off */
     const char *base_model; /* the adapters' base_model_name_or_path when saved */
-    int host_sampling;      /* 1: every sampled row's logits come to rank 0 whole; 0: steps
-                               whose sampled rows all use top-k (no penalties, min_tokens,
-                               ignore_eos or logprobs) bring only each row's top-k candidates,
-                               picked on the device (the same tokens, far fewer bytes) */
+    int host_sampling;      /* 1: every sampled row's logits come to rank 0 whole; 0: rows
+                               bring candidates picked on the device where their draw allows
+                               (the same tokens, far fewer bytes): top-k rows their top-k;
+                               top_k-off rows without penalties, bans or logprobs 64 and the
+                               row's softmax normaliser, the whole row only when the nucleus
+                               reaches past them; the other rows come whole in the same step */
 } tsr_sched_config;
 
 typedef struct tsr_scheduler tsr_scheduler_t; /* opaque */
@@ -59,6 +61,13 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s);
  * counts[TSR_OUT_TOPK]): which steps brought whole rows of logits and which
  * only candidates or greedy picks. */
 void tsr_scheduler_step_counts(const tsr_scheduler_t *s, long counts[4]);
+
+/* Sampled (non-greedy) rows so far by how they were drawn: [0] from top-k
+ * candidates, [1] top_k off from ROW_TOP_K candidates and the row's
+ * normaliser, [2] top_k off but the candidates did not decide (the whole
+ * row came), [3] from the whole row (penalties, logprobs, bans,
+ * --host-sampling). */
+void tsr_scheduler_row_counts(const tsr_scheduler_t *s, long counts[4]);
 
 /* Sequences running or waiting for admission. */
 int tsr_scheduler_pending(const tsr_scheduler_t *s);

@@ -15,13 +15,17 @@
  * together in the same steps: the ids, and the ids minus their first three
  * tokens) and OUTDIR/rss.txt ("rank peak_rss_kb" per rank). Exits 1 when
  * the same prefill step with TSR_OUT_TOPK (40 per row, merged over the TP
- * ranks) is not exactly the 40 best of each row of logits.f32. */
+ * ranks) is not exactly the 40 best of each row of logits.f32, or when the
+ * step with per-row draws (draw_check) does not bring what rank 0's
+ * sampler needs. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
 #include "runtime/engine.h"
+#include "runtime/sampler.h"
 
 static int die(const char *what, int rank) {
     fprintf(stderr, "[rank %d] engine_probe: %s: %s\n", rank, what, tsr_error_msg());
@@ -37,6 +41,85 @@ static int write_tokens(const char *dir, const char *name, const int32_t *t, int
     for (int i = 0; i < n; i++)
         fprintf(f, "%d%c", t[i], i + 1 < n ? ' ' : '\n');
     return fclose(f) != 0;
+}
+
+/* The prefill step once more as TSR_OUT_TOPK with per-row draws, cycling
+ * through the modes: from the candidates alone, whole, and top_k off
+ * (ROW_TOP) at two settings, one whose candidates almost surely decide the
+ * draw (T 0.5, top_p 0.5) and one almost surely not (T 1.5, no cut, u
+ * 0.999). Checks each ROW_TOP row's (max, sum) against double sums over
+ * logits (the LOGITS step's), that exactly the WHOLE rows and the ROW_TOP
+ * rows tsr_sampler_pick_sorted cannot decide came whole and equal to
+ * logits, and that both ROW_TOP outcomes happened. 0 when all holds. */
+static int draw_check(tsr_engine *e, tsr_comm_grid *grid, int n, const int32_t *ids,
+                      const int32_t *pos, const int32_t *seq, const int32_t *rows,
+                      const float *logits) {
+    enum { K = 40 };
+    const int V = e->mcfg.n_vocab;
+    float *tv = malloc((size_t)n * K * sizeof *tv), *ex = malloc((size_t)n * 2 * sizeof *ex);
+    float *whole_rows = malloc((size_t)n * V * sizeof *whole_rows);
+    int32_t *ti = malloc((size_t)n * K * sizeof *ti), *whole = malloc((size_t)n * sizeof *whole);
+    tsr_row_draw *d = calloc((size_t)n, sizeof *d);
+    if (!tv || !ex || !whole_rows || !ti || !whole || !d)
+        tsr_comm_abort(grid, 1, "engine_probe: out of memory");
+    for (int i = 0; i < n; i++) {
+        const int m = i % 4;
+        d[i].mode = m == 0 ? TSR_DRAW_CAND : m == 1 ? TSR_DRAW_WHOLE : TSR_DRAW_ROW_TOP;
+        d[i].temperature = m == 2 ? 0.5f : 1.5f;
+        d[i].top_p = m == 2 ? 0.5f : 1.0f;
+        d[i].min_p = 0;
+        d[i].u = m == 2 ? 0.25 + 0.01 * i : 0.999;
+    }
+    tsr_step t = {n, ids, pos, seq, n, rows, TSR_OUT_TOPK, 0, NULL, 0, NULL, K, d};
+    const tsr_top_out to = {ti, tv, ex, whole, whole_rows};
+    if (tsr_engine_step_top(e, &t, &to) != TSR_OK)
+        tsr_comm_abort(grid, 1, "engine_probe: top-k step with draws failed");
+    int rc = 0, decided = 0, sent = 0;
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * V;
+        int want_whole = d[i].mode == TSR_DRAW_WHOLE;
+        if (d[i].mode == TSR_DRAW_ROW_TOP) {
+            double mx = -INFINITY, z = 0;
+            for (int x = 0; x < V; x++)
+                if (l[x] > mx)
+                    mx = l[x];
+            for (int x = 0; x < V; x++)
+                z += exp(((double)l[x] - mx) / d[i].temperature);
+            if (ex[2 * i] != (float)mx || !(fabs(ex[2 * i + 1] - z) <= 1e-4 * z)) {
+                fprintf(stderr, "engine_probe: row %d normaliser (%g, %g), the logits give "
+                                "(%g, %g)\n", i, (double)ex[2 * i], (double)ex[2 * i + 1], mx, z);
+                rc = 1;
+            }
+            want_whole = tsr_sampler_pick_sorted(tv + (size_t)i * K, K, 0, ex[2 * i],
+                                                 ex[2 * i + 1], d[i].temperature, d[i].top_p,
+                                                 d[i].min_p, d[i].u) < 0;
+            decided += !want_whole;
+            sent += want_whole;
+        }
+        if (whole[i] != want_whole) {
+            fprintf(stderr, "engine_probe: row %d (draw mode %d) came %s\n", i, (int)d[i].mode,
+                    whole[i] ? "whole" : "as candidates only");
+            rc = 1;
+        }
+        if (whole[i] && memcmp(whole_rows + (size_t)i * V, l, (size_t)V * sizeof *l) != 0) {
+            fprintf(stderr, "engine_probe: row %d came whole but not as the logits step's\n", i);
+            rc = 1;
+        }
+    }
+    printf("engine_probe: top_k-off rows: %d decided by %d candidates, %d sent whole\n", decided,
+           K, sent);
+    if (decided == 0 || sent == 0) {
+        fprintf(stderr, "engine_probe: top_k-off rows: %d decided by their candidates, %d sent "
+                        "whole (both should happen)\n", decided, sent);
+        rc = 1;
+    }
+    free(tv);
+    free(ex);
+    free(whole_rows);
+    free(ti);
+    free(whole);
+    free(d);
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -104,7 +187,7 @@ int main(int argc, char **argv) {
             rows[i] = i;
         }
         /* 1: logits of every position */
-        tsr_step s = {n, ids, pos, seq, n, rows, TSR_OUT_LOGITS, 0, NULL, 0, NULL, 0};
+        tsr_step s = {n, ids, pos, seq, n, rows, TSR_OUT_LOGITS, 0, NULL, 0, NULL, 0, NULL};
         if (tsr_engine_step(&e, &s, NULL, logits) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: logits step failed");
         char p[4096];
@@ -119,8 +202,9 @@ int main(int argc, char **argv) {
             enum { K = 40 };
             float *tv = malloc((size_t)n * K * sizeof *tv);
             int32_t *ti = malloc((size_t)n * K * sizeof *ti);
-            tsr_step t = {n, ids, pos, seq, n, rows, TSR_OUT_TOPK, 0, NULL, 0, NULL, K};
-            if (!tv || !ti || tsr_engine_step(&e, &t, ti, tv) != TSR_OK)
+            tsr_step t = {n, ids, pos, seq, n, rows, TSR_OUT_TOPK, 0, NULL, 0, NULL, K, NULL};
+            const tsr_top_out to = {ti, tv, NULL, NULL, NULL};
+            if (!tv || !ti || tsr_engine_step_top(&e, &t, &to) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: top-k step failed");
             for (int i = 0; i < n && rc == 0; i++) {
                 const float *l = logits + (size_t)i * V;
@@ -141,14 +225,16 @@ int main(int argc, char **argv) {
             free(tv);
             free(ti);
         }
+        if (rc == 0 && draw_check(&e, &grid, n, ids, pos, seq, rows, logits) != 0)
+            rc = 1;
         /* 2: greedy decode, one token per step */
         int32_t release = 0;
-        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release, 0, NULL, 0};
+        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release, 0, NULL, 0, NULL};
         if (tsr_engine_step(&e, &pre, &greedy[0], NULL) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: prefill failed");
         for (int g = 1; g < G; g++) {
             int32_t p1 = n + g - 1, s0 = 0, r0 = 0;
-            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0};
+            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0, NULL};
             if (tsr_engine_step(&e, &d, &greedy[g], NULL) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: decode failed");
         }
@@ -169,7 +255,7 @@ int main(int argc, char **argv) {
         }
         br[0] = n - 1;
         br[1] = tot - 1;
-        tsr_step bp0 = {tot, bt, bp, bs, 2, br, TSR_OUT_ARGMAX, 2, rel, 0, NULL, 0};
+        tsr_step bp0 = {tot, bt, bp, bs, 2, br, TSR_OUT_ARGMAX, 2, rel, 0, NULL, 0, NULL};
         int32_t out[2];
         if (tsr_engine_step(&e, &bp0, out, NULL) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: batch prefill failed");
@@ -178,7 +264,7 @@ int main(int argc, char **argv) {
         for (int g = 1; g < B; g++) {
             int32_t t2[2] = {batch[0][g - 1], batch[1][g - 1]};
             int32_t p2[2] = {n + g - 1, m + g - 1}, s2[2] = {0, 1}, r2[2] = {0, 1};
-            tsr_step d = {2, t2, p2, s2, 2, r2, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0};
+            tsr_step d = {2, t2, p2, s2, 2, r2, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0, NULL};
             if (tsr_engine_step(&e, &d, out, NULL) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: batch decode failed");
             batch[0][g] = out[0];

@@ -251,6 +251,25 @@ def main():
         check(final.timings.time_to_first_token_s > 0 and final.timings.total_s >= final.timings.time_to_first_token_s,
               f"bad timings: {final.timings}")
 
+        # -- seeded sampling with top_k off equals `tessera generate`'s (one rank,
+        # whole rows on the host): the server at tp=2 draws these rows from
+        # 64 merged candidates and the TP-combined normaliser, and sends a
+        # row whole only when those cannot decide (docs/architecture.md)
+        for samp in (dict(temperature=0.9, top_p=0.9, seed=11), dict(temperature=1.3, seed=5),
+                     dict(temperature=0.8, min_p=0.05, seed=3)):
+            text_s, _, final_s = stream(chat_req(QUESTION, **samp))
+            flags = [f"--{k.replace('_', '-')}" if k != "seed" else "--seed" for k in samp]
+            argv = [a for k, v in zip(flags, samp.values()) for a in (k, str(v))]
+            ref = subprocess.run([tessera, "generate", "--model", model, "--chat", QUESTION,
+                                  "--max-tokens", "32", *argv], capture_output=True, text=True,
+                                 env=ENV, stdin=subprocess.DEVNULL)
+            check(ref.returncode == 0, f"generate {argv}: {ref.stderr}")
+            check(final_s.finish_reason != pb.FINISH_REASON_ERROR and
+                  text_s == ref.stdout.rstrip("\n"),
+                  f"sampled stream {samp} differs from `tessera generate`: {text_s!r} vs "
+                  f"{ref.stdout.strip()!r}")
+        print("seeded top_k-off samples (top-p, temperature alone, min-p) equal `tessera generate`")
+
         # -- tessera-cli gives the same stream; tokenize agrees with `tessera tokenize`
         c = subprocess.run([cli, "--addr", addr, "--auth-token-file", token_file, "generate",
                             "--chat", QUESTION, "--max-tokens", "32"], capture_output=True, text=True)

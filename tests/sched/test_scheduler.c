@@ -81,15 +81,17 @@ static int drain(tsr_gen_request *r, result *res) {
     return res->done;
 }
 
-#define N_SAMPLED 12
+#define N_SAMPLED 16
 
 /* N_SAMPLED sampled requests (top-k 1 to 256 with temperatures, top-p and
  * min-p, min_tokens and ignore_eos; greedy with ignore_eos; one with a
- * repetition penalty and one without top-k, which need whole rows) pushed together into a fresh scheduler with host_sampling as
- * given; their tokens in res, the steps by output kind in kinds. */
+ * repetition penalty, which needs whole rows; five without top-k, with
+ * top-p, min-p or neither) pushed together into a fresh scheduler with
+ * host_sampling as given; their tokens in res, the steps by output kind in
+ * kinds, the sampled rows by path (tsr_scheduler_row_counts) in paths. */
 static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_queue *q,
                         tsr_server_stats *stats, char (*prompts)[512], int host_sampling,
-                        result *res, long kinds[4]) {
+                        result *res, long kinds[4], long paths[4]) {
     static const struct {
         int top_k;
         float temperature, top_p, min_p, repeat;
@@ -101,6 +103,9 @@ static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_q
         {5, 1.5f, 1.0f, 0.0f, 1.0f, 0, 1},    {64, 0.9f, 0.8f, 0.02f, 1.0f, 0, 0},
         {40, 1.0f, 1.0f, 0.0f, 1.3f, 0, 0},   {0, 0.9f, 0.9f, 0.0f, 1.0f, 0, 0},
         {100, 1.1f, 1.0f, 0.0f, 1.0f, 20, 0}, {0, 0.0f, 1.0f, 0.0f, 1.0f, 0, 1},
+        /* top_k off: candidates and the row's normaliser, or the whole row */
+        {0, 0.8f, 0.9f, 0.0f, 1.0f, 0, 0},    {0, 1.0f, 1.0f, 0.0f, 1.0f, 0, 0},
+        {0, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},   {0, 1.5f, 1.0f, 0.0f, 1.0f, 0, 0},
     };
     tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling};
     tsr_scheduler_t *s;
@@ -132,6 +137,7 @@ static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_q
     }
     CHECK(tsr_scheduler_iterate(s) == TSR_OK, "iterate"); /* frees the last slots */
     tsr_scheduler_step_counts(s, kinds);
+    tsr_scheduler_row_counts(s, paths);
     tsr_scheduler_free(s);
 }
 
@@ -250,9 +256,9 @@ int main(int argc, char **argv) {
     /* sampling from device-side top-k candidates picks exactly the tokens
      * the host picks from whole rows, batched, with the same seeds */
     static result host_run[N_SAMPLED], dev_run[N_SAMPLED];
-    long host_kinds[4], dev_kinds[4];
-    run_sampled(&e, tok, &q, &stats, prompts, 1, host_run, host_kinds);
-    run_sampled(&e, tok, &q, &stats, prompts, 0, dev_run, dev_kinds);
+    long host_kinds[4], dev_kinds[4], host_paths[4], dev_paths[4];
+    run_sampled(&e, tok, &q, &stats, prompts, 1, host_run, host_kinds, host_paths);
+    run_sampled(&e, tok, &q, &stats, prompts, 0, dev_run, dev_kinds, dev_paths);
     int differ_from_greedy = 0;
     for (int i = 0; i < N_SAMPLED; i++) {
         CHECK(dev_run[i].n_tokens == host_run[i].n_tokens &&
@@ -274,16 +280,24 @@ int main(int argc, char **argv) {
     }
     CHECK(host_kinds[TSR_OUT_TOPK] == 0, "--host-sampling ran %ld top-k steps",
           host_kinds[TSR_OUT_TOPK]);
-    CHECK(dev_kinds[TSR_OUT_TOPK] > 0 && dev_kinds[TSR_OUT_LOGITS] > 0 &&
-              dev_kinds[TSR_OUT_LOGITS] < host_kinds[TSR_OUT_LOGITS],
+    CHECK(dev_kinds[TSR_OUT_TOPK] > 0 && dev_kinds[TSR_OUT_LOGITS] < host_kinds[TSR_OUT_LOGITS],
           "device sampling: %ld top-k steps, %ld whole-row steps (host: %ld)",
           dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS], host_kinds[TSR_OUT_LOGITS]);
+    /* every path was taken: top-k candidates, top_k off decided by the
+     * candidates, top_k off sent whole, whole rows (the penalty) */
+    CHECK(host_paths[0] == 0 && host_paths[1] == 0 && host_paths[2] == 0 && host_paths[3] > 0,
+          "--host-sampling drew rows from candidates");
+    CHECK(dev_paths[0] > 0 && dev_paths[1] > 0 && dev_paths[2] > 0 && dev_paths[3] > 0,
+          "device sampling rows by path: %ld top-k, %ld top_k off from candidates, %ld top_k off "
+          "sent whole, %ld whole", dev_paths[0], dev_paths[1], dev_paths[2], dev_paths[3]);
     CHECK(differ_from_greedy >= N_SAMPLED / 2,
           "only %d of %d sampled answers leave the greedy path", differ_from_greedy,
           N_SAMPLED - 2);
-    printf("%d sampled requests: device top-k (%ld top-k steps, %ld whole-row steps) matches "
+    printf("%d sampled requests: device candidates (%ld top-k steps, %ld whole-row steps; rows: "
+           "%ld top-k, %ld top_k off from %d candidates, %ld of them sent whole, %ld whole) match "
            "host sampling token for token\n",
-           N_SAMPLED, dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS]);
+           N_SAMPLED, dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS], dev_paths[0],
+           dev_paths[1] + dev_paths[2], 64, dev_paths[2], dev_paths[3]);
 
     tsr_request_queue_free(&q);
     tsr_engine_free(&e);
