@@ -304,7 +304,7 @@ static tsr_status cpu_argmax(tsr_backend *b, float *val, int32_t *idx, const voi
 
 /* Per row: a sorted list of the best k so far; a value enters by insertion
  * when it beats the last (V log-free: k is small, and after the first
- * entries few values beat the k-th). */
+ * entries few values beat the k-th). Rows in parallel. */
 static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void *lv, int n, int V,
                            int k) {
     (void)b;
@@ -312,6 +312,7 @@ static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void 
         return tsr_error_set(TSR_ERR_INVALID, "cpu topk: n %d, V %d, k %d (k must be in 1..%d)", n,
                              V, k, TSR_TOPK_MAX);
     const float *logits = lv;
+#pragma omp parallel for if (n > 1)
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * V;
         float *v = val + (size_t)i * k;
@@ -338,13 +339,14 @@ static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void 
     return TSR_OK;
 }
 
-/* Two passes per row, the sum in double, rounded once. */
+/* Two passes per row, the sum in double, rounded once; rows in parallel. */
 static tsr_status cpu_row_expsum(tsr_backend *b, float *out, const void *lv, const float *inv_t,
                                  int n, int V) {
     (void)b;
     if (n < 0 || V < 1)
         return tsr_error_set(TSR_ERR_INVALID, "cpu row_expsum: n %d, V %d", n, V);
     const float *logits = lv;
+#pragma omp parallel for if (n > 1)
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * V;
         float mx = -INFINITY;

@@ -40,7 +40,7 @@ typedef struct {
     int host_sampling;      /* 1: every sampled row's logits come to rank 0 whole; 0: rows
                                bring candidates picked on the device where their draw allows
                                (the same tokens, far fewer bytes): top-k rows their top-k;
-                               top_k-off rows without penalties, bans or logprobs 64 and the
+                               top_k-off rows without penalties, bans or logprobs 128 and the
                                row's softmax normaliser, the whole row only when the nucleus
                                reaches past them; the other rows come whole in the same step */
 } tsr_sched_config;

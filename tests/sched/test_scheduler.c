@@ -294,10 +294,10 @@ int main(int argc, char **argv) {
           "only %d of %d sampled answers leave the greedy path", differ_from_greedy,
           N_SAMPLED - 2);
     printf("%d sampled requests: device candidates (%ld top-k steps, %ld whole-row steps; rows: "
-           "%ld top-k, %ld top_k off from %d candidates, %ld of them sent whole, %ld whole) match "
+           "%ld top-k, %ld top_k off from candidates, %ld of them sent whole, %ld whole) match "
            "host sampling token for token\n",
            N_SAMPLED, dev_kinds[TSR_OUT_TOPK], dev_kinds[TSR_OUT_LOGITS], dev_paths[0],
-           dev_paths[1] + dev_paths[2], 64, dev_paths[2], dev_paths[3]);
+           dev_paths[1] + dev_paths[2], dev_paths[2], dev_paths[3]);
 
     tsr_request_queue_free(&q);
     tsr_engine_free(&e);
