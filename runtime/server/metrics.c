@@ -606,6 +606,23 @@ tsr_status tsr_metrics_create(tsr_metrics **out) {
     TSR_CHECK_GOTO(st, add_one(r, TSR_METRIC_HISTOGRAM, "tessera_step_tokens",
                                "Tokens per engine step (decode tokens plus prompt chunks)",
                                tokens, N_OF(tokens), &m->step_tokens));
+    {
+        static const char *const path_labels[] = {"path"};
+        static const char *const paths[] = {"topk", "candidates", "candidates_whole", "whole"};
+        tsr_metric_family_t *rows;
+        tsr_metric_spec s = {TSR_METRIC_COUNTER, "tessera_sampled_rows_total",
+                             "Sampled (non-greedy) rows by how rank 0 drew them: top-k "
+                             "candidates, top_k-off candidates with the row's normaliser, "
+                             "top_k-off rows the candidates could not decide (sent whole), "
+                             "whole rows",
+                             path_labels, 1, NULL, 0};
+        TSR_CHECK_GOTO(st, tsr_metric_registry_add(r, &s, &rows));
+        for (int i = 0; i < 4; i++)
+            if (!(m->sampled_rows[i] = tsr_metric_get(rows, &paths[i]))) {
+                st = tsr_error_set(TSR_ERR_NOMEM, "metrics: out of memory");
+                goto cleanup;
+            }
+    }
     *out = m;
     return TSR_OK;
 cleanup:

@@ -105,6 +105,9 @@ typedef struct {
     tsr_metric_t *kv_blocks_used, *kv_blocks_total;
     tsr_metric_t *engine_steps;       /* tessera_engine_steps_total (steps with tokens) */
     tsr_metric_t *step_tokens;        /* histogram: tokens per engine step */
+    tsr_metric_t *sampled_rows[4];    /* tessera_sampled_rows_total{path}: non-greedy rows by
+                                         how they were drawn (tsr_scheduler_row_counts):
+                                         topk, candidates, candidates_whole, whole */
     /* main: tessera_up (1 while serving; /healthz answers 200 then) and tessera_info */
     tsr_metric_t *up;
     tsr_metric_family_t *info;

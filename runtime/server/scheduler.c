@@ -743,8 +743,12 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
             sst = tsr_sampler_sample_row_top(&q->smp, cv, ci, top_k, s->expsum[2 * o],
                                              s->expsum[2 * o + 1], &tok);
         }
-        if (!q->greedy && kind != TSR_OUT_ARGMAX)
-            s->rows_by_path[q->cand_k > 0 ? 0 : !q->row_top ? 3 : whole ? 2 : 1]++;
+        if (!q->greedy && kind != TSR_OUT_ARGMAX) {
+            const int path = q->cand_k > 0 ? 0 : !q->row_top ? 3 : whole ? 2 : 1;
+            s->rows_by_path[path]++;
+            if (s->mx)
+                tsr_metric_inc(s->mx->sampled_rows[path], 1);
+        }
         if (sst != TSR_OK) {
             finish_seq(s, k, TSR_FIN_ERROR, tsr_error_msg());
             continue;

@@ -255,9 +255,11 @@ def main():
         # whole rows on the host): the server at tp=2 draws these rows from
         # 64 merged candidates and the TP-combined normaliser, and sends a
         # row whole only when those cannot decide (docs/architecture.md)
+        top_off_tokens = 0  # tokens those streams sampled: rows the metrics must count
         for samp in (dict(temperature=0.9, top_p=0.9, seed=11), dict(temperature=1.3, seed=5),
                      dict(temperature=0.8, min_p=0.05, seed=3)):
-            text_s, _, final_s = stream(chat_req(QUESTION, **samp))
+            text_s, ids_s, final_s = stream(chat_req(QUESTION, **samp))
+            top_off_tokens += len(ids_s)
             flags = [f"--{k.replace('_', '-')}" if k != "seed" else "--seed" for k in samp]
             argv = [a for k, v in zip(flags, samp.values()) for a in (k, str(v))]
             ref = subprocess.run([tessera, "generate", "--model", model, "--chat", QUESTION,
@@ -435,6 +437,11 @@ def main():
         check(metric(m, "tessera_generated_tokens_total") >= streamed, "fewer tokens counted than streamed")
         check(with_ttft >= with_tokens, "a stream streamed tokens without a time to first token")
         check(metric(m, "tessera_kv_blocks_total") > 0, "tessera_kv_blocks_total is 0")
+        rows = {p: metric(m, "tessera_sampled_rows_total", path=p)
+                for p in ("topk", "candidates", "candidates_whole", "whole")}
+        check(types["tessera_sampled_rows_total"] == "counter" and rows["candidates"] > 0 and
+              rows["candidates"] + rows["candidates_whole"] >= top_off_tokens,
+              f"sampled rows by path {rows}: the top_k-off streams sampled {top_off_tokens} tokens")
         info = [dict(k[1]) for k in m if k[0] == "tessera_info"]
         check(len(info) == 1 and info[0]["tp"] == "2" and info[0]["pp"] == "1" and info[0]["model"]
               and metric(m, "tessera_info", **info[0]) == 1, f"tessera_info: {info}")
