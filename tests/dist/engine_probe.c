@@ -72,9 +72,32 @@ static int draw_check(tsr_engine *e, tsr_comm_grid *grid, int n, const int32_t *
     }
     tsr_step t = {n, ids, pos, seq, n, rows, TSR_OUT_TOPK, 0, NULL, 0, NULL, K, d};
     const tsr_top_out to = {ti, tv, ex, whole, whole_rows};
+    int rc = 0, decided = 0, sent = 0;
+    /* malformed steps are refused on rank 0 before anything is broadcast */
+    {
+        tsr_row_draw bad = d[2];
+        d[2].mode = 7;
+        const tsr_status s1 = tsr_engine_step_top(e, &t, &to);
+        d[2] = bad;
+        d[2].top_p = 1.5f;
+        const tsr_status s2 = tsr_engine_step_top(e, &t, &to);
+        d[2] = bad;
+        tsr_step lg = t;
+        lg.out = TSR_OUT_LOGITS;
+        const tsr_status s3 = tsr_engine_step_top(e, &lg, &to);
+        t.draw = NULL;
+        const tsr_status s4 = tsr_engine_step(e, &t, ti, tv); /* top-k needs step_top */
+        t.draw = d;
+        if (s1 != TSR_ERR_INVALID || s2 != TSR_ERR_INVALID || s3 != TSR_ERR_INVALID ||
+            s4 != TSR_ERR_INVALID) {
+            fprintf(stderr, "engine_probe: malformed draw steps gave %s, %s, %s, %s (want "
+                            "INVALID)\n", tsr_status_str(s1), tsr_status_str(s2),
+                    tsr_status_str(s3), tsr_status_str(s4));
+            rc = 1;
+        }
+    }
     if (tsr_engine_step_top(e, &t, &to) != TSR_OK)
         tsr_comm_abort(grid, 1, "engine_probe: top-k step with draws failed");
-    int rc = 0, decided = 0, sent = 0;
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * V;
         int want_whole = d[i].mode == TSR_DRAW_WHOLE;
