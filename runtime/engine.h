@@ -6,8 +6,10 @@
  * rank then runs it: PP stage s receives hidden states from stage s-1, runs
  * its layers, and sends them on; the last stage turns its vocabulary slice of
  * logits into what the step asked for (greedy tokens through a max-with-index
- * all-reduce over the TP group, or full logits gathered over it) and sends
- * the result to world rank 0. A step's tokens are cut into micro-batches so
+ * all-reduce over the TP group, each row's top-k candidates merged over it,
+ * with per-row draws also the rows' softmax normalisers and the rows the
+ * candidates cannot decide, or full logits gathered over it) and sends the
+ * result to world rank 0. A step's tokens are cut into micro-batches so
  * the stages work on different micro-batches at the same time.
  *
  * KV blocks are allocated identically on every rank: the descriptor carries

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/json_name.h"
 #include "base/log.h"
 #include "kernels/dtype.h"
 #include "shard/safetensors.h"
@@ -53,20 +54,6 @@ static const struct {
 
 static const char *errno_str(int err, char *buf, size_t len) {
     return strerror_r(err, buf, len); /* GNU variant (_GNU_SOURCE) */
-}
-
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "of unknown type";
 }
 
 /* malloc'd printf; NULL when out of memory. */
@@ -800,7 +787,7 @@ static tsr_status cfg_bool(const cfg_reader *c, const char *key, int def, int *o
         return TSR_OK;
     if (!json_is_boolean(v))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"%s\" is %s, not a boolean", c->file, key,
-                             json_type_name(v));
+                             tsr_json_type_name(v));
     *out = json_is_true(v);
     return TSR_OK;
 }
@@ -839,7 +826,7 @@ static tsr_status cfg_number(const cfg_reader *c, const char *key, double def, d
         return TSR_OK;
     if (!json_is_number(v))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"%s\" is %s, not a number", c->file, key,
-                             json_type_name(v));
+                             tsr_json_type_name(v));
     double x = json_number_value(v);
     if (!isfinite(x) || fabs(x) > 3.0e38)
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"%s\" = %g is out of range", c->file, key, x);
@@ -867,13 +854,13 @@ static tsr_status cfg_targets(const cfg_reader *c, unsigned *mask, int *listed) 
         return tsr_error_set(TSR_ERR_FORMAT,
                              "%s: \"target_modules\" is %s, not a list of module names or a "
                              "string",
-                             c->file, json_type_name(v));
+                             c->file, tsr_json_type_name(v));
     size_t i;
     json_t *m;
     json_array_foreach(v, i, m) {
         if (!json_is_string(m))
             return tsr_error_set(TSR_ERR_FORMAT, "%s: \"target_modules\"[%zu] is %s, not a string",
-                                 c->file, i, json_type_name(m));
+                                 c->file, i, tsr_json_type_name(m));
         /* PEFT matches an entry against a module name exactly or as a
          * ".entry" suffix; "q_proj", "self_attn.q_proj" and
          * "model.layers.0.self_attn.q_proj" all end in the module name. */
@@ -928,7 +915,7 @@ static tsr_status parse_config(const cfg_reader *c, tsr_peft_adapter *out, unsig
     json_t *pt = json_object_get(c->root, "peft_type");
     if (!pt || !json_is_string(pt))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"peft_type\" is %s (want \"LORA\")", c->file,
-                             pt ? json_type_name(pt) : "missing");
+                             pt ? tsr_json_type_name(pt) : "missing");
     if (strcmp(json_string_value(pt), "LORA") != 0)
         return tsr_error_set(TSR_ERR_UNSUPPORTED,
                              "%s: peft_type \"%s\" is not supported (LORA adapters only)", c->file,
@@ -938,7 +925,7 @@ static tsr_status parse_config(const cfg_reader *c, tsr_peft_adapter *out, unsig
     json_t *jr = cfg_get(c, "r");
     if (jr && !json_is_integer(jr))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"r\" is %s, not an integer", c->file,
-                             json_type_name(jr));
+                             tsr_json_type_name(jr));
     json_int_t r = jr ? json_integer_value(jr) : 8;
     if (r <= 0 || r > INT_MAX / 2)
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"r\" = %lld is out of range", c->file,
@@ -957,7 +944,7 @@ static tsr_status parse_config(const cfg_reader *c, tsr_peft_adapter *out, unsig
     json_t *bm = cfg_get(c, "base_model_name_or_path");
     if (bm && !json_is_string(bm))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"base_model_name_or_path\" is %s, not a string",
-                             c->file, json_type_name(bm));
+                             c->file, tsr_json_type_name(bm));
     snprintf(out->base_model, sizeof out->base_model, "%s", bm ? json_string_value(bm) : "");
 
     TSR_TRY(cfg_refuse_true(c, "use_dora", "DoRA adds a magnitude vector Tessera does not apply"));
@@ -992,7 +979,7 @@ static tsr_status parse_config(const cfg_reader *c, tsr_peft_adapter *out, unsig
     } else if (init && !json_is_boolean(init)) {
         return tsr_error_set(TSR_ERR_FORMAT,
                              "%s: \"init_lora_weights\" is %s, not a boolean or a string", c->file,
-                             json_type_name(init));
+                             tsr_json_type_name(init));
     }
     return cfg_targets(c, mask, listed);
 }
@@ -1138,7 +1125,7 @@ tsr_status tsr_peft_load(const char *dir, const tsr_model_config *cfg, tsr_peft_
     }
     if (!json_is_object(root)) {
         s = tsr_error_set(TSR_ERR_FORMAT, "%s: JSON is %s, not an object", cpath,
-                          json_type_name(root));
+                          tsr_json_type_name(root));
         goto cleanup;
     }
     cfg_reader c = {cpath, root};

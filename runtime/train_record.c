@@ -8,19 +8,7 @@
 #include <string.h>
 #include <sys/types.h>
 
-static const char *jtype(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
-    }
-}
-
+#include "base/json_name.h"
 /* root as a record: r's strings point into root; r->msgs is malloc'd
  * (*msgs, for the caller to free). */
 static tsr_status parse_record(const json_t *root, const char *where, tsr_train_record *r,
@@ -29,7 +17,7 @@ static tsr_status parse_record(const json_t *root, const char *where, tsr_train_
     *msgs_out = NULL;
     if (!json_is_object(root))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: expected a JSON object, got %s", where,
-                             jtype(root));
+                             tsr_json_type_name(root));
     const json_t *msgs = json_object_get(root, "messages");
     const json_t *prompt = json_object_get(root, "prompt");
     const json_t *comp = json_object_get(root, "completion");
@@ -49,14 +37,14 @@ static tsr_status parse_record(const json_t *root, const char *where, tsr_train_
         if (!json_is_string(prompt) || !json_is_string(comp))
             return tsr_error_set(TSR_ERR_FORMAT, "%s: \"%s\" must be a string, got %s", where,
                                  json_is_string(prompt) ? "completion" : "prompt",
-                                 jtype(json_is_string(prompt) ? comp : prompt));
+                                 tsr_json_type_name(json_is_string(prompt) ? comp : prompt));
         r->prompt = json_string_value(prompt);
         r->completion = json_string_value(comp);
         return TSR_OK;
     }
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"messages\" must be a non-empty array, got %s",
-                             where, json_is_array(msgs) ? "an empty array" : jtype(msgs));
+                             where, json_is_array(msgs) ? "an empty array" : tsr_json_type_name(msgs));
     const size_t n = json_array_size(msgs);
     tsr_train_msg *m = calloc(n, sizeof *m);
     if (!m)
@@ -69,7 +57,7 @@ static tsr_status parse_record(const json_t *root, const char *where, tsr_train_
         const json_t *content = json_is_object(mi) ? json_object_get(mi, "content") : NULL;
         if (!json_is_object(mi))
             return tsr_error_set(TSR_ERR_FORMAT, "%s: message %zu must be an object, got %s",
-                                 where, i + 1, jtype(mi));
+                                 where, i + 1, tsr_json_type_name(mi));
         if (!json_is_string(role) || !json_is_string(content))
             return tsr_error_set(TSR_ERR_FORMAT,
                                  "%s: message %zu needs string \"role\" and \"content\"", where,

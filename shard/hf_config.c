@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/json_name.h"
 #include "base/log.h"
 
 /* Real config.json files are a few KB. */
@@ -26,20 +27,6 @@ typedef struct {
     const char *file;   /* for messages */
     const char *prefix; /* "" or "rope_scaling." */
 } cfg_ctx;
-
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "of unknown type";
-}
 
 /* The value of `field` in `obj`, or NULL when absent or JSON null (both mean
  * "use the default" in transformers). */
@@ -61,7 +48,7 @@ static tsr_status get_pos_int(const cfg_ctx *c, json_t *obj, const char *field, 
     }
     if (!json_is_integer(v))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: field \"%s%s\" is %s, not an integer", c->file,
-                             c->prefix, field, json_type_name(v));
+                             c->prefix, field, tsr_json_type_name(v));
     json_int_t x = json_integer_value(v);
     if (x <= 0 || x > INT_MAX)
         return tsr_error_set(TSR_ERR_FORMAT,
@@ -84,7 +71,7 @@ static tsr_status get_pos_float(const cfg_ctx *c, json_t *obj, const char *field
     }
     if (!json_is_number(v))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: field \"%s%s\" is %s, not a number", c->file,
-                             c->prefix, field, json_type_name(v));
+                             c->prefix, field, tsr_json_type_name(v));
     double x = json_number_value(v);
     float xf = (float)x;
     if (!(x > 0.0) || x > FLT_MAX || !(xf > 0.0f))
@@ -104,7 +91,7 @@ static tsr_status get_bool(const cfg_ctx *c, json_t *obj, const char *field, int
     }
     if (!json_is_boolean(v))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: field \"%s%s\" is %s, not a boolean", c->file,
-                             c->prefix, field, json_type_name(v));
+                             c->prefix, field, tsr_json_type_name(v));
     *out = json_is_true(v);
     return TSR_OK;
 }
@@ -117,7 +104,7 @@ static tsr_status get_str(const cfg_ctx *c, json_t *obj, const char *field, cons
         return TSR_OK;
     if (!json_is_string(v))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: field \"%s%s\" is %s, not a string", c->file,
-                             c->prefix, field, json_type_name(v));
+                             c->prefix, field, tsr_json_type_name(v));
     *out = json_string_value(v);
     return TSR_OK;
 }
@@ -154,7 +141,7 @@ static tsr_status detect_family(const cfg_ctx *c, json_t *root, hf_family *fam) 
                              "%s: neither \"model_type\" nor \"architectures\" is set", c->file);
     if (!json_is_array(archs))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: field \"architectures\" is %s, not an array",
-                             c->file, json_type_name(archs));
+                             c->file, tsr_json_type_name(archs));
     size_t ai;
     json_t *a;
     json_array_foreach(archs, ai, a) {
@@ -186,7 +173,7 @@ static tsr_status parse_rope_scaling(const char *file, json_t *root, tsr_model_c
     if (!json_is_object(rs))
         return tsr_error_set(TSR_ERR_FORMAT,
                              "%s: field \"rope_scaling\" is %s, not an object or null", file,
-                             json_type_name(rs));
+                             tsr_json_type_name(rs));
     cfg_ctx c = {file, "rope_scaling."};
     const char *type;
     /* Newer transformers write "rope_type", older "type". */
@@ -331,7 +318,7 @@ tsr_status tsr_hf_config_parse(const char *json_text, size_t len, const char *na
     memset(&m, 0, sizeof m);
     if (!json_is_object(root))
         s = tsr_error_set(TSR_ERR_FORMAT, "%s: JSON is %s, not an object", name,
-                          json_type_name(root));
+                          tsr_json_type_name(root));
     else
         s = parse_root(name, root, &m);
     json_decref(root);

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/json_name.h"
 #include "kernels/dtype.h"
 
 #define ST_INDEX_FILE "model.safetensors.index.json"
@@ -102,20 +103,6 @@ static uint64_t read_le64(const uint8_t *p) {
     return v;
 }
 
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "of unknown type";
-}
-
 /* Returns a malloc'd "dir/name" or NULL when out of memory. */
 static char *path_join(const char *dir, const char *name) {
     size_t dl = strlen(dir), nl = strlen(name);
@@ -149,7 +136,7 @@ static tsr_status parse_meta(tsr_safetensors_t *st, json_t *obj) {
         return TSR_OK;
     if (!json_is_object(obj))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"%s\" is %s, not an object", st->name,
-                             ST_META_KEY, json_type_name(obj));
+                             ST_META_KEY, tsr_json_type_name(obj));
     size_t n = json_object_size(obj);
     if (n == 0)
         return TSR_OK;
@@ -161,7 +148,7 @@ static tsr_status parse_meta(tsr_safetensors_t *st, json_t *obj) {
     json_object_foreach(obj, key, val) {
         if (!json_is_string(val))
             return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata value of \"%s\" is %s, not a string",
-                                 st->name, key, json_type_name(val));
+                                 st->name, key, tsr_json_type_name(val));
         st->meta[st->n_meta].key = key;
         st->meta[st->n_meta].value = json_string_value(val);
         st->n_meta++;
@@ -176,7 +163,7 @@ static tsr_status parse_tensor(const tsr_safetensors_t *st, const char *name, js
     const char *f = st->name;
     if (!json_is_object(entry))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%s': entry is %s, not an object", f, name,
-                             json_type_name(entry));
+                             tsr_json_type_name(entry));
 
     json_t *jd = json_object_get(entry, "dtype");
     json_t *js = json_object_get(entry, "shape");
@@ -190,7 +177,7 @@ static tsr_status parse_tensor(const tsr_safetensors_t *st, const char *name, js
 
     if (!json_is_string(jd))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%s': \"dtype\" is %s, not a string", f,
-                             name, json_type_name(jd));
+                             name, tsr_json_type_name(jd));
     const st_dtype_info *di = st_dtype_lookup(json_string_value(jd));
     if (!di)
         return tsr_error_set(TSR_ERR_UNSUPPORTED,
@@ -201,7 +188,7 @@ static tsr_status parse_tensor(const tsr_safetensors_t *st, const char *name, js
 
     if (!json_is_array(js))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%s': \"shape\" is %s, not an array", f,
-                             name, json_type_name(js));
+                             name, tsr_json_type_name(js));
     size_t nd = json_array_size(js);
     if (nd > TSR_ST_MAX_DIMS)
         return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: tensor '%s': %zu dimensions (at most %d)", f,
@@ -213,7 +200,7 @@ static tsr_status parse_tensor(const tsr_safetensors_t *st, const char *name, js
         if (!json_is_integer(v))
             return tsr_error_set(TSR_ERR_FORMAT,
                                  "%s: tensor '%s': shape[%zu] is %s, not an integer", f, name, d,
-                                 json_type_name(v));
+                                 tsr_json_type_name(v));
         json_int_t x = json_integer_value(v);
         if (x < 0)
             return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%s': negative shape[%zu] = %lld", f,
@@ -331,7 +318,7 @@ static tsr_status st_parse(tsr_safetensors_t *st) {
                              jerr.text, jerr.position);
     if (!json_is_object(st->header))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: header JSON is %s, not an object", f,
-                             json_type_name(st->header));
+                             tsr_json_type_name(st->header));
 
     const uint8_t *data = st->base + 8 + hlen;
     uint64_t data_size = (uint64_t)st->size - 8 - hlen;
@@ -665,7 +652,7 @@ static tsr_status dir_open_index(const char *dir, const char *index_path, tsr_st
     }
     if (!json_is_object(root)) {
         s = tsr_error_set(TSR_ERR_FORMAT, "%s: JSON is %s, not an object", index_path,
-                          json_type_name(root));
+                          tsr_json_type_name(root));
         goto cleanup;
     }
     json_t *wm = json_object_get(root, "weight_map");
@@ -693,7 +680,7 @@ static tsr_status dir_open_index(const char *dir, const char *index_path, tsr_st
         if (!json_is_string(fv)) {
             s = tsr_error_set(TSR_ERR_FORMAT,
                               "%s: weight_map entry '%s' is %s, not a file name string", index_path,
-                              tname, json_type_name(fv));
+                              tname, tsr_json_type_name(fv));
             goto cleanup;
         }
         const char *fname = json_string_value(fv);

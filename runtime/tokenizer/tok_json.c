@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/json_name.h"
 #include "base/log.h"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -40,20 +41,6 @@ static tsr_status jerr(const jctx *c, tsr_status s, const char *where, const cha
     return tsr_error_set(s, "%s: %s: %s", c->path, where, what);
 }
 
-static const char *type_name(const json_t *j) {
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "?";
-}
-
 /* Optional boolean member; dflt when absent or null. */
 static tsr_status get_bool(const jctx *c, const json_t *obj, const char *key, const char *where,
                            int dflt, int *out) {
@@ -63,7 +50,7 @@ static tsr_status get_bool(const jctx *c, const json_t *obj, const char *key, co
         return TSR_OK;
     if (!json_is_boolean(v))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: %s.%s: expected a boolean, got %s", c->path,
-                             where, key, type_name(v));
+                             where, key, tsr_json_type_name(v));
     *out = json_is_true(v);
     return TSR_OK;
 }
@@ -127,7 +114,7 @@ static tsr_status parse_pre(jctx *c, const json_t *p, const char *where, int dep
         return jerr(c, TSR_ERR_FORMAT, where, "pre-tokenizers nested too deeply");
     if (!json_is_object(p))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: %s: expected an object, got %s", c->path, where,
-                             type_name(p));
+                             tsr_json_type_name(p));
     const char *type = json_string_value(json_object_get(p, "type"));
     if (!type)
         return jerr(c, TSR_ERR_FORMAT, where, "missing \"type\"");
@@ -327,7 +314,7 @@ static tsr_status load_json(const char *path, json_t **out) {
                              e.text, e.line, e.column);
     if (!json_is_object(*out))
         return tsr_error_set(TSR_ERR_FORMAT, "%s: the top level is %s, not an object", path,
-                             type_name(*out));
+                             tsr_json_type_name(*out));
     return TSR_OK;
 }
 
@@ -431,7 +418,7 @@ static tsr_status parse_merges(jctx *c, const json_t *model) {
         } else {
             return tsr_error_set(TSR_ERR_FORMAT, "%s: model.merges[%zu]: expected \"a b\" or "
                                                  "[\"a\", \"b\"], got %s",
-                                 c->path, i, type_name(m));
+                                 c->path, i, tsr_json_type_name(m));
         }
     }
     c->n_merges = n;
@@ -451,7 +438,7 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
         return tsr_error_set(TSR_ERR_UNSUPPORTED,
                              "%s: model.type is %s%s%s; only byte-level \"BPE\" is supported",
                              c->path, json_is_string(mtype) ? "\"" : "",
-                             json_is_string(mtype) ? json_string_value(mtype) : type_name(mtype),
+                             json_is_string(mtype) ? json_string_value(mtype) : tsr_json_type_name(mtype),
                              json_is_string(mtype) ? "\"" : "");
     int byte_fallback;
     TSR_TRY(get_bool(c, model, "byte_fallback", "model", 0, &byte_fallback));
@@ -521,7 +508,7 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
         }
         if (ct && !json_is_null(ct) && !json_is_string(ct))
             return tsr_error_set(TSR_ERR_FORMAT, "%s: chat_template: expected a string, got %s",
-                                 c->cfg_path, type_name(ct));
+                                 c->cfg_path, tsr_json_type_name(ct));
         sp.chat_template = json_string_value(ct);
     }
     if (sp.eos_id < 0) {
