@@ -218,21 +218,6 @@ static void target_dims(const tsr_model_config *c, int t, int *d_in, int *d_out)
         *d_in = *d_out = 0;
 }
 
-/* The adapter's matrices of (layer l, target t), whole: this rank keeps its
- * columns of A (r, d_in) and its rows of B (d_out, r). */
-static tsr_status set_full(tsr_lora_adapter *a, int l, int t, const float *A, const float *B,
-                           float *scratch) {
-    const tsr_lora_matrix *m = tsr_lora_matrix_of_c(a, l, (tsr_lora_target)t);
-    if (!m)
-        return TSR_OK; /* another stage's layer */
-    const int r = a->cfg.rank;
-    for (int i = 0; i < r; i++)
-        memcpy(scratch + (size_t)i * m->n_in, A + (size_t)i * m->d_in + m->in_begin,
-               (size_t)m->n_in * sizeof *scratch);
-    TSR_TRY(tsr_lora_set(a, l, (tsr_lora_target)t, TSR_LORA_A, scratch));
-    return tsr_lora_set(a, l, (tsr_lora_target)t, TSR_LORA_B, B + (size_t)m->out_begin * r);
-}
-
 static tsr_status op_create(tsr_engine *e, const train_desc *d) {
     return agree(e, adapter_make(e, d));
 }
@@ -253,7 +238,7 @@ static tsr_status op_load(tsr_engine *e, const train_desc *d, const tsr_peft_ada
         if (n > biggest)
             biggest = n;
     }
-    float *buf = malloc(3 * biggest * sizeof *buf + sizeof *buf);
+    float *buf = malloc(2 * biggest * sizeof *buf + sizeof *buf);
     st = buf ? TSR_OK : tsr_error_set(TSR_ERR_NOMEM, "loading an adapter: out of memory");
     st = agree(e, st);
     for (int l = 0; st == TSR_OK && l < c->n_layer; l++)
@@ -262,7 +247,7 @@ static tsr_status op_load(tsr_engine *e, const train_desc *d, const tsr_peft_ada
                 continue;
             int di, dout;
             target_dims(c, t, &di, &dout);
-            float *A = buf, *B = buf + biggest, *scratch = buf + 2 * biggest;
+            float *A = buf, *B = buf + biggest;
             size_t na = (size_t)r * di, nb = (size_t)dout * r;
             if (is_root(e)) {
                 memcpy(A, pa->A[TSR_PEFT_IDX(l, t)], na * sizeof *A);
@@ -274,7 +259,7 @@ static tsr_status op_load(tsr_engine *e, const train_desc *d, const tsr_peft_ada
             if (st != TSR_OK)
                 st = TSR_ERR_COMM;
             else
-                st = set_full(&e->adapters[d->slot].a, l, t, A, B, scratch);
+                st = tsr_lora_set_full(&e->adapters[d->slot].a, l, (tsr_lora_target)t, A, B);
         }
     free(buf);
     if (st == TSR_ERR_COMM)

@@ -411,6 +411,24 @@ tsr_status tsr_lora_set(tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_l
     return tsr_backend_sync(a->be); /* the caller may free `in` on return */
 }
 
+tsr_status tsr_lora_set_full(tsr_lora_adapter *a, int layer, tsr_lora_target t, const float *A,
+                             const float *B) {
+    const tsr_lora_matrix *m = tsr_lora_matrix_of_c(a, layer, t);
+    if (!m)
+        return TSR_OK;
+    const int r = a->cfg.rank;
+    float *piece = malloc((size_t)r * m->n_in * sizeof *piece + 1);
+    if (!piece)
+        return tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory");
+    for (int i = 0; i < r; i++) /* A's rows, each cut to this rank's columns */
+        memcpy(piece + (size_t)i * m->n_in, A + (size_t)i * m->d_in + m->in_begin,
+               (size_t)m->n_in * sizeof *piece);
+    tsr_status st = tsr_lora_set(a, layer, t, TSR_LORA_A, piece);
+    free(piece);
+    TSR_TRY(st);
+    return tsr_lora_set(a, layer, t, TSR_LORA_B, B + (size_t)m->out_begin * r); /* rows: contiguous */
+}
+
 tsr_status tsr_lora_zero_grads(tsr_lora_adapter *a) {
     a->grads_reduced = 0;
     if (!a->grad)

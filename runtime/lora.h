@@ -235,6 +235,13 @@ tsr_status tsr_lora_get(const tsr_lora_adapter *a, int layer, tsr_lora_target t,
 tsr_status tsr_lora_set(tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_lora_buf which,
                         const float *in);
 
+/* Sets (layer, target) from the whole model's matrices A (r, d_in) and B
+ * (d_out, r), host f32: this rank keeps its columns [in_begin, +n_in) of A
+ * and its rows [out_begin, +n_out) of B. TSR_OK and nothing done when the
+ * matrix is not held here (another stage's layer, or a target it lacks). */
+tsr_status tsr_lora_set_full(tsr_lora_adapter *a, int layer, tsr_lora_target t, const float *A,
+                             const float *B);
+
 /* Zeroes every gradient (not the accumulators) and marks them unreduced. */
 tsr_status tsr_lora_zero_grads(tsr_lora_adapter *a);
 

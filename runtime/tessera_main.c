@@ -764,7 +764,6 @@ _Static_assert(TSR_PEFT_Q == (int)TSR_LORA_Q && TSR_PEFT_K == (int)TSR_LORA_K &&
 static tsr_status load_adapter(session *s, const options *o) {
     const tsr_model_config *mc = &s->engine.mcfg;
     tsr_peft_adapter pa = {0};
-    float *piece = NULL;
     tsr_status st = tsr_peft_load(o->adapter, mc, &pa);
     if (st != TSR_OK)
         return tsr_error_wrap(st, "--adapter");
@@ -782,32 +781,10 @@ static tsr_status load_adapter(session *s, const options *o) {
             st = tsr_error_wrap(st, "--adapter");
     }
     s->lora_ready = st == TSR_OK;
-    const int r = pa.r;
     for (int l = shard.slice.layer_begin; st == TSR_OK && l < shard.slice.layer_end; l++)
-        for (int t = 0; st == TSR_OK && t < TSR_LORA_N_TARGETS; t++) {
-            const tsr_lora_matrix *m = tsr_lora_matrix_of_c(&s->lora, l, (tsr_lora_target)t);
-            if (!m)
-                continue;
-            const float *A = pa.A[TSR_PEFT_IDX(l, t)], *B = pa.B[TSR_PEFT_IDX(l, t)];
-            size_t na = (size_t)r * m->n_in;
-            float *p = realloc(piece, (na > (size_t)m->n_out * r ? na : (size_t)m->n_out * r) *
-                                          sizeof *piece);
-            if (!p) {
-                st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-                break;
-            }
-            piece = p;
-            /* A (r, d_in): this rank's columns [in_begin, +n_in) of each row */
-            for (int i = 0; i < r; i++)
-                memcpy(piece + (size_t)i * m->n_in, A + (size_t)i * m->d_in + m->in_begin,
-                       (size_t)m->n_in * sizeof *piece);
-            st = tsr_lora_set(&s->lora, l, (tsr_lora_target)t, TSR_LORA_A, piece);
-            /* B (d_out, r): this rank's rows [out_begin, +n_out), contiguous */
-            if (st == TSR_OK)
-                st = tsr_lora_set(&s->lora, l, (tsr_lora_target)t, TSR_LORA_B,
-                                  B + (size_t)m->out_begin * r);
-        }
-    free(piece);
+        for (int t = 0; st == TSR_OK && t < TSR_LORA_N_TARGETS; t++)
+            st = tsr_lora_set_full(&s->lora, l, (tsr_lora_target)t, pa.A[TSR_PEFT_IDX(l, t)],
+                                   pa.B[TSR_PEFT_IDX(l, t)]);
     tsr_peft_free(&pa);
     if (st == TSR_OK)
         st = tsr_backend_sync(s->engine.be);
