@@ -304,7 +304,10 @@ static tsr_status cpu_argmax(tsr_backend *b, float *val, int32_t *idx, const voi
 
 /* Per row: a sorted list of the best k so far; a value enters by insertion
  * when it beats the last (V log-free: k is small, and after the first
- * entries few values beat the k-th). Rows in parallel. */
+ * entries few values beat the k-th). Once the list is full, a block of
+ * TOPK_BLOCK values is first reduced to its maximum (vectorised) and skipped
+ * when that cannot enter. Rows in parallel. */
+#define TOPK_BLOCK 64
 static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void *lv, int n, int V,
                            int k) {
     (void)b;
@@ -318,18 +321,33 @@ static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void 
         float *v = val + (size_t)i * k;
         int32_t *c = idx + (size_t)i * k;
         int m = 0; /* entries filled */
-        for (int j = 0; j < V; j++) {
-            const float x = l[j];
-            if (m == k && !tsr_topk_before(x, j, v[k - 1], c[k - 1]))
-                continue;
-            int at = m < k ? m++ : k - 1; /* the slot it takes, then moves up from */
-            while (at > 0 && tsr_topk_before(x, j, v[at - 1], c[at - 1])) {
-                v[at] = v[at - 1];
-                c[at] = c[at - 1];
-                at--;
+        for (int j0 = 0; j0 < V; j0 += TOPK_BLOCK) {
+            const int j1 = j0 + TOPK_BLOCK < V ? j0 + TOPK_BLOCK : V;
+            if (m == k) { /* the list is full: skip a block that holds nothing better */
+                float bmax = -INFINITY;
+                int nan = 0;
+#pragma omp simd reduction(max : bmax) reduction(| : nan)
+                for (int j = j0; j < j1; j++) {
+                    bmax = l[j] > bmax ? l[j] : bmax;
+                    nan |= l[j] != l[j];
+                }
+                /* a later column never beats an equal value, nor anything a NaN */
+                if (!nan && !(bmax > v[k - 1]))
+                    continue;
             }
-            v[at] = x;
-            c[at] = j;
+            for (int j = j0; j < j1; j++) {
+                const float x = l[j];
+                if (m == k && !tsr_topk_before(x, j, v[k - 1], c[k - 1]))
+                    continue;
+                int at = m < k ? m++ : k - 1; /* the slot it takes, then moves up from */
+                while (at > 0 && tsr_topk_before(x, j, v[at - 1], c[at - 1])) {
+                    v[at] = v[at - 1];
+                    c[at] = c[at - 1];
+                    at--;
+                }
+                v[at] = x;
+                c[at] = j;
+            }
         }
         for (; m < k; m++) {
             v[m] = -INFINITY;
