@@ -286,16 +286,31 @@ static tsr_status cpu_embedding(tsr_backend *b, void *outv, const tsr_weight *ta
     return TSR_OK;
 }
 
+/* The first strictly larger value wins (ties: the lowest column; NaN never
+ * wins, and a NaN in column 0 keeps column 0). A block of ARGMAX_BLOCK values
+ * is first reduced to its maximum (vectorised) and scanned only when that
+ * beats the best so far. Rows in parallel. */
+#define ARGMAX_BLOCK 64
 static tsr_status cpu_argmax(tsr_backend *b, float *val, int32_t *idx, const void *lv, int n,
                              int V) {
     (void)b;
     const float *logits = lv;
+#pragma omp parallel for if (n > 1)
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * V;
         int best = 0;
-        for (int j = 1; j < V; j++)
-            if (l[j] > l[best])
-                best = j;
+        for (int j0 = 1; j0 < V; j0 += ARGMAX_BLOCK) {
+            const int j1 = j0 + ARGMAX_BLOCK < V ? j0 + ARGMAX_BLOCK : V;
+            float bmax = -INFINITY;
+#pragma omp simd reduction(max : bmax)
+            for (int j = j0; j < j1; j++)
+                bmax = l[j] > bmax ? l[j] : bmax;
+            if (!(bmax > l[best]))
+                continue;
+            for (int j = j0; j < j1; j++)
+                if (l[j] > l[best])
+                    best = j;
+        }
         val[i] = l[best];
         idx[i] = best;
     }

@@ -601,6 +601,44 @@ static void test_row_expsum(tsr_backend *be, tu_rng *r) {
     }
 }
 
+/* argmax and topk against plain scans written here, on rows long enough for
+ * the backend's block skipping: ties across blocks (the lowest column wins),
+ * a NaN in column 0 (kept), NaNs elsewhere (topk puts them first), an all
+ * -inf row, and the best value in the last, partial block. */
+static void test_picks(tsr_backend *be, tu_rng *r) {
+    enum { N = 6, V = 1000, K = 40 };
+    float *l = rand_vec(r, (size_t)N * V, -10, 10), val[N], tv[N * K];
+    int32_t idx[N], ti[N * K];
+    l[0 * V + 700] = l[0 * V + 130] = 50; /* row 0: a tie in two blocks */
+    l[1 * V + 0] = NAN;                    /* row 1: NaN at column 0 */
+    l[2 * V + 5] = NAN, l[2 * V + 900] = NAN; /* row 2: NaNs later */
+    for (int j = 0; j < V; j++)
+        l[3 * V + j] = -INFINITY;          /* row 3: nothing finite */
+    l[4 * V + V - 1] = 60;                 /* row 4: the best in the partial last block */
+    dbuf dl = dbuf_new(be, l, (size_t)N * V);
+    CHECK_OK(be->iface->argmax(be, val, idx, dl.p, N, V));
+    CHECK_OK(be->iface->topk(be, tv, ti, dl.p, N, V, K));
+    for (int i = 0; i < N; i++) {
+        const float *x = l + (size_t)i * V;
+        int want = 0; /* the first strictly larger value; NaN never wins */
+        for (int j = 1; j < V; j++)
+            if (x[j] > x[want])
+                want = j;
+        CHECK(idx[i] == want, "argmax row %d: column %d, want %d", i, idx[i], want);
+        /* topk: the K entries that come first in tsr_topk_before's order, by counting */
+        for (int e = 0; e < K; e++) {
+            const int c = ti[i * K + e];
+            int before = 0;
+            for (int j = 0; c >= 0 && j < V; j++)
+                before += tsr_topk_before(x[j], j, x[c], c);
+            CHECK(c >= 0 && before == e, "topk row %d entry %d: column %d with %d before it", i,
+                  e, c, before);
+        }
+    }
+    dbuf_free(be, &dl);
+    free(l);
+}
+
 static void run_all(tsr_backend *be, tu_rng *r) {
     CHECK(be->iface->act_dtype == TSR_F32 && tsr_backend_act_size(be) == 4,
           "the tolerances here are for f32 activations");
@@ -618,7 +656,8 @@ static void run_all(tsr_backend *be, tu_rng *r) {
     test_embedding(be, r);
     printf("  swiglu, add, add_bias, embedding ok\n");
     test_row_expsum(be, r);
-    printf("  row_expsum ok\n");
+    test_picks(be, r);
+    printf("  row_expsum, argmax, topk ok\n");
 }
 
 int main(void) {
