@@ -11,10 +11,15 @@ then:  .venv/bin/python bench/loadgen.py --model OUT.gguf --no-mpirun --max-seqs
            --ctx 512 --levels 64 --duration 10 -P 64 -G 64 --threads 1
 """
 
+import os
 import sys
 
 import gguf
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests", "reference"))
+import tiny_gguf  # noqa: E402
 
 C, L, H, KV, HD, FF = 16, 1, 2, 1, 8, 32
 
@@ -49,41 +54,18 @@ def main():
         return 2
     src = gguf.GGUFReader(sys.argv[1])
     w = gguf.GGUFWriter(sys.argv[2], "llama")
-    w.add_block_count(L)
-    w.add_context_length(2048)
-    w.add_embedding_length(C)
-    w.add_feed_forward_length(FF)
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
+    tiny_gguf.add_header(w, n_layer=L, n_embd=C, n_head=H, n_kv=KV, n_ff=FF, ctx=2048)
     V = copy_tokenizer(src, w)
     rng = np.random.default_rng(0)
 
-    def mat(name, rows, cols, scale=None):
-        a = rng.standard_normal((rows, cols)) * (scale or 1 / np.sqrt(cols))
+    for name, kind, rows, cols in tiny_gguf.tensors(n_layer=L, n_embd=C, n_head=H, n_kv=KV,
+                                                    n_ff=FF, vocab=V, head_dim=HD):
+        if kind in ("norm", "bias"):
+            a = 1 + 0.1 * rng.standard_normal(rows)
+        else:
+            a = rng.standard_normal((rows, cols)) * (1.0 if kind == "embd" else 1 / np.sqrt(cols))
         w.add_tensor(name, a.astype(np.float32))
-
-    def vec(name, n):
-        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
-
-    mat("token_embd.weight", V, C, 1.0)
-    vec("output_norm.weight", C)
-    for layer in range(L):
-        p = f"blk.{layer}."
-        vec(p + "attn_norm.weight", C)
-        vec(p + "ffn_norm.weight", C)
-        mat(p + "attn_q.weight", H * HD, C)
-        mat(p + "attn_k.weight", KV * HD, C)
-        mat(p + "attn_v.weight", KV * HD, C)
-        mat(p + "attn_output.weight", C, H * HD)
-        mat(p + "ffn_gate.weight", FF, C)
-        mat(p + "ffn_up.weight", FF, C)
-        mat(p + "ffn_down.weight", C, FF)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    tiny_gguf.write(w)
     print(f"tiny_serving_model: wrote {sys.argv[2]} ({V} tokens, {L} layer, n_embd {C})")
     return 0
 

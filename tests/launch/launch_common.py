@@ -54,44 +54,19 @@ def write_model(path, n_layer=32, n_head=32, n_kv=8, n_embd=64, n_ff=128, vocab=
         import gguf
     except ImportError:
         skip("numpy / gguf not installed (scripts/setup.sh installs them in .venv)")
-    hd = n_embd // n_head
+    sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+    import tiny_gguf
     w = gguf.GGUFWriter(path, "llama")
-    w.add_block_count(n_layer)
-    w.add_context_length(256)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([chr(0x21 + i) if i < 94 else f"<t{i}>" for i in range(vocab)])
-    w.add_token_types([1] * vocab)
-    w.add_token_merges([])
-
-    def mat(name, rows, cols):
-        w.add_tensor(name, np.full((rows, cols), 0.01, dtype=np.float16))
-
-    def vec(name, n):
-        w.add_tensor(name, np.ones(n, dtype=np.float32))
-
-    mat("token_embd.weight", vocab, n_embd)
-    vec("output_norm.weight", n_embd)
-    for l in range(n_layer):
-        p = f"blk.{l}."
-        vec(p + "attn_norm.weight", n_embd)
-        vec(p + "ffn_norm.weight", n_embd)
-        mat(p + "attn_q.weight", n_head * hd, n_embd)
-        mat(p + "attn_k.weight", n_kv * hd, n_embd)
-        mat(p + "attn_v.weight", n_kv * hd, n_embd)
-        mat(p + "attn_output.weight", n_embd, n_head * hd)
-        mat(p + "ffn_gate.weight", n_ff, n_embd)
-        mat(p + "ffn_up.weight", n_ff, n_embd)
-        mat(p + "ffn_down.weight", n_embd, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    tiny_gguf.add_header(w, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv=n_kv, n_ff=n_ff)
+    tiny_gguf.add_byte_vocab(w, vocab)
+    for name, kind, rows, cols in tiny_gguf.tensors(n_layer=n_layer, n_embd=n_embd,
+                                                    n_head=n_head, n_kv=n_kv, n_ff=n_ff,
+                                                    vocab=vocab):
+        if kind in ("norm", "bias"):
+            w.add_tensor(name, np.ones(rows, dtype=np.float32))
+        else:
+            w.add_tensor(name, np.full((rows, cols), 0.01, dtype=np.float16))
+    tiny_gguf.write(w)
     return path
 
 

@@ -64,6 +64,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 
 import lora_ref  # noqa: E402
 import llama_ref  # noqa: E402
+import tiny_gguf  # noqa: E402
 
 SKIP = 77
 TSR_ERR_RANGE = 6
@@ -129,19 +130,8 @@ def write_tiny(path, arch, *, n_embd=32, n_layer=2, n_head=4, n_kv=2, n_ff=64, v
     import gguf
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, arch)
-    w.add_block_count(n_layer)
-    w.add_context_length(256)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([chr(0x21 + i) if i < 94 else f"<t{i}>" for i in range(vocab)])
-    w.add_token_types([1] * vocab)
-    w.add_token_merges([])
-    w.add_rope_freq_base(10000.0)
-    hd = n_embd // n_head
+    tiny_gguf.add_header(w, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv=n_kv, n_ff=n_ff)
+    tiny_gguf.add_byte_vocab(w, vocab)
 
     def mat(name, rows, cols, scale=None):
         w.add_tensor(name, (rng.standard_normal((rows, cols)) *
@@ -150,29 +140,14 @@ def write_tiny(path, arch, *, n_embd=32, n_layer=2, n_head=4, n_kv=2, n_ff=64, v
     def vec(name, n, base=1.0):
         w.add_tensor(name, (base + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
-    mat("token_embd.weight", vocab, n_embd, scale=1.0)
-    vec("output_norm.weight", n_embd)
-    if untied:
-        mat("output.weight", vocab, n_embd)
-    for l in range(n_layer):
-        p = f"blk.{l}."
-        vec(p + "attn_norm.weight", n_embd)
-        vec(p + "ffn_norm.weight", n_embd)
-        mat(p + "attn_q.weight", n_head * hd, n_embd)
-        mat(p + "attn_k.weight", n_kv * hd, n_embd)
-        mat(p + "attn_v.weight", n_kv * hd, n_embd)
-        mat(p + "attn_output.weight", n_embd, n_head * hd)
-        mat(p + "ffn_gate.weight", n_ff, n_embd)
-        mat(p + "ffn_up.weight", n_ff, n_embd)
-        mat(p + "ffn_down.weight", n_embd, n_ff)
-        if bias:
-            vec(p + "attn_q.bias", n_head * hd, 0.0)
-            vec(p + "attn_k.bias", n_kv * hd, 0.0)
-            vec(p + "attn_v.bias", n_kv * hd, 0.0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    for name, kind, rows, cols in tiny_gguf.tensors(n_layer=n_layer, n_embd=n_embd,
+                                                    n_head=n_head, n_kv=n_kv, n_ff=n_ff,
+                                                    vocab=vocab, untied=untied, bias=bias):
+        if kind in ("norm", "bias"):
+            vec(name, rows, 1.0 if kind == "norm" else 0.0)
+        else:
+            mat(name, rows, cols, scale=1.0 if kind == "embd" else None)
+    tiny_gguf.write(w)
 
 
 # ---- running the driver ---------------------------------------------------------------

@@ -22,6 +22,7 @@ import gguf
 from common import check, run
 
 import llama_ref
+import tiny_gguf
 import gguf_to_hf
 
 Q = gguf.GGMLQuantizationType
@@ -43,11 +44,7 @@ def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=
         w.add_key_length(hd)
         w.add_value_length(hd)
     w.add_layer_norm_rms_eps(1e-5)
-    # a small byte-level vocabulary, so the HF converter can write tokenizer.json
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([chr(0x21 + i) if i < 94 else f"<t{i}>" for i in range(vocab)])
-    w.add_token_types([1] * vocab)
-    w.add_token_merges([])
+    tiny_gguf.add_byte_vocab(w, vocab)  # so the HF converter can write tokenizer.json
     w.add_rope_freq_base(10000.0)
     if rope_linear:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -74,29 +71,17 @@ def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=
     def vec(name, n, base=1.0):
         w.add_tensor(name, (base + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
-    mat("token_embd.weight", vocab, n_embd, scale=1.0)
-    vec("output_norm.weight", n_embd)
-    if untied:
-        mat("output.weight", vocab, n_embd)
-    for l in range(n_layer):
-        p = f"blk.{l}."
-        vec(p + "attn_norm.weight", n_embd)
-        vec(p + "ffn_norm.weight", n_embd)
-        mat(p + "attn_q.weight", n_head * hd + (32 if bad_shape and l == 1 else 0), n_embd)
-        mat(p + "attn_k.weight", n_kv * hd, n_embd)
-        mat(p + "attn_v.weight", n_kv * hd, n_embd)
-        mat(p + "attn_output.weight", n_embd, n_head * hd)
-        mat(p + "ffn_gate.weight", n_ff, n_embd)
-        mat(p + "ffn_up.weight", n_ff, n_embd)
-        mat(p + "ffn_down.weight", n_embd, n_ff)
-        if bias:
-            vec(p + "attn_q.bias", n_head * hd, 0.0)
-            vec(p + "attn_k.bias", n_kv * hd, 0.0)
-            vec(p + "attn_v.bias", n_kv * hd, 0.0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    for name, kind, rows, cols in tiny_gguf.tensors(n_layer=n_layer, n_embd=n_embd,
+                                                    n_head=n_head, n_kv=n_kv, n_ff=n_ff,
+                                                    vocab=vocab, head_dim=hd, untied=untied,
+                                                    bias=bias):
+        if kind in ("norm", "bias"):
+            vec(name, rows, 1.0 if kind == "norm" else 0.0)
+        elif bad_shape and name == "blk.1.attn_q.weight":
+            mat(name, rows + 32, cols)  # a shape the config does not imply
+        else:
+            mat(name, rows, cols, scale=1.0 if kind == "embd" else None)
+    tiny_gguf.write(w)
 
 
 def logits_of(tool, model, ids):
