@@ -44,6 +44,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
+
 #define MAX_REPS 1000
 #define EXIT_SKIP 77
 
@@ -181,24 +183,12 @@ static int parse_options(int argc, char **argv, options *o) {
 
 /* ---- small helpers ---- */
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median, min and max of v[0..n) (v is sorted in place). */
 static void summarize(double *v, int n, double *median, double *min, double *max) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, tsr_bench_cmp_double);
     *min = v[0];
     *max = v[n - 1];
     *median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
 }
 
 /* Fills `bytes` of device memory with bf16 values uniform in [-1, 1), tiling
@@ -212,7 +202,7 @@ static int fill_random_bf16(void *dev, size_t bytes) {
     }
     uint64_t rng = 0x5eedULL;
     for (size_t i = 0; i < tile / 2; i++) {
-        float f = (float)((double)(splitmix64(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+        float f = (float)((double)(tsr_bench_splitmix64(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
         uint32_t u;
         memcpy(&u, &f, sizeof u);
         h[i] = (uint16_t)(u >> 16);
@@ -518,23 +508,9 @@ typedef struct {
     double ms_graph, tok_s_graph; /* the same from the graph replays */
 } step_result;
 
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void json_gemm(FILE *f, const gemm_result *r) {
     fputs("{\"name\": ", f);
-    json_string(f, r->name);
+    tsr_bench_json_string(f, r->name);
     fprintf(f,
             ", \"m\": %d, \"n\": %d, \"k\": %d, \"copies\": %d, \"iters\": %d, \"us\": %.3f"
             ", \"tflops\": %.3f, \"gbs\": %.1f, \"us_graph\": %.3f, \"tflops_graph\": %.3f"
@@ -549,7 +525,7 @@ static void print_json(const options *o, const device_info *d, const bandwidth_r
     FILE *f = stdout;
     fputs("{\"tool\": \"cuda_roofline\", \"device\": {\"index\": ", f);
     fprintf(f, "%d, \"name\": ", o->gpu);
-    json_string(f, d->name);
+    tsr_bench_json_string(f, d->name);
     fprintf(f,
             ", \"sm\": \"%d.%d\", \"sms\": %d, \"mem_bytes\": %zu, \"l2_bytes\": %d"
             ", \"mem_clock_khz\": %d, \"bus_bits\": %d, \"peak_gbs\": %.1f"

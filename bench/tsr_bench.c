@@ -25,7 +25,7 @@
  * waits, as it brings its results to the host), so a time covers the device's
  * work, the host-side launches and the results' trip to the host.
  *
- * Prompt token ids come from a fixed splitmix64 stream over [0, n_vocab)
+ * Prompt token ids come from a fixed tsr_bench_splitmix64 stream over [0, n_vocab)
  * (seed TSR_BENCH_SEED): dense-model cost does not depend on token content,
  * and bench/compare_llamacpp.py regenerates the same ids for llama.cpp.
  *
@@ -38,10 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 
@@ -74,12 +73,7 @@ typedef struct {
     int max_tokens, batch;
 } bench;
 
-/* The per-rep values of one test (tokens/s, or ms for step times) and their
- * summary. */
-typedef struct {
-    double *tok_s; /* (reps) */
-    double median, min, max;
-} series;
+typedef tsr_bench_series series;
 
 /* Weight bytes one decode step streams: every matrix applied to a token (all
  * layers' projections and the LM head; the embedding lookup reads one row). */
@@ -229,26 +223,6 @@ static int parse_options(int argc, char **argv, options *o) {
     return 0;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double peak_rss_mib(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
-}
-
-/* splitmix64: the prompt id stream. Mirrored in bench/compare_llamacpp.py. */
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 static void bench_free(bench *b) {
     free(b->ids);
     free(b->out);
@@ -332,10 +306,10 @@ static tsr_status run_decode_step(bench *b, int pos, int n_vocab) {
 /* Prefill test: P tokens in one batch on a fresh slot. Returns tokens/s. */
 static tsr_status test_prefill(bench *b, const int32_t *prompt, int p, double *tok_s) {
     tsr_kv_cache_release(&b->kv, 0);
-    double t0 = now_s();
+    double t0 = tsr_bench_now_s();
     TSR_TRY(run_batch(b, prompt, p, 0, 0));
     TSR_TRY(tsr_backend_sync(b->be));
-    double dt = now_s() - t0;
+    double dt = tsr_bench_now_s() - t0;
     *tok_s = p / dt;
     return TSR_OK;
 }
@@ -354,36 +328,17 @@ static tsr_status test_decode(bench *b, const int32_t *prompt, int d, int g, dou
         b->tok[s] = tsr_argmax(b->logits, n_vocab);
     }
     TSR_TRY(tsr_backend_sync(b->be));
-    double t0 = now_s();
+    double t0 = tsr_bench_now_s();
     for (int i = 0; i < g; i++)
         TSR_TRY(run_decode_step(b, d + i, n_vocab));
     TSR_TRY(tsr_backend_sync(b->be));
-    double dt = now_s() - t0;
+    double dt = tsr_bench_now_s() - t0;
     for (int s = 0; s < b->batch; s++)
         tsr_kv_cache_release(&b->kv, s);
     *tok_s = (double)b->batch * g / dt;
     if (step_ms)
         *step_ms = 1e3 * dt / g;
     return TSR_OK;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void series_summarize(series *s, int n) {
-    double *sorted = malloc((size_t)n * sizeof *sorted);
-    if (!sorted) {
-        s->median = s->min = s->max = s->tok_s[0];
-        return;
-    }
-    memcpy(sorted, s->tok_s, (size_t)n * sizeof *sorted);
-    qsort(sorted, (size_t)n, sizeof *sorted, cmp_double);
-    s->min = sorted[0];
-    s->max = sorted[n - 1];
-    s->median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
-    free(sorted);
 }
 
 /* Sums the weight bytes of one decode step from the GGUF tensor table. All
@@ -452,42 +407,19 @@ static void backend_weights_count(const tsr_model *m, backend_weights *w) {
     snprintf(w->dtype, sizeof w->dtype, "%s", name ? name : "?");
 }
 
-/* Writes s as a JSON string literal. */
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
-static void json_series(FILE *f, const char *key, const series *s, int reps) {
-    fprintf(f, "\"%s\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f, \"reps\": [", key,
-            s->median, s->min, s->max);
-    for (int i = 0; i < reps; i++)
-        fprintf(f, "%s%.3f", i ? ", " : "", s->tok_s[i]);
-    fputs("]}", f);
-}
-
 static void print_json(const options *o, const tsr_model_config *c, int threads, double load_s,
                        const series *pp, const series *tg, const series *step,
                        const weight_traffic *w, const backend_weights *bw,
                        const int32_t *prompt, double rss) {
     FILE *f = stdout;
     fputs("{\"engine\": \"tessera\", \"model\": ", f);
-    json_string(f, o->model);
+    tsr_bench_json_string(f, o->model);
     fputs(", \"model_name\": ", f);
-    json_string(f, c->name);
+    tsr_bench_json_string(f, c->name);
     fprintf(f, ", \"n_layer\": %d, \"n_embd\": %d, \"n_vocab\": %d", c->n_layer, c->n_embd,
             c->n_vocab);
     fputs(", \"weight_types\": ", f);
-    json_string(f, w->dtypes);
+    tsr_bench_json_string(f, w->dtypes);
     fprintf(f,
             ", \"threads\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"decode_prompt\": %d"
             ", \"reps\": %d, \"warmup\": %s, \"prompt_seed\": %llu, \"prompt_head\": [%d, %d, %d, %d]",
@@ -495,9 +427,9 @@ static void print_json(const options *o, const tsr_model_config *c, int threads,
             o->warmup ? "true" : "false", (unsigned long long)TSR_BENCH_SEED, prompt[0],
             prompt[1 % o->prompt_tokens], prompt[2 % o->prompt_tokens], prompt[3 % o->prompt_tokens]);
     fprintf(f, ", \"load_s\": %.4f, ", load_s);
-    json_series(f, "prefill_tok_s", pp, o->reps);
+    tsr_bench_json_series(f, "prefill_tok_s", pp, o->reps);
     fputs(", ", f);
-    json_series(f, "decode_tok_s", tg, o->reps);
+    tsr_bench_json_series(f, "decode_tok_s", tg, o->reps);
     fprintf(f,
             ", \"peak_rss_mib\": %.1f, \"weight_bytes_per_token_file\": %.0f"
             ", \"weight_bytes_per_token_f32\": %.0f",
@@ -507,7 +439,7 @@ static void print_json(const options *o, const tsr_model_config *c, int threads,
     fprintf(f, ", \"device\": \"%s\", \"gpu\": %d, \"act_dtype\": \"%s\", \"batch\": %d, ",
             device_name(o->device), o->device == DEVICE_CUDA ? o->gpu : -1,
             tsr_dtype_name(o->act_dtype), o->batch);
-    json_series(f, "decode_step_ms", step, o->reps);
+    tsr_bench_json_series(f, "decode_step_ms", step, o->reps);
     fprintf(f,
             ", \"weight_dtype\": \"%s\", \"weight_bytes\": %.0f, \"weight_bytes_per_token\": %.0f"
             ", \"matmul_params\": %.0f}\n",
@@ -582,9 +514,9 @@ int main(int argc, char **argv) {
     int32_t *prompt = NULL;
     series pp = {0}, tg = {0}, step = {0};
     tsr_status st;
-    double t0 = now_s();
+    double t0 = tsr_bench_now_s();
     st = bench_open(&b, &o, threads, ctx, o.prompt_tokens, dprompt + o.gen_tokens, max_tokens);
-    double load_s = now_s() - t0;
+    double load_s = tsr_bench_now_s() - t0;
     if (st != TSR_OK)
         goto cleanup;
     const tsr_model_config *c = tsr_model_file_config(b.mf);
@@ -602,7 +534,7 @@ int main(int argc, char **argv) {
     }
     uint64_t rng = TSR_BENCH_SEED;
     for (int i = 0; i < max_tokens; i++)
-        prompt[i] = (int32_t)(splitmix64(&rng) % (uint64_t)c->n_vocab);
+        prompt[i] = (int32_t)(tsr_bench_splitmix64(&rng) % (uint64_t)c->n_vocab);
 
     /* warm-up: first touch of the caches, page faults, OpenMP pool start; on
      * CUDA module loading and cuBLASLt's first choice of algorithms */
@@ -617,14 +549,14 @@ int main(int argc, char **argv) {
         TSR_CHECK_GOTO(st, test_decode(&b, prompt, dprompt, o.gen_tokens, &tg.tok_s[i],
                                        &step.tok_s[i]));
     }
-    series_summarize(&pp, o.reps);
-    series_summarize(&tg, o.reps);
-    series_summarize(&step, o.reps);
+    tsr_bench_series_summarize(&pp, o.reps);
+    tsr_bench_series_summarize(&tg, o.reps);
+    tsr_bench_series_summarize(&step, o.reps);
     weight_traffic w;
     weight_traffic_count(b.mf, &w);
     backend_weights bw;
     backend_weights_count(&b.model, &bw);
-    double rss = peak_rss_mib();
+    double rss = (tsr_bench_peak_rss_kib() / 1024.0);
     if (o.json)
         print_json(&o, c, threads, load_s, &pp, &tg, &step, &w, &bw, prompt, rss);
     else

@@ -30,7 +30,7 @@
  *    send between PP stages 0 and 1 (ping-pong).
  * Rates are the median over reps, with min and max, after one untimed warm-up.
  *
- * Prompt ids are the splitmix64 stream of tsr_bench (seed TSR_BENCH_SEED);
+ * Prompt ids are the tsr_bench_splitmix64 stream of tsr_bench (seed TSR_BENCH_SEED);
  * decode sequence k starts at id k * D of the stream.
  *
  * What it is not: no tokenizer, no sampling beyond argmax, no correctness
@@ -42,11 +42,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "base/log.h"
+#include "bench/bench_util.h"
 #include "runtime/engine.h"
 
 #define TSR_BENCH_SEED 0x7e55e7a5eedULL /* as in tsr_bench.c */
@@ -62,11 +61,7 @@ typedef struct {
     int act_dtype, gpu; /* --act-dtype (-1: the device's), --gpu (-1: by local rank) */
 } options;
 
-/* The per-rep rates of one test and their summary. */
-typedef struct {
-    double *tok_s; /* (reps) */
-    double median, min, max;
-} series;
+typedef tsr_bench_series series;
 
 /* What rank 0 reports about the job besides the rates. */
 typedef struct {
@@ -226,18 +221,6 @@ static int parse_options(int argc, char **argv, int rank, options *o) {
     return 0;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int32_t peak_rss_kib(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (int32_t)ru.ru_maxrss; /* KiB on Linux */
-}
-
 /* Resident set now, KiB (second field of /proc/self/statm, in pages); 0 if
  * unreadable. */
 static int32_t current_rss_kib(void) {
@@ -248,38 +231,6 @@ static int32_t current_rss_kib(void) {
     int n = fscanf(f, "%ld %ld", &size, &resident);
     fclose(f);
     return n == 2 ? (int32_t)(resident * (sysconf(_SC_PAGESIZE) / 1024)) : 0;
-}
-
-/* splitmix64: the prompt id stream of tsr_bench.c. */
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of v[0..n) (reorders v). */
-static double median_of(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static void series_summarize(series *s, int n) {
-    double *sorted = malloc((size_t)n * sizeof *sorted);
-    if (!sorted) {
-        s->median = s->min = s->max = s->tok_s[0];
-        return;
-    }
-    memcpy(sorted, s->tok_s, (size_t)n * sizeof *sorted);
-    s->median = median_of(sorted, n);
-    s->min = sorted[0];
-    s->max = sorted[n - 1];
-    free(sorted);
 }
 
 /* ---- the tests (rank 0) ---- */
@@ -322,9 +273,9 @@ static tsr_status test_prefill(tsr_engine *e, step_bufs *b, const int32_t *promp
         b->release[k] = k;
     b->rows[0] = p - 1;
     tsr_step s = {p, b->tokens, b->pos, b->seq, 1, b->rows, TSR_OUT_ARGMAX, n_slots, b->release, 0, NULL, 0, NULL};
-    double t0 = now_s();
+    double t0 = tsr_bench_now_s();
     TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
-    *tok_s = p / (now_s() - t0);
+    *tok_s = p / (tsr_bench_now_s() - t0);
     return TSR_OK;
 }
 
@@ -349,7 +300,7 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
         b->seq[k] = k;
         b->rows[k] = k;
     }
-    double t0 = now_s();
+    double t0 = tsr_bench_now_s();
     for (int step = 0; step < g; step++) {
         for (int k = 0; k < nb; k++) {
             b->tokens[k] = b->out[k]; /* the previous step's greedy token */
@@ -358,7 +309,7 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
         tsr_step s = {nb, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0, NULL};
         TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
     }
-    *tok_s = (double)nb * g / (now_s() - t0);
+    *tok_s = (double)nb * g / (tsr_bench_now_s() - t0);
     return TSR_OK;
 }
 
@@ -379,7 +330,7 @@ static tsr_status run_tests(tsr_engine *e, const options *o, series *pp, series 
     }
     uint64_t rng = TSR_BENCH_SEED;
     for (int i = 0; i < n_ids; i++)
-        prompt[i] = (int32_t)(splitmix64(&rng) % (uint64_t)V);
+        prompt[i] = (int32_t)(tsr_bench_splitmix64(&rng) % (uint64_t)V);
 
     double ignored;
     if (o->warmup) { /* first touch, OpenMP pools, MPI connections */
@@ -394,8 +345,8 @@ static tsr_status run_tests(tsr_engine *e, const options *o, series *pp, series 
         TSR_CHECK_GOTO(st, test_decode(e, &b, prompt, B, D, o->gen_tokens, &tg->tok_s[r]));
     }
     if (P > 0)
-        series_summarize(pp, o->reps);
-    series_summarize(tg, o->reps);
+        tsr_bench_series_summarize(pp, o->reps);
+    tsr_bench_series_summarize(tg, o->reps);
 cleanup:
     free(prompt);
     step_bufs_free(&b);
@@ -419,12 +370,12 @@ static tsr_status bench_allreduce(tsr_engine *e, void *buf, size_t n, int iters,
         TSR_TRY(tsr_engine_tp_allreduce(e, buf, n));
     for (int k = 0; k < 5; k++) {
         TSR_TRY(tsr_comm_barrier(g->world));
-        double t0 = now_s();
+        double t0 = tsr_bench_now_s();
         for (int i = 0; i < per; i++)
             TSR_TRY(tsr_engine_tp_allreduce(e, buf, n));
-        t[k] = (now_s() - t0) / per * 1e6;
+        t[k] = (tsr_bench_now_s() - t0) / per * 1e6;
     }
-    *us = median_of(t, 5);
+    *us = tsr_bench_median(t, 5);
     return TSR_OK;
 }
 
@@ -441,7 +392,7 @@ static tsr_status bench_pp_send(tsr_engine *e, void *buf, size_t n, int iters, d
     double t[5];
     for (int k = -1; k < 5; k++) { /* k = -1: warm-up */
         TSR_TRY(tsr_comm_barrier(g->world));
-        double t0 = now_s();
+        double t0 = tsr_bench_now_s();
         for (int i = 0; me <= 1 && i < (k < 0 ? 20 : per); i++) {
             if (me == 0) {
                 TSR_TRY(tsr_engine_pp_send(e, buf, n, 1, 7));
@@ -452,35 +403,13 @@ static tsr_status bench_pp_send(tsr_engine *e, void *buf, size_t n, int iters, d
             }
         }
         if (k >= 0)
-            t[k] = (now_s() - t0) / per / 2 * 1e6;
+            t[k] = (tsr_bench_now_s() - t0) / per / 2 * 1e6;
     }
-    *us = median_of(t, 5);
+    *us = tsr_bench_median(t, 5);
     return TSR_OK;
 }
 
 /* ---- report (rank 0) ---- */
-
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
-static void json_series(FILE *f, const char *key, const series *s, int reps) {
-    fprintf(f, "\"%s\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f, \"reps\": [", key,
-            s->median, s->min, s->max);
-    for (int i = 0; i < reps; i++)
-        fprintf(f, "%s%.3f", i ? ", " : "", s->tok_s[i]);
-    fputs("]}", f);
-}
 
 static void rss_summary(const int32_t *kib, int n, double *max_mib, double *sum_mib) {
     *max_mib = *sum_mib = 0;
@@ -501,9 +430,9 @@ static void print_json(const options *o, const tsr_model_config *c, const job_in
     rss_summary(j->peak_rss_kib, j->world, &pk_max, &pk_sum);
     rss_summary(j->end_rss_kib, j->world, &end_max, &end_sum);
     fputs("{\"engine\": \"tessera\", \"bench\": \"dist\", \"model\": ", f);
-    json_string(f, o->model);
+    tsr_bench_json_string(f, o->model);
     fputs(", \"model_name\": ", f);
-    json_string(f, c->name);
+    tsr_bench_json_string(f, c->name);
     fprintf(f, ", \"n_layer\": %d, \"n_embd\": %d, \"n_vocab\": %d", c->n_layer, c->n_embd,
             c->n_vocab);
     fprintf(f,
@@ -522,11 +451,11 @@ static void print_json(const options *o, const tsr_model_config *c, const job_in
         fprintf(f, "%s%.4f", r ? ", " : "", j->load_s[r]);
     fputs("], ", f);
     if (o->prompt_tokens > 0)
-        json_series(f, "prefill_tok_s", pp, o->reps);
+        tsr_bench_json_series(f, "prefill_tok_s", pp, o->reps);
     else
         fputs("\"prefill_tok_s\": null", f);
     fputs(", ", f);
-    json_series(f, "decode_tok_s", tg, o->reps);
+    tsr_bench_json_series(f, "decode_tok_s", tg, o->reps);
     fprintf(f, ", \"decode_step_ms\": %.3f", 1e3 * o->batch / tg->median);
     fputs(", \"peak_rss_mib\": [", f);
     for (int r = 0; r < j->world; r++)
@@ -540,11 +469,11 @@ static void print_json(const options *o, const tsr_model_config *c, const job_in
     fprintf(f, "], \"max_peak_rss_mib\": %.1f, \"sum_peak_rss_mib\": %.1f", pk_max, pk_sum);
     fprintf(f, ", \"max_end_rss_mib\": %.1f, \"sum_end_rss_mib\": %.1f", end_max, end_sum);
     fputs(", \"device\": ", f);
-    json_string(f, j->device);
+    tsr_bench_json_string(f, j->device);
     fputs(", \"act_dtype\": ", f);
-    json_string(f, j->act_dtype);
+    tsr_bench_json_string(f, j->act_dtype);
     fputs(", \"comm\": ", f);
-    json_string(f, j->comm);
+    tsr_bench_json_string(f, j->comm);
     fprintf(f, ", \"comm_staged\": %s", j->staged ? "true" : "false");
     /* elements of the micro-benchmarks, in act_dtype (the key predates bf16) */
     fprintf(f, ", \"comm_floats\": %d", o->batch * c->n_embd);
@@ -682,7 +611,7 @@ int main(int argc, char **argv) {
 
     /* Load, timed per rank from a common start. */
     TSR_CHECK_GOTO(st, tsr_comm_barrier(grid.world));
-    double t0 = now_s();
+    double t0 = tsr_bench_now_s();
     tsr_status ost = tsr_model_file_open(o.model, &mf);
     /* a rank that cannot open the file must not leave the others in init */
     tsr_status all = tsr_comm_agree(grid.world, ost);
@@ -709,7 +638,7 @@ int main(int argc, char **argv) {
         goto cleanup;
     }
     have_engine = 1;
-    float my_load = (float)(now_s() - t0);
+    float my_load = (float)(tsr_bench_now_s() - t0);
     j.micro_batches = o.pp > 1 ? e.cfg.micro_batches : 1;
     j.device = e.be->iface->name;
     j.act_dtype = tsr_dtype_name(e.be->iface->act_dtype);
@@ -756,7 +685,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
         tsr_comm_abort(&grid, 1, "tsr_bench_dist: the engine failed");
     }
-    int32_t my_rss[2] = {peak_rss_kib(), current_rss_kib()};
+    int32_t my_rss[2] = {(int32_t)tsr_bench_peak_rss_kib(), current_rss_kib()};
 
     /* Collective micro-benchmarks and the gathers: every rank. Failures here
      * may leave peers inside a collective, so they end the job. */

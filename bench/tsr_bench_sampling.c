@@ -2,7 +2,7 @@
  * sampled token costs where, with whole rows against device-side candidates,
  * on real logits of the model.
  *
- *   tsr_bench_sampling --model M [--k 64] [--reps 3] [--threads N]
+ *   tsr_bench_sampling --model M [--k 128] [--reps 3] [--threads N]
  *
  * The rows: one rank (the CPU backend) runs a fixed English text through
  * the model, and every position's logits are one row (teacher forcing, so
@@ -18,8 +18,8 @@
  *    K candidates;
  *  - whole %: the share of rows whose K candidates cannot decide the draw
  *    (tsr_sampler_pick_sorted < 0), which then come whole, at K = 16, 32, 64,
- *    128 and 256 (the scheduler's K is 64).
- * Times are the median over --reps passes over all rows.
+ *    128 and 256 (the scheduler's K is 128).
+ * Times are the tsr_bench_median over --reps passes over all rows.
  *
  * What it is not: a test (tests/unit/test_sampler and tests/sched check the
  * draws), nor the copy and gather a whole row also costs on a GPU or over TP
@@ -29,8 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/bench_util.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -51,22 +51,6 @@ static const char TEXT[] =
     "the river Seine made trade easy. Over the centuries the city grew around its "
     "islands, its university and its markets, until it was the largest city in Europe.";
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
-}
-
 static int die(const char *what) {
     fprintf(stderr, "tsr_bench_sampling: %s: %s\n", what, tsr_error_msg());
     return 1;
@@ -74,7 +58,7 @@ static int die(const char *what) {
 
 int main(int argc, char **argv) {
     const char *model = NULL;
-    int K = 64, reps = 3, threads = 0;
+    int K = 128, reps = 3, threads = 0;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                           {"k", required_argument, 0, 'k'},
                                           {"reps", required_argument, 0, 'r'},
@@ -87,7 +71,7 @@ int main(int argc, char **argv) {
         case 'r': reps = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
         default:
-            fprintf(stderr, "usage: tsr_bench_sampling --model M [--k 64] [--reps 3] "
+            fprintf(stderr, "usage: tsr_bench_sampling --model M [--k 128] [--reps 3] "
                             "[--threads N]\n");
             return 2;
         }
@@ -148,7 +132,7 @@ int main(int argc, char **argv) {
     } set[] = {{0.7f, 0.9f, 0}, {0.8f, 0.95f, 0}, {1.0f, 0.9f, 0}, {1.0f, 1.0f, 0},
                {1.0f, 1.0f, 0.05f}, {1.3f, 1.0f, 0}};
     static const int ks[] = {16, 32, 64, 128, 256};
-    printf("tsr_bench_sampling: %d rows of %d logits (%s), K = %d, median of %d passes\n", n, V,
+    printf("tsr_bench_sampling: %d rows of %d logits (%s), K = %d, tsr_bench_median of %d passes\n", n, V,
            model, K, reps);
     printf("| T | top_p | min_p | host row us | device ops us | host cand us |");
     for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++)
@@ -171,17 +155,17 @@ int main(int argc, char **argv) {
         int whole[5] = {0};
         for (int r = 0; r < reps; r++) {
             int32_t t;
-            double t0 = now_s();
+            double t0 = tsr_bench_now_s();
             for (int i = 0; i < n; i++)
                 if (tsr_sampler_sample(&host, rows + (size_t)i * V, NULL, 0, &t) != TSR_OK)
                     return die("sample");
-            t_host[r] = (now_s() - t0) / n;
-            t0 = now_s();
+            t_host[r] = (tsr_bench_now_s() - t0) / n;
+            t0 = tsr_bench_now_s();
             if (I->topk(e.be, tv, ti, rows, n, V, K) != TSR_OK ||
                 I->row_expsum(e.be, ex, rows, inv_t, n, V) != TSR_OK)
                 return die("device ops");
-            t_dev[r] = (now_s() - t0) / n;
-            t0 = now_s();
+            t_dev[r] = (tsr_bench_now_s() - t0) / n;
+            t0 = tsr_bench_now_s();
             for (int i = 0; i < n; i++) {
                 const float *v = tv + (size_t)i * K;
                 const int32_t *id = ti + (size_t)i * K;
@@ -192,7 +176,7 @@ int main(int argc, char **argv) {
                                                     &t) != TSR_OK)
                     return die("sample_row_top");
             }
-            t_cand[r] = (now_s() - t0) / n;
+            t_cand[r] = (tsr_bench_now_s() - t0) / n;
         }
         /* how many rows come whole, by K (one draw's u per row, as the scheduler peeks it) */
         for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
@@ -211,8 +195,8 @@ int main(int argc, char **argv) {
             tsr_sampler_free(&probe);
         }
         printf("| %.1f | %.2f | %.2f | %.1f | %.1f | %.1f |", (double)p.temperature,
-               (double)p.top_p, (double)p.min_p, 1e6 * median(t_host, reps),
-               1e6 * median(t_dev, reps), 1e6 * median(t_cand, reps));
+               (double)p.top_p, (double)p.min_p, 1e6 * tsr_bench_median(t_host, reps),
+               1e6 * tsr_bench_median(t_dev, reps), 1e6 * tsr_bench_median(t_cand, reps));
         for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++)
             printf(" %.1f |", 100.0 * whole[j] / n);
         printf("\n");
