@@ -171,7 +171,8 @@ int main(int argc, char **argv) {
                 const int32_t *id = ti + (size_t)i * K;
                 if (tsr_sampler_pick_sorted(v, K, 0, ex[2 * i], ex[2 * i + 1], p.temperature,
                                             p.top_p, p.min_p, tsr_sampler_peek_unit(&cand)) < 0)
-                    tsr_sampler_sample(&cand, rows + (size_t)i * V, NULL, 0, &t); /* fallback */
+                    tsr_sampler_sample_row_whole(&cand, rows + (size_t)i * V, ex[2 * i],
+                                                 ex[2 * i + 1], &t); /* the fallback */
                 else if (tsr_sampler_sample_row_top(&cand, v, id, K, ex[2 * i], ex[2 * i + 1],
                                                     &t) != TSR_OK)
                     return die("sample_row_top");

@@ -229,15 +229,9 @@ int tsr_sampler_pick_sorted(const float *val, int k, int all, double mx, double 
  * fall inside the sorted prefix (usually the first round), rather than
  * sorting the vocabulary: the same token as sorting it all, up to the
  * rounding of the double sums. */
-static tsr_status draw_all(tsr_sampler *s, tsr_candidate *cand, int m, int32_t *token) {
+static tsr_status draw_all_z(tsr_sampler *s, tsr_candidate *cand, int m, double mx, double z,
+                             int32_t *token) {
     const tsr_sampling_params *p = &s->p;
-    const double T = p->temperature;
-    double mx = cand[0].logit, z = 0;
-    for (int i = 1; i < m; i++)
-        if (cand[i].logit > mx)
-            mx = cand[i].logit;
-    for (int i = 0; i < m; i++)
-        z += exp(((double)cand[i].logit - mx) / T);
     const double u = next_unit(s->rng); /* one number a draw, as in draw() */
     float *val = s->logits;             /* free again: the candidates hold the values */
     for (int k = m < 64 ? m : 64;; k = k > m / 4 ? m : 4 * k) {
@@ -251,8 +245,21 @@ static tsr_status draw_all(tsr_sampler *s, tsr_candidate *cand, int m, int32_t *
             return TSR_OK;
         }
         if (k == m)
-            return tsr_error_set(TSR_ERR_INTERNAL, "sampler: no pick among every candidate");
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: no pick among every candidate "
+                                                "(normaliser %g)", z);
     }
+}
+
+/* draw_all_z with the candidates' own max and sum of exp((l - max) / T). */
+static tsr_status draw_all(tsr_sampler *s, tsr_candidate *cand, int m, int32_t *token) {
+    const double T = s->p.temperature;
+    double mx = cand[0].logit, z = 0;
+    for (int i = 1; i < m; i++)
+        if (cand[i].logit > mx)
+            mx = cand[i].logit;
+    for (int i = 0; i < m; i++)
+        z += exp(((double)cand[i].logit - mx) / T);
+    return draw_all_z(s, cand, m, mx, z, token);
 }
 
 /* The draw from candidates sorted best first (cmp_desc), m >= 1: top_k,
@@ -369,6 +376,26 @@ tsr_status tsr_sampler_sample_row_top(tsr_sampler *s, const float *val, const in
                              (double)p->min_p);
     *token = ids[pick];
     return TSR_OK;
+}
+
+tsr_status tsr_sampler_sample_row_whole(tsr_sampler *s, const float *logits, double mx, double z,
+                                        int32_t *token) {
+    if (!tsr_sampler_row_top_ok(&s->p))
+        return tsr_error_set(TSR_ERR_INVALID, "sampler: these parameters need tsr_sampler_sample");
+    tsr_candidate *cand = s->cand;
+    int m = 0;
+    for (int i = 0; i < s->n_vocab; i++) {
+        if (isnan(logits[i]))
+            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", i);
+        if (logits[i] > -INFINITY)
+            cand[m++] = (tsr_candidate){logits[i], i};
+    }
+    if (m == 0)
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
+    if (!(z > 0) || !isfinite(z) || !isfinite(mx))
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: row normaliser (%g, %g) is not usable", mx,
+                             z);
+    return draw_all_z(s, cand, m, mx, z, token);
 }
 
 int tsr_sampler_row_top_ok(const tsr_sampling_params *p) {

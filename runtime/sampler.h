@@ -100,6 +100,15 @@ double tsr_sampler_peek_unit(const tsr_sampler *s);
  * Bans are not applied there; rows with bans take the whole row. */
 int tsr_sampler_row_top_ok(const tsr_sampling_params *p);
 
+/* The draw tsr_sampler_sample makes from the whole row (n_vocab logits) for
+ * parameters that pass tsr_sampler_row_top_ok, with the row's mx and z given
+ * (the engine's, as tsr_sampler_sample_row_top takes them) instead of summed
+ * again here: for the rows whose candidates could not decide, at about half
+ * the cost. The same token as tsr_sampler_sample up to the rounding of z.
+ * TSR_ERR_RANGE for a NaN logit, no finite logit, or an unusable z. */
+tsr_status tsr_sampler_sample_row_whole(tsr_sampler *s, const float *logits, double mx, double z,
+                                        int32_t *token);
+
 /* As tsr_sampler_sample on the whole row, for top_k off: from the row's
  * best n candidates (val, ids as tsr_sampler_sample_top takes them; ids -1
  * end a list that holds the whole row) and the row's mx and z at the

@@ -735,6 +735,9 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
             tok = ci[j] >= 0 ? ci[j] : 0;
         } else if (q->greedy) {
             tok = tsr_argmax(row, V);
+        } else if (whole && q->row_top && kind == TSR_OUT_TOPK) { /* undecided by candidates */
+            sst = tsr_sampler_sample_row_whole(&q->smp, row, s->expsum[2 * o],
+                                               s->expsum[2 * o + 1], &tok);
         } else if (whole) {
             sst = tsr_sampler_sample(&q->smp, row, ban, n_ban, &tok);
         } else if (q->cand_k > 0) {

@@ -10,7 +10,8 @@
  * tokens never come out; parameter validation; sampling from a row's top-k
  * candidates (the engine's TSR_OUT_TOPK) picks what sampling from the whole
  * row picks, draw for draw; so does top_k off from the best candidates and
- * the row's normaliser wherever they decide the draw; the partial sort with
+ * the row's normaliser wherever they decide the draw, and the whole row with
+ * that normaliser where they do not; the partial sort with
  * top_k off against a plain reference. Exits 0 on success, 1 with a
  * message at the first failure. */
 #include "runtime/sampler.h"
@@ -747,7 +748,8 @@ static void test_row_top(tu_rng *r) {
                 CHECK(tsr_sampler_sample_row_top(&probe, val, ids, K, mx, zf, &b) ==
                           TSR_ERR_RANGE,
                       "case %d draw %d: undecided candidates accepted", c, d);
-                CHECK_OK(tsr_sampler_sample(&top, x, NULL, 0, &b));
+                /* the engine's fallback: the whole row, with the engine's normaliser */
+                CHECK_OK(tsr_sampler_sample_row_whole(&top, x, mx, zf, &b));
                 fell_back++;
             }
             CHECK(a == b, "case %d draw %d (T %g, top_p %g, min_p %g): the row gave %d, the "
@@ -809,6 +811,14 @@ static void test_row_top(tu_rng *r) {
     nv[0] = 2.0f;
     CHECK(tsr_sampler_sample_row_top(&s, nv, ni, 2, 2.0, NAN, &t) == TSR_ERR_RANGE,
           "NaN normaliser accepted");
+    static float row[V];
+    for (int i = 0; i < V; i++)
+        row[i] = (float)(i % 7);
+    CHECK(tsr_sampler_sample_row_whole(&s, row, 6.0, NAN, &t) == TSR_ERR_RANGE,
+          "whole row: NaN normaliser accepted");
+    row[17] = NAN;
+    CHECK(tsr_sampler_sample_row_whole(&s, row, 6.0, 100.0, &t) == TSR_ERR_RANGE,
+          "whole row: NaN logit accepted");
     tsr_sampler_free(&s);
 }
 
