@@ -178,40 +178,37 @@ int tsr_sampler_pick_sorted(const float *val, int k, int all, double mx, double 
     if (k < 1 || !(T > 0) || !(z > 0) || !isfinite(z) || !isfinite(mx))
         return -1;
 #define PROB(i) (exp(((double)val[i] - mx) / T) / z)
-    /* min_p: the first candidate below min_p times the best ends the list */
-    int m1 = -1; /* -1: past the candidates, not known */
-    if (min_p > 0) {
+    /* One pass for the cuts: min_p (the first candidate below min_p times
+     * the best ends the list) and top_p (the smallest prefix of those with
+     * mass >= top_p), summing the mass kept as it goes (in the order a
+     * separate sum would take, so the same doubles). m: the candidates
+     * kept, -1 while not known (a cut past the candidates, or none). With
+     * no cut and more than the candidates nothing needs summing. */
+    int m = -1;
+    double kept = 0; /* the mass of [0, j) */
+    if (min_p > 0 || top_p < 1 || all) {
         const double p0 = PROB(0);
-        int j = 1;
-        while (j < k && PROB(j) >= min_p * p0)
-            j++;
-        if (j < k || all)
-            m1 = j;
-    } else if (all) {
-        m1 = k;
-    }
-    /* top_p: the smallest prefix (of those) with mass >= top_p */
-    int m2 = m1;
-    if (top_p < 1) {
-        const int lim = m1 >= 0 ? m1 : k;
-        double c = 0;
-        for (int j = 0; j < lim; j++) {
-            c += PROB(j);
-            if (c >= top_p) {
-                m2 = j + 1;
+        for (int j = 0; j < k; j++) {
+            const double pj = j ? PROB(j) : p0;
+            if (min_p > 0 && j > 0 && !(pj >= min_p * p0)) {
+                m = j;
+                break;
+            }
+            kept += pj;
+            if (top_p < 1 && kept >= top_p) {
+                m = j + 1;
                 break;
             }
         }
+        if (m < 0 && all)
+            m = k; /* every candidate kept, and they are the whole set */
     }
     double total = 1.0; /* no cut at all and more than the candidates: the row's mass */
-    if (m2 >= 0) {
-        total = 0;
-        for (int i = 0; i < m2; i++)
-            total += PROB(i);
-    } else if (min_p > 0 || top_p < 1) {
+    if (m >= 0)
+        total = kept;
+    else if (min_p > 0 || top_p < 1)
         return -1; /* a cut lies past the candidates */
-    }
-    const int lim = m2 >= 0 ? m2 : k;
+    const int lim = m >= 0 ? m : k;
     const double r = u * total;
     double acc = 0;
     for (int i = 0; i < lim; i++) {
@@ -220,13 +217,14 @@ int tsr_sampler_pick_sorted(const float *val, int k, int all, double mx, double 
             return i;
     }
 #undef PROB
-    return m2 >= 0 || all ? lim - 1 : -1; /* rounding left r at the end; or past the candidates */
+    return m >= 0 || all ? lim - 1 : -1; /* rounding left r at the end; or past the candidates */
 }
 
 /* The draw with top_k off: the probabilities are over every candidate, so
  * the order matters only up to the min_p and top_p cuts and the pick. The
- * best 64 are sorted first, then 256, 1024, ..., until the cuts and the pick
- * fall inside the sorted prefix (usually the first round), rather than
+ * best 64 are sorted first, then 256, 1024, ... (each round sorting only the
+ * next best after the prefix it has), until the cuts and the pick fall
+ * inside the sorted prefix (usually the first round), rather than
  * sorting the vocabulary: the same token as sorting it all, up to the
  * rounding of the double sums. */
 static tsr_status draw_all_z(tsr_sampler *s, tsr_candidate *cand, int m, double mx, double z,
@@ -234,9 +232,10 @@ static tsr_status draw_all_z(tsr_sampler *s, tsr_candidate *cand, int m, double 
     const tsr_sampling_params *p = &s->p;
     const double u = next_unit(s->rng); /* one number a draw, as in draw() */
     float *val = s->logits;             /* free again: the candidates hold the values */
-    for (int k = m < 64 ? m : 64;; k = k > m / 4 ? m : 4 * k) {
-        select_best(cand, m, k);
-        for (int i = 0; i < k; i++)
+    for (int done = 0, k = m < 64 ? m : 64;; done = k, k = k > m / 4 ? m : 4 * k) {
+        /* cand[0..done) are the best `done`, sorted: the next best come from the rest */
+        select_best(cand + done, m - done, k - done);
+        for (int i = done; i < k; i++)
             val[i] = cand[i].logit;
         const int pick = tsr_sampler_pick_sorted(val, k, k == m, mx, z, p->temperature,
                                                  p->top_p, p->min_p, u);
