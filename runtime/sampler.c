@@ -104,10 +104,15 @@ int32_t tsr_argmax(const float *x, int n) {
     return best;
 }
 
+/* Whether any penalty changes logits: one set, and a window that is not off. */
+static int penalties_on(const tsr_sampling_params *p) {
+    return p->penalty_last_n != -1 && (p->repetition_penalty != 1.0f ||
+                                       p->frequency_penalty != 0 || p->presence_penalty != 0);
+}
+
 static void apply_penalties(tsr_sampler *s, float *l) {
     const tsr_sampling_params *p = &s->p;
-    if (p->penalty_last_n == -1 || (p->repetition_penalty == 1.0f && p->frequency_penalty == 0 &&
-                                    p->presence_penalty == 0))
+    if (!penalties_on(p))
         return;
     size_t start = 0;
     if (p->penalty_last_n > 0 && s->n_history > (size_t)p->penalty_last_n)
@@ -320,16 +325,23 @@ tsr_status tsr_sampler_sample(tsr_sampler *s, const float *logits, const int32_t
     return draw_all(s, cand, m, token);
 }
 
+/* A candidate list's entry as the engine brings it: TSR_ERR_RANGE for a NaN
+ * (a broken row) or an id outside the vocabulary. */
+static tsr_status check_candidate(const tsr_sampler *s, float v, int32_t id) {
+    if (isnan(v))
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", id);
+    if (id >= s->n_vocab)
+        return tsr_error_set(TSR_ERR_RANGE, "sampler: candidate id %d is outside the vocabulary",
+                             id);
+    return TSR_OK;
+}
+
 tsr_status tsr_sampler_sample_top(tsr_sampler *s, const float *val, const int32_t *ids, int n,
                                   const int32_t *banned, size_t n_banned, int32_t *token) {
     tsr_candidate *cand = s->cand;
     int m = 0;
     for (int i = 0; i < n && ids[i] >= 0; i++) {
-        if (isnan(val[i]))
-            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", ids[i]);
-        if (ids[i] >= s->n_vocab)
-            return tsr_error_set(TSR_ERR_RANGE, "sampler: candidate id %d is outside the "
-                                                "vocabulary", ids[i]);
+        TSR_TRY(check_candidate(s, val[i], ids[i]));
         int ban = 0;
         for (size_t b = 0; b < n_banned && !ban; b++)
             ban = banned[b] == ids[i];
@@ -357,14 +369,8 @@ tsr_status tsr_sampler_sample_row_top(tsr_sampler *s, const float *val, const in
     if (!tsr_sampler_row_top_ok(p))
         return tsr_error_set(TSR_ERR_INVALID, "sampler: these parameters need the whole row");
     int m = 0;
-    while (m < n && ids[m] >= 0) {
-        if (isnan(val[m]))
-            return tsr_error_set(TSR_ERR_RANGE, "sampler: logit %d is NaN", ids[m]);
-        if (ids[m] >= s->n_vocab)
-            return tsr_error_set(TSR_ERR_RANGE, "sampler: candidate id %d is outside the "
-                                                "vocabulary", ids[m]);
-        m++;
-    }
+    for (; m < n && ids[m] >= 0; m++)
+        TSR_TRY(check_candidate(s, val[m], ids[m]));
     if (m == 0 || !(val[0] > -INFINITY))
         return tsr_error_set(TSR_ERR_RANGE, "sampler: every token is banned");
     const int pick = tsr_sampler_pick_sorted(val, m, m < n, mx, z, p->temperature, p->top_p,
@@ -398,17 +404,11 @@ tsr_status tsr_sampler_sample_row_whole(tsr_sampler *s, const float *logits, dou
 }
 
 int tsr_sampler_row_top_ok(const tsr_sampling_params *p) {
-    const int penalties = p->penalty_last_n != -1 &&
-                          (p->repetition_penalty != 1.0f || p->frequency_penalty != 0 ||
-                           p->presence_penalty != 0);
-    return !penalties && p->temperature > 0 && p->top_k == 0;
+    return !penalties_on(p) && p->temperature > 0 && p->top_k == 0;
 }
 
 int tsr_sampler_candidates_needed(const tsr_sampling_params *p, int max_k) {
-    const int penalties = p->penalty_last_n != -1 &&
-                          (p->repetition_penalty != 1.0f || p->frequency_penalty != 0 ||
-                           p->presence_penalty != 0);
-    if (penalties)
+    if (penalties_on(p))
         return 0;
     if (p->temperature == 0)
         return 1;
