@@ -286,6 +286,21 @@ static tsr_status cpu_embedding(tsr_backend *b, void *outv, const tsr_weight *ta
     return TSR_OK;
 }
 
+/* The largest value of l[j0..j1) that is not NaN (-inf when none), and in
+ * *nan whether a NaN is there; vectorised (the scans below call it on
+ * blocks, row_expsum on whole rows). */
+static inline float max_of(const float *l, int j0, int j1, int *nan) {
+    float mx = -INFINITY;
+    int bad = 0;
+#pragma omp simd reduction(max : mx) reduction(| : bad)
+    for (int j = j0; j < j1; j++) {
+        mx = l[j] > mx ? l[j] : mx;
+        bad |= l[j] != l[j];
+    }
+    *nan = bad;
+    return mx;
+}
+
 /* The first strictly larger value wins (ties: the lowest column; NaN never
  * wins, and a NaN in column 0 keeps column 0). A block of ARGMAX_BLOCK values
  * is first reduced to its maximum (vectorised) and scanned only when that
@@ -301,11 +316,8 @@ static tsr_status cpu_argmax(tsr_backend *b, float *val, int32_t *idx, const voi
         int best = 0;
         for (int j0 = 1; j0 < V; j0 += ARGMAX_BLOCK) {
             const int j1 = j0 + ARGMAX_BLOCK < V ? j0 + ARGMAX_BLOCK : V;
-            float bmax = -INFINITY;
-#pragma omp simd reduction(max : bmax)
-            for (int j = j0; j < j1; j++)
-                bmax = l[j] > bmax ? l[j] : bmax;
-            if (!(bmax > l[best]))
+            int nan;
+            if (!(max_of(l, j0, j1, &nan) > l[best]))
                 continue;
             for (int j = j0; j < j1; j++)
                 if (l[j] > l[best])
@@ -339,13 +351,8 @@ static tsr_status cpu_topk(tsr_backend *b, float *val, int32_t *idx, const void 
         for (int j0 = 0; j0 < V; j0 += TOPK_BLOCK) {
             const int j1 = j0 + TOPK_BLOCK < V ? j0 + TOPK_BLOCK : V;
             if (m == k) { /* the list is full: skip a block that holds nothing better */
-                float bmax = -INFINITY;
-                int nan = 0;
-#pragma omp simd reduction(max : bmax) reduction(| : nan)
-                for (int j = j0; j < j1; j++) {
-                    bmax = l[j] > bmax ? l[j] : bmax;
-                    nan |= l[j] != l[j];
-                }
+                int nan;
+                const float bmax = max_of(l, j0, j1, &nan);
                 /* a later column never beats an equal value, nor anything a NaN */
                 if (!nan && !(bmax > v[k - 1]))
                     continue;
@@ -382,13 +389,8 @@ static tsr_status cpu_row_expsum(tsr_backend *b, float *out, const void *lv, con
 #pragma omp parallel for if (n > 1)
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * V;
-        float mx = -INFINITY;
-        int nan = 0;
-        for (int j = 0; j < V; j++) {
-            nan |= isnan(l[j]);
-            if (l[j] > mx)
-                mx = l[j];
-        }
+        int nan;
+        const float mx = max_of(l, 0, V, &nan);
         double z = 0;
         const double it = inv_t[i];
         for (int j = 0; j < V && mx > -INFINITY; j++)
