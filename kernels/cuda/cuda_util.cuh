@@ -10,6 +10,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdint.h>
 
 #include "kernels/dtype.h"
@@ -53,6 +54,27 @@ __device__ __forceinline__ float tsr_block_sum(float v) {
     }
     __syncthreads();
     return total;
+}
+
+/* Maximum over the block (blockDim.x a multiple of 32, at most 1024), as
+ * tsr_block_sum; fmaxf's rule: a NaN operand is skipped. Every thread gets
+ * the result. */
+__device__ __forceinline__ float tsr_block_max(float v) {
+    __shared__ float part[32];
+    __shared__ float best;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = tsr_warp_max(v);
+    if (lane == 0)
+        part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float m = lane < (int)(blockDim.x >> 5) ? part[lane] : -INFINITY;
+        m = tsr_warp_max(m);
+        if (lane == 0)
+            best = m;
+    }
+    __syncthreads();
+    return best;
 }
 
 /* Grid size for n elements at `threads` per block, capped so a huge n loops

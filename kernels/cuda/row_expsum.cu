@@ -12,8 +12,6 @@
 template <typename T>
 __global__ void row_expsum_kernel(float *out, const T *__restrict__ logits,
                                   const float *__restrict__ inv_t, int V) {
-    __shared__ float part[RE_THREADS / 32];
-    __shared__ float row_max;
     const T *l = logits + (size_t)blockIdx.x * V;
     float mx = -INFINITY;
     int nan = 0;
@@ -22,19 +20,8 @@ __global__ void row_expsum_kernel(float *out, const T *__restrict__ logits,
         nan |= isnan(x);
         mx = fmaxf(mx, x); /* fmaxf skips a NaN operand */
     }
-    mx = tsr_warp_max(mx);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0)
-        part[warp] = mx;
+    mx = tsr_block_max(mx);
     nan = __syncthreads_or(nan);
-    if (threadIdx.x == 0) {
-        float m = part[0];
-        for (int w = 1; w < RE_THREADS / 32; w++)
-            m = fmaxf(m, part[w]);
-        row_max = m;
-    }
-    __syncthreads();
-    mx = row_max;
     const float it = inv_t[blockIdx.x];
     float z = 0.0f;
     if (isfinite(mx))
