@@ -504,10 +504,12 @@ static void publish(tsr_scheduler_t *s) {
 
 /* What an output row of sequence q asks of the step: nothing more than
  * argmax (greedy), its best cand_k candidates, ROW_TOP_K candidates and
- * maybe the whole row (row_top), or the whole row. */
-static void row_needs(const seq_state *q, int *want_logits, int *top_k) {
+ * maybe the whole row (row_top), or the whole row. *draw: a row that a
+ * top-k step must describe (tsr_row_draw: row_top, or whole). */
+static void row_needs(const seq_state *q, int *want_logits, int *top_k, int *draw) {
     if (q->greedy)
         return;
+    *draw |= q->cand_k == 0;
     const int k = q->row_top ? ROW_TOP_K : q->cand_k;
     if (k == 0)
         *want_logits = 1;
@@ -576,7 +578,8 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     /* 4. the step: decodes first, then prompt chunks under the budget */
     /* what the sampled rows need: the whole rows (want_logits), or only the
      * best cand_k of each (top_k, the largest of them) */
-    int budget = s->cfg.max_batch_tokens, n = 0, n_out = 0, want_logits = 0, top_k = 0;
+    int budget = s->cfg.max_batch_tokens, n = 0, n_out = 0, want_logits = 0, top_k = 0,
+        need_draw = 0;
     TSR_TRY(grow_step(s, budget + s->max_seqs));
     for (int k = 0; k < s->max_seqs; k++) {
         seq_state *q = &s->seqs[k];
@@ -587,7 +590,7 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         s->seq[n] = k;
         s->rows[n_out] = n;
         s->row_slot[n_out++] = k;
-        row_needs(q, &want_logits, &top_k);
+        row_needs(q, &want_logits, &top_k, &need_draw);
         n++;
         budget--;
     }
@@ -608,7 +611,7 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         if (q->n_fed + c == q->req->n_prompt) { /* the prompt's last token gives logits */
             s->rows[n_out] = n + c - 1;
             s->row_slot[n_out++] = k;
-            row_needs(q, &want_logits, &top_k);
+            row_needs(q, &want_logits, &top_k, &need_draw);
         }
         n += c;
         budget -= c;
@@ -624,11 +627,7 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
                               : top_k > 0   ? TSR_OUT_TOPK
                               : want_logits ? TSR_OUT_LOGITS
                                             : TSR_OUT_ARGMAX;
-    int draws = 0; /* whether the top-k step needs per-row draws */
-    for (int o = 0; kind == TSR_OUT_TOPK && o < n_out; o++) {
-        const seq_state *q = &s->seqs[s->row_slot[o]];
-        draws |= !q->greedy && q->cand_k == 0;
-    }
+    const int draws = kind == TSR_OUT_TOPK && need_draw; /* the step needs per-row draws */
     if (draws) {
         want_logits = 1; /* room for the rows that come whole */
         if (n_out > s->cap_draw) {
