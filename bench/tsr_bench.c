@@ -41,8 +41,8 @@
 #include <unistd.h>
 
 #include "bench/bench_util.h"
-#include "runtime/model.h"
-#include "runtime/sampler.h"
+#include "runtime/model/model.h"
+#include "runtime/sample/sampler.h"
 
 #define TSR_BENCH_SEED 0x7e55e7a5eedULL
 

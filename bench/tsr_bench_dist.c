@@ -46,7 +46,7 @@
 
 #include "base/log.h"
 #include "bench/bench_util.h"
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 #define TSR_BENCH_SEED 0x7e55e7a5eedULL /* as in tsr_bench.c */
 

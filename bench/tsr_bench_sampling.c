@@ -31,8 +31,8 @@
 #include <string.h>
 
 #include "bench/bench_util.h"
-#include "runtime/engine.h"
-#include "runtime/sampler.h"
+#include "runtime/engine/engine.h"
+#include "runtime/sample/sampler.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 static const char TEXT[] =

@@ -33,7 +33,7 @@ tsr_status tsr_backend_sync(tsr_backend *b) {
     return b->iface->sync(b);
 }
 
-/* ---- LoRA dropout's hash (runtime/lora.h defines it; lora_dropout.cu has the
+/* ---- LoRA dropout's hash (runtime/model/lora.h defines it; lora_dropout.cu has the
  * device copy of mix and bits) ---- */
 
 static const uint64_t DROPOUT_GOLDEN = 0x9E3779B97F4A7C15ull;

@@ -68,7 +68,7 @@ typedef struct {
 
 /* Where one lora_dropout call sits in LoRA dropout's mask: element (i, j) of
  * its (n, d) block is token row0 + i of the batch and input column col0 + j
- * of the FULL d_in of (layer, target). runtime/lora.h defines the hash that
+ * of the FULL d_in of (layer, target). runtime/model/lora.h defines the hash that
  * decides each element; tsr_lora_dropout_stream / _bits / _threshold below
  * compute it on the host. */
 typedef struct {
@@ -249,7 +249,7 @@ typedef struct {
     tsr_status (*scale_f32)(tsr_backend *b, float *x, size_t n, float s);
     /* LoRA dropout (inverted), activations: out(n, d) = m * x / (1 - p), or
      * out += that when accumulate, where m(i, j) is 0 where the hash of
-     * runtime/lora.h drops element (row0 + i, col0 + j) of dd and 1 elsewhere;
+     * runtime/model/lora.h drops element (row0 + i, col0 + j) of dd and 1 elsewhere;
      * a kept value is x * (1.0f / (1.0f - p)) computed in f32, a dropped one
      * exactly 0 whatever x holds (NaN included). The forward masks the LoRA
      * branch's input with it, the backward the branch's input gradient (the
@@ -259,7 +259,7 @@ typedef struct {
                                const tsr_lora_dropout_desc *dd, int accumulate);
     /* Sets `bytes` bytes of device memory p to zero (0.0 in f32, f16 and bf16
      * alike), enqueued like an op. Optional: NULL where a backend has none;
-     * callers go through tsr_lora_fill_zero (runtime/lora.h), which copies
+     * callers go through tsr_lora_fill_zero (runtime/model/lora.h), which copies
      * zeros from the host then. */
     tsr_status (*fill_zero)(tsr_backend *b, void *p, size_t bytes);
 } tsr_backend_i;
@@ -301,7 +301,7 @@ void tsr_backend_destroy(tsr_backend *b);
 /* Bytes per activation element of this backend. */
 size_t tsr_backend_act_size(const tsr_backend *b);
 
-/* LoRA dropout's hash on the host, exactly as runtime/lora.h defines it (the
+/* LoRA dropout's hash on the host, exactly as runtime/model/lora.h defines it (the
  * backends' lora_dropout ops compute the same bits): the stream of (seed, key,
  * layer, target); the 24 bits of element (global token, global column) of a
  * stream; the threshold of p (an element is dropped when its bits are below

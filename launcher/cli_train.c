@@ -1,8 +1,8 @@
 /* launcher/cli_train.c - data file, shuffle, output directory and loss.csv
  * of `tessera-cli train` (see cli_train.h). The data file is read by
- * runtime/train_record.c, as `tessera train` reads it; the shuffle and the
- * directory check follow runtime/tessera_main.c, and the atomic save
- * runtime/peft.c, so the client and `tessera train` agree on what a data
+ * runtime/train/train_record.c, as `tessera train` reads it; the shuffle and the
+ * directory check follow runtime/cmd/tessera_main.c, and the atomic save
+ * shard/peft.c, so the client and `tessera train` agree on what a data
  * file and an --out may be. */
 #include "launcher/cli_train.h"
 
@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "runtime/train_record.h"
+#include "runtime/train/train_record.h"
 
 static int failf(char *why, size_t why_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -104,7 +104,7 @@ static const struct {
 /* tessera's serve flags the launcher reads (and writes back itself). */
 static const char *const serve_opts[] = {"host", "port", "auth-token-file", "tls-cert", "tls-key"};
 
-/* tessera's flags that take no value (runtime/tessera_main.c). */
+/* tessera's flags that take no value (runtime/cmd/tessera_main.c). */
 static const char *const bool_flags[] = {"ignore-eos", "verbose", "log-prompts", "help"};
 
 static int is_in(const char *name, const char *const *list, size_t n) {

@@ -13,13 +13,14 @@ port=${TESSERA_DEMO_PORT:-50051}
 
 bash scripts/setup.sh
 model=$(bash scripts/fetch-model.sh | tail -1)
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
-cmake --build build -j"$(nproc)" --target tessera tessera-cli >/dev/null
+# its own build folder, so the test command's build/ keeps its tests
+cmake -S . -B build-demo -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
+cmake --build build-demo -j"$(nproc)" --target tessera tessera-cli >/dev/null
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 log=$(mktemp /tmp/tessera-demo.XXXXXX.log)
 echo "== starting: mpirun -np 2 tessera serve --tp 2 --port $port (log: $log)"
-mpirun -np 2 --oversubscribe --bind-to none ./build/runtime/tessera serve \
+mpirun -np 2 --oversubscribe --bind-to none ./build-demo/runtime/tessera serve \
     --model "$model" --tp 2 --port "$port" >"$log" 2>&1 &
 server=$!
 stop() {
@@ -29,7 +30,7 @@ stop() {
 }
 trap stop EXIT
 
-cli=./build/launcher/tessera-cli
+cli=./build-demo/launcher/tessera-cli
 if ! "$cli" --addr "127.0.0.1:$port" health --wait 120 >/dev/null; then
     echo "the server did not become SERVING; its log:" >&2
     cat "$log" >&2

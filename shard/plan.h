@@ -40,7 +40,7 @@
 #include "shard/config.h"
 
 /* Which part of the model this rank holds. tsr_model_slice_full()
- * (runtime/model.h) gives all of it (one rank). */
+ * (runtime/model/model.h) gives all of it (one rank). */
 typedef struct {
     int layer_begin, layer_end;   /* [begin, end) */
     int head_begin, n_head;       /* query heads */

@@ -1,7 +1,7 @@
 /* kernels/cuda/lora_dropout.cu - LoRA dropout's mask, element-wise: one
  * block row per token row (the row's hash once per thread), threads along
  * the columns. The per-element hash is the device copy of
- * tsr_lora_dropout_bits (kernels/backend.c); runtime/lora.h defines it and
+ * tsr_lora_dropout_bits (kernels/backend.c); runtime/model/lora.h defines it and
  * tests/train checks both against NumPy bit for bit. */
 #include "kernels/cuda/cuda_util.cuh"
 #include "kernels/cuda/lora_dropout.h"

@@ -4,7 +4,7 @@
  * The launcher enqueues on `s` and returns the launch status
  * (cudaGetLastError); `act` is TSR_F32 or TSR_BF16 (else
  * cudaErrorInvalidValue). Device pointers; the contract is lora_dropout's in
- * kernels/backend.h, the hash runtime/lora.h's. The host computes the
+ * kernels/backend.h, the hash runtime/model/lora.h's. The host computes the
  * per-(seed, key, layer, target) stream and the threshold
  * (tsr_lora_dropout_stream, tsr_lora_dropout_threshold); the kernel hashes
  * each element from them. */

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
-#include "runtime/peft.h"
+#include "shard/peft.h"
 
 typedef struct {
     int used;

@@ -1,6 +1,6 @@
 /* runtime/server/adapters.h - the LoRA adapters a server holds, on rank 0's
  * engine thread: names mapped to the engine's adapter slots
- * (runtime/engine.h), and the adapter calls (tsr_ctl_request: create,
+ * (runtime/engine/engine.h), and the adapter calls (tsr_ctl_request: create,
  * train, step, save, load, list, delete) run between generation steps.
  *
  * Generation requests name an adapter; the scheduler resolves the name at
@@ -15,7 +15,7 @@
 #ifndef TSR_RUNTIME_SERVER_ADAPTERS_H
 #define TSR_RUNTIME_SERVER_ADAPTERS_H
 
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 #include "runtime/server/request.h"
 
 typedef struct tsr_adapters tsr_adapters_t; /* opaque */

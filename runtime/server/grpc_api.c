@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/sampler.h"
+#include "runtime/sample/sampler.h"
 #include "runtime/tokenizer/chat.h"
 
 #define refuse tsr_api_refuse

@@ -25,9 +25,9 @@
 #include <stdint.h>
 
 #include "base/status.h"
-#include "runtime/lora.h"
-#include "runtime/sampler.h"
-#include "runtime/train.h"
+#include "runtime/model/lora.h"
+#include "runtime/sample/sampler.h"
+#include "runtime/train/train.h"
 
 typedef enum {
     TSR_EV_CHUNK = 0, /* tokens and the text they completed */

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "base/log.h"
-#include "runtime/stop_text.h"
+#include "runtime/sample/stop_text.h"
 
 typedef struct {
     tsr_gen_request *req; /* NULL: the slot is free */

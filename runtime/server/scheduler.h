@@ -21,11 +21,11 @@
  * while sequences are generating, so training and generation interleave.
  *
  * What it is not: transport (runtime/server/grpc_server.h) nor the engine
- * (runtime/engine.h); it only runs on world rank 0. */
+ * (runtime/engine/engine.h); it only runs on world rank 0. */
 #ifndef TSR_RUNTIME_SERVER_SCHEDULER_H
 #define TSR_RUNTIME_SERVER_SCHEDULER_H
 
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 #include "runtime/server/adapters.h"
 #include "runtime/server/metrics.h"
 #include "runtime/server/request.h"

@@ -4,7 +4,7 @@
  * the engine thread, and the finished request back into a response.
  *
  * Examples are tokenized here, on the gRPC thread, as `tessera train` does
- * a JSONL record (runtime/train_data.h), and their per-token weights turned
+ * a JSONL record (runtime/train/train_data.h), and their per-token weights turned
  * from the API's convention (weights[i] weighs predicting token i) into the
  * trainer's (weights[i] weighs predicting token i+1 from position i).
  *
@@ -17,7 +17,7 @@
 
 #include "runtime/server/grpc_api.h"
 #include "runtime/tokenizer/chat.h"
-#include "runtime/train_data.h"
+#include "runtime/train/train_data.h"
 
 #define refuse tsr_api_refuse
 

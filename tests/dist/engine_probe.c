@@ -24,8 +24,8 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "runtime/engine.h"
-#include "runtime/sampler.h"
+#include "runtime/engine/engine.h"
+#include "runtime/sample/sampler.h"
 
 static int die(const char *what, int rank) {
     fprintf(stderr, "[rank %d] engine_probe: %s: %s\n", rank, what, tsr_error_msg());

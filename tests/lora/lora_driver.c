@@ -47,10 +47,10 @@
 #include <string.h>
 
 #include "comm/comm.h"
-#include "runtime/lora.h"
-#include "runtime/model.h"
-#include "runtime/train.h"
-#include "runtime/train_comm.h"
+#include "runtime/model/lora.h"
+#include "runtime/model/model.h"
+#include "runtime/train/train.h"
+#include "runtime/train/train_comm.h"
 
 /* ---- the record files ---- */
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""LoRA training of whole models: runtime/lora.c and runtime/train.c against the
+"""LoRA training of whole models: runtime/model/lora.c and runtime/train/train.c against the
 float64 NumPy reference tests/reference/lora_ref.py, and between TP layouts.
 
 (a) The reference's LoRA gradients (every target, both factors) equal central
@@ -28,7 +28,7 @@ float64 NumPy reference tests/reference/lora_ref.py, and between TP layouts.
     outside the vocabulary, a negative loss weight, an empty sequence, a
     sequence longer than the context, LoRA dropout 1 (must be in [0, 1)), an
     unknown target.
-(g) LoRA dropout p = 0.3 (runtime/lora.h's masks; lora_ref.py applies the
+(g) LoRA dropout p = 0.3 (runtime/model/lora.h's masks; lora_ref.py applies the
     same ones, bit for bit, from train_ref.dropout_keep):
       - the reference's gradients with the masks held fixed equal central
         finite differences (as (a), tiny llama and tiny qwen2);

@@ -1,4 +1,4 @@
-/* tests/lora/test_lora_unit.c - runtime/lora.c without a model: the target
+/* tests/lora/test_lora_unit.c - runtime/model/lora.c without a model: the target
  * parser, the configuration checks, the initialisation stream, and adapters
  * over every TP rank of tp = 1..4 (and pp = 2) of a small configuration:
  * shapes and offsets follow the shard plan, the pieces of A put together are
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "../unit/test_util.h"
-#include "runtime/lora.h"
+#include "runtime/model/lora.h"
 
 static void test_parse(void) {
     unsigned m = 0;
@@ -265,7 +265,7 @@ static void test_layouts(void) {
          0x849d787e4961fdbdull, 3035084u},                                                         \
         {0x5ull, 0x1ull, 1, 3, 7, 300, 0xa6969e3e88374416ull, 8044051u}
 
-/* LoRA dropout's hash (runtime/lora.h): values pinned from the NumPy copy in
+/* LoRA dropout's hash (runtime/model/lora.h): values pinned from the NumPy copy in
  * tests/reference/train_ref.py, the threshold's edges, and the drop rate. */
 static void test_dropout_hash(void) {
     CHECK(tsr_lora_dropout_threshold(0.0f) == 0, "threshold(0)");

@@ -4,7 +4,7 @@
  *
  *   dump_logits [--adapter DIR] MODEL OUT.f32 MODE ID [ID ...]
  *
- * --adapter DIR applies a PEFT LoRA adapter directory (runtime/peft.h) with
+ * --adapter DIR applies a PEFT LoRA adapter directory (shard/peft.h) with
  * tsr_model_set_lora.
  *
  * MODE: "prefill" (one batch), "decode" (one token per step) or "chunk:N"
@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/model.h"
-#include "runtime/peft.h"
+#include "runtime/model/model.h"
+#include "shard/peft.h"
 
 static int die(const char *what) {
     fprintf(stderr, "dump_logits: %s: %s\n", what, tsr_error_msg());

@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #include "base/status.h"
-#include "runtime/peft.h"
+#include "shard/peft.h"
 #include "shard/model_file.h"
 
 #define CHECK(cond, ...)                                                                           \

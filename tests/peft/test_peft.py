@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""LoRA adapters in PEFT's on-disk format (runtime/peft.h), checked from the
+"""LoRA adapters in PEFT's on-disk format (shard/peft.h), checked from the
 outside with the `safetensors` Python package and json.
 
 (a) C-written files: peft_driver saves random adapters (synthetic config,

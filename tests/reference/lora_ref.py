@@ -6,9 +6,9 @@ folder) with LoRA deltas on the adapted projections, the weighted
 cross-entropy of a batch of sequences, and its gradient with respect to every
 LoRA matrix, written out by hand with the per-op backwards of train_ref.py.
 Checked against central finite differences of its own loss by
-tests/lora/test_lora.py, and Tessera's runtime/train.c against it.
+tests/lora/test_lora.py, and Tessera's runtime/train/train.c against it.
 
-Conventions, as runtime/train.h and runtime/lora.h state them:
+Conventions, as runtime/train/train.h and runtime/model/lora.h state them:
   * a batch is sequences laid end to end (seq_start), each starting at
     position 0; weight[i] applies to predicting token i+1 from position i of
     the same sequence; the loss is the weighted SUM of the cross-entropies;
@@ -19,10 +19,10 @@ Conventions, as runtime/train.h and runtime/lora.h state them:
     whatever the file: llama GGUF files store them permuted for adjacent-pair
     RoPE, so hf_layout() un-permutes them (the same permutation as
     gguf_to_hf.py) and the LoRA B of q and k has HF's row order (PEFT's);
-  * LoRA dropout (PEFT's lora_dropout, runtime/lora.h): with adapter.dropout
+  * LoRA dropout (PEFT's lora_dropout, runtime/model/lora.h): with adapter.dropout
     p > 0 and a dropout_key (the training forward), the LoRA branch of
     (layer l, target t) sees dropout(x) = mask * x / (1 - p), the mask from
-    train_ref.dropout_keep (runtime/lora.h's hash, bit for bit) over the
+    train_ref.dropout_keep (runtime/model/lora.h's hash, bit for bit) over the
     batch's global token indices (token_offset + i) and the full d_in; the
     base projection sees x. The backward masks the branch's input gradient
     the same way. Without a key (evaluation) nothing is dropped.

@@ -14,7 +14,7 @@ Tessera at run time.
   matmul / matmul_bwd          y = x W^T                      (W frozen: dx)
   lora / lora_bwd              y = scale (x A^T) B^T          (dx, dA, dB)
   dropout_stream, dropout_bits, dropout_keep, dropout
-                               LoRA dropout's hash (runtime/lora.h), bit for bit,
+                               LoRA dropout's hash (runtime/model/lora.h), bit for bit,
                                and the inverted mask it gives
   rmsnorm / rmsnorm_bwd        y = x / sqrt(mean(x^2)+eps) * w (dx; dw too)
   rope / rope_bwd              rotate-half RoPE               (dx)
@@ -58,7 +58,7 @@ def lora_bwd(dy, x, A, B, scale):
     return t @ A, t.T @ x, scale * (dy.T @ xa), t
 
 
-# ---- LoRA dropout (runtime/lora.h defines the hash; this is its NumPy copy) ---------------
+# ---- LoRA dropout (runtime/model/lora.h defines the hash; this is its NumPy copy) ---------------
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15

@@ -15,7 +15,7 @@
     sequences of different lengths including length 1), ce_rowmax, ce_sums,
     ce_grad (also dlogits = logits), adamw (3 steps from t = 1 and from t = 5),
     sumsq (double accumulation: 1e-12), scale_f32 (exact), fill_zero (exact),
-    lora_dropout (LoRA dropout's inverted mask, runtime/lora.h's hash against
+    lora_dropout (LoRA dropout's inverted mask, runtime/model/lora.h's hash against
     train_ref.py's NumPy copy: the keep/drop decision of every element
     bit-exact (a dropped element is exactly 0, a kept one is not), kept values
     x * f32(1/(1-p)) exact with f32 activations; p from 0.05 to 0.9 and 0

@@ -7,7 +7,7 @@
  * rows; a seeded random workload keeps the bookkeeping consistent; the
  * device storage really has n_blocks * block_size rows of kv_dim per layer.
  * Exits 0 on success, 1 with a message at the first failure. */
-#include "runtime/kv_cache.h"
+#include "runtime/model/kv_cache.h"
 
 #include <limits.h>
 #include <stdint.h>

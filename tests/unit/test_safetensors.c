@@ -143,7 +143,7 @@ typedef struct {
     const char *dtype;
     size_t elem;
     int n_dims;
-    uint64_t shape[4];
+    uint64_t shape[TSR_ST_MAX_DIMS];
     uint8_t *bytes;
     size_t nbytes;
     uint64_t offset;

@@ -14,7 +14,7 @@
  * that normaliser where they do not; the partial sort with
  * top_k off against a plain reference. Exits 0 on success, 1 with a
  * message at the first failure. */
-#include "runtime/sampler.h"
+#include "runtime/sample/sampler.h"
 
 #include <math.h>
 #include <stdint.h>

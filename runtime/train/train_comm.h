@@ -1,0 +1,52 @@
+/* runtime/train/train_comm.h - the collective hooks LoRA training needs, over the
+ * tensor-parallel group of an MPI grid (tsr_model_comm for the activations,
+ * tsr_train_comm for the f32 reductions and the world sum of doubles).
+ *
+ * Buffers on a device backend are staged through a host buffer (to_host, MPI,
+ * to_device, sync), so this works on the CPU and on GPUs with --comm mpi.
+ * The world sum all-gathers the doubles' bytes and adds them in rank order,
+ * so every rank gets the same bits.
+ *
+ * What it is not: the NCCL path (device buffers without staging), or the
+ * engine's transfers (runtime/engine/engine.c has its own, per group). */
+#ifndef TSR_RUNTIME_TRAIN_COMM_H
+#define TSR_RUNTIME_TRAIN_COMM_H
+
+#include <stddef.h>
+
+#include "comm/comm.h"
+#include "kernels/backend.h"
+#include "runtime/model/model.h"
+#include "runtime/train/train.h"
+
+typedef struct {
+    tsr_comm_grid *grid;
+    tsr_backend *be;
+    void *stage;   /* host staging for device buffers */
+    size_t cap;
+} tsr_train_mpi;
+
+/* Binds the hooks to a grid and a backend (be may be set later, before the
+ * first collective). Frees nothing; tsr_train_mpi_free releases the staging. */
+void tsr_train_mpi_init(tsr_train_mpi *h, tsr_comm_grid *grid, tsr_backend *be);
+void tsr_train_mpi_free(tsr_train_mpi *h); /* NULL ok */
+
+/* The model's activation all-reduce over TP (NULL hook on one TP rank). */
+tsr_model_comm tsr_train_mpi_model_comm(tsr_train_mpi *h);
+
+/* The trainer's reductions: f32 sum and max over TP (NULL on one TP rank),
+ * the world sum over every rank (NULL on one rank). */
+tsr_train_comm tsr_train_mpi_comm(tsr_train_mpi *h);
+
+/* count doubles in host memory summed over g->world in rank order, in
+ * place: every rank gets the same bits. Collective over the world. */
+tsr_status tsr_train_world_sum(tsr_comm_grid *g, double *buf, size_t count);
+
+/* Buffer `which` of (layer, t) whole, (r, d_in) for A-side buffers or
+ * (d_out, r) for B-side ones, into host `full` on every rank of the TP group:
+ * the owner of each piece places it, the group sums (everything else is 0).
+ * Collective over the TP group. */
+tsr_status tsr_train_gather_lora(const tsr_lora_adapter *a, tsr_comm_grid *grid, int layer,
+                                 tsr_lora_target t, tsr_lora_buf which, float *full);
+
+#endif
