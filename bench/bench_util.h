@@ -1,5 +1,6 @@
-/* bench/bench_util.h - what the benchmark programs share: a monotonic clock,
- * the splitmix64 id stream, medians and the per-rep series with its summary,
+/* bench/bench_util.h - what the benchmark programs share (beyond
+ * base/clock.h and base/rng.h, whose tsr_splitmix64 is the prompt id stream
+ * mirrored in bench/compare_llamacpp.py): medians and the per-rep series with its summary,
  * JSON string and series output, and the process's peak RSS.
  *
  * What it is not: part of Tessera (only bench/ links it). */
@@ -9,12 +10,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* Seconds on CLOCK_MONOTONIC. */
-double tsr_bench_now_s(void);
-
-/* splitmix64: the prompt id stream of tsr_bench and tsr_bench_dist (mirrored
- * in bench/compare_llamacpp.py). */
-uint64_t tsr_bench_splitmix64(uint64_t *state);
+#include "base/clock.h"
+#include "base/rng.h"
 
 /* qsort comparator for doubles, ascending. */
 int tsr_bench_cmp_double(const void *a, const void *b);

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "bench/bench_util.h"
+#include "base/rng.h"
 
 #define MAX_REPS 1000
 #define EXIT_SKIP 77
@@ -202,7 +203,7 @@ static int fill_random_bf16(void *dev, size_t bytes) {
     }
     uint64_t rng = 0x5eedULL;
     for (size_t i = 0; i < tile / 2; i++) {
-        float f = (float)((double)(tsr_bench_splitmix64(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+        float f = (float)((double)(tsr_splitmix64(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
         uint32_t u;
         memcpy(&u, &f, sizeof u);
         h[i] = (uint16_t)(u >> 16);

@@ -25,7 +25,7 @@
  * waits, as it brings its results to the host), so a time covers the device's
  * work, the host-side launches and the results' trip to the host.
  *
- * Prompt token ids come from a fixed tsr_bench_splitmix64 stream over [0, n_vocab)
+ * Prompt token ids come from a fixed tsr_splitmix64 stream over [0, n_vocab)
  * (seed TSR_BENCH_SEED): dense-model cost does not depend on token content,
  * and bench/compare_llamacpp.py regenerates the same ids for llama.cpp.
  *
@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "bench/bench_util.h"
+#include "base/rng.h"
 #include "runtime/model/model.h"
 #include "runtime/sample/sampler.h"
 
@@ -306,10 +307,10 @@ static tsr_status run_decode_step(bench *b, int pos, int n_vocab) {
 /* Prefill test: P tokens in one batch on a fresh slot. Returns tokens/s. */
 static tsr_status test_prefill(bench *b, const int32_t *prompt, int p, double *tok_s) {
     tsr_kv_cache_release(&b->kv, 0);
-    double t0 = tsr_bench_now_s();
+    double t0 = tsr_now_s();
     TSR_TRY(run_batch(b, prompt, p, 0, 0));
     TSR_TRY(tsr_backend_sync(b->be));
-    double dt = tsr_bench_now_s() - t0;
+    double dt = tsr_now_s() - t0;
     *tok_s = p / dt;
     return TSR_OK;
 }
@@ -328,11 +329,11 @@ static tsr_status test_decode(bench *b, const int32_t *prompt, int d, int g, dou
         b->tok[s] = tsr_argmax(b->logits, n_vocab);
     }
     TSR_TRY(tsr_backend_sync(b->be));
-    double t0 = tsr_bench_now_s();
+    double t0 = tsr_now_s();
     for (int i = 0; i < g; i++)
         TSR_TRY(run_decode_step(b, d + i, n_vocab));
     TSR_TRY(tsr_backend_sync(b->be));
-    double dt = tsr_bench_now_s() - t0;
+    double dt = tsr_now_s() - t0;
     for (int s = 0; s < b->batch; s++)
         tsr_kv_cache_release(&b->kv, s);
     *tok_s = (double)b->batch * g / dt;
@@ -514,9 +515,9 @@ int main(int argc, char **argv) {
     int32_t *prompt = NULL;
     series pp = {0}, tg = {0}, step = {0};
     tsr_status st;
-    double t0 = tsr_bench_now_s();
+    double t0 = tsr_now_s();
     st = bench_open(&b, &o, threads, ctx, o.prompt_tokens, dprompt + o.gen_tokens, max_tokens);
-    double load_s = tsr_bench_now_s() - t0;
+    double load_s = tsr_now_s() - t0;
     if (st != TSR_OK)
         goto cleanup;
     const tsr_model_config *c = tsr_model_file_config(b.mf);
@@ -534,7 +535,7 @@ int main(int argc, char **argv) {
     }
     uint64_t rng = TSR_BENCH_SEED;
     for (int i = 0; i < max_tokens; i++)
-        prompt[i] = (int32_t)(tsr_bench_splitmix64(&rng) % (uint64_t)c->n_vocab);
+        prompt[i] = (int32_t)(tsr_splitmix64(&rng) % (uint64_t)c->n_vocab);
 
     /* warm-up: first touch of the caches, page faults, OpenMP pool start; on
      * CUDA module loading and cuBLASLt's first choice of algorithms */

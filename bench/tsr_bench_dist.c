@@ -30,7 +30,7 @@
  *    send between PP stages 0 and 1 (ping-pong).
  * Rates are the median over reps, with min and max, after one untimed warm-up.
  *
- * Prompt ids are the tsr_bench_splitmix64 stream of tsr_bench (seed TSR_BENCH_SEED);
+ * Prompt ids are the tsr_splitmix64 stream of tsr_bench (seed TSR_BENCH_SEED);
  * decode sequence k starts at id k * D of the stream.
  *
  * What it is not: no tokenizer, no sampling beyond argmax, no correctness
@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "base/rng.h"
 #include "bench/bench_util.h"
 #include "runtime/engine/engine.h"
 
@@ -273,9 +274,9 @@ static tsr_status test_prefill(tsr_engine *e, step_bufs *b, const int32_t *promp
         b->release[k] = k;
     b->rows[0] = p - 1;
     tsr_step s = {p, b->tokens, b->pos, b->seq, 1, b->rows, TSR_OUT_ARGMAX, n_slots, b->release, 0, NULL, 0, NULL};
-    double t0 = tsr_bench_now_s();
+    double t0 = tsr_now_s();
     TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
-    *tok_s = p / (tsr_bench_now_s() - t0);
+    *tok_s = p / (tsr_now_s() - t0);
     return TSR_OK;
 }
 
@@ -300,7 +301,7 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
         b->seq[k] = k;
         b->rows[k] = k;
     }
-    double t0 = tsr_bench_now_s();
+    double t0 = tsr_now_s();
     for (int step = 0; step < g; step++) {
         for (int k = 0; k < nb; k++) {
             b->tokens[k] = b->out[k]; /* the previous step's greedy token */
@@ -309,7 +310,7 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
         tsr_step s = {nb, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0, NULL};
         TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
     }
-    *tok_s = (double)nb * g / (tsr_bench_now_s() - t0);
+    *tok_s = (double)nb * g / (tsr_now_s() - t0);
     return TSR_OK;
 }
 
@@ -330,7 +331,7 @@ static tsr_status run_tests(tsr_engine *e, const options *o, series *pp, series 
     }
     uint64_t rng = TSR_BENCH_SEED;
     for (int i = 0; i < n_ids; i++)
-        prompt[i] = (int32_t)(tsr_bench_splitmix64(&rng) % (uint64_t)V);
+        prompt[i] = (int32_t)(tsr_splitmix64(&rng) % (uint64_t)V);
 
     double ignored;
     if (o->warmup) { /* first touch, OpenMP pools, MPI connections */
@@ -370,10 +371,10 @@ static tsr_status bench_allreduce(tsr_engine *e, void *buf, size_t n, int iters,
         TSR_TRY(tsr_engine_tp_allreduce(e, buf, n));
     for (int k = 0; k < 5; k++) {
         TSR_TRY(tsr_comm_barrier(g->world));
-        double t0 = tsr_bench_now_s();
+        double t0 = tsr_now_s();
         for (int i = 0; i < per; i++)
             TSR_TRY(tsr_engine_tp_allreduce(e, buf, n));
-        t[k] = (tsr_bench_now_s() - t0) / per * 1e6;
+        t[k] = (tsr_now_s() - t0) / per * 1e6;
     }
     *us = tsr_bench_median(t, 5);
     return TSR_OK;
@@ -392,7 +393,7 @@ static tsr_status bench_pp_send(tsr_engine *e, void *buf, size_t n, int iters, d
     double t[5];
     for (int k = -1; k < 5; k++) { /* k = -1: warm-up */
         TSR_TRY(tsr_comm_barrier(g->world));
-        double t0 = tsr_bench_now_s();
+        double t0 = tsr_now_s();
         for (int i = 0; me <= 1 && i < (k < 0 ? 20 : per); i++) {
             if (me == 0) {
                 TSR_TRY(tsr_engine_pp_send(e, buf, n, 1, 7));
@@ -403,7 +404,7 @@ static tsr_status bench_pp_send(tsr_engine *e, void *buf, size_t n, int iters, d
             }
         }
         if (k >= 0)
-            t[k] = (tsr_bench_now_s() - t0) / per / 2 * 1e6;
+            t[k] = (tsr_now_s() - t0) / per / 2 * 1e6;
     }
     *us = tsr_bench_median(t, 5);
     return TSR_OK;
@@ -611,7 +612,7 @@ int main(int argc, char **argv) {
 
     /* Load, timed per rank from a common start. */
     TSR_CHECK_GOTO(st, tsr_comm_barrier(grid.world));
-    double t0 = tsr_bench_now_s();
+    double t0 = tsr_now_s();
     tsr_status ost = tsr_model_file_open(o.model, &mf);
     /* a rank that cannot open the file must not leave the others in init */
     tsr_status all = tsr_comm_agree(grid.world, ost);
@@ -638,7 +639,7 @@ int main(int argc, char **argv) {
         goto cleanup;
     }
     have_engine = 1;
-    float my_load = (float)(tsr_bench_now_s() - t0);
+    float my_load = (float)(tsr_now_s() - t0);
     j.micro_batches = o.pp > 1 ? e.cfg.micro_batches : 1;
     j.device = e.be->iface->name;
     j.act_dtype = tsr_dtype_name(e.be->iface->act_dtype);

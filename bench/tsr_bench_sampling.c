@@ -155,17 +155,17 @@ int main(int argc, char **argv) {
         int whole[5] = {0};
         for (int r = 0; r < reps; r++) {
             int32_t t;
-            double t0 = tsr_bench_now_s();
+            double t0 = tsr_now_s();
             for (int i = 0; i < n; i++)
                 if (tsr_sampler_sample(&host, rows + (size_t)i * V, NULL, 0, &t) != TSR_OK)
                     return die("sample");
-            t_host[r] = (tsr_bench_now_s() - t0) / n;
-            t0 = tsr_bench_now_s();
+            t_host[r] = (tsr_now_s() - t0) / n;
+            t0 = tsr_now_s();
             if (I->topk(e.be, tv, ti, rows, n, V, K) != TSR_OK ||
                 I->row_expsum(e.be, ex, rows, inv_t, n, V) != TSR_OK)
                 return die("device ops");
-            t_dev[r] = (tsr_bench_now_s() - t0) / n;
-            t0 = tsr_bench_now_s();
+            t_dev[r] = (tsr_now_s() - t0) / n;
+            t0 = tsr_now_s();
             for (int i = 0; i < n; i++) {
                 const float *v = tv + (size_t)i * K;
                 const int32_t *id = ti + (size_t)i * K;
@@ -177,7 +177,7 @@ int main(int argc, char **argv) {
                                                     &t) != TSR_OK)
                     return die("sample_row_top");
             }
-            t_cand[r] = (tsr_bench_now_s() - t0) / n;
+            t_cand[r] = (tsr_now_s() - t0) / n;
         }
         /* how many rows come whole, by K (one draw's u per row, as the scheduler peeks it) */
         for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {

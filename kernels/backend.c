@@ -1,5 +1,6 @@
 /* kernels/backend.c - backend-independent helpers around the table. */
 #include "kernels/backend.h"
+#include "base/rng.h"
 
 #include <math.h>
 
@@ -39,22 +40,15 @@ tsr_status tsr_backend_sync(tsr_backend *b) {
 static const uint64_t DROPOUT_GOLDEN = 0x9E3779B97F4A7C15ull;
 static const uint64_t DROPOUT_SALT = 0xD1B54A32D192ED03ull;
 
-/* splitmix64's output function (Steele, Lea & Flood), a bijection of 2^64. */
-static uint64_t dropout_mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 uint64_t tsr_lora_dropout_stream(uint64_t seed, uint64_t key, int layer, int target) {
-    uint64_t s = dropout_mix(seed ^ DROPOUT_SALT);
-    s = dropout_mix(s ^ key);
-    return dropout_mix(s + DROPOUT_GOLDEN * (uint64_t)(1 + (int64_t)layer * 7 + target));
+    uint64_t s = tsr_splitmix64_mix(seed ^ DROPOUT_SALT);
+    s = tsr_splitmix64_mix(s ^ key);
+    return tsr_splitmix64_mix(s + DROPOUT_GOLDEN * (uint64_t)(1 + (int64_t)layer * 7 + target));
 }
 
 uint32_t tsr_lora_dropout_bits(uint64_t stream, int64_t token, int64_t column) {
-    const uint64_t row = dropout_mix(stream ^ (uint64_t)token);
-    return (uint32_t)(dropout_mix(row + DROPOUT_GOLDEN * (uint64_t)(1 + column)) >> 40);
+    const uint64_t row = tsr_splitmix64_mix(stream ^ (uint64_t)token);
+    return (uint32_t)(tsr_splitmix64_mix(row + DROPOUT_GOLDEN * (uint64_t)(1 + column)) >> 40);
 }
 
 uint32_t tsr_lora_dropout_threshold(float p) {

@@ -5,6 +5,7 @@
  * shard/peft.c, so the client and `tessera train` agree on what a data
  * file and an --out may be. */
 #include "launcher/cli_train.h"
+#include "base/rng.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -128,19 +129,12 @@ void tsr_cli_train_data_free(tsr_cli_train_data *d) {
 
 /* ---- order of the examples ---------------------------------------------------- */
 
-uint64_t tsr_cli_splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 void tsr_cli_train_shuffle(int *perm, int n, uint64_t seed, int epoch) {
     uint64_t s = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(epoch + 1));
     for (int i = 0; i < n; i++)
         perm[i] = i;
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)(tsr_cli_splitmix64(&s) % (uint64_t)(i + 1));
+        int j = (int)(tsr_splitmix64(&s) % (uint64_t)(i + 1));
         int t = perm[i];
         perm[i] = perm[j];
         perm[j] = t;

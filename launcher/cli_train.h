@@ -43,9 +43,6 @@ int tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d, char *why, 
 /* Frees what load filled and empties *d. NULL ok. */
 void tsr_cli_train_data_free(tsr_cli_train_data *d);
 
-/* splitmix64: advances *state and returns the next value. */
-uint64_t tsr_cli_splitmix64(uint64_t *state);
-
 /* The example order of epoch `epoch` (0-based) into perm[0..n): a
  * Fisher-Yates shuffle from splitmix64 seeded with
  * seed ^ (0xD1B54A32D192ED03 * (epoch + 1)), as `tessera train` does. */

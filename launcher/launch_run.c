@@ -1,6 +1,7 @@
 /* launcher/launch_run.c - fork/exec/wait and the clean stop of a job; see
  * launch_run.h. */
 #include "launcher/launch_run.h"
+#include "base/clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -29,12 +30,6 @@ typedef struct {
     rank_proc v[MAX_RANKS];
     int n;
 } rank_set;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ppid, process group and start time (clock ticks since boot) from
  * /proc/PID/stat; pgrp may be NULL. */
@@ -115,8 +110,8 @@ static int group_members(pid_t pgid, int sig) {
 /* srun leaves a helper process that ends a moment after it: give the
  * group 3 s, then SIGKILL what is left. */
 static void reap_group(pid_t pgid) {
-    double until = now_s() + 3;
-    while (group_members(pgid, 0) > 0 && now_s() < until) {
+    double until = tsr_now_s() + 3;
+    while (group_members(pgid, 0) > 0 && tsr_now_s() < until) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -301,7 +296,7 @@ int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o) {
         if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
             if (!stop_sig) {
                 stop_sig = sig;
-                t_stop = now_s();
+                t_stop = tsr_now_s();
                 phase = 1;
                 if (srun) {
                     kill(pid, SIGTERM);
@@ -314,16 +309,16 @@ int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o) {
                                     "escalating after %.0f s\n",
                             sig_name(sig), n, n == 1 ? "" : "s", o->stop_timeout);
                 }
-            } else if (phase < 2 && now_s() - t_stop > 2) {
+            } else if (phase < 2 && tsr_now_s() - t_stop > 2) {
                 /* (a signal within 2 s of the first is the same stop: scancel
                  * signals every process of the batch step at once) */
                 fprintf(stderr, "tessera-launch: %s again: stopping the job now\n", sig_name(sig));
-                t_stop = now_s() - o->stop_timeout - 1; /* escalate below */
+                t_stop = tsr_now_s() - o->stop_timeout - 1; /* escalate below */
             }
         }
         if (!stop_sig)
             continue;
-        double since = now_s() - t_stop;
+        double since = tsr_now_s() - t_stop;
         if (phase == 1 && !srun) {
             /* ranks that appear after the signal (still starting) get it too */
             signal_new_ranks(rs, o->tessera_real, SIGTERM);
@@ -333,7 +328,7 @@ int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o) {
                 fprintf(stderr, "tessera-launch: no rank on this host: SIGTERM to mpirun\n");
                 kill(pid, SIGTERM);
                 phase = 2;
-                t_phase = now_s();
+                t_phase = tsr_now_s();
             }
         }
         if (phase == 1 && since > o->stop_timeout) {
@@ -348,8 +343,8 @@ int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o) {
                 kill(pid, SIGTERM);
             }
             phase = 2;
-            t_phase = now_s();
-        } else if (phase == 2 && now_s() - t_phase > 5) {
+            t_phase = tsr_now_s();
+        } else if (phase == 2 && tsr_now_s() - t_phase > 5) {
             fprintf(stderr, "tessera-launch: SIGKILL to the job\n");
             killpg(pid, SIGKILL);
             kill(pid, SIGKILL);

@@ -33,6 +33,7 @@
 #include <jansson.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "base/clock.h"
 #include "launcher/cli_parse.h"
 #include "launcher/cli_plot.h"
 #include "launcher/cli_rpc.h"
@@ -410,17 +411,11 @@ static int report_failure(const cli_ctx *cx, const char *what, const tsr_cli_sta
     return EXIT_FAIL;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Sleeps `s` seconds in short steps; returns early (1) on a signal. */
 static int sleep_interruptible(double s) {
-    double end = now_s() + s;
+    double end = tsr_now_s() + s;
     while (!g_signal) {
-        double left = end - now_s();
+        double left = end - tsr_now_s();
         if (left <= 0)
             return 0;
         if (left > 0.05)
@@ -731,10 +726,10 @@ static int cmd_health(const cli_ctx *cx, const cli_args *a) {
     /* Poll until SERVING. A server that is not up yet (unreachable, or
      * UNAVAILABLE/NOT_SERVING while it loads) is worth waiting for; any
      * other answer (NOT_FOUND for an unknown service, UNIMPLEMENTED) is not. */
-    double start = now_s(), end = start + wait_s;
+    double start = tsr_now_s(), end = start + wait_s;
     int have_status = 0, have_error = 0, attempts = 0;
     for (;;) {
-        double left = end - now_s();
+        double left = end - tsr_now_s();
         double per_call = cx->timeout_s > 0 ? cx->timeout_s : 2.0;
         if (per_call > left)
             per_call = left > 0.05 ? left : 0.05;
@@ -747,7 +742,7 @@ static int cmd_health(const cli_ctx *cx, const cli_args *a) {
                 printf("SERVING\n");
                 if (cx->verbose)
                     fprintf(stderr, "tessera-cli: SERVING after %.1f s (%d checks)\n",
-                            now_s() - start, attempts);
+                            tsr_now_s() - start, attempts);
                 return 0;
             }
             if (cx->verbose)
@@ -771,9 +766,9 @@ static int cmd_health(const cli_ctx *cx, const cli_args *a) {
                         st.unreachable ? "unreachable" : tsr_cli_status_name(st.code),
                         st.details);
         }
-        if (now_s() >= end)
+        if (tsr_now_s() >= end)
             break;
-        double pause = end - now_s();
+        double pause = end - tsr_now_s();
         if (sleep_interruptible(pause < 0.2 ? pause : 0.2))
             return interrupted_exit();
     }
@@ -1445,7 +1440,7 @@ static int cmd_train(const cli_ctx *cx, const cli_args *a) {
             batch[i] = &data.ex[batch_ex[i]].msg;
         }
         Tessera__V1__OptimStepResponse *os = NULL;
-        double t0 = now_s();
+        double t0 = tsr_now_s();
         const char *what = "ForwardBackward";
         long n_tokens = 0;
         int failed_first = 0;
@@ -1470,7 +1465,7 @@ static int cmd_train(const cli_ctx *cx, const cli_args *a) {
                         o.adapter);
             goto cleanup;
         }
-        double dt = now_s() - t0, tok_s = dt > 0 ? (double)n_tokens / dt : 0.0;
+        double dt = tsr_now_s() - t0, tok_s = dt > 0 ? (double)n_tokens / dt : 0.0;
         if (os->step != k + 1 && !warned_step) {
             progress_end(&prog);
             fprintf(stderr, "tessera-cli: warning: the server counts step %d where this run is "

@@ -32,6 +32,8 @@
 #include <time.h>
 
 #include "base/log.h"
+#include "base/rng.h"
+#include "base/clock.h"
 #include "comm/comm.h"
 #include "runtime/engine/engine.h"
 #include "runtime/sample/generate.h"
@@ -609,12 +611,6 @@ static char *read_file(const char *path, size_t *len) {
     return buf;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* The adapter goes before the engine: its buffers live on the engine's
  * backend, which tsr_engine_free destroys. */
 static void session_drop_adapter(session *s) {
@@ -808,7 +804,7 @@ static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o
     s->serving = serving;
     s->metrics = metrics;
     s->grid = grid;
-    double t0 = now_s();
+    double t0 = tsr_now_s();
     tsr_status st = tsr_model_file_open(o->model, &s->mf);
     if (st == TSR_OK && g_rank == 0)
         st = load_tokenizer(s);
@@ -881,7 +877,7 @@ static tsr_status session_open(session *s, tsr_comm_grid *grid, const options *o
     TSR_LOG_I("loaded %s (%s, %d layers, %d heads / %d KV heads, vocab %d) in %.2f s; this rank: "
               "layers %d-%d, heads %d+%d, KV heads %d+%d, FFN %d+%d, vocab %d+%d",
               o->model, tsr_model_file_format(s->mf), c->n_layer, c->n_head, c->n_head_kv,
-              c->n_vocab, now_s() - t0, sl->layer_begin, sl->layer_end - 1, sl->head_begin,
+              c->n_vocab, tsr_now_s() - t0, sl->layer_begin, sl->layer_end - 1, sl->head_begin,
               sl->n_head, sl->kv_head_begin, sl->n_kv_head, sl->ff_begin, sl->n_ff,
               sl->vocab_begin, sl->n_vocab);
     return TSR_OK;
@@ -1122,7 +1118,7 @@ static int cmd_perplexity(tsr_comm_grid *grid, const options *o) {
         goto cleanup;
     }
     PERR("tessera: %zu tokens, %d chunks of %d\n", n, n_chunks, ctx);
-    double sum = 0, sum2 = 0, t0 = now_s();
+    double sum = 0, sum2 = 0, t0 = tsr_now_s();
     long count = 0;
     for (int c = 0; c < n_chunks; c++) {
         memcpy(chunk, ids + (size_t)c * ctx, (size_t)ctx * sizeof *chunk);
@@ -1150,7 +1146,7 @@ static int cmd_perplexity(tsr_comm_grid *grid, const options *o) {
     double ppl = exp(mean);
     printf("\n");
     PERR("tessera: %ld tokens scored in %.2f s (%.1f tok/s); PPL uncertainty +/- %.5f\n",
-            count, now_s() - t0, n_chunks * ctx / (now_s() - t0), ppl * err);
+            count, tsr_now_s() - t0, n_chunks * ctx / (tsr_now_s() - t0), ppl * err);
     PERR("tessera: mean NLL %.9f over %ld tokens\n", mean, count);
     printf("Final estimate: PPL = %.4f\n", ppl);
 cleanup:
@@ -1326,13 +1322,6 @@ static tsr_status check_out_dir(const char *dir) {
     return TSR_OK;
 }
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* The order of epoch `epoch`: a Fisher-Yates shuffle from splitmix64 seeded
  * with seed and the epoch, the same on every rank. */
 static void shuffle_epoch(int *perm, int n, uint64_t seed, int epoch) {
@@ -1340,7 +1329,7 @@ static void shuffle_epoch(int *perm, int n, uint64_t seed, int epoch) {
     for (int i = 0; i < n; i++)
         perm[i] = i;
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)(splitmix64(&s) % (uint64_t)(i + 1));
+        int j = (int)(tsr_splitmix64(&s) % (uint64_t)(i + 1));
         int t = perm[i];
         perm[i] = perm[j];
         perm[j] = t;
@@ -1408,7 +1397,7 @@ static int train_loop(session *s, const options *o, const tsr_lora_config *lc,
         }
         pos += nb;
         tsr_train_batch b = {.n_seqs = nb, .seq_start = bstart, .tokens = btok, .weights = bweight};
-        double ts = now_s();
+        double ts = tsr_now_s();
         tsr_optim_result res = {0};
         st = tsr_engine_train_batch(e, 0, &b, 1, NULL);
         if (st == TSR_OK)
@@ -1426,7 +1415,7 @@ static int train_loop(session *s, const options *o, const tsr_lora_config *lc,
             rc = 1;
             goto done;
         }
-        double dt = now_s() - ts;
+        double dt = tsr_now_s() - ts;
         logs[k] = (step_log){res.loss, res.grad_norm, n_tok};
         printf("step %d/%d  loss %.4f  grad_norm %.3f  tokens %d  tok/s %.1f\n", k + 1, total,
                res.loss, res.grad_norm, n_tok, dt > 0 ? n_tok / dt : 0.0);
@@ -1499,7 +1488,7 @@ static int cmd_train(tsr_comm_grid *grid, const options *o) {
         rc = fail_open(&s, st);
         goto cleanup;
     }
-    double t0 = now_s();
+    double t0 = tsr_now_s();
     st = TSR_OK;
     if (g_rank == 0)
         st = tsr_train_data_load(o->data, s.tok, ctx, &data);
@@ -1508,7 +1497,7 @@ static int cmd_train(tsr_comm_grid *grid, const options *o) {
     if (g_rank == 0)
         fprintf(stderr, "tessera train: %d examples, %d tokens (%ld carry loss) from %s in %.2f s\n",
                 data.n_examples, data.start[data.n_examples], data.n_target, o->data,
-                now_s() - t0);
+                tsr_now_s() - t0);
     session_free(&s);
     st = session_open(&s, grid, o, 1); /* the engine: one position of KV cache */
     if (st != TSR_OK) {

@@ -2,6 +2,7 @@
  * initialisation and the parameter/gradient/optimizer-state slabs.
  * Contracts and the sharding rules are in runtime/model/lora.h. */
 #include "runtime/model/lora.h"
+#include "base/rng.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -110,36 +111,14 @@ tsr_status tsr_lora_shard_of(const tsr_shard_plan *p, int tp_rank, int pp_rank,
 
 /* ---- the initialisation's random stream ----------------------------------------------- */
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-/* xoshiro256** 1.0 (Blackman & Vigna, public domain reference). */
-static uint64_t xoshiro_next(uint64_t s[4]) {
-    const uint64_t result = rotl64(s[1] * 5, 7) * 9;
-    const uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return result;
-}
-
 void tsr_lora_init_values(uint64_t seed, int layer, int target, float bound, float *out, size_t n) {
     uint64_t sm = seed ^ (0x9E3779B97F4A7C15ull *
                           (uint64_t)(1 + (int64_t)layer * TSR_LORA_N_TARGETS + target));
     uint64_t s[4];
     for (int i = 0; i < 4; i++)
-        s[i] = splitmix64(&sm);
+        s[i] = tsr_splitmix64(&sm);
     for (size_t i = 0; i < n; i++) {
-        double u = (double)(xoshiro_next(s) >> 11) * 0x1.0p-53;
+        double u = tsr_unit_double(tsr_xoshiro256ss(s));
         out[i] = (float)((2.0 * u - 1.0) * bound);
     }
 }

@@ -1,17 +1,12 @@
 /* runtime/sample/generate.c - the single-sequence generation loop. */
 #include "runtime/sample/generate.h"
+#include "base/clock.h"
 
 #include "runtime/sample/stop_text.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 tsr_status tsr_score_tokens(const tsr_lm *lm, const int32_t *tokens, size_t n, int n_batch,
                             float *out) {
@@ -73,7 +68,7 @@ tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
             eog[n_eog++] = t;
     TSR_CHECK_GOTO(st, tsr_sampler_accept(&smp, prompt, n_prompt));
 
-    double t0 = now_s();
+    double t0 = tsr_now_s();
     for (size_t i = 0; i < n_prompt; i += (size_t)n_batch) {
         int c = (int)(n_prompt - i < (size_t)n_batch ? n_prompt - i : (size_t)n_batch);
         int last = i + (size_t)c == n_prompt;
@@ -82,7 +77,7 @@ tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
                                        last && argmax_only ? &next_argmax : NULL));
     }
     res->n_prompt = (int)n_prompt;
-    double t1 = now_s();
+    double t1 = tsr_now_s();
     res->prefill_s = t1 - t0;
     res->finish = TSR_FINISH_LENGTH;
     int pos = (int)n_prompt, stop_string = 0;
@@ -135,7 +130,7 @@ tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
                 emit(user, out, ol, -1);
         }
     }
-    res->decode_s = now_s() - t1;
+    res->decode_s = tsr_now_s() - t1;
 cleanup:
     if (lm->release(lm->ctx) != TSR_OK && st == TSR_OK)
         st = TSR_ERR_COMM;

@@ -1,6 +1,8 @@
 /* runtime/sample/sampler.c - sampling pipeline over host f32 logits. */
 #include "runtime/sample/sampler.h"
 
+#include "base/rng.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,29 +26,8 @@ tsr_status tsr_sampling_params_validate(const tsr_sampling_params *p) {
     return TSR_OK;
 }
 
-/* splitmix64 seeds xoshiro256** */
-static uint64_t splitmix(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t next_u64(uint64_t s[4]) {
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
-
 /* uniform in [0, 1) with 53 bits */
-static double next_unit(uint64_t s[4]) { return (double)(next_u64(s) >> 11) * 0x1.0p-53; }
+static double next_unit(uint64_t s[4]) { return tsr_unit_double(tsr_xoshiro256ss(s)); }
 
 tsr_status tsr_sampler_init(tsr_sampler *s, const tsr_sampling_params *p, int n_vocab) {
     memset(s, 0, sizeof *s);
@@ -57,7 +38,7 @@ tsr_status tsr_sampler_init(tsr_sampler *s, const tsr_sampling_params *p, int n_
     s->n_vocab = n_vocab;
     uint64_t x = p->seed;
     for (int i = 0; i < 4; i++)
-        s->rng[i] = splitmix(&x);
+        s->rng[i] = tsr_splitmix64(&x);  /* splitmix64 seeds xoshiro256** */
     s->logits = malloc((size_t)n_vocab * sizeof *s->logits);
     s->cand = malloc((size_t)n_vocab * sizeof *s->cand);
     s->counts = calloc((size_t)n_vocab, sizeof *s->counts);

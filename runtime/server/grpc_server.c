@@ -18,6 +18,7 @@
  *
  * What it is not: the scheduler, and never a caller of MPI. */
 #include "runtime/server/grpc_server.h"
+#include "base/rng.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -175,13 +176,6 @@ struct tsr_grpc_server {
 };
 
 /* ---- small helpers ----------------------------------------------------------- */
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 /* Compares a presented token with the expected one in time that depends
  * only on the expected token's length. */
@@ -567,7 +561,7 @@ static void on_generate(tsr_grpc_server_t *s, srv_call *c, const uint8_t *data, 
         goto done;
     }
     grpc_status_code code =
-        tsr_api_generate_request(&s->api, m, splitmix64(&s->seed_state) | 1u, r,
+        tsr_api_generate_request(&s->api, m, tsr_splitmix64(&s->seed_state) | 1u, r,
                                  s->cfg.log_prompts ? &c->prompt_text : NULL, &err);
     c->n_prompt = r->n_prompt;
     if (code != GRPC_STATUS_OK) {

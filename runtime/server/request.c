@@ -9,12 +9,6 @@
 #include <string.h>
 #include <time.h>
 
-double tsr_now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 tsr_gen_request *tsr_gen_request_new(void) {
     tsr_gen_request *r = calloc(1, sizeof *r);
     if (!r)

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/clock.h"
 #include "base/status.h"
 #include "runtime/model/lora.h"
 #include "runtime/sample/sampler.h"
@@ -94,9 +95,6 @@ typedef struct tsr_gen_request {
     tsr_gen_event *head, *tail;
     int final_posted;     /* under mu */
 } tsr_gen_request;
-
-/* Monotonic clock in seconds. */
-double tsr_now_s(void);
 
 /* A zeroed request with refcount 1 and its mutex initialised. NULL on OOM. */
 tsr_gen_request *tsr_gen_request_new(void);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "base/status.h"
+#include "base/rng.h"
 #include "comm/comm.h"
 #include "kernels/dtype.h"
 
@@ -83,12 +84,7 @@ typedef struct {
     uint64_t s;
 } ct_rng;
 
-static inline uint64_t ct_u64(ct_rng *r) {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static inline uint64_t ct_u64(ct_rng *r) { return tsr_splitmix64(&r->s); }
 
 /* The stream of case `seed` on group rank `rank`. */
 static inline ct_rng ct_rng_for(uint64_t seed, int rank) {

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "base/status.h"
+#include "base/rng.h"
 #include "shard/peft.h"
 #include "shard/model_file.h"
 
@@ -58,13 +59,7 @@
         CHECK(strstr(tsr_error_msg(), (sub)), "message lacks \"%s\"", (sub));                      \
     } while (0)
 
-/* splitmix64 */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rng_next(uint64_t *s) { return tsr_splitmix64(s); }
 
 static float rng_float(uint64_t *s) {
     return (float)((double)(rng_next(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0);

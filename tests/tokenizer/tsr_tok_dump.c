@@ -24,14 +24,9 @@
 #include <time.h>
 
 #include "runtime/tokenizer/chat.h"
+#include "base/clock.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "shard/gguf.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct {
     const char *gguf, *json, *config;
@@ -215,17 +210,17 @@ static int bench(const src *s, const char *file, int reps) {
     for (int r = 0; r < reps; r++) {
         tsr_tokenizer_free(t);
         t = NULL;
-        double t0 = now_s();
+        double t0 = tsr_now_s();
         if (load(s, &t) != TSR_OK) {
             fprintf(stderr, "tsr_tok_dump: %s\n", tsr_error_msg());
             free(buf);
             return 1;
         }
-        double dt = now_s() - t0;
+        double dt = tsr_now_s() - t0;
         best = dt < best ? dt : best;
     }
     printf("load: best of %d = %.1f ms (vocab %zu)\n", reps, best * 1e3, tsr_tokenizer_n_vocab(t));
-    double t0 = now_s();
+    double t0 = tsr_now_s();
     int32_t *ids = NULL;
     size_t n = 0;
     int rounds = 0;
@@ -238,15 +233,15 @@ static int bench(const src *s, const char *file, int reps) {
             return 1;
         }
         rounds++;
-    } while (now_s() - t0 < 1.0);
-    double dt = (now_s() - t0) / rounds;
+    } while (tsr_now_s() - t0 < 1.0);
+    double dt = (tsr_now_s() - t0) / rounds;
     printf("encode: %ld bytes -> %zu tokens in %.2f ms (%.1f MB/s, %.2f M tokens/s)\n", sz, n,
            dt * 1e3, (double)sz / dt / 1e6, (double)n / dt / 1e6);
-    t0 = now_s();
+    t0 = tsr_now_s();
     char *text = NULL;
     size_t tl = 0;
     if (tsr_tokenizer_decode(t, ids, n, 0, &text, &tl) == TSR_OK)
-        printf("decode: %.2f ms, round trip %s\n", (now_s() - t0) * 1e3,
+        printf("decode: %.2f ms, round trip %s\n", (tsr_now_s() - t0) * 1e3,
                tl == (size_t)sz && memcmp(text, buf, tl) == 0 ? "exact" : "differs (bytes with no token in the vocab are dropped)");
     free(text);
     free(ids);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "base/status.h"
+#include "base/rng.h"
 
 /* Ends the test with "file:line: FAIL: cond: message" and the library's last
  * error message when `cond` is false. */
@@ -58,12 +59,7 @@ typedef struct {
     uint64_t s;
 } tu_rng;
 
-static inline uint64_t tu_rng_u64(tu_rng *r) {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static inline uint64_t tu_rng_u64(tu_rng *r) { return tsr_splitmix64(&r->s); }
 
 /* Uniform in [0, n); n > 0. */
 static inline uint64_t tu_rng_below(tu_rng *r, uint64_t n) { return tu_rng_u64(r) % n; }
