@@ -34,6 +34,7 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "base/clock.h"
+#include "base/opt.h"
 #include "launcher/cli_parse.h"
 #include "launcher/cli_plot.h"
 #include "launcher/cli_rpc.h"
@@ -321,12 +322,12 @@ static void free_args(cli_args *a) {
 /* Parsers for option values: 0, or EXIT_USAGE after printing the flag and
  * what it expects. Absent options leave *out untouched. */
 static int opt_i32(const cli_args *a, opt_id id, int32_t *out) {
-    if (a->val[id] && tsr_cli_parse_i32(a->val[id], out) != 0)
+    if (a->val[id] && tsr_opt_parse_i32(a->val[id], out) != 0)
         return usage_error("--%s expects an integer, got '%s'", option_name(id), a->val[id]);
     return 0;
 }
 static int opt_f32(const cli_args *a, opt_id id, float *out) {
-    if (a->val[id] && tsr_cli_parse_f32(a->val[id], out) != 0)
+    if (a->val[id] && tsr_opt_parse_f32(a->val[id], out) != 0)
         return usage_error("--%s expects a number, got '%s'", option_name(id), a->val[id]);
     return 0;
 }
@@ -334,7 +335,7 @@ static int opt_seconds(const cli_args *a, opt_id id, double *out) {
     double v;
     if (!a->val[id])
         return 0;
-    if (tsr_cli_parse_f64(a->val[id], &v) != 0 || v < 0)
+    if (tsr_opt_parse_f64(a->val[id], &v) != 0 || v < 0)
         return usage_error("--%s expects seconds (a number >= 0), got '%s'", option_name(id),
                            a->val[id]);
     *out = v;
@@ -537,11 +538,11 @@ static int cmd_generate(const cli_ctx *cx, const cli_args *a) {
         (rc = opt_i32(a, O_MAX_TOKENS, &sp.max_tokens)) ||
         (rc = opt_i32(a, O_MIN_TOKENS, &sp.min_tokens)))
         return rc;
-    if (a->val[O_SEED] && tsr_cli_parse_u64(a->val[O_SEED], &sp.seed) != 0)
+    if (a->val[O_SEED] && tsr_opt_parse_u64(a->val[O_SEED], &sp.seed) != 0)
         return usage_error("--seed expects an unsigned integer, got '%s'", a->val[O_SEED]);
     if (a->val[O_LOGPROBS]) {
         int32_t n;
-        if (tsr_cli_parse_i32(a->val[O_LOGPROBS], &n) != 0 || n < 0)
+        if (tsr_opt_parse_i32(a->val[O_LOGPROBS], &n) != 0 || n < 0)
             return usage_error("--logprobs expects a count of alternatives >= 0, got '%s'",
                                a->val[O_LOGPROBS]);
         sp.logprobs = 1;
@@ -1021,7 +1022,7 @@ static int train_parse(const cli_args *a, train_opts *o) {
             return usage_error("--%s expects %s, got '%s'", option_name(id), positive[i].what,
                                a->val[id]);
     }
-    if (a->val[O_SEED] && tsr_cli_parse_u64(a->val[O_SEED], &o->seed) != 0)
+    if (a->val[O_SEED] && tsr_opt_parse_u64(a->val[O_SEED], &o->seed) != 0)
         return usage_error("--seed expects an unsigned integer, got '%s'", a->val[O_SEED]);
     const char *targets = a->val[O_TARGETS] ? a->val[O_TARGETS] : "q,v";
     if (!(o->targets_buf = strdup(targets))) {
