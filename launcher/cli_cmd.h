@@ -1,6 +1,6 @@
 /* launcher/cli_cmd.h - what the files of the tessera-cli program share:
- * the option ids and the parsed command line (tessera_cli.c parses it with
- * its option table), the context every command runs with, the helpers that
+ * the option ids and the parsed command line (tessera_cli.c reads it with
+ * base/opt.h against its option table), the context every command runs with, the helpers that
  * turn a bad flag value or a failed call into a message and an exit code,
  * and the commands themselves (cli_cmd_generate.c, cli_cmd_misc.c,
  * cli_cmd_train.c).
@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/opt.h"
 #include "launcher/cli_rpc.h"
 
 #define EXIT_FAIL 1
@@ -28,7 +29,7 @@ typedef enum {
     O_MIN_TOKENS, O_IGNORE_EOS, O_LOGPROBS, O_REQUEST_ID, O_ADAPTER, O_QUIET,
     O_WAIT, O_SERVICE, O_JSON, O_TEXT, O_PARSE_SPECIAL, O_ADD_SPECIAL, O_IDS, O_SKIP_SPECIAL,
     O_DATA, O_OUT, O_STEPS, O_EPOCHS, O_LR, O_BATCH_SIZE, O_RANK, O_ALPHA, O_TARGETS,
-    O_MAX_GRAD_NORM, O_WEIGHT_DECAY, O_ADAM_EPS, O_DROPOUT, O_RESUME,
+    O_MAX_GRAD_NORM, O_WEIGHT_DECAY, O_ADAM_EPS, O_DROPOUT, O_RESUME, O_HELP, O_VERSION,
     O__COUNT
 } opt_id;
 
@@ -38,12 +39,12 @@ typedef enum {
 typedef struct {
     const char *cmd_name;
     unsigned cmd;
-    const char *val[O__COUNT];
-    const char **stops; /* every --stop, in order */
+    const char **val;      /* O__COUNT entries; NULL when absent (points into opt) */
+    const char **stops;    /* every --stop, in order (malloc'd) */
     size_t n_stops;
-    const char **stop_ids; /* every --stop-id, in order */
+    const char **stop_ids; /* every --stop-id, in order (malloc'd) */
     size_t n_stop_ids;
-    int help, version;
+    tsr_opt_args opt;      /* what tsr_opt_parse read */
 } cli_args;
 
 /* What the commands share once the flags are read. */

@@ -121,11 +121,11 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
         (rc = cli_opt_i32(a, O_MAX_TOKENS, &sp.max_tokens)) ||
         (rc = cli_opt_i32(a, O_MIN_TOKENS, &sp.min_tokens)))
         return rc;
-    if (a->val[O_SEED] && tsr_cli_parse_u64(a->val[O_SEED], &sp.seed) != 0)
+    if (a->val[O_SEED] && tsr_opt_parse_u64(a->val[O_SEED], &sp.seed) != 0)
         return cli_usage_error("--seed expects an unsigned integer, got '%s'", a->val[O_SEED]);
     if (a->val[O_LOGPROBS]) {
         int32_t n;
-        if (tsr_cli_parse_i32(a->val[O_LOGPROBS], &n) != 0 || n < 0)
+        if (tsr_opt_parse_i32(a->val[O_LOGPROBS], &n) != 0 || n < 0)
             return cli_usage_error("--logprobs expects a count of alternatives >= 0, got '%s'",
                                a->val[O_LOGPROBS]);
         sp.logprobs = 1;

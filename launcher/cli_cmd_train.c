@@ -83,7 +83,7 @@ static int train_parse(const cli_args *a, train_opts *o) {
             return cli_usage_error("--%s expects %s, got '%s'", cli_option_name(id), positive[i].what,
                                a->val[id]);
     }
-    if (a->val[O_SEED] && tsr_cli_parse_u64(a->val[O_SEED], &o->seed) != 0)
+    if (a->val[O_SEED] && tsr_opt_parse_u64(a->val[O_SEED], &o->seed) != 0)
         return cli_usage_error("--seed expects an unsigned integer, got '%s'", a->val[O_SEED]);
     const char *targets = a->val[O_TARGETS] ? a->val[O_TARGETS] : "q,v";
     if (!(o->targets_buf = strdup(targets))) {

@@ -4,7 +4,7 @@
  * local JSONL file, saved locally), over gRPC (the C core API, through cli_rpc.h) with
  * protobuf-c messages from proto/tessera/v1/tessera.proto and
  * proto/grpc/health/v1/health.proto. This file holds main, the option table
- * and its parser, the signal handlers and the shared reporting helpers of
+ * (read by base/opt.h's parser), the signal handlers and the shared reporting helpers of
  * cli_cmd.h; the commands are in cli_cmd_generate.c, cli_cmd_misc.c (health,
  * info, tokenize, detokenize, abort) and cli_cmd_train.c.
  *
@@ -32,6 +32,7 @@
 #include <grpc/support/log.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "base/opt.h"
 #include "launcher/cli_cmd.h"
 #include "launcher/cli_parse.h"
 #include "launcher/cli_rpc.h"
@@ -55,77 +56,79 @@ enum {
     CMD_DETOKENIZE = 1u << 4,
     CMD_ABORT = 1u << 5,
     CMD_TRAIN = 1u << 6,
-    CMD_ANY = 0x7fu,
+    CMD_HELP = 1u << 7, /* `tessera-cli help`: the usage, as --help */
+    CMD_ANY = TSR_OPT_ANY,
 };
 
-static const struct {
-    const char *name;
-    unsigned bit;
-} k_commands[] = {
+static const tsr_opt_cmd k_commands[] = {
     {"generate", CMD_GENERATE}, {"health", CMD_HEALTH},         {"info", CMD_INFO},
     {"tokenize", CMD_TOKENIZE}, {"detokenize", CMD_DETOKENIZE}, {"abort", CMD_ABORT},
-    {"train", CMD_TRAIN},
+    {"train", CMD_TRAIN},       {"help", CMD_HELP},
 };
 
-typedef struct {
-    const char *name; /* without the leading "--" */
-    opt_id id;
-    int takes_value;  /* 0 = a switch */
-    unsigned cmds;    /* commands it applies to */
-} cli_option;
-
-static const cli_option k_options[] = {
-    {"addr", O_ADDR, 1, CMD_ANY},
-    {"auth-token-file", O_AUTH_FILE, 1, CMD_ANY},
-    {"tls-ca", O_TLS_CA, 1, CMD_ANY},
-    {"tls-server-name", O_TLS_NAME, 1, CMD_ANY},
-    {"timeout", O_TIMEOUT, 1, CMD_ANY},
-    {"verbose", O_VERBOSE, 0, CMD_ANY},
-    {"prompt", O_PROMPT, 1, CMD_GENERATE},
-    {"chat", O_CHAT, 1, CMD_GENERATE | CMD_TOKENIZE},
-    {"system", O_SYSTEM, 1, CMD_GENERATE | CMD_TOKENIZE},
-    {"tokens", O_TOKENS, 1, CMD_GENERATE},
-    {"max-tokens", O_MAX_TOKENS, 1, CMD_GENERATE},
-    {"temperature", O_TEMPERATURE, 1, CMD_GENERATE},
-    {"top-k", O_TOP_K, 1, CMD_GENERATE},
-    {"top-p", O_TOP_P, 1, CMD_GENERATE},
-    {"min-p", O_MIN_P, 1, CMD_GENERATE},
-    {"seed", O_SEED, 1, CMD_GENERATE | CMD_TRAIN},
-    {"repeat-penalty", O_REPEAT_PENALTY, 1, CMD_GENERATE},
-    {"frequency-penalty", O_FREQ_PENALTY, 1, CMD_GENERATE},
-    {"presence-penalty", O_PRES_PENALTY, 1, CMD_GENERATE},
-    {"stop", O_STOP, 1, CMD_GENERATE},
-    {"stop-id", O_STOP_ID, 1, CMD_GENERATE},
-    {"min-tokens", O_MIN_TOKENS, 1, CMD_GENERATE},
-    {"ignore-eos", O_IGNORE_EOS, 0, CMD_GENERATE},
-    {"logprobs", O_LOGPROBS, 1, CMD_GENERATE},
-    {"request-id", O_REQUEST_ID, 1, CMD_GENERATE | CMD_ABORT},
-    {"adapter", O_ADAPTER, 1, CMD_GENERATE | CMD_TRAIN},
-    {"quiet", O_QUIET, 0, CMD_GENERATE},
-    {"wait", O_WAIT, 1, CMD_HEALTH},
-    {"service", O_SERVICE, 1, CMD_HEALTH},
-    {"json", O_JSON, 0, CMD_INFO},
-    {"text", O_TEXT, 1, CMD_TOKENIZE},
-    {"parse-special", O_PARSE_SPECIAL, 0, CMD_TOKENIZE},
-    {"add-special", O_ADD_SPECIAL, 0, CMD_TOKENIZE},
-    {"ids", O_IDS, 1, CMD_DETOKENIZE},
-    {"skip-special", O_SKIP_SPECIAL, 0, CMD_DETOKENIZE},
-    {"data", O_DATA, 1, CMD_TRAIN},
-    {"out", O_OUT, 1, CMD_TRAIN},
-    {"steps", O_STEPS, 1, CMD_TRAIN},
-    {"epochs", O_EPOCHS, 1, CMD_TRAIN},
-    {"lr", O_LR, 1, CMD_TRAIN},
-    {"batch-size", O_BATCH_SIZE, 1, CMD_TRAIN},
-    {"rank", O_RANK, 1, CMD_TRAIN},
-    {"alpha", O_ALPHA, 1, CMD_TRAIN},
-    {"targets", O_TARGETS, 1, CMD_TRAIN},
-    {"max-grad-norm", O_MAX_GRAD_NORM, 1, CMD_TRAIN},
-    {"weight-decay", O_WEIGHT_DECAY, 1, CMD_TRAIN},
-    {"adam-eps", O_ADAM_EPS, 1, CMD_TRAIN},
-    {"dropout", O_DROPOUT, 1, CMD_TRAIN},
-    {"resume", O_RESUME, 0, CMD_TRAIN},
+/* {name, id, takes a value, commands it applies to, short name} */
+static const tsr_opt k_options[] = {
+    {"help", O_HELP, 0, CMD_ANY, 'h'},
+    {"version", O_VERSION, 0, CMD_ANY, 0},
+    {"addr", O_ADDR, 1, CMD_ANY, 0},
+    {"auth-token-file", O_AUTH_FILE, 1, CMD_ANY, 0},
+    {"tls-ca", O_TLS_CA, 1, CMD_ANY, 0},
+    {"tls-server-name", O_TLS_NAME, 1, CMD_ANY, 0},
+    {"timeout", O_TIMEOUT, 1, CMD_ANY, 0},
+    {"verbose", O_VERBOSE, 0, CMD_ANY, 'v'},
+    {"prompt", O_PROMPT, 1, CMD_GENERATE, 0},
+    {"chat", O_CHAT, 1, CMD_GENERATE | CMD_TOKENIZE, 0},
+    {"system", O_SYSTEM, 1, CMD_GENERATE | CMD_TOKENIZE, 0},
+    {"tokens", O_TOKENS, 1, CMD_GENERATE, 0},
+    {"max-tokens", O_MAX_TOKENS, 1, CMD_GENERATE, 0},
+    {"temperature", O_TEMPERATURE, 1, CMD_GENERATE, 0},
+    {"top-k", O_TOP_K, 1, CMD_GENERATE, 0},
+    {"top-p", O_TOP_P, 1, CMD_GENERATE, 0},
+    {"min-p", O_MIN_P, 1, CMD_GENERATE, 0},
+    {"seed", O_SEED, 1, CMD_GENERATE | CMD_TRAIN, 0},
+    {"repeat-penalty", O_REPEAT_PENALTY, 1, CMD_GENERATE, 0},
+    {"frequency-penalty", O_FREQ_PENALTY, 1, CMD_GENERATE, 0},
+    {"presence-penalty", O_PRES_PENALTY, 1, CMD_GENERATE, 0},
+    {"stop", O_STOP, 1, CMD_GENERATE, 0},
+    {"stop-id", O_STOP_ID, 1, CMD_GENERATE, 0},
+    {"min-tokens", O_MIN_TOKENS, 1, CMD_GENERATE, 0},
+    {"ignore-eos", O_IGNORE_EOS, 0, CMD_GENERATE, 0},
+    {"logprobs", O_LOGPROBS, 1, CMD_GENERATE, 0},
+    {"request-id", O_REQUEST_ID, 1, CMD_GENERATE | CMD_ABORT, 0},
+    {"adapter", O_ADAPTER, 1, CMD_GENERATE | CMD_TRAIN, 0},
+    {"quiet", O_QUIET, 0, CMD_GENERATE, 0},
+    {"wait", O_WAIT, 1, CMD_HEALTH, 0},
+    {"service", O_SERVICE, 1, CMD_HEALTH, 0},
+    {"json", O_JSON, 0, CMD_INFO, 0},
+    {"text", O_TEXT, 1, CMD_TOKENIZE, 0},
+    {"parse-special", O_PARSE_SPECIAL, 0, CMD_TOKENIZE, 0},
+    {"add-special", O_ADD_SPECIAL, 0, CMD_TOKENIZE, 0},
+    {"ids", O_IDS, 1, CMD_DETOKENIZE, 0},
+    {"skip-special", O_SKIP_SPECIAL, 0, CMD_DETOKENIZE, 0},
+    {"data", O_DATA, 1, CMD_TRAIN, 0},
+    {"out", O_OUT, 1, CMD_TRAIN, 0},
+    {"steps", O_STEPS, 1, CMD_TRAIN, 0},
+    {"epochs", O_EPOCHS, 1, CMD_TRAIN, 0},
+    {"lr", O_LR, 1, CMD_TRAIN, 0},
+    {"batch-size", O_BATCH_SIZE, 1, CMD_TRAIN, 0},
+    {"rank", O_RANK, 1, CMD_TRAIN, 0},
+    {"alpha", O_ALPHA, 1, CMD_TRAIN, 0},
+    {"targets", O_TARGETS, 1, CMD_TRAIN, 0},
+    {"max-grad-norm", O_MAX_GRAD_NORM, 1, CMD_TRAIN, 0},
+    {"weight-decay", O_WEIGHT_DECAY, 1, CMD_TRAIN, 0},
+    {"adam-eps", O_ADAM_EPS, 1, CMD_TRAIN, 0},
+    {"dropout", O_DROPOUT, 1, CMD_TRAIN, 0},
+    {"resume", O_RESUME, 0, CMD_TRAIN, 0},
 };
-#define N_OPTIONS (sizeof k_options / sizeof k_options[0])
+
+static const tsr_opt_spec k_spec = {
+    .opts = k_options,
+    .n_opts = sizeof k_options / sizeof k_options[0],
+    .n_ids = O__COUNT,
+    .cmds = k_commands,
+    .n_cmds = sizeof k_commands / sizeof k_commands[0],
+    .extra_hint = "(values follow their flag, e.g. --prompt \"...\")",
+};
 
 static const char k_usage[] =
     "usage: tessera-cli [global flags] COMMAND [flags]\n"
@@ -177,120 +180,60 @@ int cli_usage_error(const char *fmt, ...) {
     return EXIT_USAGE;
 }
 
-static const cli_option *find_option(const char *name, size_t len) {
-    for (size_t i = 0; i < N_OPTIONS; i++)
-        if (strlen(k_options[i].name) == len && memcmp(k_options[i].name, name, len) == 0)
-            return &k_options[i];
-    return NULL;
-}
+const char *cli_option_name(opt_id id) { return tsr_opt_name(&k_spec, (int)id); }
 
-const char *cli_option_name(opt_id id) {
-    for (size_t i = 0; i < N_OPTIONS; i++)
-        if (k_options[i].id == id)
-            return k_options[i].name;
-    return "?";
-}
-
-/* Fills *a from argv. Returns 0, or EXIT_USAGE after printing why. The
- * repeatable-option arrays are malloc'd (freed by free_args). */
+/* Fills *a from argv (free it with free_args, also after an error). Returns
+ * 0, or the exit code after printing why. */
 static int parse_args(int argc, char **argv, cli_args *a) {
     memset(a, 0, sizeof *a);
-    a->stops = calloc((size_t)argc, sizeof *a->stops);
-    a->stop_ids = calloc((size_t)argc, sizeof *a->stop_ids);
+    tsr_status st = tsr_opt_parse(&k_spec, argc, argv, 1, &a->opt);
+    if (st == TSR_ERR_NOMEM) {
+        fprintf(stderr, "tessera-cli: %s\n", tsr_error_msg());
+        return EXIT_FAIL;
+    }
+    if (st != TSR_OK)
+        return cli_usage_error("%s", tsr_error_msg());
+    a->cmd_name = a->opt.cmd_name;
+    a->cmd = a->opt.cmd;
+    a->val = a->opt.val;
+    if (a->val[O_HELP] || a->val[O_VERSION] || a->cmd == CMD_HELP)
+        return 0;
+    if (tsr_opt_check_cmd(&k_spec, &a->opt) != TSR_OK)
+        return cli_usage_error("%s", tsr_error_msg());
+    a->n_stops = tsr_opt_values(&a->opt, O_STOP, NULL, 0);
+    a->n_stop_ids = tsr_opt_values(&a->opt, O_STOP_ID, NULL, 0);
+    a->stops = calloc(a->n_stops + 1, sizeof *a->stops);
+    a->stop_ids = calloc(a->n_stop_ids + 1, sizeof *a->stop_ids);
     if (!a->stops || !a->stop_ids) {
         fputs("tessera-cli: out of memory\n", stderr);
         return EXIT_FAIL;
     }
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            a->help = 1;
-            continue;
-        }
-        if (strcmp(arg, "--version") == 0) {
-            a->version = 1;
-            continue;
-        }
-        if (strcmp(arg, "-v") == 0) {
-            a->val[O_VERBOSE] = "1";
-            continue;
-        }
-        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
-            if (arg[0] == '-' && arg[1] != '\0')
-                return cli_usage_error("unknown flag '%s'", arg);
-            if (a->cmd_name)
-                return cli_usage_error("unexpected argument '%s' (values follow their flag, "
-                                   "e.g. --prompt \"...\")",
-                                   arg);
-            if (strcmp(arg, "help") == 0) {
-                a->help = 1;
-                continue;
-            }
-            for (size_t k = 0; k < sizeof k_commands / sizeof k_commands[0]; k++)
-                if (strcmp(arg, k_commands[k].name) == 0)
-                    a->cmd = k_commands[k].bit;
-            if (!a->cmd)
-                return cli_usage_error("unknown command '%s' (commands: generate, health, info, "
-                                   "tokenize, detokenize, abort, train)",
-                                   arg);
-            a->cmd_name = arg;
-            continue;
-        }
-        const char *name = arg + 2;
-        const char *eq = strchr(name, '=');
-        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
-        const cli_option *o = find_option(name, name_len);
-        if (!o)
-            return cli_usage_error("unknown flag '--%.*s'", (int)name_len, name);
-        const char *value = "1";
-        if (o->takes_value) {
-            if (eq) {
-                value = eq + 1;
-            } else {
-                if (i + 1 >= argc)
-                    return cli_usage_error("--%s needs a value", o->name);
-                value = argv[++i];
-            }
-        } else if (eq) {
-            return cli_usage_error("--%s takes no value", o->name);
-        }
-        if (o->id == O_STOP)
-            a->stops[a->n_stops++] = value;
-        else if (o->id == O_STOP_ID)
-            a->stop_ids[a->n_stop_ids++] = value;
-        a->val[o->id] = value;
-    }
-    if (a->help || a->version)
-        return 0;
-    if (!a->cmd)
-        return cli_usage_error("no command given (generate, health, info, tokenize, detokenize, "
-                           "abort, train)");
-    for (size_t i = 0; i < N_OPTIONS; i++)
-        if (a->val[k_options[i].id] && !(k_options[i].cmds & a->cmd))
-            return cli_usage_error("--%s does not apply to '%s'", k_options[i].name, a->cmd_name);
+    tsr_opt_values(&a->opt, O_STOP, a->stops, a->n_stops);
+    tsr_opt_values(&a->opt, O_STOP_ID, a->stop_ids, a->n_stop_ids);
     return 0;
 }
 
 static void free_args(cli_args *a) {
     free(a->stops);
     free(a->stop_ids);
+    tsr_opt_args_free(&a->opt);
 }
 
 int cli_opt_i32(const cli_args *a, opt_id id, int32_t *out) {
-    if (a->val[id] && tsr_cli_parse_i32(a->val[id], out) != 0)
-        return cli_usage_error("--%s expects an integer, got '%s'", cli_option_name(id), a->val[id]);
+    if (tsr_opt_get_i32(&k_spec, &a->opt, (int)id, out) != TSR_OK)
+        return cli_usage_error("%s", tsr_error_msg());
     return 0;
 }
 int cli_opt_f32(const cli_args *a, opt_id id, float *out) {
-    if (a->val[id] && tsr_cli_parse_f32(a->val[id], out) != 0)
-        return cli_usage_error("--%s expects a number, got '%s'", cli_option_name(id), a->val[id]);
+    if (tsr_opt_get_f32(&k_spec, &a->opt, (int)id, out) != TSR_OK)
+        return cli_usage_error("%s", tsr_error_msg());
     return 0;
 }
 int cli_opt_seconds(const cli_args *a, opt_id id, double *out) {
     double v;
     if (!a->val[id])
         return 0;
-    if (tsr_cli_parse_f64(a->val[id], &v) != 0 || v < 0)
+    if (tsr_opt_parse_f64(a->val[id], &v) != 0 || v < 0)
         return cli_usage_error("--%s expects seconds (a number >= 0), got '%s'", cli_option_name(id),
                            a->val[id]);
     *out = v;
@@ -407,12 +350,12 @@ int main(int argc, char **argv) {
         free_args(&a);
         return rc;
     }
-    if (a.help) {
+    if (a.val[O_HELP] || a.cmd == CMD_HELP) {
         fputs(k_usage, stdout);
         free_args(&a);
         return 0;
     }
-    if (a.version) {
+    if (a.val[O_VERSION]) {
         printf("tessera-cli %s (gRPC core %s, protobuf-c %s)\n", TSR_CLI_VERSION,
                grpc_version_string(), protobuf_c_version());
         free_args(&a);
