@@ -1,71 +1,15 @@
-/* launcher/cli_parse.c - strict number, id-list and file parsing for
- * tessera-cli (see cli_parse.h). */
+/* launcher/cli_parse.c - id-list, file and token parsing for tessera-cli
+ * (see cli_parse.h). */
 #include "launcher/cli_parse.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TSR_CLI_MAX_FILE (16u << 20)
-
-/* 1 when only blanks remain at p. */
-static int only_blanks(const char *p) {
-    while (*p && isspace((unsigned char)*p))
-        p++;
-    return *p == '\0';
-}
-
-int tsr_cli_parse_i32(const char *s, int32_t *out) {
-    if (!s || only_blanks(s))
-        return -1;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || !only_blanks(end) || v < INT32_MIN || v > INT32_MAX)
-        return -1;
-    *out = (int32_t)v;
-    return 0;
-}
-
-int tsr_cli_parse_u64(const char *s, uint64_t *out) {
-    if (!s)
-        return -1;
-    while (isspace((unsigned char)*s))
-        s++;
-    if (!isdigit((unsigned char)*s)) /* strtoull accepts "-1" and wraps it */
-        return -1;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || !only_blanks(end))
-        return -1;
-    *out = (uint64_t)v;
-    return 0;
-}
-
-int tsr_cli_parse_f64(const char *s, double *out) {
-    if (!s || only_blanks(s))
-        return -1;
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || !only_blanks(end) || !isfinite(v))
-        return -1;
-    *out = v;
-    return 0;
-}
-
-int tsr_cli_parse_f32(const char *s, float *out) {
-    double v;
-    if (tsr_cli_parse_f64(s, &v) != 0 || fabs(v) > 3.4e38)
-        return -1;
-    *out = (float)v;
-    return 0;
-}
 
 int tsr_cli_parse_id_list(const char *s, int32_t **ids, size_t *n) {
     *ids = NULL;

@@ -1,23 +1,17 @@
-/* launcher/cli_parse.h - strict parsing of tessera-cli flag values: whole
- * numbers, id lists and small files. Every function refuses trailing junk,
- * overflow and empty input, so a typo in a flag is reported instead of being
- * read as 0.
+/* launcher/cli_parse.h - strict parsing of tessera-cli flag values that are
+ * not single numbers: id lists, small files, bearer tokens. Every function
+ * refuses trailing junk, overflow and empty input, so a typo in a flag is
+ * reported instead of being read as 0.
  *
- * What it is not: the option table (that is tessera_cli.c) and not a range
- * check of sampling values, which the server does with its own messages. */
+ * What it is not: the option table (that is tessera_cli.c over base/opt.h)
+ * nor the number parsers, which are base/opt.h's (tsr_opt_parse_i32 ...),
+ * and not a range check of sampling values, which the server does with its
+ * own messages. */
 #ifndef TSR_LAUNCHER_CLI_PARSE_H
 #define TSR_LAUNCHER_CLI_PARSE_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-/* Each parses all of `s` (leading/trailing blanks allowed) into *out.
- * Returns 0, or -1 leaving *out untouched when `s` is not a number of that
- * type (junk, empty, out of range, NaN). */
-int tsr_cli_parse_i32(const char *s, int32_t *out);
-int tsr_cli_parse_u64(const char *s, uint64_t *out); /* no sign allowed */
-int tsr_cli_parse_f32(const char *s, float *out);    /* finite only */
-int tsr_cli_parse_f64(const char *s, double *out);   /* finite only */
 
 /* Parses a list of int32 ids separated by commas and/or blanks ("1,2,3",
  * "1 2 3", "1, 2"). On success returns 0 and *ids is a malloc'd array of *n

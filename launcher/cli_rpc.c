@@ -1,7 +1,9 @@
 /* launcher/cli_rpc.c - blocking gRPC calls for tessera-cli on the C core
  * API (see cli_rpc.h). Every gRPC call that can fail goes through
  * CLI_GRPC_CHECK, which records the statement, file:line and gRPC's own
- * error string in the call's status. */
+ * error string in the call's status; the function's tsr_status and
+ * tsr_error_set message summarise it for callers that only need to know
+ * whether it worked. */
 #include "launcher/cli_rpc.h"
 
 #include <stdarg.h>
@@ -68,14 +70,14 @@ const char *tsr_cli_status_name(grpc_status_code code) {
     return names[code];
 }
 
-/* Builds c->channel from c->cfg. Returns 0, or -1 when gRPC refuses. */
-static int make_channel(tsr_cli_conn_t *c) {
+/* Builds c->channel from c->cfg. TSR_ERR_COMM when gRPC refuses. */
+static tsr_status make_channel(tsr_cli_conn_t *c) {
     const tsr_cli_conn_config *cfg = &c->cfg;
     grpc_channel_credentials *creds =
         cfg->tls_ca_pem ? grpc_ssl_credentials_create(cfg->tls_ca_pem, NULL, NULL, NULL)
                         : grpc_insecure_credentials_create();
     if (!creds)
-        return -1;
+        return tsr_error_set(TSR_ERR_COMM, "cannot create a channel to %s", cfg->addr);
 
     /* A short reconnect backoff and a subchannel of our own: a CLI lives for
      * seconds, and `health --wait` must notice a server that has just come
@@ -108,31 +110,41 @@ static int make_channel(tsr_cli_conn_t *c) {
     grpc_channel_args chargs = {.num_args = n_args, .args = args};
     c->channel = grpc_channel_create(cfg->addr, creds, &chargs);
     grpc_channel_credentials_release(creds);
-    return c->channel ? 0 : -1;
+    return c->channel ? TSR_OK
+                      : tsr_error_set(TSR_ERR_COMM, "cannot create a channel to %s", cfg->addr);
 }
 
-tsr_cli_conn_t *tsr_cli_conn_open(const tsr_cli_conn_config *cfg) {
+tsr_status tsr_cli_conn_open(const tsr_cli_conn_config *cfg, tsr_cli_conn_t **out) {
+    *out = NULL;
     tsr_cli_conn_t *c = calloc(1, sizeof *c);
     if (!c)
-        return NULL;
+        return tsr_error_set(TSR_ERR_NOMEM, "cannot create a channel to %s: out of memory",
+                             cfg->addr);
     c->cfg = *cfg;
     c->timeout_s = cfg->timeout_s;
     c->interrupted = cfg->interrupted;
     if (cfg->auth_token) {
         size_t n = strlen(cfg->auth_token) + sizeof "Bearer ";
-        if (!(c->auth_value = malloc(n)))
-            goto fail;
+        if (!(c->auth_value = malloc(n))) {
+            tsr_cli_conn_close(c);
+            return tsr_error_set(TSR_ERR_NOMEM, "cannot create a channel to %s: out of memory",
+                                 cfg->addr);
+        }
         snprintf(c->auth_value, n, "Bearer %s", cfg->auth_token);
     }
-    if (make_channel(c) != 0)
-        goto fail;
-    return c;
-fail:
-    tsr_cli_conn_close(c);
-    return NULL;
+    if (make_channel(c) != TSR_OK) {
+        tsr_cli_conn_close(c);
+        return cfg->tls_ca_pem ? tsr_error_set(TSR_ERR_COMM,
+                                               "cannot create a channel to %s (are the TLS "
+                                               "credentials valid PEM?)",
+                                               cfg->addr)
+                               : TSR_ERR_COMM;
+    }
+    *out = c;
+    return TSR_OK;
 }
 
-int tsr_cli_conn_reset(tsr_cli_conn_t *c) {
+tsr_status tsr_cli_conn_reset(tsr_cli_conn_t *c) {
     if (c->channel)
         grpc_channel_destroy(c->channel);
     c->channel = NULL;
@@ -174,8 +186,8 @@ static int wait_tag(tsr_cli_conn_t *c, grpc_completion_queue *cq, grpc_call *cal
     }
 }
 
-int tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
-                        tsr_cli_message_fn on_message, void *ctx, tsr_cli_status *st) {
+tsr_status tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
+                               tsr_cli_message_fn on_message, void *ctx, tsr_cli_status *st) {
     memset(st, 0, sizeof *st);
     st->code = GRPC_STATUS_OK;
 
@@ -187,7 +199,7 @@ int tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const ProtobufCMe
     grpc_metadata_array_init(&trailing_md);
     grpc_slice status_details = grpc_empty_slice();
     grpc_status_code status = GRPC_STATUS_UNKNOWN;
-    char why[512] = "";
+    tsr_status local = TSR_ERR_COMM; /* the status of a local failure */
 
     if (!(cq = grpc_completion_queue_create_for_pluck(NULL))) {
         local_fail(st, "grpc_completion_queue_create_for_pluck failed");
@@ -277,11 +289,13 @@ int tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const ProtobufCMe
         grpc_slice msg = grpc_byte_buffer_reader_readall(&reader);
         grpc_byte_buffer_reader_destroy(&reader);
         grpc_byte_buffer_destroy(recv_bb);
-        int rc = on_message(ctx, GRPC_SLICE_START_PTR(msg), GRPC_SLICE_LENGTH(msg), why,
-                            sizeof why);
+        tsr_error_clear();
+        tsr_status ms = on_message(ctx, GRPC_SLICE_START_PTR(msg), GRPC_SLICE_LENGTH(msg));
         grpc_slice_unref(msg);
-        if (rc != 0) {
+        if (ms != TSR_OK) {
+            const char *why = tsr_error_msg();
             local_fail(st, "%s", why[0] ? why : "response refused");
+            local = ms;
             grpc_call_cancel(call, NULL);
             break;
         }
@@ -325,7 +339,11 @@ cleanup:
         grpc_completion_queue_shutdown(cq);
         grpc_completion_queue_destroy(cq);
     }
-    return (st->code == GRPC_STATUS_OK && !st->local_error) ? 0 : -1;
+    if (st->local_error)
+        return tsr_error_set(local, "%s", st->details);
+    if (st->code != GRPC_STATUS_OK)
+        return tsr_error_set(TSR_ERR_COMM, "%s: %s", tsr_cli_status_name(st->code), st->details);
+    return TSR_OK;
 }
 
 /* Collects the single response of a unary call. */
@@ -334,36 +352,32 @@ typedef struct {
     ProtobufCMessage *msg;
 } unary_ctx;
 
-static int unary_on_message(void *ctx, const uint8_t *data, size_t len, char *why,
-                            size_t why_size) {
+static tsr_status unary_on_message(void *ctx, const uint8_t *data, size_t len) {
     unary_ctx *u = ctx;
-    if (u->msg) {
-        snprintf(why, why_size, "the server sent more than one %s", u->desc->name);
-        return -1;
-    }
+    if (u->msg)
+        return tsr_error_set(TSR_ERR_FORMAT, "the server sent more than one %s", u->desc->name);
     u->msg = protobuf_c_message_unpack(u->desc, NULL, len, data);
-    if (!u->msg) {
-        snprintf(why, why_size, "cannot decode the server's %s (%zu bytes)", u->desc->name, len);
-        return -1;
-    }
-    return 0;
+    if (!u->msg)
+        return tsr_error_set(TSR_ERR_FORMAT, "cannot decode the server's %s (%zu bytes)",
+                             u->desc->name, len);
+    return TSR_OK;
 }
 
-int tsr_cli_call_unary(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
-                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-                       tsr_cli_status *st) {
+tsr_status tsr_cli_call_unary(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                              tsr_cli_status *st) {
     unary_ctx u = {resp_desc, NULL};
     *resp = NULL;
-    int rc = tsr_cli_call_stream(c, method, req, unary_on_message, &u, st);
-    if (rc == 0 && !u.msg) {
+    tsr_status s = tsr_cli_call_stream(c, method, req, unary_on_message, &u, st);
+    if (s == TSR_OK && !u.msg) {
         local_fail(st, "the server sent no %s", resp_desc->name);
-        rc = -1;
+        s = tsr_error_set(TSR_ERR_FORMAT, "%s", st->details);
     }
-    if (rc != 0) {
+    if (s != TSR_OK) {
         if (u.msg)
             protobuf_c_message_free_unpacked(u.msg, NULL);
-        return -1;
+        return s;
     }
     *resp = u.msg;
-    return 0;
+    return TSR_OK;
 }

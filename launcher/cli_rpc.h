@@ -21,6 +21,8 @@
 #include <grpc/status.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "base/status.h"
+
 typedef struct {
     const char *addr;            /* "host:port" (any gRPC target URI works) */
     const char *auth_token;      /* sent as "authorization: Bearer <token>"; NULL = none.
@@ -54,44 +56,50 @@ typedef struct {
 } tsr_cli_status;
 
 /* Called with each response message's bytes, valid during the call only.
- * Returns 0 to go on; anything else cancels the call and is reported as a
- * local error with the message the callback wrote into `why` (size
- * why_size; may stay empty). */
-typedef int (*tsr_cli_message_fn)(void *ctx, const uint8_t *data, size_t len, char *why,
-                                  size_t why_size);
+ * Returns TSR_OK to go on; anything else cancels the call and is reported
+ * as a local error (with that status) whose details are the message the
+ * callback recorded with tsr_error_set ("response refused" when none). */
+typedef tsr_status (*tsr_cli_message_fn)(void *ctx, const uint8_t *data, size_t len);
 
-/* Makes the channel (plaintext or TLS). The connection itself is made
- * lazily by the first call, so an unreachable server shows up there.
- * Requires grpc_init(). Returns NULL only when out of memory or when the
- * TLS credentials cannot be built. The config's strings must outlive the
- * connection. */
-tsr_cli_conn_t *tsr_cli_conn_open(const tsr_cli_conn_config *cfg);
+/* Makes the channel (plaintext or TLS) into *out. The connection itself is
+ * made lazily by the first call, so an unreachable server shows up there.
+ * Requires grpc_init(). Fails only when out of memory (TSR_ERR_NOMEM) or
+ * when gRPC cannot build the channel or the TLS credentials (TSR_ERR_COMM,
+ * "cannot create a channel to ADDR", with a hint about the PEM under TLS);
+ * *out is then NULL. The config's strings must outlive the connection. */
+tsr_status tsr_cli_conn_open(const tsr_cli_conn_config *cfg, tsr_cli_conn_t **out);
 
 /* Destroys the channel. NULL ok. */
 void tsr_cli_conn_close(tsr_cli_conn_t *c);
 
 /* Replaces the channel with a new one, forgetting its connection and its
- * reconnect backoff: the next call tries to connect at once. Returns 0, or -1
- * when the new channel cannot be made (the connection is then unusable). */
-int tsr_cli_conn_reset(tsr_cli_conn_t *c);
+ * reconnect backoff: the next call tries to connect at once. TSR_ERR_COMM
+ * ("cannot create a channel to ADDR") when the new channel cannot be made
+ * (the connection is then unusable). */
+tsr_status tsr_cli_conn_reset(tsr_cli_conn_t *c);
 
 /* Changes the deadline of later calls (seconds; <= 0 = none). */
 void tsr_cli_conn_set_timeout(tsr_cli_conn_t *c, double timeout_s);
 
 /* Server-streaming call: sends `req` to `method` ("/pkg.Service/Method"),
  * hands every response message to on_message in order, and fills *st.
- * Unary methods work too (one message). Returns 0 when st->code is OK and
- * nothing failed locally, -1 otherwise. Never prints. */
-int tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
-                        tsr_cli_message_fn on_message, void *ctx, tsr_cli_status *st);
+ * Unary methods work too (one message). Returns TSR_OK when st->code is OK
+ * and nothing failed locally. Otherwise *st says what happened (what the
+ * caller shows the user) and the status is on_message's own when it
+ * refused a message, else TSR_ERR_COMM; the message recorded is
+ * "CODE_NAME: details" for the server's status, st->details for a local
+ * failure. Never prints. */
+tsr_status tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
+                               tsr_cli_message_fn on_message, void *ctx, tsr_cli_status *st);
 
 /* Unary call: exactly one response, decoded with resp_desc into *resp (free
- * with protobuf_c_message_free_unpacked(*resp, NULL)). Returns 0 with *resp
- * set, or -1 with *resp NULL and *st saying why (a missing or extra response
- * message is a local error). */
-int tsr_cli_call_unary(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
-                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-                       tsr_cli_status *st);
+ * with protobuf_c_message_free_unpacked(*resp, NULL)). Returns TSR_OK with
+ * *resp set, or a status as tsr_cli_call_stream's with *resp NULL and *st
+ * saying why (a missing or extra response message is a local error,
+ * TSR_ERR_FORMAT). */
+tsr_status tsr_cli_call_unary(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                              tsr_cli_status *st);
 
 /* The canonical upper-case name of a status code ("INVALID_ARGUMENT");
  * "UNKNOWN_CODE" for values outside the enum. Never NULL. */

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,16 +18,6 @@
 #include <unistd.h>
 
 #include "runtime/train/train_record.h"
-
-static int failf(char *why, size_t why_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int failf(char *why, size_t why_size, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, why_size, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* ---- the data file ---------------------------------------------------------- */
 
@@ -100,12 +89,12 @@ static tsr_status load_record(void *ctx, const tsr_train_record *r, const char *
     return TSR_OK;
 }
 
-int tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d, char *why, size_t why_size) {
+tsr_status tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d) {
     memset(d, 0, sizeof *d);
-    if (tsr_train_jsonl_read(path, load_record, d) != TSR_OK) {
-        failf(why, why_size, "%s", tsr_error_msg());
+    tsr_status st = tsr_train_jsonl_read(path, load_record, d);
+    if (st != TSR_OK) {
         tsr_cli_train_data_free(d);
-        return -1;
+        return st;
     }
     /* the examples do not move from here on: point their messages home */
     for (size_t k = 0; k < d->n; k++) {
@@ -115,7 +104,7 @@ int tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d, char *why, 
         else
             e->msg.chat = &e->chat;
     }
-    return 0;
+    return TSR_OK;
 }
 
 void tsr_cli_train_data_free(tsr_cli_train_data *d) {
@@ -183,37 +172,39 @@ static void parent_of(const char *dir, char *parent, size_t cap) {
         *slash = '\0';
 }
 
-int tsr_cli_train_check_out_dir(const char *dir_arg, int *exists, char *why, size_t why_size) {
+tsr_status tsr_cli_train_check_out_dir(const char *dir_arg, int *exists) {
     char dir[PATH_MAX], parent[PATH_MAX];
     *exists = 0;
     if (!dir_arg[0] || strip_slashes(dir_arg, dir, sizeof dir) != 0)
-        return failf(why, why_size, "--out: bad path '%s'", dir_arg);
+        return tsr_error_set(TSR_ERR_INVALID, "--out: bad path '%s'", dir_arg);
     const char *base = strrchr(dir, '/');
     base = base ? base + 1 : dir;
     if (!strcmp(dir, "/") || !strcmp(base, ".") || !strcmp(base, ".."))
-        return failf(why, why_size, "--out %s cannot be an adapter directory (name a new one)",
-                     dir_arg);
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--out %s cannot be an adapter directory (name a new one)", dir_arg);
     parent_of(dir, parent, sizeof parent);
     struct stat ps;
     if (stat(parent, &ps) != 0)
-        return failf(why, why_size, "--out %s: '%s': %s", dir_arg, parent, strerror(errno));
+        return tsr_error_set(TSR_ERR_IO, "--out %s: '%s': %s", dir_arg, parent, strerror(errno));
     if (!S_ISDIR(ps.st_mode))
-        return failf(why, why_size, "--out %s: '%s' is not a directory", dir_arg, parent);
+        return tsr_error_set(TSR_ERR_INVALID, "--out %s: '%s' is not a directory", dir_arg,
+                             parent);
     if (access(parent, W_OK | X_OK) != 0)
-        return failf(why, why_size, "--out %s: cannot write in '%s': %s", dir_arg, parent,
-                     strerror(errno));
+        return tsr_error_set(TSR_ERR_IO, "--out %s: cannot write in '%s': %s", dir_arg, parent,
+                             strerror(errno));
     struct stat sb;
     if (lstat(dir, &sb) != 0) {
         if (errno == ENOENT)
-            return 0;
-        return failf(why, why_size, "--out %s: %s", dir_arg, strerror(errno));
+            return TSR_OK;
+        return tsr_error_set(TSR_ERR_IO, "--out %s: %s", dir_arg, strerror(errno));
     }
     if (!S_ISDIR(sb.st_mode))
-        return failf(why, why_size,
-                     "--out %s exists and is not a directory (it would not be replaced)", dir_arg);
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--out %s exists and is not a directory (it would not be replaced)",
+                             dir_arg);
     DIR *dp = opendir(dir);
     if (!dp)
-        return failf(why, why_size, "--out %s: %s", dir_arg, strerror(errno));
+        return tsr_error_set(TSR_ERR_IO, "--out %s: %s", dir_arg, strerror(errno));
     int entries = 0, has_config = 0, other = 0;
     struct dirent *e;
     while ((e = readdir(dp))) {
@@ -228,12 +219,12 @@ int tsr_cli_train_check_out_dir(const char *dir_arg, int *exists, char *why, siz
     }
     closedir(dp);
     if (other || (entries && !has_config))
-        return failf(why, why_size,
-                     "--out %s exists and is not an adapter directory (it is replaced only when "
-                     "empty or holding an adapter_config.json and plain files)",
-                     dir_arg);
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--out %s exists and is not an adapter directory (it is replaced "
+                             "only when empty or holding an adapter_config.json and plain files)",
+                             dir_arg);
     *exists = 1;
-    return 0;
+    return TSR_OK;
 }
 
 /* Removes the plain files of `dir`, then dir. Returns 0 when all went. */
@@ -280,12 +271,12 @@ static char *make_unique_dir(const char *dir, const char *infix) {
     return p;
 }
 
-static int write_file(const char *dir, const tsr_cli_out_file *f, char *why, size_t why_size) {
+static tsr_status write_file(const char *dir, const tsr_cli_out_file *f) {
     char path[PATH_MAX + 256];
     snprintf(path, sizeof path, "%s/%s", dir, f->name);
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0)
-        return failf(why, why_size, "cannot create '%s': %s", path, strerror(errno));
+        return tsr_error_set(TSR_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
     size_t done = 0;
     while (done < f->len) {
         ssize_t w = write(fd, f->data + done, f->len - done);
@@ -294,48 +285,47 @@ static int write_file(const char *dir, const tsr_cli_out_file *f, char *why, siz
         if (w <= 0) {
             int e = w < 0 ? errno : EIO;
             close(fd);
-            return failf(why, why_size, "writing '%s': %s", path, strerror(e));
+            return tsr_error_set(TSR_ERR_IO, "writing '%s': %s", path, strerror(e));
         }
         done += (size_t)w;
     }
     if (fsync(fd) != 0) {
         int e = errno;
         close(fd);
-        return failf(why, why_size, "fsync '%s': %s", path, strerror(e));
+        return tsr_error_set(TSR_ERR_IO, "fsync '%s': %s", path, strerror(e));
     }
     if (close(fd) != 0)
-        return failf(why, why_size, "writing '%s': %s", path, strerror(errno));
-    return 0;
+        return tsr_error_set(TSR_ERR_IO, "writing '%s': %s", path, strerror(errno));
+    return TSR_OK;
 }
 
-int tsr_cli_train_write_dir(const char *dir_arg, const tsr_cli_out_file *files, size_t n_files,
-                            char *why, size_t why_size) {
+tsr_status tsr_cli_train_write_dir(const char *dir_arg, const tsr_cli_out_file *files,
+                                   size_t n_files) {
     char dir[PATH_MAX], parent[PATH_MAX];
     int exists;
-    if (tsr_cli_train_check_out_dir(dir_arg, &exists, why, why_size) != 0)
-        return -1;
+    TSR_TRY(tsr_cli_train_check_out_dir(dir_arg, &exists));
     strip_slashes(dir_arg, dir, sizeof dir);
     parent_of(dir, parent, sizeof parent);
     for (size_t i = 0; i < n_files; i++)
         if (!files[i].name[0] || strchr(files[i].name, '/'))
-            return failf(why, why_size, "bad file name '%s'", files[i].name);
+            return tsr_error_set(TSR_ERR_INVALID, "bad file name '%s'", files[i].name);
 
     char *tmp = make_unique_dir(dir, ".tmp-"), *aside = NULL;
     if (!tmp)
-        return failf(why, why_size, "%s: cannot create a temporary directory beside it: %s", dir,
-                     strerror(errno));
-    int rc = 0;
-    for (size_t i = 0; i < n_files && rc == 0; i++)
-        rc = write_file(tmp, &files[i], why, why_size);
-    if (rc == 0 && fsync_path(tmp) != 0)
-        rc = failf(why, why_size, "fsync '%s': %s", tmp, strerror(errno));
-    if (rc != 0)
+        return tsr_error_set(TSR_ERR_IO, "%s: cannot create a temporary directory beside it: %s",
+                             dir, strerror(errno));
+    tsr_status rc = TSR_OK;
+    for (size_t i = 0; i < n_files && rc == TSR_OK; i++)
+        rc = write_file(tmp, &files[i]);
+    if (rc == TSR_OK && fsync_path(tmp) != 0)
+        rc = tsr_error_set(TSR_ERR_IO, "fsync '%s': %s", tmp, strerror(errno));
+    if (rc != TSR_OK)
         goto cleanup;
 
     if (!exists) {
         if (rename(tmp, dir) != 0) {
-            rc = failf(why, why_size, "%s: cannot rename %s to it: %s", dir, tmp,
-                       strerror(errno));
+            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot rename %s to it: %s", dir, tmp,
+                               strerror(errno));
             goto cleanup;
         }
         free(tmp);
@@ -343,28 +333,29 @@ int tsr_cli_train_write_dir(const char *dir_arg, const tsr_cli_out_file *files, 
     } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
         /* tmp is the old adapter now: removed below */
     } else if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
-        rc = failf(why, why_size, "%s: cannot exchange it with %s: %s", dir, tmp, strerror(errno));
+        rc = tsr_error_set(TSR_ERR_IO, "%s: cannot exchange it with %s: %s", dir, tmp,
+                           strerror(errno));
         goto cleanup;
     } else {
         /* No exchange here: the old directory aside (onto an empty one,
          * which rename replaces), then the new one in. */
         if (!(aside = make_unique_dir(dir, ".old-"))) {
-            rc = failf(why, why_size, "%s: cannot create a directory beside it: %s", dir,
-                       strerror(errno));
+            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot create a directory beside it: %s", dir,
+                               strerror(errno));
             goto cleanup;
         }
         if (rename(dir, aside) != 0) {
-            rc = failf(why, why_size, "%s: cannot rename it to %s: %s", dir, aside,
-                       strerror(errno));
+            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot rename it to %s: %s", dir, aside,
+                               strerror(errno));
             rmdir(aside);
             goto cleanup;
         }
         if (rename(tmp, dir) != 0) {
-            rc = failf(why, why_size, "%s: cannot rename %s to it: %s", dir, tmp,
-                       strerror(errno));
-            if (rename(aside, dir) != 0)
-                snprintf(why + strlen(why), why_size - strlen(why),
-                         " (the previous adapter is in %s)", aside);
+            int e = errno;
+            int restored = rename(aside, dir) == 0;
+            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot rename %s to it: %s%s%s%s", dir, tmp,
+                               strerror(e), restored ? "" : " (the previous adapter is in ",
+                               restored ? "" : aside, restored ? "" : ")");
             goto cleanup;
         }
         free(tmp);

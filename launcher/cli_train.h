@@ -3,17 +3,18 @@
  * step plan `tessera train` uses, the output directory's check and its
  * atomic replacement, and loss.csv.
  *
- * What it is not: the RPCs (tessera_cli.c drives CreateAdapter,
+ * What it is not: the RPCs (cli_cmd_train.c drives CreateAdapter,
  * ForwardBackward, OptimStep and SaveAdapter through cli_rpc.h) and not a
  * tokenizer: examples go to the server as text, and the server tokenizes
- * and masks them. Every function reports failure through a `why` buffer
- * (size why_size) and never prints. */
+ * and masks them. Every fallible function returns a tsr_status with the
+ * reason recorded by tsr_error_set (base/status.h) and never prints. */
 #ifndef TSR_LAUNCHER_CLI_TRAIN_H
 #define TSR_LAUNCHER_CLI_TRAIN_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/status.h"
 #include "tessera/v1/tessera.pb-c.h"
 
 /* One example of the data file, as ForwardBackward sends it. msg points into
@@ -35,10 +36,11 @@ typedef struct {
 /* Reads `path`: one JSON object per line, {"prompt": S, "completion": S} or
  * {"messages": [{"role": "system"|"user"|"assistant", "content": S}, ...]}
  * (at least one assistant message); other keys are ignored, blank lines
- * skipped. Returns 0 with *d filled (free with tsr_cli_train_data_free), or
- * -1 with *d empty and `why` naming "path:line" and what is wrong (or the
- * I/O error, or "no example"). */
-int tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d, char *why, size_t why_size);
+ * skipped. Returns TSR_OK with *d filled (free with tsr_cli_train_data_free),
+ * or the reader's status (runtime/train/train_record.h) with *d empty and
+ * the message naming "path:line" and what is wrong (or the I/O error, or
+ * "no example"). */
+tsr_status tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d);
 
 /* Frees what load filled and empties *d. NULL ok. */
 void tsr_cli_train_data_free(tsr_cli_train_data *d);
@@ -62,8 +64,9 @@ void tsr_cli_train_step_batch(int k, int n_examples, int batch, int *epoch, int 
 /* Whether `dir` can take a saved adapter: its parent is a writable
  * directory, and `dir` is absent, an empty directory, or a directory of
  * plain files holding adapter_config.json (an adapter saved before). Returns
- * 0 (with *exists set), or -1 with `why`. */
-int tsr_cli_train_check_out_dir(const char *dir, int *exists, char *why, size_t why_size);
+ * TSR_OK (with *exists set), TSR_ERR_INVALID for a path that cannot be an
+ * adapter directory, TSR_ERR_IO when the system refuses (stat, access). */
+tsr_status tsr_cli_train_check_out_dir(const char *dir, int *exists);
 
 /* A file to write: `name` (no slash) with len bytes of data. */
 typedef struct {
@@ -77,10 +80,11 @@ typedef struct {
  * rename: dir absent or empty: rename(2); dir an adapter directory: an
  * exchange (renameat2 RENAME_EXCHANGE, or a rename aside where the file
  * system has none) and the old files removed. Checks dir again first
- * (tsr_cli_train_check_out_dir). Returns 0, or -1 with `why`, leaving dir
- * as it was and removing the temporary directory. */
-int tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files, size_t n_files,
-                            char *why, size_t why_size);
+ * (tsr_cli_train_check_out_dir). Returns TSR_OK, or a status (the check's,
+ * TSR_ERR_INVALID for a bad file name, TSR_ERR_IO) leaving dir as it was and
+ * removing the temporary directory. */
+tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files,
+                                   size_t n_files);
 
 /* One optimizer step, as loss.csv keeps it. */
 typedef struct {

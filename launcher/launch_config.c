@@ -110,26 +110,24 @@ int tsr_launch_parse_int(const char *s, long lo, long hi, int *out) {
     return 0;
 }
 
-int tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max, int *n) {
+tsr_status tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max,
+                                   int *n) {
     *n = 0;
     const char *p = s;
     while (*p) {
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (errno || end == p || v < 1 || v > 1 << 20 || *n == max || (*end && *end != ',')) {
-            tsr_error_set(TSR_ERR_INVALID,
-                          "%s expects positive integers separated by commas, got '%s'", what, s);
-            return -1;
-        }
+        if (errno || end == p || v < 1 || v > 1 << 20 || *n == max || (*end && *end != ','))
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "%s expects positive integers separated by commas, got '%s'",
+                                 what, s);
         layers[(*n)++] = (int)v;
         p = *end ? end + 1 : end;
     }
-    if (!*n) {
-        tsr_error_set(TSR_ERR_INVALID, "%s is empty", what);
-        return -1;
-    }
-    return 0;
+    if (!*n)
+        return tsr_error_set(TSR_ERR_INVALID, "%s is empty", what);
+    return TSR_OK;
 }
 
 /* ---- the YAML document ---- */

@@ -113,9 +113,10 @@ tsr_status tsr_launch_config_merge(tsr_launch_config *base, tsr_launch_config *o
 /* Frees every owned field and resets *c to TSR_LAUNCH_CONFIG_INIT. NULL ok. */
 void tsr_launch_config_free(tsr_launch_config *c);
 
-/* Parses "16,14" into layers (at most max entries, each >= 1). 0 or -1 with
- * a message naming `what`. */
-int tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max, int *n);
+/* Parses "16,14" into layers (at most max entries, each >= 1). TSR_OK, or
+ * TSR_ERR_INVALID with a message naming `what`. */
+tsr_status tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max,
+                                   int *n);
 
 /* Parses all of s as an integer in [lo, hi] into *out; 0, or -1 (no message). */
 int tsr_launch_parse_int(const char *s, long lo, long hi, int *out);

@@ -240,7 +240,9 @@ static void exec_child(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o, 
     _exit(127);
 }
 
-int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o) {
+tsr_status tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o,
+                          int *exit_code) {
+    *exit_code = 127;
     /* Handlers (not SIG_IGN, which a background shell may have set) and a
      * blocked mask: the signals are taken with sigtimedwait. */
     struct sigaction sa;
@@ -262,18 +264,17 @@ int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o) {
     const int srun = cmd->runner == TSR_LAUNCH_RUNNER_SRUN;
     rank_set *rs = calloc(1, sizeof *rs); /* the ranks seen on this host */
     if (!rs) {
-        fprintf(stderr, "tessera-launch: out of memory\n");
         sigprocmask(SIG_SETMASK, &old, NULL);
-        return 127;
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
     }
     pid_t parent = getpid();
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
-        fprintf(stderr, "tessera-launch: fork: %s\n", strerror(errno));
+        int e = errno;
         sigprocmask(SIG_SETMASK, &old, NULL);
         free(rs);
-        return 127;
+        return tsr_error_set(TSR_ERR_IO, "fork: %s", strerror(e));
     }
     if (pid == 0)
         exec_child(cmd, o, parent, &old);
@@ -384,5 +385,6 @@ int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o) {
     if (stop_sig)
         fprintf(stderr, "tessera-launch: job %s after %s (exit %d)\n",
                 rc == 0 ? "stopped cleanly" : "ended", sig_name(stop_sig), rc);
-    return rc;
+    *exit_code = rc;
+    return TSR_OK;
 }

@@ -24,12 +24,16 @@ typedef struct {
     int keep_stdin;            /* the command reads standard input (--file -); else /dev/null */
 } tsr_launch_run_opts;
 
-/* Runs cmd (its env entries set in the child) and waits for it. Returns the
- * launcher's exit code: the runner's exit code when it ended by itself, 0
- * when a stop left every rank exiting 0, 128 + the stop signal when a stopped
- * job did not end cleanly, 128 + n when the runner died of signal n (137
- * after the SIGKILL escalation), 127 when it could not be started. Blocks
- * SIGINT/SIGTERM/SIGHUP/SIGCHLD in the calling thread while it runs. */
-int tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o);
+/* Runs cmd (its env entries set in the child) and waits for it. Returns
+ * TSR_OK with *exit_code the launcher's exit code: the runner's exit code
+ * when it ended by itself, 0 when a stop left every rank exiting 0, 128 +
+ * the stop signal when a stopped job did not end cleanly, 128 + n when the
+ * runner died of signal n (137 after the SIGKILL escalation), 127 when the
+ * child could not exec the runner (it says why on stderr). TSR_ERR_NOMEM or
+ * TSR_ERR_IO ("fork: ...") when nothing could be started (*exit_code 127).
+ * Prints the progress of a stop on stderr. Blocks SIGINT/SIGTERM/SIGHUP/
+ * SIGCHLD in the calling thread while it runs. */
+tsr_status tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o,
+                          int *exit_code);
 
 #endif

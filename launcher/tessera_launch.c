@@ -153,7 +153,7 @@ static int apply_opt(cli *a, const char *name, const char *v) {
         return set_int(name, v, 1, 4096, &o->pp);
     else if (!strcmp(name, "pp-layers")) {
         if (tsr_launch_parse_layers(v, "--pp-layers", o->pp_layers, TSR_LAUNCH_MAX_STAGES,
-                                    &o->n_pp_layers))
+                                    &o->n_pp_layers) != TSR_OK)
             USAGE_ERR("%s", tsr_error_msg());
     } else if (!strcmp(name, "hosts"))
         return tsr_launch_strv_push(&o->hosts, v) == TSR_OK ? 0 : -1;
@@ -661,7 +661,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i + 1 < cmd.argv.n; i++)
         if (!strcmp(cmd.argv.v[i], "--file") && !strcmp(cmd.argv.v[i + 1], "-"))
             ro.keep_stdin = 1;
-    rc = tsr_launch_run(&cmd, &ro);
+    if (tsr_launch_run(&cmd, &ro, &rc) != TSR_OK)
+        fprintf(stderr, "tessera-launch: %s\n", tsr_error_msg()); /* rc is 127 */
 done:
     free(line);
     tsr_launch_cmd_free(&cmd);

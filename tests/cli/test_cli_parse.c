@@ -1,9 +1,8 @@
 /* tests/cli/test_cli_parse.c - tessera-cli's flag-value parsers
- * (launcher/cli_parse.h): numbers that must be whole, id lists, token
- * characters, files. Exits 0, or 1 at the first failed check. */
+ * (launcher/cli_parse.h): id lists, token characters, files. The number
+ * parsers are base/opt.h's, checked by tests/unit/test_opt.c. Exits 0, or 1
+ * at the first failed check. */
 #include <errno.h>
-#include <limits.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,39 +18,6 @@
             exit(1);                                                                               \
         }                                                                                          \
     } while (0)
-
-static void test_numbers(void) {
-    int32_t i = 7;
-    CHECK(tsr_cli_parse_i32("42", &i) == 0 && i == 42);
-    CHECK(tsr_cli_parse_i32(" -5 ", &i) == 0 && i == -5);
-    CHECK(tsr_cli_parse_i32("2147483647", &i) == 0 && i == INT32_MAX);
-    i = 7;
-    CHECK(tsr_cli_parse_i32("2147483648", &i) == -1 && i == 7);
-    CHECK(tsr_cli_parse_i32("1.5", &i) == -1 && i == 7);
-    CHECK(tsr_cli_parse_i32("12abc", &i) == -1);
-    CHECK(tsr_cli_parse_i32("", &i) == -1);
-    CHECK(tsr_cli_parse_i32("  ", &i) == -1);
-    CHECK(tsr_cli_parse_i32(NULL, &i) == -1);
-
-    uint64_t u = 0;
-    CHECK(tsr_cli_parse_u64("18446744073709551615", &u) == 0 && u == UINT64_MAX);
-    CHECK(tsr_cli_parse_u64("18446744073709551616", &u) == -1);
-    CHECK(tsr_cli_parse_u64("-1", &u) == -1);
-    CHECK(tsr_cli_parse_u64("+1", &u) == -1);
-    CHECK(tsr_cli_parse_u64("0", &u) == 0 && u == 0);
-
-    float f = 0;
-    CHECK(tsr_cli_parse_f32("0.9", &f) == 0 && fabsf(f - 0.9f) < 1e-7f);
-    CHECK(tsr_cli_parse_f32("-0.5", &f) == 0 && f == -0.5f);
-    CHECK(tsr_cli_parse_f32("1e-3", &f) == 0 && fabsf(f - 1e-3f) < 1e-9f);
-    CHECK(tsr_cli_parse_f32("nan", &f) == -1);
-    CHECK(tsr_cli_parse_f32("inf", &f) == -1);
-    CHECK(tsr_cli_parse_f32("1e39", &f) == -1); /* overflows a float */
-    CHECK(tsr_cli_parse_f32("0.9x", &f) == -1);
-    double d = 0;
-    CHECK(tsr_cli_parse_f64("2.5", &d) == 0 && d == 2.5);
-    CHECK(tsr_cli_parse_f64("1e400", &d) == -1);
-}
 
 static void check_list(const char *s, const int32_t *want, size_t n_want) {
     int32_t *ids = NULL;
@@ -137,7 +103,6 @@ static void test_read_file(void) {
 }
 
 int main(void) {
-    test_numbers();
     test_id_lists();
     test_tokens_and_strip();
     test_read_file();

@@ -59,8 +59,7 @@ static void test_data(void) {
                   "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
                   "{\"role\": \"assistant\", \"content\": \"h\\u00e9\"}]}\n");
     tsr_cli_train_data d;
-    char why[512];
-    CHECK(tsr_cli_train_data_load(p, &d, why, sizeof why) == 0);
+    CHECK(tsr_cli_train_data_load(p, &d) == TSR_OK);
     CHECK(d.n == 2);
     CHECK(d.ex[0].line == 1 && d.ex[1].line == 4);
     const Tessera__V1__TrainExample *e0 = &d.ex[0].msg, *e1 = &d.ex[1].msg;
@@ -98,8 +97,9 @@ static void test_data(void) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         write_text(p, bad[i].text);
-        why[0] = '\0';
-        CHECK(tsr_cli_train_data_load(p, &d, why, sizeof why) == -1);
+        tsr_error_clear();
+        CHECK(tsr_cli_train_data_load(p, &d) != TSR_OK);
+        const char *why = tsr_error_msg();
         CHECK(d.n == 0 && d.ex == NULL);
         if (!strstr(why, bad[i].want)) {
             fprintf(stderr, "case %zu: '%s' lacks '%s'\n", i, why, bad[i].want);
@@ -107,8 +107,8 @@ static void test_data(void) {
         }
         CHECK(bad[i].want[0] != ':' || strncmp(why, p, strlen(p)) == 0);
     }
-    CHECK(tsr_cli_train_data_load(tmp_path("missing.jsonl"), &d, why, sizeof why) == -1);
-    CHECK(strstr(why, "cannot open the data file"));
+    CHECK(tsr_cli_train_data_load(tmp_path("missing.jsonl"), &d) != TSR_OK);
+    CHECK(strstr(tsr_error_msg(), "cannot open the data file"));
 }
 
 static void test_order(void) {
@@ -143,35 +143,33 @@ static void test_order(void) {
 }
 
 static void test_out_dir(void) {
-    char why[512];
     int exists = -1;
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("new"), &exists, why, sizeof why) == 0 &&
-          exists == 0);
+    CHECK(tsr_cli_train_check_out_dir(tmp_path("new"), &exists) == TSR_OK && exists == 0);
     CHECK(mkdir(tmp_path("empty"), 0755) == 0);
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("empty/"), &exists, why, sizeof why) == 0 &&
+    CHECK(tsr_cli_train_check_out_dir(tmp_path("empty/"), &exists) == TSR_OK &&
           exists == 1);
     CHECK(mkdir(tmp_path("other"), 0755) == 0);
     write_text(tmp_path("other/notes.txt"), "x");
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("other"), &exists, why, sizeof why) == -1);
-    CHECK(strstr(why, "is not an adapter directory"));
+    CHECK(tsr_cli_train_check_out_dir(tmp_path("other"), &exists) != TSR_OK);
+    CHECK(strstr(tsr_error_msg(), "is not an adapter directory"));
     write_text(tmp_path("a-file"), "x");
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("a-file"), &exists, why, sizeof why) == -1);
-    CHECK(strstr(why, "is not a directory"));
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("no/such"), &exists, why, sizeof why) == -1);
-    CHECK(tsr_cli_train_check_out_dir("", &exists, why, sizeof why) == -1);
-    CHECK(tsr_cli_train_check_out_dir("/", &exists, why, sizeof why) == -1);
-    CHECK(tsr_cli_train_check_out_dir(tmp_path(".."), &exists, why, sizeof why) == -1);
+    CHECK(tsr_cli_train_check_out_dir(tmp_path("a-file"), &exists) != TSR_OK);
+    CHECK(strstr(tsr_error_msg(), "is not a directory"));
+    CHECK(tsr_cli_train_check_out_dir(tmp_path("no/such"), &exists) != TSR_OK);
+    CHECK(tsr_cli_train_check_out_dir("", &exists) != TSR_OK);
+    CHECK(tsr_cli_train_check_out_dir("/", &exists) != TSR_OK);
+    CHECK(tsr_cli_train_check_out_dir(tmp_path(".."), &exists) != TSR_OK);
     CHECK(mkdir(tmp_path("nested"), 0755) == 0);
     CHECK(mkdir(tmp_path("nested/sub"), 0755) == 0);
     write_text(tmp_path("nested/adapter_config.json"), "{}");
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("nested"), &exists, why, sizeof why) == -1);
+    CHECK(tsr_cli_train_check_out_dir(tmp_path("nested"), &exists) != TSR_OK);
 
     /* a new directory, then replaced (exchange), then an empty one filled */
     const char *dir = tmp_path("adapter");
     const uint8_t one[] = "first", two[] = "second version";
     tsr_cli_out_file files[] = {{"adapter_config.json", one, sizeof one - 1},
                                 {"weights.bin", two, sizeof two - 1}};
-    CHECK(tsr_cli_train_write_dir(dir, files, 2, why, sizeof why) == 0);
+    CHECK(tsr_cli_train_write_dir(dir, files, 2) == TSR_OK);
     CHECK(count_entries(dir) == 2);
     struct stat sb;
     CHECK(stat(dir, &sb) == 0 && (sb.st_mode & 0700) == 0700);
@@ -183,15 +181,15 @@ static void test_out_dir(void) {
     CHECK(!strcmp(got, "second version"));
     write_text(tmp_path("adapter/stale.txt"), "old");
     tsr_cli_out_file again[] = {{"adapter_config.json", two, sizeof two - 1}};
-    CHECK(tsr_cli_train_write_dir(dir, again, 1, why, sizeof why) == 0);
+    CHECK(tsr_cli_train_write_dir(dir, again, 1) == TSR_OK);
     CHECK(count_entries(dir) == 1); /* the old files went with the old directory */
-    CHECK(tsr_cli_train_write_dir(tmp_path("empty"), again, 1, why, sizeof why) == 0);
+    CHECK(tsr_cli_train_write_dir(tmp_path("empty"), again, 1) == TSR_OK);
     CHECK(count_entries(tmp_path("empty")) == 1);
     /* refused targets stay as they were; nothing is left beside them */
-    CHECK(tsr_cli_train_write_dir(tmp_path("other"), again, 1, why, sizeof why) == -1);
+    CHECK(tsr_cli_train_write_dir(tmp_path("other"), again, 1) != TSR_OK);
     CHECK(count_entries(tmp_path("other")) == 1);
     tsr_cli_out_file bad_name[] = {{"a/b", one, 1}};
-    CHECK(tsr_cli_train_write_dir(tmp_path("fresh"), bad_name, 1, why, sizeof why) == -1);
+    CHECK(tsr_cli_train_write_dir(tmp_path("fresh"), bad_name, 1) != TSR_OK);
     DIR *d = opendir(g_tmp);
     CHECK(d);
     struct dirent *e;
