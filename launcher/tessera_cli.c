@@ -344,6 +344,12 @@ static int load_token(const cli_args *a, char **token) {
 }
 
 int main(int argc, char **argv) {
+    /* `tessera-cli help [anything]` prints the usage, as it always has; the
+     * table's `help` word covers it after global flags. */
+    if (argc > 1 && strcmp(argv[1], "help") == 0) {
+        fputs(k_usage, stdout);
+        return 0;
+    }
     cli_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) {
