@@ -1,6 +1,8 @@
 /* tests/cuda/test_cuda_ops.c - every op of the CUDA backend against the CPU
  * backend on the same random data, with CUDA activations in f32 and in bf16.
  *
+ * The cases, seeds and limits are the OPC_ON_CUDA rows of
+ * tests/common/op_cases.h, the table tests/unit/test_kernels.c also runs.
  * Each case builds its inputs once on the host (fixed seeds, never zeros),
  * gives the same values to both backends through the backend table, runs the
  * op on both and compares what comes back. Ops: the memory calls (to_device,

@@ -11,7 +11,9 @@
  * and unused KV cache slots hold NaN so reading one poisons the result.
  *
  * The ops go through the backend table only, so the same checks can run on
- * any backend; today that is the CPU one. Exits 0 on success, 1 with a
+ * any backend; today that is the CPU one. The cases (shapes, seeds,
+ * tolerances) are the OPC_ON_REF rows of tests/common/op_cases.h, the table
+ * tests/cuda/test_cuda_ops.c runs on CUDA. Exits 0 on success, 1 with a
  * message at the first failure. */
 #include "kernels/backend.h"
 
