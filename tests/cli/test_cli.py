@@ -7,7 +7,7 @@ auth (file and environment), health --wait, deadlines, Ctrl-C, TLS.
               [--example examples/python/tessera_client.py]
 
 Exits 0 when everything passed, 1 otherwise, 77 (skipped) when grpcio or
-grpcio-tools is missing. Each check prints "ok - name" or "FAIL - name: why";
+grpcio-tools is missing. Each check prints "ok   name" or "FAIL name: why";
 the last line counts them.
 """
 import argparse
@@ -26,18 +26,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-class Results:
+sys.path.insert(0, os.path.join(ROOT, "tests", "common"))
+from check import Checks  # noqa: E402
+
+
+class Results(Checks):
+    """tests/common/check.py's Checks with the name first, as these tests
+    call it, and a count of skipped checks."""
+
     def __init__(self):
-        self.passed = self.failed = self.skipped = 0
+        super().__init__()
+        self.skipped = 0
+
+    @property
+    def failed(self):
+        return len(self.failures)
 
     def check(self, name, cond, why=""):
-        if cond:
-            self.passed += 1
-            print(f"ok - {name}", flush=True)
-        else:
-            self.failed += 1
-            print(f"FAIL - {name}: {why}", flush=True)
-        return cond
+        return super().check(cond, name, why)
 
     def skip(self, name, why):
         self.skipped += 1

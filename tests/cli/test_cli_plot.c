@@ -12,14 +12,7 @@
 #include <zlib.h>
 
 #include "launcher/cli_plot.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #cond);                       \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "tests/common/check.h"
 
 static uint32_t be32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];

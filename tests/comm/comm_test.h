@@ -1,8 +1,8 @@
-/* tests/comm/comm_test.h - what the multi-rank comm tests share: check
- * macros that end the whole MPI job (never one rank alone, which would leave
- * the others waiting), a seeded RNG, and one set of collective checks that
- * runs on any group whose buffers are reached through a small memory table
- * (host memory for MPI, device memory for NCCL).
+/* tests/comm/comm_test.h - what the multi-rank comm tests share: the checks
+ * of tests/common/check.h made to end the whole MPI job (never one rank alone,
+ * which would leave the others waiting), seeded data per (case, rank), and one
+ * set of collective checks that runs on any group whose buffers are reached
+ * through a small memory table (host memory for MPI, device memory for NCCL).
  *
  * Every rank generates its data from an RNG keyed by (case, group rank), so
  * every rank can compute the expected result of a collective by itself.
@@ -23,45 +23,16 @@
 #include <unistd.h>
 
 #include "base/status.h"
-#include "base/rng.h"
 #include "comm/comm.h"
 #include "kernels/dtype.h"
 
 /* This process's world rank and size, for failure messages (set by main). */
 static int ct_rank, ct_world = 1;
 
-/* Ends the whole job with "[rank r/N] file:line: FAIL: cond: message". */
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "[rank %d/%d] %s:%d: FAIL: %s: ", ct_rank, ct_world, __FILE__,         \
-                    __LINE__, #cond);                                                              \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n  last error: %s\n", tsr_error_msg());                              \
-            fflush(stderr);                                                                        \
-            MPI_Abort(MPI_COMM_WORLD, 1);                                                          \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_OK(call)                                                                             \
-    do {                                                                                           \
-        tsr_status chk_s_ = (call);                                                                \
-        CHECK(chk_s_ == TSR_OK, "%s returned %s", #call, tsr_status_str(chk_s_));                  \
-    } while (0)
-
-/* `call` must return `want` with a message containing every given substring. */
-#define CHECK_ERR(call, want, ...)                                                                 \
-    do {                                                                                           \
-        tsr_error_clear();                                                                         \
-        tsr_status chk_s_ = (call);                                                                \
-        CHECK(chk_s_ == (want), "%s returned %s, want %s", #call, tsr_status_str(chk_s_),          \
-              tsr_status_str(want));                                                               \
-        CHECK(tsr_error_msg()[0] != '\0', "%s failed without a message", #call);                   \
-        const char *chk_subs_[] = {__VA_ARGS__};                                                   \
-        for (size_t chk_k_ = 0; chk_k_ < sizeof chk_subs_ / sizeof chk_subs_[0]; chk_k_++)         \
-            CHECK(strstr(tsr_error_msg(), chk_subs_[chk_k_]), "message lacks \"%s\"",              \
-                  chk_subs_[chk_k_]);                                                              \
-    } while (0)
+/* Failures end the whole job with "[rank r/N] file:line: FAIL: ...". */
+#define TU_FAIL_PREFIX() fprintf(stderr, "[rank %d/%d] ", ct_rank, ct_world)
+#define TU_FAIL_EXIT() MPI_Abort(MPI_COMM_WORLD, 1)
+#include "tests/common/check.h"
 
 /* Prints on world rank 0 only. */
 #define SAY(...)                                                                                   \
@@ -72,34 +43,13 @@ static int ct_rank, ct_world = 1;
         }                                                                                          \
     } while (0)
 
-static inline void *ct_xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    CHECK(p != NULL, "out of memory allocating %zu bytes", n);
-    return p;
-}
-
-/* ---- seeded RNG (splitmix64) ---- */
-
-typedef struct {
-    uint64_t s;
-} ct_rng;
-
-static inline uint64_t ct_u64(ct_rng *r) { return tsr_splitmix64(&r->s); }
+/* ---- seeded data ---- */
 
 /* The stream of case `seed` on group rank `rank`. */
-static inline ct_rng ct_rng_for(uint64_t seed, int rank) {
-    ct_rng r = {seed * 0x100000001b3ull + (uint64_t)rank * 0x9e3779b97f4a7c15ull + 1};
-    ct_u64(&r);
+static inline tu_rng ct_rng_for(uint64_t seed, int rank) {
+    tu_rng r = {seed * 0x100000001b3ull + (uint64_t)rank * 0x9e3779b97f4a7c15ull + 1};
+    tu_rng_u64(&r);
     return r;
-}
-
-/* Uniform float in [-1, 1), never 0. */
-static inline float ct_float(ct_rng *r) {
-    for (;;) {
-        float f = (float)((double)(ct_u64(r) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-        if (f != 0.0f)
-            return f;
-    }
 }
 
 /* ---- typed buffers ---- */
@@ -137,13 +87,13 @@ static inline double ct_get(int dtype, const void *buf, size_t i) {
  * `small_ints`, every value is an integer in [-8, 8] (exact in every type). */
 static inline void ct_fill(int dtype, uint64_t seed, int rank, size_t n, int small_ints,
                            void *out) {
-    ct_rng r = ct_rng_for(seed, rank);
+    tu_rng r = ct_rng_for(seed, rank);
     for (size_t i = 0; i < n; i++) {
-        float f = small_ints ? (float)((int)(ct_u64(&r) % 17) - 8) : ct_float(&r);
+        float f = small_ints ? (float)((int)(tu_rng_u64(&r) % 17) - 8) : tu_rng_float(&r, -1, 1);
         switch (dtype) {
         case TSR_F32: ((float *)out)[i] = f; break;
         case TSR_COMM_I32:
-            ((int32_t *)out)[i] = small_ints ? (int32_t)f : (int32_t)(ct_u64(&r) % 2001) - 1000;
+            ((int32_t *)out)[i] = small_ints ? (int32_t)f : (int32_t)(tu_rng_u64(&r) % 2001) - 1000;
             break;
         case TSR_BF16: ((uint16_t *)out)[i] = tsr_f32_to_bf16(f); break;
         case TSR_F16: ((uint16_t *)out)[i] = tsr_f32_to_f16(f); break;
@@ -170,7 +120,7 @@ typedef struct {
     void (*get)(void *host_dst, const void *src, size_t bytes);
 } ct_mem;
 
-static inline void *host_alloc(size_t n) { return ct_xmalloc(n); }
+static inline void *host_alloc(size_t n) { return tu_xmalloc(n); }
 static inline void host_release(void *p) { free(p); }
 static inline void host_copy(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
 
@@ -204,8 +154,8 @@ static inline void ct_allreduce_case(tsr_comm_group_t *g, const ct_mem *m, int d
                                      tsr_comm_op op, int in_place, int ints, uint64_t seed) {
     int rank = tsr_comm_rank(g), size = tsr_comm_size(g);
     size_t bytes = n * ct_esize(dt);
-    void *mine = ct_xmalloc(bytes), *other = ct_xmalloc(bytes), *got = ct_xmalloc(bytes);
-    double *want = ct_xmalloc(n * sizeof(double)), *abs_sum = ct_xmalloc(n * sizeof(double));
+    void *mine = tu_xmalloc(bytes), *other = tu_xmalloc(bytes), *got = tu_xmalloc(bytes);
+    double *want = tu_xmalloc(n * sizeof(double)), *abs_sum = tu_xmalloc(n * sizeof(double));
     for (size_t i = 0; i < n; i++) {
         want[i] = op == TSR_COMM_SUM ? 0 : -INFINITY;
         abs_sum[i] = 0;
@@ -277,18 +227,18 @@ static inline void ct_argmax(tsr_comm_group_t *g) {
     int rank = tsr_comm_rank(g), size = tsr_comm_size(g);
     for (int all_equal = 0; all_equal < 2; all_equal++) {
         size_t n = 1000;
-        float *v = ct_xmalloc(n * sizeof *v), *want_v = ct_xmalloc(n * sizeof *v);
-        int32_t *ix = ct_xmalloc(n * sizeof *ix), *want_i = ct_xmalloc(n * sizeof *ix);
+        float *v = tu_xmalloc(n * sizeof *v), *want_v = tu_xmalloc(n * sizeof *v);
+        int32_t *ix = tu_xmalloc(n * sizeof *ix), *want_i = tu_xmalloc(n * sizeof *ix);
         for (size_t i = 0; i < n; i++) {
             want_v[i] = -INFINITY;
             want_i[i] = INT32_MAX;
         }
         for (int r = 0; r < size; r++) {
-            ct_rng rng = ct_rng_for(7 + (uint64_t)all_equal, r);
+            tu_rng rng = ct_rng_for(7 + (uint64_t)all_equal, r);
             for (size_t i = 0; i < n; i++) {
-                float val = all_equal ? 1.5f : (float)(ct_u64(&rng) % 4);
+                float val = all_equal ? 1.5f : (float)(tu_rng_u64(&rng) % 4);
                 /* distinct across ranks; which rank has the lowest varies */
-                int32_t idx = (int32_t)(ct_u64(&rng) % 100000) * size + r;
+                int32_t idx = (int32_t)(tu_rng_u64(&rng) % 100000) * size + r;
                 if (r == rank) {
                     v[i] = val;
                     ix[i] = idx;
@@ -319,8 +269,8 @@ static inline void ct_allgather(tsr_comm_group_t *g, const ct_mem *m) {
             int dt = ct_dtypes[d];
             size_t n = ct_sizes[s], bytes = n * ct_esize(dt);
             uint64_t seed = 300 + d * 10 + s;
-            unsigned char *mine = ct_xmalloc(bytes), *want = ct_xmalloc(bytes * (size_t)size),
-                          *got = ct_xmalloc(bytes * (size_t)size);
+            unsigned char *mine = tu_xmalloc(bytes), *want = tu_xmalloc(bytes * (size_t)size),
+                          *got = tu_xmalloc(bytes * (size_t)size);
             for (int r = 0; r < size; r++)
                 ct_fill(dt, seed, r, n, 0, want + (size_t)r * bytes);
             memcpy(mine, want + (size_t)rank * bytes, bytes);
@@ -347,7 +297,7 @@ static inline void ct_broadcast(tsr_comm_group_t *g, const ct_mem *m) {
                 int dt = ct_dtypes[d];
                 size_t n = ct_sizes[s], bytes = n * ct_esize(dt);
                 uint64_t seed = 500 + d * 10 + s;
-                void *want = ct_xmalloc(bytes), *got = ct_xmalloc(bytes);
+                void *want = tu_xmalloc(bytes), *got = tu_xmalloc(bytes);
                 ct_fill(dt, seed, root, n, 0, want);
                 /* non-roots start from their own, different data */
                 ct_fill(dt, seed, rank, n, 0, got);
@@ -378,7 +328,7 @@ static inline void ct_ring(tsr_comm_group_t *g, const ct_mem *m) {
             int dt = ct_dtypes[d];
             size_t n = ct_sizes[s], bytes = n * ct_esize(dt);
             uint64_t seed = 700 + d * 10 + s;
-            void *mine = ct_xmalloc(bytes), *want = ct_xmalloc(bytes), *got = ct_xmalloc(bytes);
+            void *mine = tu_xmalloc(bytes), *want = tu_xmalloc(bytes), *got = tu_xmalloc(bytes);
             ct_fill(dt, seed, rank, n, 0, mine);
             ct_fill(dt, seed, prev, n, 0, want);
             void *sbuf = m->alloc(bytes), *rbuf = m->alloc(bytes);
@@ -433,10 +383,10 @@ static inline void ct_bcast_idle(tsr_comm_group_t *g) {
     for (int root = 0; root < size; root++)
         for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
             size_t n = sizes[s];
-            unsigned char *want = ct_xmalloc(n), *got = ct_xmalloc(n);
-            ct_rng r = ct_rng_for(900 + s, root);
+            unsigned char *want = tu_xmalloc(n), *got = tu_xmalloc(n);
+            tu_rng r = ct_rng_for(900 + s, root);
             for (size_t i = 0; i < n; i++)
-                want[i] = (unsigned char)ct_u64(&r);
+                want[i] = (unsigned char)tu_rng_u64(&r);
             if (rank == root)
                 memcpy(got, want, n);
             else

@@ -59,7 +59,7 @@ int main(int argc, char **argv) {
 
     /* Every waiting rank's figures, printed by rank 0. */
     double mine[4] = {frac, wall, spin, spin_wall};
-    double *all = ct_xmalloc(sizeof mine * (size_t)ct_world);
+    double *all = tu_xmalloc(sizeof mine * (size_t)ct_world);
     CHECK(MPI_Gather(mine, 4, MPI_DOUBLE, all, 4, MPI_DOUBLE, 0, MPI_COMM_WORLD) == MPI_SUCCESS,
           "gather");
     for (int r = 1; r < ct_world; r++)

@@ -76,11 +76,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "common"))
+import check  # noqa: E402
+from check import SKIP, fail  # noqa: E402
+
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_TOKENS = 32  # greedy tokens per prompt
 MIN_SAME = 4     # tokens that must agree where a near tie may part the texts
 PPL_CTX = 128    # perplexity window
-SKIP = 77        # ctest SKIP_RETURN_CODE
 
 # Measured on an H100 (2026-11-25): cuda f32 vs cpu 5.8e-6, cuda bf16 vs cpu
 # 2.2e-3, tp2 bf16 vs cuda bf16 3.5e-4, tp2 f32 vs cuda f32 4.5e-4, pp2 0
@@ -157,13 +160,7 @@ NO_CUDA = re.compile(r"\bno (usable )?cuda\b|cuda driver version is insufficient
 
 
 def skip(msg):
-    print(f"skipped: {msg}")
-    sys.exit(SKIP)
-
-
-def fail(msg):
-    print(f"FAIL: {msg}")
-    sys.exit(1)
+    check.skip(msg, prefix="skipped: ")
 
 
 def model_path():

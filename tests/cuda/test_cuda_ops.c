@@ -1,6 +1,8 @@
 /* tests/cuda/test_cuda_ops.c - every op of the CUDA backend against the CPU
  * backend on the same random data, with CUDA activations in f32 and in bf16.
  *
+ * The cases, seeds and limits are the OPC_ON_CUDA rows of
+ * tests/common/op_cases.h, the table tests/unit/test_kernels.c also runs.
  * Each case builds its inputs once on the host (fixed seeds, never zeros),
  * gives the same values to both backends through the backend table, runs the
  * op on both and compares what comes back. Ops: the memory calls (to_device,
@@ -50,33 +52,12 @@
 #include <string.h>
 
 #include "kernels/dtype.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/check.h"
+#include "tests/common/op_cases.h"
 
 enum { BE_CPU = 0, BE_GPU = 1, GUARD = 16 };
 /* Exactly representable in bf16 (1.5 * 2^13), so it survives both modes. */
 static const float GUARD_VALUE = 12288.0f;
-
-typedef enum {
-    OP_MEMORY,
-    OP_MATMUL,
-    OP_RMSNORM,
-    OP_ROPE,
-    OP_KV_STORE,
-    OP_ATTENTION,
-    OP_SWIGLU,
-    OP_ADD,
-    OP_ADD_BIAS,
-    OP_EMBEDDING,
-    OP_ARGMAX,
-    OP_TOPK,
-    OP_ROW_EXPSUM,
-    OP_COUNT,
-} op_id;
-
-static const char *const OP_NAMES[OP_COUNT] = {
-    "memory", "matmul", "rmsnorm", "rope",     "kv_store",
-    "attention", "swiglu", "add", "add_bias", "embedding", "argmax", "topk", "row_expsum",
-};
 
 typedef struct {
     double limit;   /* largest err allowed */
@@ -92,7 +73,7 @@ typedef struct {
     tsr_dtype wdt;      /* the CUDA backend's weight type: bf16, or f32 (reference precision) */
     tu_rng rng;
     char what[160]; /* the case being run, for failure messages */
-    op_stat ops[OP_COUNT];
+    op_stat ops[OPC_COUNT];
     int failures;
     int verbose;
     int cpu_vs_cpu; /* --cpu-vs-cpu: a second CPU backend stands in for CUDA */
@@ -146,14 +127,6 @@ static float *rand_weight(ctx *c, size_t n, float lo, float hi) {
     tu_rng_fill(&c->rng, w, n, lo, hi);
     round_bf16(w, n);
     return w;
-}
-
-static void shuffle_int(tu_rng *r, int *a, int n) {
-    for (int i = n - 1; i > 0; i--) {
-        int j = (int)tu_rng_below(r, (uint64_t)i + 1), t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-    }
 }
 
 /* ---- buffer pairs: the same activations on both backends ---------------------------- */
@@ -233,7 +206,7 @@ static void sync_both(ctx *c) {
 /* Records err = max|gpu - cpu| / max|cpu| for one case of `op`. Where the
  * CPU result is NaN (unwritten cache slots) the GPU's must be NaN too; a NaN
  * from the GPU elsewhere is an infinite error. */
-static void compare(ctx *c, op_id op, const float *gpu, const float *cpu, size_t n) {
+static void compare(ctx *c, opc_op op, const float *gpu, const float *cpu, size_t n) {
     op_stat *st = &c->ops[op];
     double max_ref = 0, max_diff = 0;
     size_t worst = 0, nan_bad = SIZE_MAX;
@@ -271,7 +244,7 @@ static void compare(ctx *c, op_id op, const float *gpu, const float *cpu, size_t
     else
         printf("    worst element %zu of %zu: cuda %.9g, cpu %.9g (max |cpu| %.4g)\n", worst, n,
                (double)gpu[worst], (double)cpu[worst], max_ref);
-    if (op == OP_ROPE && c->act == TSR_F32)
+    if (op == OPC_ROPE && c->act == TSR_F32)
         printf("    (the CPU computes the angle pos * inv_freq in double: in f32 it is off by\n"
                "     up to ~3e-5 rad at pos 600, which alone exceeds the f32 limit)\n");
     st->failed++;
@@ -281,6 +254,7 @@ static void compare(ctx *c, op_id op, const float *gpu, const float *cpu, size_t
 /* ---- memory ------------------------------------------------------------------------ */
 
 static void test_memory(ctx *c) {
+    c->rng = opc_rng(OPC_MEMORY);
     enum { N = 1001 };
     tsr_backend *g = c->be[BE_GPU];
     snprintf(c->what, sizeof c->what, "memory");
@@ -308,13 +282,13 @@ static void test_memory(ctx *c) {
     RUN_OK(c, tsr_backend_alloc(g, N * tsr_backend_act_size(g), "test", &b));
     RUN_OK(c, g->iface->act_from_f32(g, a, h, N));
     RUN_OK(c, g->iface->act_to_f32(g, back, a, N));
-    compare(c, OP_MEMORY, back, want, N);
+    compare(c, OPC_MEMORY, back, want, N);
 
     /* copy, then to_host with no sync in between (to_host synchronises) */
     snprintf(c->what, sizeof c->what, "memory copy + act_to_f32 n=%d", N);
     RUN_OK(c, g->iface->copy(g, b, a, N * tsr_backend_act_size(g)));
     RUN_OK(c, g->iface->act_to_f32(g, back, b, N));
-    compare(c, OP_MEMORY, back, want, N);
+    compare(c, OPC_MEMORY, back, want, N);
     snprintf(c->what, sizeof c->what, "memory copy + to_host n=%d", N);
     memset(back, 0, N * sizeof *back);
     RUN_OK(c, g->iface->copy(g, a, b, N * tsr_backend_act_size(g)));
@@ -327,7 +301,7 @@ static void test_memory(ctx *c) {
             back[i] = tsr_bf16_to_f32(raw[i]);
         free(raw);
     }
-    compare(c, OP_MEMORY, back, want, N);
+    compare(c, OPC_MEMORY, back, want, N);
     tsr_backend_free(g, a);
     tsr_backend_free(g, b);
 
@@ -343,7 +317,7 @@ static void test_memory(ctx *c) {
         fi[i] = (float)ids[i];
         fb[i] = ids_back[i] == ids[i] ? fi[i] : NAN;
     }
-    compare(c, OP_MEMORY, fb, fi, 7);
+    compare(c, OPC_MEMORY, fb, fi, 7);
     tsr_backend_free(g, di);
 
     /* vector_upload: activations of the backend's type */
@@ -351,7 +325,7 @@ static void test_memory(ctx *c) {
     float *v = g->iface->vector_upload(g, h, N);
     REQUIRE(c, v != NULL, "vector_upload returned NULL");
     RUN_OK(c, g->iface->act_to_f32(g, back, v, N));
-    compare(c, OP_MEMORY, back, want, N);
+    compare(c, OPC_MEMORY, back, want, N);
     tsr_backend_free(g, v);
     tsr_backend_free(g, NULL);
     free(h), free(want), free(back);
@@ -360,16 +334,12 @@ static void test_memory(ctx *c) {
 /* ---- matmul ------------------------------------------------------------------------ */
 
 static void test_matmul(ctx *c) {
-    static const struct {
-        int n, rows, cols;
-    } cases[] = {
-        {1, 1, 1},     {1, 5, 64},     {1, 96, 17},     {1, 576, 576},  {1, 1000, 97},
-        {1, 8191, 576}, {2, 33, 96},   {3, 5, 96},      {5, 17, 1},     {17, 64, 5},
-        {37, 576, 576}, {37, 1536, 576}, {37, 576, 1536}, {37, 130, 1000}, {37, 8191, 576},
-        {64, 256, 192}, {0, 64, 64},
-    };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        int n = cases[k].n, rows = cases[k].rows, cols = cases[k].cols;
+    c->rng = opc_rng(OPC_MATMUL);
+    for (size_t k = 0; k < OPC_LEN(opc_matmul_cases); k++) {
+        const opc_matmul_case *mc = &opc_matmul_cases[k];
+        if (!(mc->on & OPC_ON_CUDA))
+            continue;
+        int n = mc->n, rows = mc->rows, cols = mc->cols;
         for (int acc = 0; acc < 2; acc++) {
             snprintf(c->what, sizeof c->what, "matmul n=%d rows=%d cols=%d accumulate=%d", n, rows,
                      cols, acc);
@@ -393,7 +363,7 @@ static void test_matmul(ctx *c) {
             float *cpu, *gpu;
             pbuf_read(c, &dy, &cpu, &gpu);
             if (n > 0)
-                compare(c, OP_MATMUL, gpu, cpu, ny);
+                compare(c, OPC_MATMUL, gpu, cpu, ny);
             free(cpu), free(gpu);
             /* x is an input: unchanged on the GPU */
             pbuf_read(c, &dx, &cpu, &gpu);
@@ -411,21 +381,21 @@ static void test_matmul(ctx *c) {
 /* ---- rmsnorm ----------------------------------------------------------------------- */
 
 static void test_rmsnorm(ctx *c) {
-    static const int ns[] = {1, 3, 37}, dims[] = {5, 97, 576, 1536};
-    static const float epss[] = {1e-5f, 1e-6f};
-    for (int a = 0; a < 3; a++)
-        for (int d = 0; d < 4; d++)
-            for (int e = 0; e < 2; e++)
+    c->rng = opc_rng(OPC_RMSNORM);
+    for (size_t a = 0; a < OPC_LEN(opc_rows); a++)
+        for (size_t d = 0; d < OPC_LEN(opc_rmsnorm_dims); d++)
+            for (size_t e = 0; e < OPC_LEN(opc_rmsnorm_eps); e++)
                 for (int inplace = 0; inplace < 2; inplace++) {
-                    int n = ns[a], dim = dims[d];
-                    float eps = epss[e];
+                    if (!(opc_rows[a].on & opc_rmsnorm_dims[d].on & OPC_ON_CUDA))
+                        continue;
+                    int n = opc_rows[a].v, dim = opc_rmsnorm_dims[d].v;
+                    float eps = opc_rmsnorm_eps[e];
                     size_t total = (size_t)n * dim;
                     snprintf(c->what, sizeof c->what, "rmsnorm n=%d dim=%d eps=%g%s", n, dim,
                              (double)eps, inplace ? " in place" : "");
-                    /* rows of very different sizes; eps matters for the small */
                     float *x = tu_xmalloc(total * sizeof *x);
                     for (int t = 0; t < n; t++) {
-                        float mag = t % 3 == 0 ? 1e-3f : t % 3 == 1 ? 3.0f : 100.0f;
+                        float mag = opc_rmsnorm_row_mag(t);
                         tu_rng_fill(&c->rng, x + (size_t)t * dim, (size_t)dim, -mag, mag);
                     }
                     if (c->act == TSR_BF16)
@@ -444,7 +414,7 @@ static void test_rmsnorm(ctx *c) {
                     sync_both(c);
                     float *cpu, *gpu;
                     pbuf_read(c, &dy, &cpu, &gpu);
-                    compare(c, OP_RMSNORM, gpu, cpu, total);
+                    compare(c, OPC_RMSNORM, gpu, cpu, total);
                     free(cpu), free(gpu);
                     for (int b = 0; b < 2; b++)
                         tsr_backend_free(c->be[b], wv[b]);
@@ -458,26 +428,24 @@ static void test_rmsnorm(ctx *c) {
 /* ---- rope -------------------------------------------------------------------------- */
 
 static void test_rope(ctx *c) {
-    static const struct {
-        int n, n_heads, head_dim;
-        double theta; /* 0: random inv_freq (as with rope scaling) */
-    } cases[] = {
-        {1, 9, 64, 10000},  {1, 3, 128, 1e6},   {37, 9, 64, 100000}, {37, 3, 64, 10000},
-        {5, 32, 128, 5e5},  {17, 1, 2, 10000},  {37, 6, 96, 0},      {2, 1, 64, 10000},
-    };
-    static const int32_t special[] = {0, 1, 15, 16, 255, 599, 600, 17};
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        int n = cases[k].n, nh = cases[k].n_heads, hd = cases[k].head_dim, half = hd / 2;
+    c->rng = opc_rng(OPC_ROPE);
+    size_t k = 0; /* cases run so far */
+    for (size_t ci = 0; ci < OPC_LEN(opc_rope_cases); ci++) {
+        const opc_rope_case *rc = &opc_rope_cases[ci];
+        if (!(rc->on & OPC_ON_CUDA))
+            continue;
+        int n = rc->n, nh = rc->n_heads, hd = rc->head_dim, half = hd / 2;
         size_t total = (size_t)n * nh * hd;
         snprintf(c->what, sizeof c->what, "rope n=%d heads=%d head_dim=%d theta=%g", n, nh, hd,
-                 cases[k].theta);
+                 rc->theta);
         float *inv = tu_xmalloc((size_t)half * sizeof *inv);
         for (int i = 0; i < half; i++)
-            inv[i] = cases[k].theta > 0 ? (float)pow(cases[k].theta, -2.0 * i / hd)
-                                        : tu_rng_float(&c->rng, 1e-4f, 1.0f);
+            inv[i] = rc->theta > 0 ? (float)pow(rc->theta, -2.0 * i / hd)
+                                   : tu_rng_float(&c->rng, 1e-4f, 1.0f);
         int32_t *pos = tu_xmalloc((size_t)n * sizeof *pos);
         for (int t = 0; t < n; t++)
-            pos[t] = t < 8 && n > 1 ? special[(t + k) % 8] : (int32_t)tu_rng_below(&c->rng, 601);
+            pos[t] = t < 8 && n > 1 ? opc_rope_pos_cuda[(t + k) % 8]
+                                    : (int32_t)tu_rng_below(&c->rng, OPC_ROPE_POS_CUDA_BOUND);
         if (n == 1)
             pos[0] = k % 2 ? 600 : 599;
         float *x = rand_act(c, total, -2, 2);
@@ -490,27 +458,17 @@ static void test_rope(ctx *c) {
         sync_both(c);
         float *cpu, *gpu;
         pbuf_read(c, &dx, &cpu, &gpu);
-        compare(c, OP_ROPE, gpu, cpu, total);
+        compare(c, OPC_ROPE, gpu, cpu, total);
         free(cpu), free(gpu);
         pbuf_free(c, &dx);
         raw_free(c, dpos);
         raw_free(c, dinv);
         free(inv), free(pos), free(x);
+        k++;
     }
 }
 
 /* ---- kv_store + paged attention ------------------------------------------------------ */
-
-enum { MAX_SEQS = 4 };
-
-typedef struct {
-    int n_head, n_kv, head_dim, block_size;
-    float scale; /* 0: 1/sqrt(head_dim) */
-    int n_seqs;
-    int prior[MAX_SEQS]; /* positions already in the cache per sequence */
-    int fresh[MAX_SEQS]; /* new tokens in this batch per sequence */
-    const char *label;
-} attn_case;
 
 /* Stores `n` tokens (seq[i], pos[i]) of K/V into both caches. */
 static void store_tokens(ctx *c, const pbuf *kc, const pbuf *vc, float *const *K, float *const *V,
@@ -537,33 +495,17 @@ static void store_tokens(ctx *c, const pbuf *kc, const pbuf *vc, float *const *K
     free(kb), free(vb);
 }
 
-static void test_attention_case(ctx *c, const attn_case *ac) {
+static void test_attention_case(ctx *c, const opc_attn_case *ac) {
     tu_rng *r = &c->rng;
     const int hd = ac->head_dim, bs = ac->block_size, S = ac->n_seqs;
     const int kv_dim = ac->n_kv * hd, q_dim = ac->n_head * hd;
     const float scale = ac->scale > 0 ? ac->scale : 1.0f / sqrtf((float)hd);
+    opc_attn_layout L;
+    opc_attn_layout_init(&L, ac, r);
+    const int *len = L.len, n_blocks = L.n_blocks, max_blocks = L.max_blocks, max_len = L.max_len;
+    const int32_t *tables = L.tables;
 
-    /* Block tables: each sequence gets ceil(len / bs) blocks from a shuffled
-     * pool with spare blocks nobody owns; unused columns are -1. */
-    int len[MAX_SEQS], need[MAX_SEQS], max_blocks = 1, n_blocks = 3, max_len = 0;
-    for (int s = 0; s < S; s++) {
-        len[s] = ac->prior[s] + ac->fresh[s];
-        max_len = len[s] > max_len ? len[s] : max_len;
-        need[s] = (len[s] + bs - 1) / bs;
-        if (need[s] + 1 > max_blocks)
-            max_blocks = need[s] + 1;
-        n_blocks += need[s];
-    }
-    int *pool = tu_xmalloc((size_t)n_blocks * sizeof *pool);
-    for (int b = 0; b < n_blocks; b++)
-        pool[b] = b;
-    shuffle_int(r, pool, n_blocks);
-    int32_t *tables = tu_xmalloc((size_t)S * max_blocks * sizeof *tables);
-    for (int i = 0, k = 0; i < S * max_blocks; i++)
-        tables[i] = (i % max_blocks) < need[i / max_blocks] ? pool[k++] : -1;
-#define SLOT(s, p) (tables[(s) * max_blocks + (p) / bs] * bs + (p) % bs)
-
-    float *K[MAX_SEQS], *V[MAX_SEQS];
+    float *K[OPC_MAX_SEQS], *V[OPC_MAX_SEQS];
     for (int s = 0; s < S; s++) {
         K[s] = rand_act(c, (size_t)len[s] * kv_dim, -1, 1);
         V[s] = rand_act(c, (size_t)len[s] * kv_dim, -1, 1);
@@ -575,27 +517,10 @@ static void test_attention_case(ctx *c, const attn_case *ac) {
      * the new tokens (interleaved across sequences), then runs attention for
      * them. */
     for (int phase = 0; phase < 2; phase++) {
-        int n = 0;
-        for (int s = 0; s < S; s++)
-            n += phase ? ac->fresh[s] : ac->prior[s];
+        int32_t *seq, *pos, *slot;
+        const int n = opc_attn_phase(&L, ac, phase, r, &seq, &pos, &slot);
         if (n == 0)
             continue;
-        int *order = tu_xmalloc((size_t)n * sizeof *order);
-        int32_t *seq = tu_xmalloc((size_t)n * sizeof *seq);
-        int32_t *pos = tu_xmalloc((size_t)n * sizeof *pos);
-        int32_t *slot = tu_xmalloc((size_t)n * sizeof *slot);
-        for (int i = 0; i < n; i++)
-            order[i] = i;
-        shuffle_int(r, order, n);
-        for (int s = 0, k = 0; s < S; s++) {
-            int p0 = phase ? ac->prior[s] : 0, p1 = phase ? len[s] : ac->prior[s];
-            for (int p = p0; p < p1; p++, k++) {
-                seq[order[k]] = s;
-                pos[order[k]] = p;
-            }
-        }
-        for (int i = 0; i < n; i++)
-            slot[i] = SLOT(seq[i], pos[i]);
         snprintf(c->what, sizeof c->what,
                  "kv_store %s: kv_dim=%d block=%d blocks=%d tokens=%d (phase %d)", ac->label,
                  kv_dim, bs, n_blocks, n, phase);
@@ -605,10 +530,10 @@ static void test_attention_case(ctx *c, const attn_case *ac) {
             /* The whole caches agree, NaN (never written) slots included. */
             float *cpu, *gpu;
             pbuf_read(c, &kc, &cpu, &gpu);
-            compare(c, OP_KV_STORE, gpu, cpu, cache_n);
+            compare(c, OPC_KV_STORE, gpu, cpu, cache_n);
             free(cpu), free(gpu);
             pbuf_read(c, &vc, &cpu, &gpu);
-            compare(c, OP_KV_STORE, gpu, cpu, cache_n);
+            compare(c, OPC_KV_STORE, gpu, cpu, cache_n);
             free(cpu), free(gpu);
 
             snprintf(c->what, sizeof c->what,
@@ -633,7 +558,7 @@ static void test_attention_case(ctx *c, const attn_case *ac) {
             }
             sync_both(c);
             pbuf_read(c, &dout, &cpu, &gpu);
-            compare(c, OP_ATTENTION, gpu, cpu, (size_t)n * q_dim);
+            compare(c, OPC_ATTENTION, gpu, cpu, (size_t)n * q_dim);
             free(cpu), free(gpu);
             pbuf_free(c, &dq);
             pbuf_free(c, &dout);
@@ -642,46 +567,32 @@ static void test_attention_case(ctx *c, const attn_case *ac) {
             raw_free(c, dtab);
             free(q);
         }
-        free(order), free(seq), free(pos), free(slot);
+        free(seq), free(pos), free(slot);
     }
-#undef SLOT
     pbuf_free(c, &kc);
     pbuf_free(c, &vc);
     for (int s = 0; s < S; s++)
         free(K[s]), free(V[s]);
-    free(pool), free(tables);
+    opc_attn_layout_free(&L);
 }
 
 static void test_attention(ctx *c) {
-    static const attn_case cases[] = {
-        /* n = 1 decode at position 599 */
-        {9, 3, 64, 16, 0, 1, {599}, {1}, "decode"},
-        /* n = 37 prefill of a fresh sequence */
-        {9, 3, 64, 16, 0, 1, {0}, {37}, "prefill"},
-        /* a 37-token chunk continuing a 64-token cache beside a chunk that
-         * crosses a block boundary */
-        {9, 3, 64, 16, 0, 2, {64, 15}, {37, 16}, "chunks"},
-        /* head_dim 128: decode steps of four sequences of different lengths */
-        {9, 3, 128, 16, 0, 4, {17, 255, 600, 0}, {1, 1, 1, 1}, "decode batch"},
-        /* head_dim 128: prefill beside decode (continuous batching) */
-        {9, 3, 128, 16, 0, 3, {300, 0, 583}, {1, 37, 17}, "mixed"},
-        /* the per-rank heads of 9/3 split three ways (tp = 3) */
-        {3, 1, 64, 16, 0, 2, {100, 7}, {5, 1}, "tp3 slice"},
-        /* MQA, peaked softmax (large scale) */
-        {8, 1, 64, 16, 0.5f, 2, {40, 3}, {3, 37}, "mqa peaked"},
-    };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
-        test_attention_case(c, &cases[k]);
+    c->rng = opc_rng(OPC_ATTENTION);
+    for (size_t k = 0; k < OPC_LEN(opc_attn_cases); k++)
+        if (opc_attn_cases[k].on & OPC_ON_CUDA)
+            test_attention_case(c, &opc_attn_cases[k]);
 }
 
 /* ---- element-wise ops --------------------------------------------------------------- */
 
 static void test_swiglu(ctx *c) {
-    static const int ns[] = {1, 3, 37}, dims[] = {5, 97, 1536};
-    for (int a = 0; a < 3; a++)
-        for (int d = 0; d < 3; d++)
+    c->rng = opc_rng(OPC_SWIGLU);
+    for (size_t a = 0; a < OPC_LEN(opc_rows); a++)
+        for (size_t d = 0; d < OPC_LEN(opc_swiglu_dims); d++)
             for (int alias = 0; alias < 2; alias++) {
-                int n = ns[a], dim = dims[d];
+                if (!(opc_rows[a].on & opc_swiglu_dims[d].on & OPC_ON_CUDA))
+                    continue;
+                int n = opc_rows[a].v, dim = opc_swiglu_dims[d].v;
                 size_t total = (size_t)n * dim;
                 snprintf(c->what, sizeof c->what, "swiglu n=%d dim=%d%s", n, dim,
                          alias ? " out=gate" : "");
@@ -694,7 +605,7 @@ static void test_swiglu(ctx *c) {
                 sync_both(c);
                 float *cpu, *gpu;
                 pbuf_read(c, &dout, &cpu, &gpu);
-                compare(c, OP_SWIGLU, gpu, cpu, total);
+                compare(c, OPC_SWIGLU, gpu, cpu, total);
                 free(cpu), free(gpu);
                 pbuf_free(c, &dg);
                 pbuf_free(c, &du);
@@ -707,11 +618,11 @@ static void test_swiglu(ctx *c) {
 /* argmax: both backends see the same (rounded) logits, so the picks must be
  * identical: value and column, ties going to the lowest column. */
 static void test_argmax(ctx *c) {
-    static const int ns[] = {1, 5, 64}, vs[] = {1, 7, 1000, 49152};
-    for (int a = 0; a < 3; a++)
-        for (int k = 0; k < 4; k++)
+    c->rng = opc_rng(OPC_ARGMAX);
+    for (size_t a = 0; a < OPC_LEN(opc_argmax_rows_cuda); a++)
+        for (size_t k = 0; k < OPC_LEN(opc_pick_vocab_cuda); k++)
             for (int tie = 0; tie < 2; tie++) {
-                int n = ns[a], V = vs[k];
+                int n = opc_argmax_rows_cuda[a], V = opc_pick_vocab_cuda[k];
                 size_t total = (size_t)n * V;
                 snprintf(c->what, sizeof c->what, "argmax n=%d V=%d%s", n, V,
                          tie ? " planted ties" : "");
@@ -735,7 +646,7 @@ static void test_argmax(ctx *c) {
                         worst = 1;
                 }
                 float zero = 0.0f, w = (float)worst;
-                compare(c, OP_ARGMAX, &w, &zero, 1);
+                compare(c, OPC_ARGMAX, &w, &zero, 1);
                 pbuf_free(c, &dl);
                 free(l);
             }
@@ -756,11 +667,12 @@ static int tk_cmp(const void *a, const void *b) {
  * kernels/backend.h: NaN first, larger, lower column), and against each
  * other bit for bit: planted ties, a NaN row entry, -inf entries, k > V. */
 static void test_topk(ctx *c) {
-    static const int ns[] = {1, 5, 33}, vs[] = {1, 7, 1000, 49152}, ks[] = {1, 40, 256};
-    for (int a = 0; a < 3; a++)
-        for (int vi = 0; vi < 4; vi++)
-            for (int ki = 0; ki < 3; ki++) {
-                const int n = ns[a], V = vs[vi], k = ks[ki];
+    c->rng = opc_rng(OPC_TOPK);
+    for (size_t a = 0; a < OPC_LEN(opc_topk_rows_cuda); a++)
+        for (size_t vi = 0; vi < OPC_LEN(opc_pick_vocab_cuda); vi++)
+            for (size_t ki = 0; ki < OPC_LEN(opc_topk_k_cuda); ki++) {
+                const int n = opc_topk_rows_cuda[a], V = opc_pick_vocab_cuda[vi],
+                          k = opc_topk_k_cuda[ki];
                 const size_t total = (size_t)n * V, m = (size_t)n * k;
                 snprintf(c->what, sizeof c->what, "topk n=%d V=%d k=%d", n, V, k);
                 float *l = rand_act(c, total, -20, 20);
@@ -815,7 +727,7 @@ static void test_topk(ctx *c) {
                             worst = 1;
                     }
                 float zero = 0.0f, w = (float)worst;
-                compare(c, OP_TOPK, &w, &zero, 1);
+                compare(c, OPC_TOPK, &w, &zero, 1);
                 for (int b = 0; b < 2; b++) {
                     free(val[b]);
                     free(idx[b]);
@@ -833,10 +745,12 @@ static void test_topk(ctx *c) {
  * and the sum of exp((l - max) / T) agree within the mode's limit, at a
  * temperature per row; a NaN entry and an all -inf row give NaN sums. */
 static void test_row_expsum(ctx *c) {
-    static const int ns[] = {1, 5, 33}, vs[] = {1, 7, 1000, 49152};
-    for (int a = 0; a < 3; a++)
-        for (int vi = 0; vi < 4; vi++) {
-            const int n = ns[a], V = vs[vi];
+    c->rng = opc_rng(OPC_ROW_EXPSUM);
+    for (size_t a = 0; a < OPC_LEN(opc_expsum_rows_cuda); a++)
+        for (size_t vi = 0; vi < OPC_LEN(opc_expsum_vocab); vi++) {
+            if (!(opc_expsum_vocab[vi].on & OPC_ON_CUDA))
+                continue;
+            const int n = opc_expsum_rows_cuda[a], V = opc_expsum_vocab[vi].v;
             const size_t total = (size_t)n * V;
             snprintf(c->what, sizeof c->what, "row_expsum n=%d V=%d", n, V);
             float *l = rand_act(c, total, -20, 20);
@@ -868,7 +782,7 @@ static void test_row_expsum(ctx *c) {
                         "row %d: the cpu sum %g of a broken row is not NaN", i,
                         (double)sums[BE_CPU][i]);
             }
-            compare(c, OP_ROW_EXPSUM, sums[BE_GPU], sums[BE_CPU], (size_t)n);
+            compare(c, OPC_ROW_EXPSUM, sums[BE_GPU], sums[BE_CPU], (size_t)n);
             for (int b = 0; b < 2; b++) {
                 free(out[b]);
                 free(sums[b]);
@@ -880,11 +794,13 @@ static void test_row_expsum(ctx *c) {
 }
 
 static void test_add(ctx *c) {
-    static const int ns[] = {1, 3, 37}, dims[] = {5, 97, 576};
-    for (int a = 0; a < 3; a++)
-        for (int d = 0; d < 3; d++)
-            for (int bias = 0; bias < 2; bias++) {
-                int n = ns[a], dim = dims[d];
+    for (int bias = 0; bias < 2; bias++) {
+        c->rng = opc_rng(bias ? OPC_ADD_BIAS : OPC_ADD);
+        for (size_t a = 0; a < OPC_LEN(opc_rows); a++)
+            for (size_t d = 0; d < OPC_LEN(opc_add_dims); d++) {
+                if (!(opc_rows[a].on & opc_add_dims[d].on & OPC_ON_CUDA))
+                    continue;
+                int n = opc_rows[a].v, dim = opc_add_dims[d].v;
                 size_t total = (size_t)n * dim, xn = bias ? (size_t)dim : total;
                 snprintf(c->what, sizeof c->what, "%s n=%d dim=%d", bias ? "add_bias" : "add", n,
                          dim);
@@ -906,7 +822,7 @@ static void test_add(ctx *c) {
                 sync_both(c);
                 float *cpu, *gpu;
                 pbuf_read(c, &dy, &cpu, &gpu);
-                compare(c, bias ? OP_ADD_BIAS : OP_ADD, gpu, cpu, total);
+                compare(c, bias ? OPC_ADD_BIAS : OPC_ADD, gpu, cpu, total);
                 free(cpu), free(gpu);
                 pbuf_free(c, &dy);
                 if (bias)
@@ -916,16 +832,19 @@ static void test_add(ctx *c) {
                     pbuf_free(c, &dx);
                 free(y), free(x);
             }
+    }
 }
 
 static void test_embedding(ctx *c) {
-    static const int dims[] = {5, 97, 576}, row0s[] = {0, 10, 24576};
+    c->rng = opc_rng(OPC_EMBEDDING);
     static const int ns[] = {1, 37};
-    const int rows = 999;
-    for (int d = 0; d < 3; d++)
-        for (int k = 0; k < 3; k++)
+    const int rows = OPC_EMBEDDING_ROWS_CUDA;
+    for (size_t d = 0; d < OPC_LEN(opc_embedding_dims); d++)
+        for (size_t k = 0; k < OPC_LEN(opc_embedding_row0s); k++)
             for (int m = 0; m < 2; m++) {
-                int dim = dims[d], row0 = row0s[k], n = ns[m];
+                if (!(opc_embedding_dims[d].on & opc_embedding_row0s[k].on & OPC_ON_CUDA))
+                    continue;
+                int dim = opc_embedding_dims[d].v, row0 = opc_embedding_row0s[k].v, n = ns[m];
                 snprintf(c->what, sizeof c->what, "embedding n=%d rows=%d dim=%d row0=%d", n, rows,
                          dim, row0);
                 float *tab = rand_weight(c, (size_t)rows * dim, -1, 1);
@@ -960,7 +879,7 @@ static void test_embedding(ctx *c) {
                 sync_both(c);
                 float *cpu, *gpu;
                 pbuf_read(c, &dout, &cpu, &gpu);
-                compare(c, OP_EMBEDDING, gpu, cpu, (size_t)n * dim);
+                compare(c, OPC_EMBEDDING, gpu, cpu, (size_t)n * dim);
                 free(cpu), free(gpu);
                 for (int b = 0; b < 2; b++)
                     c->be[b]->iface->weight_free(c->be[b], &W[b]);
@@ -978,13 +897,13 @@ static int run_mode(tsr_backend *cpu, tsr_backend *gpu, tsr_dtype act, tsr_dtype
     ctx c = {.be = {cpu, gpu}, .act = act,
              .mode = act == TSR_BF16 ? "bf16" : wdt == TSR_F32 ? "f32 weights" : "f32",
              .wdt = wdt, .verbose = verbose, .cpu_vs_cpu = cpu_vs_cpu};
-    c.rng.s = 0x63756461u; /* the same inputs in both modes (up to rounding) */
-    /* f32 weights (reference precision): matmul is a full f32 GEMM, 1e-5 too */
-    for (int op = 0; op < OP_COUNT; op++)
-        c.ops[op].limit = op == OP_MEMORY                              ? 0.0
-                          : act == TSR_BF16                            ? 1e-2
-                          : op == OP_MATMUL && wdt != TSR_F32          ? 1e-2
-                                                                       : 1e-5;
+    /* Every op seeds its own inputs (opc_rng): the same inputs in every mode
+     * (up to rounding). f32 weights (reference precision): matmul is a full
+     * f32 GEMM, 1e-5 too. */
+    for (int op = 0; op < OPC_COUNT; op++)
+        c.ops[op].limit = act == TSR_BF16   ? opc_ops[op].cuda_bf16
+                          : wdt == TSR_F32 ? opc_ops[op].cuda_f32_weights
+                                           : opc_ops[op].cuda_f32;
     if (cpu_vs_cpu)
         printf("act f32, CPU backend (1 thread) in the CUDA slot: a check of this test itself\n");
     else
@@ -1001,13 +920,13 @@ static int run_mode(tsr_backend *cpu, tsr_backend *gpu, tsr_dtype act, tsr_dtype
     test_argmax(&c);
     test_topk(&c);
     test_row_expsum(&c);
-    for (int op = 0; op < OP_COUNT; op++) {
+    for (int op = 0; op < OPC_COUNT; op++) {
         const op_stat *st = &c.ops[op];
         printf("  [%-4s] %-10s %3d cases  max err %.3e  limit %.0e  %s%s%s\n", c.mode,
-               OP_NAMES[op], st->cases, st->max_err, st->limit,
+               opc_ops[op].name, st->cases, st->max_err, st->limit,
                st->failed ? "FAIL" : "ok", st->cases ? "  worst: " : "", st->worst);
         if (st->cases == 0) {
-            printf("  FAIL [%s] %s: no case ran\n", c.mode, OP_NAMES[op]);
+            printf("  FAIL [%s] %s: no case ran\n", c.mode, opc_ops[op].name);
             c.failures++;
         }
     }

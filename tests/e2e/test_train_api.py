@@ -68,13 +68,11 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
            OMPI_MCA_mpi_yield_when_idle="1", OMPI_MCA_rmaps_base_oversubscribe="1")
 QUESTION = "What is the capital of France?"
 SECRET = "The secret answer is: Paris."
-failures = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from check import Checks  # noqa: E402
 
-
-def check(cond, msg):
-    print(("ok   " if cond else "FAIL ") + msg, flush=True)
-    if not cond:
-        failures.append(msg)
+CHECKS = Checks()
+check, failures = CHECKS.check, CHECKS.failures
 
 
 def tensors(blob):

@@ -44,14 +44,11 @@ PEFT = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj
         "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
         "down": "mlp.down_proj"}
 NLL_RE = re.compile(r"mean NLL (\S+) over (\d+) tokens")
-failures = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from check import Checks  # noqa: E402
 
-
-def check(cond, msg):
-    print(("ok   " if cond else "FAIL ") + msg, flush=True)
-    if not cond:
-        failures.append(msg)
-    return cond
+CHECKS = Checks()
+check, failures = CHECKS.check, CHECKS.failures
 
 
 def run(cmd, timeout=150):

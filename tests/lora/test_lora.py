@@ -70,13 +70,11 @@ SKIP = 77
 TSR_ERR_RANGE = 6
 FD_TOL, C_TOL, TP_TOL, TP_MAT_TOL = 1e-6, 1e-4, 1e-5, 5e-5
 DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-failures = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from check import Checks  # noqa: E402
 
-
-def check(cond, msg):
-    print(("ok   " if cond else "FAIL ") + msg)
-    if not cond:
-        failures.append(msg)
+CHECKS = Checks()
+check, failures = CHECKS.check, CHECKS.failures
 
 
 def err(got, want):

@@ -36,13 +36,11 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
            OMPI_MCA_rmaps_base_oversubscribe="1")
 STEP_RE = re.compile(r"^step (\d+)/(\d+)  loss (\S+)  grad_norm (\S+)  tokens (\d+)  tok/s (\S+)$")
 TOL = 1e-5
-failures = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from check import Checks  # noqa: E402
 
-
-def check(cond, msg):
-    print(("ok   " if cond else "FAIL ") + msg)
-    if not cond:
-        failures.append(msg)
+CHECKS = Checks()
+check, failures = CHECKS.check, CHECKS.failures
 
 
 def load_adapter(d):

@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 
-SKIP = 77
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "common"))
+from check import SKIP, check, fail, skip  # noqa: E402,F401 (the tests import them from here)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -21,8 +22,7 @@ def default_model():
     root = os.environ.get("TESSERA_MODELS", os.path.expanduser("~/.cache/tessera/models"))
     path = os.path.join(root, DEFAULT_MODEL_NAME)
     if not os.path.isfile(path):
-        print(f"SKIP: model not found at {path} (run scripts/fetch-model.sh)")
-        sys.exit(SKIP)
+        skip(f"model not found at {path} (run scripts/fetch-model.sh)")
     return path
 
 
@@ -32,13 +32,3 @@ def run(cmd, **kw):
     if r.returncode != 0:
         fail(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stderr}")
     return r
-
-
-def fail(msg):
-    print(f"FAIL: {msg}")
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)

@@ -20,16 +20,7 @@
 #include <unistd.h>
 
 #include "runtime/server/scheduler.h"
-
-#define CHECK(c, ...)                                                                              \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #c);                  \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, " (%s)\n", tsr_error_msg());                                           \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "tests/common/check.h"
 
 #define N_REQ 32
 

@@ -12,16 +12,7 @@
 #include <string.h>
 
 #include "runtime/server/grpc_api.h"
-
-static int g_checks;
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        g_checks++;                                                                    \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);   \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
+#include "tests/common/check.h"
 
 enum { ID_IM_START = 256, ID_IM_END = 257, N_VOCAB = 258, CTX = 16 };
 
@@ -458,6 +449,6 @@ int main(void) {
     test_utf8();
     test_ctl(&ctx);
     tsr_tokenizer_free(tok);
-    printf("test_grpc_api: %d checks passed\n", g_checks);
+    printf("test_grpc_api: %d checks passed\n", tu_checks);
     return 0;
 }

@@ -30,19 +30,11 @@ import threading
 import time
 import traceback
 
-FAILS = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from check import Checks, skip  # noqa: E402
 
-
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what, flush=True)
-    if not cond:
-        FAILS.append(what)
-    return cond
-
-
-def skip(msg):
-    print("SKIP: " + msg, flush=True)
-    sys.exit(77)
+CHECKS = Checks(width=6)
+check, FAILS = CHECKS.check, CHECKS.failures
 
 
 try:

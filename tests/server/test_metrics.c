@@ -17,16 +17,7 @@
 #include <unistd.h>
 
 #include "runtime/server/metrics.h"
-
-static int g_checks;
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        g_checks++;                                                                    \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);   \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
+#include "tests/common/check.h"
 
 /* Compares rendered text with the expected lines, one by one. */
 static void check_lines(const char *text, const char *const *want, int n_want) {
@@ -529,6 +520,6 @@ int main(void) {
     test_threads();
     test_serving_set();
     test_http();
-    printf("test_metrics: %d checks passed\n", g_checks);
+    printf("test_metrics: %d checks passed\n", tu_checks);
     return 0;
 }

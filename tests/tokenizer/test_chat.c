@@ -7,18 +7,7 @@
 #include <string.h>
 
 #include "runtime/tokenizer/chat.h"
-
-static int g_checks;
-
-#define CHECK(cond)                                                                 \
-    do {                                                                            \
-        g_checks++;                                                                 \
-        if (!(cond)) {                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n  last error: %s\n", __FILE__, \
-                    __LINE__, #cond, tsr_error_msg());                              \
-            exit(1);                                                                \
-        }                                                                           \
-    } while (0)
+#include "tests/common/check.h"
 
 /* SmolLM2-135M-Instruct's tokenizer.chat_template, verbatim. */
 static const char k_smollm2[] =
@@ -127,6 +116,6 @@ int main(void) {
     const tsr_chat_msg broken[] = {{"user", NULL}};
     CHECK(tsr_chat_render_template(k_chatml, NULL, broken, 1, 1, &out) == TSR_ERR_INVALID);
     CHECK(strstr(tsr_error_msg(), "content") != NULL);
-    printf("test_chat: %d checks passed\n", g_checks);
+    printf("test_chat: %d checks passed\n", tu_checks);
     return 0;
 }

@@ -12,20 +12,7 @@
 
 #include "runtime/tokenizer/tokenizer.h"
 #include "shard/gguf.h"
-
-static int g_checks;
-
-#define CHECK(cond)                                                                 \
-    do {                                                                            \
-        g_checks++;                                                                 \
-        if (!(cond)) {                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n  last error: %s\n", __FILE__, \
-                    __LINE__, #cond, tsr_error_msg());                              \
-            exit(1);                                                                \
-        }                                                                           \
-    } while (0)
-
-#define CHECK_OK(call) CHECK((call) == TSR_OK)
+#include "tests/common/check.h"
 
 /* ---- a tiny byte-level vocab ------------------------------------------- */
 
@@ -166,7 +153,7 @@ static void expect_ids(const tsr_tokenizer_t *t, const char *text, size_t len, u
     free(ids);
 }
 
-#define EXPECT(t, s, flags, ...)                                                    \
+#define EXPECT_IDS(t, s, flags, ...)                                                    \
     do {                                                                            \
         static const int32_t want_[] = {__VA_ARGS__};                               \
         expect_ids(t, s, sizeof(s) - 1, flags, want_, sizeof want_ / sizeof want_[0]); \
@@ -175,17 +162,17 @@ static void expect_ids(const tsr_tokenizer_t *t, const char *text, size_t len, u
 static void test_merges(void) {
     tsr_tokenizer_t *t = make_tok(NULL, 0);
     CHECK(tsr_tokenizer_n_vocab(t) == 272);
-    EXPECT(t, "hello", 0, 264);
-    EXPECT(t, "hello world", 0, 264, 269, 'l', 'd');
-    EXPECT(t, "hell", 0, 263);
-    EXPECT(t, "helo", 0, 261, 'l', 'o');
+    EXPECT_IDS(t, "hello", 0, 264);
+    EXPECT_IDS(t, "hello world", 0, 264, 269, 'l', 'd');
+    EXPECT_IDS(t, "hell", 0, 263);
+    EXPECT_IDS(t, "helo", 0, 261, 'l', 'o');
     /* Rank order and leftmost tie-breaking: "aaa" -> aa a; "aaaaa" -> aaaa a. */
-    EXPECT(t, "aaa", 0, 266, 'a');
-    EXPECT(t, "aaaa", 0, 267);
-    EXPECT(t, "aaaaa", 0, 267, 'a');
+    EXPECT_IDS(t, "aaa", 0, 266, 'a');
+    EXPECT_IDS(t, "aaaa", 0, 267);
+    EXPECT_IDS(t, "aaaaa", 0, 267, 'a');
     /* A merge whose left side is itself a merge: E2 82 first (rank 10),
      * then (E2 82)+AC (rank 9) -> one token for "€". */
-    EXPECT(t, "\xE2\x82\xAC", 0, 270);
+    EXPECT_IDS(t, "\xE2\x82\xAC", 0, 270);
     tsr_tokenizer_free(t);
 }
 
@@ -209,18 +196,18 @@ static void test_empty(void) {
 static void test_special(void) {
     tsr_tokenizer_t *t = make_tok(NULL, 0);
     /* Parsed: control tokens become ids; leftmost-longest wins. */
-    EXPECT(t, "<|im_start|>hello<|im_end|>", TSR_TOK_PARSE_SPECIAL, ID_IM_START, 264, ID_IM_END);
-    EXPECT(t, "<|im_start|>xhello", TSR_TOK_PARSE_SPECIAL, ID_LONG, 264);
-    EXPECT(t, "<<|im_end|>>", TSR_TOK_PARSE_SPECIAL, '<', ID_IM_END, '>');
-    EXPECT(t, "<|im_start", TSR_TOK_PARSE_SPECIAL, '<', '|', 'i', 'm', '_', 's', 't', 'a', 'r',
+    EXPECT_IDS(t, "<|im_start|>hello<|im_end|>", TSR_TOK_PARSE_SPECIAL, ID_IM_START, 264, ID_IM_END);
+    EXPECT_IDS(t, "<|im_start|>xhello", TSR_TOK_PARSE_SPECIAL, ID_LONG, 264);
+    EXPECT_IDS(t, "<<|im_end|>>", TSR_TOK_PARSE_SPECIAL, '<', ID_IM_END, '>');
+    EXPECT_IDS(t, "<|im_start", TSR_TOK_PARSE_SPECIAL, '<', '|', 'i', 'm', '_', 's', 't', 'a', 'r',
            't');
     /* Not parsed: plain text ... */
-    EXPECT(t, "<|eot|>", 0, '<', '|', 'e', 'o', 't', '|', '>');
+    EXPECT_IDS(t, "<|eot|>", 0, '<', '|', 'e', 'o', 't', '|', '>');
     /* ... but user-defined tokens are always matched. */
-    EXPECT(t, "a<tool>b", 0, 'a', ID_TOOL, 'b');
-    EXPECT(t, "a<tool>b", TSR_TOK_PARSE_SPECIAL, 'a', ID_TOOL, 'b');
+    EXPECT_IDS(t, "a<tool>b", 0, 'a', ID_TOOL, 'b');
+    EXPECT_IDS(t, "a<tool>b", TSR_TOK_PARSE_SPECIAL, 'a', ID_TOOL, 'b');
     /* ADD_SPECIAL prepends BOS (add_bos is set in this spec). */
-    EXPECT(t, "hello", TSR_TOK_ADD_SPECIAL, ID_IM_START, 264);
+    EXPECT_IDS(t, "hello", TSR_TOK_ADD_SPECIAL, ID_IM_START, 264);
 
     /* Decoding: control tokens as text, or skipped. */
     int32_t ids[] = {ID_IM_START, 264, ID_TOOL, ID_IM_END};
@@ -685,7 +672,7 @@ static void test_gguf(void) {
     CHECK(tsr_tokenizer_eot(t) == 258); /* found by name */
     CHECK(tsr_tokenizer_is_eog(t, 257) && tsr_tokenizer_is_eog(t, 258));
     CHECK(!tsr_tokenizer_add_bos(t));
-    EXPECT(t, "hehe<|eot_id|>", TSR_TOK_PARSE_SPECIAL, 256, 256, 258);
+    EXPECT_IDS(t, "hehe<|eot_id|>", TSR_TOK_PARSE_SPECIAL, 256, 256, 258);
     CHECK(strcmp(tsr_tokenizer_chat_template(t), "<|im_start|>{{ x }}<|im_end|>") == 0);
     tsr_tokenizer_free(t);
     free(img.p);
@@ -725,6 +712,6 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmpdir);
     if (system(cmd) != 0)
         fprintf(stderr, "note: could not remove %s\n", g_tmpdir);
-    printf("test_tokenizer: %d checks passed\n", g_checks);
+    printf("test_tokenizer: %d checks passed\n", tu_checks);
     return 0;
 }

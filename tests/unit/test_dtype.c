@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/unit/test_util.h"
+#include "tests/common/check.h"
 
 /* ---- references for f16 and bf16 ------------------------------------------ */
 

@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "kernels/dtype.h"
-#include "tests/unit/test_util.h"
+#include "tests/common/check.h"
 
 #define IMG_NAME "img.gguf"
 

@@ -14,28 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond);                       \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n  last error: %s\n", tsr_error_msg());                              \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-/* `call` must return `want` with a message containing every given substring. */
-#define EXPECT_ERR(call, want, ...)                                                                \
-    do {                                                                                           \
-        tsr_error_clear();                                                                         \
-        tsr_status got_ = (call);                                                                  \
-        EXPECT(got_ == (want), "%s returned %s, want %s", #call, tsr_status_str(got_),             \
-               tsr_status_str(want));                                                              \
-        const char *subs_[] = {__VA_ARGS__};                                                       \
-        for (size_t k_ = 0; k_ < sizeof subs_ / sizeof subs_[0]; k_++)                             \
-            EXPECT(strstr(tsr_error_msg(), subs_[k_]), "message lacks \"%s\"", subs_[k_]);         \
-    } while (0)
+#include "tests/common/check.h"
 
 #define FEQ(a, b) ((a) == (float)(b))
 
@@ -53,12 +32,12 @@ static void write_config(const char *tmp, const char *sub, const char *text, cha
     snprintf(path, cap, "%s/%s", tmp, sub);
     struct stat sb;
     if (stat(path, &sb) != 0)
-        EXPECT(mkdir(path, 0700) == 0, "mkdir %s", path);
+        CHECK(mkdir(path, 0700) == 0, "mkdir %s", path);
     snprintf(path, cap, "%s/%s/config.json", tmp, sub);
     FILE *fp = fopen(path, "wb");
-    EXPECT(fp, "create %s", path);
-    EXPECT(fputs(text, fp) >= 0, "write");
-    EXPECT(fclose(fp) == 0, "close");
+    CHECK(fp, "create %s", path);
+    CHECK(fputs(text, fp) >= 0, "write");
+    CHECK(fclose(fp) == 0, "close");
 }
 
 /* Loads `text` written to tmp/sub/config.json. */
@@ -139,52 +118,52 @@ static void minimal(char *out, size_t cap, const char *extra) {
 static void test_valid(const char *tmp) {
     tsr_model_config c;
 
-    EXPECT(load(tmp, "TinyLlama-1.1B", k_tinyllama, &c) == TSR_OK, "tinyllama");
-    EXPECT(c.arch == TSR_ARCH_LLAMA, "arch");
-    EXPECT(strcmp(c.name, "TinyLlama-1.1B") == 0, "name from directory: %s", c.name);
-    EXPECT(c.n_embd == 2048 && c.n_ff == 5632 && c.n_layer == 22 && c.n_vocab == 32000, "sizes");
-    EXPECT(c.n_head == 32 && c.n_head_kv == 4 && c.head_dim == 64, "heads");
-    EXPECT(c.n_ctx_train == 2048, "ctx");
-    EXPECT(FEQ(c.rms_eps, 1e-5) && FEQ(c.rope_theta, 10000.0), "eps/theta");
-    EXPECT(c.rope_scaling == TSR_ROPE_SCALING_NONE, "no scaling");
-    EXPECT(!c.tied_embeddings && !c.qkv_bias, "flags");
+    CHECK(load(tmp, "TinyLlama-1.1B", k_tinyllama, &c) == TSR_OK, "tinyllama");
+    CHECK(c.arch == TSR_ARCH_LLAMA, "arch");
+    CHECK(strcmp(c.name, "TinyLlama-1.1B") == 0, "name from directory: %s", c.name);
+    CHECK(c.n_embd == 2048 && c.n_ff == 5632 && c.n_layer == 22 && c.n_vocab == 32000, "sizes");
+    CHECK(c.n_head == 32 && c.n_head_kv == 4 && c.head_dim == 64, "heads");
+    CHECK(c.n_ctx_train == 2048, "ctx");
+    CHECK(FEQ(c.rms_eps, 1e-5) && FEQ(c.rope_theta, 10000.0), "eps/theta");
+    CHECK(c.rope_scaling == TSR_ROPE_SCALING_NONE, "no scaling");
+    CHECK(!c.tied_embeddings && !c.qkv_bias, "flags");
 
-    EXPECT(load(tmp, "llama31", k_llama31, &c) == TSR_OK, "llama 3.1");
-    EXPECT(strcmp(c.name, "meta-llama/Llama-3.1-8B") == 0, "name from _name_or_path: %s", c.name);
-    EXPECT(c.n_head_kv == 8 && c.head_dim == 128 && c.n_vocab == 128256, "sizes");
-    EXPECT(c.n_ctx_train == 131072 && FEQ(c.rope_theta, 500000.0), "ctx/theta");
-    EXPECT(c.rope_scaling == TSR_ROPE_SCALING_LLAMA3, "llama3 scaling");
-    EXPECT(FEQ(c.rope_factor, 8.0) && FEQ(c.rope_low_freq_factor, 1.0) &&
+    CHECK(load(tmp, "llama31", k_llama31, &c) == TSR_OK, "llama 3.1");
+    CHECK(strcmp(c.name, "meta-llama/Llama-3.1-8B") == 0, "name from _name_or_path: %s", c.name);
+    CHECK(c.n_head_kv == 8 && c.head_dim == 128 && c.n_vocab == 128256, "sizes");
+    CHECK(c.n_ctx_train == 131072 && FEQ(c.rope_theta, 500000.0), "ctx/theta");
+    CHECK(c.rope_scaling == TSR_ROPE_SCALING_LLAMA3, "llama3 scaling");
+    CHECK(FEQ(c.rope_factor, 8.0) && FEQ(c.rope_low_freq_factor, 1.0) &&
                FEQ(c.rope_high_freq_factor, 4.0) && c.rope_orig_ctx == 8192,
            "llama3 params");
 
-    EXPECT(load(tmp, "qwen2", k_qwen2, &c) == TSR_OK, "qwen2");
-    EXPECT(c.arch == TSR_ARCH_QWEN2 && c.qkv_bias == 1 && c.tied_embeddings == 1, "qwen2 flags");
-    EXPECT(c.n_embd == 896 && c.n_head == 14 && c.n_head_kv == 2 && c.head_dim == 64,
+    CHECK(load(tmp, "qwen2", k_qwen2, &c) == TSR_OK, "qwen2");
+    CHECK(c.arch == TSR_ARCH_QWEN2 && c.qkv_bias == 1 && c.tied_embeddings == 1, "qwen2 flags");
+    CHECK(c.n_embd == 896 && c.n_head == 14 && c.n_head_kv == 2 && c.head_dim == 64,
            "qwen2 heads");
-    EXPECT(FEQ(c.rope_theta, 1e6) && FEQ(c.rms_eps, 1e-6), "qwen2 theta/eps");
-    EXPECT(c.n_ctx_train == 131072, "qwen2 ctx (sliding window unused)");
+    CHECK(FEQ(c.rope_theta, 1e6) && FEQ(c.rms_eps, 1e-6), "qwen2 theta/eps");
+    CHECK(c.n_ctx_train == 131072, "qwen2 ctx (sliding window unused)");
 
     char buf[4096];
     snprintf(buf, sizeof buf, k_mistral, "4096");
-    EXPECT(load(tmp, "mistral01", buf, &c) == TSR_OK, "mistral v0.1");
-    EXPECT(c.arch == TSR_ARCH_LLAMA && !c.qkv_bias, "mistral arch");
-    EXPECT(c.n_ctx_train == 4096, "context capped at the sliding window: %d", c.n_ctx_train);
+    CHECK(load(tmp, "mistral01", buf, &c) == TSR_OK, "mistral v0.1");
+    CHECK(c.arch == TSR_ARCH_LLAMA && !c.qkv_bias, "mistral arch");
+    CHECK(c.n_ctx_train == 4096, "context capped at the sliding window: %d", c.n_ctx_train);
     snprintf(buf, sizeof buf, k_mistral, "null");
-    EXPECT(load(tmp, "mistral02", buf, &c) == TSR_OK, "mistral v0.2");
-    EXPECT(c.n_ctx_train == 32768, "no window: %d", c.n_ctx_train);
+    CHECK(load(tmp, "mistral02", buf, &c) == TSR_OK, "mistral v0.2");
+    CHECK(c.n_ctx_train == 32768, "no window: %d", c.n_ctx_train);
 
     /* Defaults: kv heads, head_dim, theta, eps, tie; architectures only. */
-    EXPECT(load(tmp, "defaults",
+    CHECK(load(tmp, "defaults",
                 "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 256,"
                 " \"intermediate_size\": 688, \"num_attention_heads\": 8,"
                 " \"num_hidden_layers\": 2, \"vocab_size\": 1000,"
                 " \"max_position_embeddings\": 512, \"num_key_value_heads\": null}",
                 &c) == TSR_OK,
            "defaults");
-    EXPECT(c.n_head_kv == 8 && c.head_dim == 32, "kv/head_dim defaults");
-    EXPECT(FEQ(c.rope_theta, 10000.0) && FEQ(c.rms_eps, 1e-6), "theta/eps defaults");
-    EXPECT(!c.tied_embeddings && !c.qkv_bias && c.rope_scaling == TSR_ROPE_SCALING_NONE,
+    CHECK(c.n_head_kv == 8 && c.head_dim == 32, "kv/head_dim defaults");
+    CHECK(FEQ(c.rope_theta, 10000.0) && FEQ(c.rms_eps, 1e-6), "theta/eps defaults");
+    CHECK(!c.tied_embeddings && !c.qkv_bias && c.rope_scaling == TSR_ROPE_SCALING_NONE,
            "flag defaults");
 
     /* Explicit head_dim, integer theta, linear scaling, attention_bias. */
@@ -192,23 +171,23 @@ static void test_valid(const char *tmp) {
             "\"head_dim\": 64, \"rope_theta\": 100000, \"attention_bias\": true,"
             " \"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0},"
             " \"_name_or_path\": \"\"");
-    EXPECT(load(tmp, "explicit", buf, &c) == TSR_OK, "explicit");
-    EXPECT(c.head_dim == 64 && FEQ(c.rope_theta, 100000.0) && c.qkv_bias == 1, "explicit");
-    EXPECT(c.rope_scaling == TSR_ROPE_SCALING_LINEAR && FEQ(c.rope_factor, 4.0), "linear");
-    EXPECT(strcmp(c.name, "explicit") == 0, "empty _name_or_path falls back: %s", c.name);
+    CHECK(load(tmp, "explicit", buf, &c) == TSR_OK, "explicit");
+    CHECK(c.head_dim == 64 && FEQ(c.rope_theta, 100000.0) && c.qkv_bias == 1, "explicit");
+    CHECK(c.rope_scaling == TSR_ROPE_SCALING_LINEAR && FEQ(c.rope_factor, 4.0), "linear");
+    CHECK(strcmp(c.name, "explicit") == 0, "empty _name_or_path falls back: %s", c.name);
 
     minimal(buf, sizeof buf, "\"rope_scaling\": {\"rope_type\": \"default\"}");
-    EXPECT(load(tmp, "ropedefault", buf, &c) == TSR_OK, "rope_type default");
-    EXPECT(c.rope_scaling == TSR_ROPE_SCALING_NONE, "default scaling");
+    CHECK(load(tmp, "ropedefault", buf, &c) == TSR_OK, "rope_type default");
+    CHECK(c.rope_scaling == TSR_ROPE_SCALING_NONE, "default scaling");
 
     /* In memory: no directory, no name. */
     minimal(buf, sizeof buf, "");
-    EXPECT(tsr_hf_config_parse(buf, strlen(buf), "config.json", &c) == TSR_OK, "parse");
-    EXPECT(c.name[0] == '\0', "no directory name: %s", c.name);
+    CHECK(tsr_hf_config_parse(buf, strlen(buf), "config.json", &c) == TSR_OK, "parse");
+    CHECK(c.name[0] == '\0', "no directory name: %s", c.name);
     minimal(buf, sizeof buf, "");
-    EXPECT(tsr_hf_config_parse(buf, strlen(buf), "/a/b/model-x/config.json", &c) == TSR_OK,
+    CHECK(tsr_hf_config_parse(buf, strlen(buf), "/a/b/model-x/config.json", &c) == TSR_OK,
            "parse");
-    EXPECT(strcmp(c.name, "model-x") == 0, "dir name: %s", c.name);
+    CHECK(strcmp(c.name, "model-x") == 0, "dir name: %s", c.name);
 }
 
 static void test_invalid(const char *tmp) {
@@ -219,8 +198,8 @@ static void test_invalid(const char *tmp) {
 #define BAD(sub, text, want, ...)                                                                  \
     do {                                                                                           \
         c = sentinel;                                                                              \
-        EXPECT_ERR(load(tmp, sub, text, &c), want, sub "/config.json", __VA_ARGS__);               \
-        EXPECT(memcmp(&c, &sentinel, sizeof c) == 0, "config written on error");                   \
+        CHECK_ERR(load(tmp, sub, text, &c), want, sub "/config.json", __VA_ARGS__);               \
+        CHECK(memcmp(&c, &sentinel, sizeof c) == 0, "config written on error");                   \
     } while (0)
 
     BAD("no_hidden",
@@ -314,8 +293,8 @@ static void test_invalid(const char *tmp) {
     char path[4200];
     snprintf(path, sizeof path, "%.4000s/nowhere/config.json", tmp);
     c = sentinel;
-    EXPECT_ERR(tsr_hf_config_load(path, &c), TSR_ERR_IO, path, "cannot open");
-    EXPECT(memcmp(&c, &sentinel, sizeof c) == 0, "config written on error");
+    CHECK_ERR(tsr_hf_config_load(path, &c), TSR_ERR_IO, path, "cannot open");
+    CHECK(memcmp(&c, &sentinel, sizeof c) == 0, "config written on error");
 #undef BAD
 }
 
@@ -323,12 +302,12 @@ int main(void) {
     const char *base = getenv("TMPDIR");
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s/tsr_hfcfg_test_XXXXXX", base && base[0] ? base : "/tmp");
-    EXPECT(mkdtemp(tmp), "mkdtemp %s", tmp);
+    CHECK(mkdtemp(tmp), "mkdtemp %s", tmp);
     test_valid(tmp);
     printf("  valid configs ok\n");
     test_invalid(tmp);
     printf("  invalid configs ok\n");
-    EXPECT(nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, "cannot remove %s", tmp);
+    CHECK(nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, "cannot remove %s", tmp);
     printf("test_hf_config: all passed\n");
     return 0;
 }

@@ -11,7 +11,9 @@
  * and unused KV cache slots hold NaN so reading one poisons the result.
  *
  * The ops go through the backend table only, so the same checks can run on
- * any backend; today that is the CPU one. Exits 0 on success, 1 with a
+ * any backend; today that is the CPU one. The cases (shapes, seeds,
+ * tolerances) are the OPC_ON_REF rows of tests/common/op_cases.h, the table
+ * tests/cuda/test_cuda_ops.c runs on CUDA. Exits 0 on success, 1 with a
  * message at the first failure. */
 #include "kernels/backend.h"
 
@@ -21,13 +23,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/unit/test_util.h"
+#include "tests/common/check.h"
+#include "tests/common/op_cases.h"
 
 enum { GUARD = 16 };
 static const float GUARD_VALUE = 1234.5f;
 
-/* Relative tolerance for results in f32 activations. */
-#define RTOL 1e-5
+/* Relative tolerance of `op` for results in f32 activations. */
+#define RTOL(op) (opc_ops[op].ref_rtol)
 
 /* ---- device buffers with a guard tail ------------------------------------------ */
 
@@ -82,7 +85,8 @@ static float *rand_vec(tu_rng *r, size_t n, float lo, float hi) {
 
 /* ---- memory ------------------------------------------------------------------------ */
 
-static void test_memory(tsr_backend *be, tu_rng *r) {
+static void test_memory(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_MEMORY), *r = &rng;
     enum { N = 37 };
     float *h = rand_vec(r, N, -1, 1), back[N];
     dbuf a = dbuf_new(be, h, N), b = dbuf_new(be, NULL, N);
@@ -108,18 +112,13 @@ static void test_memory(tsr_backend *be, tu_rng *r) {
 
 /* ---- matmul -------------------------------------------------------------------------- */
 
-static void test_matmul(tsr_backend *be, tu_rng *r) {
-    static const struct {
-        int n, rows, cols;
-    } cases[] = {
-        {1, 5, 64},  {1, 96, 17},  {1, 1, 1}, {1, 64, 96},  {3, 5, 96},   {17, 64, 5},
-        {17, 96, 64}, {3, 1, 3},   {2, 33, 96}, {5, 17, 1},
-        /* large enough for the CPU backend to split W's rows across threads,
-         * with bands that do not divide the rows (and threads left idle) */
-        {1, 1000, 97}, {9, 77, 100}, {40, 20, 100}, {2, 300, 130},
-    };
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        int n = cases[c].n, rows = cases[c].rows, cols = cases[c].cols;
+static void test_matmul(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_MATMUL), *r = &rng;
+    for (size_t c = 0; c < OPC_LEN(opc_matmul_cases); c++) {
+        const opc_matmul_case *mc = &opc_matmul_cases[c];
+        if (!(mc->on & OPC_ON_REF))
+            continue;
+        int n = mc->n, rows = mc->rows, cols = mc->cols;
         for (int acc = 0; acc < 2; acc++) {
             float *x = rand_vec(r, (size_t)n * cols, -1, 1);
             float *w = rand_vec(r, (size_t)rows * cols, -1, 1);
@@ -148,7 +147,7 @@ static void test_matmul(tsr_backend *be, tu_rng *r) {
             char what[96];
             snprintf(what, sizeof what, "matmul n=%d rows=%d cols=%d accumulate=%d", n, rows, cols,
                      acc);
-            CHECK_CLOSE(what, got, want, (size_t)n * rows, RTOL, scale, 0);
+            CHECK_CLOSE(what, got, want, (size_t)n * rows, RTOL(OPC_MATMUL), scale, 0);
             /* x is an input: unchanged */
             float *xb = tu_xmalloc((size_t)n * cols * sizeof *xb);
             dbuf_read(be, &dx, xb, "matmul input");
@@ -174,21 +173,20 @@ static void test_matmul(tsr_backend *be, tu_rng *r) {
 
 /* ---- rmsnorm ------------------------------------------------------------------------- */
 
-static void test_rmsnorm(tsr_backend *be, tu_rng *r) {
-    static const int ns[] = {1, 3, 17}, dims[] = {5, 64, 96};
-    static const float epss[] = {1e-5f, 1e-6f};
-    for (int a = 0; a < 3; a++)
-        for (int b = 0; b < 3; b++)
-            for (int e = 0; e < 2; e++)
+static void test_rmsnorm(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_RMSNORM), *r = &rng;
+    for (size_t a = 0; a < OPC_LEN(opc_rows); a++)
+        for (size_t b = 0; b < OPC_LEN(opc_rmsnorm_dims); b++)
+            for (size_t e = 0; e < OPC_LEN(opc_rmsnorm_eps); e++)
                 for (int inplace = 0; inplace < 2; inplace++) {
-                    int n = ns[a], dim = dims[b];
-                    float eps = epss[e];
+                    if (!(opc_rows[a].on & opc_rmsnorm_dims[b].on & OPC_ON_REF))
+                        continue;
+                    int n = opc_rows[a].v, dim = opc_rmsnorm_dims[b].v;
+                    float eps = opc_rmsnorm_eps[e];
                     size_t total = (size_t)n * dim;
-                    /* Rows of very different sizes, some small enough that
-                     * eps matters. */
                     float *x = tu_xmalloc(total * sizeof *x);
                     for (int t = 0; t < n; t++) {
-                        float mag = t % 3 == 0 ? 1e-3f : t % 3 == 1 ? 3.0f : 100.0f;
+                        float mag = opc_rmsnorm_row_mag(t);
                         tu_rng_fill(r, x + (size_t)t * dim, (size_t)dim, -mag, mag);
                     }
                     float *w = rand_vec(r, (size_t)dim, -1.5f, 1.5f);
@@ -209,7 +207,7 @@ static void test_rmsnorm(tsr_backend *be, tu_rng *r) {
                     char what[96];
                     snprintf(what, sizeof what, "rmsnorm n=%d dim=%d eps=%g%s", n, dim,
                              (double)eps, inplace ? " in place" : "");
-                    CHECK_CLOSE(what, got, want, total, RTOL, NULL, 1e-30);
+                    CHECK_CLOSE(what, got, want, total, RTOL(OPC_RMSNORM), NULL, 1e-30);
                     dbuf_free(be, &dx);
                     dbuf_free(be, &dw);
                     if (!inplace)
@@ -220,23 +218,23 @@ static void test_rmsnorm(tsr_backend *be, tu_rng *r) {
 
 /* ---- rope ---------------------------------------------------------------------------- */
 
-static void test_rope(tsr_backend *be, tu_rng *r) {
-    static const struct {
-        int n, n_heads, head_dim;
-        double theta; /* 0: random inv_freq (as with rope scaling) */
-    } cases[] = {{1, 1, 64, 10000},  {3, 4, 64, 10000},  {17, 3, 64, 500000}, {5, 2, 96, 10000},
-                 {17, 4, 2, 10000},  {3, 6, 64, 0},      {7, 1, 128, 1e6}};
-    static const int32_t special[] = {0, 1, 7, 100, 5000, 8191, 32767, 131071};
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        int n = cases[c].n, nh = cases[c].n_heads, hd = cases[c].head_dim, half = hd / 2;
+static void test_rope(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_ROPE), *r = &rng;
+    size_t c = 0; /* cases run so far */
+    for (size_t k = 0; k < OPC_LEN(opc_rope_cases); k++) {
+        const opc_rope_case *rc = &opc_rope_cases[k];
+        if (!(rc->on & OPC_ON_REF))
+            continue;
+        int n = rc->n, nh = rc->n_heads, hd = rc->head_dim, half = hd / 2;
         size_t total = (size_t)n * nh * hd;
         float *inv = tu_xmalloc((size_t)half * sizeof *inv);
         for (int i = 0; i < half; i++)
-            inv[i] = cases[c].theta > 0 ? (float)pow(cases[c].theta, -2.0 * i / hd)
-                                        : tu_rng_float(r, 1e-4f, 1.0f);
+            inv[i] = rc->theta > 0 ? (float)pow(rc->theta, -2.0 * i / hd)
+                                   : tu_rng_float(r, 1e-4f, 1.0f);
         int32_t *pos = tu_xmalloc((size_t)n * sizeof *pos);
         for (int t = 0; t < n; t++)
-            pos[t] = t < 8 && n > 1 ? special[(t + c) % 8] : (int32_t)tu_rng_below(r, 8192);
+            pos[t] = t < 8 && n > 1 ? opc_rope_pos_ref[(t + c) % 8]
+                                    : (int32_t)tu_rng_below(r, OPC_ROPE_POS_REF_BOUND);
         float *x = rand_vec(r, total, -2, 2), *got = tu_xmalloc(total * sizeof *got);
         double *want = tu_xmalloc(total * sizeof *want), *scale = tu_xmalloc(total * sizeof *scale);
         dbuf dx = dbuf_new(be, x, total);
@@ -257,63 +255,32 @@ static void test_rope(tsr_backend *be, tu_rng *r) {
             }
         char what[96];
         snprintf(what, sizeof what, "rope n=%d heads=%d head_dim=%d", n, nh, hd);
-        CHECK_CLOSE(what, got, want, total, RTOL, scale, 0);
+        CHECK_CLOSE(what, got, want, total, RTOL(OPC_ROPE), scale, 0);
         dbuf_free(be, &dx);
         tsr_backend_free(be, dpos);
         tsr_backend_free(be, dinv);
         free(inv), free(pos), free(x), free(got), free(want), free(scale);
+        c++;
     }
 }
 
 /* ---- kv_store + paged attention ----------------------------------------------------- */
 
-typedef struct {
-    int n_head, n_kv, head_dim, block_size;
-    float scale; /* 0: 1/sqrt(head_dim) */
-    int n_seqs;
-    int prior[3]; /* positions already in the cache per sequence */
-    int fresh[3]; /* new tokens in this batch per sequence */
-} attn_case;
-
-static void shuffle_int(tu_rng *r, int *a, int n) {
-    for (int i = n - 1; i > 0; i--) {
-        int j = (int)tu_rng_below(r, (uint64_t)i + 1), t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-    }
-}
-
-static void test_attention_case(tsr_backend *be, tu_rng *r, const attn_case *ac) {
+static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case *ac) {
     const int hd = ac->head_dim, bs = ac->block_size, S = ac->n_seqs;
     const int kv_dim = ac->n_kv * hd, q_dim = ac->n_head * hd, group = ac->n_head / ac->n_kv;
     const float scale = ac->scale > 0 ? ac->scale : 1.0f / sqrtf((float)hd);
+    opc_attn_layout L;
+    opc_attn_layout_init(&L, ac, r);
+    const int *len = L.len, n_blocks = L.n_blocks, max_blocks = L.max_blocks;
+    const int32_t *tables = L.tables;
 
-    /* Block tables: every sequence gets ceil(len / bs) blocks drawn from a
-     * shuffled pool, plus spare blocks nobody owns; unused columns are -1. */
-    int len[3], need[3], max_blocks = 1, n_blocks = 3;
-    for (int s = 0; s < S; s++) {
-        len[s] = ac->prior[s] + ac->fresh[s];
-        need[s] = (len[s] + bs - 1) / bs;
-        if (need[s] + 1 > max_blocks)
-            max_blocks = need[s] + 1;
-        n_blocks += need[s];
-    }
-    int *pool = tu_xmalloc((size_t)n_blocks * sizeof *pool);
-    for (int b = 0; b < n_blocks; b++)
-        pool[b] = b;
-    shuffle_int(r, pool, n_blocks);
-    int32_t *tables = tu_xmalloc((size_t)S * max_blocks * sizeof *tables);
-    for (int i = 0, k = 0; i < S * max_blocks; i++)
-        tables[i] = (i % max_blocks) < need[i / max_blocks] ? pool[k++] : -1;
-
-    /* Host K/V by (sequence, position), and the slot of each. */
-    float *K[3], *V[3];
+    /* Host K/V by (sequence, position). */
+    float *K[OPC_MAX_SEQS], *V[OPC_MAX_SEQS];
     for (int s = 0; s < S; s++) {
         K[s] = rand_vec(r, (size_t)len[s] * kv_dim, -1, 1);
         V[s] = rand_vec(r, (size_t)len[s] * kv_dim, -1, 1);
     }
-#define SLOT(s, p) (tables[(s) * max_blocks + (p) / bs] * bs + (p) % bs)
-
     /* The cache starts as NaN: a read of any slot not written poisons. */
     size_t cache_n = (size_t)n_blocks * bs * kv_dim;
     dbuf kc = dbuf_new(be, NULL, cache_n), vc = dbuf_new(be, NULL, cache_n);
@@ -321,28 +288,13 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const attn_case *ac)
     /* Two batches: the prior positions (in shuffled order), then the new
      * tokens (interleaved across sequences). Each is (seq, pos) pairs. */
     for (int phase = 0; phase < 2; phase++) {
-        int n = 0;
-        for (int s = 0; s < S; s++)
-            n += phase ? ac->fresh[s] : ac->prior[s];
+        int32_t *seq, *pos, *slot;
+        const int n = opc_attn_phase(&L, ac, phase, r, &seq, &pos, &slot);
         if (n == 0)
             continue;
-        int *order = tu_xmalloc((size_t)n * sizeof *order);
-        int32_t *seq = tu_xmalloc((size_t)n * sizeof *seq), *pos = tu_xmalloc((size_t)n * sizeof *pos);
-        int32_t *slot = tu_xmalloc((size_t)n * sizeof *slot);
-        for (int i = 0; i < n; i++)
-            order[i] = i;
-        shuffle_int(r, order, n);
-        for (int s = 0, k = 0; s < S; s++) {
-            int p0 = phase ? ac->prior[s] : 0, p1 = phase ? len[s] : ac->prior[s];
-            for (int p = p0; p < p1; p++, k++) {
-                seq[order[k]] = s;
-                pos[order[k]] = p;
-            }
-        }
         float *kb = tu_xmalloc((size_t)n * kv_dim * sizeof *kb);
         float *vb = tu_xmalloc((size_t)n * kv_dim * sizeof *vb);
         for (int i = 0; i < n; i++) {
-            slot[i] = SLOT(seq[i], pos[i]);
             memcpy(kb + (size_t)i * kv_dim, K[seq[i]] + (size_t)pos[i] * kv_dim,
                    (size_t)kv_dim * sizeof *kb);
             memcpy(vb + (size_t)i * kv_dim, V[seq[i]] + (size_t)pos[i] * kv_dim,
@@ -361,7 +313,7 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const attn_case *ac)
             CHECK(owned, "calloc");
             for (int s = 0; s < S; s++)
                 for (int p = 0; p < len[s]; p++) {
-                    size_t sl = (size_t)SLOT(s, p);
+                    size_t sl = (size_t)opc_attn_slot(&L, ac, s, p);
                     owned[sl] = 1;
                     CHECK(!memcmp(kback + sl * kv_dim, K[s] + (size_t)p * kv_dim,
                                   (size_t)kv_dim * sizeof(float)) &&
@@ -420,10 +372,10 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const attn_case *ac)
             }
             char what[128];
             snprintf(what, sizeof what,
-                     "attention heads=%d kv_heads=%d head_dim=%d block=%d seqs=%d", ac->n_head,
-                     ac->n_kv, hd, bs, S);
+                     "attention %s: heads=%d kv_heads=%d head_dim=%d block=%d seqs=%d", ac->label,
+                     ac->n_head, ac->n_kv, hd, bs, S);
             /* V is in [-1, 1]: tolerance relative to that scale. */
-            CHECK_CLOSE(what, got, want, (size_t)n * q_dim, RTOL, NULL, 1.0);
+            CHECK_CLOSE(what, got, want, (size_t)n * q_dim, RTOL(OPC_ATTENTION), NULL, 1.0);
             dbuf_free(be, &dq);
             dbuf_free(be, &dout);
             tsr_backend_free(be, dpos);
@@ -434,44 +386,32 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const attn_case *ac)
         dbuf_free(be, &dk);
         dbuf_free(be, &dv);
         tsr_backend_free(be, dslot);
-        free(order), free(seq), free(pos), free(slot), free(kb), free(vb);
+        free(seq), free(pos), free(slot), free(kb), free(vb);
     }
-#undef SLOT
     dbuf_free(be, &kc);
     dbuf_free(be, &vc);
     for (int s = 0; s < S; s++)
         free(K[s]), free(V[s]);
-    free(pool);
-    free(tables);
+    opc_attn_layout_free(&L);
 }
 
-static void test_attention(tsr_backend *be, tu_rng *r) {
-    static const attn_case cases[] = {
-        /* GQA 6/2, a chunk continuing a 9-token cache beside a decode step */
-        {6, 2, 64, 4, 0, 2, {9, 3, 0}, {5, 1, 0}},
-        /* MHA 4/4, a fresh prefill beside a continuing sequence */
-        {4, 4, 64, 4, 0, 2, {0, 13, 0}, {6, 2, 0}},
-        /* one KV head for all, odd head_dim, block size 1 */
-        {3, 1, 5, 1, 0.7f, 2, {4, 0, 0}, {3, 5, 0}},
-        /* head_dim 96, blocks larger than the sequences, three sequences */
-        {8, 2, 96, 16, 0, 3, {1, 20, 0}, {1, 1, 17}},
-        /* a single token at position 0 */
-        {2, 1, 64, 4, 0, 1, {0, 0, 0}, {1, 0, 0}},
-        /* large scale: peaked softmax */
-        {4, 2, 64, 4, 2.0f, 2, {7, 2, 0}, {2, 3, 0}},
-    };
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
-        test_attention_case(be, r, &cases[c]);
+static void test_attention(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_ATTENTION), *r = &rng;
+    for (size_t c = 0; c < OPC_LEN(opc_attn_cases); c++)
+        if (opc_attn_cases[c].on & OPC_ON_REF)
+            test_attention_case(be, r, &opc_attn_cases[c]);
 }
 
 /* ---- elementwise ops ---------------------------------------------------------------- */
 
-static void test_swiglu(tsr_backend *be, tu_rng *r) {
-    static const int ns[] = {1, 3, 17}, dims[] = {5, 64, 96};
-    for (int a = 0; a < 3; a++)
-        for (int b = 0; b < 3; b++)
+static void test_swiglu(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_SWIGLU), *r = &rng;
+    for (size_t a = 0; a < OPC_LEN(opc_rows); a++)
+        for (size_t b = 0; b < OPC_LEN(opc_swiglu_dims); b++)
             for (int alias = 0; alias < 2; alias++) {
-                int n = ns[a], dim = dims[b];
+                if (!(opc_rows[a].on & opc_swiglu_dims[b].on & OPC_ON_REF))
+                    continue;
+                int n = opc_rows[a].v, dim = opc_swiglu_dims[b].v;
                 size_t total = (size_t)n * dim;
                 float *g = rand_vec(r, total, -12, 12), *u = rand_vec(r, total, -3, 3);
                 float *got = tu_xmalloc(total * sizeof *got);
@@ -485,7 +425,7 @@ static void test_swiglu(tsr_backend *be, tu_rng *r) {
                 char what[64];
                 snprintf(what, sizeof what, "swiglu n=%d dim=%d%s", n, dim,
                          alias ? " out=gate" : "");
-                CHECK_CLOSE(what, got, want, total, RTOL, NULL, 1e-30);
+                CHECK_CLOSE(what, got, want, total, RTOL(OPC_SWIGLU), NULL, 1e-30);
                 dbuf_free(be, &dg);
                 dbuf_free(be, &du);
                 if (!alias)
@@ -494,12 +434,15 @@ static void test_swiglu(tsr_backend *be, tu_rng *r) {
             }
 }
 
-static void test_add(tsr_backend *be, tu_rng *r) {
-    static const int ns[] = {1, 3, 17}, dims[] = {5, 64, 96};
-    for (int a = 0; a < 3; a++)
-        for (int b = 0; b < 3; b++)
-            for (int bias = 0; bias < 2; bias++) {
-                int n = ns[a], dim = dims[b];
+static void test_add(tsr_backend *be) {
+    for (int bias = 0; bias < 2; bias++) {
+        const opc_op op = bias ? OPC_ADD_BIAS : OPC_ADD;
+        tu_rng rng = opc_rng(op), *r = &rng;
+        for (size_t a = 0; a < OPC_LEN(opc_rows); a++)
+            for (size_t b = 0; b < OPC_LEN(opc_add_dims); b++) {
+                if (!(opc_rows[a].on & opc_add_dims[b].on & OPC_ON_REF))
+                    continue;
+                int n = opc_rows[a].v, dim = opc_add_dims[b].v;
                 size_t total = (size_t)n * dim, xn = bias ? (size_t)dim : total;
                 float *y = rand_vec(r, total, -5, 5), *x = rand_vec(r, xn, -5, 5);
                 float *got = tu_xmalloc(total * sizeof *got);
@@ -518,19 +461,22 @@ static void test_add(tsr_backend *be, tu_rng *r) {
                 }
                 char what[64];
                 snprintf(what, sizeof what, "%s n=%d dim=%d", bias ? "add_bias" : "add", n, dim);
-                CHECK_CLOSE(what, got, want, total, 1e-7, scale, 0);
+                CHECK_CLOSE(what, got, want, total, RTOL(op), scale, 0);
                 dbuf_free(be, &dy);
                 dbuf_free(be, &dx);
                 free(y), free(x), free(got), free(want), free(scale);
             }
+    }
 }
 
-static void test_embedding(tsr_backend *be, tu_rng *r) {
-    static const int dims[] = {5, 96}, row0s[] = {0, 10, 1000};
-    const int rows = 7;
-    for (int a = 0; a < 2; a++)
-        for (int b = 0; b < 3; b++) {
-            int dim = dims[a], row0 = row0s[b];
+static void test_embedding(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_EMBEDDING), *r = &rng;
+    const int rows = OPC_EMBEDDING_ROWS_REF;
+    for (size_t a = 0; a < OPC_LEN(opc_embedding_dims); a++)
+        for (size_t b = 0; b < OPC_LEN(opc_embedding_row0s); b++) {
+            if (!(opc_embedding_dims[a].on & opc_embedding_row0s[b].on & OPC_ON_REF))
+                continue;
+            int dim = opc_embedding_dims[a].v, row0 = opc_embedding_row0s[b].v;
             float *tab = rand_vec(r, (size_t)rows * dim, -1, 1);
             tsr_weight W;
             CHECK_OK(be->iface->weight_upload(be, &W, tab, rows, dim));
@@ -561,12 +507,14 @@ static void test_embedding(tsr_backend *be, tu_rng *r) {
 /* row_expsum against double loops written here: the maximum exactly, the
  * sum of exp((l - max) * inv_t) within f32 rounding; NaN sums for a row
  * with a NaN entry and for an all -inf row. */
-static void test_row_expsum(tsr_backend *be, tu_rng *r) {
-    static const int vs[] = {1, 9, 5000};
-    const int n = 5;
-    for (int a = 0; a < 3; a++) {
-        const int V = vs[a];
-        float *l = rand_vec(r, (size_t)n * V, -30, 30), inv_t[5], out[10];
+static void test_row_expsum(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_ROW_EXPSUM), *r = &rng;
+    enum { n = OPC_EXPSUM_ROWS_REF };
+    for (size_t a = 0; a < OPC_LEN(opc_expsum_vocab); a++) {
+        if (!(opc_expsum_vocab[a].on & OPC_ON_REF))
+            continue;
+        const int V = opc_expsum_vocab[a].v;
+        float *l = rand_vec(r, (size_t)n * V, -30, 30), inv_t[n], out[2 * n];
         tu_rng_fill(r, inv_t, n, 0.2f, 4.0f);
         l[V / 2] = -INFINITY;
         if (V > 1) {
@@ -592,7 +540,7 @@ static void test_row_expsum(tsr_backend *be, tu_rng *r) {
                       V, i, (double)out[2 * i + 1]);
                 continue;
             }
-            CHECK(out[2 * i] == (float)mx && fabs(out[2 * i + 1] - z) <= 1e-6 * z,
+            CHECK(out[2 * i] == (float)mx && fabs(out[2 * i + 1] - z) <= RTOL(OPC_ROW_EXPSUM) * z,
                   "row_expsum V=%d row %d: (%g, %g), want (%g, %g)", V, i, (double)out[2 * i],
                   (double)out[2 * i + 1], mx, z);
         }
@@ -605,8 +553,9 @@ static void test_row_expsum(tsr_backend *be, tu_rng *r) {
  * the backend's block skipping: ties across blocks (the lowest column wins),
  * a NaN in column 0 (kept), NaNs elsewhere (topk puts them first), an all
  * -inf row, and the best value in the last, partial block. */
-static void test_picks(tsr_backend *be, tu_rng *r) {
-    enum { N = 6, V = 1000, K = 40 };
+static void test_picks(tsr_backend *be) {
+    tu_rng rng = opc_rng(OPC_ARGMAX), *r = &rng;
+    enum { N = OPC_PICKS_N, V = OPC_PICKS_V, K = OPC_PICKS_K };
     float *l = rand_vec(r, (size_t)N * V, -10, 10), val[N], tv[N * K];
     int32_t idx[N], ti[N * K];
     l[0 * V + 700] = l[0 * V + 130] = 50; /* row 0: a tie in two blocks */
@@ -639,36 +588,35 @@ static void test_picks(tsr_backend *be, tu_rng *r) {
     free(l);
 }
 
-static void run_all(tsr_backend *be, tu_rng *r) {
+static void run_all(tsr_backend *be) {
     CHECK(be->iface->act_dtype == TSR_F32 && tsr_backend_act_size(be) == 4,
           "the tolerances here are for f32 activations");
-    test_memory(be, r);
-    test_matmul(be, r);
+    test_memory(be);
+    test_matmul(be);
     printf("  matmul ok\n");
-    test_rmsnorm(be, r);
+    test_rmsnorm(be);
     printf("  rmsnorm ok\n");
-    test_rope(be, r);
+    test_rope(be);
     printf("  rope ok\n");
-    test_attention(be, r);
+    test_attention(be);
     printf("  kv_store + attention ok\n");
-    test_swiglu(be, r);
-    test_add(be, r);
-    test_embedding(be, r);
+    test_swiglu(be);
+    test_add(be);
+    test_embedding(be);
     printf("  swiglu, add, add_bias, embedding ok\n");
-    test_row_expsum(be, r);
-    test_picks(be, r);
+    test_row_expsum(be);
+    test_picks(be);
     printf("  row_expsum, argmax, topk ok\n");
 }
 
 int main(void) {
     /* One thread and three (an odd split over the work). */
     static const int threads[] = {1, 3};
-    tu_rng r = {0x6b65726e656c73ull};
     for (int i = 0; i < 2; i++) {
         tsr_backend *be = NULL;
         CHECK_OK(tsr_backend_cpu_create(threads[i], &be));
         printf(" cpu backend, %d thread%s:\n", threads[i], threads[i] > 1 ? "s" : "");
-        run_all(be, &r);
+        run_all(be);
         tsr_backend_destroy(be);
     }
     tsr_backend_destroy(NULL);

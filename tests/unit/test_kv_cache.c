@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/unit/test_util.h"
+#include "tests/common/check.h"
 
 /* Every invariant of the bookkeeping. */
 static void check_consistent(const tsr_kv_cache *kv, const char *when) {

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/unit/test_util.h"
+#include "tests/common/check.h"
 
 /* ---- model shapes ---- */
 

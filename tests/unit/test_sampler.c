@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/unit/test_util.h"
+#include "tests/common/check.h"
 
 static tsr_sampling_params defaults(void) {
     tsr_sampling_params p = TSR_SAMPLING_PARAMS_INIT;
