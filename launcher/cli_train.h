@@ -59,10 +59,10 @@ int tsr_cli_train_total_steps(int n_examples, int batch, int steps, int epochs);
 void tsr_cli_train_step_batch(int k, int n_examples, int batch, int *epoch, int *first,
                               int *count);
 
-/* Whether `dir` can take a saved adapter: its parent is a writable
- * directory, and `dir` is absent, an empty directory, or a directory of
- * plain files holding adapter_config.json (an adapter saved before). Returns
- * 0 (with *exists set), or -1 with `why`. */
+/* Whether `dir` can take a saved adapter: tsr_fs_check_adapter_dir's rule
+ * (base/fs.h: absent with a writable parent, or a directory of regular files
+ * that is empty or holds adapter_config.json). Returns 0 (with *exists set),
+ * or -1 with `why` ("--out: " and the rule's message). */
 int tsr_cli_train_check_out_dir(const char *dir, int *exists, char *why, size_t why_size);
 
 /* A file to write: `name` (no slash) with len bytes of data. */
@@ -72,13 +72,13 @@ typedef struct {
     size_t len;
 } tsr_cli_out_file;
 
-/* Writes the files into a fresh "<dir>.tmp-XXXXXX" beside dir (mode 0777
- * less the umask), fsyncs them and it, then puts it in dir's place in one
- * rename: dir absent or empty: rename(2); dir an adapter directory: an
- * exchange (renameat2 RENAME_EXCHANGE, or a rename aside where the file
- * system has none) and the old files removed. Checks dir again first
- * (tsr_cli_train_check_out_dir). Returns 0, or -1 with `why`, leaving dir
- * as it was and removing the temporary directory. */
+/* Writes the files (names without a slash) into dir atomically through
+ * base/fs.h's tsr_fs_dir_write_*: a fresh "<dir>.tmp-XXXXXX" beside dir
+ * (mode 0777 less the umask), each file fsync'd, then put in dir's place in
+ * one rename (an existing adapter directory exchanged and its old files
+ * removed), after checking dir again with the adapter-directory rule.
+ * Returns 0, or -1 with `why`, leaving dir as it was and removing the
+ * temporary directory. */
 int tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files, size_t n_files,
                             char *why, size_t why_size);
 
