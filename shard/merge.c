@@ -99,17 +99,17 @@ static tsr_status list_tensors(const tsr_model_file_t *mf, const tsr_model_confi
         int one_d, target;
     } per_layer[] = {
         {"attn_norm.weight", "input_layernorm.weight", 1, -1},
-        {"attn_q.weight", "self_attn.q_proj.weight", 0, TSR_PEFT_Q},
-        {"attn_k.weight", "self_attn.k_proj.weight", 0, TSR_PEFT_K},
-        {"attn_v.weight", "self_attn.v_proj.weight", 0, TSR_PEFT_V},
+        {"attn_q.weight", "self_attn.q_proj.weight", 0, TSR_LORA_Q},
+        {"attn_k.weight", "self_attn.k_proj.weight", 0, TSR_LORA_K},
+        {"attn_v.weight", "self_attn.v_proj.weight", 0, TSR_LORA_V},
         {"attn_q.bias", "self_attn.q_proj.bias", 1, -1},
         {"attn_k.bias", "self_attn.k_proj.bias", 1, -1},
         {"attn_v.bias", "self_attn.v_proj.bias", 1, -1},
-        {"attn_output.weight", "self_attn.o_proj.weight", 0, TSR_PEFT_O},
+        {"attn_output.weight", "self_attn.o_proj.weight", 0, TSR_LORA_O},
         {"ffn_norm.weight", "post_attention_layernorm.weight", 1, -1},
-        {"ffn_gate.weight", "mlp.gate_proj.weight", 0, TSR_PEFT_GATE},
-        {"ffn_up.weight", "mlp.up_proj.weight", 0, TSR_PEFT_UP},
-        {"ffn_down.weight", "mlp.down_proj.weight", 0, TSR_PEFT_DOWN},
+        {"ffn_gate.weight", "mlp.gate_proj.weight", 0, TSR_LORA_GATE},
+        {"ffn_up.weight", "mlp.up_proj.weight", 0, TSR_LORA_UP},
+        {"ffn_down.weight", "mlp.down_proj.weight", 0, TSR_LORA_DOWN},
     };
     char hf[96], gg[64];
     *n = 0;
@@ -122,7 +122,7 @@ static tsr_status list_tensors(const tsr_model_file_t *mf, const tsr_model_confi
             snprintf(gg, sizeof gg, "blk.%d.%s", l, per_layer[k].gg);
             snprintf(hf, sizeof hf, "model.layers.%d.%s", l, per_layer[k].hf);
             int t = per_layer[k].target;
-            if (t >= 0 && !(ad->targets & TSR_PEFT_BIT(t)))
+            if (t >= 0 && !(ad->targets & TSR_LORA_TARGET_BIT(t)))
                 t = -1;
             TSR_TRY(add_entry(mf, e, n, hf, gg, per_layer[k].one_d, l, t));
             if (t >= 0) {
@@ -261,7 +261,8 @@ static tsr_status config_from_cfg(const tsr_model_config *c, const tsr_gguf_t *g
     int llama = c->arch == TSR_ARCH_LLAMA;
     json_t *rs = json_null();
     if (c->rope_scaling == TSR_ROPE_SCALING_LINEAR)
-        rs = json_pack("{s:s, s:f}", "rope_type", "linear", "factor", tsr_decimal_shortest(c->rope_factor, NULL));
+        rs = json_pack("{s:s, s:f}", "rope_type", "linear", "factor",
+                       tsr_decimal_shortest(c->rope_factor, NULL));
     else if (c->rope_scaling == TSR_ROPE_SCALING_LLAMA3)
         rs = json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor",
                        tsr_decimal_shortest(c->rope_factor, NULL), "low_freq_factor",

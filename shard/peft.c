@@ -13,27 +13,27 @@
 static const struct {
     const char *module; /* PEFT's module name */
     const char *block;  /* the submodule of the decoder layer holding it */
-} peft_targets[TSR_PEFT_N_TARGETS] = {
+} peft_targets[TSR_LORA_N_TARGETS] = {
     {"q_proj", "self_attn"}, {"k_proj", "self_attn"}, {"v_proj", "self_attn"},
     {"o_proj", "self_attn"}, {"gate_proj", "mlp"},    {"up_proj", "mlp"},
     {"down_proj", "mlp"},
 };
 
 const char *tsr_peft_target_name(int t) {
-    return t >= 0 && t < TSR_PEFT_N_TARGETS ? peft_targets[t].module : NULL;
+    return t >= 0 && t < TSR_LORA_N_TARGETS ? peft_targets[t].module : NULL;
 }
 
 tsr_status tsr_peft_target_dims(const tsr_model_config *cfg, int t, int *d_in, int *d_out) {
     int q = cfg->n_head * cfg->head_dim, kv = cfg->n_head_kv * cfg->head_dim;
     int in, out;
     switch (t) {
-    case TSR_PEFT_Q: in = cfg->n_embd, out = q; break;
-    case TSR_PEFT_K:
-    case TSR_PEFT_V: in = cfg->n_embd, out = kv; break;
-    case TSR_PEFT_O: in = q, out = cfg->n_embd; break;
-    case TSR_PEFT_GATE:
-    case TSR_PEFT_UP: in = cfg->n_embd, out = cfg->n_ff; break;
-    case TSR_PEFT_DOWN: in = cfg->n_ff, out = cfg->n_embd; break;
+    case TSR_LORA_Q: in = cfg->n_embd, out = q; break;
+    case TSR_LORA_K:
+    case TSR_LORA_V: in = cfg->n_embd, out = kv; break;
+    case TSR_LORA_O: in = q, out = cfg->n_embd; break;
+    case TSR_LORA_GATE:
+    case TSR_LORA_UP: in = cfg->n_embd, out = cfg->n_ff; break;
+    case TSR_LORA_DOWN: in = cfg->n_ff, out = cfg->n_embd; break;
     default: return tsr_error_set(TSR_ERR_INVALID, "LoRA target %d is out of range (0..6)", t);
     }
     *d_in = in;
@@ -51,7 +51,7 @@ float tsr_peft_scaling(const tsr_peft_adapter *a) {
 void tsr_peft_free(tsr_peft_adapter *a) {
     if (!a)
         return;
-    size_t n = a->n_layers > 0 ? (size_t)a->n_layers * TSR_PEFT_N_TARGETS : 0;
+    size_t n = a->n_layers > 0 ? (size_t)a->n_layers * TSR_LORA_N_TARGETS : 0;
     for (size_t i = 0; i < n; i++) {
         if (a->A)
             free(a->A[i]);
@@ -64,7 +64,7 @@ void tsr_peft_free(tsr_peft_adapter *a) {
 }
 
 tsr_status tsr_peft_alloc_arrays(tsr_peft_adapter *a, const tsr_model_config *cfg) {
-    size_t n = (size_t)cfg->n_layer * TSR_PEFT_N_TARGETS;
+    size_t n = (size_t)cfg->n_layer * TSR_LORA_N_TARGETS;
     a->n_layers = cfg->n_layer;
     a->A = calloc(n, sizeof *a->A);
     a->B = calloc(n, sizeof *a->B);
@@ -83,10 +83,10 @@ tsr_status tsr_peft_init(tsr_peft_adapter *a, const tsr_model_config *cfg, int r
     if (!isfinite(alpha))
         return tsr_error_set(TSR_ERR_INVALID, "tsr_peft_init: alpha %g is not finite",
                              (double)alpha);
-    if (targets == 0 || (targets & ~TSR_PEFT_ALL))
+    if (targets == 0 || (targets & ~TSR_LORA_TARGETS_ALL))
         return tsr_error_set(TSR_ERR_INVALID,
                              "tsr_peft_init: targets 0x%x must be a non-empty subset of 0x%x",
-                             targets, TSR_PEFT_ALL);
+                             targets, TSR_LORA_TARGETS_ALL);
     if (cfg->n_layer <= 0)
         return tsr_error_set(TSR_ERR_INVALID, "tsr_peft_init: model has %d layers", cfg->n_layer);
     tsr_status s = tsr_peft_alloc_arrays(a, cfg);
@@ -96,8 +96,8 @@ tsr_status tsr_peft_init(tsr_peft_adapter *a, const tsr_model_config *cfg, int r
     a->alpha = alpha;
     a->targets = targets;
     for (int l = 0; l < cfg->n_layer; l++)
-        for (int t = 0; t < TSR_PEFT_N_TARGETS; t++) {
-            if (!(targets & TSR_PEFT_BIT(t)))
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
+            if (!(targets & TSR_LORA_TARGET_BIT(t)))
                 continue;
             int din, dout;
             TSR_CHECK_GOTO(s, tsr_peft_target_dims(cfg, t, &din, &dout));
@@ -140,7 +140,7 @@ int tsr_peft_parse_tensor_name(const char *name, long *layer, int *t, int *ab) {
     if (nd == 0 || (nd > 1 && p[-nd] == '0') || *p != '.')
         return 0;
     p++;
-    for (int k = 0; k < TSR_PEFT_N_TARGETS; k++) {
+    for (int k = 0; k < TSR_LORA_N_TARGETS; k++) {
         size_t bl = strlen(peft_targets[k].block), ml = strlen(peft_targets[k].module);
         if (strncmp(p, peft_targets[k].block, bl) != 0 || p[bl] != '.' ||
             strncmp(p + bl + 1, peft_targets[k].module, ml) != 0 || p[bl + 1 + ml] != '.')

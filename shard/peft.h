@@ -22,6 +22,7 @@
 #include "base/fs.h"
 #include "base/status.h"
 #include "shard/config.h"
+#include "shard/lora_targets.h"
 
 /* The files of an adapter directory, and the prefix of PEFT's tensor names. */
 #define TSR_PEFT_CONFIG_FILE TSR_FS_ADAPTER_CONFIG /* "adapter_config.json" */
@@ -29,35 +30,33 @@
 #define TSR_PEFT_BIN_FILE "adapter_model.bin" /* PyTorch pickle: refused */
 #define TSR_PEFT_NAME_PREFIX "base_model.model.model.layers."
 
-/* The projections a LoRA adapter may adapt, in this order (PEFT's module
- * names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj). The
- * adapter's `targets` is a bitmask of TSR_PEFT_BIT(t). */
-typedef enum {
-    TSR_PEFT_Q = 0,
-    TSR_PEFT_K = 1,
-    TSR_PEFT_V = 2,
-    TSR_PEFT_O = 3,
-    TSR_PEFT_GATE = 4,
-    TSR_PEFT_UP = 5,
-    TSR_PEFT_DOWN = 6,
-    TSR_PEFT_N_TARGETS = 7,
-} tsr_peft_target;
+/* The projections are shard/lora_targets.h's tsr_lora_target; an adapter's
+ * `targets` is a bitmask of TSR_LORA_TARGET_BIT(t). */
 
-#define TSR_PEFT_BIT(t) (1u << (unsigned)(t))
-#define TSR_PEFT_ALL ((1u << TSR_PEFT_N_TARGETS) - 1u) /* all seven */
+/* Transitional, for runtime/cmd/tessera_main.c's _Static_assert only (that
+ * file is being split; delete the assert, then these): the old names of
+ * the targets, now one enum. */
+#define TSR_PEFT_Q TSR_LORA_Q
+#define TSR_PEFT_K TSR_LORA_K
+#define TSR_PEFT_V TSR_LORA_V
+#define TSR_PEFT_O TSR_LORA_O
+#define TSR_PEFT_GATE TSR_LORA_GATE
+#define TSR_PEFT_UP TSR_LORA_UP
+#define TSR_PEFT_DOWN TSR_LORA_DOWN
+#define TSR_PEFT_N_TARGETS TSR_LORA_N_TARGETS
 
 /* Index of (layer, target) in A and B. */
-#define TSR_PEFT_IDX(layer, t) ((layer) * TSR_PEFT_N_TARGETS + (t))
+#define TSR_PEFT_IDX(layer, t) ((layer) * TSR_LORA_N_TARGETS + (t))
 
 typedef struct {
     int r;              /* rank, > 0 */
     float alpha;        /* lora_alpha; finite */
     int use_rslora;     /* scaling alpha / sqrt(r) instead of alpha / r */
     float dropout;      /* lora_dropout in [0, 1); training only */
-    unsigned targets;   /* bitmask of TSR_PEFT_BIT(t); non-zero, within TSR_PEFT_ALL */
+    unsigned targets;   /* TSR_LORA_TARGET_BIT(t) mask; non-zero, within TSR_LORA_TARGETS_ALL */
     int n_layers;       /* = the model config's n_layer */
     char base_model[256]; /* base_model_name_or_path, "" when unknown */
-    /* [n_layers * TSR_PEFT_N_TARGETS], indexed TSR_PEFT_IDX(layer, t); NULL
+    /* [n_layers * TSR_LORA_N_TARGETS], indexed TSR_PEFT_IDX(layer, t); NULL
      * where t is not in `targets`. A[i] is (r, d_in), B[i] is (d_out, r), both
      * row-major f32, each its own allocation owned by the adapter (with
      * tsr_peft_init/load; a caller that fills the struct itself owns its
@@ -126,12 +125,13 @@ int tsr_peft_parse_tensor_name(const char *name, long *layer, int *t, int *ab);
  * files in it are dropped.
  *
  * Checks first (TSR_ERR_INVALID, nothing written): r > 0, finite alpha,
- * dropout in [0, 1), targets within TSR_PEFT_ALL and non-zero, n_layers ==
- * cfg->n_layer, every targeted A/B non-NULL and every other NULL, every value
- * finite (the message names the tensor), base_model valid UTF-8; then
- * `dir` as tsr_fs_check_adapter_dir checks it (its errors and codes).
- * TSR_ERR_IO for file-system errors (the message names the path); an error after the new adapter is in place (the final fsync of
- * the parent directory) is also reported.
+ * dropout in [0, 1), targets within TSR_LORA_TARGETS_ALL and non-zero,
+ * n_layers == cfg->n_layer, every targeted A/B non-NULL and every other
+ * NULL, every value finite (the message names the tensor), base_model valid
+ * UTF-8; then `dir` as tsr_fs_check_adapter_dir checks it (its errors and
+ * codes). TSR_ERR_IO for file-system errors (the message names the path);
+ * an error after the new adapter is in place (the final fsync of the parent
+ * directory) is also reported.
  *
  * Concurrent saves to one `dir` are not coordinated (the last swap wins;
  * each leaves a complete adapter).

@@ -102,7 +102,7 @@ static tsr_status cfg_targets(const cfg_reader *c, unsigned *mask, int *listed) 
     if (json_is_string(v)) {
         if (strcmp(json_string_value(v), "all-linear") == 0) {
             /* Every linear layer but the output layer: the seven projections. */
-            *mask = TSR_PEFT_ALL;
+            *mask = TSR_LORA_TARGETS_ALL;
             *listed = 1;
         }
         return TSR_OK; /* a regular expression: checked against the tensors only */
@@ -125,15 +125,15 @@ static tsr_status cfg_targets(const cfg_reader *c, unsigned *mask, int *listed) 
         const char *dot = strrchr(name, '.');
         const char *last = dot ? dot + 1 : name;
         int t = 0;
-        while (t < TSR_PEFT_N_TARGETS && strcmp(last, tsr_peft_target_name(t)) != 0)
+        while (t < TSR_LORA_N_TARGETS && strcmp(last, tsr_peft_target_name(t)) != 0)
             t++;
-        if (t == TSR_PEFT_N_TARGETS)
+        if (t == TSR_LORA_N_TARGETS)
             return tsr_error_set(TSR_ERR_UNSUPPORTED,
                                  "%s: target_modules entry \"%s\" is not supported (LoRA on "
                                  "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj "
                                  "only)",
                                  c->file, name);
-        *mask |= TSR_PEFT_BIT(t);
+        *mask |= TSR_LORA_TARGET_BIT(t);
     }
     *listed = 1;
     return TSR_OK;
@@ -290,13 +290,13 @@ static tsr_status load_tensors(const char *path, const tsr_safetensors_t *st,
                                      path, t->name, (double)m[e],
                                      (unsigned long long)(e / t->shape[1]),
                                      (unsigned long long)(e % t->shape[1]));
-        out->targets |= TSR_PEFT_BIT(tg);
+        out->targets |= TSR_LORA_TARGET_BIT(tg);
     }
     /* Every target present somewhere must be complete in every layer. */
     char name[160];
     for (int l = 0; l < cfg->n_layer; l++)
-        for (int tg = 0; tg < TSR_PEFT_N_TARGETS; tg++) {
-            if (!(out->targets & TSR_PEFT_BIT(tg)))
+        for (int tg = 0; tg < TSR_LORA_N_TARGETS; tg++) {
+            if (!(out->targets & TSR_LORA_TARGET_BIT(tg)))
                 continue;
             for (int ab = 0; ab < 2; ab++) {
                 if (ab ? out->B[TSR_PEFT_IDX(l, tg)] : out->A[TSR_PEFT_IDX(l, tg)])
@@ -388,14 +388,14 @@ tsr_status tsr_peft_load(const char *dir, const tsr_model_config *cfg, tsr_peft_
 
     if (listed) {
         unsigned extra = out->targets & ~listed_mask, absent = listed_mask & ~out->targets;
-        for (int t = 0; t < TSR_PEFT_N_TARGETS; t++) {
-            if (extra & TSR_PEFT_BIT(t)) {
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
+            if (extra & TSR_LORA_TARGET_BIT(t)) {
                 s = tsr_error_set(TSR_ERR_FORMAT,
                                   "%s has %s tensors, but target_modules in %s does not list %s",
                                   wpath, tsr_peft_target_name(t), cpath, tsr_peft_target_name(t));
                 goto cleanup;
             }
-            if (absent & TSR_PEFT_BIT(t)) {
+            if (absent & TSR_LORA_TARGET_BIT(t)) {
                 s = tsr_error_set(TSR_ERR_FORMAT,
                                   "%s lists %s in target_modules, but %s has no %s tensors", cpath,
                                   tsr_peft_target_name(t), wpath, tsr_peft_target_name(t));

@@ -34,10 +34,10 @@ static tsr_status check_adapter(const tsr_peft_adapter *a, const tsr_model_confi
     if (!(a->dropout >= 0.0f && a->dropout < 1.0f))
         return tsr_error_set(TSR_ERR_INVALID, "LoRA adapter: lora_dropout %g is not in [0, 1)",
                              (double)a->dropout);
-    if (a->targets == 0 || (a->targets & ~TSR_PEFT_ALL))
+    if (a->targets == 0 || (a->targets & ~TSR_LORA_TARGETS_ALL))
         return tsr_error_set(TSR_ERR_INVALID,
                              "LoRA adapter: targets 0x%x must be a non-empty subset of 0x%x",
-                             a->targets, TSR_PEFT_ALL);
+                             a->targets, TSR_LORA_TARGETS_ALL);
     if (a->n_layers != cfg->n_layer)
         return tsr_error_set(TSR_ERR_INVALID,
                              "LoRA adapter: %d layers, but the model config has %d", a->n_layers,
@@ -52,8 +52,8 @@ static tsr_status check_adapter(const tsr_peft_adapter *a, const tsr_model_confi
         return tsr_error_set(TSR_ERR_INVALID, "LoRA adapter: A or B array is NULL");
     char name[160];
     for (int l = 0; l < a->n_layers; l++)
-        for (int t = 0; t < TSR_PEFT_N_TARGETS; t++) {
-            int on = (a->targets & TSR_PEFT_BIT(t)) != 0;
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
+            int on = (a->targets & TSR_LORA_TARGET_BIT(t)) != 0;
             int din, dout;
             TSR_TRY(tsr_peft_target_dims(cfg, t, &din, &dout));
             for (int ab = 0; ab < 2; ab++) {
@@ -99,8 +99,8 @@ static tsr_status write_safetensors(const char *path, const tsr_peft_adapter *a,
                                     const tsr_model_config *cfg) {
     tsr_status s = TSR_OK;
     size_t n_on = 0;
-    for (int t = 0; t < TSR_PEFT_N_TARGETS; t++)
-        n_on += (a->targets & TSR_PEFT_BIT(t)) != 0;
+    for (int t = 0; t < TSR_LORA_N_TARGETS; t++)
+        n_on += (a->targets & TSR_LORA_TARGET_BIT(t)) != 0;
     size_t n = (size_t)a->n_layers * n_on * 2;
     save_entry *e = calloc(n, sizeof *e);
     tsr_st_out_tensor *out = calloc(n, sizeof *out);
@@ -110,8 +110,8 @@ static tsr_status write_safetensors(const char *path, const tsr_peft_adapter *a,
     }
     size_t k = 0;
     for (int l = 0; l < a->n_layers; l++)
-        for (int t = 0; t < TSR_PEFT_N_TARGETS; t++) {
-            if (!(a->targets & TSR_PEFT_BIT(t)))
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
+            if (!(a->targets & TSR_LORA_TARGET_BIT(t)))
                 continue;
             int din, dout;
             TSR_CHECK_GOTO(s, tsr_peft_target_dims(cfg, t, &din, &dout));
@@ -144,8 +144,8 @@ static tsr_status write_config(const char *path, const tsr_peft_adapter *a) {
     int prec = 1, d;
     if (!root || !mods)
         goto nomem;
-    for (int t = 0; t < TSR_PEFT_N_TARGETS; t++)
-        if ((a->targets & TSR_PEFT_BIT(t)) &&
+    for (int t = 0; t < TSR_LORA_N_TARGETS; t++)
+        if ((a->targets & TSR_LORA_TARGET_BIT(t)) &&
             json_array_append_new(mods, json_string(tsr_peft_target_name(t))))
             goto nomem;
     json_t *alpha;
