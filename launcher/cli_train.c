@@ -1,15 +1,13 @@
 /* launcher/cli_train.c - data file, shuffle, output directory and loss.csv
  * of `tessera-cli train` (see cli_train.h). The data file is read by
- * runtime/train/train_record.c, as `tessera train` reads it; the shuffle and the
- * directory check follow runtime/cmd/tessera_main.c, and the atomic save
- * shard/peft.c, so the client and `tessera train` agree on what a data
- * file and an --out may be. */
+ * runtime/train/train_record.c, as `tessera train` reads it; the shuffle
+ * follows runtime/cmd/tessera_main.c; the directory rule and the atomic
+ * write are base/fs.h's, as tsr_peft_save's, so the client and `tessera
+ * train` agree on what a data file and an --out may be. */
 #include "launcher/cli_train.h"
+#include "base/fs.h"
 #include "base/rng.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,230 +148,29 @@ void tsr_cli_train_step_batch(int k, int n_examples, int batch, int *epoch, int 
 
 /* ---- the output directory ----------------------------------------------------- */
 
-/* path without its trailing slashes, in buf (size cap). -1 if it is too long. */
-static int strip_slashes(const char *path, char *buf, size_t cap) {
-    size_t n = strlen(path);
-    if (n >= cap)
-        return -1;
-    memcpy(buf, path, n + 1);
-    while (n > 1 && buf[n - 1] == '/')
-        buf[--n] = '\0';
-    return 0;
+tsr_status tsr_cli_train_check_out_dir(const char *dir, int *exists) {
+    tsr_status st = tsr_fs_check_adapter_dir(dir, exists);
+    return st == TSR_OK ? st : tsr_error_wrap(st, "--out");
 }
 
-static void parent_of(const char *dir, char *parent, size_t cap) {
-    snprintf(parent, cap, "%s", dir);
-    char *slash = strrchr(parent, '/');
-    if (!slash)
-        snprintf(parent, cap, ".");
-    else if (slash == parent)
-        parent[1] = '\0';
-    else
-        *slash = '\0';
-}
-
-tsr_status tsr_cli_train_check_out_dir(const char *dir_arg, int *exists) {
-    char dir[PATH_MAX], parent[PATH_MAX];
-    *exists = 0;
-    if (!dir_arg[0] || strip_slashes(dir_arg, dir, sizeof dir) != 0)
-        return tsr_error_set(TSR_ERR_INVALID, "--out: bad path '%s'", dir_arg);
-    const char *base = strrchr(dir, '/');
-    base = base ? base + 1 : dir;
-    if (!strcmp(dir, "/") || !strcmp(base, ".") || !strcmp(base, ".."))
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "--out %s cannot be an adapter directory (name a new one)", dir_arg);
-    parent_of(dir, parent, sizeof parent);
-    struct stat ps;
-    if (stat(parent, &ps) != 0)
-        return tsr_error_set(TSR_ERR_IO, "--out %s: '%s': %s", dir_arg, parent, strerror(errno));
-    if (!S_ISDIR(ps.st_mode))
-        return tsr_error_set(TSR_ERR_INVALID, "--out %s: '%s' is not a directory", dir_arg,
-                             parent);
-    if (access(parent, W_OK | X_OK) != 0)
-        return tsr_error_set(TSR_ERR_IO, "--out %s: cannot write in '%s': %s", dir_arg, parent,
-                             strerror(errno));
-    struct stat sb;
-    if (lstat(dir, &sb) != 0) {
-        if (errno == ENOENT)
-            return TSR_OK;
-        return tsr_error_set(TSR_ERR_IO, "--out %s: %s", dir_arg, strerror(errno));
-    }
-    if (!S_ISDIR(sb.st_mode))
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "--out %s exists and is not a directory (it would not be replaced)",
-                             dir_arg);
-    DIR *dp = opendir(dir);
-    if (!dp)
-        return tsr_error_set(TSR_ERR_IO, "--out %s: %s", dir_arg, strerror(errno));
-    int entries = 0, has_config = 0, other = 0;
-    struct dirent *e;
-    while ((e = readdir(dp))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        entries++;
-        struct stat es;
-        if (fstatat(dirfd(dp), e->d_name, &es, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(es.st_mode))
-            other = 1;
-        if (!strcmp(e->d_name, "adapter_config.json"))
-            has_config = 1;
-    }
-    closedir(dp);
-    if (other || (entries && !has_config))
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "--out %s exists and is not an adapter directory (it is replaced "
-                             "only when empty or holding an adapter_config.json and plain files)",
-                             dir_arg);
-    *exists = 1;
-    return TSR_OK;
-}
-
-/* Removes the plain files of `dir`, then dir. Returns 0 when all went. */
-static int remove_flat_dir(const char *dir) {
-    DIR *dp = opendir(dir);
-    if (!dp)
-        return -1;
-    int rc = 0;
-    struct dirent *e;
-    while ((e = readdir(dp)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
-            unlinkat(dirfd(dp), e->d_name, 0) != 0)
-            rc = -1;
-    closedir(dp);
-    return rmdir(dir) == 0 ? rc : -1;
-}
-
-static int fsync_path(const char *path) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-/* "<dir><infix>XXXXXX" made by mkdtemp, then given 0777 less the umask
- * (mkdtemp's 0700 would make the adapter private). NULL with errno set. */
-static char *make_unique_dir(const char *dir, const char *infix) {
-    size_t n = strlen(dir) + strlen(infix) + 7;
-    char *p = malloc(n);
-    if (!p)
-        return NULL;
-    snprintf(p, n, "%s%sXXXXXX", dir, infix);
-    if (!mkdtemp(p)) {
-        int e = errno;
-        free(p);
-        errno = e;
-        return NULL;
-    }
-    mode_t mask = umask(0);
-    umask(mask);
-    chmod(p, 0777 & ~mask);
-    return p;
-}
-
-static tsr_status write_file(const char *dir, const tsr_cli_out_file *f) {
-    char path[PATH_MAX + 256];
-    snprintf(path, sizeof path, "%s/%s", dir, f->name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0)
-        return tsr_error_set(TSR_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
-    size_t done = 0;
-    while (done < f->len) {
-        ssize_t w = write(fd, f->data + done, f->len - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            int e = w < 0 ? errno : EIO;
-            close(fd);
-            return tsr_error_set(TSR_ERR_IO, "writing '%s': %s", path, strerror(e));
-        }
-        done += (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        return tsr_error_set(TSR_ERR_IO, "fsync '%s': %s", path, strerror(e));
-    }
-    if (close(fd) != 0)
-        return tsr_error_set(TSR_ERR_IO, "writing '%s': %s", path, strerror(errno));
-    return TSR_OK;
-}
-
-tsr_status tsr_cli_train_write_dir(const char *dir_arg, const tsr_cli_out_file *files,
+tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files,
                                    size_t n_files) {
-    char dir[PATH_MAX], parent[PATH_MAX];
-    int exists;
-    TSR_TRY(tsr_cli_train_check_out_dir(dir_arg, &exists));
-    strip_slashes(dir_arg, dir, sizeof dir);
-    parent_of(dir, parent, sizeof parent);
     for (size_t i = 0; i < n_files; i++)
         if (!files[i].name[0] || strchr(files[i].name, '/'))
             return tsr_error_set(TSR_ERR_INVALID, "bad file name '%s'", files[i].name);
-
-    char *tmp = make_unique_dir(dir, ".tmp-"), *aside = NULL;
-    if (!tmp)
-        return tsr_error_set(TSR_ERR_IO, "%s: cannot create a temporary directory beside it: %s",
-                             dir, strerror(errno));
-    tsr_status rc = TSR_OK;
-    for (size_t i = 0; i < n_files && rc == TSR_OK; i++)
-        rc = write_file(tmp, &files[i]);
-    if (rc == TSR_OK && fsync_path(tmp) != 0)
-        rc = tsr_error_set(TSR_ERR_IO, "fsync '%s': %s", tmp, strerror(errno));
-    if (rc != TSR_OK)
-        goto cleanup;
-
-    if (!exists) {
-        if (rename(tmp, dir) != 0) {
-            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot rename %s to it: %s", dir, tmp,
-                               strerror(errno));
-            goto cleanup;
-        }
-        free(tmp);
-        tmp = NULL;
-    } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
-        /* tmp is the old adapter now: removed below */
-    } else if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
-        rc = tsr_error_set(TSR_ERR_IO, "%s: cannot exchange it with %s: %s", dir, tmp,
-                           strerror(errno));
-        goto cleanup;
-    } else {
-        /* No exchange here: the old directory aside (onto an empty one,
-         * which rename replaces), then the new one in. */
-        if (!(aside = make_unique_dir(dir, ".old-"))) {
-            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot create a directory beside it: %s", dir,
-                               strerror(errno));
-            goto cleanup;
-        }
-        if (rename(dir, aside) != 0) {
-            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot rename it to %s: %s", dir, aside,
-                               strerror(errno));
-            rmdir(aside);
-            goto cleanup;
-        }
-        if (rename(tmp, dir) != 0) {
-            int e = errno;
-            int restored = rename(aside, dir) == 0;
-            rc = tsr_error_set(TSR_ERR_IO, "%s: cannot rename %s to it: %s%s%s%s", dir, tmp,
-                               strerror(e), restored ? "" : " (the previous adapter is in ",
-                               restored ? "" : aside, restored ? "" : ")");
-            goto cleanup;
-        }
-        free(tmp);
-        tmp = aside; /* the old adapter, removed below */
-        aside = NULL;
+    tsr_fs_dir_write w;
+    tsr_status st = tsr_fs_dir_write_begin(&w, dir, 1);
+    for (size_t i = 0; i < n_files && st == TSR_OK; i++) {
+        char path[PATH_MAX + 256];
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", w.tmp, files[i].name) >= sizeof path)
+            st = tsr_error_set(TSR_ERR_INVALID, "'%s/%s': path too long", w.tmp, files[i].name);
+        else
+            st = tsr_fs_write_file(path, files[i].data, files[i].len);
     }
-    fsync_path(parent);
-
-cleanup:
-    if (tmp) {
-        /* our partial files after a failure, or the previous adapter after
-         * the swap: either way not wanted (a leftover is harmless) */
-        remove_flat_dir(tmp);
-        fsync_path(parent);
-    }
-    free(tmp);
-    free(aside);
-    return rc;
+    if (st == TSR_OK)
+        st = tsr_fs_dir_write_commit(&w, NULL);
+    tsr_fs_dir_write_free(&w);
+    return st;
 }
 
 /* ---- loss.csv ----------------------------------------------------------------- */

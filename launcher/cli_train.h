@@ -61,11 +61,10 @@ int tsr_cli_train_total_steps(int n_examples, int batch, int steps, int epochs);
 void tsr_cli_train_step_batch(int k, int n_examples, int batch, int *epoch, int *first,
                               int *count);
 
-/* Whether `dir` can take a saved adapter: its parent is a writable
- * directory, and `dir` is absent, an empty directory, or a directory of
- * plain files holding adapter_config.json (an adapter saved before). Returns
- * TSR_OK (with *exists set), TSR_ERR_INVALID for a path that cannot be an
- * adapter directory, TSR_ERR_IO when the system refuses (stat, access). */
+/* Whether `dir` can take a saved adapter: tsr_fs_check_adapter_dir's rule
+ * (base/fs.h: absent with a writable parent, or a directory of regular files
+ * that is empty or holds adapter_config.json). Returns TSR_OK (with *exists
+ * set), or the rule's status with its message prefixed by "--out". */
 tsr_status tsr_cli_train_check_out_dir(const char *dir, int *exists);
 
 /* A file to write: `name` (no slash) with len bytes of data. */
@@ -75,14 +74,14 @@ typedef struct {
     size_t len;
 } tsr_cli_out_file;
 
-/* Writes the files into a fresh "<dir>.tmp-XXXXXX" beside dir (mode 0777
- * less the umask), fsyncs them and it, then puts it in dir's place in one
- * rename: dir absent or empty: rename(2); dir an adapter directory: an
- * exchange (renameat2 RENAME_EXCHANGE, or a rename aside where the file
- * system has none) and the old files removed. Checks dir again first
- * (tsr_cli_train_check_out_dir). Returns TSR_OK, or a status (the check's,
- * TSR_ERR_INVALID for a bad file name, TSR_ERR_IO) leaving dir as it was and
- * removing the temporary directory. */
+/* Writes the files (names without a slash) into dir atomically through
+ * base/fs.h's tsr_fs_dir_write_*: a fresh "<dir>.tmp-XXXXXX" beside dir
+ * (mode 0777 less the umask), each file fsync'd, then put in dir's place in
+ * one rename (an existing adapter directory exchanged and its old files
+ * removed), after checking dir again with the adapter-directory rule.
+ * Returns TSR_OK, or a status (TSR_ERR_INVALID for a bad file name, the
+ * rule's, TSR_ERR_IO) leaving dir as it was and removing the temporary
+ * directory. */
 tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files,
                                    size_t n_files);
 

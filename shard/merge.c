@@ -15,60 +15,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shard/peft.h"
+#include "base/decimal.h"
+#include "base/fs.h"
+#include "kernels/dtype.h"
 #include "shard/config.h"
 #include "shard/gguf.h"
 #include "shard/model_file.h"
+#include "shard/peft.h"
+#include "shard/safetensors_write.h"
 
 /* ---- small file helpers --------------------------------------------------- */
-
-static tsr_status write_all(int fd, const void *buf, size_t n, const char *path) {
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return tsr_error_set(TSR_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return TSR_OK;
-}
-
-static tsr_status fsync_path(const char *path, int directory) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
-    if (fd < 0)
-        return tsr_error_set(TSR_ERR_IO, "%s: cannot open to fsync: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    if (rc != 0)
-        return tsr_error_set(TSR_ERR_IO, "%s: fsync failed: %s", path, strerror(e));
-    return TSR_OK;
-}
-
-static tsr_status open_new(const char *path, int *fd) {
-    *fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (*fd < 0)
-        return tsr_error_set(TSR_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    return TSR_OK;
-}
-
-static tsr_status close_synced(int fd, const char *path, tsr_status s) {
-    if (s == TSR_OK && fsync(fd) != 0)
-        s = tsr_error_set(TSR_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-    if (close(fd) != 0 && s == TSR_OK)
-        s = tsr_error_set(TSR_ERR_IO, "%s: close failed: %s", path, strerror(errno));
-    return s;
-}
-
-static tsr_status write_file(const char *path, const void *data, size_t n) {
-    int fd;
-    TSR_TRY(open_new(path, &fd));
-    return close_synced(fd, path, write_all(fd, data, n, path));
-}
 
 static tsr_status write_json(const char *path, const json_t *root) {
     /* 9 significant digits: every float is stored as its shortest decimal. */
@@ -82,7 +38,7 @@ static tsr_status write_json(const char *path, const json_t *root) {
         return tsr_error_set(TSR_ERR_NOMEM, "%s: out of memory", path);
     }
     buf[n] = '\n';
-    tsr_status s = write_file(path, buf, n + 1);
+    tsr_status s = tsr_fs_write_file(path, buf, n + 1);
     free(buf);
     return s;
 }
@@ -96,85 +52,19 @@ static char *path_join(const char *dir, const char *name) {
 
 /* Copies dir/name into tmp/name when it exists. */
 static tsr_status copy_if_present(const char *dir, const char *tmp, const char *name) {
-    char *src = path_join(dir, name), *dst = path_join(tmp, name);
+    char *src = path_join(dir, name), *dst = path_join(tmp, name), *buf = NULL;
+    size_t n = 0;
     tsr_status s = TSR_OK;
-    char *buf = NULL;
-    FILE *f = NULL;
-    if (!src || !dst) {
+    if (!src || !dst)
         s = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
-        goto cleanup;
-    }
-    f = fopen(src, "rb");
-    if (!f) {
-        if (errno != ENOENT)
-            s = tsr_error_set(TSR_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
-        goto cleanup;
-    }
-    size_t cap = 1 << 16, n = 0;
-    buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            s = tsr_error_set(TSR_ERR_NOMEM, "%s: out of memory", src);
-            goto cleanup;
-        }
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        cap *= 2;
-        char *nb = realloc(buf, cap);
-        if (!nb)
-            free(buf);
-        buf = nb;
-    }
-    if (ferror(f)) {
-        s = tsr_error_set(TSR_ERR_IO, "%s: read error", src);
-        goto cleanup;
-    }
-    s = write_file(dst, buf, n);
-cleanup:
-    if (f)
-        fclose(f);
+    else if (access(src, F_OK) == 0 || errno != ENOENT)
+        s = tsr_fs_read_file(src, 0, &buf, &n);
+    if (s == TSR_OK && buf)
+        s = tsr_fs_write_file(dst, buf, n);
     free(buf);
     free(src);
     free(dst);
     return s;
-}
-
-static void remove_flat_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL)
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-            unlinkat(dirfd(d), de->d_name, 0);
-    closedir(d);
-    rmdir(dir);
-}
-
-/* "<base>.tmp-XXXXXX" with mode 0777 less the umask (mkdtemp's 0700 would
- * become the model directory's mode). */
-static char *make_tmp_dir(const char *base) {
-    static const char set[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    char *p = NULL;
-    if (asprintf(&p, "%s.tmp-XXXXXX", base) < 0)
-        return NULL;
-    char *x = p + strlen(p) - 6;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t st = ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16);
-    for (int attempt = 0; attempt < 1000; attempt++) {
-        for (int i = 0; i < 6; i++) {
-            st = st * 6364136223846793005ull + 1442695040888963407ull;
-            x[i] = set[(st >> 33) % (sizeof set - 1)];
-        }
-        if (mkdir(p, 0777) == 0)
-            return p;
-        if (errno != EEXIST)
-            break;
-    }
-    free(p);
-    return NULL;
 }
 
 /* ---- the tensors ------------------------------------------------------------ */
@@ -209,17 +99,17 @@ static tsr_status list_tensors(const tsr_model_file_t *mf, const tsr_model_confi
         int one_d, target;
     } per_layer[] = {
         {"attn_norm.weight", "input_layernorm.weight", 1, -1},
-        {"attn_q.weight", "self_attn.q_proj.weight", 0, TSR_PEFT_Q},
-        {"attn_k.weight", "self_attn.k_proj.weight", 0, TSR_PEFT_K},
-        {"attn_v.weight", "self_attn.v_proj.weight", 0, TSR_PEFT_V},
+        {"attn_q.weight", "self_attn.q_proj.weight", 0, TSR_LORA_Q},
+        {"attn_k.weight", "self_attn.k_proj.weight", 0, TSR_LORA_K},
+        {"attn_v.weight", "self_attn.v_proj.weight", 0, TSR_LORA_V},
         {"attn_q.bias", "self_attn.q_proj.bias", 1, -1},
         {"attn_k.bias", "self_attn.k_proj.bias", 1, -1},
         {"attn_v.bias", "self_attn.v_proj.bias", 1, -1},
-        {"attn_output.weight", "self_attn.o_proj.weight", 0, TSR_PEFT_O},
+        {"attn_output.weight", "self_attn.o_proj.weight", 0, TSR_LORA_O},
         {"ffn_norm.weight", "post_attention_layernorm.weight", 1, -1},
-        {"ffn_gate.weight", "mlp.gate_proj.weight", 0, TSR_PEFT_GATE},
-        {"ffn_up.weight", "mlp.up_proj.weight", 0, TSR_PEFT_UP},
-        {"ffn_down.weight", "mlp.down_proj.weight", 0, TSR_PEFT_DOWN},
+        {"ffn_gate.weight", "mlp.gate_proj.weight", 0, TSR_LORA_GATE},
+        {"ffn_up.weight", "mlp.up_proj.weight", 0, TSR_LORA_UP},
+        {"ffn_down.weight", "mlp.down_proj.weight", 0, TSR_LORA_DOWN},
     };
     char hf[96], gg[64];
     *n = 0;
@@ -232,7 +122,7 @@ static tsr_status list_tensors(const tsr_model_file_t *mf, const tsr_model_confi
             snprintf(gg, sizeof gg, "blk.%d.%s", l, per_layer[k].gg);
             snprintf(hf, sizeof hf, "model.layers.%d.%s", l, per_layer[k].hf);
             int t = per_layer[k].target;
-            if (t >= 0 && !(ad->targets & TSR_PEFT_BIT(t)))
+            if (t >= 0 && !(ad->targets & TSR_LORA_TARGET_BIT(t)))
                 t = -1;
             TSR_TRY(add_entry(mf, e, n, hf, gg, per_layer[k].one_d, l, t));
             if (t >= 0) {
@@ -265,68 +155,48 @@ static tsr_status list_tensors(const tsr_model_file_t *mf, const tsr_model_confi
     return TSR_OK;
 }
 
-static uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN stays a quiet NaN */
-        return (uint16_t)((u >> 16) | 0x0040u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 static tsr_status write_weights(const char *path, const tsr_model_file_t *mf, const entry *e,
                                 size_t n, const tsr_peft_adapter *ad, tsr_merge_dtype dtype) {
-    const size_t esz = dtype == TSR_MERGE_BF16 ? 2 : 4;
     const float scale = tsr_peft_scaling(ad);
     const int r = ad->r;
     tsr_status s = TSR_OK;
-    json_t *hdr = json_object(), *meta = json_object();
-    char *text = NULL, *head = NULL;
+    tsr_st_out_tensor *desc = calloc(n ? n : 1, sizeof *desc);
+    char *head = NULL;
+    size_t head_len = 0;
     float *w = NULL, *d = NULL;
     uint16_t *h = NULL;
     int fd = -1;
     size_t max_elems = 1, max_cols = 1;
-    int bad = !hdr || !meta;
-    bad = bad || json_object_set_new(meta, "format", json_string("pt"));
-    bad = bad || json_object_set(hdr, "__metadata__", meta);
-    uint64_t off = 0;
-    for (size_t i = 0; i < n && !bad; i++) {
+    if (!desc) {
+        s = tsr_error_set(TSR_ERR_NOMEM, "%s: out of memory for the header", path);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
         size_t ne = (size_t)e[i].rows * (size_t)e[i].cols;
         if (ne > max_elems)
             max_elems = ne;
         if ((size_t)e[i].cols > max_cols)
             max_cols = (size_t)e[i].cols;
-        uint64_t nb = (uint64_t)ne * esz;
-        json_t *shape = e[i].one_d ? json_pack("[I]", (json_int_t)e[i].cols)
-                                   : json_pack("[I,I]", (json_int_t)e[i].rows,
-                                               (json_int_t)e[i].cols);
-        json_t *ent = shape ? json_pack("{s:s, s:o, s:[I,I]}", "dtype",
-                                        dtype == TSR_MERGE_BF16 ? "BF16" : "F32", "shape", shape,
-                                        "data_offsets", (json_int_t)off, (json_int_t)(off + nb))
-                            : NULL;
-        bad = !ent || json_object_set_new(hdr, e[i].hf, ent);
-        off += nb;
+        desc[i] = (tsr_st_out_tensor){.name = e[i].hf,
+                                      .dtype = dtype == TSR_MERGE_BF16 ? TSR_BF16 : TSR_F32,
+                                      .n_dims = e[i].one_d ? 1 : 2,
+                                      .shape = {(uint64_t)(e[i].one_d ? e[i].cols : e[i].rows),
+                                                (uint64_t)e[i].cols}};
     }
-    text = bad ? NULL : json_dumps(hdr, JSON_COMPACT);
-    if (!text) {
-        s = tsr_error_set(TSR_ERR_NOMEM, "%s: out of memory for the header", path);
+    s = tsr_safetensors_header(desc, n, &head, &head_len);
+    if (s != TSR_OK) {
+        tsr_error_wrap(s, "%s", path);
         goto cleanup;
     }
-    size_t hl = strlen(text), padded = (hl + 7) / 8 * 8;
-    head = malloc(8 + padded);
     w = malloc(max_elems * sizeof *w);
     d = malloc(max_cols * sizeof *d);
     h = dtype == TSR_MERGE_BF16 ? malloc(max_elems * sizeof *h) : NULL;
-    if (!head || !w || !d || (dtype == TSR_MERGE_BF16 && !h)) {
+    if (!w || !d || (dtype == TSR_MERGE_BF16 && !h)) {
         s = tsr_error_set(TSR_ERR_NOMEM, "%s: out of memory (%zu floats)", path, max_elems);
         goto cleanup;
     }
-    for (int i = 0; i < 8; i++)
-        head[i] = (char)(((uint64_t)padded >> (8 * i)) & 0xff);
-    memcpy(head + 8, text, hl);
-    memset(head + 8 + hl, ' ', padded - hl);
-    TSR_CHECK_GOTO(s, open_new(path, &fd));
-    TSR_CHECK_GOTO(s, write_all(fd, head, 8 + padded, path));
+    TSR_CHECK_GOTO(s, tsr_fs_create(path, &fd));
+    TSR_CHECK_GOTO(s, tsr_fs_write_all(fd, head, head_len, path));
     for (size_t i = 0; i < n; i++) {
         const entry *x = &e[i];
         size_t ne = (size_t)x->rows * (size_t)x->cols;
@@ -358,37 +228,24 @@ static tsr_status write_weights(const char *path, const tsr_model_file_t *mf, co
             }
         if (dtype == TSR_MERGE_BF16) {
             for (size_t k = 0; k < ne; k++)
-                h[k] = f32_to_bf16(w[k]);
-            TSR_CHECK_GOTO(s, write_all(fd, h, ne * sizeof *h, path));
+                h[k] = tsr_f32_to_bf16(w[k]);
+            TSR_CHECK_GOTO(s, tsr_fs_write_all(fd, h, ne * sizeof *h, path));
         } else {
-            TSR_CHECK_GOTO(s, write_all(fd, w, ne * sizeof *w, path));
+            TSR_CHECK_GOTO(s, tsr_fs_write_all(fd, w, ne * sizeof *w, path));
         }
     }
 cleanup:
     if (fd >= 0)
-        s = close_synced(fd, path, s);
+        s = tsr_fs_close_synced(fd, path, s);
     free(h);
     free(d);
     free(w);
     free(head);
-    free(text);
-    json_decref(meta);
-    json_decref(hdr);
+    free(desc);
     return s;
 }
 
 /* ---- config.json -------------------------------------------------------------- */
-
-/* The shortest decimal that reads back as `f`, as a double. */
-static double short_decimal(float f) {
-    char b[32];
-    for (int p = 1; p <= 9; p++) {
-        snprintf(b, sizeof b, "%.*g", p, (double)f);
-        if (strtof(b, NULL) == f)
-            return strtod(b, NULL);
-    }
-    return (double)f;
-}
 
 static int64_t gguf_opt_id(const tsr_gguf_t *g, const char *key) {
     int64_t v;
@@ -404,12 +261,13 @@ static tsr_status config_from_cfg(const tsr_model_config *c, const tsr_gguf_t *g
     int llama = c->arch == TSR_ARCH_LLAMA;
     json_t *rs = json_null();
     if (c->rope_scaling == TSR_ROPE_SCALING_LINEAR)
-        rs = json_pack("{s:s, s:f}", "rope_type", "linear", "factor", short_decimal(c->rope_factor));
+        rs = json_pack("{s:s, s:f}", "rope_type", "linear", "factor",
+                       tsr_decimal_shortest(c->rope_factor, NULL));
     else if (c->rope_scaling == TSR_ROPE_SCALING_LLAMA3)
         rs = json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor",
-                       short_decimal(c->rope_factor), "low_freq_factor",
-                       short_decimal(c->rope_low_freq_factor), "high_freq_factor",
-                       short_decimal(c->rope_high_freq_factor),
+                       tsr_decimal_shortest(c->rope_factor, NULL), "low_freq_factor",
+                       tsr_decimal_shortest(c->rope_low_freq_factor, NULL), "high_freq_factor",
+                       tsr_decimal_shortest(c->rope_high_freq_factor, NULL),
                        "original_max_position_embeddings", c->rope_orig_ctx);
     json_t *root = json_pack(
         "{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:o, s:i, s:i, s:b, s:s}",
@@ -417,7 +275,7 @@ static tsr_status config_from_cfg(const tsr_model_config *c, const tsr_gguf_t *g
         llama ? "llama" : "qwen2", "hidden_size", c->n_embd, "intermediate_size", c->n_ff,
         "num_attention_heads", c->n_head, "num_key_value_heads", c->n_head_kv,
         "num_hidden_layers", c->n_layer, "head_dim", c->head_dim, "hidden_act", "silu",
-        "rms_norm_eps", short_decimal(c->rms_eps), "rope_theta", short_decimal(c->rope_theta),
+        "rms_norm_eps", tsr_decimal_shortest(c->rms_eps, NULL), "rope_theta", tsr_decimal_shortest(c->rope_theta, NULL),
         "rope_scaling", rs, "max_position_embeddings", c->n_ctx_train, "vocab_size", c->n_vocab,
         "tie_word_embeddings", c->tied_embeddings, "torch_dtype", torch_dtype);
     if (!root)
@@ -723,7 +581,8 @@ tsr_status tsr_merge_lora(const char *model_path, const char *adapter_dir, const
     tsr_model_file_t *mf = NULL;
     tsr_peft_adapter ad = {0};
     entry *ents = NULL;
-    char *out = strdup(out_arg), *tmp = NULL, *path = NULL, *parent = NULL;
+    tsr_fs_dir_write w = {0};
+    char *out = strdup(out_arg), *path = NULL;
     if (!out)
         return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
     for (size_t l = strlen(out); l > 1 && out[l - 1] == '/'; l--)
@@ -748,12 +607,8 @@ tsr_status tsr_merge_lora(const char *model_path, const char *adapter_dir, const
     }
     TSR_CHECK_GOTO(s, list_tensors(mf, cfg, &ad, ents, &n));
 
-    tmp = make_tmp_dir(out);
-    if (!tmp) {
-        s = tsr_error_set(TSR_ERR_IO, "%s: cannot create a temporary directory beside it: %s",
-                          out, strerror(errno));
-        goto cleanup;
-    }
+    TSR_CHECK_GOTO(s, tsr_fs_dir_write_begin(&w, out, 0));
+    const char *tmp = w.tmp;
     path = path_join(tmp, "model.safetensors");
     if (!path) {
         s = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
@@ -770,26 +625,11 @@ tsr_status tsr_merge_lora(const char *model_path, const char *adapter_dir, const
     } else {
         TSR_CHECK_GOTO(s, gguf_tokenizer(tsr_model_file_gguf(mf), tmp));
     }
-    TSR_CHECK_GOTO(s, fsync_path(tmp, 1));
     /* An empty `out` is replaced by rename(2); a non-empty one makes it fail
      * (checked above too, but another process may have raced us). */
-    if (rename(tmp, out) != 0) {
-        s = tsr_error_set(TSR_ERR_IO, "%s: cannot rename %s to it: %s", out, tmp,
-                          strerror(errno));
-        goto cleanup;
-    }
-    free(tmp);
-    tmp = NULL;
-    const char *slash = strrchr(out, '/');
-    parent = slash ? (slash == out ? strdup("/") : strndup(out, (size_t)(slash - out)))
-                   : strdup(".");
-    if (parent)
-        s = fsync_path(parent, 1);
+    s = tsr_fs_dir_write_commit(&w, NULL);
 cleanup:
-    if (tmp)
-        remove_flat_dir(tmp);
-    free(parent);
-    free(tmp);
+    tsr_fs_dir_write_free(&w);
     free(path);
     free(ents);
     free(out);

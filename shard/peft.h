@@ -17,38 +17,46 @@
 #ifndef TSR_SHARD_PEFT_H
 #define TSR_SHARD_PEFT_H
 
+#include <stddef.h>
+
+#include "base/fs.h"
 #include "base/status.h"
 #include "shard/config.h"
+#include "shard/lora_targets.h"
 
-/* The projections a LoRA adapter may adapt, in this order (PEFT's module
- * names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj). The
- * adapter's `targets` is a bitmask of TSR_PEFT_BIT(t). */
-typedef enum {
-    TSR_PEFT_Q = 0,
-    TSR_PEFT_K = 1,
-    TSR_PEFT_V = 2,
-    TSR_PEFT_O = 3,
-    TSR_PEFT_GATE = 4,
-    TSR_PEFT_UP = 5,
-    TSR_PEFT_DOWN = 6,
-    TSR_PEFT_N_TARGETS = 7,
-} tsr_peft_target;
+/* The files of an adapter directory, and the prefix of PEFT's tensor names. */
+#define TSR_PEFT_CONFIG_FILE TSR_FS_ADAPTER_CONFIG /* "adapter_config.json" */
+#define TSR_PEFT_WEIGHTS_FILE "adapter_model.safetensors"
+#define TSR_PEFT_BIN_FILE "adapter_model.bin" /* PyTorch pickle: refused */
+#define TSR_PEFT_NAME_PREFIX "base_model.model.model.layers."
 
-#define TSR_PEFT_BIT(t) (1u << (unsigned)(t))
-#define TSR_PEFT_ALL ((1u << TSR_PEFT_N_TARGETS) - 1u) /* all seven */
+/* The projections are shard/lora_targets.h's tsr_lora_target; an adapter's
+ * `targets` is a bitmask of TSR_LORA_TARGET_BIT(t). */
+
+/* Transitional, for runtime/cmd/tessera_main.c's _Static_assert only (that
+ * file is being split; delete the assert, then these): the old names of
+ * the targets, now one enum. */
+#define TSR_PEFT_Q TSR_LORA_Q
+#define TSR_PEFT_K TSR_LORA_K
+#define TSR_PEFT_V TSR_LORA_V
+#define TSR_PEFT_O TSR_LORA_O
+#define TSR_PEFT_GATE TSR_LORA_GATE
+#define TSR_PEFT_UP TSR_LORA_UP
+#define TSR_PEFT_DOWN TSR_LORA_DOWN
+#define TSR_PEFT_N_TARGETS TSR_LORA_N_TARGETS
 
 /* Index of (layer, target) in A and B. */
-#define TSR_PEFT_IDX(layer, t) ((layer) * TSR_PEFT_N_TARGETS + (t))
+#define TSR_PEFT_IDX(layer, t) ((layer) * TSR_LORA_N_TARGETS + (t))
 
 typedef struct {
     int r;              /* rank, > 0 */
     float alpha;        /* lora_alpha; finite */
     int use_rslora;     /* scaling alpha / sqrt(r) instead of alpha / r */
     float dropout;      /* lora_dropout in [0, 1); training only */
-    unsigned targets;   /* bitmask of TSR_PEFT_BIT(t); non-zero, within TSR_PEFT_ALL */
+    unsigned targets;   /* TSR_LORA_TARGET_BIT(t) mask; non-zero, within TSR_LORA_TARGETS_ALL */
     int n_layers;       /* = the model config's n_layer */
     char base_model[256]; /* base_model_name_or_path, "" when unknown */
-    /* [n_layers * TSR_PEFT_N_TARGETS], indexed TSR_PEFT_IDX(layer, t); NULL
+    /* [n_layers * TSR_LORA_N_TARGETS], indexed TSR_PEFT_IDX(layer, t); NULL
      * where t is not in `targets`. A[i] is (r, d_in), B[i] is (d_out, r), both
      * row-major f32, each its own allocation owned by the adapter (with
      * tsr_peft_init/load; a caller that fills the struct itself owns its
@@ -80,33 +88,50 @@ tsr_status tsr_peft_init(tsr_peft_adapter *a, const tsr_model_config *cfg, int r
  * zeroed adapter, are allowed. */
 void tsr_peft_free(tsr_peft_adapter *a);
 
+/* Sets a->n_layers = cfg->n_layer and allocates a->A and a->B with every
+ * pointer NULL, for a reader that fills the matrices itself (tsr_peft_free
+ * frees it). TSR_ERR_NOMEM. */
+tsr_status tsr_peft_alloc_arrays(tsr_peft_adapter *a, const tsr_model_config *cfg);
+
+/* PEFT's name of lora_A (ab = 0) or lora_B (ab = 1) of (layer, t) into buf
+ * (cap bytes; 160 always suffice): TSR_PEFT_NAME_PREFIX
+ * "{layer}.{self_attn|mlp}.{module}.lora_{A|B}.weight". */
+void tsr_peft_tensor_name(char *buf, size_t cap, int layer, int t, int ab);
+
+/* Parses a PEFT LoRA tensor name: returns 1 and fills layer/t/ab when `name`
+ * is one tsr_peft_tensor_name writes, with a canonical decimal layer (its
+ * range is not checked here); else 0. */
+int tsr_peft_parse_tensor_name(const char *name, long *layer, int *t, int *ab);
+
 /* Writes `a` as a PEFT adapter directory `dir`: adapter_config.json (the keys
  * PeftConfig/LoraConfig write, task_type CAUSAL_LM) and
  * adapter_model.safetensors (F32, PEFT's tensor names
  * base_model.model.model.layers.{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight
  * and ...mlp.{gate,up,down}_proj...).
  *
- * Atomic: both files are written and fsync'd in a new folder
- * "<dir>.tmp-XXXXXX" beside `dir`, which then replaces `dir` in one
- * rename (renameat2 RENAME_EXCHANGE when `dir` exists; then the old adapter,
- * now under the temp name, is removed). At every instant `dir` is either the
- * complete old adapter or the complete new one; a crash can leave a stale
- * "<dir>.tmp-XXXXXX" beside it, never a half-written `dir`. Where the file
- * system cannot exchange (EINVAL), the old `dir` is first renamed to
- * "<dir>.old-XXXXXX": a crash between the two renames leaves no `dir`, the old
- * adapter complete under the .old name and the new one complete under the
- * .tmp name (docs/lora.md). An existing `dir` is replaced only when it is a
- * directory (not a symbolic link) holding nothing but regular files, and is
- * empty or has an adapter_config.json (so a wrong path cannot wipe a real
- * directory); other files in it are dropped.
+ * Atomic (base/fs.h, tsr_fs_dir_write_*): both files are written and
+ * fsync'd in a new folder "<dir>.tmp-XXXXXX" beside `dir`, which then
+ * replaces `dir` in one rename (renameat2 RENAME_EXCHANGE when `dir` exists;
+ * then the old adapter, now under the temp name, is removed). At every
+ * instant `dir` is either the complete old adapter or the complete new one;
+ * a crash can leave a stale "<dir>.tmp-XXXXXX" beside it, never a
+ * half-written `dir`. Where the file system cannot exchange (EINVAL), the old
+ * `dir` is first renamed to "<dir>.old-XXXXXX": a crash between the two
+ * renames leaves no `dir`, the old adapter complete under the .old name and
+ * the new one complete under the .tmp name (docs/lora.md). An existing `dir`
+ * is replaced only as tsr_fs_check_adapter_dir allows: a directory (not a
+ * symbolic link) holding nothing but regular files, empty or with an
+ * adapter_config.json (so a wrong path cannot wipe a real directory); other
+ * files in it are dropped.
  *
  * Checks first (TSR_ERR_INVALID, nothing written): r > 0, finite alpha,
- * dropout in [0, 1), targets within TSR_PEFT_ALL and non-zero, n_layers ==
- * cfg->n_layer, every targeted A/B non-NULL and every other NULL, every value
- * finite (the message names the tensor), base_model valid UTF-8, `dir`
- * replaceable as above. TSR_ERR_IO for file-system errors (the message names
- * the path); an error after the new adapter is in place (the final fsync of
- * the parent directory) is also reported.
+ * dropout in [0, 1), targets within TSR_LORA_TARGETS_ALL and non-zero,
+ * n_layers == cfg->n_layer, every targeted A/B non-NULL and every other
+ * NULL, every value finite (the message names the tensor), base_model valid
+ * UTF-8; then `dir` as tsr_fs_check_adapter_dir checks it (its errors and
+ * codes). TSR_ERR_IO for file-system errors (the message names the path);
+ * an error after the new adapter is in place (the final fsync of the parent
+ * directory) is also reported.
  *
  * Concurrent saves to one `dir` are not coordinated (the last swap wins;
  * each leaves a complete adapter).

@@ -72,21 +72,11 @@
 
 #include "kernels/backend.h"
 #include "shard/config.h"
+#include "shard/lora_targets.h"
 #include "shard/plan.h"
 
-typedef enum {
-    TSR_LORA_Q = 0,
-    TSR_LORA_K,
-    TSR_LORA_V,
-    TSR_LORA_O,
-    TSR_LORA_GATE,
-    TSR_LORA_UP,
-    TSR_LORA_DOWN,
-    TSR_LORA_N_TARGETS
-} tsr_lora_target;
-
-#define TSR_LORA_TARGET_BIT(t) (1u << (t))
-#define TSR_LORA_TARGETS_ALL ((1u << TSR_LORA_N_TARGETS) - 1u)
+/* The targets (tsr_lora_target, TSR_LORA_TARGET_BIT, TSR_LORA_TARGETS_ALL)
+ * are shard/lora_targets.h's, shared with the PEFT files. */
 
 typedef struct {
     int rank;          /* r >= 1 */

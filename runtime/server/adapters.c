@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/fs.h"
 #include "base/log.h"
 #include "shard/peft.h"
 
@@ -98,36 +99,11 @@ static int free_slot(const tsr_adapters_t *a) {
     return -1;
 }
 
-/* Reads a whole small file into a malloc'd buffer. */
+/* Reads the whole file `path` into *out (malloc'd) of *len bytes. */
 static tsr_status slurp(const char *path, uint8_t **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tsr_error_set(TSR_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    uint8_t *buf = malloc(cap);
-    while (buf) {
-        if (n == cap) {
-            uint8_t *b = realloc(buf, cap *= 2);
-            if (!b) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = b;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        return tsr_error_set(buf ? TSR_ERR_IO : TSR_ERR_NOMEM, "cannot read '%s'", path);
-    }
-    *out = buf;
-    *len = n;
+    char *buf;
+    TSR_TRY(tsr_fs_read_file(path, 0, &buf, len));
+    *out = (uint8_t *)buf;
     return TSR_OK;
 }
 

@@ -100,17 +100,17 @@ static int get_config(const char *spec, tsr_model_config *cfg) {
 
 static unsigned parse_targets(const char *list) {
     if (strcmp(list, "all") == 0)
-        return TSR_PEFT_ALL;
-    static const char *short_names[TSR_PEFT_N_TARGETS] = {"q", "k", "v", "o", "gate", "up",
+        return TSR_LORA_TARGETS_ALL;
+    static const char *short_names[TSR_LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up",
                                                           "down"};
     unsigned m = 0;
     char *dup = strdup(list), *save = NULL;
     for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         int t = 0;
-        while (t < TSR_PEFT_N_TARGETS && strcmp(tok, short_names[t]) != 0)
+        while (t < TSR_LORA_N_TARGETS && strcmp(tok, short_names[t]) != 0)
             t++;
-        CHECK(t < TSR_PEFT_N_TARGETS, "unknown target '%s'", tok);
-        m |= TSR_PEFT_BIT(t);
+        CHECK(t < TSR_LORA_N_TARGETS, "unknown target '%s'", tok);
+        m |= TSR_LORA_TARGET_BIT(t);
     }
     free(dup);
     return m;
@@ -119,8 +119,8 @@ static unsigned parse_targets(const char *list) {
 static void fill_random(tsr_peft_adapter *a, const tsr_model_config *cfg, uint64_t seed) {
     uint64_t s = seed;
     for (int l = 0; l < a->n_layers; l++)
-        for (int t = 0; t < TSR_PEFT_N_TARGETS; t++) {
-            if (!(a->targets & TSR_PEFT_BIT(t)))
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
+            if (!(a->targets & TSR_LORA_TARGET_BIT(t)))
                 continue;
             int din, dout;
             CHECK_OK(tsr_peft_target_dims(cfg, t, &din, &dout));
@@ -135,8 +135,8 @@ static void write_raw(const char *path, const tsr_peft_adapter *a, const tsr_mod
     FILE *fp = fopen(path, "wb");
     CHECK(fp, "cannot create %s: %s", path, strerror(errno));
     for (int l = 0; l < a->n_layers; l++)
-        for (int t = 0; t < TSR_PEFT_N_TARGETS; t++) {
-            if (!(a->targets & TSR_PEFT_BIT(t)))
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
+            if (!(a->targets & TSR_LORA_TARGET_BIT(t)))
                 continue;
             int din, dout;
             CHECK_OK(tsr_peft_target_dims(cfg, t, &din, &dout));
@@ -161,9 +161,9 @@ static void check_same(const tsr_peft_adapter *x, const tsr_peft_adapter *y,
     CHECK(strcmp(x->base_model, y->base_model) == 0, "%s: base_model '%s' vs '%s'", what,
           x->base_model, y->base_model);
     for (int l = 0; l < x->n_layers; l++)
-        for (int t = 0; t < TSR_PEFT_N_TARGETS; t++) {
+        for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
             int i = TSR_PEFT_IDX(l, t);
-            if (!(x->targets & TSR_PEFT_BIT(t))) {
+            if (!(x->targets & TSR_LORA_TARGET_BIT(t))) {
                 CHECK(!y->A[i] && !y->B[i], "%s: layer %d target %d should be NULL", what, l, t);
                 continue;
             }
@@ -230,7 +230,7 @@ static int cmd_selftest(const char *model_arg) {
 
     /* Scaling. */
     tsr_peft_adapter a;
-    CHECK_OK(tsr_peft_init(&a, &cfg, 16, 32.0f, TSR_PEFT_BIT(TSR_PEFT_Q)));
+    CHECK_OK(tsr_peft_init(&a, &cfg, 16, 32.0f, TSR_LORA_TARGET_BIT(TSR_LORA_Q)));
     CHECK(tsr_peft_scaling(&a) == 2.0f, "scaling %g", (double)tsr_peft_scaling(&a));
     a.use_rslora = 1;
     CHECK(tsr_peft_scaling(&a) == 8.0f, "rslora scaling %g", (double)tsr_peft_scaling(&a));
@@ -239,26 +239,26 @@ static int cmd_selftest(const char *model_arg) {
     tsr_peft_free(NULL);
 
     /* Round trips: the first creates dir, the later ones replace it. */
-    roundtrip(dir, &cfg, 4, 8.0f, TSR_PEFT_ALL, 0, 0.0f, "", 1);
-    roundtrip(dir, &cfg, 1, 1.0f, TSR_PEFT_BIT(TSR_PEFT_Q) | TSR_PEFT_BIT(TSR_PEFT_V), 0, 0.05f,
+    roundtrip(dir, &cfg, 4, 8.0f, TSR_LORA_TARGETS_ALL, 0, 0.0f, "", 1);
+    roundtrip(dir, &cfg, 1, 1.0f, TSR_LORA_TARGET_BIT(TSR_LORA_Q) | TSR_LORA_TARGET_BIT(TSR_LORA_V), 0, 0.05f,
               "HuggingFaceTB/SmolLM2-135M-Instruct", 2);
-    roundtrip(dir, &cfg, 7, 13.5f, TSR_PEFT_BIT(TSR_PEFT_O) | TSR_PEFT_BIT(TSR_PEFT_DOWN), 1,
+    roundtrip(dir, &cfg, 7, 13.5f, TSR_LORA_TARGET_BIT(TSR_LORA_O) | TSR_LORA_TARGET_BIT(TSR_LORA_DOWN), 1,
               0.1f, "x", 3);
-    roundtrip(dir, &cfg, 3, 0.3f, TSR_PEFT_BIT(TSR_PEFT_K) | TSR_PEFT_BIT(TSR_PEFT_GATE) |
-              TSR_PEFT_BIT(TSR_PEFT_UP), 0, 0.333333f, "", 4);
+    roundtrip(dir, &cfg, 3, 0.3f, TSR_LORA_TARGET_BIT(TSR_LORA_K) | TSR_LORA_TARGET_BIT(TSR_LORA_GATE) |
+              TSR_LORA_TARGET_BIT(TSR_LORA_UP), 0, 0.333333f, "", 4);
     check_no_leftovers(dir);
     char slashed[1200];
     snprintf(slashed, sizeof slashed, "%s//", dir); /* trailing slashes */
-    roundtrip(slashed, &cfg, 2, 4.0f, TSR_PEFT_ALL, 0, 0.0f, "", 5);
+    roundtrip(slashed, &cfg, 2, 4.0f, TSR_LORA_TARGETS_ALL, 0, 0.0f, "", 5);
     check_no_leftovers(dir);
     /* The fallback swap (rename aside, rename in). */
     setenv("TSR_PEFT_SAVE_NO_EXCHANGE", "1", 1);
-    roundtrip(dir, &cfg, 5, 10.0f, TSR_PEFT_ALL, 0, 0.0f, "fallback", 6);
+    roundtrip(dir, &cfg, 5, 10.0f, TSR_LORA_TARGETS_ALL, 0, 0.0f, "fallback", 6);
     unsetenv("TSR_PEFT_SAVE_NO_EXCHANGE");
     check_no_leftovers(dir);
     /* The directory's mode follows the umask (mkdtemp would make it 0700). */
     mode_t old_mask = umask(022);
-    roundtrip(dir, &cfg, 2, 4.0f, TSR_PEFT_BIT(TSR_PEFT_UP), 0, 0.0f, "", 7);
+    roundtrip(dir, &cfg, 2, 4.0f, TSR_LORA_TARGET_BIT(TSR_LORA_UP), 0, 0.0f, "", 7);
     umask(old_mask);
     struct stat sb;
     CHECK(stat(dir, &sb) == 0 && (sb.st_mode & 0777) == 0755, "mode %o",
@@ -268,11 +268,11 @@ static int cmd_selftest(const char *model_arg) {
     /* Save-side refusals: nothing written, the previous adapter intact. */
     tsr_peft_adapter prev;
     CHECK_OK(tsr_peft_load(dir, &cfg, &prev));
-    CHECK_OK(tsr_peft_init(&a, &cfg, 2, 4.0f, TSR_PEFT_BIT(TSR_PEFT_Q)));
-    a.A[TSR_PEFT_IDX(1, TSR_PEFT_Q)][3] = NAN;
+    CHECK_OK(tsr_peft_init(&a, &cfg, 2, 4.0f, TSR_LORA_TARGET_BIT(TSR_LORA_Q)));
+    a.A[TSR_PEFT_IDX(1, TSR_LORA_Q)][3] = NAN;
     CHECK_ERR(tsr_peft_save(dir, &a, &cfg), TSR_ERR_INVALID,
               "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight");
-    a.A[TSR_PEFT_IDX(1, TSR_PEFT_Q)][3] = 0.5f;
+    a.A[TSR_PEFT_IDX(1, TSR_LORA_Q)][3] = 0.5f;
     a.dropout = 1.0f;
     CHECK_ERR(tsr_peft_save(dir, &a, &cfg), TSR_ERR_INVALID, "lora_dropout");
     a.dropout = 0.0f;
@@ -282,9 +282,9 @@ static int cmd_selftest(const char *model_arg) {
     tsr_model_config other = cfg;
     other.n_layer = 4;
     CHECK_ERR(tsr_peft_save(dir, &a, &other), TSR_ERR_INVALID, "4");
-    a.targets |= TSR_PEFT_BIT(TSR_PEFT_K); /* k targeted, matrices NULL */
+    a.targets |= TSR_LORA_TARGET_BIT(TSR_LORA_K); /* k targeted, matrices NULL */
     CHECK_ERR(tsr_peft_save(dir, &a, &cfg), TSR_ERR_INVALID, "k_proj");
-    a.targets = TSR_PEFT_BIT(TSR_PEFT_Q);
+    a.targets = TSR_LORA_TARGET_BIT(TSR_LORA_Q);
     a.r = 0;
     CHECK_ERR(tsr_peft_save(dir, &a, &cfg), TSR_ERR_INVALID, "rank");
     a.r = 2;
@@ -327,8 +327,8 @@ static int cmd_selftest(const char *model_arg) {
     /* The default model's config. */
     tsr_model_config mcfg;
     if (model && get_config(model, &mcfg)) {
-        roundtrip(dir, &mcfg, 8, 16.0f, TSR_PEFT_ALL, 0, 0.05f, mcfg.name, 11);
-        roundtrip(dir, &mcfg, 16, 32.0f, TSR_PEFT_BIT(TSR_PEFT_Q) | TSR_PEFT_BIT(TSR_PEFT_V), 1,
+        roundtrip(dir, &mcfg, 8, 16.0f, TSR_LORA_TARGETS_ALL, 0, 0.05f, mcfg.name, 11);
+        roundtrip(dir, &mcfg, 16, 32.0f, TSR_LORA_TARGET_BIT(TSR_LORA_Q) | TSR_LORA_TARGET_BIT(TSR_LORA_V), 1,
                   0.0f, "", 12);
         printf("model config (%s: %d layers, n_embd %d, %d/%d heads of %d, n_ff %d): round "
                "trips bit-exact\n",
@@ -420,8 +420,8 @@ static int cmd_load(int argc, char **argv) {
            a.r, (double)a.alpha, a.use_rslora ? "true" : "false", (double)a.dropout,
            (double)tsr_peft_scaling(&a), a.n_layers);
     int first = 1;
-    for (int t = 0; t < TSR_PEFT_N_TARGETS; t++)
-        if (a.targets & TSR_PEFT_BIT(t)) {
+    for (int t = 0; t < TSR_LORA_N_TARGETS; t++)
+        if (a.targets & TSR_LORA_TARGET_BIT(t)) {
             printf("%s\"%s\"", first ? "" : ", ", tsr_peft_target_name(t));
             first = 0;
         }

@@ -9,6 +9,7 @@
  * What it is not: a test of model loading; it knows no tensor names. Exits 0
  * on success, 1 with a message on the first failure. */
 #include "shard/safetensors.h"
+#include "shard/safetensors_write.h"
 
 #include <ftw.h>
 #include <jansson.h>
@@ -740,6 +741,49 @@ static void test_fuzz(rng_t *r, int iters) {
     model_free(&m);
 }
 
+/* shard/safetensors_write: a file written by tsr_safetensors_write reads
+ * back through the reader with the same names, dtypes, shapes and bytes,
+ * and its data section starts at a multiple of 8 after __metadata__. */
+static void test_writer(const char *tmp) {
+    const float a[6] = {1, -2, 3.5f, 0, 1e-3f, 7};
+    const uint16_t b[3] = {0x3f80, 0xc000, 0x7fc0};
+    const uint16_t c[1] = {0x3c00};
+    tsr_st_out_tensor t[3] = {
+        {.name = "b.weight", .dtype = TSR_BF16, .n_dims = 1, .shape = {3}, .data = b},
+        {.name = "a.weight", .dtype = TSR_F32, .n_dims = 2, .shape = {2, 3}, .data = a},
+        {.name = "c", .dtype = TSR_F16, .n_dims = 3, .shape = {1, 1, 1}, .data = c},
+    };
+    char path[4200];
+    snprintf(path, sizeof path, "%s/written.safetensors", tmp);
+    EXPECT(tsr_safetensors_write(path, t, 3) == TSR_OK, "write: %s", tsr_error_msg());
+    EXPECT(tsr_safetensors_write(path, t, 3) == TSR_ERR_IO, "an existing file is refused");
+    tsr_safetensors_t *st = NULL;
+    EXPECT(tsr_safetensors_open(path, &st) == TSR_OK, "open: %s", tsr_error_msg());
+    EXPECT(tsr_safetensors_n_tensors(st) == 3, "3 tensors");
+    EXPECT(tsr_safetensors_find_meta(st, "format") &&
+               !strcmp(tsr_safetensors_find_meta(st, "format"), "pt"),
+           "format pt");
+    for (int i = 0; i < 3; i++) {
+        const tsr_st_tensor *x = tsr_safetensors_find_tensor(st, t[i].name);
+        EXPECT(x && x->dtype == t[i].dtype && x->n_dims == t[i].n_dims, "%s", t[i].name);
+        for (uint32_t d = 0; d < x->n_dims; d++)
+            EXPECT(x->shape[d] == t[i].shape[d], "%s dim %u", t[i].name, d);
+        EXPECT(x->nbytes == tsr_st_out_nbytes(&t[i]) && !memcmp(x->data, t[i].data, x->nbytes),
+               "%s bytes", t[i].name);
+    }
+    /* laid out in the order given: b first */
+    EXPECT(tsr_safetensors_find_tensor(st, "b.weight")->offset == 0, "order given");
+    tsr_safetensors_close(st);
+    char *head;
+    size_t hl;
+    EXPECT(tsr_safetensors_header(t, 3, &head, &hl) == TSR_OK && hl % 8 == 0 &&
+               !strncmp(head + 8, "{\"__metadata__\":{\"format\":\"pt\"},", 32),
+           "header");
+    free(head);
+    tsr_st_out_tensor bad = {.name = "x", .dtype = 99, .n_dims = 1, .shape = {1}, .data = a};
+    EXPECT(tsr_safetensors_header(&bad, 1, &head, &hl) == TSR_ERR_INVALID && !head, "bad dtype");
+}
+
 int main(int argc, char **argv) {
     /* Usage: test_safetensors [fuzz_iterations [fuzz_seed]] */
     int iters = argc > 1 ? atoi(argv[1]) : 5000;
@@ -756,6 +800,8 @@ int main(int argc, char **argv) {
     printf("  corrupt files ok\n");
     test_dir(tmp);
     printf("  checkpoint directories ok\n");
+    test_writer(tmp);
+    printf("  writer ok\n");
     rng_t fr = {fuzz_seed ? fuzz_seed : 1};
     test_fuzz(&fr, iters);
 
