@@ -20,6 +20,7 @@
 #include "launcher/cli_parse.h"
 #include "launcher/cli_plot.h"
 #include "launcher/cli_train.h"
+#include "runtime/train/epoch.h"
 #include "tessera/v1/tessera.pb-c.h"
 
 /* The flags of train, checked. targets points into a malloc'd copy of
@@ -380,7 +381,7 @@ int cli_cmd_train(const cli_ctx *cx, const cli_args *a) {
         goto cleanup;
     }
     const int n_ex = (int)data.n;
-    const int total = tsr_cli_train_total_steps(n_ex, o.batch, o.steps, o.epochs);
+    const int total = tsr_epoch_total_steps(n_ex, o.batch, o.steps, o.epochs);
     if (total <= 0) {
         rc = cli_usage_error("--epochs %d of %d examples is too many steps", o.epochs, n_ex);
         goto cleanup;
@@ -492,9 +493,9 @@ int cli_cmd_train(const cli_ctx *cx, const cli_args *a) {
     int shuffled_epoch = -1, k = start, warned_step = 0;
     for (; k < total && !*cx->stop; k++) {
         int epoch, first, count;
-        tsr_cli_train_step_batch(k, n_ex, o.batch, &epoch, &first, &count);
+        tsr_epoch_step_batch(k, n_ex, o.batch, &epoch, &first, &count);
         if (epoch != shuffled_epoch) {
-            tsr_cli_train_shuffle(perm, n_ex, o.seed, epoch);
+            tsr_epoch_shuffle(perm, n_ex, o.seed, epoch);
             shuffled_epoch = epoch;
         }
         for (int i = 0; i < count; i++) {

@@ -1,12 +1,11 @@
-/* launcher/cli_train.c - data file, shuffle, output directory and loss.csv
- * of `tessera-cli train` (see cli_train.h). The data file is read by
- * runtime/train/train_record.c, as `tessera train` reads it; the shuffle
- * follows runtime/cmd/tessera_main.c; the directory rule and the atomic
- * write are base/fs.h's, as tsr_peft_save's, so the client and `tessera
- * train` agree on what a data file and an --out may be. */
+/* launcher/cli_train.c - data file, output directory and loss.csv of
+ * `tessera-cli train` (see cli_train.h). The data file is read by
+ * runtime/train/train_record.c and the epoch plan is runtime/train/epoch.c,
+ * as in `tessera train`; the directory rule and the atomic write are
+ * base/fs.h's, as tsr_peft_save's, so the client and `tessera train` agree
+ * on what a data file and an --out may be. */
 #include "launcher/cli_train.h"
 #include "base/fs.h"
-#include "base/rng.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -112,38 +111,6 @@ void tsr_cli_train_data_free(tsr_cli_train_data *d) {
         example_free(&d->ex[i]);
     free(d->ex);
     memset(d, 0, sizeof *d);
-}
-
-/* ---- order of the examples ---------------------------------------------------- */
-
-void tsr_cli_train_shuffle(int *perm, int n, uint64_t seed, int epoch) {
-    uint64_t s = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(epoch + 1));
-    for (int i = 0; i < n; i++)
-        perm[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        int j = (int)(tsr_splitmix64(&s) % (uint64_t)(i + 1));
-        int t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
-}
-
-int tsr_cli_train_total_steps(int n_examples, int batch, int steps, int epochs) {
-    if (n_examples < 1 || batch < 1)
-        return 0;
-    if (steps > 0)
-        return steps;
-    long long per_epoch = (n_examples + (long long)batch - 1) / batch;
-    long long total = per_epoch * (epochs > 0 ? epochs : 1);
-    return total > INT_MAX ? 0 : (int)total;
-}
-
-void tsr_cli_train_step_batch(int k, int n_examples, int batch, int *epoch, int *first,
-                              int *count) {
-    int per_epoch = (int)((n_examples + (long long)batch - 1) / batch);
-    *epoch = k / per_epoch;
-    *first = (k % per_epoch) * batch;
-    *count = n_examples - *first < batch ? n_examples - *first : batch;
 }
 
 /* ---- the output directory ----------------------------------------------------- */

@@ -1,7 +1,7 @@
 /* launcher/cli_train.h - the local half of `tessera-cli train`: the JSONL
- * data file read into TrainExample messages, the per-epoch shuffle and the
- * step plan `tessera train` uses, the output directory's check and its
- * atomic replacement, and loss.csv.
+ * data file read into TrainExample messages, the output directory's check
+ * and its atomic replacement, and loss.csv. The per-epoch shuffle and the
+ * step plan are `tessera train`'s own (runtime/train/epoch.h).
  *
  * What it is not: the RPCs (cli_cmd_train.c drives CreateAdapter,
  * ForwardBackward, OptimStep and SaveAdapter through cli_rpc.h) and not a
@@ -44,22 +44,6 @@ tsr_status tsr_cli_train_data_load(const char *path, tsr_cli_train_data *d);
 
 /* Frees what load filled and empties *d. NULL ok. */
 void tsr_cli_train_data_free(tsr_cli_train_data *d);
-
-/* The example order of epoch `epoch` (0-based) into perm[0..n): a
- * Fisher-Yates shuffle from splitmix64 seeded with
- * seed ^ (0xD1B54A32D192ED03 * (epoch + 1)), as `tessera train` does. */
-void tsr_cli_train_shuffle(int *perm, int n, uint64_t seed, int epoch);
-
-/* The step plan: each epoch is ceil(n_examples / batch) steps of `batch`
- * examples in its shuffled order, the last one holding what is left.
- * Returns the number of steps: `steps` when > 0, else epochs (<= 0: 1)
- * times the steps per epoch; 0 when that would not fit an int. */
-int tsr_cli_train_total_steps(int n_examples, int batch, int steps, int epochs);
-
-/* Where step k (0-based) takes its examples: epoch *epoch, positions
- * [*first, *first + *count) of that epoch's shuffled order. */
-void tsr_cli_train_step_batch(int k, int n_examples, int batch, int *epoch, int *first,
-                              int *count);
 
 /* Whether `dir` can take a saved adapter: tsr_fs_check_adapter_dir's rule
  * (base/fs.h: absent with a writable parent, or a directory of regular files

@@ -33,18 +33,6 @@
 /* The projections are shard/lora_targets.h's tsr_lora_target; an adapter's
  * `targets` is a bitmask of TSR_LORA_TARGET_BIT(t). */
 
-/* Transitional, for runtime/cmd/tessera_main.c's _Static_assert only (that
- * file is being split; delete the assert, then these): the old names of
- * the targets, now one enum. */
-#define TSR_PEFT_Q TSR_LORA_Q
-#define TSR_PEFT_K TSR_LORA_K
-#define TSR_PEFT_V TSR_LORA_V
-#define TSR_PEFT_O TSR_LORA_O
-#define TSR_PEFT_GATE TSR_LORA_GATE
-#define TSR_PEFT_UP TSR_LORA_UP
-#define TSR_PEFT_DOWN TSR_LORA_DOWN
-#define TSR_PEFT_N_TARGETS TSR_LORA_N_TARGETS
-
 /* Index of (layer, target) in A and B. */
 #define TSR_PEFT_IDX(layer, t) ((layer) * TSR_LORA_N_TARGETS + (t))
 

@@ -217,7 +217,7 @@ tsr_status tsr_engine_config_check(const tsr_engine_config *cfg, tsr_comm_kind k
  * failing rank's message names its host ("--device cuda: no CUDA device is
  * visible on host X"), the others say "another rank failed ...". Needs only
  * g->world and the local rank/size, so an MPI grid can answer for an NCCL
- * one before that is built (tessera_main does). */
+ * one before that is built (runtime/cmd/main.c does). */
 tsr_status tsr_engine_device_select(tsr_comm_grid *g, const tsr_engine_config *cfg,
                                     tsr_comm_kind kind, int *gpu);
 

@@ -24,8 +24,8 @@
  * (the pieces meet next to special tokens, where whole-text tokenization
  * would cut too).
  *
- * What it is not: no batching, shuffling or padding (tessera_main's train
- * loop does that); no streaming: the whole file is held in memory. */
+ * What it is not: no batching, shuffling or padding (train_loop.c and
+ * epoch.c do that); no streaming: the whole file is held in memory. */
 #ifndef TSR_RUNTIME_TRAIN_DATA_H
 #define TSR_RUNTIME_TRAIN_DATA_H
 

@@ -34,8 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 M64 = (1 << 64) - 1
 
-# An independent copy of `tessera train`'s order (runtime/cmd/tessera_main.c
-# shuffle_epoch), to check the order the fake saw.
+# An independent copy of `tessera train`'s order (runtime/train/epoch.c
+# tsr_epoch_shuffle), to check the order the fake saw.
 
 
 def splitmix64(s):

@@ -1,7 +1,8 @@
 /* tests/cli/test_cli_train_files.c - the local half of `tessera-cli train`
  * (launcher/cli_train.h): the JSONL reader and its file:line errors, the
- * shuffle against values from an independent implementation
- * (tests/cli/test_cli_train.py's), the step plan, the --out check, the
+ * epoch plan it shares with `tessera train` (runtime/train/epoch.h: the
+ * shuffle against values from an independent implementation,
+ * tests/cli/test_cli_train.py's, and the step plan), the --out check, the
  * atomic directory write and loss.csv. Exits 0, or 1 at the first failed
  * check. */
 #include <dirent.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "launcher/cli_train.h"
+#include "runtime/train/epoch.h"
 #include "base/rng.h"
 
 #define CHECK(cond)                                                                                \
@@ -117,27 +119,27 @@ static void test_order(void) {
     CHECK(tsr_splitmix64(&s) == 0x6e789e6aa1b965f4ull);
     int perm[10];
     static const int want0[10] = {1, 4, 5, 3, 6, 0, 2, 7, 9, 8};
-    tsr_cli_train_shuffle(perm, 10, 0, 0);
+    tsr_epoch_shuffle(perm, 10, 0, 0);
     CHECK(memcmp(perm, want0, sizeof want0) == 0);
     static const int want1[7] = {5, 6, 3, 0, 4, 2, 1};
-    tsr_cli_train_shuffle(perm, 7, 7, 1);
+    tsr_epoch_shuffle(perm, 7, 7, 1);
     CHECK(memcmp(perm, want1, sizeof want1) == 0);
     static const int want2[5] = {2, 4, 1, 0, 3};
-    tsr_cli_train_shuffle(perm, 5, UINT64_MAX, 3);
+    tsr_epoch_shuffle(perm, 5, UINT64_MAX, 3);
     CHECK(memcmp(perm, want2, sizeof want2) == 0);
-    tsr_cli_train_shuffle(perm, 1, 9, 0);
+    tsr_epoch_shuffle(perm, 1, 9, 0);
     CHECK(perm[0] == 0);
 
-    CHECK(tsr_cli_train_total_steps(7, 3, 0, 2) == 6);
-    CHECK(tsr_cli_train_total_steps(7, 3, 0, 0) == 3);
-    CHECK(tsr_cli_train_total_steps(7, 3, 10, 2) == 10);
-    CHECK(tsr_cli_train_total_steps(7, 8, 0, 1) == 1);
-    CHECK(tsr_cli_train_total_steps(2000000000, 1, 0, 2) == 0); /* too many */
-    CHECK(tsr_cli_train_total_steps(0, 3, 0, 1) == 0);
+    CHECK(tsr_epoch_total_steps(7, 3, 0, 2) == 6);
+    CHECK(tsr_epoch_total_steps(7, 3, 0, 0) == 3);
+    CHECK(tsr_epoch_total_steps(7, 3, 10, 2) == 10);
+    CHECK(tsr_epoch_total_steps(7, 8, 0, 1) == 1);
+    CHECK(tsr_epoch_total_steps(2000000000, 1, 0, 2) == 0); /* too many */
+    CHECK(tsr_epoch_total_steps(0, 3, 0, 1) == 0);
     int epoch, first, count;
     static const int plan[][3] = {{0, 0, 3}, {0, 3, 3}, {0, 6, 1}, {1, 0, 3}, {1, 3, 3}};
     for (int k = 0; k < 5; k++) {
-        tsr_cli_train_step_batch(k, 7, 3, &epoch, &first, &count);
+        tsr_epoch_step_batch(k, 7, 3, &epoch, &first, &count);
         CHECK(epoch == plan[k][0] && first == plan[k][1] && count == plan[k][2]);
     }
 }

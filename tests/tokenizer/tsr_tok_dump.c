@@ -16,7 +16,7 @@
  *   --bench FILE [REPS]  load time (REPS loads) and encode throughput on
  *             FILE's bytes, printed as text.
  * JSON lines keep NULs and newlines in strings intact.
- * Not a user tool: tessera's own CLI is runtime/cmd/tessera_main.c. */
+ * Not a user tool: tessera's own CLI is runtime/cmd/. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
