@@ -28,7 +28,12 @@ _Static_assert(sizeof(tsr_row_draw) % 4 == 0, "row draws travel as int32 words")
 #define grow tsr_engine_grow
 #define grow_device tsr_engine_grow_device
 
-tsr_status tsr_engine_grow(void **p, size_t *cap, size_t need, size_t elem) {
+tsr_status tsr_engine_oom(size_t bytes, const char *what) {
+    return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory allocating %zu bytes for %s", bytes,
+                         what);
+}
+
+tsr_status tsr_engine_grow(void **p, size_t *cap, size_t need, size_t elem, const char *what) {
     if (need <= *cap)
         return TSR_OK;
     size_t n = *cap ? *cap : 64;
@@ -36,7 +41,7 @@ tsr_status tsr_engine_grow(void **p, size_t *cap, size_t need, size_t elem) {
         n *= 2;
     void *q = realloc(*p, n * elem);
     if (!q)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom(n * elem, what);
     *p = q;
     *cap = n;
     return TSR_OK;
@@ -58,91 +63,28 @@ tsr_status tsr_engine_grow_device(tsr_backend *be, void **p, size_t *cap, size_t
     return TSR_OK;
 }
 
-/* ---- the data path: activations over the tp and pp groups ----
- * TSR_XFER_HOST passes the buffers to MPI as they are (the CPU backend; no
- * extra work, today's path). TSR_XFER_DEVICE (NCCL) first waits for the
- * compute stream: NCCL runs on its group's own stream, which must not read a
- * buffer the compute stream is still writing, nor write one it is still
- * reading (a recv into hidden_in while the previous micro-batch's copy out of
- * it is queued); the NCCL wrapper waits for its own stream before returning,
- * so the result is in place for the next op. TSR_XFER_STAGED copies through
- * e->stage: to_host synchronises, MPI runs on host memory, to_device queues
- * the copy back (to_device may read the host source after it returns until
- * the stream reaches it, so the engine syncs before MPI writes e->stage
- * again: to_host does it on the way out, the recv path does it itself). */
-
-static tsr_status stage_reserve(tsr_engine *e, size_t bytes) {
-    return grow(&e->stage, &e->stage_cap, bytes, 1);
-}
+/* ---- the data path: activations over the tp and pp groups, along each
+ * group's tsr_xfer path (runtime/engine/xfer.h) ---- */
 
 tsr_status tsr_engine_tp_allreduce(tsr_engine *e, void *buf, size_t count) {
-    tsr_comm_group_t *g = e->grid->tp_group;
-    const int dt = e->be->iface->act_dtype;
-    switch (e->tp_xfer) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(e->be));
-        break;
-    case TSR_XFER_STAGED: {
-        size_t bytes = count * tsr_backend_act_size(e->be);
-        TSR_TRY(stage_reserve(e, bytes));
-        TSR_TRY(e->be->iface->to_host(e->be, e->stage, buf, bytes));
-        TSR_TRY(tsr_comm_allreduce(g, e->stage, e->stage, count, dt, TSR_COMM_SUM));
-        return e->be->iface->to_device(e->be, buf, e->stage, bytes);
-    }
-    }
-    return tsr_comm_allreduce(g, buf, buf, count, dt, TSR_COMM_SUM);
+    return tsr_xfer_allreduce(e->tp_xfer, &e->stage, e->be, e->grid->tp_group, buf, count,
+                              tsr_backend_act_dtype(e->be), tsr_backend_act_size(e->be),
+                              TSR_COMM_SUM);
 }
 
 tsr_status tsr_engine_pp_send(tsr_engine *e, const void *buf, size_t count, int peer, int tag) {
-    tsr_comm_group_t *g = e->grid->pp_group;
-    const int dt = e->be->iface->act_dtype;
-    switch (e->pp_xfer) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(e->be));
-        break;
-    case TSR_XFER_STAGED: {
-        size_t bytes = count * tsr_backend_act_size(e->be);
-        TSR_TRY(stage_reserve(e, bytes));
-        TSR_TRY(e->be->iface->to_host(e->be, e->stage, buf, bytes));
-        return tsr_comm_send(g, e->stage, count, dt, peer, tag);
-    }
-    }
-    return tsr_comm_send(g, buf, count, dt, peer, tag);
+    return tsr_xfer_send(e->pp_xfer, &e->stage, e->be, e->grid->pp_group, buf, count,
+                         tsr_backend_act_dtype(e->be), tsr_backend_act_size(e->be), peer, tag);
 }
 
 tsr_status tsr_engine_pp_recv(tsr_engine *e, void *buf, size_t count, int peer, int tag) {
-    tsr_comm_group_t *g = e->grid->pp_group;
-    const int dt = e->be->iface->act_dtype;
-    switch (e->pp_xfer) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(e->be));
-        break;
-    case TSR_XFER_STAGED: {
-        size_t bytes = count * tsr_backend_act_size(e->be);
-        TSR_TRY(stage_reserve(e, bytes));
-        TSR_TRY(tsr_backend_sync(e->be)); /* a queued to_device may still read e->stage */
-        TSR_TRY(tsr_comm_recv(g, e->stage, count, dt, peer, tag));
-        return e->be->iface->to_device(e->be, buf, e->stage, bytes);
-    }
-    }
-    return tsr_comm_recv(g, buf, count, dt, peer, tag);
+    return tsr_xfer_recv(e->pp_xfer, &e->stage, e->be, e->grid->pp_group, buf, count,
+                         tsr_backend_act_dtype(e->be), tsr_backend_act_size(e->be), peer, tag);
 }
 
 /* The model's TP hook: one all-reduce per row-parallel projection. */
 static tsr_status tp_allreduce(void *ctx, void *buf, size_t count) {
     return tsr_engine_tp_allreduce(ctx, buf, count);
-}
-
-static tsr_xfer xfer_for(const tsr_comm_group_t *g, const tsr_backend *be, int stage_host) {
-    if (tsr_comm_kind_of(g) == TSR_COMM_NCCL)
-        return TSR_XFER_DEVICE;
-    return be->iface->host_memory && !stage_host ? TSR_XFER_HOST : TSR_XFER_STAGED;
 }
 
 static int default_threads(const tsr_comm_grid *g) {
@@ -300,12 +242,11 @@ tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_f
         st = tsr_backend_cpu_create(cfg->threads > 0 ? cfg->threads : default_threads(grid),
                                     &e->be);
     if (st == TSR_OK) {
-        e->tp_xfer = xfer_for(grid->tp_group, e->be, e->cfg.stage_host);
-        e->pp_xfer = xfer_for(grid->pp_group, e->be, e->cfg.stage_host);
-        static const char *const path[] = {"mpi", "mpi via host", "nccl"};
+        e->tp_xfer = tsr_xfer_choose(grid->tp_group, e->be, e->cfg.stage_host);
+        e->pp_xfer = tsr_xfer_choose(grid->pp_group, e->be, e->cfg.stage_host);
         TSR_LOG_I("device %s (GPU %d), activations %s, tp data path %s, pp data path %s",
-                  e->be->iface->name, e->gpu, tsr_dtype_name(e->be->iface->act_dtype),
-                  path[e->tp_xfer], path[e->pp_xfer]);
+                  tsr_backend_name(e->be), e->gpu, tsr_dtype_name(tsr_backend_act_dtype(e->be)),
+                  tsr_xfer_name(e->tp_xfer), tsr_xfer_name(e->pp_xfer));
         /* one all-reduce per row-parallel projection; none on one TP rank */
         tsr_model_comm mc = {e, grid->tp > 1 ? tp_allreduce : NULL};
         st = tsr_model_load(&e->model, mf, &e->slice, e->first_stage, e->last_stage, e->be, &mc);
@@ -341,7 +282,7 @@ void tsr_engine_free(tsr_engine *e) {
     tsr_backend_destroy(e->be);
     tsr_shard_plan_free(&e->plan);
     free(e->desc);
-    free(e->stage);
+    tsr_xfer_stage_free(&e->stage);
     free(e->logits);
     free(e->mb_logits);
     free(e->mb_idx);
@@ -440,7 +381,7 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
         return TSR_OK;
     int32_t *seqs = malloc((size_t)s->n_tokens * 2 * sizeof *seqs);
     if (!seqs)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)s->n_tokens * 2 * sizeof *seqs, "a step's sequence list");
     int32_t *npos = seqs + s->n_tokens;
     int n = step_seqs(s, seqs, npos), need = 0, freed = 0;
     for (int i = 0; i < s->n_release; i++)
@@ -492,14 +433,14 @@ static tsr_status merge_topk(tsr_engine *e, int n, int k, const int32_t *outs) {
         }
         return TSR_OK;
     }
-    TSR_TRY(grow((void **)&e->topk_all, &e->topk_all_cap, per * tp, sizeof(float)));
-    TSR_TRY(grow((void **)&e->topk_all_idx, &e->topk_all_idx_cap, per * tp, sizeof(int32_t)));
+    TSR_TRY(grow((void **)&e->topk_all, &e->topk_all_cap, per * tp, sizeof(float), "topk_all"));
+    TSR_TRY(grow((void **)&e->topk_all_idx, &e->topk_all_idx_cap, per * tp, sizeof(int32_t), "topk_all_idx"));
     TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_logits, e->topk_all, per, TSR_F32));
     TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_idx, e->topk_all_idx, per,
                                TSR_COMM_I32));
     int *head = malloc((size_t)tp * sizeof *head);
     if (!head)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)tp * sizeof *head, "the top-k merge heads");
     for (int i = 0; i < n; i++) {
         float *val = e->best_val + (size_t)outs[i] * k;
         int32_t *ids = e->best_idx + (size_t)outs[i] * k;
@@ -549,10 +490,10 @@ static tsr_status collect_logits(tsr_engine *e, const float *part, int n, float 
             width = sl.n_vocab;
     }
     size_t per = (size_t)n * width;
+    TSR_TRY(grow((void **)&e->gathered, &e->gathered_cap, per * tp, sizeof(float), "gathered"));
     float *send = malloc(per * sizeof *send);
-    TSR_TRY(grow((void **)&e->gathered, &e->gathered_cap, per * tp, sizeof(float)));
     if (!send)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom(per * sizeof *send, "the logits to gather");
     for (int i = 0; i < n; i++) {
         memcpy(send + (size_t)i * width, part + (size_t)i * e->slice.n_vocab,
                (size_t)e->slice.n_vocab * sizeof *send);
@@ -586,9 +527,9 @@ static tsr_status draw_rows(tsr_engine *e, const tsr_step *s, int n, int K, cons
     for (int i = 0; i < n; i++)
         n_rt += s->draw[outs[i]].mode == TSR_DRAW_ROW_TOP;
     if (n_rt > 0) {
-        TSR_TRY(grow((void **)&e->inv_t, &e->inv_t_cap, (size_t)n, sizeof(float)));
+        TSR_TRY(grow((void **)&e->inv_t, &e->inv_t_cap, (size_t)n, sizeof(float), "inv_t"));
         TSR_TRY(grow((void **)&e->mb_expsum, &e->mb_expsum_cap, (size_t)n * 2 * (tp + 1),
-                     sizeof(float)));
+                     sizeof(float), "mb_expsum"));
         for (int i = 0; i < n; i++) {
             const tsr_row_draw *d = &s->draw[outs[i]];
             e->inv_t[i] = d->mode == TSR_DRAW_ROW_TOP ? 1.0f / d->temperature : 1.0f;
@@ -621,7 +562,7 @@ static tsr_status draw_rows(tsr_engine *e, const tsr_step *s, int n, int K, cons
     }
     int32_t *rows = malloc((size_t)n * sizeof *rows);
     if (!rows)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)n * sizeof *rows, "the rows the candidates cannot decide");
     int nw = 0;
     for (int i = 0; i < n; i++) {
         const int o = outs[i];
@@ -647,10 +588,10 @@ static tsr_status draw_rows(tsr_engine *e, const tsr_step *s, int n, int K, cons
     tsr_status st = TSR_OK;
     if (nw > 0) {
         const size_t part = (size_t)nw * e->slice.n_vocab;
-        st = grow((void **)&e->logits, &e->logits_cap, part, sizeof(float));
+        st = grow((void **)&e->logits, &e->logits_cap, part, sizeof(float), "logits");
         if (st == TSR_OK)
             st = grow((void **)&e->whole_rows, &e->whole_rows_cap,
-                      (size_t)(e->n_whole + nw) * V, sizeof(float));
+                      (size_t)(e->n_whole + nw) * V, sizeof(float), "whole_rows");
         if (st == TSR_OK)
             st = tsr_model_logits_rows(&e->model, rows, nw, e->logits);
         if (st == TSR_OK)
@@ -668,7 +609,7 @@ static tsr_status draw_rows(tsr_engine *e, const tsr_step *s, int n, int K, cons
 static tsr_status mb_segments(tsr_engine *e, const tsr_step *s, int a, int b, tsr_batch *bt) {
     if (s->n_seg == 0)
         return TSR_OK;
-    TSR_TRY(grow((void **)&e->segs, &e->segs_cap, (size_t)s->n_seg + 1, sizeof *e->segs));
+    TSR_TRY(grow((void **)&e->segs, &e->segs_cap, (size_t)s->n_seg + 1, sizeof *e->segs, "segs"));
     int n = 0;
     for (int k = 0; k < s->n_seg; k++) {
         const int32_t *g = s->seg + 3 * k;
@@ -707,9 +648,9 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
         tsr_kv_cache_release(&e->kv, s->release[i]);
     if (n == 0)
         return TSR_OK; /* a release-only step */
-    int32_t *seqs = malloc((size_t)n * 2 * sizeof *seqs + (size_t)n * 2 * sizeof(int32_t));
+    int32_t *seqs = malloc((size_t)n * 4 * sizeof *seqs);
     if (!seqs)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)n * 4 * sizeof *seqs, "a step's sequences and rows");
     int32_t *npos = seqs + n, *mb_rows = seqs + 2 * n, *mb_outs = seqs + 3 * n;
     int ns = step_seqs(s, seqs, npos);
     tsr_status st = TSR_OK;
@@ -729,22 +670,22 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     const size_t per_row = greedy || topk ? (size_t)K : (size_t)V;
     const int last = e->last_stage && s->n_out > 0;
     if (st == TSR_OK && last && !greedy && !topk)
-        st = grow((void **)&e->logits, &e->logits_cap, (size_t)s->n_out * V, sizeof(float));
+        st = grow((void **)&e->logits, &e->logits_cap, (size_t)s->n_out * V, sizeof(float), "logits");
     if (st == TSR_OK && last)
         st = grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * per_row,
-                  sizeof(float));
+                  sizeof(float), "mb_logits");
     if (st == TSR_OK && last && (greedy || topk)) {
         const size_t m = (size_t)s->n_out * K;
-        st = grow((void **)&e->best_val, &e->best_val_cap, m, sizeof(float));
+        st = grow((void **)&e->best_val, &e->best_val_cap, m, sizeof(float), "best_val");
         if (st == TSR_OK)
-            st = grow((void **)&e->best_idx, &e->best_idx_cap, m, sizeof(int32_t));
+            st = grow((void **)&e->best_idx, &e->best_idx_cap, m, sizeof(int32_t), "best_idx");
         if (st == TSR_OK)
-            st = grow((void **)&e->mb_idx, &e->mb_idx_cap, m, sizeof(int32_t));
+            st = grow((void **)&e->mb_idx, &e->mb_idx_cap, m, sizeof(int32_t), "mb_idx");
     }
     if (st == TSR_OK && last && draws) {
-        st = grow((void **)&e->expsum, &e->expsum_cap, (size_t)s->n_out * 2, sizeof(float));
+        st = grow((void **)&e->expsum, &e->expsum_cap, (size_t)s->n_out * 2, sizeof(float), "expsum");
         if (st == TSR_OK)
-            st = grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t));
+            st = grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t), "whole");
         for (int i = 0; st == TSR_OK && i < 2 * s->n_out; i++)
             e->expsum[i] = 0;
         e->n_whole = 0;
@@ -825,7 +766,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     if (e->last_stage && !greedy && !topk) { /* whole rows: every TP rank gathers them */
         float *lg = g->world_rank == 0 ? logits : malloc(count * sizeof *lg);
         if (!lg)
-            return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+            return tsr_engine_oom(count * sizeof *lg, "the gathered logits");
         st = collect_logits(e, e->logits, s->n_out, lg);
         if (st == TSR_OK && g->world_rank == src && src != 0)
             st = tsr_comm_send(g->world, lg, count, TSR_F32, 0, 1001);
@@ -876,7 +817,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
         if (draws) {
             TSR_TRY(tsr_comm_recv(g->world, to->expsum, (size_t)s->n_out * 2, TSR_F32, src,
                                   1002));
-            TSR_TRY(grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t)));
+            TSR_TRY(grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t), "whole"));
             TSR_TRY(tsr_comm_recv(g->world, e->whole, (size_t)s->n_out, TSR_COMM_I32, src, 1003));
             int nw = 0;
             for (int o = 0; o < s->n_out; o++)
@@ -888,7 +829,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                     return tsr_error_set(TSR_ERR_COMM, "engine: corrupt whole-row list");
             if (nw > 0) {
                 TSR_TRY(grow((void **)&e->whole_rows, &e->whole_rows_cap, (size_t)nw * Vf,
-                             sizeof(float)));
+                             sizeof(float), "whole_rows"));
                 TSR_TRY(tsr_comm_recv(g->world, e->whole_rows, (size_t)nw * Vf, TSR_F32, src,
                                       1004));
             }
@@ -917,7 +858,7 @@ static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
     const size_t nd = s->draw ? (size_t)s->n_out * sizeof(tsr_row_draw) / 4 : 0;
     size_t n = (size_t)s->n_tokens * 3 + (size_t)s->n_out + (size_t)s->n_release +
                3 * (size_t)s->n_seg;
-    TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1));
+    TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1, "desc"));
     int32_t *d = (int32_t *)e->desc;
     memcpy(d, s->tokens, (size_t)s->n_tokens * 4);
     memcpy(d + s->n_tokens, s->pos, (size_t)s->n_tokens * 4);
@@ -986,11 +927,11 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
         const size_t nd = h.has_draw ? (size_t)h.n_out * sizeof(tsr_row_draw) / 4 : 0;
         size_t n = (size_t)h.n_tokens * 3 + (size_t)h.n_out + (size_t)h.n_release +
                    3 * (size_t)h.n_seg;
-        TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1));
+        TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1, "desc"));
         int32_t *d = (int32_t *)e->desc;
         TSR_TRY(tsr_comm_broadcast(e->grid->world, d, n + nd, TSR_COMM_I32, 0));
         if (nd) { /* into aligned memory: the doubles may sit at any 4-byte offset */
-            TSR_TRY(grow((void **)&e->draws, &e->draws_cap, (size_t)h.n_out, sizeof *e->draws));
+            TSR_TRY(grow((void **)&e->draws, &e->draws_cap, (size_t)h.n_out, sizeof *e->draws, "draws"));
             memcpy(e->draws, d + n, nd * 4);
         }
         tsr_step s = {
@@ -1023,7 +964,7 @@ static tsr_status lm_forward(void *ctx, const int32_t *tokens, int n, int pos0, 
     tsr_engine *e = ctx;
     int32_t *buf = malloc((size_t)n * 3 * sizeof *buf);
     if (!buf)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)n * 3 * sizeof *buf, "a sequence's positions");
     int32_t *pos = buf, *seq = buf + n, *rows = buf + 2 * n;
     for (int i = 0; i < n; i++) {
         pos[i] = pos0 + i;

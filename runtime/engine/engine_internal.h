@@ -20,9 +20,13 @@ tsr_status tsr_engine_exec_train(tsr_engine *e);
 /* Frees the adapters, the trainer and the training scratch. */
 void tsr_engine_train_free(tsr_engine *e);
 
+/* TSR_ERR_NOMEM: "engine: out of memory allocating <bytes> bytes for <what>". */
+tsr_status tsr_engine_oom(size_t bytes, const char *what);
+
 /* Host array *p grown to at least `need` elements of `elem` bytes (the
- * contents kept); backend buffer *p grown to `bytes` (contents dropped). */
-tsr_status tsr_engine_grow(void **p, size_t *cap, size_t need, size_t elem);
+ * contents kept); backend buffer *p grown to `bytes` (contents dropped).
+ * `what` names the buffer in the out-of-memory message. */
+tsr_status tsr_engine_grow(void **p, size_t *cap, size_t need, size_t elem, const char *what);
 tsr_status tsr_engine_grow_device(tsr_backend *be, void **p, size_t *cap, size_t bytes,
                                   const char *what);
 
