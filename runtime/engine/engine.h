@@ -21,7 +21,8 @@
  *
  * Each rank's shard runs on the CPU or on one CUDA GPU (tsr_engine_config
  * .device); activations cross ranks over MPI (staged through host memory
- * when the backend's buffers are on a device) or NCCL (tsr_xfer).
+ * when the backend's buffers are on a device) or NCCL (tsr_xfer,
+ * runtime/engine/xfer.h).
  *
  * What it is not: a scheduler (which sequences go into a step is the caller's
  * decision) and not thread-safe (one engine thread per rank). */

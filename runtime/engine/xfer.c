@@ -45,15 +45,11 @@ static tsr_status stage_reserve(tsr_xfer_stage *s, size_t bytes) {
     return TSR_OK;
 }
 
-tsr_status tsr_xfer_allreduce(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be,
-                              tsr_comm_group_t *g, void *buf, size_t count, int dtype,
-                              size_t esize, tsr_comm_op op) {
+tsr_status tsr_xfer_allreduce(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be, tsr_comm_group_t *g,
+                              void *buf, size_t count, int dtype, size_t esize, tsr_comm_op op) {
     switch (x) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(be));
-        break;
+    case TSR_XFER_HOST: break;
+    case TSR_XFER_DEVICE: TSR_TRY(tsr_backend_sync(be)); break;
     case TSR_XFER_STAGED: {
         size_t bytes = count * esize;
         TSR_TRY(stage_reserve(s, bytes));
@@ -69,11 +65,8 @@ tsr_status tsr_xfer_send(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be, tsr_com
                          const void *buf, size_t count, int dtype, size_t esize, int peer,
                          int tag) {
     switch (x) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(be));
-        break;
+    case TSR_XFER_HOST: break;
+    case TSR_XFER_DEVICE: TSR_TRY(tsr_backend_sync(be)); break;
     case TSR_XFER_STAGED: {
         size_t bytes = count * esize;
         TSR_TRY(stage_reserve(s, bytes));
@@ -87,11 +80,8 @@ tsr_status tsr_xfer_send(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be, tsr_com
 tsr_status tsr_xfer_recv(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be, tsr_comm_group_t *g,
                          void *buf, size_t count, int dtype, size_t esize, int peer, int tag) {
     switch (x) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(be));
-        break;
+    case TSR_XFER_HOST: break;
+    case TSR_XFER_DEVICE: TSR_TRY(tsr_backend_sync(be)); break;
     case TSR_XFER_STAGED: {
         size_t bytes = count * esize;
         TSR_TRY(stage_reserve(s, bytes));

@@ -57,15 +57,13 @@ void tsr_xfer_stage_free(tsr_xfer_stage *s);
 /* count elements of dtype (a tsr_dtype, or TSR_COMM_I32) in backend buffer
  * buf, reduced with op over g in place, along path x. esize is the bytes per
  * element (the staged copies' size). Collective over g. */
-tsr_status tsr_xfer_allreduce(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be,
-                              tsr_comm_group_t *g, void *buf, size_t count, int dtype,
-                              size_t esize, tsr_comm_op op);
+tsr_status tsr_xfer_allreduce(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be, tsr_comm_group_t *g,
+                              void *buf, size_t count, int dtype, size_t esize, tsr_comm_op op);
 
 /* Point-to-point send and receive of count elements of dtype over g along x
  * (peer and tag as tsr_comm_send / tsr_comm_recv). */
 tsr_status tsr_xfer_send(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be, tsr_comm_group_t *g,
-                         const void *buf, size_t count, int dtype, size_t esize, int peer,
-                         int tag);
+                         const void *buf, size_t count, int dtype, size_t esize, int peer, int tag);
 tsr_status tsr_xfer_recv(tsr_xfer x, tsr_xfer_stage *s, tsr_backend *be, tsr_comm_group_t *g,
                          void *buf, size_t count, int dtype, size_t esize, int peer, int tag);
 

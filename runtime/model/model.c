@@ -54,7 +54,8 @@ static tsr_status load_vector(tsr_model *m, const tsr_model_file_t *mf, const ch
     if (st == TSR_OK) {
         *out = tsr_backend_vector_upload(m->be, buf, (size_t)n);
         if (!*out)
-            st = tsr_error_set(TSR_ERR_NOMEM, "cannot allocate '%s' on %s", name, tsr_backend_name(m->be));
+            st = tsr_error_set(TSR_ERR_NOMEM, "cannot allocate '%s' on %s", name,
+                               tsr_backend_name(m->be));
     }
     free(buf);
     return st;
@@ -316,7 +317,7 @@ static tsr_status lora_add_one(tsr_model *m, const tsr_lora_adapter *a, int li, 
     if (!lm->present)
         return TSR_OK;
     return tsr_backend_lora_fwd(m->be, y, x, lm->A, lm->B, m->lora_xa, n, lm->n_in, lm->n_out,
-                                  a->cfg.rank, a->scale);
+                                a->cfg.rank, a->scale);
 }
 
 /* The model's adapter on every row, or each segment's on its rows (rows
@@ -413,9 +414,9 @@ static void graphs_clear(tsr_model *m) {
 static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                                tsr_fwd_graph **out) {
     *out = NULL;
-    if (!tsr_backend_has_graphs(m->be) || m->comm.allreduce_sum || !m->first_stage || !m->last_stage ||
-        b->n_lora > 0 ||
-        b->n_out != b->n_tokens || b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || m->graphs_off)
+    if (!tsr_backend_has_graphs(m->be) || m->comm.allreduce_sum || !m->first_stage ||
+        !m->last_stage || b->n_lora > 0 || b->n_out != b->n_tokens ||
+        b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || m->graphs_off)
         return TSR_OK;
     for (int i = 0; i < b->n_out; i++)
         if (b->out_rows[i] != i)
@@ -501,10 +502,14 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     int tables_len = (max_seq + 1) * kv->max_blocks;
     tsr_status st = ws_reserve(m, n, m->last_stage ? b->n_out : 0, tables_len, lora_r);
     tsr_forward_ws *w = &m->ws;
-    if (st == TSR_OK) st = tsr_backend_to_device(be, w->pos, b->pos, (size_t)n * 4);
-    if (st == TSR_OK) st = tsr_backend_to_device(be, w->seq, b->seq, (size_t)n * 4);
-    if (st == TSR_OK) st = tsr_backend_to_device(be, w->slot, slots, (size_t)n * 4);
-    if (st == TSR_OK) st = tsr_backend_to_device(be, w->tables, kv->tables, (size_t)tables_len * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->pos, b->pos, (size_t)n * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->seq, b->seq, (size_t)n * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->slot, slots, (size_t)n * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->tables, kv->tables, (size_t)tables_len * 4);
     if (st == TSR_OK && m->first_stage)
         st = tsr_backend_to_device(be, w->ids, b->tokens, (size_t)n * 4);
     free(slots);
@@ -522,7 +527,8 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
         return TSR_OK;
     m->last_n_out = b->n_out;
     if (!logits && top_k > 0)
-        return tsr_backend_topk(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab, top_k);
+        return tsr_backend_topk(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab,
+                                top_k);
     if (!logits)
         return tsr_backend_argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
     return tsr_backend_act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
@@ -596,8 +602,8 @@ static tsr_status forward_body(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
     if (b->n_out == 0)
         return TSR_OK;
     for (int i = 0; i < b->n_out; i++)
-        OP(tsr_backend_copy(be, (char *)w->h + (size_t)i * C * a, (char *)w->x + (size_t)b->out_rows[i] * C * a,
-                   (size_t)C * a));
+        OP(tsr_backend_copy(be, (char *)w->h + (size_t)i * C * a,
+                            (char *)w->x + (size_t)b->out_rows[i] * C * a, (size_t)C * a));
     OP(tsr_backend_rmsnorm(be, w->h, w->h, m->out_norm, b->n_out, C, c->rms_eps));
     return tsr_backend_matmul(be, w->logits, w->h, &m->lm_head, b->n_out, 0);
 }
@@ -652,7 +658,8 @@ tsr_status tsr_model_logits_rows(tsr_model *m, const int32_t *rows, int n, float
             return tsr_error_set(TSR_ERR_INVALID, "model: output row %d of %d", rows[i],
                                  m->last_n_out);
         TSR_TRY(tsr_backend_act_to_f32(m->be, out + (size_t)i * V,
-                              (const char *)m->ws.logits + (size_t)rows[i] * V * a, (size_t)V));
+                                       (const char *)m->ws.logits + (size_t)rows[i] * V * a,
+                                       (size_t)V));
     }
     return TSR_OK;
 }

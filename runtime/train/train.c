@@ -414,8 +414,8 @@ static tsr_status lora_fwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_
         TSR_TRY(tsr_backend_lora_dropout(be, t->ws.xd, x, n, m->n_in, &d, 0));
         x = t->ws.xd;
     }
-    return tsr_backend_lora_fwd(be, y, x, m->A, m->B, t->ws.xa[tg], n, m->n_in, m->n_out, a->cfg.rank,
-                       a->scale);
+    return tsr_backend_lora_fwd(be, y, x, m->A, m->B, t->ws.xa[tg], n, m->n_in, m->n_out,
+                                a->cfg.rank, a->scale);
 }
 
 /* dA, dB += the LoRA gradients of target tg; dx += its input gradient. With
@@ -430,14 +430,14 @@ static tsr_status lora_bwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_
     tsr_backend *be = t->m->be;
     tsr_train_ws *w = &t->ws;
     if (!drops(a, tape))
-        return tsr_backend_lora_bwd(be, dx, m->dA, m->dB, dy, x, w->xa[tg], m->A, m->B, w->lt, n, m->n_in,
-                           m->n_out, a->cfg.rank, a->scale);
+        return tsr_backend_lora_bwd(be, dx, m->dA, m->dB, dy, x, w->xa[tg], m->A, m->B, w->lt, n,
+                                    m->n_in, m->n_out, a->cfg.rank, a->scale);
     const tsr_lora_dropout_desc d = drop_desc(a, tape, m);
     TSR_TRY(tsr_backend_lora_dropout(be, w->xd, x, n, m->n_in, &d, 0));
     if (dx)
         TSR_TRY(tsr_lora_fill_zero(be, w->dxd, (size_t)n * m->n_in * tsr_backend_act_size(be)));
-    TSR_TRY(tsr_backend_lora_bwd(be, dx ? w->dxd : NULL, m->dA, m->dB, dy, w->xd, w->xa[tg], m->A, m->B,
-                        w->lt, n, m->n_in, m->n_out, a->cfg.rank, a->scale));
+    TSR_TRY(tsr_backend_lora_bwd(be, dx ? w->dxd : NULL, m->dA, m->dB, dy, w->xd, w->xa[tg], m->A,
+                                 m->B, w->lt, n, m->n_in, m->n_out, a->cfg.rank, a->scale));
     return dx ? tsr_backend_lora_dropout(be, dx, w->dxd, n, m->n_in, &d, 1) : TSR_OK;
 }
 
@@ -514,7 +514,8 @@ static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train
     /* MLP: out = x2 + (s Wd^T + LoRA), s = silu(gate) * up */
     TSR_TRY(tsr_backend_matmul_dx(be, w->ds, dx, &L->w_down, n, 0));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_DOWN, w->ds, dx, w->s, n));
-    TSR_TRY(tsr_backend_swiglu_bwd(be, w->gate, w->up, w->ds, w->gate, w->up, n, ff)); /* in place */
+    TSR_TRY(
+        tsr_backend_swiglu_bwd(be, w->gate, w->up, w->ds, w->gate, w->up, n, ff)); /* in place */
     TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->gate, &L->w_gate, n, 0));
     TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->up, &L->w_up, n, 1));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_GATE, w->dh, w->gate, w->h2, n));
@@ -525,8 +526,8 @@ static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train
     /* attention: x2 = x + (att Wo^T + LoRA) */
     TSR_TRY(tsr_backend_matmul_dx(be, w->datt, dx, &L->wo, n, 0));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_O, w->datt, dx, w->att, n));
-    TSR_TRY(tsr_backend_attn_train_bwd(be, w->dq, w->dk, w->dv, w->datt, w->q, w->k, w->v, w->att, w->lse,
-                              ad));
+    TSR_TRY(tsr_backend_attn_train_bwd(be, w->dq, w->dk, w->dv, w->datt, w->q, w->k, w->v, w->att,
+                                       w->lse, ad));
     TSR_TRY(tsr_backend_rope_bwd(be, w->dq, pos, m->inv_freq, n, m->slice.n_head, hd));
     TSR_TRY(tsr_backend_rope_bwd(be, w->dk, pos, m->inv_freq, n, m->slice.n_kv_head, hd));
     TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->dq, &L->wq, n, 0));
@@ -598,8 +599,8 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
         TSR_TRY(tsr_backend_matmul(be, w->logits, w->hn, &m->lm_head, nc, 0));
         TSR_TRY(tsr_backend_ce_rowmax(be, rowmax, w->logits, nc, Vl));
         TSR_TRY(f32_max(t, rowmax, (size_t)nc));
-        TSR_TRY(tsr_backend_ce_sums(be, sumexp, tlogit, w->logits, rowmax, tape->target + r0, nc, Vl,
-                           m->slice.vocab_begin));
+        TSR_TRY(tsr_backend_ce_sums(be, sumexp, tlogit, w->logits, rowmax, tape->target + r0, nc,
+                                    Vl, m->slice.vocab_begin));
         TSR_TRY(f32_sum(t, sumexp, (size_t)2 * nc)); /* sumexp and tlogit together */
         TSR_TRY(tsr_backend_to_host(be, w->ce_host, w->ce, ((size_t)hr + 2 * nc) * sizeof(float)));
         for (int i = 0; i < nc; i++) {
@@ -614,11 +615,11 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
             continue;
         /* d loss / d logits = w (softmax - onehot), in place */
         TSR_TRY(tsr_backend_ce_grad(be, w->logits, w->logits, rowmax, sumexp, tape->target + r0,
-                           tape->weight + r0, nc, Vl, m->slice.vocab_begin));
+                                    tape->weight + r0, nc, Vl, m->slice.vocab_begin));
         TSR_TRY(tsr_backend_matmul_dx(be, w->dhn, w->logits, &m->lm_head, nc, 0));
         TSR_TRY(act_allreduce(t, w->dhn, (size_t)nc * C)); /* vocab-parallel head input */
-        TSR_TRY(tsr_backend_rmsnorm_bwd(be, (char *)tape->dx + (size_t)r0 * C * a, w->dhn, xr, m->out_norm,
-                               nc, C, m->cfg.rms_eps));
+        TSR_TRY(tsr_backend_rmsnorm_bwd(be, (char *)tape->dx + (size_t)r0 * C * a, w->dhn, xr,
+                                        m->out_norm, nc, C, m->cfg.rms_eps));
     }
     tape->stats.loss = loss;
     tape->has_grad = want_grad;
@@ -843,7 +844,8 @@ tsr_status tsr_train_optim_step(tsr_trainer *t, tsr_lora_adapter *a, const tsr_o
             coef = c;
     }
     TSR_TRY(tsr_backend_scale_f32(be, a->grad, a->n_params, (float)(coef / W)));
-    TSR_TRY(tsr_backend_adamw(be, a->param, a->grad, a->m, a->v, a->n_params, &p->adamw, a->step + 1));
+    TSR_TRY(
+        tsr_backend_adamw(be, a->param, a->grad, a->m, a->v, a->n_params, &p->adamw, a->step + 1));
     a->step++;
     TSR_TRY(clear(a));
     if (out) {

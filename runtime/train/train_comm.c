@@ -24,8 +24,8 @@ void tsr_train_mpi_free(tsr_train_mpi *h) {
 static tsr_status tp_reduce(tsr_train_mpi *h, void *buf, size_t count, int dtype, size_t esize,
                             tsr_comm_op op) {
     const tsr_xfer x = tsr_xfer_choose(h->grid->tp_group, h->be, 0);
-    TSR_TRY(tsr_xfer_allreduce(x, &h->stage, h->be, h->grid->tp_group, buf, count, dtype, esize,
-                               op));
+    TSR_TRY(
+        tsr_xfer_allreduce(x, &h->stage, h->be, h->grid->tp_group, buf, count, dtype, esize, op));
     return x == TSR_XFER_STAGED ? tsr_backend_sync(h->be) : TSR_OK;
 }
 
