@@ -205,7 +205,7 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
     const size_t r = (size_t)cfg->rank, nm = (size_t)a->n_layers * TSR_LORA_N_TARGETS;
     a->mats = calloc(nm, sizeof *a->mats);
     if (!a->mats) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu matrices", nm);
         goto cleanup;
     }
     /* Pass 1: shapes and region sizes; pass 2: offsets. Region of each
@@ -261,7 +261,8 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
     /* A from the full matrix's stream (this rank's columns), B zero */
     host = calloc(a->n_params ? a->n_params : 1, sizeof *host);
     if (!host) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu parameters",
+                           a->n_params);
         goto cleanup;
     }
     for (size_t i = 0; i < nm; i++) {
@@ -270,7 +271,8 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
             continue;
         float *nd = realloc(draw, r * m->d_in * sizeof *draw);
         if (!nd) {
-            st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+            st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu initial values",
+                               r * m->d_in);
             goto cleanup;
         }
         draw = nd;

@@ -69,7 +69,7 @@ static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
     float *factors = NULL;
     tsr_status st = TSR_OK;
     if (!f)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory for %d RoPE frequencies", half);
     for (int i = 0; i < half; i++) {
         double inv = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
         if (c->rope_scaling == TSR_ROPE_SCALING_LINEAR) {
@@ -100,7 +100,7 @@ static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
         }
         factors = malloc((size_t)half * sizeof *factors);
         if (!factors) {
-            st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+            st = tsr_error_set(TSR_ERR_NOMEM, "out of memory for %d RoPE factors", half);
             goto cleanup;
         }
         TSR_CHECK_GOTO(st, tsr_model_file_read(mf, "rope_freqs.weight", 0, 1, 0, half, factors));
@@ -189,7 +189,7 @@ tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_mo
     int nl = slice->layer_end - slice->layer_begin;
     m->layers = calloc((size_t)(nl ? nl : 1), sizeof *m->layers);
     if (!m->layers) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory for %d layers", nl);
         goto cleanup;
     }
     for (int i = 0; i < nl; i++)
@@ -456,7 +456,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
         return tsr_error_set(TSR_ERR_INVALID, "forward: %d output rows for %d tokens", b->n_out, n);
     int32_t *slots = malloc((size_t)n * sizeof *slots);
     if (!slots)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        return tsr_error_set(TSR_ERR_NOMEM, "forward: out of memory for %d KV slots", n);
     int max_seq = 0;
     for (int i = 0; i < n; i++) {
         if (b->seq[i] < 0 || b->seq[i] >= kv->max_seqs || b->pos[i] < 0 ||

@@ -171,7 +171,8 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r, int drop) {
     w->ce_host = malloc((size_t)3 * hr * sizeof *w->ce_host);
     if (!w->ce_host) {
         ws_free(t);
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory for %zu loss values",
+                             (size_t)3 * hr);
     }
     w->cap = cap;
     w->r = rr;
@@ -226,7 +227,8 @@ static tsr_status tape_reserve(tsr_trainer *t, tsr_train_tape *tape, int n, int 
                                          (void **)&tape->seq_start));
     tape->h_pos = malloc(N * 3 * sizeof(int32_t) + N * sizeof(float));
     if (!tape->h_pos) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "training: out of memory for the positions of %zu tokens",
+                           N);
         goto cleanup;
     }
     tape->h_tok_seq = tape->h_pos + N;
