@@ -19,6 +19,7 @@ const char *tsr_status_str(tsr_status s) {
     case TSR_ERR_BACKEND: return "backend error";
     case TSR_ERR_COMM: return "communication error";
     case TSR_ERR_INTERNAL: return "internal error";
+    case TSR_ERR_UNAVAILABLE: return "unavailable";
     }
     return "unknown status";
 }

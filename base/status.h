@@ -21,7 +21,12 @@ typedef enum {
     TSR_ERR_BACKEND,     /* a kernel backend failed (CUDA, cuBLAS) */
     TSR_ERR_COMM,        /* a collective or peer failed */
     TSR_ERR_INTERNAL,    /* a broken invariant: a bug */
+    TSR_ERR_UNAVAILABLE, /* the service is shutting down or not ready: retry later */
 } tsr_status;
+
+/* The largest code above (keep it the last one): range checks on codes that
+ * crossed a process boundary use it. */
+#define TSR_ERR_LAST TSR_ERR_UNAVAILABLE
 
 /* Short name of a status ("format error"). Never NULL. */
 const char *tsr_status_str(tsr_status s);

@@ -510,7 +510,7 @@ tsr_status tsr_comm_bcast_idle(tsr_comm_group_t *g, void *buf, size_t bytes, int
 
 tsr_status tsr_comm_agree(tsr_comm_group_t *g, tsr_status local) {
     TSR_TRY(check_group(g, "agree"));
-    if ((int)local < TSR_OK || local > TSR_ERR_INTERNAL)
+    if ((int)local < TSR_OK || local > TSR_ERR_LAST)
         local = TSR_ERR_INTERNAL; /* an out-of-range status is a bug, and still a failure */
     int failed = -1;
     tsr_status st = tsr_comm_mpi_agree(g->comm, &g->where, local, &failed);

@@ -18,7 +18,11 @@
  * with the statement, file:line, rank, host and the library's own message
  * (tsr_error_msg). Nothing here exits, except tsr_comm_abort, which ends the
  * whole job. All calls on a group are collective over its members unless
- * stated otherwise, and only one thread (the engine's) may use a group.
+ * stated otherwise, and only one thread (the engine's) may use a group: on
+ * NCCL, grid_init makes the group's device current on the calling thread,
+ * and collectives must be called from that thread.
+ *
+ * count == 0 is a no-op on every collective.
  *
  * What it is not: it knows nothing of models or shards. */
 #ifndef TSR_COMM_COMM_H
@@ -36,6 +40,16 @@ typedef enum {
     TSR_COMM_MPI = 0,
     TSR_COMM_NCCL = 1,
 } tsr_comm_kind;
+
+/* "mpi" or "nccl"; "unknown" otherwise. Never NULL. */
+const char *tsr_comm_kind_name(tsr_comm_kind kind);
+
+/* Parses the --comm value "mpi" or "nccl" into *out; TSR_ERR_INVALID with a
+ * message quoting `s` otherwise. */
+tsr_status tsr_comm_kind_parse(const char *s, tsr_comm_kind *out);
+
+/* 1 when this build has the NCCL backend (TSR_HAVE_NCCL), else 0. */
+int tsr_comm_has_nccl(void);
 
 typedef enum {
     TSR_COMM_SUM = 0,
@@ -75,11 +89,20 @@ void tsr_comm_mpi_finalize(void);
  * report and leave) when tp * pp does not divide the world size, naming the
  * numbers. Collective over MPI_COMM_WORLD. */
 tsr_status tsr_comm_grid_init(tsr_comm_grid *g, const tsr_comm_grid_config *cfg);
-void tsr_comm_grid_free(tsr_comm_grid *g); /* NULL ok */
+/* Collective (NCCL communicators are finalised with their peers): call it on
+ * every rank, before tsr_comm_mpi_finalize. NULL ok. */
+void tsr_comm_grid_free(tsr_comm_grid *g);
 
+/* The calling rank's rank in g (-1 for NULL g), g's size (0 for NULL g) and
+ * its data backend. */
 int tsr_comm_rank(const tsr_comm_group_t *g);
 int tsr_comm_size(const tsr_comm_group_t *g);
 tsr_comm_kind tsr_comm_kind_of(const tsr_comm_group_t *g);
+
+/* The group's CUDA stream (a cudaStream_t) on NCCL, NULL on MPI or NULL g.
+ * The CUDA kernel backend records events on it to order collectives against
+ * its compute stream. Owned by the group. */
+void *tsr_comm_stream(const tsr_comm_group_t *g);
 
 /* recv = reduce(send) over the group, count elements of `dtype`. In place
  * when send == recv. */
@@ -99,7 +122,9 @@ tsr_status tsr_comm_allgather(tsr_comm_group_t *g, const void *send, void *recv,
 /* buf (count of dtype) from `root` to every member. */
 tsr_status tsr_comm_broadcast(tsr_comm_group_t *g, void *buf, size_t count, int dtype, int root);
 
-/* Point to point within the group (peer is a group rank). */
+/* Point to point within the group (peer is a group rank). Sending to or
+ * receiving from oneself is refused (TSR_ERR_INVALID). Tags are 0..32767;
+ * NCCL ignores them: its sends and receives match in issue order. */
 tsr_status tsr_comm_send(tsr_comm_group_t *g, const void *buf, size_t count, int dtype, int peer,
                          int tag);
 tsr_status tsr_comm_recv(tsr_comm_group_t *g, void *buf, size_t count, int dtype, int peer, int tag);
@@ -120,31 +145,5 @@ tsr_status tsr_comm_agree(tsr_comm_group_t *g, tsr_status local);
 /* Ends the whole job now: aborts NCCL communicators, then MPI_Abort(code).
  * Prints `why` with the rank first. Never returns. */
 _Noreturn void tsr_comm_abort(const tsr_comm_grid *g, int code, const char *why);
-
-/* ---- Additions by the comm owner ----------------------------------------
- * Notes on the declarations above, as implemented:
- *  - tsr_comm_grid_free is collective (NCCL communicators are finalised with
- *    their peers); call it on every rank, before tsr_comm_mpi_finalize.
- *  - On NCCL, grid_init makes the group's device current on the calling
- *    thread; collectives must be called from that thread (the engine's).
- *  - rank(NULL) is -1 and size(NULL) is 0.
- *  - count == 0 is a no-op on every collective; send/recv to oneself is
- *    refused (TSR_ERR_INVALID); tags are 0..32767 and ignored by NCCL, whose
- *    sends and receives match in issue order. */
-
-/* "mpi" or "nccl"; "unknown" otherwise. Never NULL. */
-const char *tsr_comm_kind_name(tsr_comm_kind kind);
-
-/* Parses the --comm value "mpi" or "nccl" into *out; TSR_ERR_INVALID with a
- * message quoting `s` otherwise. */
-tsr_status tsr_comm_kind_parse(const char *s, tsr_comm_kind *out);
-
-/* 1 when this build has the NCCL backend (TSR_HAVE_NCCL), else 0. */
-int tsr_comm_has_nccl(void);
-
-/* The group's CUDA stream (a cudaStream_t) on NCCL, NULL on MPI or NULL g.
- * The CUDA kernel backend records events on it to order collectives against
- * its compute stream. Owned by the group. */
-void *tsr_comm_stream(const tsr_comm_group_t *g);
 
 #endif

@@ -34,6 +34,10 @@ tsr_status tsr_backend_sync(tsr_backend *b) {
     return b->iface->sync(b);
 }
 
+tsr_status tsr_backend_lacks(const tsr_backend *b, const char *op) {
+    return tsr_error_set(TSR_ERR_UNSUPPORTED, "backend %s has no %s op", b->iface->name, op);
+}
+
 /* ---- LoRA dropout's hash (runtime/model/lora.h defines it; lora_dropout.cu has the
  * device copy of mix and bits) ---- */
 

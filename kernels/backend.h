@@ -1,6 +1,13 @@
 /* kernels/backend.h - the kernel backend interface: a table of function
  * pointers over a device with its own memory, and the small wrappers callers
- * use. Two implementations: kernels/cpu/ (here) and kernels/cuda/ (later).
+ * use (tsr_backend_<slot>, at the end: code outside kernels/ calls those, never
+ * b->iface directly). Two implementations: kernels/cpu/ (always built) and
+ * kernels/cuda/ (built when TESSERA_CUDA is ON, or AUTO and the toolkit is
+ * found; tsr_backend_has_cuda says which).
+ *
+ * Optional slots (NULL where a backend has none; test with the
+ * tsr_backend_has_* wrappers): topk, row_expsum, the four graph-capture
+ * slots, fill_zero and stream. Every other slot is required.
  *
  * Conventions, for every op:
  *  - Buffers ("void *") are device memory from tsr_backend_alloc. Activations
@@ -148,7 +155,7 @@ typedef struct {
      * argmax's pick. Where k > V the entries past V are (-inf, -1).
      * 1 <= k <= TSR_TOPK_MAX. Lets sampling with top-k bring 8k bytes per
      * row to the host instead of the row. Optional: NULL where a backend
-     * has none (callers then take the logits). */
+     * has none (tsr_backend_has_topk; callers then take the logits). */
     tsr_status (*topk)(tsr_backend *b, float *val, int32_t *idx, const void *logits, int n, int V,
                        int k);
 
@@ -158,14 +165,16 @@ typedef struct {
      * memory; inv_t (n) host). A NaN entry, or a maximum that is not finite
      * (every entry -inf, or +inf), makes the sum NaN. Synchronises. With the row's top-k it lets
      * sampling with top_p or min_p but no top_k know each candidate's
-     * probability over the whole vocabulary. Optional (NULL). */
+     * probability over the whole vocabulary. Optional (NULL;
+     * tsr_backend_has_row_expsum). */
     tsr_status (*row_expsum)(tsr_backend *b, float *out, const void *logits, const float *inv_t,
                              int n, int V);
 
     /* The device stream (cudaStream_t) ops are enqueued on; NULL: none. */
     void *(*stream)(tsr_backend *b);
 
-    /* Graph capture (CUDA graphs); all four NULL where unsupported (CPU).
+    /* Graph capture (CUDA graphs); all four NULL where unsupported (CPU;
+     * tsr_backend_has_graphs).
      * Between capture_begin and capture_end the ops enqueued are recorded,
      * not run: only device-side ops on existing buffers may be enqueued (no
      * to_device/to_host, sync, alloc or free, and no scratch growth: run the
@@ -258,9 +267,9 @@ typedef struct {
     tsr_status (*lora_dropout)(tsr_backend *b, void *out, const void *x, int n, int d,
                                const tsr_lora_dropout_desc *dd, int accumulate);
     /* Sets `bytes` bytes of device memory p to zero (0.0 in f32, f16 and bf16
-     * alike), enqueued like an op. Optional: NULL where a backend has none;
-     * callers go through tsr_lora_fill_zero (runtime/model/lora.h), which copies
-     * zeros from the host then. */
+     * alike), enqueued like an op. Optional: NULL where a backend has none
+     * (tsr_backend_has_fill_zero); callers go through tsr_lora_fill_zero
+     * (runtime/model/lora.h), which copies zeros from the host then. */
     tsr_status (*fill_zero)(tsr_backend *b, void *p, size_t bytes);
 } tsr_backend_i;
 
@@ -325,5 +334,246 @@ static inline int tsr_topk_before(float va, int32_t ia, float vb, int32_t ib) {
 /* Allocates n bytes of device memory or returns TSR_ERR_NOMEM naming `what`. */
 tsr_status tsr_backend_alloc(tsr_backend *b, size_t bytes, const char *what, void **out);
 void tsr_backend_free(tsr_backend *b, void *p);
+
+/* ---- calling a backend: one wrapper per slot ----
+ * Each tsr_backend_<slot>(b, ...) calls b->iface-><slot>(b, ...) with the
+ * same arguments and contract (see the slot above). Called where the backend
+ * lacks an optional slot, a wrapper returns TSR_ERR_UNSUPPORTED naming the
+ * backend and the op (tsr_backend_graph_free does nothing); test first with
+ * tsr_backend_has_* where there is another way. */
+
+/* The backend's name ("cpu", "cuda"), its activation type, and 1 when its
+ * buffers are host memory (MPI may take them as they are). */
+static inline const char *tsr_backend_name(const tsr_backend *b) { return b->iface->name; }
+static inline tsr_dtype tsr_backend_act_dtype(const tsr_backend *b) { return b->iface->act_dtype; }
+static inline int tsr_backend_host_memory(const tsr_backend *b) { return b->iface->host_memory; }
+
+/* 1 when the backend has the optional op(s). */
+static inline int tsr_backend_has_topk(const tsr_backend *b) { return b->iface->topk != NULL; }
+static inline int tsr_backend_has_row_expsum(const tsr_backend *b) {
+    return b->iface->row_expsum != NULL;
+}
+static inline int tsr_backend_has_graphs(const tsr_backend *b) {
+    return b->iface->capture_begin != NULL;
+}
+static inline int tsr_backend_has_fill_zero(const tsr_backend *b) {
+    return b->iface->fill_zero != NULL;
+}
+
+/* TSR_ERR_UNSUPPORTED: "backend <name> has no <op> op". For the wrappers. */
+tsr_status tsr_backend_lacks(const tsr_backend *b, const char *op);
+
+static inline tsr_status tsr_backend_to_device(tsr_backend *b, void *dst, const void *src,
+                                               size_t bytes) {
+    return b->iface->to_device(b, dst, src, bytes);
+}
+
+static inline tsr_status tsr_backend_to_host(tsr_backend *b, void *dst, const void *src,
+                                             size_t bytes) {
+    return b->iface->to_host(b, dst, src, bytes);
+}
+
+static inline tsr_status tsr_backend_copy(tsr_backend *b, void *dst, const void *src,
+                                          size_t bytes) {
+    return b->iface->copy(b, dst, src, bytes);
+}
+
+static inline tsr_status tsr_backend_weight_upload(tsr_backend *b, tsr_weight *w, const float *src,
+                                                   int rows, int cols) {
+    return b->iface->weight_upload(b, w, src, rows, cols);
+}
+
+static inline void tsr_backend_weight_free(tsr_backend *b, tsr_weight *w) {
+    b->iface->weight_free(b, w);
+}
+
+static inline void *tsr_backend_vector_upload(tsr_backend *b, const float *src, size_t n) {
+    return b->iface->vector_upload(b, src, n);
+}
+
+static inline tsr_status tsr_backend_act_to_f32(tsr_backend *b, float *dst, const void *src,
+                                                size_t n) {
+    return b->iface->act_to_f32(b, dst, src, n);
+}
+
+static inline tsr_status tsr_backend_act_from_f32(tsr_backend *b, void *dst, const float *src,
+                                                  size_t n) {
+    return b->iface->act_from_f32(b, dst, src, n);
+}
+
+static inline tsr_status tsr_backend_matmul(tsr_backend *b, void *y, const void *x,
+                                            const tsr_weight *w, int n, int accumulate) {
+    return b->iface->matmul(b, y, x, w, n, accumulate);
+}
+
+static inline tsr_status tsr_backend_rmsnorm(tsr_backend *b, void *y, const void *x,
+                                             const void *weight, int n, int dim, float eps) {
+    return b->iface->rmsnorm(b, y, x, weight, n, dim, eps);
+}
+
+static inline tsr_status tsr_backend_rope(tsr_backend *b, void *x, const int32_t *pos,
+                                          const float *inv_freq, int n, int n_heads, int head_dim) {
+    return b->iface->rope(b, x, pos, inv_freq, n, n_heads, head_dim);
+}
+
+static inline tsr_status tsr_backend_kv_store(tsr_backend *b, void *k_cache, void *v_cache,
+                                              const void *k, const void *v, const int32_t *slot,
+                                              int n, int kv_dim) {
+    return b->iface->kv_store(b, k_cache, v_cache, k, v, slot, n, kv_dim);
+}
+
+static inline tsr_status tsr_backend_attention(tsr_backend *b, void *out, const void *q,
+                                               const void *k_cache, const void *v_cache,
+                                               const tsr_attn_desc *d) {
+    return b->iface->attention(b, out, q, k_cache, v_cache, d);
+}
+
+static inline tsr_status tsr_backend_swiglu(tsr_backend *b, void *out, const void *gate,
+                                            const void *up, int n, int dim) {
+    return b->iface->swiglu(b, out, gate, up, n, dim);
+}
+
+static inline tsr_status tsr_backend_add(tsr_backend *b, void *y, const void *x, int n, int dim) {
+    return b->iface->add(b, y, x, n, dim);
+}
+
+static inline tsr_status tsr_backend_add_bias(tsr_backend *b, void *y, const void *bias, int n,
+                                              int dim) {
+    return b->iface->add_bias(b, y, bias, n, dim);
+}
+
+static inline tsr_status tsr_backend_embedding(tsr_backend *b, void *out, const tsr_weight *table,
+                                               const int32_t *ids, int n, int row0) {
+    return b->iface->embedding(b, out, table, ids, n, row0);
+}
+
+static inline tsr_status tsr_backend_argmax(tsr_backend *b, float *val, int32_t *idx,
+                                            const void *logits, int n, int V) {
+    return b->iface->argmax(b, val, idx, logits, n, V);
+}
+
+static inline tsr_status tsr_backend_topk(tsr_backend *b, float *val, int32_t *idx,
+                                          const void *logits, int n, int V, int k) {
+    return b->iface->topk ? b->iface->topk(b, val, idx, logits, n, V, k)
+                          : tsr_backend_lacks(b, "topk");
+}
+
+static inline tsr_status tsr_backend_row_expsum(tsr_backend *b, float *out, const void *logits,
+                                                const float *inv_t, int n, int V) {
+    return b->iface->row_expsum ? b->iface->row_expsum(b, out, logits, inv_t, n, V)
+                                : tsr_backend_lacks(b, "row_expsum");
+}
+
+static inline tsr_status tsr_backend_capture_begin(tsr_backend *b) {
+    return b->iface->capture_begin ? b->iface->capture_begin(b)
+                                   : tsr_backend_lacks(b, "capture_begin");
+}
+
+static inline tsr_status tsr_backend_capture_end(tsr_backend *b, void **graph) {
+    return b->iface->capture_end ? b->iface->capture_end(b, graph)
+                                 : tsr_backend_lacks(b, "capture_end");
+}
+
+static inline tsr_status tsr_backend_graph_launch(tsr_backend *b, void *graph) {
+    return b->iface->graph_launch ? b->iface->graph_launch(b, graph)
+                                  : tsr_backend_lacks(b, "graph_launch");
+}
+
+static inline void tsr_backend_graph_free(tsr_backend *b, void *graph) {
+    if (b->iface->graph_free)
+        b->iface->graph_free(b, graph);
+}
+
+static inline tsr_status tsr_backend_matmul_dx(tsr_backend *b, void *dx, const void *dy,
+                                               const tsr_weight *w, int n, int accumulate) {
+    return b->iface->matmul_dx(b, dx, dy, w, n, accumulate);
+}
+
+static inline tsr_status tsr_backend_lora_fwd(tsr_backend *b, void *y, const void *x,
+                                              const float *A, const float *B, float *xa, int n,
+                                              int d_in, int d_out, int r, float scale) {
+    return b->iface->lora_fwd(b, y, x, A, B, xa, n, d_in, d_out, r, scale);
+}
+
+static inline tsr_status tsr_backend_lora_bwd(tsr_backend *b, void *dx, float *dA, float *dB,
+                                              const void *dy, const void *x, const float *xa,
+                                              const float *A, const float *B, float *t, int n,
+                                              int d_in, int d_out, int r, float scale) {
+    return b->iface->lora_bwd(b, dx, dA, dB, dy, x, xa, A, B, t, n, d_in, d_out, r, scale);
+}
+
+static inline tsr_status tsr_backend_rmsnorm_bwd(tsr_backend *b, void *dx, const void *dy,
+                                                 const void *x, const void *weight, int n, int dim,
+                                                 float eps) {
+    return b->iface->rmsnorm_bwd(b, dx, dy, x, weight, n, dim, eps);
+}
+
+static inline tsr_status tsr_backend_rope_bwd(tsr_backend *b, void *x, const int32_t *pos,
+                                              const float *inv_freq, int n, int n_heads,
+                                              int head_dim) {
+    return b->iface->rope_bwd(b, x, pos, inv_freq, n, n_heads, head_dim);
+}
+
+static inline tsr_status tsr_backend_swiglu_bwd(tsr_backend *b, void *dgate, void *dup,
+                                                const void *dout, const void *gate, const void *up,
+                                                int n, int dim) {
+    return b->iface->swiglu_bwd(b, dgate, dup, dout, gate, up, n, dim);
+}
+
+static inline tsr_status tsr_backend_attn_train_fwd(tsr_backend *b, void *out, float *lse,
+                                                    const void *q, const void *k, const void *v,
+                                                    const tsr_attn_train_desc *d) {
+    return b->iface->attn_train_fwd(b, out, lse, q, k, v, d);
+}
+
+static inline tsr_status tsr_backend_attn_train_bwd(tsr_backend *b, void *dq, void *dk, void *dv,
+                                                    const void *dout, const void *q, const void *k,
+                                                    const void *v, const void *out,
+                                                    const float *lse,
+                                                    const tsr_attn_train_desc *d) {
+    return b->iface->attn_train_bwd(b, dq, dk, dv, dout, q, k, v, out, lse, d);
+}
+
+static inline tsr_status tsr_backend_ce_rowmax(tsr_backend *b, float *rowmax, const void *logits,
+                                               int n, int V) {
+    return b->iface->ce_rowmax(b, rowmax, logits, n, V);
+}
+
+static inline tsr_status tsr_backend_ce_sums(tsr_backend *b, float *sumexp, float *tlogit,
+                                             const void *logits, const float *rowmax,
+                                             const int32_t *target, int n, int V, int row0) {
+    return b->iface->ce_sums(b, sumexp, tlogit, logits, rowmax, target, n, V, row0);
+}
+
+static inline tsr_status tsr_backend_ce_grad(tsr_backend *b, void *dlogits, const void *logits,
+                                             const float *rowmax, const float *sumexp,
+                                             const int32_t *target, const float *weight, int n,
+                                             int V, int row0) {
+    return b->iface->ce_grad(b, dlogits, logits, rowmax, sumexp, target, weight, n, V, row0);
+}
+
+static inline tsr_status tsr_backend_adamw(tsr_backend *b, float *p, const float *g, float *m,
+                                           float *v, size_t n, const tsr_adamw_params *h, int t) {
+    return b->iface->adamw(b, p, g, m, v, n, h, t);
+}
+
+static inline tsr_status tsr_backend_sumsq(tsr_backend *b, double *out, const float *x, size_t n) {
+    return b->iface->sumsq(b, out, x, n);
+}
+
+static inline tsr_status tsr_backend_scale_f32(tsr_backend *b, float *x, size_t n, float s) {
+    return b->iface->scale_f32(b, x, n, s);
+}
+
+static inline tsr_status tsr_backend_lora_dropout(tsr_backend *b, void *out, const void *x, int n,
+                                                  int d, const tsr_lora_dropout_desc *dd,
+                                                  int accumulate) {
+    return b->iface->lora_dropout(b, out, x, n, d, dd, accumulate);
+}
+
+static inline tsr_status tsr_backend_fill_zero(tsr_backend *b, void *p, size_t bytes) {
+    return b->iface->fill_zero ? b->iface->fill_zero(b, p, bytes)
+                               : tsr_backend_lacks(b, "fill_zero");
+}
 
 #endif

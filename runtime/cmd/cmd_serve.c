@@ -186,8 +186,8 @@ int cmd_serve(tsr_comm_grid *grid, const cmd_options *o) {
             "tessera: ready (tp=%d pp=%d, %d sequences x %d positions, %d KV blocks of %d; %s, "
             "%s activations, %s between ranks)\n",
             o->tp, o->pp, s.engine.cfg.max_seqs, s.engine.kv.max_ctx, s.engine.kv.n_blocks,
-            s.engine.kv.block_size, s.engine.be->iface->name,
-            tsr_dtype_name(s.engine.be->iface->act_dtype), tsr_comm_kind_name(o->comm));
+            s.engine.kv.block_size, tsr_backend_name(s.engine.be),
+            tsr_dtype_name(tsr_backend_act_dtype(s.engine.be)), tsr_comm_kind_name(o->comm));
     while (!g_signal && st == TSR_OK)
         st = tsr_scheduler_iterate(sched);
     if (st != TSR_OK) {

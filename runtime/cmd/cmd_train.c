@@ -98,8 +98,8 @@ static int train_rank0(tsr_session *s, const cmd_options *o, const tsr_lora_conf
             "tessera train: %d steps of %d examples (%d per epoch), LoRA r=%d alpha=%g "
             "targets=%s dropout %g, lr %g, tp=%d pp=%d on %s (%s activations)\n",
             total, B, per_epoch, lc->rank, (double)lc->alpha, o->targets, (double)lc->dropout,
-            (double)o->lr, o->tp, o->pp, e->be->iface->name,
-            tsr_dtype_name(e->be->iface->act_dtype));
+            (double)o->lr, o->tp, o->pp, tsr_backend_name(e->be),
+            tsr_dtype_name(tsr_backend_act_dtype(e->be)));
     tsr_train_loop_config tc = {
         .steps = total,
         .batch_size = B,

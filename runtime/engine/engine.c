@@ -1,15 +1,17 @@
-/* runtime/engine/engine.c - descriptor broadcast, micro-batched pipeline execution
- * and result collection. See engine.h for the protocol. */
+/* runtime/engine/engine.c - the step protocol: rank 0 checks a step and
+ * broadcasts its descriptor, every rank runs it micro-batched through the
+ * pipeline (engine_results.c turns the last stage's output into the step's
+ * results), peers wait in tsr_engine_serve; and one sequence as a tsr_lm.
+ * See engine.h for the protocol. Not here: setting the engine up
+ * (engine_setup.c), moving buffers between ranks (xfer.c), training
+ * (engine_train.c). */
 #include "runtime/engine/engine.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "base/log.h"
 #include "runtime/engine/engine_internal.h"
-#include "runtime/sample/sampler.h"
 
 #define DESC_MAGIC 0x54535231u /* "TSR1" */
 
@@ -24,340 +26,6 @@ typedef struct {
 } desc_header;
 
 _Static_assert(sizeof(tsr_row_draw) % 4 == 0, "row draws travel as int32 words");
-
-#define grow tsr_engine_grow
-#define grow_device tsr_engine_grow_device
-
-tsr_status tsr_engine_grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap)
-        return TSR_OK;
-    size_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *q = realloc(*p, n * elem);
-    if (!q)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-    *p = q;
-    *cap = n;
-    return TSR_OK;
-}
-
-/* Grows a backend buffer to at least `bytes`; the contents are not kept. */
-tsr_status tsr_engine_grow_device(tsr_backend *be, void **p, size_t *cap, size_t bytes,
-                                  const char *what) {
-    if (bytes <= *cap)
-        return TSR_OK;
-    size_t n = *cap ? *cap : 4096;
-    while (n < bytes)
-        n *= 2;
-    tsr_backend_free(be, *p);
-    *p = NULL;
-    *cap = 0;
-    TSR_TRY(tsr_backend_alloc(be, n, what, p));
-    *cap = n;
-    return TSR_OK;
-}
-
-/* ---- the data path: activations over the tp and pp groups ----
- * TSR_XFER_HOST passes the buffers to MPI as they are (the CPU backend; no
- * extra work, today's path). TSR_XFER_DEVICE (NCCL) first waits for the
- * compute stream: NCCL runs on its group's own stream, which must not read a
- * buffer the compute stream is still writing, nor write one it is still
- * reading (a recv into hidden_in while the previous micro-batch's copy out of
- * it is queued); the NCCL wrapper waits for its own stream before returning,
- * so the result is in place for the next op. TSR_XFER_STAGED copies through
- * e->stage: to_host synchronises, MPI runs on host memory, to_device queues
- * the copy back (to_device may read the host source after it returns until
- * the stream reaches it, so the engine syncs before MPI writes e->stage
- * again: to_host does it on the way out, the recv path does it itself). */
-
-static tsr_status stage_reserve(tsr_engine *e, size_t bytes) {
-    return grow(&e->stage, &e->stage_cap, bytes, 1);
-}
-
-tsr_status tsr_engine_tp_allreduce(tsr_engine *e, void *buf, size_t count) {
-    tsr_comm_group_t *g = e->grid->tp_group;
-    const int dt = e->be->iface->act_dtype;
-    switch (e->tp_xfer) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(e->be));
-        break;
-    case TSR_XFER_STAGED: {
-        size_t bytes = count * tsr_backend_act_size(e->be);
-        TSR_TRY(stage_reserve(e, bytes));
-        TSR_TRY(e->be->iface->to_host(e->be, e->stage, buf, bytes));
-        TSR_TRY(tsr_comm_allreduce(g, e->stage, e->stage, count, dt, TSR_COMM_SUM));
-        return e->be->iface->to_device(e->be, buf, e->stage, bytes);
-    }
-    }
-    return tsr_comm_allreduce(g, buf, buf, count, dt, TSR_COMM_SUM);
-}
-
-tsr_status tsr_engine_pp_send(tsr_engine *e, const void *buf, size_t count, int peer, int tag) {
-    tsr_comm_group_t *g = e->grid->pp_group;
-    const int dt = e->be->iface->act_dtype;
-    switch (e->pp_xfer) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(e->be));
-        break;
-    case TSR_XFER_STAGED: {
-        size_t bytes = count * tsr_backend_act_size(e->be);
-        TSR_TRY(stage_reserve(e, bytes));
-        TSR_TRY(e->be->iface->to_host(e->be, e->stage, buf, bytes));
-        return tsr_comm_send(g, e->stage, count, dt, peer, tag);
-    }
-    }
-    return tsr_comm_send(g, buf, count, dt, peer, tag);
-}
-
-tsr_status tsr_engine_pp_recv(tsr_engine *e, void *buf, size_t count, int peer, int tag) {
-    tsr_comm_group_t *g = e->grid->pp_group;
-    const int dt = e->be->iface->act_dtype;
-    switch (e->pp_xfer) {
-    case TSR_XFER_HOST:
-        break;
-    case TSR_XFER_DEVICE:
-        TSR_TRY(tsr_backend_sync(e->be));
-        break;
-    case TSR_XFER_STAGED: {
-        size_t bytes = count * tsr_backend_act_size(e->be);
-        TSR_TRY(stage_reserve(e, bytes));
-        TSR_TRY(tsr_backend_sync(e->be)); /* a queued to_device may still read e->stage */
-        TSR_TRY(tsr_comm_recv(g, e->stage, count, dt, peer, tag));
-        return e->be->iface->to_device(e->be, buf, e->stage, bytes);
-    }
-    }
-    return tsr_comm_recv(g, buf, count, dt, peer, tag);
-}
-
-/* The model's TP hook: one all-reduce per row-parallel projection. */
-static tsr_status tp_allreduce(void *ctx, void *buf, size_t count) {
-    return tsr_engine_tp_allreduce(ctx, buf, count);
-}
-
-static tsr_xfer xfer_for(const tsr_comm_group_t *g, const tsr_backend *be, int stage_host) {
-    if (tsr_comm_kind_of(g) == TSR_COMM_NCCL)
-        return TSR_XFER_DEVICE;
-    return be->iface->host_memory && !stage_host ? TSR_XFER_HOST : TSR_XFER_STAGED;
-}
-
-static int default_threads(const tsr_comm_grid *g) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int per = (int)(cores / (g->local_size > 0 ? g->local_size : 1));
-    return per > 0 ? per : 1;
-}
-
-/* ---- device selection ---- */
-
-static int act_dtype_of(const tsr_engine_config *cfg) {
-    if (cfg->act_dtype != TSR_ENGINE_ACT_DEFAULT)
-        return cfg->act_dtype;
-    return cfg->device == TSR_DEVICE_CUDA ? TSR_BF16 : TSR_F32;
-}
-
-static int weight_dtype_of(const tsr_engine_config *cfg) {
-    if (cfg->weight_dtype != TSR_ENGINE_ACT_DEFAULT)
-        return cfg->weight_dtype;
-    return cfg->device == TSR_DEVICE_CUDA ? TSR_BF16 : TSR_F32;
-}
-
-tsr_status tsr_engine_config_check(const tsr_engine_config *cfg, tsr_comm_kind kind) {
-    const int act = act_dtype_of(cfg);
-    if (cfg->device != TSR_DEVICE_CPU && cfg->device != TSR_DEVICE_CUDA)
-        return tsr_error_set(TSR_ERR_INVALID, "unknown device %d (want cpu or cuda)",
-                             (int)cfg->device);
-    const int wdt = weight_dtype_of(cfg);
-    if (act != TSR_F32 && act != TSR_BF16)
-        return tsr_error_set(TSR_ERR_INVALID, "activation type %d: want f32 or bf16", act);
-    if (wdt != TSR_F32 && wdt != TSR_BF16)
-        return tsr_error_set(TSR_ERR_INVALID, "weight type %d: want bf16 or f32", wdt);
-    if (cfg->device == TSR_DEVICE_CPU && wdt != TSR_F32)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "--weight-dtype bf16 needs --device cuda (the CPU backend keeps f32)");
-    if (wdt == TSR_F32 && act != TSR_F32)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "--weight-dtype f32 needs --act-dtype f32 (full-precision GEMMs)");
-    if (cfg->gpu < -1)
-        return tsr_error_set(TSR_ERR_INVALID, "GPU %d: want -1 (by local rank) or an index >= 0",
-                             cfg->gpu);
-    if (cfg->device == TSR_DEVICE_CPU) {
-        if (act != TSR_F32)
-            return tsr_error_set(TSR_ERR_INVALID,
-                                 "--act-dtype bf16 needs --device cuda (the CPU backend computes "
-                                 "in f32)");
-        if (kind == TSR_COMM_NCCL)
-            return tsr_error_set(TSR_ERR_INVALID,
-                                 "--comm nccl needs --device cuda (NCCL moves GPU memory; use "
-                                 "--comm mpi on the CPU)");
-        return TSR_OK;
-    }
-    if (kind == TSR_COMM_NCCL && !tsr_comm_has_nccl())
-        return tsr_error_set(TSR_ERR_UNSUPPORTED,
-                             "--comm nccl: this build has no NCCL (configure with "
-                             "-DTESSERA_CUDA=ON where CUDA and NCCL are installed, or use --comm "
-                             "mpi)");
-    if (!tsr_backend_has_cuda())
-        return tsr_error_set(TSR_ERR_UNSUPPORTED,
-                             "--device cuda: this build has no CUDA backend (configure with "
-                             "-DTESSERA_CUDA=ON where the CUDA toolkit is installed)");
-    return TSR_OK;
-}
-
-/* This rank's part of tsr_engine_device_select, before the agreement. */
-static tsr_status select_local(const tsr_comm_grid *g, const tsr_engine_config *cfg,
-                               tsr_comm_kind kind, int *gpu) {
-    *gpu = -1;
-    TSR_TRY(tsr_engine_config_check(cfg, kind));
-    if (cfg->device == TSR_DEVICE_CPU)
-        return TSR_OK;
-    int n = tsr_backend_cuda_device_count();
-    if (n == 0)
-        return tsr_error_set(TSR_ERR_BACKEND,
-                             "--device cuda: no CUDA device is visible on host %s (check the "
-                             "driver, nvidia-smi and CUDA_VISIBLE_DEVICES)",
-                             g->host);
-    if (cfg->gpu >= n)
-        return tsr_error_set(TSR_ERR_RANGE, "--gpu %d: host %s has %d CUDA device%s (0..%d)",
-                             cfg->gpu, g->host, n, n == 1 ? "" : "s", n - 1);
-    if (kind == TSR_COMM_NCCL && cfg->gpu >= 0 && g->local_size > 1)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "--gpu %d with --comm nccl puts the %d ranks on host %s on one GPU; "
-                             "NCCL needs a GPU per rank (leave --gpu out, or use --comm mpi)",
-                             cfg->gpu, g->local_size, g->host);
-    if (kind == TSR_COMM_NCCL && cfg->gpu < 0 && g->local_size > n)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "--comm nccl: host %s runs %d ranks but has %d CUDA device%s; NCCL "
-                             "needs a GPU per rank (use --comm mpi to share GPUs)",
-                             g->host, g->local_size, n, n == 1 ? "" : "s");
-    *gpu = cfg->gpu >= 0 ? cfg->gpu : (kind == TSR_COMM_NCCL ? g->local_rank : g->local_rank % n);
-    return TSR_OK;
-}
-
-tsr_status tsr_engine_device_select(tsr_comm_grid *g, const tsr_engine_config *cfg,
-                                    tsr_comm_kind kind, int *gpu) {
-    tsr_status st = select_local(g, cfg, kind, gpu);
-    tsr_status all = tsr_comm_agree(g->world, st);
-    if (st == TSR_OK && all != TSR_OK)
-        st = tsr_error_set(all, "another rank failed to set up its device (see its message)");
-    return st;
-}
-
-tsr_status tsr_engine_device_probe(tsr_engine_config *cfg, tsr_comm_kind kind) {
-    tsr_comm_grid probe;
-    tsr_comm_grid_config pc = TSR_COMM_GRID_CONFIG_INIT; /* tp = pp = 1, MPI */
-    TSR_TRY(tsr_comm_grid_init(&probe, &pc));
-    int gpu = -1;
-    tsr_status st = tsr_engine_device_select(&probe, cfg, kind, &gpu);
-    tsr_comm_grid_free(&probe);
-    if (st == TSR_OK)
-        cfg->gpu = gpu;
-    return st;
-}
-
-tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_file_t *mf,
-                           const tsr_plan_config *pc, const tsr_engine_config *cfg) {
-    memset(e, 0, sizeof *e);
-    e->grid = grid;
-    e->cfg = *cfg;
-    e->gpu = -1;
-    if (e->cfg.block_size <= 0)
-        e->cfg.block_size = 16;
-    if (e->cfg.micro_batches <= 0)
-        e->cfg.micro_batches = grid->pp;
-    e->mcfg = *tsr_model_file_config(mf);
-    /* The plan is computed identically on every rank, so an impossible layout
-     * fails everywhere before any weight is read. */
-    TSR_TRY(tsr_shard_plan_init(&e->mcfg, pc, &e->plan));
-    tsr_status st = tsr_shard_plan_check_world(&e->plan, grid->world_size);
-    if (st == TSR_OK)
-        st = tsr_shard_plan_slice(&e->plan, grid->tp_rank, grid->pp_rank, &e->slice);
-    if (st != TSR_OK) {
-        tsr_shard_plan_free(&e->plan);
-        return st;
-    }
-    e->first_stage = grid->pp_rank == 0;
-    e->last_stage = grid->pp_rank == grid->pp - 1;
-
-    /* every rank reaches this agreement: the checks above are the same on all */
-    tsr_comm_kind kind = tsr_comm_kind_of(grid->tp_group);
-    st = tsr_engine_device_select(grid, &e->cfg, kind, &e->gpu);
-    if (st != TSR_OK) {
-        tsr_shard_plan_free(&e->plan);
-        return st;
-    }
-    const tsr_model_config *c = &e->mcfg;
-    int bs = e->cfg.block_size;
-    int blocks = e->cfg.kv_blocks > 0 ? e->cfg.kv_blocks
-                                      : e->cfg.max_seqs * ((e->cfg.max_ctx + bs - 1) / bs);
-    if (e->cfg.device == TSR_DEVICE_CUDA)
-        st = tsr_backend_cuda_create(e->gpu, (tsr_dtype)act_dtype_of(&e->cfg),
-                                     (tsr_dtype)weight_dtype_of(&e->cfg), &e->be);
-    else
-        st = tsr_backend_cpu_create(cfg->threads > 0 ? cfg->threads : default_threads(grid),
-                                    &e->be);
-    if (st == TSR_OK) {
-        e->tp_xfer = xfer_for(grid->tp_group, e->be, e->cfg.stage_host);
-        e->pp_xfer = xfer_for(grid->pp_group, e->be, e->cfg.stage_host);
-        static const char *const path[] = {"mpi", "mpi via host", "nccl"};
-        TSR_LOG_I("device %s (GPU %d), activations %s, tp data path %s, pp data path %s",
-                  e->be->iface->name, e->gpu, tsr_dtype_name(e->be->iface->act_dtype),
-                  path[e->tp_xfer], path[e->pp_xfer]);
-        /* one all-reduce per row-parallel projection; none on one TP rank */
-        tsr_model_comm mc = {e, grid->tp > 1 ? tp_allreduce : NULL};
-        st = tsr_model_load(&e->model, mf, &e->slice, e->first_stage, e->last_stage, e->be, &mc);
-        e->model_loaded = st == TSR_OK;
-        /* the slices are copied out: the file's pages need not stay resident */
-        tsr_model_file_drop_pages(mf);
-    }
-    if (st == TSR_OK)
-        st = tsr_kv_cache_init(&e->kv, e->be, e->slice.layer_end - e->slice.layer_begin,
-                               e->slice.n_kv_head * c->head_dim, bs, blocks, e->cfg.max_seqs,
-                               e->cfg.max_ctx);
-    /* every rank learns whether all ranks loaded */
-    tsr_status all = tsr_comm_agree(grid->world, st);
-    if (st == TSR_OK && all != TSR_OK)
-        st = tsr_error_set(all, "another rank failed to load its shard (see its message)");
-    if (st != TSR_OK)
-        tsr_engine_free(e);
-    return st;
-}
-
-void tsr_engine_free(tsr_engine *e) {
-    if (!e)
-        return;
-    tsr_engine_train_free(e);
-    free(e->segs);
-    tsr_kv_cache_free(&e->kv);
-    if (e->model_loaded)
-        tsr_model_free(&e->model);
-    if (e->be) {
-        tsr_backend_free(e->be, e->hidden_in);
-        tsr_backend_free(e->be, e->hidden_out);
-    }
-    tsr_backend_destroy(e->be);
-    tsr_shard_plan_free(&e->plan);
-    free(e->desc);
-    free(e->stage);
-    free(e->logits);
-    free(e->mb_logits);
-    free(e->mb_idx);
-    free(e->gathered);
-    free(e->best_val);
-    free(e->best_idx);
-    free(e->topk_all);
-    free(e->topk_all_idx);
-    free(e->draws);
-    free(e->inv_t);
-    free(e->mb_expsum);
-    free(e->expsum);
-    free(e->whole);
-    free(e->whole_rows);
-    memset(e, 0, sizeof *e);
-}
 
 /* ---- step execution (every rank) ---- */
 
@@ -440,7 +108,7 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
         return TSR_OK;
     int32_t *seqs = malloc((size_t)s->n_tokens * 2 * sizeof *seqs);
     if (!seqs)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)s->n_tokens * 2 * sizeof *seqs, "a step's sequence list");
     int32_t *npos = seqs + s->n_tokens;
     int n = step_seqs(s, seqs, npos), need = 0, freed = 0;
     for (int i = 0; i < s->n_release; i++)
@@ -461,214 +129,14 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
     return TSR_OK;
 }
 
-/* Greedy: each row's best over this rank's vocabulary slice was picked on
- * the device during the forward (best_val, best_idx as global ids); the
- * max-with-index all-reduce over the TP group picks among the slices. The
- * logits never leave the device. The picks stay in best_idx. */
-static tsr_status collect_argmax(tsr_engine *e, int n_out) {
-    if (e->grid->tp > 1)
-        TSR_TRY(tsr_comm_allreduce_argmax(e->grid->tp_group, e->best_val, e->best_idx,
-                                          (size_t)n_out));
-    return TSR_OK;
-}
-
-/* Top-k, per micro-batch: rows 0..n of the micro-batch have this rank's k
- * best in e->mb_logits / e->mb_idx (columns of the slice); with TP the
- * ranks' lists are gathered and merged into each row's k best of the
- * vocabulary in the same order, into e->best_val / e->best_idx at the
- * step's output index outs[i]. Every TP rank merges (they all take part in
- * what follows for the same rows). */
-static tsr_status merge_topk(tsr_engine *e, int n, int k, const int32_t *outs) {
-    const int tp = e->grid->tp;
-    const size_t per = (size_t)n * k;
-    for (size_t j = 0; j < per; j++)
-        e->mb_idx[j] = e->mb_idx[j] < 0 ? -1 : e->slice.vocab_begin + e->mb_idx[j];
-    if (tp == 1) {
-        for (int i = 0; i < n; i++) {
-            memcpy(e->best_val + (size_t)outs[i] * k, e->mb_logits + (size_t)i * k,
-                   (size_t)k * sizeof(float));
-            memcpy(e->best_idx + (size_t)outs[i] * k, e->mb_idx + (size_t)i * k,
-                   (size_t)k * sizeof(int32_t));
-        }
-        return TSR_OK;
-    }
-    TSR_TRY(grow((void **)&e->topk_all, &e->topk_all_cap, per * tp, sizeof(float)));
-    TSR_TRY(grow((void **)&e->topk_all_idx, &e->topk_all_idx_cap, per * tp, sizeof(int32_t)));
-    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_logits, e->topk_all, per, TSR_F32));
-    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_idx, e->topk_all_idx, per,
-                               TSR_COMM_I32));
-    int *head = malloc((size_t)tp * sizeof *head);
-    if (!head)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-    for (int i = 0; i < n; i++) {
-        float *val = e->best_val + (size_t)outs[i] * k;
-        int32_t *ids = e->best_idx + (size_t)outs[i] * k;
-        for (int r = 0; r < tp; r++)
-            head[r] = 0;
-        for (int j = 0; j < k; j++) { /* a k-way merge of sorted lists */
-            int best = -1;
-            float bv = -INFINITY;
-            int32_t bi = -1;
-            for (int r = 0; r < tp; r++) {
-                if (head[r] >= k)
-                    continue;
-                const size_t at = (size_t)r * per + (size_t)i * k + head[r];
-                const float v = e->topk_all[at];
-                const int32_t id = e->topk_all_idx[at];
-                if (id < 0)
-                    continue; /* that list ran out */
-                if (best < 0 || tsr_topk_before(v, id, bv, bi)) {
-                    best = r;
-                    bv = v;
-                    bi = id;
-                }
-            }
-            if (best >= 0)
-                head[best]++;
-            val[j] = best >= 0 ? bv : -INFINITY;
-            ids[j] = bi;
-        }
-    }
-    free(head);
-    return TSR_OK;
-}
-
-/* Full logits: every TP rank's slice of rows part (n, slice) gathered
- * (padded to the widest slice) into out (n, n_vocab). */
-static tsr_status collect_logits(tsr_engine *e, const float *part, int n, float *out) {
-    const int tp = e->grid->tp, V = e->mcfg.n_vocab;
-    if (tp == 1) {
-        memcpy(out, part, (size_t)n * V * sizeof *out);
-        return TSR_OK;
-    }
-    int width = 0;
-    for (int r = 0; r < tp; r++) {
-        tsr_model_slice sl;
-        TSR_TRY(tsr_shard_plan_slice(&e->plan, r, e->grid->pp_rank, &sl));
-        if (sl.n_vocab > width)
-            width = sl.n_vocab;
-    }
-    size_t per = (size_t)n * width;
-    float *send = malloc(per * sizeof *send);
-    TSR_TRY(grow((void **)&e->gathered, &e->gathered_cap, per * tp, sizeof(float)));
-    if (!send)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-    for (int i = 0; i < n; i++) {
-        memcpy(send + (size_t)i * width, part + (size_t)i * e->slice.n_vocab,
-               (size_t)e->slice.n_vocab * sizeof *send);
-        for (int j = e->slice.n_vocab; j < width; j++)
-            send[(size_t)i * width + j] = -INFINITY;
-    }
-    tsr_status st = tsr_comm_allgather(e->grid->tp_group, send, e->gathered, per, TSR_F32);
-    free(send);
-    TSR_TRY(st);
-    for (int r = 0; r < tp; r++) {
-        tsr_model_slice sl;
-        TSR_TRY(tsr_shard_plan_slice(&e->plan, r, e->grid->pp_rank, &sl));
-        for (int i = 0; i < n; i++)
-            memcpy(out + (size_t)i * V + sl.vocab_begin,
-                   e->gathered + (size_t)r * per + (size_t)i * width,
-                   (size_t)sl.n_vocab * sizeof *out);
-    }
-    return TSR_OK;
-}
-
-/* A top-k step with draws, per micro-batch on the last stage, after
- * merge_topk while the micro-batch's logits are still on the device: the
- * TSR_DRAW_ROW_TOP rows' normalisers (each slice's (max, sum) gathered over
- * TP and combined in rank order, so every TP rank gets the same floats),
- * then which rows go whole (TSR_DRAW_WHOLE, and ROW_TOP rows whose
- * candidates cannot decide the draw rank 0 will make), and those rows'
- * logits gathered into e->whole_rows. n rows; outs[i] their output index. */
-static tsr_status draw_rows(tsr_engine *e, const tsr_step *s, int n, int K, const int32_t *outs) {
-    const int tp = e->grid->tp, V = e->mcfg.n_vocab;
-    int n_rt = 0;
-    for (int i = 0; i < n; i++)
-        n_rt += s->draw[outs[i]].mode == TSR_DRAW_ROW_TOP;
-    if (n_rt > 0) {
-        TSR_TRY(grow((void **)&e->inv_t, &e->inv_t_cap, (size_t)n, sizeof(float)));
-        TSR_TRY(grow((void **)&e->mb_expsum, &e->mb_expsum_cap, (size_t)n * 2 * (tp + 1),
-                     sizeof(float)));
-        for (int i = 0; i < n; i++) {
-            const tsr_row_draw *d = &s->draw[outs[i]];
-            e->inv_t[i] = d->mode == TSR_DRAW_ROW_TOP ? 1.0f / d->temperature : 1.0f;
-        }
-        float *mine = e->mb_expsum, *all = e->mb_expsum + (size_t)n * 2;
-        TSR_TRY(tsr_model_row_expsum(&e->model, e->inv_t, mine));
-        if (tp > 1)
-            TSR_TRY(tsr_comm_allgather(e->grid->tp_group, mine, all, (size_t)n * 2, TSR_F32));
-        else
-            all = mine;
-        for (int i = 0; i < n; i++) {
-            double mx = -INFINITY, z = 0;
-            int bad = 0;
-            for (int r = 0; r < tp; r++) {
-                const float m = all[(size_t)r * n * 2 + 2 * i];
-                if (m > mx)
-                    mx = m;
-                bad |= isnan(m);
-            }
-            for (int r = 0; r < tp && !bad; r++) {
-                const float m = all[(size_t)r * n * 2 + 2 * i], zr = all[(size_t)r * n * 2 + 2 * i + 1];
-                if (m == -INFINITY)
-                    continue; /* a slice with nothing finite adds nothing */
-                bad |= isnan(zr);
-                z += (double)zr * exp(((double)m - mx) * e->inv_t[i]);
-            }
-            e->expsum[2 * (size_t)outs[i]] = (float)mx;
-            e->expsum[2 * (size_t)outs[i] + 1] = bad || !isfinite(mx) ? NAN : (float)z;
-        }
-    }
-    int32_t *rows = malloc((size_t)n * sizeof *rows);
-    if (!rows)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-    int nw = 0;
-    for (int i = 0; i < n; i++) {
-        const int o = outs[i];
-        const tsr_row_draw *d = &s->draw[o];
-        int whole = d->mode == TSR_DRAW_WHOLE;
-        if (d->mode == TSR_DRAW_ROW_TOP) {
-            const float *val = e->best_val + (size_t)o * K;
-            const int32_t *ids = e->best_idx + (size_t)o * K;
-            int m = 0;
-            while (m < K && ids[m] >= 0)
-                m++;
-            whole = m == 0 || !(val[0] > -INFINITY) || isnan(val[0]) ||
-                    tsr_sampler_pick_sorted(val, m, m < K, e->expsum[2 * (size_t)o],
-                                            e->expsum[2 * (size_t)o + 1], d->temperature,
-                                            d->top_p, d->min_p, d->u) < 0;
-        }
-        e->whole[o] = -1;
-        if (whole) {
-            e->whole[o] = e->n_whole + nw;
-            rows[nw++] = i;
-        }
-    }
-    tsr_status st = TSR_OK;
-    if (nw > 0) {
-        const size_t part = (size_t)nw * e->slice.n_vocab;
-        st = grow((void **)&e->logits, &e->logits_cap, part, sizeof(float));
-        if (st == TSR_OK)
-            st = grow((void **)&e->whole_rows, &e->whole_rows_cap,
-                      (size_t)(e->n_whole + nw) * V, sizeof(float));
-        if (st == TSR_OK)
-            st = tsr_model_logits_rows(&e->model, rows, nw, e->logits);
-        if (st == TSR_OK)
-            st = collect_logits(e, e->logits, nw, e->whole_rows + (size_t)e->n_whole * V);
-        if (st == TSR_OK)
-            e->n_whole += nw;
-    }
-    free(rows);
-    return st;
-}
-
 /* The step's LoRA segments clipped to the micro-batch [a, b), rebased, into
  * e->segs and bt. A step with segments always gives the model at least one
  * (an empty one), so rows outside every segment get no adapter. */
 static tsr_status mb_segments(tsr_engine *e, const tsr_step *s, int a, int b, tsr_batch *bt) {
     if (s->n_seg == 0)
         return TSR_OK;
-    TSR_TRY(grow((void **)&e->segs, &e->segs_cap, (size_t)s->n_seg + 1, sizeof *e->segs));
+    TSR_TRY(tsr_engine_grow((void **)&e->segs, &e->segs_cap, (size_t)s->n_seg + 1, sizeof *e->segs,
+                            "segs"));
     int n = 0;
     for (int k = 0; k < s->n_seg; k++) {
         const int32_t *g = s->seg + 3 * k;
@@ -685,18 +153,6 @@ static tsr_status mb_segments(tsr_engine *e, const tsr_step *s, int a, int b, ts
     return TSR_OK;
 }
 
-/* Rank 0's results of a TOPK step that has a whole row for each output
- * index where e->whole says so (packed in e->whole_rows): into out. */
-static void unpack_whole(const tsr_engine *e, int n_out, const tsr_top_out *out) {
-    const int V = e->mcfg.n_vocab;
-    for (int o = 0; o < n_out; o++) {
-        out->whole[o] = e->whole[o] >= 0;
-        if (e->whole[o] >= 0)
-            memcpy(out->rows + (size_t)o * V, e->whole_rows + (size_t)e->whole[o] * V,
-                   (size_t)V * sizeof(float));
-    }
-}
-
 /* Runs a decoded step on this rank. On world rank 0, results land in
  * tokens / logits, or in *to for TSR_OUT_TOPK. */
 static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, float *logits,
@@ -707,9 +163,9 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
         tsr_kv_cache_release(&e->kv, s->release[i]);
     if (n == 0)
         return TSR_OK; /* a release-only step */
-    int32_t *seqs = malloc((size_t)n * 2 * sizeof *seqs + (size_t)n * 2 * sizeof(int32_t));
+    int32_t *seqs = malloc((size_t)n * 4 * sizeof *seqs);
     if (!seqs)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)n * 4 * sizeof *seqs, "a step's sequences and rows");
     int32_t *npos = seqs + n, *mb_rows = seqs + 2 * n, *mb_outs = seqs + 3 * n;
     int ns = step_seqs(s, seqs, npos);
     tsr_status st = TSR_OK;
@@ -717,9 +173,10 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
         st = tsr_kv_cache_reserve(&e->kv, seqs[k], npos[k]);
     const size_t act = tsr_backend_act_size(e->be);
     if (st == TSR_OK && !e->first_stage)
-        st = grow_device(e->be, &e->hidden_in, &e->hidden_in_cap, (size_t)n * C * act, "hidden_in");
+        st = tsr_engine_grow_device(e->be, &e->hidden_in, &e->hidden_in_cap, (size_t)n * C * act,
+                                    "hidden_in");
     if (st == TSR_OK && !e->last_stage)
-        st = grow_device(e->be, &e->hidden_out, &e->hidden_out_cap, (size_t)n * C * act,
+        st = tsr_engine_grow_device(e->be, &e->hidden_out, &e->hidden_out_cap, (size_t)n * C * act,
                          "hidden_out");
     /* greedy steps bring each row's best (value, column) from the device,
      * top-k steps its K best; the others the rows' logits */
@@ -729,22 +186,26 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     const size_t per_row = greedy || topk ? (size_t)K : (size_t)V;
     const int last = e->last_stage && s->n_out > 0;
     if (st == TSR_OK && last && !greedy && !topk)
-        st = grow((void **)&e->logits, &e->logits_cap, (size_t)s->n_out * V, sizeof(float));
+        st = tsr_engine_grow((void **)&e->logits, &e->logits_cap, (size_t)s->n_out * V,
+                             sizeof(float), "logits");
     if (st == TSR_OK && last)
-        st = grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * per_row,
-                  sizeof(float));
+        st = tsr_engine_grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * per_row,
+                  sizeof(float), "mb_logits");
     if (st == TSR_OK && last && (greedy || topk)) {
         const size_t m = (size_t)s->n_out * K;
-        st = grow((void **)&e->best_val, &e->best_val_cap, m, sizeof(float));
+        st = tsr_engine_grow((void **)&e->best_val, &e->best_val_cap, m, sizeof(float), "best_val");
         if (st == TSR_OK)
-            st = grow((void **)&e->best_idx, &e->best_idx_cap, m, sizeof(int32_t));
+            st = tsr_engine_grow((void **)&e->best_idx, &e->best_idx_cap, m, sizeof(int32_t),
+                                 "best_idx");
         if (st == TSR_OK)
-            st = grow((void **)&e->mb_idx, &e->mb_idx_cap, m, sizeof(int32_t));
+            st = tsr_engine_grow((void **)&e->mb_idx, &e->mb_idx_cap, m, sizeof(int32_t), "mb_idx");
     }
     if (st == TSR_OK && last && draws) {
-        st = grow((void **)&e->expsum, &e->expsum_cap, (size_t)s->n_out * 2, sizeof(float));
+        st = tsr_engine_grow((void **)&e->expsum, &e->expsum_cap, (size_t)s->n_out * 2,
+                             sizeof(float), "expsum");
         if (st == TSR_OK)
-            st = grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t));
+            st = tsr_engine_grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out,
+                                 sizeof(int32_t), "whole");
         for (int i = 0; st == TSR_OK && i < 2 * s->n_out; i++)
             e->expsum[i] = 0;
         e->n_whole = 0;
@@ -790,9 +251,9 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
         if (st != TSR_OK || !e->last_stage || n_mo == 0)
             continue;
         if (topk) { /* merged over TP now, while this micro-batch's logits are on the device */
-            st = merge_topk(e, n_mo, K, mb_outs);
+            st = tsr_engine_merge_topk(e, n_mo, K, mb_outs);
             if (st == TSR_OK && draws)
-                st = draw_rows(e, s, n_mo, K, mb_outs);
+                st = tsr_engine_draw_rows(e, s, n_mo, K, mb_outs);
             continue;
         }
         for (int i = 0; i < n_mo; i++) {
@@ -825,8 +286,8 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     if (e->last_stage && !greedy && !topk) { /* whole rows: every TP rank gathers them */
         float *lg = g->world_rank == 0 ? logits : malloc(count * sizeof *lg);
         if (!lg)
-            return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
-        st = collect_logits(e, e->logits, s->n_out, lg);
+            return tsr_engine_oom(count * sizeof *lg, "the gathered logits");
+        st = tsr_engine_collect_logits(e, e->logits, s->n_out, lg);
         if (st == TSR_OK && g->world_rank == src && src != 0)
             st = tsr_comm_send(g->world, lg, count, TSR_F32, 0, 1001);
         if (lg != logits)
@@ -835,7 +296,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     }
     if (e->last_stage) {
         if (greedy)
-            TSR_TRY(collect_argmax(e, s->n_out));
+            TSR_TRY(tsr_engine_collect_argmax(e, s->n_out));
         if (g->world_rank == 0) { /* this rank is the last stage's tp rank 0 */
             if (greedy)
                 memcpy(tokens, e->best_idx, count * sizeof *tokens);
@@ -845,7 +306,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
             }
             if (draws) {
                 memcpy(to->expsum, e->expsum, (size_t)s->n_out * 2 * sizeof(float));
-                unpack_whole(e, s->n_out, to);
+                tsr_engine_unpack_whole(e, s->n_out, to);
             }
             return TSR_OK;
         }
@@ -876,7 +337,8 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
         if (draws) {
             TSR_TRY(tsr_comm_recv(g->world, to->expsum, (size_t)s->n_out * 2, TSR_F32, src,
                                   1002));
-            TSR_TRY(grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out, sizeof(int32_t)));
+            TSR_TRY(tsr_engine_grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out,
+                                    sizeof(int32_t), "whole"));
             TSR_TRY(tsr_comm_recv(g->world, e->whole, (size_t)s->n_out, TSR_COMM_I32, src, 1003));
             int nw = 0;
             for (int o = 0; o < s->n_out; o++)
@@ -887,12 +349,12 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                 if (e->whole[o] >= nw)
                     return tsr_error_set(TSR_ERR_COMM, "engine: corrupt whole-row list");
             if (nw > 0) {
-                TSR_TRY(grow((void **)&e->whole_rows, &e->whole_rows_cap, (size_t)nw * Vf,
-                             sizeof(float)));
+                TSR_TRY(tsr_engine_grow((void **)&e->whole_rows, &e->whole_rows_cap,
+                                        (size_t)nw * Vf, sizeof(float), "whole_rows"));
                 TSR_TRY(tsr_comm_recv(g->world, e->whole_rows, (size_t)nw * Vf, TSR_F32, src,
                                       1004));
             }
-            unpack_whole(e, s->n_out, to);
+            tsr_engine_unpack_whole(e, s->n_out, to);
         }
     }
     return TSR_OK;
@@ -917,7 +379,7 @@ static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
     const size_t nd = s->draw ? (size_t)s->n_out * sizeof(tsr_row_draw) / 4 : 0;
     size_t n = (size_t)s->n_tokens * 3 + (size_t)s->n_out + (size_t)s->n_release +
                3 * (size_t)s->n_seg;
-    TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1));
+    TSR_TRY(tsr_engine_grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1, "desc"));
     int32_t *d = (int32_t *)e->desc;
     memcpy(d, s->tokens, (size_t)s->n_tokens * 4);
     memcpy(d + s->n_tokens, s->pos, (size_t)s->n_tokens * 4);
@@ -954,7 +416,8 @@ tsr_status tsr_engine_step_top(tsr_engine *e, const tsr_step *s, const tsr_top_o
     if (e->grid->world_rank != 0)
         return tsr_error_set(TSR_ERR_INTERNAL, "tsr_engine_step_top is for rank 0");
     if (s->out != TSR_OUT_TOPK)
-        return tsr_error_set(TSR_ERR_INVALID, "tsr_engine_step_top: the step's output is not top-k");
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "tsr_engine_step_top: the step's output is not top-k");
     TSR_TRY(validate_step(e, s));
     if (e->grid->world_size > 1)
         TSR_TRY(send_desc(e, TSR_STEP_RUN, s));
@@ -986,11 +449,12 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
         const size_t nd = h.has_draw ? (size_t)h.n_out * sizeof(tsr_row_draw) / 4 : 0;
         size_t n = (size_t)h.n_tokens * 3 + (size_t)h.n_out + (size_t)h.n_release +
                    3 * (size_t)h.n_seg;
-        TSR_TRY(grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1));
+        TSR_TRY(tsr_engine_grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1, "desc"));
         int32_t *d = (int32_t *)e->desc;
         TSR_TRY(tsr_comm_broadcast(e->grid->world, d, n + nd, TSR_COMM_I32, 0));
         if (nd) { /* into aligned memory: the doubles may sit at any 4-byte offset */
-            TSR_TRY(grow((void **)&e->draws, &e->draws_cap, (size_t)h.n_out, sizeof *e->draws));
+            TSR_TRY(tsr_engine_grow((void **)&e->draws, &e->draws_cap, (size_t)h.n_out,
+                                    sizeof *e->draws, "draws"));
             memcpy(e->draws, d + n, nd * 4);
         }
         tsr_step s = {
@@ -1023,7 +487,7 @@ static tsr_status lm_forward(void *ctx, const int32_t *tokens, int n, int pos0, 
     tsr_engine *e = ctx;
     int32_t *buf = malloc((size_t)n * 3 * sizeof *buf);
     if (!buf)
-        return tsr_error_set(TSR_ERR_NOMEM, "engine: out of memory");
+        return tsr_engine_oom((size_t)n * 3 * sizeof *buf, "a sequence's positions");
     int32_t *pos = buf, *seq = buf + n, *rows = buf + 2 * n;
     for (int i = 0; i < n; i++) {
         pos[i] = pos0 + i;
@@ -1038,7 +502,8 @@ static tsr_status lm_forward(void *ctx, const int32_t *tokens, int n, int pos0, 
         .seq = seq,
         .n_out = all_logits ? n : (last_logits || last_token ? 1 : 0),
         .out_rows = all_logits ? rows : rows + n - 1,
-        .out = last_token ? TSR_OUT_ARGMAX : (all_logits || last_logits ? TSR_OUT_LOGITS : TSR_OUT_NONE),
+        .out = last_token ? TSR_OUT_ARGMAX
+                          : (all_logits || last_logits ? TSR_OUT_LOGITS : TSR_OUT_NONE),
         .n_release = e->lm_release_pending,
         .release = &slot0,
     };

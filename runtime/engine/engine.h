@@ -21,7 +21,8 @@
  *
  * Each rank's shard runs on the CPU or on one CUDA GPU (tsr_engine_config
  * .device); activations cross ranks over MPI (staged through host memory
- * when the backend's buffers are on a device) or NCCL (tsr_xfer).
+ * when the backend's buffers are on a device) or NCCL (tsr_xfer,
+ * runtime/engine/xfer.h).
  *
  * What it is not: a scheduler (which sequences go into a step is the caller's
  * decision) and not thread-safe (one engine thread per rank). */
@@ -36,6 +37,7 @@
 #include "shard/peft.h"
 #include "runtime/train/train.h"
 #include "runtime/train/train_comm.h"
+#include "runtime/engine/xfer.h"
 #include "shard/model_file.h"
 #include "shard/plan.h"
 
@@ -135,14 +137,6 @@ typedef struct {
 #define TSR_ENGINE_CONFIG_INIT \
     {0, 1, 4096, 0, 16, 0, TSR_DEVICE_CPU, TSR_ENGINE_ACT_DEFAULT, TSR_ENGINE_ACT_DEFAULT, -1, 0}
 
-/* How the engine moves activations over one group (chosen at init from the
- * group's backend and the kernel backend's memory). */
-typedef enum {
-    TSR_XFER_HOST = 0,   /* MPI on host buffers: passed as they are */
-    TSR_XFER_STAGED = 1, /* MPI with device buffers (or stage_host): copied through host scratch */
-    TSR_XFER_DEVICE = 2, /* NCCL: device buffers, after waiting for the compute stream */
-} tsr_xfer;
-
 /* Adapter slots: the same on every rank, chosen by rank 0. */
 #define TSR_ENGINE_MAX_ADAPTERS 32
 
@@ -170,7 +164,7 @@ typedef struct {
     uint8_t *desc;        size_t desc_cap;
     void *hidden_in;      size_t hidden_in_cap;  /* (tokens, C) from the previous stage */
     void *hidden_out;     size_t hidden_out_cap; /* (tokens, C) to the next stage */
-    void *stage;          size_t stage_cap;      /* host bytes for TSR_XFER_STAGED */
+    tsr_xfer_stage stage;                        /* host bytes for TSR_XFER_STAGED */
     float *logits;        size_t logits_cap;     /* (n_out, V_local) */
     float *mb_logits;     size_t mb_logits_cap;  /* one micro-batch's rows */
     float *gathered;      size_t gathered_cap;   /* (tp, n_out, widest slice) */

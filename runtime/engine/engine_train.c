@@ -92,44 +92,13 @@ static tsr_status agree(tsr_engine *e, tsr_status st) {
     return tsr_error_set((tsr_status)m.status, "rank %d: %s", root, m.msg);
 }
 
-/* ---- the trainer's collective hooks ----
- * f32 reductions over TP: NCCL takes device buffers as they are (after the
- * compute stream); MPI goes through tsr_train_mpi, which stages device
- * buffers through host memory. */
-
-static tsr_status f32_reduce(tsr_engine *e, float *buf, size_t count, tsr_comm_op op) {
-    if (e->tp_xfer == TSR_XFER_DEVICE) {
-        TSR_TRY(tsr_backend_sync(e->be));
-        return tsr_comm_allreduce(e->grid->tp_group, buf, buf, count, TSR_F32, op);
-    }
-    tsr_train_comm c = tsr_train_mpi_comm(&e->tmpi);
-    return op == TSR_COMM_SUM ? c.allreduce_sum(c.ctx, buf, count)
-                              : c.allreduce_max(c.ctx, buf, count);
-}
-
-static tsr_status hook_sum(void *ctx, float *buf, size_t count) {
-    return f32_reduce(ctx, buf, count, TSR_COMM_SUM);
-}
-
-static tsr_status hook_max(void *ctx, float *buf, size_t count) {
-    return f32_reduce(ctx, buf, count, TSR_COMM_MAX);
-}
-
-static tsr_status hook_world_sum(void *ctx, double *buf, size_t count) {
-    tsr_engine *e = ctx;
-    return tsr_train_world_sum(e->grid, buf, count);
-}
-
 static tsr_status ensure_trainer(tsr_engine *e) {
     if (e->trainer_ready)
         return TSR_OK;
+    /* the trainer's f32 reductions over TP and its world sum: the TP group's
+     * xfer path (NCCL on device buffers, MPI staged or not) */
     tsr_train_mpi_init(&e->tmpi, e->grid, e->be);
-    tsr_train_comm c = {
-        /* .ctx = */ e,
-        /* .allreduce_sum = */ e->grid->tp > 1 ? hook_sum : NULL,
-        /* .allreduce_max = */ e->grid->tp > 1 ? hook_max : NULL,
-        /* .world_sum = */ e->grid->world_size > 1 ? hook_world_sum : NULL,
-    };
+    tsr_train_comm c = tsr_train_mpi_comm(&e->tmpi);
     TSR_TRY(tsr_trainer_init(&e->trainer, &e->model, &c, NULL));
     e->trainer_ready = 1;
     return TSR_OK;

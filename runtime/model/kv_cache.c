@@ -9,7 +9,10 @@ tsr_status tsr_kv_cache_init(tsr_kv_cache *kv, tsr_backend *be, int n_layers, in
     memset(kv, 0, sizeof *kv);
     if (n_layers < 0 || kv_dim <= 0 || block_size <= 0 || n_blocks <= 0 || max_seqs <= 0 ||
         max_ctx <= 0)
-        return tsr_error_set(TSR_ERR_INVALID, "kv cache: bad sizes");
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "kv cache: bad sizes (%d layers, kv_dim %d, block size %d, %d blocks, "
+                             "%d sequences, context %d; want all > 0, layers >= 0)",
+                             n_layers, kv_dim, block_size, n_blocks, max_seqs, max_ctx);
     kv->be = be;
     kv->n_layers = n_layers;
     kv->kv_dim = kv_dim;

@@ -126,12 +126,12 @@ void tsr_lora_init_values(uint64_t seed, int layer, int target, float bound, flo
 /* ---- the adapter -------------------------------------------------------------------- */
 
 tsr_status tsr_lora_fill_zero(tsr_backend *be, void *p, size_t bytes) {
-    if (be->iface->fill_zero)
-        return be->iface->fill_zero(be, p, bytes);
+    if (tsr_backend_has_fill_zero(be))
+        return tsr_backend_fill_zero(be, p, bytes);
     static const unsigned char zeros[65536];
     for (size_t off = 0; off < bytes; off += sizeof zeros) {
         size_t k = bytes - off < sizeof zeros ? bytes - off : sizeof zeros;
-        TSR_TRY(be->iface->to_device(be, (char *)p + off, zeros, k));
+        TSR_TRY(tsr_backend_to_device(be, (char *)p + off, zeros, k));
     }
     return TSR_OK;
 }
@@ -205,7 +205,7 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
     const size_t r = (size_t)cfg->rank, nm = (size_t)a->n_layers * TSR_LORA_N_TARGETS;
     a->mats = calloc(nm, sizeof *a->mats);
     if (!a->mats) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu matrices", nm);
         goto cleanup;
     }
     /* Pass 1: shapes and region sizes; pass 2: offsets. Region of each
@@ -261,7 +261,8 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
     /* A from the full matrix's stream (this rank's columns), B zero */
     host = calloc(a->n_params ? a->n_params : 1, sizeof *host);
     if (!host) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu parameters",
+                           a->n_params);
         goto cleanup;
     }
     for (size_t i = 0; i < nm; i++) {
@@ -270,7 +271,8 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
             continue;
         float *nd = realloc(draw, r * m->d_in * sizeof *draw);
         if (!nd) {
-            st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+            st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu initial values",
+                               r * m->d_in);
             goto cleanup;
         }
         draw = nd;
@@ -282,7 +284,7 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
             memcpy(host + m->a_off + k * m->n_in, draw + k * m->d_in + m->in_begin,
                    (size_t)m->n_in * sizeof *host);
     }
-    TSR_CHECK_GOTO(st, be->iface->to_device(be, a->param, host, a->n_params * sizeof *host));
+    TSR_CHECK_GOTO(st, tsr_backend_to_device(be, a->param, host, a->n_params * sizeof *host));
     /* to_device may read `host` until the stream reaches the copy */
     TSR_CHECK_GOTO(st, tsr_backend_sync(be));
     if (with_state) {
@@ -378,7 +380,7 @@ tsr_status tsr_lora_get(const tsr_lora_adapter *a, int layer, tsr_lora_target t,
     const tsr_lora_matrix *m;
     float *p;
     TSR_TRY(find(a, layer, t, which, &m, &p));
-    return a->be->iface->to_host(a->be, out, p, tsr_lora_piece_size(a, m, which) * sizeof *out);
+    return tsr_backend_to_host(a->be, out, p, tsr_lora_piece_size(a, m, which) * sizeof *out);
 }
 
 tsr_status tsr_lora_set(tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_lora_buf which,
@@ -386,7 +388,7 @@ tsr_status tsr_lora_set(tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_l
     const tsr_lora_matrix *m;
     float *p;
     TSR_TRY(find(a, layer, t, which, &m, &p));
-    TSR_TRY(a->be->iface->to_device(a->be, p, in, tsr_lora_piece_size(a, m, which) * sizeof *in));
+    TSR_TRY(tsr_backend_to_device(a->be, p, in, tsr_lora_piece_size(a, m, which) * sizeof *in));
     return tsr_backend_sync(a->be); /* the caller may free `in` on return */
 }
 

@@ -39,7 +39,7 @@ static tsr_status load_weight(tsr_model *m, const tsr_model_file_t *mf, const ch
         return tsr_error_set(TSR_ERR_NOMEM, "out of memory loading '%s'", name);
     tsr_status st = tsr_model_file_read(mf, name, row0, nrows, col0, ncols, buf);
     if (st == TSR_OK)
-        st = m->be->iface->weight_upload(m->be, w, buf, nrows, ncols);
+        st = tsr_backend_weight_upload(m->be, w, buf, nrows, ncols);
     free(buf);
     return st;
 }
@@ -52,9 +52,10 @@ static tsr_status load_vector(tsr_model *m, const tsr_model_file_t *mf, const ch
         return tsr_error_set(TSR_ERR_NOMEM, "out of memory loading '%s'", name);
     tsr_status st = tsr_model_file_read(mf, name, 0, 1, off, n, buf);
     if (st == TSR_OK) {
-        *out = m->be->iface->vector_upload(m->be, buf, (size_t)n);
+        *out = tsr_backend_vector_upload(m->be, buf, (size_t)n);
         if (!*out)
-            st = tsr_error_set(TSR_ERR_NOMEM, "cannot allocate '%s' on %s", name, m->be->iface->name);
+            st = tsr_error_set(TSR_ERR_NOMEM, "cannot allocate '%s' on %s", name,
+                               tsr_backend_name(m->be));
     }
     free(buf);
     return st;
@@ -68,7 +69,7 @@ static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
     float *factors = NULL;
     tsr_status st = TSR_OK;
     if (!f)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        return tsr_error_set(TSR_ERR_NOMEM, "out of memory for %d RoPE frequencies", half);
     for (int i = 0; i < half; i++) {
         double inv = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
         if (c->rope_scaling == TSR_ROPE_SCALING_LINEAR) {
@@ -99,7 +100,7 @@ static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
         }
         factors = malloc((size_t)half * sizeof *factors);
         if (!factors) {
-            st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+            st = tsr_error_set(TSR_ERR_NOMEM, "out of memory for %d RoPE factors", half);
             goto cleanup;
         }
         TSR_CHECK_GOTO(st, tsr_model_file_read(mf, "rope_freqs.weight", 0, 1, 0, half, factors));
@@ -107,7 +108,7 @@ static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
             f[i] /= factors[i];
     }
     TSR_CHECK_GOTO(st, tsr_backend_alloc(m->be, (size_t)half * sizeof(float), "rope", (void **)&m->inv_freq));
-    st = m->be->iface->to_device(m->be, m->inv_freq, f, (size_t)half * sizeof(float));
+    st = tsr_backend_to_device(m->be, m->inv_freq, f, (size_t)half * sizeof(float));
 cleanup:
     free(f);
     free(factors);
@@ -188,7 +189,7 @@ tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_mo
     int nl = slice->layer_end - slice->layer_begin;
     m->layers = calloc((size_t)(nl ? nl : 1), sizeof *m->layers);
     if (!m->layers) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory for %d layers", nl);
         goto cleanup;
     }
     for (int i = 0; i < nl; i++)
@@ -218,15 +219,15 @@ void tsr_model_free(tsr_model *m) {
         tsr_layer_weights *L = &m->layers[i];
         tsr_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++)
-            be->iface->weight_free(be, ws[j]);
+            tsr_backend_weight_free(be, ws[j]);
         void *vs[] = {L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv};
         for (size_t j = 0; j < sizeof vs / sizeof vs[0]; j++)
             tsr_backend_free(be, vs[j]);
     }
     free(m->layers);
-    be->iface->weight_free(be, &m->tok_embd);
+    tsr_backend_weight_free(be, &m->tok_embd);
     if (!m->lm_head_shared)
-        be->iface->weight_free(be, &m->lm_head);
+        tsr_backend_weight_free(be, &m->lm_head);
     tsr_backend_free(be, m->out_norm);
     tsr_backend_free(be, m->inv_freq);
     graphs_clear(m);
@@ -315,8 +316,8 @@ static tsr_status lora_add_one(tsr_model *m, const tsr_lora_adapter *a, int li, 
     const tsr_lora_matrix *lm = &a->mats[(size_t)li * TSR_LORA_N_TARGETS + t];
     if (!lm->present)
         return TSR_OK;
-    return m->be->iface->lora_fwd(m->be, y, x, lm->A, lm->B, m->lora_xa, n, lm->n_in, lm->n_out,
-                                  a->cfg.rank, a->scale);
+    return tsr_backend_lora_fwd(m->be, y, x, lm->A, lm->B, m->lora_xa, n, lm->n_in, lm->n_out,
+                                a->cfg.rank, a->scale);
 }
 
 /* The model's adapter on every row, or each segment's on its rows (rows
@@ -342,7 +343,6 @@ static tsr_status lora_add(tsr_model *m, int li, tsr_lora_target t, void *y, con
 
 static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
                                 const tsr_attn_desc *ad) {
-    const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
     const tsr_layer_weights *L = &m->layers[li];
@@ -350,37 +350,37 @@ static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
     const int C = c->n_embd, hd = c->head_dim;
     const int qd = m->slice.n_head * hd, kvd = m->slice.n_kv_head * hd;
 
-    OP(I->rmsnorm(be, w->h, w->x, L->attn_norm, n, C, c->rms_eps));
-    OP(I->matmul(be, w->q, w->h, &L->wq, n, 0));
-    OP(I->matmul(be, w->k, w->h, &L->wk, n, 0));
-    OP(I->matmul(be, w->v, w->h, &L->wv, n, 0));
+    OP(tsr_backend_rmsnorm(be, w->h, w->x, L->attn_norm, n, C, c->rms_eps));
+    OP(tsr_backend_matmul(be, w->q, w->h, &L->wq, n, 0));
+    OP(tsr_backend_matmul(be, w->k, w->h, &L->wk, n, 0));
+    OP(tsr_backend_matmul(be, w->v, w->h, &L->wv, n, 0));
     if (L->bq) {
-        OP(I->add_bias(be, w->q, L->bq, n, qd));
-        OP(I->add_bias(be, w->k, L->bk, n, kvd));
-        OP(I->add_bias(be, w->v, L->bv, n, kvd));
+        OP(tsr_backend_add_bias(be, w->q, L->bq, n, qd));
+        OP(tsr_backend_add_bias(be, w->k, L->bk, n, kvd));
+        OP(tsr_backend_add_bias(be, w->v, L->bv, n, kvd));
     }
     OP(lora_add(m, li, TSR_LORA_Q, w->q, w->h, n)); /* linear: the order with the bias is free */
     OP(lora_add(m, li, TSR_LORA_K, w->k, w->h, n));
     OP(lora_add(m, li, TSR_LORA_V, w->v, w->h, n));
-    OP(I->rope(be, w->q, w->pos, m->inv_freq, n, m->slice.n_head, hd));
-    OP(I->rope(be, w->k, w->pos, m->inv_freq, n, m->slice.n_kv_head, hd));
-    OP(I->kv_store(be, kv->k[li], kv->v[li], w->k, w->v, w->slot, n, kvd));
-    OP(I->attention(be, w->att, w->q, kv->k[li], kv->v[li], ad));
-    OP(I->matmul(be, w->tmp, w->att, &L->wo, n, 0));
+    OP(tsr_backend_rope(be, w->q, w->pos, m->inv_freq, n, m->slice.n_head, hd));
+    OP(tsr_backend_rope(be, w->k, w->pos, m->inv_freq, n, m->slice.n_kv_head, hd));
+    OP(tsr_backend_kv_store(be, kv->k[li], kv->v[li], w->k, w->v, w->slot, n, kvd));
+    OP(tsr_backend_attention(be, w->att, w->q, kv->k[li], kv->v[li], ad));
+    OP(tsr_backend_matmul(be, w->tmp, w->att, &L->wo, n, 0));
     OP(lora_add(m, li, TSR_LORA_O, w->tmp, w->att, n)); /* a partial sum, as the matmul's */
     OP(allreduce(m, w->tmp, (size_t)n * C));
-    OP(I->add(be, w->x, w->tmp, n, C));
+    OP(tsr_backend_add(be, w->x, w->tmp, n, C));
 
-    OP(I->rmsnorm(be, w->h, w->x, L->ffn_norm, n, C, c->rms_eps));
-    OP(I->matmul(be, w->gate, w->h, &L->w_gate, n, 0));
-    OP(I->matmul(be, w->up, w->h, &L->w_up, n, 0));
+    OP(tsr_backend_rmsnorm(be, w->h, w->x, L->ffn_norm, n, C, c->rms_eps));
+    OP(tsr_backend_matmul(be, w->gate, w->h, &L->w_gate, n, 0));
+    OP(tsr_backend_matmul(be, w->up, w->h, &L->w_up, n, 0));
     OP(lora_add(m, li, TSR_LORA_GATE, w->gate, w->h, n));
     OP(lora_add(m, li, TSR_LORA_UP, w->up, w->h, n));
-    OP(I->swiglu(be, w->gate, w->gate, w->up, n, m->slice.n_ff));
-    OP(I->matmul(be, w->tmp, w->gate, &L->w_down, n, 0));
+    OP(tsr_backend_swiglu(be, w->gate, w->gate, w->up, n, m->slice.n_ff));
+    OP(tsr_backend_matmul(be, w->tmp, w->gate, &L->w_down, n, 0));
     OP(lora_add(m, li, TSR_LORA_DOWN, w->tmp, w->gate, n)); /* a partial sum */
     OP(allreduce(m, w->tmp, (size_t)n * C));
-    OP(I->add(be, w->x, w->tmp, n, C));
+    OP(tsr_backend_add(be, w->x, w->tmp, n, C));
     return TSR_OK;
 }
 
@@ -398,7 +398,7 @@ static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
 
 static void graph_forget(tsr_model *m, tsr_fwd_graph *g) {
     if (g->graph)
-        m->be->iface->graph_free(m->be, g->graph);
+        tsr_backend_graph_free(m->be, g->graph);
     memset(g, 0, sizeof *g);
 }
 
@@ -413,11 +413,10 @@ static void graphs_clear(tsr_model *m) {
  * an entry is made, so the next one records). */
 static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                                tsr_fwd_graph **out) {
-    const tsr_backend_i *I = m->be->iface;
     *out = NULL;
-    if (!I->capture_begin || m->comm.allreduce_sum || !m->first_stage || !m->last_stage ||
-        b->n_lora > 0 ||
-        b->n_out != b->n_tokens || b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || m->graphs_off)
+    if (!tsr_backend_has_graphs(m->be) || m->comm.allreduce_sum || !m->first_stage ||
+        !m->last_stage || b->n_lora > 0 || b->n_out != b->n_tokens ||
+        b->n_tokens > TSR_FWD_GRAPH_MAX_TOKENS || m->graphs_off)
         return TSR_OK;
     for (int i = 0; i < b->n_out; i++)
         if (b->out_rows[i] != i)
@@ -447,7 +446,6 @@ static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
 static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                           const void *hidden_in, void *hidden_out, float *logits, float *best_val,
                           int32_t *best_idx, int top_k) {
-    const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
     const int n = b->n_tokens;
@@ -458,7 +456,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
         return tsr_error_set(TSR_ERR_INVALID, "forward: %d output rows for %d tokens", b->n_out, n);
     int32_t *slots = malloc((size_t)n * sizeof *slots);
     if (!slots)
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        return tsr_error_set(TSR_ERR_NOMEM, "forward: out of memory for %d KV slots", n);
     int max_seq = 0;
     for (int i = 0; i < n; i++) {
         if (b->seq[i] < 0 || b->seq[i] >= kv->max_seqs || b->pos[i] < 0 ||
@@ -504,12 +502,16 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     int tables_len = (max_seq + 1) * kv->max_blocks;
     tsr_status st = ws_reserve(m, n, m->last_stage ? b->n_out : 0, tables_len, lora_r);
     tsr_forward_ws *w = &m->ws;
-    if (st == TSR_OK) st = I->to_device(be, w->pos, b->pos, (size_t)n * 4);
-    if (st == TSR_OK) st = I->to_device(be, w->seq, b->seq, (size_t)n * 4);
-    if (st == TSR_OK) st = I->to_device(be, w->slot, slots, (size_t)n * 4);
-    if (st == TSR_OK) st = I->to_device(be, w->tables, kv->tables, (size_t)tables_len * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->pos, b->pos, (size_t)n * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->seq, b->seq, (size_t)n * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->slot, slots, (size_t)n * 4);
+    if (st == TSR_OK)
+        st = tsr_backend_to_device(be, w->tables, kv->tables, (size_t)tables_len * 4);
     if (st == TSR_OK && m->first_stage)
-        st = I->to_device(be, w->ids, b->tokens, (size_t)n * 4);
+        st = tsr_backend_to_device(be, w->ids, b->tokens, (size_t)n * 4);
     free(slots);
     if (st != TSR_OK)
         return st;
@@ -525,33 +527,33 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
         return TSR_OK;
     m->last_n_out = b->n_out;
     if (!logits && top_k > 0)
-        return I->topk(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab, top_k);
+        return tsr_backend_topk(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab,
+                                top_k);
     if (!logits)
-        return I->argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
-    return I->act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
+        return tsr_backend_argmax(be, best_val, best_idx, w->logits, b->n_out, m->slice.n_vocab);
+    return tsr_backend_act_to_f32(be, logits, w->logits, (size_t)b->n_out * m->slice.n_vocab);
 }
 
 /* The forward's device work, replayed from a CUDA graph where one applies. */
 static tsr_status forward_device(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                                  const void *hidden_in, void *hidden_out) {
-    const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
     tsr_fwd_graph *gr = NULL;
     TSR_TRY(graph_lookup(m, kv, b, &gr));
     if (gr && gr->graph) {
-        TSR_TRY(I->graph_launch(be, gr->graph));
+        TSR_TRY(tsr_backend_graph_launch(be, gr->graph));
     } else if (gr) { /* seen before, not yet recorded: record, then replay */
-        TSR_TRY(I->capture_begin(be));
+        TSR_TRY(tsr_backend_capture_begin(be));
         tsr_status body = forward_body(m, kv, b, hidden_in, hidden_out);
         void *graph = NULL;
-        tsr_status end = I->capture_end(be, &graph);
+        tsr_status end = tsr_backend_capture_end(be, &graph);
         if (body != TSR_OK || end != TSR_OK) {
-            I->graph_free(be, graph);
+            tsr_backend_graph_free(be, graph);
             graph_forget(m, gr);
             return body != TSR_OK ? body : end;
         }
         gr->graph = graph;
-        TSR_TRY(I->graph_launch(be, graph));
+        TSR_TRY(tsr_backend_graph_launch(be, graph));
     } else {
         TSR_TRY(forward_body(m, kv, b, hidden_in, hidden_out));
     }
@@ -563,19 +565,18 @@ static tsr_status forward_device(tsr_model *m, tsr_kv_cache *kv, const tsr_batch
  * ops, so that it can be recorded in a graph. */
 static tsr_status forward_body(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
                                const void *hidden_in, void *hidden_out) {
-    const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
     tsr_forward_ws *w = &m->ws;
     const int n = b->n_tokens, C = c->n_embd;
     size_t a = tsr_backend_act_size(be);
     if (m->first_stage) {
-        OP(I->embedding(be, w->x, &m->tok_embd, w->ids, n, m->slice.vocab_begin));
+        OP(tsr_backend_embedding(be, w->x, &m->tok_embd, w->ids, n, m->slice.vocab_begin));
         OP(allreduce(m, w->x, (size_t)n * C)); /* vocab-parallel: one rank had each row */
     } else {
         if (!hidden_in)
             return tsr_error_set(TSR_ERR_INVALID, "forward: a later stage needs hidden_in");
-        OP(I->copy(be, w->x, hidden_in, (size_t)n * C * a));
+        OP(tsr_backend_copy(be, w->x, hidden_in, (size_t)n * C * a));
     }
     tsr_attn_desc ad = {
         .n_tokens = n,
@@ -596,15 +597,15 @@ static tsr_status forward_body(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
     if (!m->last_stage) {
         if (!hidden_out)
             return tsr_error_set(TSR_ERR_INVALID, "forward: a non-last stage needs hidden_out");
-        return I->copy(be, hidden_out, w->x, (size_t)n * C * a);
+        return tsr_backend_copy(be, hidden_out, w->x, (size_t)n * C * a);
     }
     if (b->n_out == 0)
         return TSR_OK;
     for (int i = 0; i < b->n_out; i++)
-        OP(I->copy(be, (char *)w->h + (size_t)i * C * a, (char *)w->x + (size_t)b->out_rows[i] * C * a,
-                   (size_t)C * a));
-    OP(I->rmsnorm(be, w->h, w->h, m->out_norm, b->n_out, C, c->rms_eps));
-    return I->matmul(be, w->logits, w->h, &m->lm_head, b->n_out, 0);
+        OP(tsr_backend_copy(be, (char *)w->h + (size_t)i * C * a,
+                            (char *)w->x + (size_t)b->out_rows[i] * C * a, (size_t)C * a));
+    OP(tsr_backend_rmsnorm(be, w->h, w->h, m->out_norm, b->n_out, C, c->rms_eps));
+    return tsr_backend_matmul(be, w->logits, w->h, &m->lm_head, b->n_out, 0);
 }
 
 tsr_status tsr_model_forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
@@ -628,9 +629,9 @@ tsr_status tsr_model_forward_topk(tsr_model *m, tsr_kv_cache *kv, const tsr_batc
     if (m->last_stage && b->n_out > 0) {
         if (!top_val || !top_idx)
             return tsr_error_set(TSR_ERR_INVALID, "forward: no buffers for the top-k picks");
-        if (!m->be->iface->topk)
+        if (!tsr_backend_has_topk(m->be))
             return tsr_error_set(TSR_ERR_UNSUPPORTED, "forward: backend %s has no top-k op",
-                                 m->be->iface->name);
+                                 tsr_backend_name(m->be));
         if (k < 1 || k > TSR_TOPK_MAX)
             return tsr_error_set(TSR_ERR_INVALID, "forward: top-k of %d (must be in 1..%d)", k,
                                  TSR_TOPK_MAX);
@@ -639,17 +640,15 @@ tsr_status tsr_model_forward_topk(tsr_model *m, tsr_kv_cache *kv, const tsr_batc
 }
 
 tsr_status tsr_model_row_expsum(tsr_model *m, const float *inv_t, float *out) {
-    const tsr_backend_i *I = m->be->iface;
     if (!m->last_stage || m->last_n_out <= 0)
         return tsr_error_set(TSR_ERR_INVALID, "model: no output rows of a forward to sum");
-    if (!I->row_expsum)
+    if (!tsr_backend_has_row_expsum(m->be))
         return tsr_error_set(TSR_ERR_UNSUPPORTED, "model: backend %s has no row_expsum op",
-                             I->name);
-    return I->row_expsum(m->be, out, m->ws.logits, inv_t, m->last_n_out, m->slice.n_vocab);
+                             tsr_backend_name(m->be));
+    return tsr_backend_row_expsum(m->be, out, m->ws.logits, inv_t, m->last_n_out, m->slice.n_vocab);
 }
 
 tsr_status tsr_model_logits_rows(tsr_model *m, const int32_t *rows, int n, float *out) {
-    const tsr_backend_i *I = m->be->iface;
     const int V = m->slice.n_vocab;
     const size_t a = tsr_backend_act_size(m->be);
     if (!m->last_stage || m->last_n_out <= 0)
@@ -658,8 +657,9 @@ tsr_status tsr_model_logits_rows(tsr_model *m, const int32_t *rows, int n, float
         if (rows[i] < 0 || rows[i] >= m->last_n_out)
             return tsr_error_set(TSR_ERR_INVALID, "model: output row %d of %d", rows[i],
                                  m->last_n_out);
-        TSR_TRY(I->act_to_f32(m->be, out + (size_t)i * V,
-                              (const char *)m->ws.logits + (size_t)rows[i] * V * a, (size_t)V));
+        TSR_TRY(tsr_backend_act_to_f32(m->be, out + (size_t)i * V,
+                                       (const char *)m->ws.logits + (size_t)rows[i] * V * a,
+                                       (size_t)V));
     }
     return TSR_OK;
 }

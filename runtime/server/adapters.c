@@ -84,6 +84,7 @@ static int code_of(tsr_status st) {
     case TSR_ERR_NOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
     case TSR_ERR_IO: return GRPC_STATUS_NOT_FOUND;
     case TSR_ERR_UNSUPPORTED: return GRPC_STATUS_UNIMPLEMENTED;
+    case TSR_ERR_UNAVAILABLE: return GRPC_STATUS_UNAVAILABLE;
     default: return GRPC_STATUS_INVALID_ARGUMENT;
     }
 }

@@ -573,12 +573,9 @@ static void on_generate(tsr_grpc_server_t *s, srv_call *c, const uint8_t *data, 
     r->t_arrival = c->t_arrival;
     r->deadline = c->deadline;
     tsr_status pst = tsr_request_queue_push(s->cfg.queue, r);
-    if (pst == TSR_ERR_RANGE) {
-        finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", tsr_error_msg());
-        goto done;
-    }
-    if (pst != TSR_OK) {
-        finish(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down: %s", tsr_error_msg());
+    if (pst != TSR_OK) { /* the queue is full (RANGE) or closed (UNAVAILABLE) */
+        finish(c, pst == TSR_ERR_RANGE ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE,
+               "%s", tsr_error_msg());
         goto done;
     }
     c->req = r; /* our reference; the queue took its own */
@@ -638,8 +635,8 @@ static void on_ctl(tsr_grpc_server_t *s, srv_call *c, const uint8_t *data, size_
         tsr_ctl_request_release(r);
         return;
     }
-    if (tsr_request_queue_push_ctl(s->cfg.queue, r) != TSR_OK) {
-        finish(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+    if (tsr_request_queue_push_ctl(s->cfg.queue, r) != TSR_OK) { /* closed: UNAVAILABLE */
+        finish(c, GRPC_STATUS_UNAVAILABLE, "%s", tsr_error_msg());
         tsr_ctl_request_release(r);
         return;
     }

@@ -130,7 +130,7 @@ tsr_status tsr_request_queue_push_ctl(tsr_request_queue *q, tsr_ctl_request *r) 
     pthread_mutex_lock(&q->mu);
     tsr_status st = TSR_OK;
     if (q->closed) {
-        st = tsr_error_set(TSR_ERR_INVALID, "the server is shutting down");
+        st = tsr_error_set(TSR_ERR_UNAVAILABLE, "the server is shutting down");
     } else {
         tsr_ctl_request_retain(r);
         r->next = NULL;
@@ -180,7 +180,7 @@ tsr_status tsr_request_queue_push(tsr_request_queue *q, tsr_gen_request *r) {
     pthread_mutex_lock(&q->mu);
     tsr_status st = TSR_OK;
     if (q->closed) {
-        st = tsr_error_set(TSR_ERR_INVALID, "the server is shutting down");
+        st = tsr_error_set(TSR_ERR_UNAVAILABLE, "the server is shutting down");
     } else if (q->count == q->cap) {
         st = tsr_error_set(TSR_ERR_RANGE, "the request queue is full (%d waiting); retry later",
                            q->cap);

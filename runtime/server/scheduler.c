@@ -241,7 +241,7 @@ static void admit(tsr_scheduler_t *s) {
                                  : tsr_sampler_candidates_needed(p, TSR_TOPK_MAX - bans);
             q->cand_k = want > 0 && want + bans <= TSR_TOPK_MAX ? want + bans : 0;
             q->row_top = !r->logprobs && !s->cfg.host_sampling && !bans &&
-                         tsr_sampler_row_top_ok(p) && s->e->be->iface->row_expsum;
+                         tsr_sampler_row_top_ok(p) && tsr_backend_has_row_expsum(s->e->be);
             tsr_detok_stream_init(&q->ds, s->tok, TSR_DETOK_SKIP_SPECIAL);
             tsr_stop_text_init(&q->stops, (const char *const *)r->stop, (size_t)r->n_stop);
         }
@@ -265,7 +265,7 @@ tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_r
     s->stats = stats;
     s->cfg = *cfg;
     s->mx = cfg->metrics;
-    if (!e->be->iface->topk) /* every rank runs the same backend as rank 0 */
+    if (!tsr_backend_has_topk(e->be)) /* every rank runs the same backend as rank 0 */
         s->cfg.host_sampling = 1;
     if (s->cfg.max_batch_tokens <= 0)
         s->cfg.max_batch_tokens = 512;

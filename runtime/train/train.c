@@ -171,7 +171,8 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r, int drop) {
     w->ce_host = malloc((size_t)3 * hr * sizeof *w->ce_host);
     if (!w->ce_host) {
         ws_free(t);
-        return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory for %zu loss values",
+                             (size_t)3 * hr);
     }
     w->cap = cap;
     w->r = rr;
@@ -226,7 +227,8 @@ static tsr_status tape_reserve(tsr_trainer *t, tsr_train_tape *tape, int n, int 
                                          (void **)&tape->seq_start));
     tape->h_pos = malloc(N * 3 * sizeof(int32_t) + N * sizeof(float));
     if (!tape->h_pos) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "out of memory");
+        st = tsr_error_set(TSR_ERR_NOMEM, "training: out of memory for the positions of %zu tokens",
+                           N);
         goto cleanup;
     }
     tape->h_tok_seq = tape->h_pos + N;
@@ -345,14 +347,13 @@ static tsr_status tape_load(tsr_trainer *t, tsr_train_tape *tape, const tsr_trai
         }
     }
     tape->stats = st;
-    const tsr_backend_i *I = m->be->iface;
     tsr_backend *be = m->be;
-    TSR_TRY(I->to_device(be, tape->ids, b->tokens, (size_t)n * 4));
-    TSR_TRY(I->to_device(be, tape->pos, tape->h_pos, (size_t)n * 4));
-    TSR_TRY(I->to_device(be, tape->tok_seq, tape->h_tok_seq, (size_t)n * 4));
-    TSR_TRY(I->to_device(be, tape->target, tape->h_target, (size_t)n * 4));
-    TSR_TRY(I->to_device(be, tape->weight, tape->h_weight, (size_t)n * 4));
-    TSR_TRY(I->to_device(be, tape->seq_start, b->seq_start, ((size_t)b->n_seqs + 1) * 4));
+    TSR_TRY(tsr_backend_to_device(be, tape->ids, b->tokens, (size_t)n * 4));
+    TSR_TRY(tsr_backend_to_device(be, tape->pos, tape->h_pos, (size_t)n * 4));
+    TSR_TRY(tsr_backend_to_device(be, tape->tok_seq, tape->h_tok_seq, (size_t)n * 4));
+    TSR_TRY(tsr_backend_to_device(be, tape->target, tape->h_target, (size_t)n * 4));
+    TSR_TRY(tsr_backend_to_device(be, tape->weight, tape->h_weight, (size_t)n * 4));
+    TSR_TRY(tsr_backend_to_device(be, tape->seq_start, b->seq_start, ((size_t)b->n_seqs + 1) * 4));
     return tsr_backend_sync(be); /* the caller's arrays are read during the call only */
 }
 
@@ -410,14 +411,13 @@ static tsr_status lora_fwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_
     if (!m)
         return TSR_OK;
     tsr_backend *be = t->m->be;
-    const tsr_backend_i *I = be->iface;
     if (drops(a, tape)) {
         const tsr_lora_dropout_desc d = drop_desc(a, tape, m);
-        TSR_TRY(I->lora_dropout(be, t->ws.xd, x, n, m->n_in, &d, 0));
+        TSR_TRY(tsr_backend_lora_dropout(be, t->ws.xd, x, n, m->n_in, &d, 0));
         x = t->ws.xd;
     }
-    return I->lora_fwd(be, y, x, m->A, m->B, t->ws.xa[tg], n, m->n_in, m->n_out, a->cfg.rank,
-                       a->scale);
+    return tsr_backend_lora_fwd(be, y, x, m->A, m->B, t->ws.xa[tg], n, m->n_in, m->n_out,
+                                a->cfg.rank, a->scale);
 }
 
 /* dA, dB += the LoRA gradients of target tg; dx += its input gradient. With
@@ -430,18 +430,17 @@ static tsr_status lora_bwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_
     if (!m)
         return TSR_OK;
     tsr_backend *be = t->m->be;
-    const tsr_backend_i *I = be->iface;
     tsr_train_ws *w = &t->ws;
     if (!drops(a, tape))
-        return I->lora_bwd(be, dx, m->dA, m->dB, dy, x, w->xa[tg], m->A, m->B, w->lt, n, m->n_in,
-                           m->n_out, a->cfg.rank, a->scale);
+        return tsr_backend_lora_bwd(be, dx, m->dA, m->dB, dy, x, w->xa[tg], m->A, m->B, w->lt, n,
+                                    m->n_in, m->n_out, a->cfg.rank, a->scale);
     const tsr_lora_dropout_desc d = drop_desc(a, tape, m);
-    TSR_TRY(I->lora_dropout(be, w->xd, x, n, m->n_in, &d, 0));
+    TSR_TRY(tsr_backend_lora_dropout(be, w->xd, x, n, m->n_in, &d, 0));
     if (dx)
         TSR_TRY(tsr_lora_fill_zero(be, w->dxd, (size_t)n * m->n_in * tsr_backend_act_size(be)));
-    TSR_TRY(I->lora_bwd(be, dx ? w->dxd : NULL, m->dA, m->dB, dy, w->xd, w->xa[tg], m->A, m->B,
-                        w->lt, n, m->n_in, m->n_out, a->cfg.rank, a->scale));
-    return dx ? I->lora_dropout(be, dx, w->dxd, n, m->n_in, &d, 1) : TSR_OK;
+    TSR_TRY(tsr_backend_lora_bwd(be, dx ? w->dxd : NULL, m->dA, m->dB, dy, w->xd, w->xa[tg], m->A,
+                                 m->B, w->lt, n, m->n_in, m->n_out, a->cfg.rank, a->scale));
+    return dx ? tsr_backend_lora_dropout(be, dx, w->dxd, n, m->n_in, &d, 1) : TSR_OK;
 }
 
 /* ---- one layer ------------------------------------------------------------------------ */
@@ -457,7 +456,6 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a,
                             void *out) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
-    const tsr_backend_i *I = be->iface;
     const tsr_layer_weights *L = &m->layers[li];
     const tsr_model_config *c = &m->cfg;
     tsr_train_ws *w = &t->ws;
@@ -465,40 +463,40 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a,
     const int qd = m->slice.n_head * hd, kvd = m->slice.n_kv_head * hd;
     const size_t bytes = (size_t)n * C * tsr_backend_act_size(be);
 
-    TSR_TRY(I->rmsnorm(be, w->h1, x, L->attn_norm, n, C, c->rms_eps));
-    TSR_TRY(I->matmul(be, w->q, w->h1, &L->wq, n, 0));
-    TSR_TRY(I->matmul(be, w->k, w->h1, &L->wk, n, 0));
-    TSR_TRY(I->matmul(be, w->v, w->h1, &L->wv, n, 0));
+    TSR_TRY(tsr_backend_rmsnorm(be, w->h1, x, L->attn_norm, n, C, c->rms_eps));
+    TSR_TRY(tsr_backend_matmul(be, w->q, w->h1, &L->wq, n, 0));
+    TSR_TRY(tsr_backend_matmul(be, w->k, w->h1, &L->wk, n, 0));
+    TSR_TRY(tsr_backend_matmul(be, w->v, w->h1, &L->wv, n, 0));
     if (L->bq) {
-        TSR_TRY(I->add_bias(be, w->q, L->bq, n, qd));
-        TSR_TRY(I->add_bias(be, w->k, L->bk, n, kvd));
-        TSR_TRY(I->add_bias(be, w->v, L->bv, n, kvd));
+        TSR_TRY(tsr_backend_add_bias(be, w->q, L->bq, n, qd));
+        TSR_TRY(tsr_backend_add_bias(be, w->k, L->bk, n, kvd));
+        TSR_TRY(tsr_backend_add_bias(be, w->v, L->bv, n, kvd));
     }
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_Q, w->q, w->h1, n));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_K, w->k, w->h1, n));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_V, w->v, w->h1, n));
-    TSR_TRY(I->rope(be, w->q, pos, m->inv_freq, n, m->slice.n_head, hd));
-    TSR_TRY(I->rope(be, w->k, pos, m->inv_freq, n, m->slice.n_kv_head, hd));
-    TSR_TRY(I->attn_train_fwd(be, w->att, w->lse, w->q, w->k, w->v, ad));
-    TSR_TRY(I->matmul(be, w->tmp, w->att, &L->wo, n, 0));
+    TSR_TRY(tsr_backend_rope(be, w->q, pos, m->inv_freq, n, m->slice.n_head, hd));
+    TSR_TRY(tsr_backend_rope(be, w->k, pos, m->inv_freq, n, m->slice.n_kv_head, hd));
+    TSR_TRY(tsr_backend_attn_train_fwd(be, w->att, w->lse, w->q, w->k, w->v, ad));
+    TSR_TRY(tsr_backend_matmul(be, w->tmp, w->att, &L->wo, n, 0));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_O, w->tmp, w->att, n));
     TSR_TRY(act_allreduce(t, w->tmp, (size_t)n * C)); /* row-parallel O */
-    TSR_TRY(I->copy(be, w->x2, x, bytes));
-    TSR_TRY(I->add(be, w->x2, w->tmp, n, C));
+    TSR_TRY(tsr_backend_copy(be, w->x2, x, bytes));
+    TSR_TRY(tsr_backend_add(be, w->x2, w->tmp, n, C));
 
-    TSR_TRY(I->rmsnorm(be, w->h2, w->x2, L->ffn_norm, n, C, c->rms_eps));
-    TSR_TRY(I->matmul(be, w->gate, w->h2, &L->w_gate, n, 0));
-    TSR_TRY(I->matmul(be, w->up, w->h2, &L->w_up, n, 0));
+    TSR_TRY(tsr_backend_rmsnorm(be, w->h2, w->x2, L->ffn_norm, n, C, c->rms_eps));
+    TSR_TRY(tsr_backend_matmul(be, w->gate, w->h2, &L->w_gate, n, 0));
+    TSR_TRY(tsr_backend_matmul(be, w->up, w->h2, &L->w_up, n, 0));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_GATE, w->gate, w->h2, n));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_UP, w->up, w->h2, n));
-    TSR_TRY(I->swiglu(be, w->s, w->gate, w->up, n, ff));
+    TSR_TRY(tsr_backend_swiglu(be, w->s, w->gate, w->up, n, ff));
     if (!out) /* recompute: only x A^T of down is needed (tmp takes a throwaway delta) */
         return lora_fwd(t, a, tape, li, TSR_LORA_DOWN, w->tmp, w->s, n);
-    TSR_TRY(I->matmul(be, w->tmp, w->s, &L->w_down, n, 0));
+    TSR_TRY(tsr_backend_matmul(be, w->tmp, w->s, &L->w_down, n, 0));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_DOWN, w->tmp, w->s, n));
     TSR_TRY(act_allreduce(t, w->tmp, (size_t)n * C)); /* row-parallel down */
-    TSR_TRY(I->copy(be, out, w->x2, bytes));
-    return I->add(be, out, w->tmp, n, C);
+    TSR_TRY(tsr_backend_copy(be, out, w->x2, bytes));
+    return tsr_backend_add(be, out, w->tmp, n, C);
 }
 
 /* The backward of local layer li: x is its stored input, dx (n, C) holds
@@ -508,7 +506,6 @@ static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train
                             const void *x, void *dx) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
-    const tsr_backend_i *I = be->iface;
     const tsr_layer_weights *L = &m->layers[li];
     const tsr_model_config *c = &m->cfg;
     tsr_train_ws *w = &t->ws;
@@ -517,31 +514,32 @@ static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train
     TSR_TRY(layer_fwd(t, a, tape, li, n, ad, pos, x, NULL)); /* recompute the internals */
 
     /* MLP: out = x2 + (s Wd^T + LoRA), s = silu(gate) * up */
-    TSR_TRY(I->matmul_dx(be, w->ds, dx, &L->w_down, n, 0));
+    TSR_TRY(tsr_backend_matmul_dx(be, w->ds, dx, &L->w_down, n, 0));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_DOWN, w->ds, dx, w->s, n));
-    TSR_TRY(I->swiglu_bwd(be, w->gate, w->up, w->ds, w->gate, w->up, n, ff)); /* in place */
-    TSR_TRY(I->matmul_dx(be, w->dh, w->gate, &L->w_gate, n, 0));
-    TSR_TRY(I->matmul_dx(be, w->dh, w->up, &L->w_up, n, 1));
+    TSR_TRY(
+        tsr_backend_swiglu_bwd(be, w->gate, w->up, w->ds, w->gate, w->up, n, ff)); /* in place */
+    TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->gate, &L->w_gate, n, 0));
+    TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->up, &L->w_up, n, 1));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_GATE, w->dh, w->gate, w->h2, n));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_UP, w->dh, w->up, w->h2, n));
     TSR_TRY(act_allreduce(t, w->dh, (size_t)n * C)); /* column-parallel gate+up input */
-    TSR_TRY(I->rmsnorm_bwd(be, dx, w->dh, w->x2, L->ffn_norm, n, C, c->rms_eps)); /* += */
+    TSR_TRY(tsr_backend_rmsnorm_bwd(be, dx, w->dh, w->x2, L->ffn_norm, n, C, c->rms_eps)); /* += */
 
     /* attention: x2 = x + (att Wo^T + LoRA) */
-    TSR_TRY(I->matmul_dx(be, w->datt, dx, &L->wo, n, 0));
+    TSR_TRY(tsr_backend_matmul_dx(be, w->datt, dx, &L->wo, n, 0));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_O, w->datt, dx, w->att, n));
-    TSR_TRY(I->attn_train_bwd(be, w->dq, w->dk, w->dv, w->datt, w->q, w->k, w->v, w->att, w->lse,
-                              ad));
-    TSR_TRY(I->rope_bwd(be, w->dq, pos, m->inv_freq, n, m->slice.n_head, hd));
-    TSR_TRY(I->rope_bwd(be, w->dk, pos, m->inv_freq, n, m->slice.n_kv_head, hd));
-    TSR_TRY(I->matmul_dx(be, w->dh, w->dq, &L->wq, n, 0));
-    TSR_TRY(I->matmul_dx(be, w->dh, w->dk, &L->wk, n, 1));
-    TSR_TRY(I->matmul_dx(be, w->dh, w->dv, &L->wv, n, 1));
+    TSR_TRY(tsr_backend_attn_train_bwd(be, w->dq, w->dk, w->dv, w->datt, w->q, w->k, w->v, w->att,
+                                       w->lse, ad));
+    TSR_TRY(tsr_backend_rope_bwd(be, w->dq, pos, m->inv_freq, n, m->slice.n_head, hd));
+    TSR_TRY(tsr_backend_rope_bwd(be, w->dk, pos, m->inv_freq, n, m->slice.n_kv_head, hd));
+    TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->dq, &L->wq, n, 0));
+    TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->dk, &L->wk, n, 1));
+    TSR_TRY(tsr_backend_matmul_dx(be, w->dh, w->dv, &L->wv, n, 1));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_Q, w->dh, w->dq, w->h1, n));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_K, w->dh, w->dk, w->h1, n));
     TSR_TRY(lora_bwd(t, a, tape, li, TSR_LORA_V, w->dh, w->dv, w->h1, n));
     TSR_TRY(act_allreduce(t, w->dh, (size_t)n * C)); /* column-parallel q+k+v input */
-    return I->rmsnorm_bwd(be, dx, w->dh, x, L->attn_norm, n, C, c->rms_eps); /* += */
+    return tsr_backend_rmsnorm_bwd(be, dx, w->dh, x, L->attn_norm, n, C, c->rms_eps); /* += */
 }
 
 /* ---- stage functions ------------------------------------------------------------------ */
@@ -551,7 +549,6 @@ tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
                                    const void *hidden_in, void *hidden_out) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
-    const tsr_backend_i *I = be->iface;
     const int C = m->cfg.n_embd, nl = n_layers(m);
     if (!m->first_stage && !hidden_in)
         return tsr_error_set(TSR_ERR_INVALID, "training forward: a later stage needs hidden_in");
@@ -565,10 +562,10 @@ tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
     const size_t bytes = (size_t)n * C * tsr_backend_act_size(be);
     void *x0 = slot(t, tape, 0);
     if (m->first_stage) {
-        TSR_TRY(I->embedding(be, x0, &m->tok_embd, tape->ids, n, m->slice.vocab_begin));
+        TSR_TRY(tsr_backend_embedding(be, x0, &m->tok_embd, tape->ids, n, m->slice.vocab_begin));
         TSR_TRY(act_allreduce(t, x0, (size_t)n * C)); /* vocab-parallel: one rank had each row */
     } else {
-        TSR_TRY(I->copy(be, x0, hidden_in, bytes));
+        TSR_TRY(tsr_backend_copy(be, x0, hidden_in, bytes));
     }
     const tsr_attn_train_desc ad = attn_desc(t, tape);
     for (int li = 0; li < nl; li++)
@@ -576,7 +573,7 @@ tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
                           slot(t, tape, li + 1)));
     tape->has_output = 1;
     if (!m->last_stage)
-        return I->copy(be, hidden_out, slot(t, tape, nl), bytes);
+        return tsr_backend_copy(be, hidden_out, slot(t, tape, nl), bytes);
     return TSR_OK;
 }
 
@@ -584,7 +581,6 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
                           tsr_train_stats *out) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
-    const tsr_backend_i *I = be->iface;
     tsr_train_ws *w = &t->ws;
     if (!m->last_stage)
         return tsr_error_set(TSR_ERR_INVALID, "training loss: only the last stage has the head");
@@ -601,14 +597,14 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
         const int nc = n - r0 < hr ? n - r0 : hr;
         float *rowmax = w->ce, *sumexp = w->ce + hr, *tlogit = sumexp + nc;
         const char *xr = xo + (size_t)r0 * C * a;
-        TSR_TRY(I->rmsnorm(be, w->hn, xr, m->out_norm, nc, C, m->cfg.rms_eps));
-        TSR_TRY(I->matmul(be, w->logits, w->hn, &m->lm_head, nc, 0));
-        TSR_TRY(I->ce_rowmax(be, rowmax, w->logits, nc, Vl));
+        TSR_TRY(tsr_backend_rmsnorm(be, w->hn, xr, m->out_norm, nc, C, m->cfg.rms_eps));
+        TSR_TRY(tsr_backend_matmul(be, w->logits, w->hn, &m->lm_head, nc, 0));
+        TSR_TRY(tsr_backend_ce_rowmax(be, rowmax, w->logits, nc, Vl));
         TSR_TRY(f32_max(t, rowmax, (size_t)nc));
-        TSR_TRY(I->ce_sums(be, sumexp, tlogit, w->logits, rowmax, tape->target + r0, nc, Vl,
-                           m->slice.vocab_begin));
+        TSR_TRY(tsr_backend_ce_sums(be, sumexp, tlogit, w->logits, rowmax, tape->target + r0, nc,
+                                    Vl, m->slice.vocab_begin));
         TSR_TRY(f32_sum(t, sumexp, (size_t)2 * nc)); /* sumexp and tlogit together */
-        TSR_TRY(I->to_host(be, w->ce_host, w->ce, ((size_t)hr + 2 * nc) * sizeof(float)));
+        TSR_TRY(tsr_backend_to_host(be, w->ce_host, w->ce, ((size_t)hr + 2 * nc) * sizeof(float)));
         for (int i = 0; i < nc; i++) {
             const int row = r0 + i;
             const double wgt = tape->h_weight[row];
@@ -620,12 +616,12 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
         if (!want_grad)
             continue;
         /* d loss / d logits = w (softmax - onehot), in place */
-        TSR_TRY(I->ce_grad(be, w->logits, w->logits, rowmax, sumexp, tape->target + r0,
-                           tape->weight + r0, nc, Vl, m->slice.vocab_begin));
-        TSR_TRY(I->matmul_dx(be, w->dhn, w->logits, &m->lm_head, nc, 0));
+        TSR_TRY(tsr_backend_ce_grad(be, w->logits, w->logits, rowmax, sumexp, tape->target + r0,
+                                    tape->weight + r0, nc, Vl, m->slice.vocab_begin));
+        TSR_TRY(tsr_backend_matmul_dx(be, w->dhn, w->logits, &m->lm_head, nc, 0));
         TSR_TRY(act_allreduce(t, w->dhn, (size_t)nc * C)); /* vocab-parallel head input */
-        TSR_TRY(I->rmsnorm_bwd(be, (char *)tape->dx + (size_t)r0 * C * a, w->dhn, xr, m->out_norm,
-                               nc, C, m->cfg.rms_eps));
+        TSR_TRY(tsr_backend_rmsnorm_bwd(be, (char *)tape->dx + (size_t)r0 * C * a, w->dhn, xr,
+                                        m->out_norm, nc, C, m->cfg.rms_eps));
     }
     tape->stats.loss = loss;
     tape->has_grad = want_grad;
@@ -671,14 +667,14 @@ tsr_status tsr_train_stage_backward(tsr_trainer *t, tsr_lora_adapter *a, tsr_tra
         return tsr_error_set(TSR_ERR_INVALID,
                              "training backward: a non-first stage needs dhidden_in");
     if (dhidden_out)
-        TSR_TRY(be->iface->copy(be, tape->dx, dhidden_out, bytes));
+        TSR_TRY(tsr_backend_copy(be, tape->dx, dhidden_out, bytes));
     TSR_TRY(unreduce(a));
     TSR_TRY(ws_reserve(t, n, a->cfg.rank, drops(a, tape)));
     const tsr_attn_train_desc ad = attn_desc(t, tape);
     for (int li = n_layers(m) - 1; li >= 0; li--)
         TSR_TRY(layer_bwd(t, a, tape, li, n, &ad, tape->pos, slot(t, tape, li), tape->dx));
     if (dhidden_in)
-        TSR_TRY(be->iface->copy(be, dhidden_in, tape->dx, bytes));
+        TSR_TRY(tsr_backend_copy(be, dhidden_in, tape->dx, bytes));
     tape->has_grad = 0;
     a->loss_sum += tape->stats.loss;
     a->weight_sum += tape->stats.weight_sum;
@@ -741,9 +737,9 @@ static tsr_status reduce_shared(tsr_trainer *t, tsr_lora_adapter *a) {
             float *dst = buf + j * full + (size_t)mm->out_begin * r;
             size_t b = (size_t)mm->n_out * r * sizeof(float);
             if (pass == 0)
-                TSR_CHECK_GOTO(st, be->iface->copy(be, dst, mm->dB, b));
+                TSR_CHECK_GOTO(st, tsr_backend_copy(be, dst, mm->dB, b));
             else
-                TSR_CHECK_GOTO(st, be->iface->copy(be, mm->dB, dst, b));
+                TSR_CHECK_GOTO(st, tsr_backend_copy(be, mm->dB, dst, b));
             j++;
         }
         if (pass == 0)
@@ -798,7 +794,6 @@ tsr_status tsr_train_check_optim(const tsr_optim_params *p) {
 tsr_status tsr_train_optim_step(tsr_trainer *t, tsr_lora_adapter *a, const tsr_optim_params *p,
                                 tsr_optim_result *out) {
     tsr_backend *be = a->be;
-    const tsr_backend_i *I = be->iface;
     TSR_TRY(check_optim(p));
     TSR_TRY(check_adapter(t->m, a));
     TSR_TRY(check_trainable(a));
@@ -811,15 +806,15 @@ tsr_status tsr_train_optim_step(tsr_trainer *t, tsr_lora_adapter *a, const tsr_o
      * loss, [2] the loss sum (counted on one TP rank of the last stage) */
     double g[3] = {0, !isfinite(a->loss_sum), 0}, s;
     if (a->repl_n && a->shard.tp_rank == 0) {
-        TSR_TRY(I->sumsq(be, &s, a->grad + a->repl_off, a->repl_n));
+        TSR_TRY(tsr_backend_sumsq(be, &s, a->grad + a->repl_off, a->repl_n));
         g[0] += s;
     }
     if (a->shared_n && a->shard.tp_rank % a->shard.kv_share == 0) {
-        TSR_TRY(I->sumsq(be, &s, a->grad + a->shared_off, a->shared_n));
+        TSR_TRY(tsr_backend_sumsq(be, &s, a->grad + a->shared_off, a->shared_n));
         g[0] += s;
     }
     if (a->local_n) {
-        TSR_TRY(I->sumsq(be, &s, a->grad + a->local_off, a->local_n));
+        TSR_TRY(tsr_backend_sumsq(be, &s, a->grad + a->local_off, a->local_n));
         g[0] += s;
     }
     if (t->m->last_stage && a->shard.tp_rank == 0)
@@ -850,8 +845,9 @@ tsr_status tsr_train_optim_step(tsr_trainer *t, tsr_lora_adapter *a, const tsr_o
         if (c < 1.0)
             coef = c;
     }
-    TSR_TRY(I->scale_f32(be, a->grad, a->n_params, (float)(coef / W)));
-    TSR_TRY(I->adamw(be, a->param, a->grad, a->m, a->v, a->n_params, &p->adamw, a->step + 1));
+    TSR_TRY(tsr_backend_scale_f32(be, a->grad, a->n_params, (float)(coef / W)));
+    TSR_TRY(
+        tsr_backend_adamw(be, a->param, a->grad, a->m, a->v, a->n_params, &p->adamw, a->step + 1));
     a->step++;
     TSR_TRY(clear(a));
     if (out) {

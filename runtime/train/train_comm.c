@@ -8,42 +8,30 @@
 void tsr_train_mpi_init(tsr_train_mpi *h, tsr_comm_grid *grid, tsr_backend *be) {
     h->grid = grid;
     h->be = be;
-    h->stage = NULL;
-    h->cap = 0;
+    h->stage = (tsr_xfer_stage){0};
 }
 
 void tsr_train_mpi_free(tsr_train_mpi *h) {
     if (!h)
         return;
-    free(h->stage);
-    h->stage = NULL;
-    h->cap = 0;
+    tsr_xfer_stage_free(&h->stage);
 }
 
-/* In place over the TP group, through host memory when the buffers are on a
- * device (to_host synchronises; the copy back is waited for, so the staging
- * buffer is free again on return). */
+/* In place over the TP group along the group's path (runtime/engine/xfer.h:
+ * host buffers as they are, device buffers staged through host memory over
+ * MPI or as they are over NCCL). A staged copy back is waited for, so the
+ * staging buffer is free again on return. */
 static tsr_status tp_reduce(tsr_train_mpi *h, void *buf, size_t count, int dtype, size_t esize,
                             tsr_comm_op op) {
-    if (h->be->iface->host_memory)
-        return tsr_comm_allreduce(h->grid->tp_group, buf, buf, count, dtype, op);
-    size_t bytes = count * esize;
-    if (bytes > h->cap) {
-        void *p = realloc(h->stage, bytes);
-        if (!p)
-            return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory staging %zu bytes", bytes);
-        h->stage = p;
-        h->cap = bytes;
-    }
-    TSR_TRY(h->be->iface->to_host(h->be, h->stage, buf, bytes));
-    TSR_TRY(tsr_comm_allreduce(h->grid->tp_group, h->stage, h->stage, count, dtype, op));
-    TSR_TRY(h->be->iface->to_device(h->be, buf, h->stage, bytes));
-    return tsr_backend_sync(h->be);
+    const tsr_xfer x = tsr_xfer_choose(h->grid->tp_group, h->be, 0);
+    TSR_TRY(
+        tsr_xfer_allreduce(x, &h->stage, h->be, h->grid->tp_group, buf, count, dtype, esize, op));
+    return x == TSR_XFER_STAGED ? tsr_backend_sync(h->be) : TSR_OK;
 }
 
 static tsr_status act_sum(void *ctx, void *buf, size_t count) {
     tsr_train_mpi *h = ctx;
-    return tp_reduce(h, buf, count, h->be->iface->act_dtype, tsr_backend_act_size(h->be),
+    return tp_reduce(h, buf, count, tsr_backend_act_dtype(h->be), tsr_backend_act_size(h->be),
                      TSR_COMM_SUM);
 }
 

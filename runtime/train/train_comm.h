@@ -2,13 +2,15 @@
  * tensor-parallel group of an MPI grid (tsr_model_comm for the activations,
  * tsr_train_comm for the f32 reductions and the world sum of doubles).
  *
- * Buffers on a device backend are staged through a host buffer (to_host, MPI,
- * to_device, sync), so this works on the CPU and on GPUs with --comm mpi.
- * The world sum all-gathers the doubles' bytes and adds them in rank order,
- * so every rank gets the same bits.
+ * Buffers move along the TP group's path of runtime/engine/xfer.h, the same
+ * layer as the engine's transfers: host buffers as they are, device buffers
+ * staged through a host buffer over MPI (to_host, MPI, to_device, sync) or
+ * passed as they are over NCCL (after the compute stream). The world sum
+ * all-gathers the doubles' bytes and adds them in rank order, so every rank
+ * gets the same bits.
  *
- * What it is not: the NCCL path (device buffers without staging), or the
- * engine's transfers (runtime/engine/engine.c has its own, per group). */
+ * What it is not: the engine's activation transfers over TP and PP (the
+ * engine's own, over the same layer), or a choice of group. */
 #ifndef TSR_RUNTIME_TRAIN_COMM_H
 #define TSR_RUNTIME_TRAIN_COMM_H
 
@@ -16,14 +18,14 @@
 
 #include "comm/comm.h"
 #include "kernels/backend.h"
+#include "runtime/engine/xfer.h"
 #include "runtime/model/model.h"
 #include "runtime/train/train.h"
 
 typedef struct {
     tsr_comm_grid *grid;
     tsr_backend *be;
-    void *stage;   /* host staging for device buffers */
-    size_t cap;
+    tsr_xfer_stage stage; /* host staging for device buffers over MPI */
 } tsr_train_mpi;
 
 /* Binds the hooks to a grid and a backend (be may be set later, before the
