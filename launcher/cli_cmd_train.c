@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "runtime/train/loss_csv.h"
 #include "base/clock.h"
 #include "launcher/cli_cmd.h"
 #include "launcher/cli_parse.h"
@@ -269,7 +270,7 @@ static void explain_example(const tsr_cli_status *st, const train_opts *o,
 
 /* SaveAdapter with return_files, then DIR written with the adapter's two
  * files, loss.csv and loss.png. Returns 0 or the exit code (reported). */
-static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_cli_step_log *log,
+static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_loss_row *log,
                       size_t n_log, int *saved_step) {
     Tessera__V1__SaveAdapterRequest req = TESSERA__V1__SAVE_ADAPTER_REQUEST__INIT;
     req.adapter = (char *)o->adapter;
@@ -293,7 +294,7 @@ static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_cli_step
     }
     xs = malloc((n_log + 1) * sizeof *xs);
     ys = malloc((n_log + 1) * sizeof *ys);
-    if (!xs || !ys || !(csv = tsr_cli_train_loss_csv(log, n_log, &csv_len))) {
+    if (!xs || !ys || !(csv = tsr_loss_csv_format(log, n_log, &csv_len))) {
         fputs("tessera-cli: out of memory\n", stderr);
         goto cleanup;
     }
@@ -333,15 +334,15 @@ cleanup:
 
 /* Rows of DIR/loss.csv from an earlier run, up to step `upto`, for a
  * resumed run to continue. Returns how many went into log (capacity cap). */
-static size_t previous_log(const train_opts *o, int upto, tsr_cli_step_log *log, size_t cap) {
+static size_t previous_log(const train_opts *o, int upto, tsr_loss_row *log, size_t cap) {
     char path[4200];
     snprintf(path, sizeof path, "%s/loss.csv", o->out);
     char *text = tsr_cli_read_file(path, NULL);
     if (!text)
         return 0;
-    tsr_cli_step_log *rows = NULL;
+    tsr_loss_row *rows = NULL;
     size_t n = 0, kept = 0;
-    if (tsr_cli_train_loss_csv_parse(text, &rows, &n) != 0)
+    if (tsr_loss_csv_parse(text, &rows, &n) != 0)
         fprintf(stderr, "tessera-cli: warning: %s is not a loss.csv; starting a new one\n", path);
     for (size_t i = 0; i < n && kept < cap; i++)
         if (rows[i].step >= 1 && rows[i].step <= upto &&
@@ -364,7 +365,7 @@ int cli_cmd_train(const cli_ctx *cx, const cli_args *a) {
     Tessera__V1__ListAdaptersResponse *list = NULL;
     int *perm = NULL, *batch_ex = NULL;
     Tessera__V1__TrainExample **batch = NULL;
-    tsr_cli_step_log *log = NULL;
+    tsr_loss_row *log = NULL;
     progress_line prog = {.tty = isatty(STDERR_FILENO)};
     tsr_cli_status st;
 
@@ -536,7 +537,7 @@ int cli_cmd_train(const cli_ctx *cx, const cli_args *a) {
                     os->step, k + 1, o.adapter);
             warned_step = 1;
         }
-        log[n_log++] = (tsr_cli_step_log){k + 1, os->loss, os->grad_norm, n_tokens};
+        log[n_log++] = (tsr_loss_row){k + 1, os->loss, os->grad_norm, n_tokens};
         printf("step %d/%d  loss %.4f  grad_norm %.3f  tokens %ld  tok/s %.1f\n", k + 1, total,
                os->loss, os->grad_norm, n_tokens, tok_s);
         fflush(stdout);

@@ -1,7 +1,7 @@
 /* launcher/cli_train.h - the local half of `tessera-cli train`: the JSONL
  * data file read into TrainExample messages, the output directory's check
- * and its atomic replacement, and loss.csv. The per-epoch shuffle and the
- * step plan are `tessera train`'s own (runtime/train/epoch.h).
+ * and its atomic replacement. The per-epoch shuffle, the step plan and
+ * loss.csv are `tessera train`'s own (runtime/train/epoch.h, loss_csv.h).
  *
  * What it is not: the RPCs (cli_cmd_train.c drives CreateAdapter,
  * ForwardBackward, OptimStep and SaveAdapter through cli_rpc.h) and not a
@@ -68,22 +68,5 @@ typedef struct {
  * directory. */
 tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files,
                                    size_t n_files);
-
-/* One optimizer step, as loss.csv keeps it. */
-typedef struct {
-    int step; /* the adapter's step count after it (1-based) */
-    double loss, grad_norm;
-    long tokens;
-} tsr_cli_step_log;
-
-/* loss.csv: "step,loss,grad_norm,tokens" and one row per entry, as `tessera
- * train` writes it ("%d,%.6f,%.6f,%ld"). Returns a malloc'd text of *len
- * bytes (NUL-terminated), or NULL when out of memory. */
-char *tsr_cli_train_loss_csv(const tsr_cli_step_log *log, size_t n, size_t *len);
-
-/* Reads a loss.csv written by tsr_cli_train_loss_csv back: *log is a
- * malloc'd array of *n rows (possibly 0). Returns 0, or -1 (with *log NULL)
- * for a text that is not such a file. */
-int tsr_cli_train_loss_csv_parse(const char *text, tsr_cli_step_log **log, size_t *n);
 
 #endif

@@ -9,31 +9,13 @@
 
 #define CE_THREADS 256
 
-__device__ __forceinline__ float ce_block_max(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = tsr_warp_max(v);
-    if (lane == 0)
-        part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float m = lane < (int)(blockDim.x >> 5) ? part[lane] : -INFINITY;
-        m = tsr_warp_max(m);
-        if (lane == 0)
-            total = m;
-    }
-    __syncthreads();
-    return total;
-}
-
 template <typename T>
 __global__ void ce_rowmax_kernel(float *rowmax, const T *__restrict__ logits, int V) {
     const T *l = logits + (size_t)blockIdx.x * V;
     float m = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x)
         m = fmaxf(m, tsr_ld(l[j]));
-    m = ce_block_max(m);
+    m = tsr_block_max(m);
     if (threadIdx.x == 0)
         rowmax[blockIdx.x] = m;
 }

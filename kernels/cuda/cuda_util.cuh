@@ -36,46 +36,30 @@ __device__ __forceinline__ float tsr_warp_max(float v) {
     return v;
 }
 
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every
- * thread gets the total. Uses 33 floats of shared memory. */
-__device__ __forceinline__ float tsr_block_sum(float v) {
+/* Sum (Max false) or maximum (Max true) over the block (blockDim.x a
+ * multiple of 32, at most 1024); every thread gets the result. The maximum
+ * follows fmaxf's rule: a NaN operand is skipped. Uses 33 floats of shared
+ * memory per instantiation. */
+template <bool Max> __device__ __forceinline__ float tsr_block_reduce(float v) {
     __shared__ float part[32];
     __shared__ float total;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = tsr_warp_sum(v);
+    v = Max ? tsr_warp_max(v) : tsr_warp_sum(v);
     if (lane == 0)
         part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
-        s = tsr_warp_sum(s);
+        float r = lane < (int)(blockDim.x >> 5) ? part[lane] : (Max ? -INFINITY : 0.0f);
+        r = Max ? tsr_warp_max(r) : tsr_warp_sum(r);
         if (lane == 0)
-            total = s;
+            total = r;
     }
     __syncthreads();
     return total;
 }
 
-/* Maximum over the block (blockDim.x a multiple of 32, at most 1024), as
- * tsr_block_sum; fmaxf's rule: a NaN operand is skipped. Every thread gets
- * the result. */
-__device__ __forceinline__ float tsr_block_max(float v) {
-    __shared__ float part[32];
-    __shared__ float best;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = tsr_warp_max(v);
-    if (lane == 0)
-        part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float m = lane < (int)(blockDim.x >> 5) ? part[lane] : -INFINITY;
-        m = tsr_warp_max(m);
-        if (lane == 0)
-            best = m;
-    }
-    __syncthreads();
-    return best;
-}
+__device__ __forceinline__ float tsr_block_sum(float v) { return tsr_block_reduce<false>(v); }
+__device__ __forceinline__ float tsr_block_max(float v) { return tsr_block_reduce<true>(v); }
 
 /* Grid size for n elements at `threads` per block, capped so a huge n loops
  * (grid-stride) instead of overflowing gridDim.x. */

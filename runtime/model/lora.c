@@ -2,6 +2,8 @@
  * initialisation and the parameter/gradient/optimizer-state slabs.
  * Contracts and the sharding rules are in runtime/model/lora.h. */
 #include "runtime/model/lora.h"
+
+#include "shard/peft.h"
 #include "base/rng.h"
 
 #include <math.h>
@@ -12,15 +14,15 @@
 
 static const char *const short_names[TSR_LORA_N_TARGETS] = {"q",    "k",  "v",   "o",
                                                             "gate", "up", "down"};
-static const char *const peft_names[TSR_LORA_N_TARGETS] = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
 const char *tsr_lora_target_name(tsr_lora_target t) {
     return t >= 0 && t < TSR_LORA_N_TARGETS ? short_names[t] : "?";
 }
 
+/* PEFT's module names are the file format's (shard/peft.c). */
 const char *tsr_lora_target_peft_name(tsr_lora_target t) {
-    return t >= 0 && t < TSR_LORA_N_TARGETS ? peft_names[t] : "?";
+    const char *n = tsr_peft_target_name(t);
+    return n ? n : "?";
 }
 
 tsr_status tsr_lora_parse_targets(const char *s, unsigned *out) {
@@ -46,7 +48,7 @@ tsr_status tsr_lora_parse_targets(const char *s, unsigned *out) {
         }
         for (int t = 0; t < TSR_LORA_N_TARGETS && !found; t++) {
             if ((strlen(short_names[t]) == len && !strncmp(b, short_names[t], len)) ||
-                (strlen(peft_names[t]) == len && !strncmp(b, peft_names[t], len))) {
+                (strlen(tsr_peft_target_name(t)) == len && !strncmp(b, tsr_peft_target_name(t), len))) {
                 mask |= TSR_LORA_TARGET_BIT(t);
                 found = 1;
             }

@@ -10,26 +10,23 @@
 
 #include "base/clock.h"
 #include "runtime/train/epoch.h"
+#include "runtime/train/loss_csv.h"
+#include "base/fs.h"
 #include "shard/peft.h"
 
-typedef struct {
-    double loss, grad_norm;
-    long tokens;
-} step_log;
-
-/* loss.csv after the save: the save replaces the directory. */
-static tsr_status write_loss_csv(const char *out, const step_log *logs, int total) {
+/* loss.csv after the save (the save replaces the directory), written
+ * durably beside the adapter files. */
+static tsr_status write_loss_csv(const char *out, const tsr_loss_row *logs, int total) {
     char p[4200];
-    snprintf(p, sizeof p, "%s/loss.csv", out);
-    FILE *f = fopen(p, "w");
-    if (!f)
-        return tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
-    fprintf(f, "step,loss,grad_norm,tokens\n");
-    for (int k = 0; k < total; k++)
-        fprintf(f, "%d,%.6f,%.6f,%ld\n", k + 1, logs[k].loss, logs[k].grad_norm, logs[k].tokens);
-    if (fclose(f))
-        return tsr_error_set(TSR_ERR_IO, "cannot write '%s': %s", p, strerror(errno));
-    return TSR_OK;
+    if ((size_t)snprintf(p, sizeof p, "%s/loss.csv", out) >= sizeof p)
+        return tsr_error_set(TSR_ERR_INVALID, "'%s/loss.csv': path too long", out);
+    size_t len;
+    char *text = tsr_loss_csv_format(logs, (size_t)total, &len);
+    if (!text)
+        return tsr_error_set(TSR_ERR_NOMEM, "loss.csv: out of memory for %d rows", total);
+    tsr_status st = tsr_fs_write_file(p, text, len);
+    free(text);
+    return st;
 }
 
 tsr_status tsr_train_loop_run(tsr_engine *e, int slot, const tsr_train_loop_config *cfg,
@@ -47,7 +44,7 @@ tsr_status tsr_train_loop_run(tsr_engine *e, int slot, const tsr_train_loop_conf
     int32_t *bstart = malloc(((size_t)B + 1) * sizeof *bstart);
     int32_t *btok = malloc((max_tok + 1) * sizeof *btok);
     float *bweight = malloc((max_tok + 1) * sizeof *bweight);
-    step_log *logs = calloc((size_t)total, sizeof *logs);
+    tsr_loss_row *logs = calloc((size_t)total, sizeof *logs);
     tsr_peft_adapter pa = {0};
     tsr_status st = perm && bstart && btok && bweight && logs
                         ? TSR_OK
@@ -81,7 +78,7 @@ tsr_status tsr_train_loop_run(tsr_engine *e, int slot, const tsr_train_loop_conf
             break;
         }
         double dt = tsr_now_s() - ts;
-        logs[k] = (step_log){r.loss, r.grad_norm, n_tok};
+        logs[k] = (tsr_loss_row){k + 1, r.loss, r.grad_norm, n_tok};
         if (cfg->on_step) {
             tsr_train_step_info info = {k + 1, total, r.loss, r.grad_norm, n_tok, dt};
             cfg->on_step(cfg->user, &info);

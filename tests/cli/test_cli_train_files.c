@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/train/loss_csv.h"
 #include "launcher/cli_train.h"
 #include "runtime/train/epoch.h"
 #include "base/rng.h"
@@ -201,26 +202,26 @@ static void test_out_dir(void) {
 }
 
 static void test_csv(void) {
-    tsr_cli_step_log log[3] = {{1, 2.5, 1.25, 100}, {2, 2.0, 1.0, 90}, {3, 1.5, 0.5, 80}};
+    tsr_loss_row log[3] = {{1, 2.5, 1.25, 100}, {2, 2.0, 1.0, 90}, {3, 1.5, 0.5, 80}};
     size_t len;
-    char *csv = tsr_cli_train_loss_csv(log, 3, &len);
+    char *csv = tsr_loss_csv_format(log, 3, &len);
     CHECK(csv && len == strlen(csv));
     CHECK(!strcmp(csv, "step,loss,grad_norm,tokens\n1,2.500000,1.250000,100\n"
                        "2,2.000000,1.000000,90\n3,1.500000,0.500000,80\n"));
-    tsr_cli_step_log *back;
+    tsr_loss_row *back;
     size_t n;
-    CHECK(tsr_cli_train_loss_csv_parse(csv, &back, &n) == 0 && n == 3);
+    CHECK(tsr_loss_csv_parse(csv, &back, &n) == 0 && n == 3);
     CHECK(back[2].step == 3 && back[2].loss == 1.5 && back[2].tokens == 80);
     free(back);
     free(csv);
-    csv = tsr_cli_train_loss_csv(NULL, 0, &len);
+    csv = tsr_loss_csv_format(NULL, 0, &len);
     CHECK(csv && !strcmp(csv, "step,loss,grad_norm,tokens\n"));
-    CHECK(tsr_cli_train_loss_csv_parse(csv, &back, &n) == 0 && n == 0);
+    CHECK(tsr_loss_csv_parse(csv, &back, &n) == 0 && n == 0);
     free(back);
     free(csv);
-    CHECK(tsr_cli_train_loss_csv_parse("a,b\n1,2\n", &back, &n) == -1 && back == NULL);
-    CHECK(tsr_cli_train_loss_csv_parse("step,loss,grad_norm,tokens\n1,x,2,3\n", &back, &n) == -1);
-    CHECK(tsr_cli_train_loss_csv_parse("step,loss,grad_norm,tokens\n1,1,2,3junk\n", &back, &n) ==
+    CHECK(tsr_loss_csv_parse("a,b\n1,2\n", &back, &n) == -1 && back == NULL);
+    CHECK(tsr_loss_csv_parse("step,loss,grad_norm,tokens\n1,x,2,3\n", &back, &n) == -1);
+    CHECK(tsr_loss_csv_parse("step,loss,grad_norm,tokens\n1,1,2,3junk\n", &back, &n) ==
           -1);
 }
 
