@@ -165,7 +165,6 @@ static void roundtrip(const char *dir, const tsr_model_config *cfg, int r, float
     tsr_peft_free(&b);
 }
 
-/* No "<dir>.tmp-*" or "<dir>.old-*" left beside `dir`. */
 /* "default": $TESSERA_MODEL, else $TESSERA_MODELS (or ~/.cache/tessera/models)
  * + the default model's file name, as the other tests find it. */
 static const char *resolve_model(const char *arg, char *buf, size_t cap) {
