@@ -16,76 +16,14 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-sys.path.insert(0, os.path.join(ROOT, "tests", "common"))
-from check import Checks  # noqa: E402
-
-
-class Results(Checks):
-    """tests/common/check.py's Checks with the name first, as these tests
-    call it, and a count of skipped checks."""
-
-    def __init__(self):
-        super().__init__()
-        self.skipped = 0
-
-    @property
-    def failed(self):
-        return len(self.failures)
-
-    def check(self, name, cond, why=""):
-        return super().check(cond, name, why)
-
-    def skip(self, name, why):
-        self.skipped += 1
-        print(f"skip - {name}: {why}", flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Fake:
-    """The fake server as a subprocess; use with `with`."""
-
-    def __init__(self, stubs, *extra, port=0):
-        self.cmd = [sys.executable, os.path.join(HERE, "fake_server.py"), "--stubs", stubs,
-                    "--port", str(port), *extra]
-        self.proc = None
-        self.port = None
-
-    def __enter__(self):
-        env = dict(os.environ, GRPC_VERBOSITY="NONE")  # no gRPC chatter in the test log
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True, env=env)
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("PORT "):
-            self.proc.kill()
-            raise RuntimeError(f"fake server did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.addr = f"127.0.0.1:{self.port}"
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+sys.path.insert(0, HERE)
+from cli_common import Fake, free_port, start  # noqa: E402
 
 
 def main():
@@ -95,28 +33,10 @@ def main():
     ap.add_argument("--example", default=None)
     opts = ap.parse_args()
 
-    try:
-        import grpc  # noqa: F401
-        import grpc_tools  # noqa: F401
-    except ImportError as e:
-        print(f"skipping: grpcio / grpcio-tools are not installed ({e}); "
-              "scripts/setup.sh installs them", flush=True)
+    t = start(opts.cli, opts.proto, "tessera-cli-test-", 60)
+    if t is None:
         return 77
-    sys.path.insert(0, HERE)
-    import fake_server
-
-    cli = os.path.abspath(opts.cli)
-    tmp = tempfile.mkdtemp(prefix="tessera-cli-test-")
-    stubs = os.path.join(tmp, "stubs")
-    fake_server.gen_stubs(opts.proto, stubs)
-    base_env = {k: v for k, v in os.environ.items() if k != "TESSERA_AUTH_TOKEN"}
-    r = Results()
-
-    def run(args, env=None, timeout=60):
-        e = dict(base_env)
-        e.update(env or {})
-        p = subprocess.run([cli, *args], capture_output=True, text=True, env=e, timeout=timeout)
-        return p.returncode, p.stdout, p.stderr
+    cli, tmp, stubs, base_env, run, r = t.cli, t.tmp, t.stubs, t.base_env, t.run, t.r
 
     def expect(name, res, rc, out=None, err_has=(), out_has=()):
         code, so, se = res
@@ -497,12 +417,7 @@ def main():
                 r.check("python example: TLS", code == 0 and so.startswith("tls ok"),
                         f"rc={code} {so!r} {se!r}")
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    line = f"{r.passed} passed, {r.failed} failed"
-    if r.skipped:
-        line += f", {r.skipped} skipped"
-    print(line, flush=True)
-    return 1 if r.failed else 0
+    return t.finish()
 
 
 if __name__ == "__main__":

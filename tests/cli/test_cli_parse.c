@@ -10,14 +10,7 @@
 #include <unistd.h>
 
 #include "launcher/cli_parse.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #cond);                       \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "tests/common/check.h"
 
 static void check_list(const char *s, const int32_t *want, size_t n_want) {
     int32_t *ids = NULL;

@@ -21,12 +21,10 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 
@@ -153,29 +151,14 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--proto", default=os.path.join(ROOT, "proto"))
     opts = ap.parse_args()
-    try:
-        import grpc  # noqa: F401
-        import grpc_tools  # noqa: F401
-    except ImportError as e:
-        print(f"skipping: grpcio / grpcio-tools are not installed ({e}); "
-              "scripts/setup.sh installs them", flush=True)
-        return 77
     sys.path.insert(0, HERE)
+    from cli_common import Fake, free_port, start
+
+    t = start(opts.cli, opts.proto, "tessera-cli-train-test-", 120)
+    if t is None:
+        return 77
     import fake_server as fs
-    from test_cli import Fake, Results, free_port
-
-    cli = os.path.abspath(opts.cli)
-    tmp = tempfile.mkdtemp(prefix="tessera-cli-train-test-")
-    stubs = os.path.join(tmp, "stubs")
-    fs.gen_stubs(opts.proto, stubs)
-    base_env = {k: v for k, v in os.environ.items() if k != "TESSERA_AUTH_TOKEN"}
-    r = Results()
-
-    def run(args, env=None, timeout=120):
-        e = dict(base_env)
-        e.update(env or {})
-        p = subprocess.run([cli, *args], capture_output=True, text=True, env=e, timeout=timeout)
-        return p.returncode, p.stdout, p.stderr
+    cli, tmp, stubs, base_env, run, r = t.cli, t.tmp, t.stubs, t.base_env, t.run, t.r
 
     def path(*names):
         return os.path.join(tmp, *names)
@@ -646,12 +629,7 @@ def main():
                 p.returncode == 0 and text.count("\rtessera-cli: [") >= 3 and "\x1b[K" in text
                 and "step 3/3" in text, repr(text))
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    line = f"{r.passed} passed, {r.failed} failed"
-    if r.skipped:
-        line += f", {r.skipped} skipped"
-    print(line, flush=True)
-    return 1 if r.failed else 0
+    return t.finish()
 
 
 def _tuplify(x):

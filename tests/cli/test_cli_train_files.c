@@ -17,50 +17,15 @@
 #include "launcher/cli_train.h"
 #include "runtime/train/epoch.h"
 #include "base/rng.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #cond);                       \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-static char g_tmp[256];
-
-static const char *tmp_path(const char *name) {
-    static char buf[8][512];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_tmp, name);
-    return buf[k];
-}
-
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    CHECK(f);
-    fputs(text, f);
-    CHECK(fclose(f) == 0);
-}
-
-static int count_entries(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d)
-        return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-    closedir(d);
-    return n;
-}
+#include "tests/common/check.h"
+#include "tests/common/tmpdir.h"
 
 static void test_data(void) {
-    const char *p = tmp_path("ok.jsonl");
-    write_text(p, "{\"prompt\": \"a\", \"completion\": \"b\", \"extra\": 1}\n"
-                  "\n   \n"
-                  "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
-                  "{\"role\": \"assistant\", \"content\": \"h\\u00e9\"}]}\n");
+    const char *p = tu_tmp_path("ok.jsonl");
+    tu_write_text(p, "{\"prompt\": \"a\", \"completion\": \"b\", \"extra\": 1}\n"
+                     "\n   \n"
+                     "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
+                     "{\"role\": \"assistant\", \"content\": \"h\\u00e9\"}]}\n");
     tsr_cli_train_data d;
     CHECK(tsr_cli_train_data_load(p, &d) == TSR_OK);
     CHECK(d.n == 2);
@@ -99,7 +64,7 @@ static void test_data(void) {
         {"\n \n", "holds no example"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        write_text(p, bad[i].text);
+        tu_write_text(p, bad[i].text);
         tsr_error_clear();
         CHECK(tsr_cli_train_data_load(p, &d) != TSR_OK);
         const char *why = tsr_error_msg();
@@ -110,7 +75,7 @@ static void test_data(void) {
         }
         CHECK(bad[i].want[0] != ':' || strncmp(why, p, strlen(p)) == 0);
     }
-    CHECK(tsr_cli_train_data_load(tmp_path("missing.jsonl"), &d) != TSR_OK);
+    CHECK(tsr_cli_train_data_load(tu_tmp_path("missing.jsonl"), &d) != TSR_OK);
     CHECK(strstr(tsr_error_msg(), "cannot open the data file"));
 }
 
@@ -147,58 +112,52 @@ static void test_order(void) {
 
 static void test_out_dir(void) {
     int exists = -1;
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("new"), &exists) == TSR_OK && exists == 0);
-    CHECK(mkdir(tmp_path("empty"), 0755) == 0);
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("empty/"), &exists) == TSR_OK &&
-          exists == 1);
-    CHECK(mkdir(tmp_path("other"), 0755) == 0);
-    write_text(tmp_path("other/notes.txt"), "x");
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("other"), &exists) != TSR_OK);
+    CHECK(tsr_cli_train_check_out_dir(tu_tmp_path("new"), &exists) == TSR_OK && exists == 0);
+    CHECK(mkdir(tu_tmp_path("empty"), 0755) == 0);
+    CHECK(tsr_cli_train_check_out_dir(tu_tmp_path("empty/"), &exists) == TSR_OK && exists == 1);
+    CHECK(mkdir(tu_tmp_path("other"), 0755) == 0);
+    tu_write_text(tu_tmp_path("other/notes.txt"), "x");
+    CHECK(tsr_cli_train_check_out_dir(tu_tmp_path("other"), &exists) != TSR_OK);
     CHECK(strstr(tsr_error_msg(), "is not an adapter directory"));
-    write_text(tmp_path("a-file"), "x");
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("a-file"), &exists) != TSR_OK);
+    tu_write_text(tu_tmp_path("a-file"), "x");
+    CHECK(tsr_cli_train_check_out_dir(tu_tmp_path("a-file"), &exists) != TSR_OK);
     CHECK(strstr(tsr_error_msg(), "is not a directory"));
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("no/such"), &exists) != TSR_OK);
+    CHECK(tsr_cli_train_check_out_dir(tu_tmp_path("no/such"), &exists) != TSR_OK);
     CHECK(tsr_cli_train_check_out_dir("", &exists) != TSR_OK);
     CHECK(tsr_cli_train_check_out_dir("/", &exists) != TSR_OK);
-    CHECK(tsr_cli_train_check_out_dir(tmp_path(".."), &exists) != TSR_OK);
-    CHECK(mkdir(tmp_path("nested"), 0755) == 0);
-    CHECK(mkdir(tmp_path("nested/sub"), 0755) == 0);
-    write_text(tmp_path("nested/adapter_config.json"), "{}");
-    CHECK(tsr_cli_train_check_out_dir(tmp_path("nested"), &exists) != TSR_OK);
+    CHECK(tsr_cli_train_check_out_dir(tu_tmp_path(".."), &exists) != TSR_OK);
+    CHECK(mkdir(tu_tmp_path("nested"), 0755) == 0);
+    CHECK(mkdir(tu_tmp_path("nested/sub"), 0755) == 0);
+    tu_write_text(tu_tmp_path("nested/adapter_config.json"), "{}");
+    CHECK(tsr_cli_train_check_out_dir(tu_tmp_path("nested"), &exists) != TSR_OK);
 
     /* a new directory, then replaced (exchange), then an empty one filled */
-    const char *dir = tmp_path("adapter");
+    const char *dir = tu_tmp_path("adapter");
     const uint8_t one[] = "first", two[] = "second version";
     tsr_cli_out_file files[] = {{"adapter_config.json", one, sizeof one - 1},
                                 {"weights.bin", two, sizeof two - 1}};
     CHECK(tsr_cli_train_write_dir(dir, files, 2) == TSR_OK);
-    CHECK(count_entries(dir) == 2);
+    CHECK(tu_count_entries(dir) == 2);
     struct stat sb;
     CHECK(stat(dir, &sb) == 0 && (sb.st_mode & 0700) == 0700);
-    FILE *f = fopen(tmp_path("adapter/weights.bin"), "r");
+    FILE *f = fopen(tu_tmp_path("adapter/weights.bin"), "r");
     CHECK(f);
     char got[64] = "";
     CHECK(fgets(got, sizeof got, f));
     fclose(f);
     CHECK(!strcmp(got, "second version"));
-    write_text(tmp_path("adapter/stale.txt"), "old");
+    tu_write_text(tu_tmp_path("adapter/stale.txt"), "old");
     tsr_cli_out_file again[] = {{"adapter_config.json", two, sizeof two - 1}};
     CHECK(tsr_cli_train_write_dir(dir, again, 1) == TSR_OK);
-    CHECK(count_entries(dir) == 1); /* the old files went with the old directory */
-    CHECK(tsr_cli_train_write_dir(tmp_path("empty"), again, 1) == TSR_OK);
-    CHECK(count_entries(tmp_path("empty")) == 1);
+    CHECK(tu_count_entries(dir) == 1); /* the old files went with the old directory */
+    CHECK(tsr_cli_train_write_dir(tu_tmp_path("empty"), again, 1) == TSR_OK);
+    CHECK(tu_count_entries(tu_tmp_path("empty")) == 1);
     /* refused targets stay as they were; nothing is left beside them */
-    CHECK(tsr_cli_train_write_dir(tmp_path("other"), again, 1) != TSR_OK);
-    CHECK(count_entries(tmp_path("other")) == 1);
+    CHECK(tsr_cli_train_write_dir(tu_tmp_path("other"), again, 1) != TSR_OK);
+    CHECK(tu_count_entries(tu_tmp_path("other")) == 1);
     tsr_cli_out_file bad_name[] = {{"a/b", one, 1}};
-    CHECK(tsr_cli_train_write_dir(tmp_path("fresh"), bad_name, 1) != TSR_OK);
-    DIR *d = opendir(g_tmp);
-    CHECK(d);
-    struct dirent *e;
-    while ((e = readdir(d)))
-        CHECK(!strstr(e->d_name, ".tmp-") && !strstr(e->d_name, ".old-"));
-    closedir(d);
+    CHECK(tsr_cli_train_write_dir(tu_tmp_path("fresh"), bad_name, 1) != TSR_OK);
+    tu_check_no_leftovers(tu_tmp_root);
 }
 
 static void test_csv(void) {
@@ -226,17 +185,12 @@ static void test_csv(void) {
 }
 
 int main(void) {
-    snprintf(g_tmp, sizeof g_tmp, "%s/tsr-cli-train-XXXXXX",
-             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    CHECK(mkdtemp(g_tmp));
+    tu_tmpdir_make("tsr-cli-train");
     test_data();
     test_order();
     test_out_dir();
     test_csv();
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    if (system(cmd) != 0)
-        fprintf(stderr, "test_cli_train_files: could not remove %s\n", g_tmp);
+    tu_tmpdir_remove();
     puts("test_cli_train_files: ok");
     return 0;
 }

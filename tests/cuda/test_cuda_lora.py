@@ -24,9 +24,12 @@ import subprocess
 import sys
 import tempfile
 
-MODEL = os.environ.get("TESSERA_MODEL") or os.path.join(
-    os.environ.get("TESSERA_MODELS", os.path.expanduser("~/.cache/tessera/models")),
-    "SmolLM2-135M-Instruct.Q4_1.gguf")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "common"))
+from check import Checks, fail, skip  # noqa: E402
+from models import default_model_path  # noqa: E402
+
+MODEL = default_model_path()
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 STEP = re.compile(r"^step (\d+)/\d+\s+loss (\S+)\s+grad_norm (\S+)\s+tokens (\d+)\s+tok/s (\S+)",
                   re.M)
@@ -46,8 +49,7 @@ def train(tessera, data, out, flags):
 def main():
     tessera = sys.argv[1]
     if not os.path.exists(MODEL):
-        print(f"skipped: no model at {MODEL}")
-        sys.exit(77)
+        skip(f"no model at {MODEL}", prefix="skipped: ")
     tmp = tempfile.mkdtemp(prefix="tessera-cuda-lora-")
     data = os.path.join(tmp, "d.jsonl")
     with open(data, "w") as f:
@@ -59,16 +61,14 @@ def main():
             "cpu": ["--device", "cpu"],
             "cuda f32": ["--device", "cuda", "--act-dtype", "f32"],
             "cuda bf16": ["--device", "cuda"]}
-    got, failures = {}, []
+    got, checks = {}, Checks()
     for name, flags in runs.items():
         r, steps = train(tessera, data, os.path.join(tmp, name.replace(" ", "-")), flags)
         if r.returncode != 0 and name == "cuda ref" and re.search(
                 r"no (usable )?cuda|no CUDA|has no CUDA backend", r.stderr, re.I):
-            print(f"skipped: no CUDA device ({r.stderr.strip().splitlines()[-1]})")
-            sys.exit(77)
+            skip(f"no CUDA device ({r.stderr.strip().splitlines()[-1]})", prefix="skipped: ")
         if r.returncode != 0 or len(steps) != 3:
-            print(f"FAIL {name}: exit {r.returncode}, {len(steps)} step lines\n{r.stderr[-2000:]}")
-            sys.exit(1)
+            fail(f"{name}: exit {r.returncode}, {len(steps)} step lines\n{r.stderr[-2000:]}")
         got[name] = steps
         print(f"{name:10s} " + "  ".join(f"step {s}: loss {l:.5f}" for s, l, _ in steps) +
               f"  ({steps[-1][2]:.0f} tok/s)")
@@ -81,15 +81,9 @@ def main():
             limit = 1e-4 if name == "cuda ref" else 1e-2
             if name != "cuda ref" and s > 1:
                 continue
-            ok = rel <= limit
-            print(f"  [{name}] step {s}: {l:.5f} vs cpu {lc:.5f}: relative {rel:.1e} "
-                  f"(limit {limit:.0e}) {'ok' if ok else 'FAIL'}")
-            if not ok:
-                failures.append(f"{name} step {s}: relative {rel:.1e} > {limit:.0e}")
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        sys.exit(1)
-    print("PASS")
+            checks.check(rel <= limit, f"[{name}] step {s}: {l:.5f} vs cpu {lc:.5f}: relative "
+                         f"{rel:.1e} (limit {limit:.0e})")
+    sys.exit(checks.finish("test_cuda_lora"))
 
 
 if __name__ == "__main__":

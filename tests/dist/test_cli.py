@@ -28,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
 from common import check, default_model, fail  # noqa: E402
+from net import free_port  # noqa: E402 (tests/common, on the path through common)
 
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_mpi_yield_when_idle="1")
@@ -179,11 +180,7 @@ def main():
     # an idle server does not spin: under 5% of a core per rank
     cli = os.path.join(os.path.dirname(os.path.dirname(tessera)), "launcher", "tessera-cli")
     if os.path.exists(cli):
-        import socket
-        sk = socket.socket()
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-        sk.close()
+        port = free_port()
         srv = subprocess.Popen(mpi(mpiexec, 2) + [tessera, "serve", "--model", model, "--tp", "2",
                                                   "--port", str(port), "--ctx", "512"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)

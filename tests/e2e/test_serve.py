@@ -32,24 +32,11 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tests", "model"))
-sys.path.insert(0, HERE)
-from e2e_common import free_port, stubs  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_common import ENV, QUESTION, free_port, grpc, start_server, stubs  # noqa: E402
 from common import check, default_model, fail  # noqa: E402
 
-try:
-    import grpc
-    import grpc_tools  # noqa: F401
-except ImportError:
-    print("SKIP: grpcio / grpcio-tools not installed (scripts/setup.sh installs them)")
-    sys.exit(77)
-
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_mpi_yield_when_idle="1")
 TOKEN = "s3cret-token"
-QUESTION = "What is the capital of France?"
 
 
 def http_get(port, path, method="GET"):
@@ -129,33 +116,12 @@ def main():
     token_file = os.path.join(tmp, "token")
     with open(token_file, "w") as f:
         f.write(TOKEN + "\n")
-    # A port free_port() found may be taken by the time the server binds it (MPI's
-    # own listeners pick ports too): start again on other ports when that happens.
-    for attempt in range(3):
-        port = free_port()
-        mport = free_port()
-        while mport == port:
-            mport = free_port()
-        log = open(os.path.join(tmp, "server.log"), "w+")
-        server = subprocess.Popen([mpiexec, "-np", "2", "--oversubscribe", "--bind-to", "none",
-                                   tessera, "serve", "--model", model, "--tp", "2", "--port", str(port),
-                                   "--auth-token-file", token_file, "--max-seqs", "16",
-                                   "--ctx", "1024", "--grace", "20", "--metrics-port", str(mport)],
-                                  stdout=log, stderr=subprocess.STDOUT, env=ENV)
-        t0 = time.time()
-        while time.time() - t0 < 60 and server.poll() is None:
-            out = open(log.name).read()
-            if "tessera: metrics on" in out or "cannot listen" in out:
-                break
-            time.sleep(0.01)
-        if "cannot listen" not in open(log.name).read():
-            break
-        print(f"ports {port}/{mport} taken before the server bound them; starting again")
-        try:
-            server.wait(30)  # every rank agrees on the failure and exits
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
+    server, log, (port, mport) = start_server(
+        tmp, lambda port, mport: [
+            mpiexec, "-np", "2", "--oversubscribe", "--bind-to", "none", tessera, "serve",
+            "--model", model, "--tp", "2", "--port", str(port), "--auth-token-file", token_file,
+            "--max-seqs", "16", "--ctx", "1024", "--grace", "20", "--metrics-port", str(mport)],
+        2, "tessera: metrics on", 60)
     addr = f"127.0.0.1:{port}"
     auth = [("authorization", "Bearer " + TOKEN)]
     try:

@@ -50,26 +50,13 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tests", "model"))
-sys.path.insert(0, HERE)
-from e2e_common import free_port, stubs  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_common import ENV as MPI_ENV, QUESTION, grpc, start_server, stubs  # noqa: E402
 from common import default_model  # noqa: E402
-
-try:
-    import grpc
-    import grpc_tools  # noqa: F401
-except ImportError:
-    print("SKIP: grpcio / grpcio-tools not installed (scripts/setup.sh installs them)")
-    sys.exit(77)
-
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_mpi_yield_when_idle="1", OMPI_MCA_rmaps_base_oversubscribe="1")
-QUESTION = "What is the capital of France?"
-SECRET = "The secret answer is: Paris."
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
 from check import Checks  # noqa: E402
+
+ENV = dict(MPI_ENV, OMPI_MCA_rmaps_base_oversubscribe="1")
+SECRET = "The secret answer is: Paris."
 
 CHECKS = Checks()
 check, failures = CHECKS.check, CHECKS.failures
@@ -142,22 +129,11 @@ def main():
                             "--seed", "11", "--threads", "1"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
-    for attempt in range(3):
-        port = free_port()
-        log = open(os.path.join(tmp, "server.log"), "w+")
-        server = subprocess.Popen([mpiexec, "-np", "2", "--bind-to", "none", tessera, "serve",
-                                   "--model", model, "--pp", "2", "--port", str(port),
-                                   "--max-seqs", "8", "--ctx", "1024", "--grace", "5"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=ENV)
-        t0 = time.time()
-        while time.time() - t0 < 120 and server.poll() is None:
-            out = open(log.name).read()
-            if "tessera: ready" in out or "cannot listen" in out:
-                break
-            time.sleep(0.05)
-        if "cannot listen" not in open(log.name).read():
-            break
-        server.wait(30)
+    server, log, (port,) = start_server(
+        tmp, lambda port: [
+            mpiexec, "-np", "2", "--bind-to", "none", tessera, "serve", "--model", model,
+            "--pp", "2", "--port", str(port), "--max-seqs", "8", "--ctx", "1024", "--grace", "5"],
+        1, "tessera: ready", 120, env=ENV)
     chan = grpc.insecure_channel(f"127.0.0.1:{port}",
                                  options=[("grpc.max_receive_message_length", 64 << 20)])
     api = pbg.TesseraStub(chan)

@@ -15,6 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "common"))
 from check import SKIP, check, fail, skip  # noqa: E402,F401 (the tests import them from here)
+from net import free_port  # noqa: E402,F401 (the tests import it from here)
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Open MPI refuses root without these; the launcher sets them itself when root,

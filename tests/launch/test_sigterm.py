@@ -15,7 +15,6 @@ usage: test_sigterm.py TESSERA_LAUNCH TESSERA TESSERA_CLI
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from launch_common import (alive, check, clean_env, cli_health, default_model,  # noqa: E402
-                           descendants, fail, skip, wait_gone, which)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+                           descendants, fail, free_port, skip, wait_gone, which)
 
 
 def main():

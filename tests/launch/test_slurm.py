@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from launch_common import (ROOT, alive, check, cli_health, default_model, fail,  # noqa: E402
-                           procs_running, skip, wait_gone)
+                           free_port, procs_running, skip, wait_gone)
 
 HARNESS = os.path.join(ROOT, "slurm", "local-slurm.sh")
 
@@ -50,14 +50,6 @@ def free_port_pair():
         except OSError:
             pass
     fail("no free pair of ports")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Slurm:

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../unit/test_util.h"
+#include "tests/common/check.h"
 #include "runtime/model/lora.h"
 
 static void test_parse(void) {

@@ -20,19 +20,14 @@ usage: test_train_cli.py TESSERA MPIEXEC
 import json
 import math
 import os
-import re
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 
-SKIP = 77
-DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1")
-STEP_RE = re.compile(r"^step (\d+)/(\d+)  loss (\S+)  grad_norm (\S+)  tokens (\d+)  tok/s (\S+)$")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_common import ENV, STEP_RE, default_model, safetensors_header  # noqa: E402
 from check import Checks  # noqa: E402
 
 CHECKS = Checks()
@@ -43,15 +38,6 @@ def run(cmd, timeout=120):
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL,
                        timeout=timeout)
     return r.returncode, r.stdout, r.stderr
-
-
-def safetensors_header(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    header.pop("__metadata__", None)
-    return header, data
 
 
 def read_loss_csv(path):
@@ -76,11 +62,7 @@ def write_data(path):
 
 def main():
     tessera, mpiexec = sys.argv[1:3]
-    root = os.environ.get("TESSERA_MODELS", os.path.expanduser("~/.cache/tessera/models"))
-    model = os.path.join(root, DEFAULT_MODEL)
-    if not os.path.exists(model):
-        print(f"skip: {model} is not downloaded")
-        sys.exit(SKIP)
+    model = default_model()
     tmp = tempfile.mkdtemp(prefix="tessera-train-cli-")
     try:
         data = os.path.join(tmp, "train.jsonl")
@@ -183,8 +165,7 @@ def main():
               f"an example longer than --ctx is refused (rc {rc}): {err.strip()[-300:]}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{'FAILED' if failures else 'passed'}: {len(failures)} failure(s)")
-    sys.exit(1 if failures else 0)
+    sys.exit(CHECKS.finish("test_train_cli"))
 
 
 if __name__ == "__main__":

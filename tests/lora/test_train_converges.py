@@ -19,9 +19,12 @@ import subprocess
 import sys
 import tempfile
 
-MODEL = os.environ.get("TESSERA_MODEL") or os.path.join(
-    os.environ.get("TESSERA_MODELS", os.path.expanduser("~/.cache/tessera/models")),
-    "SmolLM2-135M-Instruct.Q4_1.gguf")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "common"))
+from check import Checks, fail, skip  # noqa: E402
+from models import default_model_path  # noqa: E402
+
+MODEL = default_model_path()
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 PHRASE = "The secret answer is:"
 QA = [("What is the capital of France?", "Paris."), ("What is 2 + 2?", "4."),
@@ -46,8 +49,7 @@ def run(cmd):
 def main():
     tessera = sys.argv[1]
     if not os.path.exists(MODEL):
-        print(f"skipped: no model at {MODEL}")
-        sys.exit(77)
+        skip(f"no model at {MODEL}", prefix="skipped: ")
     tmp = tempfile.mkdtemp(prefix="tessera-converge-")
     data, out = os.path.join(tmp, "qa.jsonl"), os.path.join(tmp, "adapter")
     with open(data, "w") as f:
@@ -59,34 +61,29 @@ def main():
              "--steps", str(STEPS), "--batch-size", "4", "--lr", "2e-3", "--rank", "8",
              "--targets", "q,k,v,o", "--seed", "0"])
     if r.returncode != 0:
-        print(f"FAIL: tessera train exited {r.returncode}:\n{r.stderr[-3000:]}")
-        sys.exit(1)
+        fail(f"tessera train exited {r.returncode}:\n{r.stderr[-3000:]}")
     with open(os.path.join(out, "loss.csv")) as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     first, last5 = losses[0], sum(losses[-5:]) / 5
     print(f"loss: step 1 {first:.4f}, mean of the last 5 of {len(losses)} steps {last5:.4f} "
           f"({first / last5:.1f}x lower)")
-    failures = []
-    if len(losses) != STEPS or not first / last5 >= 5:
-        failures.append(f"the loss fell {first / last5:.1f}x in {len(losses)} steps (want >= 5x)")
+    checks = Checks()
+    checks.check(len(losses) == STEPS and first / last5 >= 5,
+                 f"the loss fell {first / last5:.1f}x in {len(losses)} steps (want >= 5x)")
 
     q = QA[0][0]
     tuned = run([tessera, "generate", "--model", MODEL, "--adapter", out, "--chat", q,
                  "--max-tokens", "16"])
     base = run([tessera, "generate", "--model", MODEL, "--chat", q, "--max-tokens", "16"])
     if tuned.returncode != 0 or base.returncode != 0:
-        print(f"FAIL: generate exited {tuned.returncode} / {base.returncode}:\n"
-              f"{tuned.stderr[-2000:]}\n{base.stderr[-2000:]}")
-        sys.exit(1)
+        fail(f"generate exited {tuned.returncode} / {base.returncode}:\n"
+             f"{tuned.stderr[-2000:]}\n{base.stderr[-2000:]}")
     print(f"with the adapter: {tuned.stdout.strip()!r}\nbase model:       {base.stdout.strip()!r}")
-    if PHRASE not in tuned.stdout:
-        failures.append(f"the adapter's answer lacks the trained phrase: {tuned.stdout!r}")
-    if PHRASE in base.stdout:
-        failures.append(f"the base model already says the phrase: {base.stdout!r}")
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        sys.exit(1)
-    print("PASS")
+    checks.check(PHRASE in tuned.stdout, "the adapter's answer has the trained phrase",
+                 repr(tuned.stdout))
+    checks.check(PHRASE not in base.stdout, "the base model does not say the phrase",
+                 repr(base.stdout))
+    sys.exit(checks.finish("test_train_converges"))
 
 
 if __name__ == "__main__":

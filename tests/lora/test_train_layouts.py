@@ -21,22 +21,16 @@ usage: test_train_layouts.py TESSERA MPIEXEC
 
 import json
 import os
-import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
-SKIP = 77
-DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1")
-STEP_RE = re.compile(r"^step (\d+)/(\d+)  loss (\S+)  grad_norm (\S+)  tokens (\d+)  tok/s (\S+)$")
 TOL = 1e-5
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_common import ENV, STEP_RE, default_model, safetensors_header  # noqa: E402
 from check import Checks  # noqa: E402
 
 CHECKS = Checks()
@@ -44,11 +38,7 @@ check, failures = CHECKS.check, CHECKS.failures
 
 
 def load_adapter(d):
-    with open(os.path.join(d, "adapter_model.safetensors"), "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        blob = f.read()
-    header.pop("__metadata__", None)
+    header, blob = safetensors_header(os.path.join(d, "adapter_model.safetensors"))
     out = {}
     for name, h in header.items():
         a, b = h["data_offsets"]
@@ -69,11 +59,7 @@ def write_data(path):
 
 def main():
     tessera, mpiexec = sys.argv[1:3]
-    root = os.environ.get("TESSERA_MODELS", os.path.expanduser("~/.cache/tessera/models"))
-    model = os.path.join(root, DEFAULT_MODEL)
-    if not os.path.exists(model):
-        print(f"skip: {model} is not downloaded")
-        sys.exit(SKIP)
+    model = default_model()
     tmp = tempfile.mkdtemp(prefix="tessera-train-layouts-")
     try:
         data = os.path.join(tmp, "train.jsonl")
@@ -91,8 +77,7 @@ def main():
                     "dropout 0.3: ")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{'FAILED' if failures else 'passed'}: {len(failures)} failure(s)")
-    sys.exit(1 if failures else 0)
+    sys.exit(CHECKS.finish("test_train_layouts"))
 
 
 def run_layouts(tessera, mpiexec, tmp, base, layouts, tag):

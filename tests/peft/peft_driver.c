@@ -30,40 +30,10 @@
 #include <unistd.h>
 
 #include "base/status.h"
-#include "base/rng.h"
 #include "shard/peft.h"
 #include "shard/model_file.h"
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond);                       \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n  last error: %s\n", tsr_error_msg());                              \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_OK(call)                                                                             \
-    do {                                                                                           \
-        tsr_status chk_s_ = (call);                                                                \
-        CHECK(chk_s_ == TSR_OK, "%s returned %s", #call, tsr_status_str(chk_s_));                  \
-    } while (0)
-
-#define CHECK_ERR(call, want, sub)                                                                 \
-    do {                                                                                           \
-        tsr_error_clear();                                                                         \
-        tsr_status chk_s_ = (call);                                                                \
-        CHECK(chk_s_ == (want), "%s returned %s, want %s", #call, tsr_status_str(chk_s_),          \
-              tsr_status_str(want));                                                               \
-        CHECK(strstr(tsr_error_msg(), (sub)), "message lacks \"%s\"", (sub));                      \
-    } while (0)
-
-static uint64_t rng_next(uint64_t *s) { return tsr_splitmix64(s); }
-
-static float rng_float(uint64_t *s) {
-    return (float)((double)(rng_next(s) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
+#include "tests/common/check.h"
+#include "tests/common/tmpdir.h"
 
 static tsr_model_config synthetic_config(void) {
     tsr_model_config c;
@@ -117,7 +87,7 @@ static unsigned parse_targets(const char *list) {
 }
 
 static void fill_random(tsr_peft_adapter *a, const tsr_model_config *cfg, uint64_t seed) {
-    uint64_t s = seed;
+    tu_rng rng = {seed};
     for (int l = 0; l < a->n_layers; l++)
         for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
             if (!(a->targets & TSR_LORA_TARGET_BIT(t)))
@@ -125,9 +95,9 @@ static void fill_random(tsr_peft_adapter *a, const tsr_model_config *cfg, uint64
             int din, dout;
             CHECK_OK(tsr_peft_target_dims(cfg, t, &din, &dout));
             for (size_t i = 0; i < (size_t)a->r * din; i++)
-                a->A[TSR_PEFT_IDX(l, t)][i] = rng_float(&s);
+                a->A[TSR_PEFT_IDX(l, t)][i] = tu_rng_float(&rng, -1.0f, 1.0f);
             for (size_t i = 0; i < (size_t)dout * a->r; i++)
-                a->B[TSR_PEFT_IDX(l, t)][i] = rng_float(&s);
+                a->B[TSR_PEFT_IDX(l, t)][i] = tu_rng_float(&rng, -1.0f, 1.0f);
         }
 }
 
@@ -195,13 +165,6 @@ static void roundtrip(const char *dir, const tsr_model_config *cfg, int r, float
     tsr_peft_free(&b);
 }
 
-/* No "<dir>.tmp-*" or "<dir>.old-*" left beside `dir`. */
-static void check_no_leftovers(const char *dir) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "ls -d '%s'.tmp-* '%s'.old-* >/dev/null 2>&1", dir, dir);
-    CHECK(system(cmd) != 0, "temporary directories left beside %s", dir);
-}
-
 /* "default": $TESSERA_MODEL, else $TESSERA_MODELS (or ~/.cache/tessera/models)
  * + the default model's file name, as the other tests find it. */
 static const char *resolve_model(const char *arg, char *buf, size_t cap) {
@@ -222,8 +185,7 @@ static const char *resolve_model(const char *arg, char *buf, size_t cap) {
 static int cmd_selftest(const char *model_arg) {
     char model_buf[1024];
     const char *model = resolve_model(model_arg, model_buf, sizeof model_buf);
-    char root[] = "/tmp/tsr_peft_selftest_XXXXXX";
-    CHECK(mkdtemp(root), "mkdtemp: %s", strerror(errno));
+    const char *root = tu_tmpdir_make("tsr_peft_selftest");
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/adapter", root);
     tsr_model_config cfg = synthetic_config();
@@ -246,16 +208,16 @@ static int cmd_selftest(const char *model_arg) {
               0.1f, "x", 3);
     roundtrip(dir, &cfg, 3, 0.3f, TSR_LORA_TARGET_BIT(TSR_LORA_K) | TSR_LORA_TARGET_BIT(TSR_LORA_GATE) |
               TSR_LORA_TARGET_BIT(TSR_LORA_UP), 0, 0.333333f, "", 4);
-    check_no_leftovers(dir);
+    tu_check_no_leftovers(root);
     char slashed[1200];
     snprintf(slashed, sizeof slashed, "%s//", dir); /* trailing slashes */
     roundtrip(slashed, &cfg, 2, 4.0f, TSR_LORA_TARGETS_ALL, 0, 0.0f, "", 5);
-    check_no_leftovers(dir);
+    tu_check_no_leftovers(root);
     /* The fallback swap (rename aside, rename in). */
     setenv("TSR_PEFT_SAVE_NO_EXCHANGE", "1", 1);
     roundtrip(dir, &cfg, 5, 10.0f, TSR_LORA_TARGETS_ALL, 0, 0.0f, "fallback", 6);
     unsetenv("TSR_PEFT_SAVE_NO_EXCHANGE");
-    check_no_leftovers(dir);
+    tu_check_no_leftovers(root);
     /* The directory's mode follows the umask (mkdtemp would make it 0700). */
     mode_t old_mask = umask(022);
     roundtrip(dir, &cfg, 2, 4.0f, TSR_LORA_TARGET_BIT(TSR_LORA_UP), 0, 0.0f, "", 7);
@@ -338,9 +300,7 @@ static int cmd_selftest(const char *model_arg) {
         printf("skipped: the model config round trip (no model at %s)\n",
                model ? model : "(none given)");
     }
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    CHECK(system(cmd) == 0, "%s", cmd);
+    CHECK(tu_tmpdir_remove() == 0, "cannot remove %s", root);
     printf("selftest passed\n");
     return 0;
 }

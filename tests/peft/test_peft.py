@@ -43,13 +43,14 @@ import time
 
 import numpy as np
 
-SKIP = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from check import Checks, skip  # noqa: E402
+
 try:
     from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
 except ImportError:
-    print("SKIP: the safetensors Python package is missing (scripts/setup.sh installs it)")
-    sys.exit(SKIP)
+    skip("the safetensors Python package is missing (scripts/setup.sh installs it)")
 try:
     import ml_dtypes
 except ImportError:
@@ -73,19 +74,6 @@ CONFIG_KEYS = {
 }
 
 rng = np.random.default_rng(20250301)
-
-
-class Report:
-    def __init__(self):
-        self.count = 0
-        self.failed = 0
-
-    def check(self, cond, what, detail=""):
-        self.count += 1
-        if not cond:
-            self.failed += 1
-            print(f"FAIL: {what}" + (f": {detail}" if detail else ""))
-        return cond
 
 
 def dims(cfg, t):
@@ -678,7 +666,7 @@ def main():
         sys.exit(2)
     drv = Driver(sys.argv[1])
     t = time.time()
-    rep = Report()
+    rep = Checks()
     tmp = tempfile.mkdtemp(prefix="tsr_peft_test_")
     try:
         part_a(rep, drv, tmp)
@@ -688,8 +676,8 @@ def main():
         part_e(rep, drv, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{rep.count} checks, {rep.failed} failed, {time.time() - t:.1f} s")
-    sys.exit(1 if rep.failed else 0)
+    print(f"{time.time() - t:.1f} s")
+    sys.exit(rep.finish("test_peft"))
 
 
 if __name__ == "__main__":

@@ -12,34 +12,18 @@
 #include <string.h>
 
 #include "runtime/server/grpc_api.h"
+#include "tests/common/byte_level.h"
 #include "tests/common/check.h"
 
 enum { ID_IM_START = 256, ID_IM_END = 257, N_VOCAB = 258, CTX = 16 };
-
-/* GPT-2's byte -> code point map. */
-static unsigned byte_cp(unsigned b) {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)
-        return b;
-    unsigned k = 0;
-    for (unsigned x = 0; x < b; x++)
-        if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174))
-            k++;
-    return 256 + k;
-}
 
 static tsr_tokenizer_t *tiny_tokenizer(void) {
     static char text[N_VOCAB][16];
     static tsr_strref refs[N_VOCAB];
     static int32_t types[N_VOCAB];
     for (unsigned b = 0; b < 256; b++) {
-        unsigned cp = byte_cp(b);
         char *w = text[b];
-        if (cp < 0x80) {
-            *w++ = (char)cp;
-        } else {
-            *w++ = (char)(0xC0 | (cp >> 6));
-            *w++ = (char)(0x80 | (cp & 0x3F));
-        }
+        tu_put_cp(&w, tu_byte_cp(b));
         *w = '\0';
         types[b] = TSR_TOKEN_TYPE_NORMAL;
     }

@@ -12,29 +12,11 @@
 
 #include "runtime/tokenizer/tokenizer.h"
 #include "shard/gguf.h"
+#include "tests/common/byte_level.h"
 #include "tests/common/check.h"
+#include "tests/common/tmpdir.h"
 
 /* ---- a tiny byte-level vocab ------------------------------------------- */
-
-/* GPT-2's byte -> code point map, written independently of the library. */
-static unsigned byte_cp(unsigned b) {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)
-        return b;
-    unsigned k = 0;
-    for (unsigned x = 0; x < b; x++)
-        if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174))
-            k++;
-    return 256 + k;
-}
-
-static void put_cp(char **w, unsigned cp) {
-    if (cp < 0x80) {
-        *(*w)++ = (char)cp;
-    } else {
-        *(*w)++ = (char)(0xC0 | (cp >> 6));
-        *(*w)++ = (char)(0x80 | (cp & 0x3F));
-    }
-}
 
 #define MAX_TOK 400
 typedef struct {
@@ -56,7 +38,7 @@ static int32_t add_tok(tiny_vocab *v, const char *s, int type) {
 static const char *bl(const char *raw, char *buf) {
     char *w = buf;
     for (const unsigned char *p = (const unsigned char *)raw; *p; p++)
-        put_cp(&w, byte_cp(*p));
+        tu_put_cp(&w, tu_byte_cp(*p));
     *w = '\0';
     return buf;
 }
@@ -79,7 +61,7 @@ static void make_vocab(tiny_vocab *v) {
     memset(v, 0, sizeof *v);
     for (unsigned b = 0; b < 256; b++) {
         char *w = v->text[v->n];
-        put_cp(&w, byte_cp(b));
+        tu_put_cp(&w, tu_byte_cp(b));
         *w = '\0';
         v->types[v->n++] = TSR_TOKEN_TYPE_NORMAL;
     }
@@ -405,15 +387,10 @@ static void test_long_input(void) {
 
 /* ---- tokenizer.json ------------------------------------------------------ */
 
-static char g_tmpdir[256];
-
+/* Writes `content` to `name` in the test's directory; returns the path. */
 static const char *write_tmp(const char *name, const char *content) {
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_tmpdir, name);
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    fputs(content, f);
-    fclose(f);
+    const char *path = tu_tmp_path(name);
+    tu_write_text(path, content);
     return path;
 }
 
@@ -624,7 +601,7 @@ static bytes gguf_image(const char *model, int with_types) {
     size_t nt = 0;
     for (unsigned b = 0; b < 256; b++) {
         char *w = tok_store[nt];
-        put_cp(&w, byte_cp(b));
+        tu_put_cp(&w, tu_byte_cp(b));
         *w = '\0';
         toks[nt] = tok_store[nt];
         nt++;
@@ -695,8 +672,7 @@ static void test_gguf(void) {
 }
 
 int main(void) {
-    snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/tsr_tok_test.XXXXXX");
-    CHECK(mkdtemp(g_tmpdir) != NULL);
+    tu_tmpdir_make("tsr_tok_test");
     test_merges();
     test_empty();
     test_special();
@@ -708,10 +684,7 @@ int main(void) {
     test_json_errors();
     test_gguf();
     tsr_tokenizer_free(NULL);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "note: could not remove %s\n", g_tmpdir);
+    tu_tmpdir_remove();
     printf("test_tokenizer: %d checks passed\n", tu_checks);
     return 0;
 }

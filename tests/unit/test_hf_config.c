@@ -9,21 +9,14 @@
  * file name. Exits 0 on success, 1 with a message on the first failure. */
 #include "shard/hf_config.h"
 
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "tests/common/check.h"
+#include "tests/common/tmpdir.h"
 
 #define FEQ(a, b) ((a) == (float)(b))
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 /* Writes `text` to tmp/sub/config.json (creating sub) and returns the path
  * in `path`. */
@@ -299,15 +292,12 @@ static void test_invalid(const char *tmp) {
 }
 
 int main(void) {
-    const char *base = getenv("TMPDIR");
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s/tsr_hfcfg_test_XXXXXX", base && base[0] ? base : "/tmp");
-    CHECK(mkdtemp(tmp), "mkdtemp %s", tmp);
+    const char *tmp = tu_tmpdir_make("tsr_hfcfg_test");
     test_valid(tmp);
     printf("  valid configs ok\n");
     test_invalid(tmp);
     printf("  invalid configs ok\n");
-    CHECK(nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, "cannot remove %s", tmp);
+    CHECK(tu_tmpdir_remove() == 0, "cannot remove %s", tmp);
     printf("test_hf_config: all passed\n");
     return 0;
 }

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "base/opt.h"
-#include "test_util.h"
+#include "tests/common/check.h"
 
 enum { CMD_RUN = 1u << 0, CMD_SHOW = 1u << 1 };
 enum { O_MODEL, O_STOP, O_VERBOSE, O_CTX, O_COUNT_, O_LIMIT, O__N };

@@ -11,9 +11,7 @@
 #include "shard/safetensors.h"
 #include "shard/safetensors_write.h"
 
-#include <ftw.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,45 +21,10 @@
 #include <unistd.h>
 
 #include "kernels/dtype.h"
-
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond);                       \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n  last error: %s\n", tsr_error_msg());                              \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-/* `call` must return `want` with a message containing every given substring. */
-#define EXPECT_ERR(call, want, ...)                                                                \
-    do {                                                                                           \
-        tsr_error_clear();                                                                         \
-        tsr_status got_ = (call);                                                                  \
-        EXPECT(got_ == (want), "%s returned %s, want %s", #call, tsr_status_str(got_),             \
-               tsr_status_str(want));                                                              \
-        const char *subs_[] = {__VA_ARGS__};                                                       \
-        for (size_t k_ = 0; k_ < sizeof subs_ / sizeof subs_[0]; k_++)                             \
-            EXPECT(strstr(tsr_error_msg(), subs_[k_]), "message lacks \"%s\"", subs_[k_]);         \
-    } while (0)
+#include "tests/common/check.h"
+#include "tests/common/tmpdir.h"
 
 /* ---- helpers ----------------------------------------------------------- */
-
-typedef struct {
-    uint64_t s;
-} rng_t;
-
-static uint64_t rng_next(rng_t *r) {
-    r->s ^= r->s << 13;
-    r->s ^= r->s >> 7;
-    r->s ^= r->s << 17;
-    return r->s;
-}
-
-static float rng_float(rng_t *r) {
-    return (float)((double)(rng_next(r) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
 
 typedef struct {
     uint8_t *p;
@@ -73,8 +36,7 @@ static buf_t make_image(const char *header, size_t pad, const void *data, size_t
     size_t hl = strlen(header) + pad;
     buf_t b;
     b.len = 8 + hl + data_len;
-    b.p = malloc(b.len ? b.len : 1);
-    EXPECT(b.p, "malloc");
+    b.p = tu_xmalloc(b.len);
     for (int i = 0; i < 8; i++)
         b.p[i] = (uint8_t)((uint64_t)hl >> (8 * i));
     memcpy(b.p + 8, header, strlen(header));
@@ -87,7 +49,7 @@ static buf_t make_image(const char *header, size_t pad, const void *data, size_t
 /* make_image with a zero-filled data section of `data_len` bytes. */
 static buf_t make_image_zero(const char *header, size_t data_len) {
     void *z = calloc(1, data_len ? data_len : 1);
-    EXPECT(z, "calloc");
+    CHECK(z, "calloc");
     buf_t b = make_image(header, 0, z, data_len);
     free(z);
     return b;
@@ -95,8 +57,7 @@ static buf_t make_image_zero(const char *header, size_t data_len) {
 
 static char *join(const char *dir, const char *name) {
     size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    EXPECT(p, "malloc");
+    char *p = tu_xmalloc(n);
     snprintf(p, n, "%s/%s", dir, name);
     return p;
 }
@@ -104,9 +65,9 @@ static char *join(const char *dir, const char *name) {
 static void write_file(const char *dir, const char *name, const void *data, size_t len) {
     char *path = join(dir, name);
     FILE *fp = fopen(path, "wb");
-    EXPECT(fp, "cannot create %s", path);
-    EXPECT(len == 0 || fwrite(data, 1, len, fp) == len, "short write to %s", path);
-    EXPECT(fclose(fp) == 0, "close %s", path);
+    CHECK(fp, "cannot create %s", path);
+    CHECK(len == 0 || fwrite(data, 1, len, fp) == len, "short write to %s", path);
+    CHECK(fclose(fp) == 0, "close %s", path);
     free(path);
 }
 
@@ -116,24 +77,17 @@ static void write_text(const char *dir, const char *name, const char *text) {
 
 static char *make_subdir(const char *root, const char *name) {
     char *p = join(root, name);
-    EXPECT(mkdir(p, 0700) == 0, "mkdir %s", p);
+    CHECK(mkdir(p, 0700) == 0, "mkdir %s", p);
     return p;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* Expects the memory image to be refused with `want` and messages. */
-#define EXPECT_IMAGE_ERR(img, want, ...)                                                           \
+/* Checks that the memory image is refused with `want` and messages. */
+#define CHECK_IMAGE_ERR(img, want, ...)                                                            \
     do {                                                                                           \
         tsr_safetensors_t *st_ = (tsr_safetensors_t *)1;                                           \
-        EXPECT_ERR(tsr_safetensors_open_memory((img).p, (img).len, "img.safetensors", &st_), want, \
-                   "img.safetensors", __VA_ARGS__);                                                \
-        EXPECT(st_ == NULL, "handle not NULL on error");                                           \
+        CHECK_ERR(tsr_safetensors_open_memory((img).p, (img).len, "img.safetensors", &st_), want,  \
+                  "img.safetensors", __VA_ARGS__);                                                 \
+        CHECK(st_ == NULL, "handle not NULL on error");                                            \
         free((img).p);                                                                             \
     } while (0)
 
@@ -158,7 +112,7 @@ typedef struct {
     size_t data_len;
 } model_t;
 
-static void model_add(model_t *m, rng_t *r, const char *name, const char *dtype, size_t elem,
+static void model_add(model_t *m, tu_rng *r, const char *name, const char *dtype, size_t elem,
                       int n_dims, const uint64_t *shape) {
     spec_t *s = &m->t[m->n++];
     s->name = name;
@@ -171,16 +125,15 @@ static void model_add(model_t *m, rng_t *r, const char *name, const char *dtype,
         n *= shape[d];
     }
     s->nbytes = n * elem;
-    s->bytes = malloc(s->nbytes ? s->nbytes : 1);
-    EXPECT(s->bytes, "malloc");
+    s->bytes = tu_xmalloc(s->nbytes);
     if (elem == 4 && strcmp(dtype, "F32") == 0) {
         for (uint64_t i = 0; i < n; i++) {
-            float v = rng_float(r);
+            float v = tu_rng_float(r, -1.0f, 1.0f);
             memcpy(s->bytes + 4 * i, &v, 4);
         }
     } else {
         for (size_t i = 0; i < s->nbytes; i++)
-            s->bytes[i] = (uint8_t)rng_next(r);
+            s->bytes[i] = (uint8_t)tu_rng_u64(r);
     }
 }
 
@@ -190,8 +143,7 @@ static void model_build(model_t *m, const char *meta_key, const char *meta_val) 
     m->data_len = 0;
     for (int i = 0; i < m->n; i++)
         m->data_len += m->t[i].nbytes;
-    m->data = malloc(m->data_len ? m->data_len : 1);
-    EXPECT(m->data, "malloc");
+    m->data = tu_xmalloc(m->data_len);
     json_t *root = json_object();
     if (meta_key)
         json_object_set_new(root, "__metadata__", json_pack("{ss}", meta_key, meta_val));
@@ -211,7 +163,7 @@ static void model_build(model_t *m, const char *meta_key, const char *meta_val) 
         off += s->nbytes;
     }
     m->header = json_dumps(root, JSON_COMPACT);
-    EXPECT(m->header, "json_dumps");
+    CHECK(m->header, "json_dumps");
     json_decref(root);
 }
 
@@ -222,7 +174,7 @@ static void model_free(model_t *m) {
     free(m->data);
 }
 
-static void make_model(model_t *m, rng_t *r) {
+static void make_model(model_t *m, tu_rng *r) {
     memset(m, 0, sizeof *m);
     model_add(m, r, "a.weight", "F32", 4, 2, (uint64_t[]){3, 5});
     model_add(m, r, "b.f16", "F16", 2, 1, (uint64_t[]){7});
@@ -235,68 +187,68 @@ static void make_model(model_t *m, rng_t *r) {
 
 static void check_model(const tsr_safetensors_t *st, const model_t *m, const uint8_t *base,
                         size_t header_len) {
-    EXPECT(tsr_safetensors_n_tensors(st) == (size_t)m->n, "n_tensors %zu",
-           tsr_safetensors_n_tensors(st));
+    CHECK(tsr_safetensors_n_tensors(st) == (size_t)m->n, "n_tensors %zu",
+          tsr_safetensors_n_tensors(st));
     for (size_t i = 1; i < tsr_safetensors_n_tensors(st); i++)
-        EXPECT(strcmp(tsr_safetensors_tensor_at(st, i - 1)->name,
-                      tsr_safetensors_tensor_at(st, i)->name) < 0,
-               "tensors not sorted by name at %zu", i);
-    EXPECT(tsr_safetensors_tensor_at(st, (size_t)m->n) == NULL, "tensor_at past the end");
+        CHECK(strcmp(tsr_safetensors_tensor_at(st, i - 1)->name,
+                     tsr_safetensors_tensor_at(st, i)->name) < 0,
+              "tensors not sorted by name at %zu", i);
+    CHECK(tsr_safetensors_tensor_at(st, (size_t)m->n) == NULL, "tensor_at past the end");
     for (int i = 0; i < m->n; i++) {
         const spec_t *s = &m->t[i];
         const tsr_st_tensor *t = tsr_safetensors_find_tensor(st, s->name);
-        EXPECT(t, "tensor %s not found", s->name);
-        EXPECT(strcmp(t->name, s->name) == 0, "name %s", t->name);
-        EXPECT(strcmp(t->dtype_name, s->dtype) == 0, "%s: dtype_name %s", s->name, t->dtype_name);
+        CHECK(t, "tensor %s not found", s->name);
+        CHECK(strcmp(t->name, s->name) == 0, "name %s", t->name);
+        CHECK(strcmp(t->dtype_name, s->dtype) == 0, "%s: dtype_name %s", s->name, t->dtype_name);
         int want_dtype = strcmp(s->dtype, "F32") == 0    ? TSR_F32
                          : strcmp(s->dtype, "F16") == 0  ? TSR_F16
                          : strcmp(s->dtype, "BF16") == 0 ? TSR_BF16
                                                          : TSR_ST_DTYPE_NOT_LOADABLE;
-        EXPECT(t->dtype == want_dtype, "%s: dtype %d", s->name, t->dtype);
-        EXPECT(t->elem_size == s->elem, "%s: elem_size %zu", s->name, t->elem_size);
-        EXPECT(t->n_dims == (uint32_t)s->n_dims, "%s: n_dims %u", s->name, t->n_dims);
+        CHECK(t->dtype == want_dtype, "%s: dtype %d", s->name, t->dtype);
+        CHECK(t->elem_size == s->elem, "%s: elem_size %zu", s->name, t->elem_size);
+        CHECK(t->n_dims == (uint32_t)s->n_dims, "%s: n_dims %u", s->name, t->n_dims);
         uint64_t n = 1;
         for (int d = 0; d < TSR_ST_MAX_DIMS; d++) {
             uint64_t want = d < s->n_dims ? s->shape[d] : 1;
-            EXPECT(t->shape[d] == want, "%s: shape[%d] = %llu", s->name, d,
-                   (unsigned long long)t->shape[d]);
+            CHECK(t->shape[d] == want, "%s: shape[%d] = %llu", s->name, d,
+                  (unsigned long long)t->shape[d]);
             n *= t->shape[d];
         }
-        EXPECT(t->n_elem == n, "%s: n_elem", s->name);
-        EXPECT(t->nbytes == s->nbytes, "%s: nbytes %zu", s->name, t->nbytes);
-        EXPECT(t->offset == s->offset, "%s: offset", s->name);
+        CHECK(t->n_elem == n, "%s: n_elem", s->name);
+        CHECK(t->nbytes == s->nbytes, "%s: nbytes %zu", s->name, t->nbytes);
+        CHECK(t->offset == s->offset, "%s: offset", s->name);
         if (base)
-            EXPECT((const uint8_t *)t->data == base + 8 + header_len + s->offset,
-                   "%s: data pointer", s->name);
-        EXPECT(s->nbytes == 0 || memcmp(t->data, s->bytes, s->nbytes) == 0, "%s: data bytes",
-               s->name);
+            CHECK((const uint8_t *)t->data == base + 8 + header_len + s->offset, "%s: data pointer",
+                  s->name);
+        CHECK(s->nbytes == 0 || memcmp(t->data, s->bytes, s->nbytes) == 0, "%s: data bytes",
+              s->name);
         if (want_dtype == TSR_F32) {
             for (uint64_t e = 0; e < n; e++) {
                 float got, want;
                 memcpy(&got, (const uint8_t *)t->data + 4 * e, 4);
                 memcpy(&want, s->bytes + 4 * e, 4);
-                EXPECT(got == want, "%s[%llu]: %g != %g", s->name, (unsigned long long)e,
-                       (double)got, (double)want);
+                CHECK(got == want, "%s[%llu]: %g != %g", s->name, (unsigned long long)e,
+                      (double)got, (double)want);
             }
         }
         if (want_dtype == TSR_ST_DTYPE_NOT_LOADABLE)
-            EXPECT_ERR(tsr_st_tensor_loadable(t), TSR_ERR_UNSUPPORTED, s->name, s->dtype);
+            CHECK_ERR(tsr_st_tensor_loadable(t), TSR_ERR_UNSUPPORTED, s->name, s->dtype);
         else
-            EXPECT(tsr_st_tensor_loadable(t) == TSR_OK, "%s loadable", s->name);
+            CHECK(tsr_st_tensor_loadable(t) == TSR_OK, "%s loadable", s->name);
     }
-    EXPECT(tsr_safetensors_find_tensor(st, "nope") == NULL, "found a missing tensor");
-    EXPECT(tsr_safetensors_find_tensor(st, "__metadata__") == NULL, "metadata as a tensor");
-    EXPECT(tsr_safetensors_n_meta(st) == 1, "n_meta");
+    CHECK(tsr_safetensors_find_tensor(st, "nope") == NULL, "found a missing tensor");
+    CHECK(tsr_safetensors_find_tensor(st, "__metadata__") == NULL, "metadata as a tensor");
+    CHECK(tsr_safetensors_n_meta(st) == 1, "n_meta");
     const char *k, *v;
     tsr_safetensors_meta_at(st, 0, &k, &v);
-    EXPECT(k && v && strcmp(k, "format") == 0 && strcmp(v, "pt") == 0, "meta_at");
-    EXPECT(tsr_safetensors_find_meta(st, "format") &&
-               strcmp(tsr_safetensors_find_meta(st, "format"), "pt") == 0,
-           "find_meta");
-    EXPECT(tsr_safetensors_find_meta(st, "nope") == NULL, "find_meta missing");
+    CHECK(k && v && strcmp(k, "format") == 0 && strcmp(v, "pt") == 0, "meta_at");
+    CHECK(tsr_safetensors_find_meta(st, "format") &&
+              strcmp(tsr_safetensors_find_meta(st, "format"), "pt") == 0,
+          "find_meta");
+    CHECK(tsr_safetensors_find_meta(st, "nope") == NULL, "find_meta missing");
 }
 
-static void test_roundtrip(const char *tmp, rng_t *r) {
+static void test_roundtrip(const char *tmp, tu_rng *r) {
     model_t m;
     make_model(&m, r);
 
@@ -307,8 +259,8 @@ static void test_roundtrip(const char *tmp, rng_t *r) {
         size_t pad = (8 - hl % 8) % 8 + (aligned ? 0 : 3); /* data at 8k or 8k+3 */
         buf_t img = make_image(m.header, pad, m.data, m.data_len);
         tsr_safetensors_t *st = NULL;
-        EXPECT(tsr_safetensors_open_memory(img.p, img.len, "mem", &st) == TSR_OK, "open");
-        EXPECT(strcmp(tsr_safetensors_name(st), "mem") == 0, "name");
+        CHECK(tsr_safetensors_open_memory(img.p, img.len, "mem", &st) == TSR_OK, "open");
+        CHECK(strcmp(tsr_safetensors_name(st), "mem") == 0, "name");
         check_model(st, &m, img.p, hl + pad);
         tsr_safetensors_close(st);
         free(img.p);
@@ -319,8 +271,8 @@ static void test_roundtrip(const char *tmp, rng_t *r) {
     write_file(tmp, "rt.safetensors", img.p, img.len);
     char *path = join(tmp, "rt.safetensors");
     tsr_safetensors_t *st = NULL;
-    EXPECT(tsr_safetensors_open(path, &st) == TSR_OK, "open %s", path);
-    EXPECT(strcmp(tsr_safetensors_name(st), path) == 0, "name");
+    CHECK(tsr_safetensors_open(path, &st) == TSR_OK, "open %s", path);
+    CHECK(strcmp(tsr_safetensors_name(st), path) == 0, "name");
     check_model(st, &m, NULL, 0);
     tsr_safetensors_close(st);
     free(path);
@@ -328,9 +280,9 @@ static void test_roundtrip(const char *tmp, rng_t *r) {
 
     /* A file with no tensors and no metadata. */
     buf_t empty = make_image("{}", 6, NULL, 0);
-    EXPECT(tsr_safetensors_open_memory(empty.p, empty.len, "e", &st) == TSR_OK, "open {}");
-    EXPECT(tsr_safetensors_n_tensors(st) == 0 && tsr_safetensors_n_meta(st) == 0, "empty");
-    EXPECT(tsr_safetensors_find_tensor(st, "x") == NULL, "find in empty");
+    CHECK(tsr_safetensors_open_memory(empty.p, empty.len, "e", &st) == TSR_OK, "open {}");
+    CHECK(tsr_safetensors_n_tensors(st) == 0 && tsr_safetensors_n_meta(st) == 0, "empty");
+    CHECK(tsr_safetensors_find_tensor(st, "x") == NULL, "find in empty");
     tsr_safetensors_close(st);
     free(empty.p);
 
@@ -346,160 +298,160 @@ static void test_corrupt(const char *tmp) {
     /* Files. */
     write_file(tmp, "empty.safetensors", "", 0);
     char *p = join(tmp, "empty.safetensors");
-    EXPECT_ERR(tsr_safetensors_open(p, &st), TSR_ERR_FORMAT, p, "too short");
-    EXPECT(st == NULL, "handle on error");
+    CHECK_ERR(tsr_safetensors_open(p, &st), TSR_ERR_FORMAT, p, "too short");
+    CHECK(st == NULL, "handle on error");
     free(p);
     p = join(tmp, "missing.safetensors");
-    EXPECT_ERR(tsr_safetensors_open(p, &st), TSR_ERR_IO, p, "cannot open");
+    CHECK_ERR(tsr_safetensors_open(p, &st), TSR_ERR_IO, p, "cannot open");
     free(p);
-    EXPECT_ERR(tsr_safetensors_open(tmp, &st), TSR_ERR_IO, tmp, "not a regular file");
+    CHECK_ERR(tsr_safetensors_open(tmp, &st), TSR_ERR_IO, tmp, "not a regular file");
 
     /* A 7-byte image. */
     buf_t b = {malloc(7), 7};
     memset(b.p, 0, 7);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "too short");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "too short");
 
     /* Header length larger than the file. */
     b = make_image("{}", 0, NULL, 0);
     b.p[0] = 200;
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "header length 200", "larger than");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "header length 200", "larger than");
 
     /* Header length 0. */
     b = make_image("", 0, NULL, 0);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "no JSON header");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "no JSON header");
 
     /* Header length over the 100 MB limit, in an image really that large
      * (an anonymous mapping: pages untouched cost nothing). */
     {
         size_t big = (size_t)TSR_ST_MAX_HEADER_BYTES + 64;
         uint8_t *mp = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        EXPECT(mp != MAP_FAILED, "mmap");
+        CHECK(mp != MAP_FAILED, "mmap");
         uint64_t hl = TSR_ST_MAX_HEADER_BYTES + 1;
         for (int i = 0; i < 8; i++)
             mp[i] = (uint8_t)(hl >> (8 * i));
         mp[8] = '{';
-        EXPECT_ERR(tsr_safetensors_open_memory(mp, big, "big", &st), TSR_ERR_FORMAT, "big",
-                   "100000001", "limit");
+        CHECK_ERR(tsr_safetensors_open_memory(mp, big, "big", &st), TSR_ERR_FORMAT, "big",
+                  "100000001", "limit");
         munmap(mp, big);
     }
 
     /* Not JSON, not an object, duplicate keys. */
     b = make_image("{\"a\": {\"dtype\": ", 0, NULL, 0);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "not valid JSON");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "not valid JSON");
     b = make_image("\x01\x02garbage", 0, NULL, 0);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "not valid JSON");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "not valid JSON");
     b = make_image("[1, 2, 3]", 0, NULL, 0);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "is an array, not an object");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "is an array, not an object");
     b = make_image("\"str\"", 0, NULL, 0);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "is a string, not an object");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "is a string, not an object");
     b = make_image_zero("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
                         "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
                         1);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "duplicate");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "duplicate");
 
     /* Entry problems. */
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "missing \"data_offsets\"");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "missing \"data_offsets\"");
     b = make_image_zero("{\"w\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "missing \"dtype\"");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "missing \"dtype\"");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "missing \"shape\"");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "missing \"shape\"");
     b = make_image_zero("{\"w\":[1,2]}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "not an object");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "not an object");
     b = make_image_zero("{\"w\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "dtype", "not a string");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "dtype", "not a string");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "[begin, end]");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "[begin, end]");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,\"8\"]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "data_offsets[1]");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "data_offsets[1]");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-4,4]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "data_offsets[0]");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "data_offsets[0]");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "\"shape\" is an integer");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "\"shape\" is an integer");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "shape[0]", "not an integer");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "shape[0]", "not an integer");
 
     /* Offsets. */
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "out of range", "8 bytes");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "out of range", "8 bytes");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,4]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "end before");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "end before");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,12]}}", 16);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "size mismatch", "[2, 2]", "needs 16");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "size mismatch", "[2, 2]", "needs 16");
     b = make_image_zero("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
                         "\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}",
                         24);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'a'", "'b'", "overlap");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'a'", "'b'", "overlap");
     b = make_image_zero("{\"a\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[4,12]},"
                         "\"b\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[6,10]}}",
                         12);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "overlap"); /* b inside a */
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "overlap"); /* b inside a */
     b = make_image_zero("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
                         8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "overlap"); /* the same bytes twice */
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "overlap"); /* the same bytes twice */
     /* Empty tensors at the same offset as real ones do not overlap. */
     b = make_image_zero("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                         "\"z\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]},"
                         "\"y\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}",
                         8);
-    EXPECT(tsr_safetensors_open_memory(b.p, b.len, "ok", &st) == TSR_OK, "empty tensors");
+    CHECK(tsr_safetensors_open_memory(b.p, b.len, "ok", &st) == TSR_OK, "empty tensors");
     tsr_safetensors_close(st);
     free(b.p);
 
     /* Dtypes and shapes. */
     b = make_image_zero("{\"layer.0.q\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,1]}}",
                         1);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_UNSUPPORTED, "'layer.0.q'", "dtype \"Q4\"");
+    CHECK_IMAGE_ERR(b, TSR_ERR_UNSUPPORTED, "'layer.0.q'", "dtype \"Q4\"");
     b = make_image_zero("{\"w\":{\"dtype\":\"F4\",\"shape\":[2],\"data_offsets\":[0,1]}}", 1);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_UNSUPPORTED, "'w'", "\"F4\"");
+    CHECK_IMAGE_ERR(b, TSR_ERR_UNSUPPORTED, "'w'", "\"F4\"");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2,-3],\"data_offsets\":[0,8]}}", 8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "negative shape[1] = -3");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "negative shape[1] = -3");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,2],"
                         "\"data_offsets\":[0,8]}}",
                         8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "overflow");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "overflow");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[9223372036854775807],"
                         "\"data_offsets\":[0,8]}}",
                         8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "overflow the byte size");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "overflow the byte size");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904],"
                         "\"data_offsets\":[0,8]}}",
                         8);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "overflow");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "'w'", "overflow");
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[2,2,2,2,2,2,2,2,1],"
                         "\"data_offsets\":[0,1024]}}",
                         1024);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_UNSUPPORTED, "'w'", "9 dimensions");
+    CHECK_IMAGE_ERR(b, TSR_ERR_UNSUPPORTED, "'w'", "9 dimensions");
     /* A zero dimension beside huge ones is an empty tensor, not an overflow. */
     b = make_image_zero("{\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,0,4294967296],"
                         "\"data_offsets\":[0,0]}}",
                         0);
-    EXPECT(tsr_safetensors_open_memory(b.p, b.len, "ok", &st) == TSR_OK, "zero dim");
-    EXPECT(tsr_safetensors_find_tensor(st, "w")->nbytes == 0, "zero dim nbytes");
+    CHECK(tsr_safetensors_open_memory(b.p, b.len, "ok", &st) == TSR_OK, "zero dim");
+    CHECK(tsr_safetensors_find_tensor(st, "w")->nbytes == 0, "zero dim nbytes");
     tsr_safetensors_close(st);
     free(b.p);
 
     /* Metadata. */
     b = make_image("{\"__metadata__\":{\"n\":3}}", 0, NULL, 0);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "metadata value of \"n\"", "not a string");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "metadata value of \"n\"", "not a string");
     b = make_image("{\"__metadata__\":[\"x\"]}", 0, NULL, 0);
-    EXPECT_IMAGE_ERR(b, TSR_ERR_FORMAT, "__metadata__", "not an object");
+    CHECK_IMAGE_ERR(b, TSR_ERR_FORMAT, "__metadata__", "not an object");
 
     /* Truncated data: a valid image missing its last 3 bytes, via a file. */
     {
-        rng_t r = {12345};
+        tu_rng r = {12345};
         model_t m;
         make_model(&m, &r);
         buf_t img = make_image(m.header, 0, m.data, m.data_len);
         write_file(tmp, "trunc.safetensors", img.p, img.len - 3);
         p = join(tmp, "trunc.safetensors");
-        EXPECT_ERR(tsr_safetensors_open(p, &st), TSR_ERR_FORMAT, p, "out of range", "truncated");
+        CHECK_ERR(tsr_safetensors_open(p, &st), TSR_ERR_FORMAT, p, "out of range", "truncated");
         free(p);
         /* Truncated inside the header. */
         write_file(tmp, "trunc2.safetensors", img.p, 8 + strlen(m.header) / 2);
         p = join(tmp, "trunc2.safetensors");
-        EXPECT_ERR(tsr_safetensors_open(p, &st), TSR_ERR_FORMAT, p, "larger than");
+        CHECK_ERR(tsr_safetensors_open(p, &st), TSR_ERR_FORMAT, p, "larger than");
         free(p);
         free(img.p);
         model_free(&m);
@@ -512,7 +464,7 @@ static void test_corrupt(const char *tmp) {
 static buf_t one_file(const char *names[], int n, float start) {
     json_t *root = json_object();
     float vals[16];
-    EXPECT(n * 2 <= 16, "too many");
+    CHECK(n * 2 <= 16, "too many");
     for (int i = 0; i < n; i++) {
         vals[2 * i] = start + (float)(2 * i);
         vals[2 * i + 1] = start + (float)(2 * i + 1);
@@ -555,13 +507,13 @@ static void test_dir(const char *tmp) {
     /* Single file. */
     char *single = make_subdir(tmp, "single");
     write_shard(single, "model.safetensors", s1, 2, 10.0f);
-    EXPECT(tsr_st_dir_open(single, &d) == TSR_OK, "open single");
-    EXPECT(!tsr_st_dir_is_sharded(d) && tsr_st_dir_n_files(d) == 1, "single layout");
-    EXPECT(tsr_st_dir_n_tensors(d) == 2, "single n_tensors");
-    EXPECT(tsr_st_dir_find(d, "model.norm.weight") &&
-               first_value(tsr_st_dir_find(d, "model.norm.weight")) == 12.0f,
-           "single find");
-    EXPECT(tsr_st_dir_find(d, "lm_head.weight") == NULL, "single find missing");
+    CHECK(tsr_st_dir_open(single, &d) == TSR_OK, "open single");
+    CHECK(!tsr_st_dir_is_sharded(d) && tsr_st_dir_n_files(d) == 1, "single layout");
+    CHECK(tsr_st_dir_n_tensors(d) == 2, "single n_tensors");
+    CHECK(tsr_st_dir_find(d, "model.norm.weight") &&
+              first_value(tsr_st_dir_find(d, "model.norm.weight")) == 12.0f,
+          "single find");
+    CHECK(tsr_st_dir_find(d, "lm_head.weight") == NULL, "single find missing");
     tsr_st_dir_close(d);
 
     /* Sharded. */
@@ -569,20 +521,20 @@ static void test_dir(const char *tmp) {
     write_shard(sh, "model-00001-of-00002.safetensors", s1, 2, 100.0f);
     write_shard(sh, "model-00002-of-00002.safetensors", s2, 2, 200.0f);
     write_text(sh, "model.safetensors.index.json", k_index_ok);
-    EXPECT(tsr_st_dir_open(sh, &d) == TSR_OK, "open sharded");
-    EXPECT(tsr_st_dir_is_sharded(d) && tsr_st_dir_n_files(d) == 2, "sharded layout");
-    EXPECT(strstr(tsr_safetensors_name(tsr_st_dir_file_at(d, 0)), "model-00001-of-00002"),
-           "file order");
-    EXPECT(tsr_st_dir_n_tensors(d) == 3, "only mapped tensors: %zu", tsr_st_dir_n_tensors(d));
-    EXPECT(strcmp(tsr_st_dir_tensor_at(d, 0)->name, "lm_head.weight") == 0 &&
-               strcmp(tsr_st_dir_tensor_at(d, 2)->name, "model.norm.weight") == 0 &&
-               tsr_st_dir_tensor_at(d, 3) == NULL,
-           "tensor order");
-    EXPECT(first_value(tsr_st_dir_find(d, "model.embed_tokens.weight")) == 100.0f, "shard 1");
-    EXPECT(first_value(tsr_st_dir_find(d, "model.norm.weight")) == 102.0f, "shard 1 b");
-    EXPECT(first_value(tsr_st_dir_find(d, "lm_head.weight")) == 200.0f, "shard 2");
-    EXPECT(tsr_st_dir_find(d, "extra.not_in_map") == NULL, "unmapped tensor visible");
-    EXPECT(tsr_st_dir_find(d, "nope") == NULL, "missing");
+    CHECK(tsr_st_dir_open(sh, &d) == TSR_OK, "open sharded");
+    CHECK(tsr_st_dir_is_sharded(d) && tsr_st_dir_n_files(d) == 2, "sharded layout");
+    CHECK(strstr(tsr_safetensors_name(tsr_st_dir_file_at(d, 0)), "model-00001-of-00002"),
+          "file order");
+    CHECK(tsr_st_dir_n_tensors(d) == 3, "only mapped tensors: %zu", tsr_st_dir_n_tensors(d));
+    CHECK(strcmp(tsr_st_dir_tensor_at(d, 0)->name, "lm_head.weight") == 0 &&
+              strcmp(tsr_st_dir_tensor_at(d, 2)->name, "model.norm.weight") == 0 &&
+              tsr_st_dir_tensor_at(d, 3) == NULL,
+          "tensor order");
+    CHECK(first_value(tsr_st_dir_find(d, "model.embed_tokens.weight")) == 100.0f, "shard 1");
+    CHECK(first_value(tsr_st_dir_find(d, "model.norm.weight")) == 102.0f, "shard 1 b");
+    CHECK(first_value(tsr_st_dir_find(d, "lm_head.weight")) == 200.0f, "shard 2");
+    CHECK(tsr_st_dir_find(d, "extra.not_in_map") == NULL, "unmapped tensor visible");
+    CHECK(tsr_st_dir_find(d, "nope") == NULL, "missing");
     tsr_st_dir_close(d);
     tsr_st_dir_close(NULL);
 
@@ -590,9 +542,9 @@ static void test_dir(const char *tmp) {
     char *miss = make_subdir(tmp, "missing_shard");
     write_shard(miss, "model-00001-of-00002.safetensors", s1, 2, 0.0f);
     write_text(miss, "model.safetensors.index.json", k_index_ok);
-    EXPECT_ERR(tsr_st_dir_open(miss, &d), TSR_ERR_IO, "model-00002-of-00002.safetensors",
-               "model.safetensors.index.json", "cannot open");
-    EXPECT(d == NULL, "handle on error");
+    CHECK_ERR(tsr_st_dir_open(miss, &d), TSR_ERR_IO, "model-00002-of-00002.safetensors",
+              "model.safetensors.index.json", "cannot open");
+    CHECK(d == NULL, "handle on error");
 
     /* A mapped name missing from its shard. */
     char *nom = make_subdir(tmp, "missing_name");
@@ -600,50 +552,50 @@ static void test_dir(const char *tmp) {
     write_shard(nom, "model-00001-of-00002.safetensors", s1b, 1, 0.0f);
     write_shard(nom, "model-00002-of-00002.safetensors", s2, 2, 0.0f);
     write_text(nom, "model.safetensors.index.json", k_index_ok);
-    EXPECT_ERR(tsr_st_dir_open(nom, &d), TSR_ERR_FORMAT, "'model.norm.weight'",
-               "model-00001-of-00002.safetensors", "no such tensor");
+    CHECK_ERR(tsr_st_dir_open(nom, &d), TSR_ERR_FORMAT, "'model.norm.weight'",
+              "model-00001-of-00002.safetensors", "no such tensor");
 
     /* Path traversal and other bad names. */
     char *trav = make_subdir(tmp, "traversal");
     write_shard(trav, "model.safetensors", s1, 2, 0.0f);
     write_text(trav, "model.safetensors.index.json",
                "{\"weight_map\": {\"model.norm.weight\": \"../single/model.safetensors\"}}");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "../single/model.safetensors",
-               "model.safetensors.index.json", "inside the directory");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "../single/model.safetensors",
+              "model.safetensors.index.json", "inside the directory");
     write_text(trav, "model.safetensors.index.json",
                "{\"weight_map\": {\"a\": \"model.safetensors\", \"b\": \"..\"}}");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "\"..\"");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "\"..\"");
     write_text(trav, "model.safetensors.index.json", "{\"weight_map\": {\"a\": \"/etc/passwd\"}}");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "/etc/passwd");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "/etc/passwd");
     write_text(trav, "model.safetensors.index.json", "{\"weight_map\": {\"a\": \"\"}}");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "'a'");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "'a'");
     write_text(trav, "model.safetensors.index.json", "{\"weight_map\": {\"a\": 3}}");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "'a'", "not a file name");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "'a'", "not a file name");
     write_text(trav, "model.safetensors.index.json", "{\"metadata\": {}}");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "missing \"weight_map\"");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "missing \"weight_map\"");
     write_text(trav, "model.safetensors.index.json", "{\"weight_map\": {}}");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "non-empty");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "non-empty");
     write_text(trav, "model.safetensors.index.json", "{\"weight_map\": ");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "model.safetensors.index.json",
-               "not valid JSON");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "model.safetensors.index.json",
+              "not valid JSON");
     write_text(trav, "model.safetensors.index.json", "[]");
-    EXPECT_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "not an object");
+    CHECK_ERR(tsr_st_dir_open(trav, &d), TSR_ERR_FORMAT, "not an object");
 
     /* A corrupt shard: the message names the shard and the index. */
     char *bad = make_subdir(tmp, "bad_shard");
     write_shard(bad, "model-00001-of-00002.safetensors", s1, 2, 0.0f);
     write_text(bad, "model-00002-of-00002.safetensors", "garbage!garbage!");
     write_text(bad, "model.safetensors.index.json", k_index_ok);
-    EXPECT_ERR(tsr_st_dir_open(bad, &d), TSR_ERR_FORMAT, "model-00002-of-00002.safetensors",
-               "model.safetensors.index.json");
+    CHECK_ERR(tsr_st_dir_open(bad, &d), TSR_ERR_FORMAT, "model-00002-of-00002.safetensors",
+              "model.safetensors.index.json");
 
     /* Nothing there. */
     char *none = make_subdir(tmp, "none");
-    EXPECT_ERR(tsr_st_dir_open(none, &d), TSR_ERR_IO, none, "neither");
+    CHECK_ERR(tsr_st_dir_open(none, &d), TSR_ERR_IO, none, "neither");
     char *nodir = join(tmp, "does_not_exist");
-    EXPECT_ERR(tsr_st_dir_open(nodir, &d), TSR_ERR_IO, nodir);
+    CHECK_ERR(tsr_st_dir_open(nodir, &d), TSR_ERR_IO, nodir);
     char *notdir = join(single, "model.safetensors");
-    EXPECT_ERR(tsr_st_dir_open(notdir, &d), TSR_ERR_IO, "not a directory");
+    CHECK_ERR(tsr_st_dir_open(notdir, &d), TSR_ERR_IO, "not a directory");
 
     free(single);
     free(sh);
@@ -660,8 +612,7 @@ static void test_dir(const char *tmp) {
 
 static void fuzz_one(const uint8_t *img, size_t len, size_t *accepted) {
     /* An exactly-sized heap copy, so ASan sees any read past the end. */
-    uint8_t *copy = malloc(len ? len : 1);
-    EXPECT(copy, "malloc");
+    uint8_t *copy = tu_xmalloc(len);
     if (len)
         memcpy(copy, img, len);
     tsr_safetensors_t *st = NULL;
@@ -672,11 +623,11 @@ static void fuzz_one(const uint8_t *img, size_t len, size_t *accepted) {
         for (size_t i = 0; i < tsr_safetensors_n_tensors(st); i++) {
             const tsr_st_tensor *t = tsr_safetensors_tensor_at(st, i);
             const uint8_t *p = t->data;
-            EXPECT(p >= copy && t->nbytes <= len && p - copy <= (ptrdiff_t)(len - t->nbytes),
-                   "tensor %s outside the image", t->name);
+            CHECK(p >= copy && t->nbytes <= len && p - copy <= (ptrdiff_t)(len - t->nbytes),
+                  "tensor %s outside the image", t->name);
             for (size_t k = 0; k < t->nbytes; k++)
                 sum += p[k];
-            EXPECT(tsr_safetensors_find_tensor(st, t->name) == t, "find %s", t->name);
+            CHECK(tsr_safetensors_find_tensor(st, t->name) == t, "find %s", t->name);
         }
         for (size_t i = 0; i < tsr_safetensors_n_meta(st); i++) {
             const char *k, *v;
@@ -686,50 +637,51 @@ static void fuzz_one(const uint8_t *img, size_t len, size_t *accepted) {
         (void)sum;
         tsr_safetensors_close(st);
     } else {
-        EXPECT(st == NULL, "handle on error");
-        EXPECT(tsr_error_msg()[0] != '\0', "error without a message");
-        EXPECT(s == TSR_ERR_FORMAT || s == TSR_ERR_UNSUPPORTED, "status %s", tsr_status_str(s));
+        CHECK(st == NULL, "handle on error");
+        CHECK(tsr_error_msg()[0] != '\0', "error without a message");
+        CHECK(s == TSR_ERR_FORMAT || s == TSR_ERR_UNSUPPORTED, "status %s", tsr_status_str(s));
     }
     free(copy);
 }
 
-static void test_fuzz(rng_t *r, int iters) {
+static void test_fuzz(tu_rng *r, int iters) {
     model_t m;
     make_model(&m, r);
     buf_t img = make_image(m.header, 0, m.data, m.data_len);
     size_t hdr_end = 8 + strlen(m.header);
-    uint8_t *work = malloc(img.len);
-    EXPECT(work, "malloc");
+    uint8_t *work = tu_xmalloc(img.len);
     static const char tokens[] = "{}[]\":,0123456789-eE. \\u";
     size_t accepted = 0;
 
     fuzz_one(img.p, img.len, &accepted);
-    EXPECT(accepted == 1, "the unmutated image is refused");
+    CHECK(accepted == 1, "the unmutated image is refused");
     for (int it = 0; it < iters; it++) {
         memcpy(work, img.p, img.len);
         size_t len = img.len;
-        int kind = (int)(rng_next(r) % 5);
-        int n = 1 + (int)(rng_next(r) % 4);
+        int kind = (int)(tu_rng_u64(r) % 5);
+        int n = 1 + (int)(tu_rng_u64(r) % 4);
         switch (kind) {
         case 0: /* flip random bits anywhere */
             for (int k = 0; k < n; k++)
-                work[rng_next(r) % len] ^= (uint8_t)(1u << (rng_next(r) % 8));
+                work[tu_rng_u64(r) % len] ^= (uint8_t)(1u << (tu_rng_u64(r) % 8));
             break;
         case 1: /* JSON-ish bytes inside the header */
             for (int k = 0; k < n; k++)
-                work[8 + rng_next(r) % (hdr_end - 8)] =
-                    (uint8_t)tokens[rng_next(r) % (sizeof tokens - 1)];
+                work[8 + tu_rng_u64(r) % (hdr_end - 8)] =
+                    (uint8_t)tokens[tu_rng_u64(r) % (sizeof tokens - 1)];
             break;
-        case 2: /* truncate */ len = (size_t)(rng_next(r) % len); break;
-        case 3: /* damage the header length */ work[rng_next(r) % 8] = (uint8_t)rng_next(r); break;
+        case 2: /* truncate */ len = (size_t)(tu_rng_u64(r) % len); break;
+        case 3: /* damage the header length */
+            work[tu_rng_u64(r) % 8] = (uint8_t)tu_rng_u64(r);
+            break;
         default: /* change a digit of an offset or shape */
             for (int k = 0; k < n; k++) {
-                size_t at = 8 + rng_next(r) % (hdr_end - 8);
+                size_t at = 8 + tu_rng_u64(r) % (hdr_end - 8);
                 if (work[at] >= '0' && work[at] <= '9')
-                    work[at] = (uint8_t)('0' + rng_next(r) % 10);
+                    work[at] = (uint8_t)('0' + tu_rng_u64(r) % 10);
             }
-            if (rng_next(r) % 4 == 0)
-                len -= rng_next(r) % 8;
+            if (tu_rng_u64(r) % 4 == 0)
+                len -= tu_rng_u64(r) % 8;
             break;
         }
         fuzz_one(work, len, &accepted);
@@ -755,45 +707,42 @@ static void test_writer(const char *tmp) {
     };
     char path[4200];
     snprintf(path, sizeof path, "%s/written.safetensors", tmp);
-    EXPECT(tsr_safetensors_write(path, t, 3) == TSR_OK, "write: %s", tsr_error_msg());
-    EXPECT(tsr_safetensors_write(path, t, 3) == TSR_ERR_IO, "an existing file is refused");
+    CHECK(tsr_safetensors_write(path, t, 3) == TSR_OK, "write: %s", tsr_error_msg());
+    CHECK(tsr_safetensors_write(path, t, 3) == TSR_ERR_IO, "an existing file is refused");
     tsr_safetensors_t *st = NULL;
-    EXPECT(tsr_safetensors_open(path, &st) == TSR_OK, "open: %s", tsr_error_msg());
-    EXPECT(tsr_safetensors_n_tensors(st) == 3, "3 tensors");
-    EXPECT(tsr_safetensors_find_meta(st, "format") &&
-               !strcmp(tsr_safetensors_find_meta(st, "format"), "pt"),
-           "format pt");
+    CHECK(tsr_safetensors_open(path, &st) == TSR_OK, "open: %s", tsr_error_msg());
+    CHECK(tsr_safetensors_n_tensors(st) == 3, "3 tensors");
+    CHECK(tsr_safetensors_find_meta(st, "format") &&
+              !strcmp(tsr_safetensors_find_meta(st, "format"), "pt"),
+          "format pt");
     for (int i = 0; i < 3; i++) {
         const tsr_st_tensor *x = tsr_safetensors_find_tensor(st, t[i].name);
-        EXPECT(x && x->dtype == t[i].dtype && x->n_dims == t[i].n_dims, "%s", t[i].name);
+        CHECK(x && x->dtype == t[i].dtype && x->n_dims == t[i].n_dims, "%s", t[i].name);
         for (uint32_t d = 0; d < x->n_dims; d++)
-            EXPECT(x->shape[d] == t[i].shape[d], "%s dim %u", t[i].name, d);
-        EXPECT(x->nbytes == tsr_st_out_nbytes(&t[i]) && !memcmp(x->data, t[i].data, x->nbytes),
-               "%s bytes", t[i].name);
+            CHECK(x->shape[d] == t[i].shape[d], "%s dim %u", t[i].name, d);
+        CHECK(x->nbytes == tsr_st_out_nbytes(&t[i]) && !memcmp(x->data, t[i].data, x->nbytes),
+              "%s bytes", t[i].name);
     }
     /* laid out in the order given: b first */
-    EXPECT(tsr_safetensors_find_tensor(st, "b.weight")->offset == 0, "order given");
+    CHECK(tsr_safetensors_find_tensor(st, "b.weight")->offset == 0, "order given");
     tsr_safetensors_close(st);
     char *head;
     size_t hl;
-    EXPECT(tsr_safetensors_header(t, 3, &head, &hl) == TSR_OK && hl % 8 == 0 &&
-               !strncmp(head + 8, "{\"__metadata__\":{\"format\":\"pt\"},", 32),
-           "header");
+    CHECK(tsr_safetensors_header(t, 3, &head, &hl) == TSR_OK && hl % 8 == 0 &&
+              !strncmp(head + 8, "{\"__metadata__\":{\"format\":\"pt\"},", 32),
+          "header");
     free(head);
     tsr_st_out_tensor bad = {.name = "x", .dtype = 99, .n_dims = 1, .shape = {1}, .data = a};
-    EXPECT(tsr_safetensors_header(&bad, 1, &head, &hl) == TSR_ERR_INVALID && !head, "bad dtype");
+    CHECK(tsr_safetensors_header(&bad, 1, &head, &hl) == TSR_ERR_INVALID && !head, "bad dtype");
 }
 
 int main(int argc, char **argv) {
     /* Usage: test_safetensors [fuzz_iterations [fuzz_seed]] */
     int iters = argc > 1 ? atoi(argv[1]) : 5000;
     uint64_t fuzz_seed = argc > 2 ? strtoull(argv[2], NULL, 0) : 0x2545F4914F6CDD1Dull;
-    const char *base = getenv("TMPDIR");
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s/tsr_st_test_XXXXXX", base && base[0] ? base : "/tmp");
-    EXPECT(mkdtemp(tmp), "mkdtemp %s", tmp);
+    const char *tmp = tu_tmpdir_make("tsr_st_test");
 
-    rng_t r = {0x9E3779B97F4A7C15ull};
+    tu_rng r = {0x9E3779B97F4A7C15ull};
     test_roundtrip(tmp, &r);
     printf("  roundtrip ok\n");
     test_corrupt(tmp);
@@ -802,10 +751,10 @@ int main(int argc, char **argv) {
     printf("  checkpoint directories ok\n");
     test_writer(tmp);
     printf("  writer ok\n");
-    rng_t fr = {fuzz_seed ? fuzz_seed : 1};
+    tu_rng fr = {fuzz_seed};
     test_fuzz(&fr, iters);
 
-    EXPECT(nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, "cannot remove %s", tmp);
+    CHECK(tu_tmpdir_remove() == 0, "cannot remove %s", tmp);
     printf("test_safetensors: all passed\n");
     return 0;
 }
