@@ -39,8 +39,8 @@ tsr_status tsr_fs_read_file(const char *path, size_t max, char **out, size_t *le
         size_t r = fread(buf + n, 1, cap - n - 1, f);
         n += r;
         if (max && n > max) {
-            st = tsr_error_set(TSR_ERR_RANGE, "'%s' is larger than the %zu bytes allowed",
-                               path, max);
+            st = tsr_error_set(TSR_ERR_RANGE, "'%s' is larger than the %zu bytes allowed", path,
+                               max);
             break;
         }
         if (r == 0)
@@ -102,8 +102,7 @@ tsr_status tsr_fs_write_file(const char *path, const void *data, size_t n) {
 tsr_status tsr_fs_fsync_path(const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return tsr_error_set(TSR_ERR_IO, "cannot open '%s' to fsync it: %s", path,
-                             strerror(errno));
+        return tsr_error_set(TSR_ERR_IO, "cannot open '%s' to fsync it: %s", path, strerror(errno));
     int rc = fsync(fd);
     int e = errno;
     close(fd);
@@ -206,10 +205,11 @@ static tsr_status check_adapter_dir(const char *dir, const char *arg, int *exist
     closedir(d);
     TSR_TRY(st);
     if (n > 0 && !has_config)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "'%s' is not an adapter directory: it is not empty and holds no "
-                             TSR_FS_ADAPTER_CONFIG " (" ADAPTER_RULE ")",
-                             arg);
+        return tsr_error_set(
+            TSR_ERR_INVALID,
+            "'%s' is not an adapter directory: it is not empty and holds no " TSR_FS_ADAPTER_CONFIG
+            " (" ADAPTER_RULE ")",
+            arg);
     *exists = 1;
     return TSR_OK;
 }
@@ -232,8 +232,8 @@ static tsr_status remove_flat_dir(const char *dir) {
     DIR *d = opendir(dir);
     if (!d)
         return errno == ENOENT ? TSR_OK
-                               : tsr_error_set(TSR_ERR_IO, "cannot open '%s' to remove it: %s",
-                                               dir, strerror(errno));
+                               : tsr_error_set(TSR_ERR_IO, "cannot open '%s' to remove it: %s", dir,
+                                               strerror(errno));
     int ok = 1;
     struct dirent *de;
     while ((de = readdir(d)) != NULL)
@@ -262,8 +262,8 @@ static char *make_unique_dir(const char *base, const char *tag) {
     char *x = p + n - 7;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t st = ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)ts.tv_nsec ^
-                  ((uint64_t)getpid() << 16) ^ (uint64_t)(uintptr_t)p;
+    uint64_t st = ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16) ^
+                  (uint64_t)(uintptr_t)p;
     for (int attempt = 0; attempt < 1000; attempt++) {
         for (int i = 0; i < 6; i++)
             x[i] = set[tsr_splitmix64(&st) % (sizeof set - 1)];
@@ -373,8 +373,9 @@ tsr_status tsr_fs_dir_write_commit(tsr_fs_dir_write *w, const tsr_fs_commit_hook
         tsr_fs_fsync_path(parent);
         hook(hooks, "aside");
         if (rename(tmp, dir) != 0) {
-            st = tsr_error_set(TSR_ERR_IO, "%s: cannot rename %s to it: %s (the previous "
-                                           "directory is in %s)",
+            st = tsr_error_set(TSR_ERR_IO,
+                               "%s: cannot rename %s to it: %s (the previous "
+                               "directory is in %s)",
                                dir, tmp, strerror(errno), aside);
             if (rename(aside, dir) == 0)
                 tsr_error_wrap(st, "restored the previous directory");

@@ -82,10 +82,10 @@ typedef struct {
 /* One atomic directory write: begin, write files into `tmp`, commit (or
  * give up with tsr_fs_dir_write_free alone). */
 typedef struct {
-    char *dir;        /* the target, without trailing slashes */
-    char *tmp;        /* "<dir>.tmp-XXXXXX", mode 0777 less the umask; the
+    char *dir;   /* the target, without trailing slashes */
+    char *tmp;   /* "<dir>.tmp-XXXXXX", mode 0777 less the umask; the
                          caller writes its files here. NULL once committed. */
-    int replace;      /* an existing directory at dir is replaced whole */
+    int replace; /* an existing directory at dir is replaced whole */
 } tsr_fs_dir_write;
 
 /* Starts writing directory `dir`. With replace_adapter, `dir` must pass

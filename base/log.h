@@ -18,8 +18,7 @@ void tsr_log_init(tsr_log_level level, int rank, int world);
 
 int tsr_log_enabled(tsr_log_level level);
 
-void tsr_log(tsr_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void tsr_log(tsr_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define TSR_LOG_E(...) tsr_log(TSR_LOG_ERROR, __VA_ARGS__)
 #define TSR_LOG_W(...) tsr_log(TSR_LOG_WARN, __VA_ARGS__)

@@ -149,8 +149,7 @@ size_t tsr_opt_values(const tsr_opt_args *a, int id, const char **out, size_t ca
     return n;
 }
 
-tsr_status tsr_opt_get_i32(const tsr_opt_spec *spec, const tsr_opt_args *a, int id,
-                           int32_t *out) {
+tsr_status tsr_opt_get_i32(const tsr_opt_spec *spec, const tsr_opt_args *a, int id, int32_t *out) {
     const char *v = a->val[id];
     if (v && tsr_opt_parse_i32(v, out) != 0)
         return tsr_error_set(TSR_ERR_INVALID, "--%s expects an integer, got '%s'",
@@ -158,8 +157,8 @@ tsr_status tsr_opt_get_i32(const tsr_opt_spec *spec, const tsr_opt_args *a, int 
     return TSR_OK;
 }
 
-tsr_status tsr_opt_get_int(const tsr_opt_spec *spec, const tsr_opt_args *a, int id, int lo,
-                           int hi, int *out) {
+tsr_status tsr_opt_get_int(const tsr_opt_spec *spec, const tsr_opt_args *a, int id, int lo, int hi,
+                           int *out) {
     const char *v = a->val[id];
     int32_t x;
     if (!v)

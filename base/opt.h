@@ -47,10 +47,10 @@ typedef struct {
 typedef struct {
     const tsr_opt *opts;
     size_t n_opts;
-    int n_ids;                /* ids are 0 .. n_ids-1 */
-    const tsr_opt_cmd *cmds;  /* the command words; NULL (n_cmds 0): a program without */
+    int n_ids;               /* ids are 0 .. n_ids-1 */
+    const tsr_opt_cmd *cmds; /* the command words; NULL (n_cmds 0): a program without */
     size_t n_cmds;
-    const char *extra_hint;   /* appended to "unexpected argument 'x'"; NULL: none */
+    const char *extra_hint; /* appended to "unexpected argument 'x'"; NULL: none */
 } tsr_opt_spec;
 
 /* One option as given on the command line. */
@@ -62,10 +62,10 @@ typedef struct {
 /* A command line, read but not yet interpreted. Every string points into
  * argv. */
 typedef struct {
-    const char *cmd_name;  /* the command word as given; NULL when none */
-    unsigned cmd;          /* its bit; 0 when none */
-    const char **val;      /* n_ids entries: each option's last value, NULL when absent */
-    tsr_opt_item *items;   /* every option given, in argv order (n_items) */
+    const char *cmd_name; /* the command word as given; NULL when none */
+    unsigned cmd;         /* its bit; 0 when none */
+    const char **val;     /* n_ids entries: each option's last value, NULL when absent */
+    tsr_opt_item *items;  /* every option given, in argv order (n_items) */
     size_t n_items;
 } tsr_opt_args;
 
@@ -102,10 +102,9 @@ size_t tsr_opt_values(const tsr_opt_args *a, int id, const char **out, size_t ca
  *   tsr_opt_get_i32     "--x expects an integer, got 'v'"
  *   tsr_opt_get_int     "--x expects an integer in [lo, hi], got 'v'"
  *   tsr_opt_get_f32     "--x expects a number, got 'v'"  (finite) */
-tsr_status tsr_opt_get_i32(const tsr_opt_spec *spec, const tsr_opt_args *a, int id,
-                           int32_t *out);
-tsr_status tsr_opt_get_int(const tsr_opt_spec *spec, const tsr_opt_args *a, int id, int lo,
-                           int hi, int *out);
+tsr_status tsr_opt_get_i32(const tsr_opt_spec *spec, const tsr_opt_args *a, int id, int32_t *out);
+tsr_status tsr_opt_get_int(const tsr_opt_spec *spec, const tsr_opt_args *a, int id, int lo, int hi,
+                           int *out);
 tsr_status tsr_opt_get_f32(const tsr_opt_spec *spec, const tsr_opt_args *a, int id, float *out);
 
 /* Strict value parsers. Each parses all of `s` (leading/trailing blanks

@@ -33,13 +33,11 @@ const char *tsr_status_str(tsr_status s);
 
 /* Records a printf-style message for the calling thread and returns `s`, so
  * callers can write `return tsr_error_set(TSR_ERR_FORMAT, "...", ...)`. */
-tsr_status tsr_error_set(tsr_status s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+tsr_status tsr_error_set(tsr_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Prefixes context to the current thread's message ("loading x.gguf: ...")
  * and returns `s` unchanged. */
-tsr_status tsr_error_wrap(tsr_status s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+tsr_status tsr_error_wrap(tsr_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The calling thread's last message; "" when none. Valid until the next set. */
 const char *tsr_error_msg(void);
@@ -48,19 +46,19 @@ const char *tsr_error_msg(void);
 void tsr_error_clear(void);
 
 /* Evaluates `call`; returns its status from the enclosing function if not OK. */
-#define TSR_TRY(call)                                                          \
-    do {                                                                       \
-        tsr_status tsr_try_s_ = (call);                                        \
-        if (tsr_try_s_ != TSR_OK)                                              \
-            return tsr_try_s_;                                                 \
+#define TSR_TRY(call)                                                                              \
+    do {                                                                                           \
+        tsr_status tsr_try_s_ = (call);                                                            \
+        if (tsr_try_s_ != TSR_OK)                                                                  \
+            return tsr_try_s_;                                                                     \
     } while (0)
 
 /* Evaluates `call` into `st`; jumps to `cleanup` if not OK. */
-#define TSR_CHECK_GOTO(st, call)                                               \
-    do {                                                                       \
-        (st) = (call);                                                         \
-        if ((st) != TSR_OK)                                                    \
-            goto cleanup;                                                      \
+#define TSR_CHECK_GOTO(st, call)                                                                   \
+    do {                                                                                           \
+        (st) = (call);                                                                             \
+        if ((st) != TSR_OK)                                                                        \
+            goto cleanup;                                                                          \
     } while (0)
 
 #endif

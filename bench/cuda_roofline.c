@@ -89,8 +89,8 @@ static void report_failure(const char *lib, const char *stmt, const char *file, 
 
 typedef struct {
     int gpu;
-    int mib;          /* bandwidth buffer size */
-    int warmup, reps; /* per measurement */
+    int mib;                                    /* bandwidth buffer size */
+    int warmup, reps;                           /* per measurement */
     int n_layer, n_embd, n_ff, kv_dim, n_vocab; /* --model-dims */
     int json;
 } options;
@@ -129,10 +129,12 @@ static int parse_int(const char *s, const char *flag, long lo, long hi, int *out
 static int parse_dims(const char *s, options *o) {
     int v[5];
     char extra;
-    if (sscanf(s, "%d,%d,%d,%d,%d%c", &v[0], &v[1], &v[2], &v[3], &v[4], &extra) != 5 ||
-        v[0] < 1 || v[1] < 1 || v[2] < 1 || v[3] < 1 || v[4] < 1) {
-        fprintf(stderr, "cuda_roofline: --model-dims expects L,C,F,KV,V (five positive integers), "
-                        "got '%s'\n", s);
+    if (sscanf(s, "%d,%d,%d,%d,%d%c", &v[0], &v[1], &v[2], &v[3], &v[4], &extra) != 5 || v[0] < 1 ||
+        v[1] < 1 || v[2] < 1 || v[3] < 1 || v[4] < 1) {
+        fprintf(stderr,
+                "cuda_roofline: --model-dims expects L,C,F,KV,V (five positive integers), "
+                "got '%s'\n",
+                s);
         return -1;
     }
     o->n_layer = v[0];
@@ -157,8 +159,14 @@ static int parse_options(int argc, char **argv, options *o) {
         {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0},
     };
-    *o = (options){.mib = 1024, .warmup = 3, .reps = 10, .n_layer = 30, .n_embd = 576,
-                   .n_ff = 1536, .kv_dim = 192, .n_vocab = 49152};
+    *o = (options){.mib = 1024,
+                   .warmup = 3,
+                   .reps = 10,
+                   .n_layer = 30,
+                   .n_embd = 576,
+                   .n_ff = 1536,
+                   .kv_dim = 192,
+                   .n_vocab = 49152};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int r = 0;
@@ -259,7 +267,7 @@ cleanup: /* nothing to free */
 /* ---- (a) memory bandwidth ---- */
 
 typedef struct {
-    size_t bytes;  /* copied per repetition */
+    size_t bytes; /* copied per repetition */
     double ms[MAX_REPS];
     double ms_median, gbs, gbs_min, gbs_max; /* read + write */
 } bandwidth_result;
@@ -311,12 +319,12 @@ cleanup:
 typedef struct {
     const char *name; /* which projection of the model, or "peak" */
     int m, n, k;
-    int copies;       /* weight copies rotated over */
-    int iters;        /* calls per timed repetition */
-    double us;        /* median time of one call, launched back to back on the stream */
-    double tflops;    /* 2 m n k / us */
-    double gbs;       /* (A + B + D bytes) / us */
-    double us_graph;  /* the same calls captured in a CUDA graph and replayed: the
+    int copies;      /* weight copies rotated over */
+    int iters;       /* calls per timed repetition */
+    double us;       /* median time of one call, launched back to back on the stream */
+    double tflops;   /* 2 m n k / us */
+    double gbs;      /* (A + B + D bytes) / us */
+    double us_graph; /* the same calls captured in a CUDA graph and replayed: the
                          device's time without the host's launch cost between calls */
     double tflops_graph, gbs_graph;
 } gemm_result;
@@ -367,8 +375,8 @@ static int measure_gemm(const options *o, gemm_ctx *g, gemm_result *r) {
     CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g->lt, op, la, lb, ld, ld, pref, 1, &heur, &found));
     if (found < 1) {
         fprintf(stderr,
-                "cuda_roofline: cuBLASLt has no algorithm for the bf16 GEMM m=%d n=%d k=%d\n", m,
-                n, k);
+                "cuda_roofline: cuBLASLt has no algorithm for the bf16 GEMM m=%d n=%d k=%d\n", m, n,
+                k);
         goto cleanup;
     }
     CUDA_CHECK(cudaEventCreate(&t0));
@@ -449,8 +457,10 @@ graph_fail:
             cudaGraphDestroy(partial);
     }
     (void)cudaGetLastError();
-    fprintf(stderr, "cuda_roofline: m=%d n=%d k=%d: no CUDA graph timing (above); the stream "
-                    "timing stands alone\n", m, n, k);
+    fprintf(stderr,
+            "cuda_roofline: m=%d n=%d k=%d: no CUDA graph timing (above); the stream "
+            "timing stands alone\n",
+            m, n, k);
     r->us_graph = r->tflops_graph = r->gbs_graph = 0;
     rc = 0;
 #undef GEMM_CALL
@@ -504,8 +514,8 @@ static void model_shapes(const options *o, proj_shape s[N_PROJ]) {
 
 typedef struct {
     int m;
-    double ms;    /* GEMMs of one step, launched back to back */
-    double tok_s; /* m / ms */
+    double ms;                    /* GEMMs of one step, launched back to back */
+    double tok_s;                 /* m / ms */
     double ms_graph, tok_s_graph; /* the same from the graph replays */
 } step_result;
 
@@ -652,8 +662,8 @@ int main(int argc, char **argv) {
         int graph_ok = 1;
         for (int s = 0; s < N_PROJ; s++) {
             gemm_result *x = &g[n_g++];
-            *x = (gemm_result){.name = shapes[s].name, .m = k_tokens[t], .n = shapes[s].n,
-                               .k = shapes[s].k};
+            *x = (gemm_result){
+                .name = shapes[s].name, .m = k_tokens[t], .n = shapes[s].n, .k = shapes[s].k};
             if (measure_gemm(&o, &gc, x))
                 goto cleanup;
             int times = shapes[s].per_layer ? shapes[s].per_layer * o.n_layer : 1;

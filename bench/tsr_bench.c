@@ -56,9 +56,9 @@ typedef struct {
     int batch; /* decode sequences advanced together */
     int warmup, json;
     device_kind device;
-    int act_dtype; /* TSR_F32 or TSR_BF16; -1 = the device's default (f32 CPU, bf16 CUDA) */
+    int act_dtype;    /* TSR_F32 or TSR_BF16; -1 = the device's default (f32 CPU, bf16 CUDA) */
     int weight_dtype; /* CUDA weights: TSR_BF16 (default) or TSR_F32 (reference precision) */
-    int gpu;       /* CUDA device index */
+    int gpu;          /* CUDA device index */
 } options;
 
 /* Everything the measurements need, built in order and freed in reverse. */
@@ -98,24 +98,25 @@ typedef struct {
 } backend_weights;
 
 static void usage(FILE *f) {
-    fputs("usage: tsr_bench --model PATH [options]\n"
-          "\n"
-          "  --model PATH          a .gguf file or a Hugging Face directory\n"
-          "  --device cpu|cuda     backend (default cpu)\n"
-          "  --act-dtype bf16|f32  activation type on CUDA (default bf16; the CPU is f32)\n"
-          "  --weight-dtype bf16|f32  weight type on CUDA (default bf16; f32 needs f32 activations)\n"
-          "  --gpu N               CUDA device index (default 0)\n"
-          "  --threads N           CPU threads (default: all online cores)\n"
-          "  --prompt-tokens P     prefill test length, one batch (default 512)\n"
-          "  --gen-tokens G        decode test length in steps (default 128)\n"
-          "  --batch B             decode sequences, one token each per step (default 1);\n"
-          "                        the decode rate is the aggregate B*G / time\n"
-          "  --decode-prompt D     tokens prefilled (untimed) into each sequence before the\n"
-          "                        decode test (default 16)\n"
-          "  --reps R              repetitions of each test; median/min/max reported (default 3)\n"
-          "  --no-warmup           skip the untimed warm-up run\n"
-          "  --json                print one JSON object instead of text\n",
-          f);
+    fputs(
+        "usage: tsr_bench --model PATH [options]\n"
+        "\n"
+        "  --model PATH          a .gguf file or a Hugging Face directory\n"
+        "  --device cpu|cuda     backend (default cpu)\n"
+        "  --act-dtype bf16|f32  activation type on CUDA (default bf16; the CPU is f32)\n"
+        "  --weight-dtype bf16|f32  weight type on CUDA (default bf16; f32 needs f32 activations)\n"
+        "  --gpu N               CUDA device index (default 0)\n"
+        "  --threads N           CPU threads (default: all online cores)\n"
+        "  --prompt-tokens P     prefill test length, one batch (default 512)\n"
+        "  --gen-tokens G        decode test length in steps (default 128)\n"
+        "  --batch B             decode sequences, one token each per step (default 1);\n"
+        "                        the decode rate is the aggregate B*G / time\n"
+        "  --decode-prompt D     tokens prefilled (untimed) into each sequence before the\n"
+        "                        decode test (default 16)\n"
+        "  --reps R              repetitions of each test; median/min/max reported (default 3)\n"
+        "  --no-warmup           skip the untimed warm-up run\n"
+        "  --json                print one JSON object instead of text\n",
+        f);
 }
 
 static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
@@ -123,19 +124,32 @@ static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "tsr_bench: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
+        fprintf(stderr, "tsr_bench: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi,
+                s);
         return -1;
     }
     *out = (int)v;
     return 0;
 }
 
-enum { OPT_MODEL = 256, OPT_THREADS, OPT_PROMPT, OPT_GEN, OPT_REPS, OPT_DPROMPT, OPT_NO_WARMUP,
-       OPT_JSON, OPT_HELP, OPT_DEVICE, OPT_ACT_DTYPE, OPT_WEIGHT_DTYPE, OPT_GPU, OPT_BATCH };
+enum {
+    OPT_MODEL = 256,
+    OPT_THREADS,
+    OPT_PROMPT,
+    OPT_GEN,
+    OPT_REPS,
+    OPT_DPROMPT,
+    OPT_NO_WARMUP,
+    OPT_JSON,
+    OPT_HELP,
+    OPT_DEVICE,
+    OPT_ACT_DTYPE,
+    OPT_WEIGHT_DTYPE,
+    OPT_GPU,
+    OPT_BATCH
+};
 
-static const char *device_name(device_kind d) {
-    return d == DEVICE_CUDA ? "cuda" : "cpu";
-}
+static const char *device_name(device_kind d) { return d == DEVICE_CUDA ? "cuda" : "cpu"; }
 
 /* Returns 0 to go on, 1 when --help was printed, -1 on a bad command line. */
 static int parse_options(int argc, char **argv, options *o) {
@@ -156,8 +170,14 @@ static int parse_options(int argc, char **argv, options *o) {
         {"batch", required_argument, 0, OPT_BATCH},
         {0, 0, 0, 0},
     };
-    *o = (options){.prompt_tokens = 512, .gen_tokens = 128, .reps = 3, .decode_prompt = 16,
-                   .batch = 1, .warmup = 1, .device = DEVICE_CPU, .act_dtype = -1,
+    *o = (options){.prompt_tokens = 512,
+                   .gen_tokens = 128,
+                   .reps = 3,
+                   .decode_prompt = 16,
+                   .batch = 1,
+                   .warmup = 1,
+                   .device = DEVICE_CPU,
+                   .act_dtype = -1,
                    .weight_dtype = TSR_BF16};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -165,10 +185,14 @@ static int parse_options(int argc, char **argv, options *o) {
         switch (c) {
         case OPT_MODEL: o->model = optarg; break;
         case OPT_THREADS: r = parse_int(optarg, "--threads", 0, 1024, &o->threads); break;
-        case OPT_PROMPT: r = parse_int(optarg, "--prompt-tokens", 1, 1 << 16, &o->prompt_tokens); break;
+        case OPT_PROMPT:
+            r = parse_int(optarg, "--prompt-tokens", 1, 1 << 16, &o->prompt_tokens);
+            break;
         case OPT_GEN: r = parse_int(optarg, "--gen-tokens", 1, 1 << 16, &o->gen_tokens); break;
         case OPT_REPS: r = parse_int(optarg, "--reps", 1, 1000, &o->reps); break;
-        case OPT_DPROMPT: r = parse_int(optarg, "--decode-prompt", 1, 1 << 16, &o->decode_prompt); break;
+        case OPT_DPROMPT:
+            r = parse_int(optarg, "--decode-prompt", 1, 1 << 16, &o->decode_prompt);
+            break;
         case OPT_NO_WARMUP: o->warmup = 0; break;
         case OPT_JSON: o->json = 1; break;
         case OPT_HELP: usage(stdout); return 1;
@@ -198,7 +222,8 @@ static int parse_options(int argc, char **argv, options *o) {
             if (!strcmp(optarg, "bf16") || !strcmp(optarg, "f32")) {
                 o->weight_dtype = optarg[0] == 'b' ? TSR_BF16 : TSR_F32;
             } else {
-                fprintf(stderr, "tsr_bench: --weight-dtype expects bf16 or f32, got '%s'\n", optarg);
+                fprintf(stderr, "tsr_bench: --weight-dtype expects bf16 or f32, got '%s'\n",
+                        optarg);
                 r = -1;
             }
             break;
@@ -410,8 +435,8 @@ static void backend_weights_count(const tsr_model *m, backend_weights *w) {
 
 static void print_json(const options *o, const tsr_model_config *c, int threads, double load_s,
                        const series *pp, const series *tg, const series *step,
-                       const weight_traffic *w, const backend_weights *bw,
-                       const int32_t *prompt, double rss) {
+                       const weight_traffic *w, const backend_weights *bw, const int32_t *prompt,
+                       double rss) {
     FILE *f = stdout;
     fputs("{\"engine\": \"tessera\", \"model\": ", f);
     tsr_bench_json_string(f, o->model);
@@ -421,12 +446,13 @@ static void print_json(const options *o, const tsr_model_config *c, int threads,
             c->n_vocab);
     fputs(", \"weight_types\": ", f);
     tsr_bench_json_string(f, w->dtypes);
-    fprintf(f,
-            ", \"threads\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"decode_prompt\": %d"
-            ", \"reps\": %d, \"warmup\": %s, \"prompt_seed\": %llu, \"prompt_head\": [%d, %d, %d, %d]",
-            threads, o->prompt_tokens, o->gen_tokens, o->decode_prompt, o->reps,
-            o->warmup ? "true" : "false", (unsigned long long)TSR_BENCH_SEED, prompt[0],
-            prompt[1 % o->prompt_tokens], prompt[2 % o->prompt_tokens], prompt[3 % o->prompt_tokens]);
+    fprintf(
+        f,
+        ", \"threads\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"decode_prompt\": %d"
+        ", \"reps\": %d, \"warmup\": %s, \"prompt_seed\": %llu, \"prompt_head\": [%d, %d, %d, %d]",
+        threads, o->prompt_tokens, o->gen_tokens, o->decode_prompt, o->reps,
+        o->warmup ? "true" : "false", (unsigned long long)TSR_BENCH_SEED, prompt[0],
+        prompt[1 % o->prompt_tokens], prompt[2 % o->prompt_tokens], prompt[3 % o->prompt_tokens]);
     fprintf(f, ", \"load_s\": %.4f, ", load_s);
     tsr_bench_json_series(f, "prefill_tok_s", pp, o->reps);
     fputs(", ", f);
@@ -547,8 +573,8 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < o.reps; i++) {
         TSR_CHECK_GOTO(st, test_prefill(&b, prompt, o.prompt_tokens, &pp.tok_s[i]));
-        TSR_CHECK_GOTO(st, test_decode(&b, prompt, dprompt, o.gen_tokens, &tg.tok_s[i],
-                                       &step.tok_s[i]));
+        TSR_CHECK_GOTO(
+            st, test_decode(&b, prompt, dprompt, o.gen_tokens, &tg.tok_s[i], &step.tok_s[i]));
     }
     tsr_bench_series_summarize(&pp, o.reps);
     tsr_bench_series_summarize(&tg, o.reps);

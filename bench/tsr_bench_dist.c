@@ -67,41 +67,44 @@ typedef tsr_bench_series series;
 /* What rank 0 reports about the job besides the rates. */
 typedef struct {
     int world, cores, ranks_on_host, hosts, oversubscribed, threads, micro_batches;
-    float *load_s;          /* (world) */
-    int32_t *peak_rss_kib;  /* (world) ru_maxrss */
-    int32_t *end_rss_kib;   /* (world) resident at the end of the measurements */
-    double *weight_mib;     /* (world) f32 weight bytes of the rank's shard, from the plan */
-    double allreduce_us;    /* per call, B*C floats over the TP group; < 0 when tp == 1 */
-    double pp_send_us;      /* one way, B*C floats stage 0 -> 1; < 0 when pp == 1 */
-    const char *device;     /* the kernel backend's name: "cpu", "cuda" */
-    const char *act_dtype;  /* "f32", "bf16" */
-    const char *comm;       /* data backend of the tp/pp groups: "mpi", "nccl" */
-    int staged;             /* activations cross the host on their way to MPI */
+    float *load_s;         /* (world) */
+    int32_t *peak_rss_kib; /* (world) ru_maxrss */
+    int32_t *end_rss_kib;  /* (world) resident at the end of the measurements */
+    double *weight_mib;    /* (world) f32 weight bytes of the rank's shard, from the plan */
+    double allreduce_us;   /* per call, B*C floats over the TP group; < 0 when tp == 1 */
+    double pp_send_us;     /* one way, B*C floats stage 0 -> 1; < 0 when pp == 1 */
+    const char *device;    /* the kernel backend's name: "cpu", "cuda" */
+    const char *act_dtype; /* "f32", "bf16" */
+    const char *comm;      /* data backend of the tp/pp groups: "mpi", "nccl" */
+    int staged;            /* activations cross the host on their way to MPI */
 } job_info;
 
 /* A message every rank would print alike: rank 0 speaks for the job. */
 #define PERR(rank, ...) ((rank) == 0 ? fprintf(stderr, __VA_ARGS__) : 0)
 
 static void usage(FILE *f) {
-    fputs("usage: mpirun -np TP*PP tsr_bench_dist --model PATH --tp TP --pp PP [options]\n"
-          "\n"
-          "  --model PATH          a .gguf file or a Hugging Face directory\n"
-          "  --tp T, --pp P        tensor- and pipeline-parallel degrees (T * P ranks)\n"
-          "  --threads N           CPU threads per rank (default: cores / ranks on the host, >= 1)\n"
-          "  --prompt-tokens P     prefill test length, one step (default 256; 0 skips the test)\n"
-          "  --gen-tokens G        decode steps per rep (default 64)\n"
-          "  --batch B             sequences decoded together, one token each per step (default 1)\n"
-          "  --decode-prompt D     ids prefilled (untimed) per sequence before decoding (default 16)\n"
-          "  --micro-batches M     pipeline micro-batches per step (default 0 = the engine's: pp)\n"
-          "  --reps R              repetitions of each test; median/min/max reported (default 3)\n"
-          "  --comm-iters K        iterations of the collective micro-benchmarks (default 200; 0 skips)\n"
-          "  --device cpu|cuda     where each rank's shard runs (default cpu)\n"
-          "  --comm mpi|nccl       activations between ranks (default mpi; nccl: --device cuda)\n"
-          "  --act-dtype bf16|f32  CUDA activation type (default bf16)\n"
-          "  --gpu N               CUDA device (default: local rank modulo the GPUs)\n"
-          "  --no-warmup           skip the untimed warm-up run\n"
-          "  --json                print one JSON object instead of text\n",
-          f);
+    fputs(
+        "usage: mpirun -np TP*PP tsr_bench_dist --model PATH --tp TP --pp PP [options]\n"
+        "\n"
+        "  --model PATH          a .gguf file or a Hugging Face directory\n"
+        "  --tp T, --pp P        tensor- and pipeline-parallel degrees (T * P ranks)\n"
+        "  --threads N           CPU threads per rank (default: cores / ranks on the host, >= 1)\n"
+        "  --prompt-tokens P     prefill test length, one step (default 256; 0 skips the test)\n"
+        "  --gen-tokens G        decode steps per rep (default 64)\n"
+        "  --batch B             sequences decoded together, one token each per step (default 1)\n"
+        "  --decode-prompt D     ids prefilled (untimed) per sequence before decoding (default "
+        "16)\n"
+        "  --micro-batches M     pipeline micro-batches per step (default 0 = the engine's: pp)\n"
+        "  --reps R              repetitions of each test; median/min/max reported (default 3)\n"
+        "  --comm-iters K        iterations of the collective micro-benchmarks (default 200; 0 "
+        "skips)\n"
+        "  --device cpu|cuda     where each rank's shard runs (default cpu)\n"
+        "  --comm mpi|nccl       activations between ranks (default mpi; nccl: --device cuda)\n"
+        "  --act-dtype bf16|f32  CUDA activation type (default bf16)\n"
+        "  --gpu N               CUDA device (default: local rank modulo the GPUs)\n"
+        "  --no-warmup           skip the untimed warm-up run\n"
+        "  --json                print one JSON object instead of text\n",
+        f);
 }
 
 static int parse_int(const char *s, const char *flag, int lo, int hi, int rank, int *out) {
@@ -109,16 +112,34 @@ static int parse_int(const char *s, const char *flag, int lo, int hi, int rank, 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || end == s || v < lo || v > hi) {
-        PERR(rank, "tsr_bench_dist: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
+        PERR(rank, "tsr_bench_dist: %s expects an integer in [%d, %d], got '%s'\n", flag, lo, hi,
+             s);
         return -1;
     }
     *out = (int)v;
     return 0;
 }
 
-enum { OPT_MODEL = 256, OPT_TP, OPT_PP, OPT_THREADS, OPT_PROMPT, OPT_GEN, OPT_BATCH, OPT_REPS,
-       OPT_DPROMPT, OPT_MB, OPT_COMM_ITERS, OPT_NO_WARMUP, OPT_JSON, OPT_HELP, OPT_DEVICE,
-       OPT_COMM, OPT_ACT_DTYPE, OPT_GPU };
+enum {
+    OPT_MODEL = 256,
+    OPT_TP,
+    OPT_PP,
+    OPT_THREADS,
+    OPT_PROMPT,
+    OPT_GEN,
+    OPT_BATCH,
+    OPT_REPS,
+    OPT_DPROMPT,
+    OPT_MB,
+    OPT_COMM_ITERS,
+    OPT_NO_WARMUP,
+    OPT_JSON,
+    OPT_HELP,
+    OPT_DEVICE,
+    OPT_COMM,
+    OPT_ACT_DTYPE,
+    OPT_GPU
+};
 
 /* Every rank parses the same command line and reaches the same verdict; only
  * rank 0 prints. Returns 0 to go on, 1 when --help was printed, -1 on a bad
@@ -145,10 +166,19 @@ static int parse_options(int argc, char **argv, int rank, options *o) {
         {"gpu", required_argument, 0, OPT_GPU},
         {0, 0, 0, 0},
     };
-    *o = (options){.tp = 1, .pp = 1, .prompt_tokens = 256, .gen_tokens = 64, .batch = 1,
-                   .reps = 3, .decode_prompt = 16, .comm_iters = 200, .warmup = 1,
-                   .device = TSR_DEVICE_CPU, .comm = TSR_COMM_MPI,
-                   .act_dtype = TSR_ENGINE_ACT_DEFAULT, .gpu = -1};
+    *o = (options){.tp = 1,
+                   .pp = 1,
+                   .prompt_tokens = 256,
+                   .gen_tokens = 64,
+                   .batch = 1,
+                   .reps = 3,
+                   .decode_prompt = 16,
+                   .comm_iters = 200,
+                   .warmup = 1,
+                   .device = TSR_DEVICE_CPU,
+                   .comm = TSR_COMM_MPI,
+                   .act_dtype = TSR_ENGINE_ACT_DEFAULT,
+                   .gpu = -1};
     opterr = rank == 0; /* getopt's own complaints from rank 0 only */
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -158,13 +188,23 @@ static int parse_options(int argc, char **argv, int rank, options *o) {
         case OPT_TP: r = parse_int(optarg, "--tp", 1, 1024, rank, &o->tp); break;
         case OPT_PP: r = parse_int(optarg, "--pp", 1, 1024, rank, &o->pp); break;
         case OPT_THREADS: r = parse_int(optarg, "--threads", 0, 1024, rank, &o->threads); break;
-        case OPT_PROMPT: r = parse_int(optarg, "--prompt-tokens", 0, 1 << 16, rank, &o->prompt_tokens); break;
-        case OPT_GEN: r = parse_int(optarg, "--gen-tokens", 1, 1 << 16, rank, &o->gen_tokens); break;
+        case OPT_PROMPT:
+            r = parse_int(optarg, "--prompt-tokens", 0, 1 << 16, rank, &o->prompt_tokens);
+            break;
+        case OPT_GEN:
+            r = parse_int(optarg, "--gen-tokens", 1, 1 << 16, rank, &o->gen_tokens);
+            break;
         case OPT_BATCH: r = parse_int(optarg, "--batch", 1, 4096, rank, &o->batch); break;
         case OPT_REPS: r = parse_int(optarg, "--reps", 1, 1000, rank, &o->reps); break;
-        case OPT_DPROMPT: r = parse_int(optarg, "--decode-prompt", 1, 1 << 16, rank, &o->decode_prompt); break;
-        case OPT_MB: r = parse_int(optarg, "--micro-batches", 0, 4096, rank, &o->micro_batches); break;
-        case OPT_COMM_ITERS: r = parse_int(optarg, "--comm-iters", 0, 1 << 20, rank, &o->comm_iters); break;
+        case OPT_DPROMPT:
+            r = parse_int(optarg, "--decode-prompt", 1, 1 << 16, rank, &o->decode_prompt);
+            break;
+        case OPT_MB:
+            r = parse_int(optarg, "--micro-batches", 0, 4096, rank, &o->micro_batches);
+            break;
+        case OPT_COMM_ITERS:
+            r = parse_int(optarg, "--comm-iters", 0, 1 << 20, rank, &o->comm_iters);
+            break;
         case OPT_NO_WARMUP: o->warmup = 0; break;
         case OPT_JSON: o->json = 1; break;
         case OPT_DEVICE:
@@ -273,7 +313,8 @@ static tsr_status test_prefill(tsr_engine *e, step_bufs *b, const int32_t *promp
     for (int k = 0; k < n_slots; k++)
         b->release[k] = k;
     b->rows[0] = p - 1;
-    tsr_step s = {p, b->tokens, b->pos, b->seq, 1, b->rows, TSR_OUT_ARGMAX, n_slots, b->release, 0, NULL, 0, NULL};
+    tsr_step s = {p,       b->tokens,  b->pos, b->seq, 1, b->rows, TSR_OUT_ARGMAX,
+                  n_slots, b->release, 0,      NULL,   0, NULL};
     double t0 = tsr_now_s();
     TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
     *tok_s = p / (tsr_now_s() - t0);
@@ -295,7 +336,8 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
         b->rows[k] = k * d + d - 1;
         b->release[k] = k;
     }
-    tsr_step pre = {n, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, nb, b->release, 0, NULL, 0, NULL};
+    tsr_step pre = {n,  b->tokens,  b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX,
+                    nb, b->release, 0,      NULL,   0,  NULL};
     TSR_TRY(tsr_engine_step(e, &pre, b->out, NULL));
     for (int k = 0; k < nb; k++) {
         b->seq[k] = k;
@@ -307,7 +349,8 @@ static tsr_status test_decode(tsr_engine *e, step_bufs *b, const int32_t *prompt
             b->tokens[k] = b->out[k]; /* the previous step's greedy token */
             b->pos[k] = d + step;
         }
-        tsr_step s = {nb, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0, NULL};
+        tsr_step s = {nb, b->tokens, b->pos, b->seq, nb, b->rows, TSR_OUT_ARGMAX,
+                      0,  NULL,      0,      NULL,   0,  NULL};
         TSR_TRY(tsr_engine_step(e, &s, b->out, NULL));
     }
     *tok_s = (double)nb * g / (tsr_now_s() - t0);
@@ -337,8 +380,8 @@ static tsr_status run_tests(tsr_engine *e, const options *o, series *pp, series 
     if (o->warmup) { /* first touch, OpenMP pools, MPI connections */
         if (P > 0)
             TSR_CHECK_GOTO(st, test_prefill(e, &b, prompt, P, B, &ignored));
-        TSR_CHECK_GOTO(st, test_decode(e, &b, prompt, B, D, o->gen_tokens < 8 ? o->gen_tokens : 8,
-                                       &ignored));
+        TSR_CHECK_GOTO(
+            st, test_decode(e, &b, prompt, B, D, o->gen_tokens < 8 ? o->gen_tokens : 8, &ignored));
     }
     for (int r = 0; r < o->reps; r++) {
         if (P > 0)
@@ -497,9 +540,10 @@ static void print_text(const options *o, const tsr_model_config *c, const job_in
     rss_summary(j->peak_rss_kib, j->world, &pk_max, &pk_sum);
     printf("model      %s (%s, %d layers, C=%d, vocab %d)\n", o->model, c->name[0] ? c->name : "?",
            c->n_layer, c->n_embd, c->n_vocab);
-    printf("layout     tp=%d x pp=%d: %d ranks on %d host(s), %d cores, %d ranks on rank 0's host%s\n",
-           o->tp, o->pp, j->world, j->hosts, j->cores, j->ranks_on_host,
-           j->oversubscribed ? " (OVERSUBSCRIBED)" : "");
+    printf(
+        "layout     tp=%d x pp=%d: %d ranks on %d host(s), %d cores, %d ranks on rank 0's host%s\n",
+        o->tp, o->pp, j->world, j->hosts, j->cores, j->ranks_on_host,
+        j->oversubscribed ? " (OVERSUBSCRIBED)" : "");
     printf("threads    %d per rank, micro-batches %d, reps %d%s\n", j->threads, j->micro_batches,
            o->reps, o->warmup ? " (after one warm-up)" : "");
     printf("device     %s, %s activations, %s between ranks%s\n", j->device, j->act_dtype, j->comm,
@@ -554,7 +598,8 @@ int main(int argc, char **argv) {
     }
     tsr_log_init(rank == 0 ? TSR_LOG_WARN : TSR_LOG_ERROR, rank, world);
     if (o.tp * o.pp != world) {
-        PERR(rank, "tsr_bench_dist: --tp %d x --pp %d needs %d ranks, the job has %d (mpirun -np %d)\n",
+        PERR(rank,
+             "tsr_bench_dist: --tp %d x --pp %d needs %d ranks, the job has %d (mpirun -np %d)\n",
              o.tp, o.pp, o.tp * o.pp, world, o.tp * o.pp);
         goto cleanup;
     }
@@ -603,8 +648,8 @@ int main(int argc, char **argv) {
     if (j.threads < 1)
         j.threads = 1;
     int32_t flags[2] = {grid.local_size > j.cores, grid.local_rank == 0}, all_flags[2];
-    TSR_CHECK_GOTO(st, tsr_comm_allreduce(grid.world, flags, all_flags, 1, TSR_COMM_I32,
-                                          TSR_COMM_MAX));
+    TSR_CHECK_GOTO(st,
+                   tsr_comm_allreduce(grid.world, flags, all_flags, 1, TSR_COMM_I32, TSR_COMM_MAX));
     TSR_CHECK_GOTO(st, tsr_comm_allreduce(grid.world, flags + 1, all_flags + 1, 1, TSR_COMM_I32,
                                           TSR_COMM_SUM));
     j.oversubscribed = all_flags[0];
@@ -646,7 +691,8 @@ int main(int argc, char **argv) {
     j.comm = tsr_comm_kind_name(o.comm);
     j.staged = e.tp_xfer == TSR_XFER_STAGED || e.pp_xfer == TSR_XFER_STAGED;
     if (rank == 0 && ec.max_ctx > c->n_ctx_train)
-        fprintf(stderr, "tsr_bench_dist: warning: %d positions exceed the model's training context %d\n",
+        fprintf(stderr,
+                "tsr_bench_dist: warning: %d positions exceed the model's training context %d\n",
                 ec.max_ctx, c->n_ctx_train);
 
     j.load_s = malloc((size_t)world * sizeof *j.load_s);
@@ -694,13 +740,16 @@ int main(int argc, char **argv) {
         (st = bench_allreduce(&e, comm_buf, n_comm, o.comm_iters, &j.allreduce_us)) != TSR_OK ||
         (st = bench_pp_send(&e, comm_buf, n_comm, o.comm_iters, &j.pp_send_us)) != TSR_OK ||
         (st = tsr_comm_allgather(grid.world, &my_load, j.load_s, 1, TSR_F32)) != TSR_OK ||
-        (st = tsr_comm_allgather(grid.world, &my_rss[0], j.peak_rss_kib, 1, TSR_COMM_I32)) != TSR_OK ||
-        (st = tsr_comm_allgather(grid.world, &my_rss[1], j.end_rss_kib, 1, TSR_COMM_I32)) != TSR_OK) {
+        (st = tsr_comm_allgather(grid.world, &my_rss[0], j.peak_rss_kib, 1, TSR_COMM_I32)) !=
+            TSR_OK ||
+        (st = tsr_comm_allgather(grid.world, &my_rss[1], j.end_rss_kib, 1, TSR_COMM_I32)) !=
+            TSR_OK) {
         fprintf(stderr, "[rank %d] tsr_bench_dist: %s\n", rank, tsr_error_msg());
         tsr_comm_abort(&grid, 1, "tsr_bench_dist: a collective failed");
     }
     for (int r = 0; r < world; r++) /* world rank r = pp_rank * tp + tp_rank (dp = 1) */
-        j.weight_mib[r] = tsr_shard_plan_weight_bytes(&e.plan, c, r % o.tp, r / o.tp, 4) / 1048576.0;
+        j.weight_mib[r] =
+            tsr_shard_plan_weight_bytes(&e.plan, c, r % o.tp, r / o.tp, 4) / 1048576.0;
 
     if (rank == 0) {
         if (o.json)

@@ -60,10 +60,10 @@ int main(int argc, char **argv) {
     const char *model = NULL;
     int K = 128, reps = 3, threads = 0;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                          {"k", required_argument, 0, 'k'},
-                                          {"reps", required_argument, 0, 'r'},
-                                          {"threads", required_argument, 0, 't'},
-                                          {0, 0, 0, 0}};
+                                         {"k", required_argument, 0, 'k'},
+                                         {"reps", required_argument, 0, 'r'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (c) {
         case 'm': model = optarg; break;
@@ -129,11 +129,11 @@ int main(int argc, char **argv) {
         return die("out of memory");
     static const struct {
         float T, top_p, min_p;
-    } set[] = {{0.7f, 0.9f, 0}, {0.8f, 0.95f, 0}, {1.0f, 0.9f, 0}, {1.0f, 1.0f, 0},
-               {1.0f, 1.0f, 0.05f}, {1.3f, 1.0f, 0}};
+    } set[] = {{0.7f, 0.9f, 0}, {0.8f, 0.95f, 0},    {1.0f, 0.9f, 0},
+               {1.0f, 1.0f, 0}, {1.0f, 1.0f, 0.05f}, {1.3f, 1.0f, 0}};
     static const int ks[] = {16, 32, 64, 128, 256};
-    printf("tsr_bench_sampling: %d rows of %d logits (%s), K = %d, tsr_bench_median of %d passes\n", n, V,
-           model, K, reps);
+    printf("tsr_bench_sampling: %d rows of %d logits (%s), K = %d, tsr_bench_median of %d passes\n",
+           n, V, model, K, reps);
     printf("| T | top_p | min_p | host row us | device ops us | host cand us |");
     for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++)
         printf(" whole %% K=%d |", ks[j]);
@@ -189,8 +189,8 @@ int main(int argc, char **argv) {
             for (int i = 0; i < n; i++) {
                 int32_t t;
                 whole[j] += tsr_sampler_pick_sorted(tv + (size_t)i * ks[j], ks[j], 0, ex[2 * i],
-                                                    ex[2 * i + 1], p.temperature, p.top_p,
-                                                    p.min_p, tsr_sampler_peek_unit(&probe)) < 0;
+                                                    ex[2 * i + 1], p.temperature, p.top_p, p.min_p,
+                                                    tsr_sampler_peek_unit(&probe)) < 0;
                 tsr_sampler_sample(&probe, rows + (size_t)i * V, NULL, 0, &t); /* next u */
             }
             tsr_sampler_free(&probe);

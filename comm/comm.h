@@ -62,21 +62,22 @@ typedef enum {
 
 typedef struct {
     int world_rank, world_size;
-    int tp, pp, dp;              /* degrees; tp * pp * dp == world_size */
+    int tp, pp, dp; /* degrees; tp * pp * dp == world_size */
     int tp_rank, pp_rank, dp_rank;
-    int local_rank, local_size;  /* among the ranks on this host */
+    int local_rank, local_size; /* among the ranks on this host */
     char host[64];
     tsr_comm_group_t *world, *tp_group, *pp_group;
 } tsr_comm_grid;
 
 typedef struct {
-    int tp, pp;                 /* dp = world / (tp * pp) */
-    tsr_comm_kind kind;         /* data backend of the tp and pp groups */
-    int device;                 /* NCCL: CUDA device of this rank; -1 = local_rank */
-    double watchdog_timeout_s;  /* NCCL: abort when a collective hangs this long; 0 = 300 */
+    int tp, pp;                /* dp = world / (tp * pp) */
+    tsr_comm_kind kind;        /* data backend of the tp and pp groups */
+    int device;                /* NCCL: CUDA device of this rank; -1 = local_rank */
+    double watchdog_timeout_s; /* NCCL: abort when a collective hangs this long; 0 = 300 */
 } tsr_comm_grid_config;
 
-#define TSR_COMM_GRID_CONFIG_INIT {1, 1, TSR_COMM_MPI, -1, 0.0}
+#define TSR_COMM_GRID_CONFIG_INIT                                                                  \
+    { 1, 1, TSR_COMM_MPI, -1, 0.0 }
 
 /* Initialises MPI (MPI_THREAD_FUNNELED; safe if already initialised) and
  * reads world rank/size, for use before the grid exists (logging, config
@@ -127,7 +128,8 @@ tsr_status tsr_comm_broadcast(tsr_comm_group_t *g, void *buf, size_t count, int 
  * NCCL ignores them: its sends and receives match in issue order. */
 tsr_status tsr_comm_send(tsr_comm_group_t *g, const void *buf, size_t count, int dtype, int peer,
                          int tag);
-tsr_status tsr_comm_recv(tsr_comm_group_t *g, void *buf, size_t count, int dtype, int peer, int tag);
+tsr_status tsr_comm_recv(tsr_comm_group_t *g, void *buf, size_t count, int dtype, int peer,
+                         int tag);
 
 tsr_status tsr_comm_barrier(tsr_comm_group_t *g);
 

@@ -30,9 +30,7 @@ void *tsr_backend_stream(const tsr_backend *b) {
     return b && b->iface->stream ? b->iface->stream((tsr_backend *)b) : NULL;
 }
 
-tsr_status tsr_backend_sync(tsr_backend *b) {
-    return b->iface->sync(b);
-}
+tsr_status tsr_backend_sync(tsr_backend *b) { return b->iface->sync(b); }
 
 tsr_status tsr_backend_lacks(const tsr_backend *b, const char *op) {
     return tsr_error_set(TSR_ERR_UNSUPPORTED, "backend %s has no %s op", b->iface->name, op);
@@ -76,15 +74,9 @@ tsr_status tsr_backend_cuda_create(int device, tsr_dtype act_dtype, tsr_dtype we
                          "-DTESSERA_CUDA=ON on a machine with the CUDA toolkit)");
 }
 
-int tsr_backend_cuda_device_count(void) {
-    return 0;
-}
+int tsr_backend_cuda_device_count(void) { return 0; }
 
-int tsr_backend_has_cuda(void) {
-    return 0;
-}
+int tsr_backend_has_cuda(void) { return 0; }
 #else
-int tsr_backend_has_cuda(void) {
-    return 1;
-}
+int tsr_backend_has_cuda(void) { return 1; }
 #endif

@@ -52,8 +52,8 @@ typedef struct {
     int n_kv_head; /* KV heads in the cache; divides n_head (GQA) */
     int head_dim;
     int block_size;
-    int max_blocks; /* columns of block_tables */
-    float scale;    /* usually 1/sqrt(head_dim) */
+    int max_blocks;              /* columns of block_tables */
+    float scale;                 /* usually 1/sqrt(head_dim) */
     const int32_t *pos;          /* (n_tokens) device */
     const int32_t *seq;          /* (n_tokens) device */
     const int32_t *block_tables; /* (n_seqs, max_blocks) device */
@@ -104,7 +104,8 @@ typedef struct {
     void (*destroy)(tsr_backend *b);
 
     /* Weights: converts host f32 (rows, cols) into the backend's storage. */
-    tsr_status (*weight_upload)(tsr_backend *b, tsr_weight *w, const float *src, int rows, int cols);
+    tsr_status (*weight_upload)(tsr_backend *b, tsr_weight *w, const float *src, int rows,
+                                int cols);
     void (*weight_free)(tsr_backend *b, tsr_weight *w);
     /* A vector (norm weights, biases) in activation type; returns NULL on failure. */
     void *(*vector_upload)(tsr_backend *b, const float *src, size_t n);
@@ -131,7 +132,8 @@ typedef struct {
     tsr_status (*attention)(tsr_backend *b, void *out, const void *q, const void *k_cache,
                             const void *v_cache, const tsr_attn_desc *d);
     /* out(n, dim) = silu(gate) * up. out may alias gate. */
-    tsr_status (*swiglu)(tsr_backend *b, void *out, const void *gate, const void *up, int n, int dim);
+    tsr_status (*swiglu)(tsr_backend *b, void *out, const void *gate, const void *up, int n,
+                         int dim);
     /* y(n, dim) += x(n, dim) (residual). */
     tsr_status (*add)(tsr_backend *b, void *y, const void *x, int n, int dim);
     /* y(n, dim) += bias(dim) broadcast over rows. */
@@ -204,8 +206,8 @@ typedef struct {
      *   dB += scale * dy^T xa ;  t = scale * dy B  (t: f32 (n, r), left so) ;
      *   dA += t^T x ;  dx += t A  (skipped when dx is NULL). */
     tsr_status (*lora_bwd)(tsr_backend *b, void *dx, float *dA, float *dB, const void *dy,
-                           const void *x, const float *xa, const float *A, const float *B,
-                           float *t, int n, int d_in, int d_out, int r, float scale);
+                           const void *x, const float *xa, const float *A, const float *B, float *t,
+                           int n, int d_in, int d_out, int r, float scale);
     /* dx(n, dim) += the gradient of y = rmsnorm(x) * w given dy (w frozen;
      * in the activation type, as rmsnorm's). */
     tsr_status (*rmsnorm_bwd)(tsr_backend *b, void *dx, const void *dy, const void *x,

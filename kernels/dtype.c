@@ -12,11 +12,9 @@ typedef struct {
 } dtype_info;
 
 static const dtype_info infos[TSR_DTYPE_COUNT] = {
-    [TSR_F32] = {"f32", 1, 4},      [TSR_F16] = {"f16", 1, 2},
-    [TSR_Q4_0] = {"q4_0", 32, 18},  [TSR_Q4_1] = {"q4_1", 32, 20},
-    [TSR_Q5_0] = {"q5_0", 32, 22},  [TSR_Q5_1] = {"q5_1", 32, 24},
-    [TSR_Q8_0] = {"q8_0", 32, 34},  [TSR_Q6_K] = {"q6_k", 256, 210},
-    [TSR_BF16] = {"bf16", 1, 2},
+    [TSR_F32] = {"f32", 1, 4},     [TSR_F16] = {"f16", 1, 2},       [TSR_Q4_0] = {"q4_0", 32, 18},
+    [TSR_Q4_1] = {"q4_1", 32, 20}, [TSR_Q5_0] = {"q5_0", 32, 22},   [TSR_Q5_1] = {"q5_1", 32, 24},
+    [TSR_Q8_0] = {"q8_0", 32, 34}, [TSR_Q6_K] = {"q6_k", 256, 210}, [TSR_BF16] = {"bf16", 1, 2},
 };
 
 static const dtype_info *info(int t) {
@@ -111,9 +109,7 @@ static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 void tsr_dequantize(int t, const void *src, float *dst, size_t n) {
     const uint8_t *p = src;
     switch (t) {
-    case TSR_F32:
-        memcpy(dst, src, n * 4);
-        return;
+    case TSR_F32: memcpy(dst, src, n * 4); return;
     case TSR_F16:
         for (size_t i = 0; i < n; i++)
             dst[i] = tsr_f16_to_f32(rd16(p + 2 * i));
@@ -147,15 +143,15 @@ void tsr_dequantize(int t, const void *src, float *dst, size_t n) {
             }
         }
         return;
-    case TSR_Q5_0: /* {f16 d; u32 qh; u8 qs[16]}: 5th bit of element j in qh bit j */
+    case TSR_Q5_0:   /* {f16 d; u32 qh; u8 qs[16]}: 5th bit of element j in qh bit j */
     case TSR_Q5_1: { /* {f16 d; f16 m; u32 qh; u8 qs[16]} */
         int has_m = t == TSR_Q5_1;
         size_t bb = has_m ? 24 : 22;
         for (size_t b = 0; b < n / 32; b++, p += bb, dst += 32) {
             float d = tsr_f16_to_f32(rd16(p)), m = has_m ? tsr_f16_to_f32(rd16(p + 2)) : 0;
             const uint8_t *qhp = p + (has_m ? 4 : 2), *qs = qhp + 4;
-            uint32_t qh = (uint32_t)qhp[0] | (uint32_t)qhp[1] << 8 |
-                          (uint32_t)qhp[2] << 16 | (uint32_t)qhp[3] << 24;
+            uint32_t qh = (uint32_t)qhp[0] | (uint32_t)qhp[1] << 8 | (uint32_t)qhp[2] << 16 |
+                          (uint32_t)qhp[3] << 24;
             for (int j = 0; j < 16; j++) {
                 int lo = (qs[j] & 0xf) | (int)((qh >> j) & 1) << 4;
                 int hi = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;

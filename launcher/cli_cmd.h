@@ -23,13 +23,57 @@
 
 /* Every option of every command (k_options in tessera_cli.c names them). */
 typedef enum {
-    O_ADDR, O_AUTH_FILE, O_TLS_CA, O_TLS_NAME, O_TIMEOUT, O_VERBOSE,
-    O_PROMPT, O_CHAT, O_SYSTEM, O_TOKENS, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_K, O_TOP_P,
-    O_MIN_P, O_SEED, O_REPEAT_PENALTY, O_FREQ_PENALTY, O_PRES_PENALTY, O_STOP, O_STOP_ID,
-    O_MIN_TOKENS, O_IGNORE_EOS, O_LOGPROBS, O_REQUEST_ID, O_ADAPTER, O_QUIET,
-    O_WAIT, O_SERVICE, O_JSON, O_TEXT, O_PARSE_SPECIAL, O_ADD_SPECIAL, O_IDS, O_SKIP_SPECIAL,
-    O_DATA, O_OUT, O_STEPS, O_EPOCHS, O_LR, O_BATCH_SIZE, O_RANK, O_ALPHA, O_TARGETS,
-    O_MAX_GRAD_NORM, O_WEIGHT_DECAY, O_ADAM_EPS, O_DROPOUT, O_RESUME, O_HELP, O_VERSION,
+    O_ADDR,
+    O_AUTH_FILE,
+    O_TLS_CA,
+    O_TLS_NAME,
+    O_TIMEOUT,
+    O_VERBOSE,
+    O_PROMPT,
+    O_CHAT,
+    O_SYSTEM,
+    O_TOKENS,
+    O_MAX_TOKENS,
+    O_TEMPERATURE,
+    O_TOP_K,
+    O_TOP_P,
+    O_MIN_P,
+    O_SEED,
+    O_REPEAT_PENALTY,
+    O_FREQ_PENALTY,
+    O_PRES_PENALTY,
+    O_STOP,
+    O_STOP_ID,
+    O_MIN_TOKENS,
+    O_IGNORE_EOS,
+    O_LOGPROBS,
+    O_REQUEST_ID,
+    O_ADAPTER,
+    O_QUIET,
+    O_WAIT,
+    O_SERVICE,
+    O_JSON,
+    O_TEXT,
+    O_PARSE_SPECIAL,
+    O_ADD_SPECIAL,
+    O_IDS,
+    O_SKIP_SPECIAL,
+    O_DATA,
+    O_OUT,
+    O_STEPS,
+    O_EPOCHS,
+    O_LR,
+    O_BATCH_SIZE,
+    O_RANK,
+    O_ALPHA,
+    O_TARGETS,
+    O_MAX_GRAD_NORM,
+    O_WEIGHT_DECAY,
+    O_ADAM_EPS,
+    O_DROPOUT,
+    O_RESUME,
+    O_HELP,
+    O_VERSION,
     O__COUNT
 } opt_id;
 
@@ -39,12 +83,12 @@ typedef enum {
 typedef struct {
     const char *cmd_name;
     unsigned cmd;
-    const char **val;      /* O__COUNT entries; NULL when absent (points into opt) */
-    const char **stops;    /* every --stop, in order (malloc'd) */
+    const char **val;   /* O__COUNT entries; NULL when absent (points into opt) */
+    const char **stops; /* every --stop, in order (malloc'd) */
     size_t n_stops;
     const char **stop_ids; /* every --stop-id, in order (malloc'd) */
     size_t n_stop_ids;
-    tsr_opt_args opt;      /* what tsr_opt_parse read */
+    tsr_opt_args opt; /* what tsr_opt_parse read */
 } cli_args;
 
 /* What the commands share once the flags are read. */

@@ -16,15 +16,15 @@
 #include "tessera/v1/tessera.pb-c.h"
 
 typedef struct {
-    int printed_any;       /* some text reached stdout */
-    char last_char;        /* the last byte written */
+    int printed_any; /* some text reached stdout */
+    char last_char;  /* the last byte written */
     int have_final;
     Tessera__V1__FinishReason finish;
     int prompt_tokens, completion_tokens, cached_tokens;
     double queued_s, ttft_s, total_s;
-    char *error;           /* GenerateFinal.error (malloc'd) */
+    char *error; /* GenerateFinal.error (malloc'd) */
     char request_id[256];
-    FILE *logprobs;        /* open_memstream of the logprob lines; NULL = not asked */
+    FILE *logprobs; /* open_memstream of the logprob lines; NULL = not asked */
 } gen_state;
 
 static const char *finish_name(Tessera__V1__FinishReason r) {
@@ -61,8 +61,7 @@ static void log_logprobs(FILE *f, const Tessera__V1__GenerateChunk *ch) {
 
 static tsr_status gen_on_message(void *ctx, const uint8_t *data, size_t len) {
     gen_state *g = ctx;
-    Tessera__V1__GenerateResponse *r =
-        tessera__v1__generate_response__unpack(NULL, len, data);
+    Tessera__V1__GenerateResponse *r = tessera__v1__generate_response__unpack(NULL, len, data);
     if (!r)
         return tsr_error_set(TSR_ERR_FORMAT, "cannot decode a GenerateResponse (%zu bytes)", len);
     tsr_status rc = TSR_OK;
@@ -113,8 +112,8 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
     Tessera__V1__SamplingParams sp = TESSERA__V1__SAMPLING_PARAMS__INIT;
     int rc = 0;
     if ((rc = cli_opt_f32(a, O_TEMPERATURE, &sp.temperature)) ||
-        (rc = cli_opt_i32(a, O_TOP_K, &sp.top_k)) ||
-        (rc = cli_opt_f32(a, O_TOP_P, &sp.top_p)) || (rc = cli_opt_f32(a, O_MIN_P, &sp.min_p)) ||
+        (rc = cli_opt_i32(a, O_TOP_K, &sp.top_k)) || (rc = cli_opt_f32(a, O_TOP_P, &sp.top_p)) ||
+        (rc = cli_opt_f32(a, O_MIN_P, &sp.min_p)) ||
         (rc = cli_opt_f32(a, O_REPEAT_PENALTY, &sp.repetition_penalty)) ||
         (rc = cli_opt_f32(a, O_FREQ_PENALTY, &sp.frequency_penalty)) ||
         (rc = cli_opt_f32(a, O_PRES_PENALTY, &sp.presence_penalty)) ||
@@ -127,7 +126,7 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
         int32_t n;
         if (tsr_opt_parse_i32(a->val[O_LOGPROBS], &n) != 0 || n < 0)
             return cli_usage_error("--logprobs expects a count of alternatives >= 0, got '%s'",
-                               a->val[O_LOGPROBS]);
+                                   a->val[O_LOGPROBS]);
         sp.logprobs = 1;
         sp.top_logprobs = n;
     }
@@ -148,7 +147,7 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
         size_t n;
         if (tsr_cli_parse_id_list(a->stop_ids[i], &ids, &n) != 0) {
             rc = cli_usage_error("--stop-id expects token ids (N or N,M,...), got '%s'",
-                             a->stop_ids[i]);
+                                 a->stop_ids[i]);
             goto cleanup;
         }
         int32_t *grown = realloc(stop_ids, (n_stop_ids + n) * sizeof *grown);
@@ -210,8 +209,8 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
     }
 
     tsr_cli_status st;
-    tsr_status call_st = tsr_cli_call_stream(cx->conn, "/tessera.v1.Tessera/Generate",
-                                             &req.base, gen_on_message, &g, &st);
+    tsr_status call_st = tsr_cli_call_stream(cx->conn, "/tessera.v1.Tessera/Generate", &req.base,
+                                             gen_on_message, &g, &st);
     /* Text never ends mid-line on the terminal, whatever happened. */
     if (call_st == TSR_OK || (g.printed_any && g.last_char != '\n')) {
         fputc('\n', stdout);
@@ -239,19 +238,17 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
                 g.completion_tokens);
         if (g.cached_tokens > 0)
             fprintf(stderr, " (%d cached)", g.cached_tokens);
-        fprintf(stderr, ", finish %s, ttft %.3g s, total %.3g s\n", finish_name(g.finish),
-                g.ttft_s, g.total_s);
+        fprintf(stderr, ", finish %s, ttft %.3g s, total %.3g s\n", finish_name(g.finish), g.ttft_s,
+                g.total_s);
     }
     switch (g.finish) {
     case TESSERA__V1__FINISH_REASON__FINISH_REASON_ERROR:
         fprintf(stderr, "tessera-cli: generation failed: %s\n", g.error ? g.error : "(no message)");
         break;
     case TESSERA__V1__FINISH_REASON__FINISH_REASON_CANCELLED:
-        fputs("tessera-cli: the server cancelled the request (aborted or shutting down)\n",
-              stderr);
+        fputs("tessera-cli: the server cancelled the request (aborted or shutting down)\n", stderr);
         break;
-    default:
-        rc = 0;
+    default: rc = 0;
     }
 cleanup:
     if (g.logprobs)

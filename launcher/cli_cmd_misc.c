@@ -48,8 +48,8 @@ static const char *serving_name(Grpc__Health__V1__HealthCheckResponse__ServingSt
 /* One Check. Returns TSR_OK with *status set, or the call's status with *st
  * saying why. */
 static tsr_status health_check(const cli_ctx *cx, const char *service,
-                        Grpc__Health__V1__HealthCheckResponse__ServingStatus *status,
-                        tsr_cli_status *st) {
+                               Grpc__Health__V1__HealthCheckResponse__ServingStatus *status,
+                               tsr_cli_status *st) {
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     req.service = (char *)service;
     ProtobufCMessage *resp;
@@ -74,7 +74,8 @@ int cli_cmd_health(const cli_ctx *cx, const cli_args *a) {
             return cli_report_failure(cx, "health", &st);
         printf("%s\n", serving_name(status));
         return status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                   ? 0 : EXIT_FAIL;
+                   ? 0
+                   : EXIT_FAIL;
     }
 
     /* Poll until SERVING. A server that is not up yet (unreachable, or
@@ -117,8 +118,7 @@ int cli_cmd_health(const cli_ctx *cx, const cli_args *a) {
             }
             if (cx->verbose)
                 fprintf(stderr, "tessera-cli: %s: %s, waiting\n",
-                        st.unreachable ? "unreachable" : tsr_cli_status_name(st.code),
-                        st.details);
+                        st.unreachable ? "unreachable" : tsr_cli_status_name(st.code), st.details);
         }
         if (tsr_now_s() >= end)
             break;
@@ -145,19 +145,15 @@ static int print_info_json(const Tessera__V1__ModelInfo *m, const Tessera__V1__S
     json_t *root = json_pack(
         "{s:{s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
         "s:{s:i,s:i,s:i,s:i,s:i,s:f,s:s,s:i}}",
-        "model", "name", m->name, "architecture", m->architecture, "format", m->format,
-        "n_layer", m->n_layer, "n_embd", m->n_embd, "n_head",
-        m->n_head, "n_head_kv", m->n_head_kv, "head_dim",
-        m->head_dim, "n_ff", m->n_ff, "vocab_size",
-        m->vocab_size, "context_length", m->context_length,
-        "train_context_length", m->train_context_length, "tp", m->tp,
-        "pp", m->pp, "bos_token_id", m->bos_token_id, "eos_token_id",
-        m->eos_token_id,
-        "server", "active_requests", s->active_requests, "queued_requests",
-        s->queued_requests, "kv_blocks_used", s->kv_blocks_used,
-        "kv_blocks_total", s->kv_blocks_total, "kv_block_size",
-        s->kv_block_size, "uptime_s", s->uptime_s, "version", s->version,
-        "world_size", s->world_size);
+        "model", "name", m->name, "architecture", m->architecture, "format", m->format, "n_layer",
+        m->n_layer, "n_embd", m->n_embd, "n_head", m->n_head, "n_head_kv", m->n_head_kv, "head_dim",
+        m->head_dim, "n_ff", m->n_ff, "vocab_size", m->vocab_size, "context_length",
+        m->context_length, "train_context_length", m->train_context_length, "tp", m->tp, "pp",
+        m->pp, "bos_token_id", m->bos_token_id, "eos_token_id", m->eos_token_id, "server",
+        "active_requests", s->active_requests, "queued_requests", s->queued_requests,
+        "kv_blocks_used", s->kv_blocks_used, "kv_blocks_total", s->kv_blocks_total, "kv_block_size",
+        s->kv_block_size, "uptime_s", s->uptime_s, "version", s->version, "world_size",
+        s->world_size);
     if (!root) {
         fputs("tessera-cli: json_pack failed (invalid UTF-8 in a server string?)\n", stderr);
         return EXIT_FAIL;
@@ -183,8 +179,7 @@ static void print_info_text(const Tessera__V1__ModelInfo *m, const Tessera__V1__
     printf("context:      %d tokens served (trained on %d)\n", m->context_length,
            m->train_context_length);
     printf("layout:       tp %d x pp %d on %d ranks\n", m->tp, m->pp, s->world_size);
-    printf("server:       version %s, up %.1f s\n", s->version[0] ? s->version : "?",
-           s->uptime_s);
+    printf("server:       version %s, up %.1f s\n", s->version[0] ? s->version : "?", s->uptime_s);
     printf("requests:     %d active, %d queued\n", s->active_requests, s->queued_requests);
     printf("kv cache:     %d of %d blocks in use (%d tokens per block)\n", s->kv_blocks_used,
            s->kv_blocks_total, s->kv_block_size);

@@ -71,19 +71,25 @@ static int train_parse(const cli_args *a, train_opts *o) {
     static const struct {
         opt_id id;
         const char *what;
-    } positive[] = {{O_STEPS, "a number of steps >= 1"}, {O_EPOCHS, "a number of epochs >= 1"},
-                    {O_BATCH_SIZE, "examples per step, >= 1"}, {O_RANK, "a LoRA rank >= 1"},
-                    {O_LR, "a learning rate > 0"}, {O_ALPHA, "a LoRA alpha > 0"},
+    } positive[] = {{O_STEPS, "a number of steps >= 1"},
+                    {O_EPOCHS, "a number of epochs >= 1"},
+                    {O_BATCH_SIZE, "examples per step, >= 1"},
+                    {O_RANK, "a LoRA rank >= 1"},
+                    {O_LR, "a learning rate > 0"},
+                    {O_ALPHA, "a LoRA alpha > 0"},
                     {O_ADAM_EPS, "an AdamW epsilon > 0"}};
     for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++) {
         opt_id id = positive[i].id;
-        double v = id == O_STEPS ? o->steps : id == O_EPOCHS ? o->epochs
-                   : id == O_BATCH_SIZE ? o->batch : id == O_RANK ? o->rank
-                   : id == O_LR ? (double)o->lr : id == O_ALPHA ? (double)o->alpha
-                   : (double)o->adam_eps;
+        double v = id == O_STEPS        ? o->steps
+                   : id == O_EPOCHS     ? o->epochs
+                   : id == O_BATCH_SIZE ? o->batch
+                   : id == O_RANK       ? o->rank
+                   : id == O_LR         ? (double)o->lr
+                   : id == O_ALPHA      ? (double)o->alpha
+                                        : (double)o->adam_eps;
         if (a->val[id] && !(v > 0))
-            return cli_usage_error("--%s expects %s, got '%s'", cli_option_name(id), positive[i].what,
-                               a->val[id]);
+            return cli_usage_error("--%s expects %s, got '%s'", cli_option_name(id),
+                                   positive[i].what, a->val[id]);
     }
     if (a->val[O_SEED] && tsr_opt_parse_u64(a->val[O_SEED], &o->seed) != 0)
         return cli_usage_error("--seed expects an unsigned integer, got '%s'", a->val[O_SEED]);
@@ -101,8 +107,8 @@ static int train_parse(const cli_args *a, train_opts *o) {
         tsr_cli_rstrip(p);
         if (!*p || o->n_targets == sizeof o->targets / sizeof o->targets[0])
             return cli_usage_error("--targets expects modules separated by commas "
-                               "(q,k,v,o,gate,up,down or all), got '%s'",
-                               targets);
+                                   "(q,k,v,o,gate,up,down or all), got '%s'",
+                                   targets);
         o->targets[o->n_targets++] = p;
         if (!comma)
             break;
@@ -211,8 +217,9 @@ enum { CLI_MAX_EXAMPLES_PER_CALL = 1024 };
 /* The example a "more than N tokens (at example K)" refusal names: the call
  * must end before it. 1 with *k set, else 0. */
 static int token_limit_split(const tsr_cli_status *st, int *k) {
-    const char *p = st->code == GRPC_STATUS_INVALID_ARGUMENT ? strstr(st->details, "tokens (at example ")
-                                                             : NULL;
+    const char *p = st->code == GRPC_STATUS_INVALID_ARGUMENT
+                        ? strstr(st->details, "tokens (at example ")
+                        : NULL;
     return p && sscanf(p, "tokens (at example %d)", k) == 1;
 }
 
@@ -227,18 +234,17 @@ static tsr_status forward_backward_step(const cli_ctx *cx, const char *adapter,
                                         long *n_tokens, tsr_cli_status *st, int *failed_first) {
     *n_tokens = 0;
     for (int first = 0; first < count;) {
-        int n = count - first < CLI_MAX_EXAMPLES_PER_CALL ? count - first
-                                                          : CLI_MAX_EXAMPLES_PER_CALL;
+        int n =
+            count - first < CLI_MAX_EXAMPLES_PER_CALL ? count - first : CLI_MAX_EXAMPLES_PER_CALL;
         for (;;) {
             Tessera__V1__ForwardBackwardRequest req = TESSERA__V1__FORWARD_BACKWARD_REQUEST__INIT;
             req.adapter = (char *)adapter;
             req.n_examples = (size_t)n;
             req.examples = batch + first;
             Tessera__V1__ForwardBackwardResponse *r = NULL;
-            tsr_status s = tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/ForwardBackward",
-                                              &req.base,
-                                              &tessera__v1__forward_backward_response__descriptor,
-                                              (ProtobufCMessage **)&r, st);
+            tsr_status s = tsr_cli_call_unary(
+                cx->conn, "/tessera.v1.Tessera/ForwardBackward", &req.base,
+                &tessera__v1__forward_backward_response__descriptor, (ProtobufCMessage **)&r, st);
             if (s == TSR_OK) {
                 *n_tokens += (long)r->n_tokens;
                 protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -270,16 +276,16 @@ static void explain_example(const tsr_cli_status *st, const train_opts *o,
 
 /* SaveAdapter with return_files, then DIR written with the adapter's two
  * files, loss.csv and loss.png. Returns 0 or the exit code (reported). */
-static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_loss_row *log,
-                      size_t n_log, int *saved_step) {
+static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_loss_row *log, size_t n_log,
+                      int *saved_step) {
     Tessera__V1__SaveAdapterRequest req = TESSERA__V1__SAVE_ADAPTER_REQUEST__INIT;
     req.adapter = (char *)o->adapter;
     req.return_files = 1;
     Tessera__V1__SaveAdapterResponse *r = NULL;
     tsr_cli_status st;
     if (tsr_cli_call_unary(cx->conn, "/tessera.v1.Tessera/SaveAdapter", &req.base,
-                           &tessera__v1__save_adapter_response__descriptor,
-                           (ProtobufCMessage **)&r, &st) != TSR_OK)
+                           &tessera__v1__save_adapter_response__descriptor, (ProtobufCMessage **)&r,
+                           &st) != TSR_OK)
         return cli_report_failure(cx, "SaveAdapter", &st);
     int rc = EXIT_FAIL;
     char *csv = NULL;
@@ -287,8 +293,9 @@ static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_loss_row
     double *xs = NULL, *ys = NULL;
     size_t csv_len = 0, png_len = 0;
     if (!r->adapter_config_json.len || !r->adapter_model_safetensors.len) {
-        fprintf(stderr, "tessera-cli: SaveAdapter: the server sent no adapter files "
-                        "(adapter_config.json %zu bytes, adapter_model.safetensors %zu bytes)\n",
+        fprintf(stderr,
+                "tessera-cli: SaveAdapter: the server sent no adapter files "
+                "(adapter_config.json %zu bytes, adapter_model.safetensors %zu bytes)\n",
                 r->adapter_config_json.len, r->adapter_model_safetensors.len);
         goto cleanup;
     }
@@ -302,8 +309,11 @@ static int train_save(const cli_ctx *cx, const train_opts *o, const tsr_loss_row
         xs[i] = log[i].step;
         ys[i] = log[i].loss;
     }
-    tsr_cli_plot_opts po = {.width = 800, .height = 480, .title = "training loss",
-                            .x_label = "step", .y_label = "loss"};
+    tsr_cli_plot_opts po = {.width = 800,
+                            .height = 480,
+                            .title = "training loss",
+                            .x_label = "step",
+                            .y_label = "loss"};
     if (tsr_cli_plot_line(xs, ys, n_log, &po, &rgb) != 0 ||
         tsr_cli_png_encode(rgb, po.width, po.height, &png, &png_len) != 0) {
         fputs("tessera-cli: cannot draw loss.png (out of memory?)\n", stderr);
@@ -478,8 +488,9 @@ int cli_cmd_train(const cli_ctx *cx, const cli_args *a) {
     }
     fprintf(stderr, ", lr %g\n", (double)o.lr);
     if (start >= total)
-        fprintf(stderr, "tessera-cli: adapter '%s' is already at step %d of %d: nothing to "
-                        "train; saving it\n",
+        fprintf(stderr,
+                "tessera-cli: adapter '%s' is already at step %d of %d: nothing to "
+                "train; saving it\n",
                 o.adapter, start, total);
 
     /* The steps. */
@@ -524,16 +535,18 @@ int cli_cmd_train(const cli_ctx *cx, const cli_args *a) {
             if (!fb_ok)
                 explain_example(&st, &o, &data, batch_ex + failed_first, count - failed_first);
             if (!*cx->signal)
-                fprintf(stderr, "tessera-cli: nothing was saved; adapter '%s' stays on the "
-                                "server (--resume continues it)\n",
+                fprintf(stderr,
+                        "tessera-cli: nothing was saved; adapter '%s' stays on the "
+                        "server (--resume continues it)\n",
                         o.adapter);
             goto cleanup;
         }
         double dt = tsr_now_s() - t0, tok_s = dt > 0 ? (double)n_tokens / dt : 0.0;
         if (os->step != k + 1 && !warned_step) {
             progress_end(&prog);
-            fprintf(stderr, "tessera-cli: warning: the server counts step %d where this run is "
-                            "at %d (is another client training '%s'?)\n",
+            fprintf(stderr,
+                    "tessera-cli: warning: the server counts step %d where this run is "
+                    "at %d (is another client training '%s'?)\n",
                     os->step, k + 1, o.adapter);
             warned_step = 1;
         }
@@ -547,8 +560,9 @@ int cli_cmd_train(const cli_ctx *cx, const cli_args *a) {
     progress_end(&prog);
     const int stopped = k < total; /* by a signal */
     if (stopped)
-        fprintf(stderr, "tessera-cli: interrupted after step %d of %d; saving the adapter "
-                        "(Ctrl-C again to abandon the save)\n",
+        fprintf(stderr,
+                "tessera-cli: interrupted after step %d of %d; saving the adapter "
+                "(Ctrl-C again to abandon the save)\n",
                 k, total);
 
     int saved_step = 0;

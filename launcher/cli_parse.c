@@ -97,7 +97,7 @@ char *tsr_cli_read_file(const char *path, size_t *len) {
     if (len)
         *len = n;
     return buf;
-fail: {
+fail : {
     int e = errno;
     free(buf);
     fclose(f);

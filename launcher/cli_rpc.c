@@ -51,7 +51,7 @@ static void local_fail(tsr_cli_status *st, const char *fmt, ...) {
     do {                                                                                           \
         grpc_call_error cli_e_ = (call);                                                           \
         if (cli_e_ != GRPC_CALL_OK) {                                                              \
-            local_fail((st), "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,                 \
+            local_fail((st), "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,                  \
                        grpc_call_error_to_string(cli_e_));                                         \
             goto cleanup;                                                                          \
         }                                                                                          \
@@ -59,10 +59,22 @@ static void local_fail(tsr_cli_status *st, const char *fmt, ...) {
 
 const char *tsr_cli_status_name(grpc_status_code code) {
     static const char *names[] = {
-        "OK",                  "CANCELLED",         "UNKNOWN",          "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",   "NOT_FOUND",         "ALREADY_EXISTS",   "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",  "FAILED_PRECONDITION", "ABORTED",        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",       "INTERNAL",          "UNAVAILABLE",      "DATA_LOSS",
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
         "UNAUTHENTICATED",
     };
     if ((int)code < 0 || (size_t)code >= sizeof names / sizeof names[0])
@@ -86,8 +98,8 @@ static tsr_status make_channel(tsr_cli_conn_t *c) {
     size_t n_args = 0;
     args[n_args].type = GRPC_ARG_INTEGER;
     args[n_args].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[n_args++].value.integer = cfg->max_recv_bytes > 0 ? cfg->max_recv_bytes
-                                                           : CLI_MAX_RECV_BYTES;
+    args[n_args++].value.integer =
+        cfg->max_recv_bytes > 0 ? cfg->max_recv_bytes : CLI_MAX_RECV_BYTES;
     args[n_args].type = GRPC_ARG_INTEGER;
     args[n_args].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
     args[n_args++].value.integer = 200;
@@ -223,8 +235,8 @@ tsr_status tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const Prot
     size_t packed = protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(req_slice));
     if (packed != req_len) {
         grpc_slice_unref(req_slice);
-        local_fail(st, "protobuf_c_message_pack(%s) wrote %zu of %zu bytes",
-                   req->descriptor->name, packed, req_len);
+        local_fail(st, "protobuf_c_message_pack(%s) wrote %zu of %zu bytes", req->descriptor->name,
+                   packed, req_len);
         goto cleanup;
     }
     send_bb = grpc_raw_byte_buffer_create(&req_slice, 1);

@@ -120,8 +120,7 @@ tsr_status tsr_cli_train_check_out_dir(const char *dir, int *exists) {
     return st == TSR_OK ? st : tsr_error_wrap(st, "--out");
 }
 
-tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files,
-                                   size_t n_files) {
+tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files, size_t n_files) {
     for (size_t i = 0; i < n_files; i++)
         if (!files[i].name[0] || strchr(files[i].name, '/'))
             return tsr_error_set(TSR_ERR_INVALID, "bad file name '%s'", files[i].name);

@@ -20,12 +20,12 @@
 /* One example of the data file, as ForwardBackward sends it. msg points into
  * the rest of the struct; every string is owned (malloc'd). */
 typedef struct {
-    Tessera__V1__TrainExample msg;   /* prompt_completion or chat */
+    Tessera__V1__TrainExample msg; /* prompt_completion or chat */
     Tessera__V1__PromptCompletion pc;
     Tessera__V1__ChatInput chat;
-    Tessera__V1__ChatMessage *msgs;  /* chat.n_messages of them */
+    Tessera__V1__ChatMessage *msgs; /* chat.n_messages of them */
     Tessera__V1__ChatMessage **msg_ptrs;
-    int line;                        /* 1-based line of the data file */
+    int line; /* 1-based line of the data file */
 } tsr_cli_train_example;
 
 typedef struct {
@@ -66,7 +66,6 @@ typedef struct {
  * Returns TSR_OK, or a status (TSR_ERR_INVALID for a bad file name, the
  * rule's, TSR_ERR_IO) leaving dir as it was and removing the temporary
  * directory. */
-tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files,
-                                   size_t n_files);
+tsr_status tsr_cli_train_write_dir(const char *dir, const tsr_cli_out_file *files, size_t n_files);
 
 #endif

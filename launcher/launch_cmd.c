@@ -99,7 +99,8 @@ tsr_status tsr_launch_hosts_parse(const tsr_launch_strv *hosts, int *slots, char
             return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
         tsr_status st = TSR_OK;
         int any = 0;
-        for (char *t = strtok_r(copy, ",", &save); t && st == TSR_OK; t = strtok_r(NULL, ",", &save)) {
+        for (char *t = strtok_r(copy, ",", &save); t && st == TSR_OK;
+             t = strtok_r(NULL, ",", &save)) {
             st = host_entry(t, slots, first);
             any = 1;
         }
@@ -141,9 +142,10 @@ tsr_status tsr_launch_hostfile_parse(const char *path, int *slots, char **first)
                     st = tsr_error_set(TSR_ERR_INVALID, "%s:%d: bad '%s' (slots=N, N >= 1)", path,
                                        lineno, t);
             } else if (strncmp(t, "max_slots=", 10) && strncmp(t, "max-slots=", 10)) {
-                st = tsr_error_set(TSR_ERR_INVALID,
-                                   "%s:%d: unknown field '%s' (expected NAME [slots=N] [max_slots=N])",
-                                   path, lineno, t);
+                st = tsr_error_set(
+                    TSR_ERR_INVALID,
+                    "%s:%d: unknown field '%s' (expected NAME [slots=N] [max_slots=N])", path,
+                    lineno, t);
             }
         }
         if (st != TSR_OK)
@@ -231,12 +233,15 @@ static tsr_status env_add(env_set *es, const char *spec, char *const *environ, i
     size_t star = strcspn(spec, "*");
     if (eq) {
         if (!valid_name(spec, (size_t)(eq - spec)))
-            return tsr_error_set(TSR_ERR_INVALID, "bad --env '%s': expected NAME, NAME=VALUE or PREFIX*", spec);
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "bad --env '%s': expected NAME, NAME=VALUE or PREFIX*", spec);
         return env_put(es, spec, (size_t)(eq - spec), eq + 1);
     }
     if (spec[star] == '*') {
         if (spec[star + 1] || (star && !valid_name(spec, star)))
-            return tsr_error_set(TSR_ERR_INVALID, "bad --env '%s': a pattern is PREFIX* ('*' at the end only)", spec);
+            return tsr_error_set(TSR_ERR_INVALID,
+                                 "bad --env '%s': a pattern is PREFIX* ('*' at the end only)",
+                                 spec);
         /* every set variable with the prefix, sorted so the command is stable */
         tsr_launch_strv hits = {0};
         tsr_status st = TSR_OK;
@@ -258,7 +263,8 @@ static tsr_status env_add(env_set *es, const char *spec, char *const *environ, i
         return st;
     }
     if (!valid_name(spec, strlen(spec)))
-        return tsr_error_set(TSR_ERR_INVALID, "bad --env '%s': expected NAME, NAME=VALUE or PREFIX*", spec);
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "bad --env '%s': expected NAME, NAME=VALUE or PREFIX*", spec);
     size_t n = strlen(spec);
     for (char *const *e = environ; e && *e; e++)
         if (!strncmp(*e, spec, n) && (*e)[n] == '=')
@@ -298,7 +304,8 @@ static tsr_status tessera_args(const tsr_launch_config *c, const tsr_launch_site
         char buf[TSR_LAUNCH_MAX_STAGES * 8] = "";
         size_t len = 0;
         for (int i = 0; i < c->n_pp_layers; i++)
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%d", i ? "," : "", c->pp_layers[i]);
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%d", i ? "," : "",
+                                    c->pp_layers[i]);
         TSR_TRY(push2(a, "--pp-layers", buf));
     }
     if (c->command == TSR_LAUNCH_SERVE) {
@@ -327,7 +334,8 @@ static tsr_status tessera_args(const tsr_launch_config *c, const tsr_launch_site
     return TSR_OK;
 }
 
-static tsr_status note(tsr_launch_cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static tsr_status note(tsr_launch_cmd *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static tsr_status note(tsr_launch_cmd *cmd, const char *fmt, ...) {
     char buf[512];
     va_list ap;
@@ -346,9 +354,8 @@ static tsr_status build(const tsr_launch_config *c, const tsr_launch_site *site,
     int have_hosts = c->hosts.n > 0 || c->hostfile;
 
     if (c->np && c->np != world)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "tp=%d x pp=%d needs %d ranks, but --np asks for %d", c->tp, c->pp,
-                             world, c->np);
+        return tsr_error_set(TSR_ERR_INVALID, "tp=%d x pp=%d needs %d ranks, but --np asks for %d",
+                             c->tp, c->pp, world, c->np);
     if (!strcmp(runner, "srun") && !cmd->in_slurm)
         return tsr_error_set(TSR_ERR_INVALID,
                              "runner srun needs a Slurm allocation (SLURM_JOB_ID is not set): "
@@ -387,7 +394,9 @@ static tsr_status build(const tsr_launch_config *c, const tsr_launch_site *site,
                                  "runner srun: `srun --mpi=list` offers no pmix plugin here");
         else {
             cmd->runner = TSR_LAUNCH_RUNNER_MPIRUN;
-            TSR_TRY(note(cmd, "srun offers no pmix (srun --mpi=list): starting mpirun inside the allocation"));
+            TSR_TRY(note(
+                cmd,
+                "srun offers no pmix (srun --mpi=list): starting mpirun inside the allocation"));
         }
     } else {
         cmd->runner = TSR_LAUNCH_RUNNER_MPIRUN;
@@ -403,16 +412,16 @@ static tsr_status build(const tsr_launch_config *c, const tsr_launch_site *site,
         cmd->rank0_node = first;
         if (slots >= 0 && world > slots) {
             if (c->oversubscribe == 0 || (have_hosts && c->oversubscribe != 1))
-                return tsr_error_set(TSR_ERR_INVALID,
-                                     "tp=%d x pp=%d needs %d ranks, %s %d slots (%s)", c->tp, c->pp,
-                                     world, have_hosts ? "the hosts give" : "this machine has",
-                                     slots,
-                                     have_hosts ? "add slots, or set oversubscribe: true"
-                                                : "oversubscribe is false");
+                return tsr_error_set(
+                    TSR_ERR_INVALID, "tp=%d x pp=%d needs %d ranks, %s %d slots (%s)", c->tp, c->pp,
+                    world, have_hosts ? "the hosts give" : "this machine has", slots,
+                    have_hosts ? "add slots, or set oversubscribe: true"
+                               : "oversubscribe is false");
             cmd->oversubscribed = 1;
             if (!have_hosts && c->oversubscribe != 1)
-                TSR_TRY(note(cmd, "%d ranks on %d CPUs: oversubscribing (--oversubscribe --bind-to none)",
-                             world, slots));
+                TSR_TRY(note(
+                    cmd, "%d ranks on %d CPUs: oversubscribing (--oversubscribe --bind-to none)",
+                    world, slots));
         }
         if (c->oversubscribe == 1)
             cmd->oversubscribed = 1;

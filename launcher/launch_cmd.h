@@ -16,16 +16,16 @@
 
 /* The facts about the machine the command is built for. */
 typedef struct {
-    int ncpu;              /* online CPUs here (the slots of a local run) */
-    int is_root;           /* euid 0: Open MPI wants OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM) */
-    char *const *environ;  /* the launcher's environment (NAME=VALUE, NULL-terminated) */
-    const char *hostname;  /* this machine's name */
+    int ncpu;             /* online CPUs here (the slots of a local run) */
+    int is_root;          /* euid 0: Open MPI wants OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM) */
+    char *const *environ; /* the launcher's environment (NAME=VALUE, NULL-terminated) */
+    const char *hostname; /* this machine's name */
     /* Slurm: SLURM_JOB_ID non-NULL means "inside an allocation" */
     const char *slurm_job_id, *slurm_ntasks, *slurm_nnodes, *slurmd_nodename;
-    int srun_has_pmix;     /* `srun --mpi=list` names pmix */
-    const char *mpirun;    /* resolved paths of the runners */
+    int srun_has_pmix;  /* `srun --mpi=list` names pmix */
+    const char *mpirun; /* resolved paths of the runners */
     const char *srun;
-    const char *tessera;   /* resolved path of the tessera program */
+    const char *tessera; /* resolved path of the tessera program */
 } tsr_launch_site;
 
 typedef enum {
@@ -36,13 +36,13 @@ typedef enum {
 /* The command and what was decided on the way. */
 typedef struct {
     tsr_launch_runner runner;
-    int world;              /* tp * pp ranks */
-    int in_slurm;           /* inside an allocation */
-    int oversubscribed;     /* more ranks than slots: --oversubscribe --bind-to none */
-    char *rank0_node;       /* where rank 0 (the gRPC server) runs; owned */
-    tsr_launch_strv env;    /* "NAME=VALUE" set in the runner's environment */
-    tsr_launch_strv argv;   /* the runner's argv; argv.v[0] is its path */
-    tsr_launch_strv notes;  /* lines for stderr (a variable not set, an automatic choice) */
+    int world;             /* tp * pp ranks */
+    int in_slurm;          /* inside an allocation */
+    int oversubscribed;    /* more ranks than slots: --oversubscribe --bind-to none */
+    char *rank0_node;      /* where rank 0 (the gRPC server) runs; owned */
+    tsr_launch_strv env;   /* "NAME=VALUE" set in the runner's environment */
+    tsr_launch_strv argv;  /* the runner's argv; argv.v[0] is its path */
+    tsr_launch_strv notes; /* lines for stderr (a variable not set, an automatic choice) */
 } tsr_launch_cmd;
 
 /* Builds the command for `c` (command, model, tp, pp given; the layout

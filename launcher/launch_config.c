@@ -86,8 +86,8 @@ void tsr_launch_flags_free(tsr_launch_flags *fl) {
     memset(fl, 0, sizeof *fl);
 }
 
-static const char *const command_names[TSR_LAUNCH_N_COMMANDS] = {"serve", "generate",
-                                                                  "perplexity", "train"};
+static const char *const command_names[TSR_LAUNCH_N_COMMANDS] = {"serve", "generate", "perplexity",
+                                                                 "train"};
 
 const char *tsr_launch_command_name(tsr_launch_command c) {
     return (int)c >= 0 && c < TSR_LAUNCH_N_COMMANDS ? command_names[c] : NULL;
@@ -110,8 +110,7 @@ int tsr_launch_parse_int(const char *s, long lo, long hi, int *out) {
     return 0;
 }
 
-tsr_status tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max,
-                                   int *n) {
+tsr_status tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max, int *n) {
     *n = 0;
     const char *p = s;
     while (*p) {
@@ -120,8 +119,8 @@ tsr_status tsr_launch_parse_layers(const char *s, const char *what, int *layers,
         long v = strtol(p, &end, 10);
         if (errno || end == p || v < 1 || v > 1 << 20 || *n == max || (*end && *end != ','))
             return tsr_error_set(TSR_ERR_INVALID,
-                                 "%s expects positive integers separated by commas, got '%s'",
-                                 what, s);
+                                 "%s expects positive integers separated by commas, got '%s'", what,
+                                 s);
         layers[(*n)++] = (int)v;
         p = *end ? end + 1 : end;
     }
@@ -196,8 +195,8 @@ static tsr_status get_path(const loader *L, const yaml_node_t *n, const char *ke
     return TSR_OK;
 }
 
-static tsr_status get_int(const loader *L, const yaml_node_t *n, const char *key, long lo,
-                          long hi, int *out) {
+static tsr_status get_int(const loader *L, const yaml_node_t *n, const char *key, long lo, long hi,
+                          int *out) {
     TSR_TRY(want_scalar(L, n, key));
     if (is_null(n))
         return TSR_OK;
@@ -208,8 +207,10 @@ static tsr_status get_int(const loader *L, const yaml_node_t *n, const char *key
 
 /* YAML 1.1 booleans */
 static int parse_bool(const char *s, int *out) {
-    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"};
-    static const char *const no[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"};
+    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes",
+                                      "YES",  "on",   "On",   "ON"};
+    static const char *const no[] = {"false", "False", "FALSE", "no", "No",
+                                     "NO",    "off",   "Off",   "OFF"};
     for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
         if (!strcmp(s, yes[i])) {
             *out = 1;
@@ -232,8 +233,7 @@ static tsr_status get_bool(const loader *L, const yaml_node_t *n, const char *ke
     return TSR_OK;
 }
 
-static tsr_status get_seconds(const loader *L, const yaml_node_t *n, const char *key,
-                              double *out) {
+static tsr_status get_seconds(const loader *L, const yaml_node_t *n, const char *key, double *out) {
     TSR_TRY(want_scalar(L, n, key));
     if (is_null(n))
         return TSR_OK;
@@ -260,7 +260,8 @@ static tsr_status get_list(const loader *L, const yaml_node_t *n, const char *ke
         if (!copy)
             return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
         tsr_status st = TSR_OK;
-        for (char *t = strtok_r(copy, ", ", &save); t && st == TSR_OK; t = strtok_r(NULL, ", ", &save))
+        for (char *t = strtok_r(copy, ", ", &save); t && st == TSR_OK;
+             t = strtok_r(NULL, ", ", &save))
             st = tsr_launch_strv_push(out, t);
         free(copy);
         return st;
@@ -305,9 +306,8 @@ static tsr_status get_command_flags(const loader *L, const yaml_node_t *n, const
     if (n->type != YAML_MAPPING_NODE)
         return BAD(L, n, "%s must be a mapping of flag names to values (e.g. max_seqs: 16)",
                    section);
-    static const char *const launcher_keys[] = {"model", "tp",   "pp",  "pp-layers",
-                                                "host",  "port", "auth-token-file",
-                                                "tls-cert", "tls-key"};
+    static const char *const launcher_keys[] = {
+        "model", "tp", "pp", "pp-layers", "host", "port", "auth-token-file", "tls-cert", "tls-key"};
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const yaml_node_t *k = yaml_document_get_node(L->doc, p->key);
         const yaml_node_t *v = yaml_document_get_node(L->doc, p->value);
@@ -385,9 +385,10 @@ static tsr_status get_key(const loader *L, const char *key, const yaml_node_t *k
         if (!s)
             return TSR_OK;
         c->command = tsr_launch_command_parse(s);
-        tsr_status st = c->command < 0
-                            ? BAD(L, v, "command must be serve, generate, perplexity or train, got '%s'", s)
-                            : TSR_OK;
+        tsr_status st =
+            c->command < 0
+                ? BAD(L, v, "command must be serve, generate, perplexity or train, got '%s'", s)
+                : TSR_OK;
         free(s);
         return st;
     }
@@ -490,8 +491,8 @@ tsr_status tsr_launch_config_load(const char *path, tsr_launch_config *out) {
             for (yaml_node_pair_t *q = root->data.mapping.pairs.start; q < p; q++) {
                 const yaml_node_t *k2 = yaml_document_get_node(&doc, q->key);
                 if (k2->type == YAML_SCALAR_NODE && !strcmp(scalar(k2), scalar(k))) {
-                    st = BAD(&L, k, "duplicate key '%s' (first at line %d)", scalar(k),
-                             line_of(k2));
+                    st =
+                        BAD(&L, k, "duplicate key '%s' (first at line %d)", scalar(k), line_of(k2));
                     break;
                 }
             }

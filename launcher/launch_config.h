@@ -19,7 +19,7 @@
 
 /* A growable, NULL-terminated vector of owned strings (an argv). */
 typedef struct {
-    char **v;  /* (n + 1), v[n] == NULL; NULL while empty */
+    char **v; /* (n + 1), v[n] == NULL; NULL while empty */
     size_t n;
     size_t cap;
 } tsr_launch_strv;
@@ -73,25 +73,25 @@ typedef struct {
     char *model;
     int tp, pp; /* 0: not given */
     int pp_layers[TSR_LAUNCH_MAX_STAGES];
-    int n_pp_layers;              /* 0: not given (even split) */
-    char *host;                   /* serve listen address */
-    int port;                     /* 0: not given */
+    int n_pp_layers; /* 0: not given (even split) */
+    char *host;      /* serve listen address */
+    int port;        /* 0: not given */
     char *auth_token_file;
     char *tls_cert, *tls_key;
-    tsr_launch_strv hosts;        /* "name" or "name:slots" */
+    tsr_launch_strv hosts; /* "name" or "name:slots" */
     char *hostfile;
-    int np;                       /* tasks the user expects; 0: not given */
-    int oversubscribe;            /* -1 not given, 0, 1 */
-    char *bind_to;                /* mpirun --bind-to value; NULL: automatic */
-    int cpus_per_rank;            /* mpirun --map-by slot:PE=N; 0: automatic */
-    tsr_launch_strv env;          /* "NAME", "NAME=VALUE", "PREFIX*" */
-    char *mpirun;                 /* path; NULL: "mpirun" from PATH */
-    char *srun;                   /* path; NULL: "srun" from PATH */
-    tsr_launch_strv mpi_args;     /* extra mpirun arguments, before the program */
-    tsr_launch_strv srun_args;    /* extra srun arguments, before the program */
-    char *tessera;                /* path of the tessera program */
-    char *runner;                 /* "auto", "mpirun" or "srun"; NULL: auto */
-    double stop_timeout;          /* seconds; < 0: not given */
+    int np;                                       /* tasks the user expects; 0: not given */
+    int oversubscribe;                            /* -1 not given, 0, 1 */
+    char *bind_to;                                /* mpirun --bind-to value; NULL: automatic */
+    int cpus_per_rank;                            /* mpirun --map-by slot:PE=N; 0: automatic */
+    tsr_launch_strv env;                          /* "NAME", "NAME=VALUE", "PREFIX*" */
+    char *mpirun;                                 /* path; NULL: "mpirun" from PATH */
+    char *srun;                                   /* path; NULL: "srun" from PATH */
+    tsr_launch_strv mpi_args;                     /* extra mpirun arguments, before the program */
+    tsr_launch_strv srun_args;                    /* extra srun arguments, before the program */
+    char *tessera;                                /* path of the tessera program */
+    char *runner;                                 /* "auto", "mpirun" or "srun"; NULL: auto */
+    double stop_timeout;                          /* seconds; < 0: not given */
     tsr_launch_flags args[TSR_LAUNCH_N_COMMANDS]; /* per-command flags */
 } tsr_launch_config;
 
@@ -115,8 +115,7 @@ void tsr_launch_config_free(tsr_launch_config *c);
 
 /* Parses "16,14" into layers (at most max entries, each >= 1). TSR_OK, or
  * TSR_ERR_INVALID with a message naming `what`. */
-tsr_status tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max,
-                                   int *n);
+tsr_status tsr_launch_parse_layers(const char *s, const char *what, int *layers, int max, int *n);
 
 /* Parses all of s as an integer in [lo, hi] into *out; 0, or -1 (no message). */
 int tsr_launch_parse_int(const char *s, long lo, long hi, int *out);

@@ -52,7 +52,8 @@ static int proc_stat3(pid_t pid, pid_t *ppid, pid_t *pgrp, unsigned long long *s
     int field = 3;
     long pp = 0, pg = 0;
     unsigned long long st = 0;
-    for (char *save = NULL, *t = strtok_r(p, " ", &save); t; t = strtok_r(NULL, " ", &save), field++) {
+    for (char *save = NULL, *t = strtok_r(p, " ", &save); t;
+         t = strtok_r(NULL, " ", &save), field++) {
         if (field == 4)
             pp = strtol(t, NULL, 10);
         if (field == 5)
@@ -240,8 +241,7 @@ static void exec_child(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o, 
     _exit(127);
 }
 
-tsr_status tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o,
-                          int *exit_code) {
+tsr_status tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o, int *exit_code) {
     *exit_code = 127;
     /* Handlers (not SIG_IGN, which a background shell may have set) and a
      * blocked mask: the signals are taken with sigtimedwait. */
@@ -301,13 +301,15 @@ tsr_status tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *
                 phase = 1;
                 if (srun) {
                     kill(pid, SIGTERM);
-                    fprintf(stderr, "tessera-launch: %s: SIGTERM to srun (it forwards it to every "
-                                    "task); escalating after %.0f s\n",
+                    fprintf(stderr,
+                            "tessera-launch: %s: SIGTERM to srun (it forwards it to every "
+                            "task); escalating after %.0f s\n",
                             sig_name(sig), o->stop_timeout);
                 } else {
                     int n = signal_new_ranks(rs, o->tessera_real, SIGTERM);
-                    fprintf(stderr, "tessera-launch: %s: SIGTERM to %d rank%s on this host; "
-                                    "escalating after %.0f s\n",
+                    fprintf(stderr,
+                            "tessera-launch: %s: SIGTERM to %d rank%s on this host; "
+                            "escalating after %.0f s\n",
                             sig_name(sig), n, n == 1 ? "" : "s", o->stop_timeout);
                 }
             } else if (phase < 2 && tsr_now_s() - t_stop > 2) {

@@ -19,9 +19,9 @@
 #include "launcher/launch_cmd.h"
 
 typedef struct {
-    double stop_timeout;       /* seconds from the first stop signal to escalation */
-    const char *tessera_real;  /* realpath of the tessera program: how ranks are recognised */
-    int keep_stdin;            /* the command reads standard input (--file -); else /dev/null */
+    double stop_timeout;      /* seconds from the first stop signal to escalation */
+    const char *tessera_real; /* realpath of the tessera program: how ranks are recognised */
+    int keep_stdin;           /* the command reads standard input (--file -); else /dev/null */
 } tsr_launch_run_opts;
 
 /* Runs cmd (its env entries set in the child) and waits for it. Returns
@@ -33,7 +33,6 @@ typedef struct {
  * TSR_ERR_IO ("fork: ...") when nothing could be started (*exit_code 127).
  * Prints the progress of a stop on stderr. Blocks SIGINT/SIGTERM/SIGHUP/
  * SIGCHLD in the calling thread while it runs. */
-tsr_status tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o,
-                          int *exit_code);
+tsr_status tsr_launch_run(const tsr_launch_cmd *cmd, const tsr_launch_run_opts *o, int *exit_code);
 
 #endif

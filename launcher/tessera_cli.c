@@ -61,9 +61,14 @@ enum {
 };
 
 static const tsr_opt_cmd k_commands[] = {
-    {"generate", CMD_GENERATE}, {"health", CMD_HEALTH},         {"info", CMD_INFO},
-    {"tokenize", CMD_TOKENIZE}, {"detokenize", CMD_DETOKENIZE}, {"abort", CMD_ABORT},
-    {"train", CMD_TRAIN},       {"help", CMD_HELP},
+    {"generate", CMD_GENERATE},
+    {"health", CMD_HEALTH},
+    {"info", CMD_INFO},
+    {"tokenize", CMD_TOKENIZE},
+    {"detokenize", CMD_DETOKENIZE},
+    {"abort", CMD_ABORT},
+    {"train", CMD_TRAIN},
+    {"help", CMD_HELP},
 };
 
 /* {name, id, takes a value, commands it applies to, short name} */
@@ -234,8 +239,8 @@ int cli_opt_seconds(const cli_args *a, opt_id id, double *out) {
     if (!a->val[id])
         return 0;
     if (tsr_opt_parse_f64(a->val[id], &v) != 0 || v < 0)
-        return cli_usage_error("--%s expects seconds (a number >= 0), got '%s'", cli_option_name(id),
-                           a->val[id]);
+        return cli_usage_error("--%s expects seconds (a number >= 0), got '%s'",
+                               cli_option_name(id), a->val[id]);
     *out = v;
     return 0;
 }
@@ -296,8 +301,7 @@ int cli_report_failure(const cli_ctx *cx, const char *what, const tsr_cli_status
         return EXIT_FAIL;
     }
     if (st->unreachable) {
-        fprintf(stderr, "tessera-cli: cannot reach %s: UNAVAILABLE: %s\n", cx->addr,
-                st->details);
+        fprintf(stderr, "tessera-cli: cannot reach %s: UNAVAILABLE: %s\n", cx->addr, st->details);
         return EXIT_FAIL;
     }
     fprintf(stderr, "tessera-cli: %s: %s", tsr_cli_status_name(st->code), st->details);
@@ -324,7 +328,7 @@ static int load_token(const cli_args *a, char **token) {
         if (!tsr_cli_is_token_chars(t)) {
             free(t);
             return cli_usage_error("--auth-token-file %s: %s", path,
-                               "the token must be one line of printable ASCII without spaces");
+                                   "the token must be one line of printable ASCII without spaces");
         }
         *token = t;
         return 0;

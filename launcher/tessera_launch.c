@@ -42,40 +42,39 @@ extern char **environ;
 #endif
 
 static void usage(FILE *f) {
-    fputs(
-        "usage: tessera-launch [options] serve|generate|perplexity|train [command flags]\n"
-        "\n"
-        "Starts a Tessera job: mpirun (or srun inside a Slurm allocation) with tp x pp ranks\n"
-        "of `tessera COMMAND`, after checking the layout against the model.\n"
-        "\n"
-        "options (also accepted after the command):\n"
-        "  --config FILE          YAML config (docs/launcher.md); flags override it\n"
-        "  --model M              GGUF file or Hugging Face directory\n"
-        "  --tp T --pp P          tensor / pipeline parallel degrees (default 1)\n"
-        "  --pp-layers A,B,...    layers per pipeline stage\n"
-        "  --hosts h1:n1,h2:n2    hosts and their slots (mpirun --host)\n"
-        "  --hostfile F           an Open MPI hostfile\n"
-        "  --np N                 the number of ranks you expect: must equal tp x pp\n"
-        "  --env NAME[=VALUE]     forward a variable to the ranks (repeatable; PREFIX* too);\n"
-        "                         NCCL_* and CUDA_VISIBLE_DEVICES are always forwarded\n"
-        "  --oversubscribe        allow more ranks than slots (binds to none)\n"
-        "  --bind-to X            mpirun --bind-to (default core, none when oversubscribed)\n"
-        "  --cpus-per-rank N      mpirun --map-by slot:PE=N\n"
-        "  --runner auto|mpirun|srun   (auto: srun --mpi=pmix inside Slurm, else mpirun)\n"
-        "  --mpirun PATH  --srun PATH  --tessera PATH\n"
-        "  --mpi-arg ARG          an extra mpirun argument (repeatable)\n"
-        "  --stop-timeout S       after SIGINT/SIGTERM, seconds before the job is killed\n"
-        "                         (default: serve's --grace + 15, else 10)\n"
-        "  --dry-run              print the command (shell-quoted) and exit\n"
-        "  --help, --version\n"
-        "\n"
-        "read from the command's flags too: --model --tp --pp --pp-layers, and for serve\n"
-        "--host --port --auth-token-file --tls-cert --tls-key. Everything else is passed to\n"
-        "tessera as given (`--` ends the options above).\n"
-        "\n"
-        "exit: the job's code (0 after a clean stop); 2 a bad flag or config (nothing started);\n"
-        "128+N stopped by signal N without a clean end; 127 the runner could not start.\n",
-        f);
+    fputs("usage: tessera-launch [options] serve|generate|perplexity|train [command flags]\n"
+          "\n"
+          "Starts a Tessera job: mpirun (or srun inside a Slurm allocation) with tp x pp ranks\n"
+          "of `tessera COMMAND`, after checking the layout against the model.\n"
+          "\n"
+          "options (also accepted after the command):\n"
+          "  --config FILE          YAML config (docs/launcher.md); flags override it\n"
+          "  --model M              GGUF file or Hugging Face directory\n"
+          "  --tp T --pp P          tensor / pipeline parallel degrees (default 1)\n"
+          "  --pp-layers A,B,...    layers per pipeline stage\n"
+          "  --hosts h1:n1,h2:n2    hosts and their slots (mpirun --host)\n"
+          "  --hostfile F           an Open MPI hostfile\n"
+          "  --np N                 the number of ranks you expect: must equal tp x pp\n"
+          "  --env NAME[=VALUE]     forward a variable to the ranks (repeatable; PREFIX* too);\n"
+          "                         NCCL_* and CUDA_VISIBLE_DEVICES are always forwarded\n"
+          "  --oversubscribe        allow more ranks than slots (binds to none)\n"
+          "  --bind-to X            mpirun --bind-to (default core, none when oversubscribed)\n"
+          "  --cpus-per-rank N      mpirun --map-by slot:PE=N\n"
+          "  --runner auto|mpirun|srun   (auto: srun --mpi=pmix inside Slurm, else mpirun)\n"
+          "  --mpirun PATH  --srun PATH  --tessera PATH\n"
+          "  --mpi-arg ARG          an extra mpirun argument (repeatable)\n"
+          "  --stop-timeout S       after SIGINT/SIGTERM, seconds before the job is killed\n"
+          "                         (default: serve's --grace + 15, else 10)\n"
+          "  --dry-run              print the command (shell-quoted) and exit\n"
+          "  --help, --version\n"
+          "\n"
+          "read from the command's flags too: --model --tp --pp --pp-layers, and for serve\n"
+          "--host --port --auth-token-file --tls-cert --tls-key. Everything else is passed to\n"
+          "tessera as given (`--` ends the options above).\n"
+          "\n"
+          "exit: the job's code (0 after a clean stop); 2 a bad flag or config (nothing started);\n"
+          "128+N stopped by signal N without a clean end; 127 the runner could not start.\n",
+          f);
 }
 
 /* ---- flags ---- */
@@ -93,11 +92,16 @@ static const struct {
     const char *name;
     int arg;
 } launcher_opts[] = {
-    {"config", A_VALUE},   {"model", A_VALUE},      {"tp", A_VALUE},       {"pp", A_VALUE},
-    {"pp-layers", A_VALUE}, {"hosts", A_VALUE},     {"hostfile", A_VALUE}, {"np", A_VALUE},
-    {"env", A_VALUE},      {"mpirun", A_VALUE},     {"srun", A_VALUE},     {"tessera", A_VALUE},
-    {"runner", A_VALUE},   {"oversubscribe", A_NONE}, {"bind-to", A_VALUE}, {"cpus-per-rank", A_VALUE},
-    {"stop-timeout", A_VALUE}, {"mpi-arg", A_VALUE}, {"dry-run", A_NONE},  {"help", A_NONE},
+    {"config", A_VALUE},       {"model", A_VALUE},
+    {"tp", A_VALUE},           {"pp", A_VALUE},
+    {"pp-layers", A_VALUE},    {"hosts", A_VALUE},
+    {"hostfile", A_VALUE},     {"np", A_VALUE},
+    {"env", A_VALUE},          {"mpirun", A_VALUE},
+    {"srun", A_VALUE},         {"tessera", A_VALUE},
+    {"runner", A_VALUE},       {"oversubscribe", A_NONE},
+    {"bind-to", A_VALUE},      {"cpus-per-rank", A_VALUE},
+    {"stop-timeout", A_VALUE}, {"mpi-arg", A_VALUE},
+    {"dry-run", A_NONE},       {"help", A_NONE},
     {"version", A_NONE},
 };
 
@@ -525,7 +529,8 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (c.command < 0) {
-        rc = error("no command: give serve, generate, perplexity or train (or command: in the config)");
+        rc = error(
+            "no command: give serve, generate, perplexity or train (or command: in the config)");
         goto done;
     }
     if (!c.model) {
@@ -537,7 +542,8 @@ int main(int argc, char **argv) {
     if (!c.pp)
         c.pp = 1;
     if (c.command == TSR_LAUNCH_SERVE && (!c.tls_cert != !c.tls_key)) {
-        rc = error("TLS needs both a certificate and a key (tls: cert and key, or --tls-cert and --tls-key)");
+        rc = error("TLS needs both a certificate and a key (tls: cert and key, or --tls-cert and "
+                   "--tls-key)");
         goto done;
     }
     /* the server's files: rank 0 reads them; a dry run only mentions them */
@@ -550,8 +556,9 @@ int main(int argc, char **argv) {
     /* programs */
     char tessera[PATH_MAX], mpirun[PATH_MAX], srun[PATH_MAX];
     if (find_tessera(c.tessera, tessera)) {
-        fprintf(stderr, "tessera-launch: error: the tessera program %s%s%s was not found (set "
-                        "tessera: in the config or --tessera PATH)\n",
+        fprintf(stderr,
+                "tessera-launch: error: the tessera program %s%s%s was not found (set "
+                "tessera: in the config or --tessera PATH)\n",
                 c.tessera ? "'" : "", c.tessera ? c.tessera : "", c.tessera ? "'" : "");
         goto done;
     }
@@ -583,8 +590,8 @@ int main(int argc, char **argv) {
         .hostname = host,
         .slurm_job_id = getenv("SLURM_JOB_ID"),
         .slurm_ntasks = getenv("SLURM_NTASKS") ? getenv("SLURM_NTASKS") : getenv("SLURM_NPROCS"),
-        .slurm_nnodes = getenv("SLURM_JOB_NUM_NODES") ? getenv("SLURM_JOB_NUM_NODES")
-                                                       : getenv("SLURM_NNODES"),
+        .slurm_nnodes =
+            getenv("SLURM_JOB_NUM_NODES") ? getenv("SLURM_JOB_NUM_NODES") : getenv("SLURM_NNODES"),
         .slurmd_nodename = getenv("SLURMD_NODENAME"),
         .tessera = tessera,
         .mpirun = c.mpirun ? c.mpirun : "mpirun",
@@ -612,8 +619,9 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (cmd.runner == TSR_LAUNCH_RUNNER_MPIRUN && !have_mpirun) {
-        fprintf(stderr, "tessera-launch: error: mpirun '%s' not found (install Open MPI, or set "
-                        "mpirun: in the config or --mpirun PATH)\n",
+        fprintf(stderr,
+                "tessera-launch: error: mpirun '%s' not found (install Open MPI, or set "
+                "mpirun: in the config or --mpirun PATH)\n",
                 c.mpirun ? c.mpirun : "mpirun");
         goto done;
     }
@@ -626,16 +634,18 @@ int main(int argc, char **argv) {
     int has_train = c.command != TSR_LAUNCH_TRAIN || tessera_has_train(tessera);
     if (a.dry_run) {
         if (!has_train)
-            fprintf(stderr, "tessera-launch: note: %s has no train command yet "
-                            "(`tessera train --help` fails): an older build?\n",
+            fprintf(stderr,
+                    "tessera-launch: note: %s has no train command yet "
+                    "(`tessera train --help` fails): an older build?\n",
                     tessera);
         printf("%s\n", line);
         rc = 0;
         goto done;
     }
     if (!has_train) {
-        fprintf(stderr, "tessera-launch: error: %s has no train command yet (`tessera train "
-                        "--help` fails): LoRA training is not implemented in this build\n",
+        fprintf(stderr,
+                "tessera-launch: error: %s has no train command yet (`tessera train "
+                "--help` fails): LoRA training is not implemented in this build\n",
                 tessera);
         goto done;
     }

@@ -24,6 +24,7 @@ debs=(
   libyaml-dev              # tessera-launch's config files (YAML)
   zlib1g-dev               # tessera-cli train's loss.png (PNG's deflate and CRCs)
   slurm-wlm munge libpmix-dev   # sbatch scripts + the local Slurm of tests/launch (srun --mpi=pmix)
+  clang-format             # tests/style: the tree's C layout (.clang-format)
 )
 
 missing=()

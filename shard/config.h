@@ -23,24 +23,24 @@ typedef enum {
 
 typedef struct {
     tsr_arch arch;
-    char name[128];        /* general.name or the HF directory name; may be "" */
-    int n_embd;            /* hidden size C */
-    int n_layer;           /* decoder blocks */
-    int n_head;            /* query heads */
-    int n_head_kv;         /* key/value heads (GQA); divides n_head */
-    int head_dim;          /* per-head size; n_head * head_dim need not equal n_embd */
-    int n_ff;              /* MLP intermediate size */
-    int n_vocab;           /* rows of the embedding */
-    int n_ctx_train;       /* context length the model was trained for */
-    float rms_eps;         /* RMSNorm epsilon */
-    float rope_theta;      /* RoPE base frequency */
+    char name[128];   /* general.name or the HF directory name; may be "" */
+    int n_embd;       /* hidden size C */
+    int n_layer;      /* decoder blocks */
+    int n_head;       /* query heads */
+    int n_head_kv;    /* key/value heads (GQA); divides n_head */
+    int head_dim;     /* per-head size; n_head * head_dim need not equal n_embd */
+    int n_ff;         /* MLP intermediate size */
+    int n_vocab;      /* rows of the embedding */
+    int n_ctx_train;  /* context length the model was trained for */
+    float rms_eps;    /* RMSNorm epsilon */
+    float rope_theta; /* RoPE base frequency */
     tsr_rope_scaling rope_scaling;
     float rope_factor;           /* LINEAR and LLAMA3 */
     float rope_low_freq_factor;  /* LLAMA3 */
     float rope_high_freq_factor; /* LLAMA3 */
     int rope_orig_ctx;           /* LLAMA3: original_max_position_embeddings */
-    int tied_embeddings;   /* LM head reuses the token embedding */
-    int qkv_bias;          /* Q, K, V projections carry biases (Qwen2) */
+    int tied_embeddings;         /* LM head reuses the token embedding */
+    int qkv_bias;                /* Q, K, V projections carry biases (Qwen2) */
 } tsr_model_config;
 
 /* Checks the invariants every consumer relies on (positive sizes, n_head a

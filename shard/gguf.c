@@ -27,7 +27,7 @@
 struct tsr_gguf {
     const uint8_t *base;
     size_t size;
-    int mapped;  /* base came from mmap and is ours to unmap */
+    int mapped; /* base came from mmap and is ours to unmap */
     char name[256];
     uint32_t version;
     uint64_t alignment;
@@ -80,10 +80,17 @@ static tsr_status rd_str(cursor *c, tsr_strref *s, const char *what) {
 
 static size_t scalar_size(uint32_t t) {
     switch (t) {
-    case TSR_GGUF_U8: case TSR_GGUF_I8: case TSR_GGUF_BOOL: return 1;
-    case TSR_GGUF_U16: case TSR_GGUF_I16: return 2;
-    case TSR_GGUF_U32: case TSR_GGUF_I32: case TSR_GGUF_F32: return 4;
-    case TSR_GGUF_U64: case TSR_GGUF_I64: case TSR_GGUF_F64: return 8;
+    case TSR_GGUF_U8:
+    case TSR_GGUF_I8:
+    case TSR_GGUF_BOOL: return 1;
+    case TSR_GGUF_U16:
+    case TSR_GGUF_I16: return 2;
+    case TSR_GGUF_U32:
+    case TSR_GGUF_I32:
+    case TSR_GGUF_F32: return 4;
+    case TSR_GGUF_U64:
+    case TSR_GGUF_I64:
+    case TSR_GGUF_F64: return 8;
     default: return 0;
     }
 }
@@ -138,20 +145,27 @@ static tsr_status parse_kvs(tsr_gguf_t *g, cursor *c, size_t *n_strs) {
             } else {
                 size_t es = scalar_size(et);
                 if (et == TSR_GGUF_ARRAY)
-                    return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: key '%.*s' is an array of arrays, which Tessera does not read",
-                                         c->file, (int)kv->key.len, kv->key.ptr);
+                    return tsr_error_set(
+                        TSR_ERR_UNSUPPORTED,
+                        "%s: key '%.*s' is an array of arrays, which Tessera does not read",
+                        c->file, (int)kv->key.len, kv->key.ptr);
                 if (!es)
-                    return tsr_error_set(TSR_ERR_FORMAT, "%s: key '%.*s' has array element type %u, which GGUF does not define",
-                                         c->file, (int)kv->key.len, kv->key.ptr, et);
+                    return tsr_error_set(
+                        TSR_ERR_FORMAT,
+                        "%s: key '%.*s' has array element type %u, which GGUF does not define",
+                        c->file, (int)kv->key.len, kv->key.ptr, et);
                 if (n > (c->size - c->pos) / es)
-                    return tsr_error_set(TSR_ERR_FORMAT, "%s: array '%.*s' claims %llu elements, more than the file holds",
-                                         c->file, (int)kv->key.len, kv->key.ptr, (unsigned long long)n);
+                    return tsr_error_set(
+                        TSR_ERR_FORMAT,
+                        "%s: array '%.*s' claims %llu elements, more than the file holds", c->file,
+                        (int)kv->key.len, kv->key.ptr, (unsigned long long)n);
                 c->pos += (size_t)n * es;
             }
         } else {
             size_t es = scalar_size(t);
             if (!es)
-                return tsr_error_set(TSR_ERR_FORMAT, "%s: key '%.*s' has value type %u, which GGUF does not define",
+                return tsr_error_set(TSR_ERR_FORMAT,
+                                     "%s: key '%.*s' has value type %u, which GGUF does not define",
                                      c->file, (int)kv->key.len, kv->key.ptr, t);
             TSR_TRY(need(c, es, "metadata value"));
             decode_scalar(t, c->p + c->pos, kv);
@@ -168,7 +182,8 @@ static void fill_str_pool(tsr_gguf_t *g, const char *file) {
         tsr_gguf_kv *kv = &g->kv[i];
         if (kv->type != TSR_GGUF_ARRAY || kv->v.arr.elem != TSR_GGUF_STRING)
             continue;
-        cursor c = {kv->v.arr.data, g->size - (size_t)((const uint8_t *)kv->v.arr.data - g->base), 0, file};
+        cursor c = {kv->v.arr.data, g->size - (size_t)((const uint8_t *)kv->v.arr.data - g->base),
+                    0, file};
         kv->v.arr.strs = &g->str_pool[k];
         for (uint64_t j = 0; j < kv->v.arr.n; j++)
             (void)rd_str(&c, &g->str_pool[k++], "array string");
@@ -182,8 +197,9 @@ static tsr_status parse_tensors(tsr_gguf_t *g, cursor *c) {
         TSR_TRY(rd_str(c, &t->name, "tensor name"));
         TSR_TRY(rd_u32(c, &nd, "tensor dimension count"));
         if (nd == 0 || nd > MAX_DIMS)
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%.*s' has %u dimensions (1..%u allowed)",
-                                 c->file, (int)t->name.len, t->name.ptr, nd, MAX_DIMS);
+            return tsr_error_set(TSR_ERR_FORMAT,
+                                 "%s: tensor '%.*s' has %u dimensions (1..%u allowed)", c->file,
+                                 (int)t->name.len, t->name.ptr, nd, MAX_DIMS);
         t->n_dims = nd;
         uint64_t count = 1;
         for (uint32_t d = 0; d < MAX_DIMS; d++) {
@@ -191,30 +207,35 @@ static tsr_status parse_tensors(tsr_gguf_t *g, cursor *c) {
             if (d < nd)
                 TSR_TRY(rd_u64(c, &t->ne[d], "tensor dimension"));
             if (t->ne[d] == 0 || t->ne[d] > (UINT64_C(1) << 40) || count > UINT64_MAX / t->ne[d])
-                return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%.*s' has an impossible dimension %llu",
-                                     c->file, (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[d]);
+                return tsr_error_set(TSR_ERR_FORMAT,
+                                     "%s: tensor '%.*s' has an impossible dimension %llu", c->file,
+                                     (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[d]);
             count *= t->ne[d];
         }
         TSR_TRY(rd_u32(c, &type, "tensor type"));
         TSR_TRY(rd_u64(c, &t->offset, "tensor offset"));
         t->type = (int)type;
         if (!tsr_dtype_name(t->type))
-            return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: tensor '%.*s' has type %u, which Tessera does not read",
+            return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                                 "%s: tensor '%.*s' has type %u, which Tessera does not read",
                                  c->file, (int)t->name.len, t->name.ptr, type);
         size_t blk = tsr_dtype_block(t->type);
         if (t->ne[0] % blk)
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%.*s' has rows of %llu elements, not a multiple of the %s block size %zu",
-                                 c->file, (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[0],
-                                 tsr_dtype_name(t->type), blk);
+            return tsr_error_set(TSR_ERR_FORMAT,
+                                 "%s: tensor '%.*s' has rows of %llu elements, not a multiple of "
+                                 "the %s block size %zu",
+                                 c->file, (int)t->name.len, t->name.ptr,
+                                 (unsigned long long)t->ne[0], tsr_dtype_name(t->type), blk);
         size_t row = tsr_dtype_row_bytes(t->type, t->ne[0]);
         if (!row || count / t->ne[0] > UINT64_MAX / row)
             return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%.*s' is too large", c->file,
                                  (int)t->name.len, t->name.ptr);
         t->nbytes = (count / t->ne[0]) * row;
         if (t->offset % g->alignment)
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%.*s' offset %llu is not aligned to %llu",
-                                 c->file, (int)t->name.len, t->name.ptr,
-                                 (unsigned long long)t->offset, (unsigned long long)g->alignment);
+            return tsr_error_set(TSR_ERR_FORMAT,
+                                 "%s: tensor '%.*s' offset %llu is not aligned to %llu", c->file,
+                                 (int)t->name.len, t->name.ptr, (unsigned long long)t->offset,
+                                 (unsigned long long)g->alignment);
     }
     return TSR_OK;
 }
@@ -235,7 +256,8 @@ static tsr_status check_layout(tsr_gguf_t *g, size_t data_start, const char *fil
         tsr_gguf_tensor *t = &g->tensors[i];
         if (t->offset > data_size || t->nbytes > data_size - t->offset) {
             st = tsr_error_set(TSR_ERR_FORMAT,
-                               "%s: tensor '%.*s' (%llu bytes at data offset %llu) runs past the end of the file (data section is %zu bytes): truncated or corrupt",
+                               "%s: tensor '%.*s' (%llu bytes at data offset %llu) runs past the "
+                               "end of the file (data section is %zu bytes): truncated or corrupt",
                                file, (int)t->name.len, t->name.ptr, (unsigned long long)t->nbytes,
                                (unsigned long long)t->offset, data_size);
             goto cleanup;
@@ -281,11 +303,13 @@ static tsr_status parse(tsr_gguf_t *g) {
     TSR_TRY(rd_u64(&c, &n_kv, "metadata count"));
     /* every kv takes at least 12 bytes and every tensor at least 24 */
     if (n_kv > MAX_KV || n_kv > g->size / 12)
-        return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata count %llu is impossible for a %zu-byte file",
-                             g->name, (unsigned long long)n_kv, g->size);
+        return tsr_error_set(TSR_ERR_FORMAT,
+                             "%s: metadata count %llu is impossible for a %zu-byte file", g->name,
+                             (unsigned long long)n_kv, g->size);
     if (n_tensors > MAX_TENSORS || n_tensors > g->size / 24)
-        return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor count %llu is impossible for a %zu-byte file",
-                             g->name, (unsigned long long)n_tensors, g->size);
+        return tsr_error_set(TSR_ERR_FORMAT,
+                             "%s: tensor count %llu is impossible for a %zu-byte file", g->name,
+                             (unsigned long long)n_tensors, g->size);
     g->n_kv = (size_t)n_kv;
     g->n_tensors = (size_t)n_tensors;
     g->kv = calloc(g->n_kv ? g->n_kv : 1, sizeof *g->kv);
@@ -335,8 +359,7 @@ static tsr_status open_image(const void *data, size_t size, const char *name, in
     return TSR_OK;
 }
 
-tsr_status tsr_gguf_open_memory(const void *data, size_t size, const char *name,
-                                tsr_gguf_t **out) {
+tsr_status tsr_gguf_open_memory(const void *data, size_t size, const char *name, tsr_gguf_t **out) {
     return open_image(data, size, name ? name : "<memory>", 0, out);
 }
 
@@ -432,7 +455,8 @@ tsr_status tsr_gguf_get_i64(const tsr_gguf_t *g, const char *key, int64_t *out) 
         *out = (int64_t)kv->v.u;
         return TSR_OK;
     }
-    return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not an integer in range", g->name, key);
+    return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not an integer in range", g->name,
+                         key);
 }
 
 tsr_status tsr_gguf_get_u64(const tsr_gguf_t *g, const char *key, uint64_t *out) {
@@ -446,8 +470,8 @@ tsr_status tsr_gguf_get_u64(const tsr_gguf_t *g, const char *key, uint64_t *out)
         *out = (uint64_t)kv->v.i;
         return TSR_OK;
     }
-    return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not a non-negative integer",
-                         g->name, key);
+    return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not a non-negative integer", g->name,
+                         key);
 }
 
 tsr_status tsr_gguf_get_f64(const tsr_gguf_t *g, const char *key, double *out) {
@@ -487,7 +511,8 @@ tsr_status tsr_gguf_get_str_arr(const tsr_gguf_t *g, const char *key, const tsr_
     const tsr_gguf_kv *kv;
     TSR_TRY(find_kv(g, key, &kv));
     if (kv->type != TSR_GGUF_ARRAY || kv->v.arr.elem != TSR_GGUF_STRING)
-        return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not a string array", g->name, key);
+        return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not a string array", g->name,
+                             key);
     *out = kv->v.arr.strs;
     *n = kv->v.arr.n;
     return TSR_OK;
@@ -499,11 +524,12 @@ static tsr_status get_num_arr(const tsr_gguf_t *g, const char *key, int want_flo
     TSR_TRY(find_kv(g, key, &kv));
     if (kv->type != TSR_GGUF_ARRAY || !scalar_size(kv->v.arr.elem) ||
         kv->v.arr.elem == TSR_GGUF_BOOL)
-        return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not a numeric array", g->name, key);
+        return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is not a numeric array", g->name,
+                             key);
     uint32_t et = kv->v.arr.elem;
     if (!want_float && (et == TSR_GGUF_F32 || et == TSR_GGUF_F64))
-        return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s' is a float array, integers expected",
-                             g->name, key);
+        return tsr_error_set(TSR_ERR_FORMAT,
+                             "%s: metadata '%s' is a float array, integers expected", g->name, key);
     size_t es = scalar_size(et), cnt = (size_t)kv->v.arr.n;
     void *buf = malloc((cnt ? cnt : 1) * 8);
     if (!buf)
@@ -512,8 +538,8 @@ static tsr_status get_num_arr(const tsr_gguf_t *g, const char *key, int want_flo
         tsr_gguf_kv tmp;
         decode_scalar(et, (const uint8_t *)kv->v.arr.data + i * es, &tmp);
         double f = et == TSR_GGUF_F32 || et == TSR_GGUF_F64 ? tmp.v.f
-                   : is_sint(et)                             ? (double)tmp.v.i
-                                                             : (double)tmp.v.u;
+                   : is_sint(et)                            ? (double)tmp.v.i
+                                                            : (double)tmp.v.u;
         if (!want_float && !is_sint(et) && tmp.v.u > INT64_MAX) {
             free(buf);
             return tsr_error_set(TSR_ERR_FORMAT, "%s: metadata '%s'[%zu] does not fit in int64",

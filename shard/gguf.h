@@ -48,15 +48,15 @@ typedef struct {
     tsr_strref key;
     tsr_gguf_type type;
     union {
-        uint64_t u;  /* U8..U64, BOOL */
-        int64_t i;   /* I8..I64 */
-        double f;    /* F32, F64 */
+        uint64_t u;   /* U8..U64, BOOL */
+        int64_t i;    /* I8..I64 */
+        double f;     /* F32, F64 */
         tsr_strref s; /* STRING */
         struct {
             tsr_gguf_type elem;
             uint64_t n;
-            const void *data;        /* numeric elements, packed */
-            const tsr_strref *strs;  /* STRING elements, else NULL */
+            const void *data;       /* numeric elements, packed */
+            const tsr_strref *strs; /* STRING elements, else NULL */
         } arr;
     } v;
 } tsr_gguf_kv;
@@ -66,11 +66,11 @@ typedef struct {
 typedef struct {
     tsr_strref name;
     uint32_t n_dims;
-    uint64_t ne[4];     /* unused dims are 1 */
-    int type;           /* tsr_dtype id */
-    uint64_t offset;    /* from the start of the data section */
+    uint64_t ne[4];  /* unused dims are 1 */
+    int type;        /* tsr_dtype id */
+    uint64_t offset; /* from the start of the data section */
     uint64_t nbytes;
-    const void *data;   /* into the mapping */
+    const void *data; /* into the mapping */
 } tsr_gguf_tensor;
 
 /* Opens and validates `path`. On error *out is NULL and the message names the
@@ -79,8 +79,7 @@ tsr_status tsr_gguf_open(const char *path, tsr_gguf_t **out);
 
 /* Parses an in-memory image (not copied; must outlive the handle). For tests
  * and fuzzing. `name` is used in messages. */
-tsr_status tsr_gguf_open_memory(const void *data, size_t size, const char *name,
-                                tsr_gguf_t **out);
+tsr_status tsr_gguf_open_memory(const void *data, size_t size, const char *name, tsr_gguf_t **out);
 
 /* Unmaps and frees. NULL is allowed. */
 void tsr_gguf_close(tsr_gguf_t *g);
@@ -111,14 +110,12 @@ tsr_status tsr_gguf_get_f64(const tsr_gguf_t *g, const char *key, double *out); 
 tsr_status tsr_gguf_get_bool(const tsr_gguf_t *g, const char *key, int *out);
 tsr_status tsr_gguf_get_str(const tsr_gguf_t *g, const char *key, tsr_strref *out);
 /* A string array: *out points at n strings owned by the handle. */
-tsr_status tsr_gguf_get_str_arr(const tsr_gguf_t *g, const char *key,
-                                const tsr_strref **out, uint64_t *n);
+tsr_status tsr_gguf_get_str_arr(const tsr_gguf_t *g, const char *key, const tsr_strref **out,
+                                uint64_t *n);
 /* An integer or float array converted to int64 / f64; *out is malloc'd
  * (caller frees). */
-tsr_status tsr_gguf_get_i64_arr(const tsr_gguf_t *g, const char *key, int64_t **out,
-                                uint64_t *n);
-tsr_status tsr_gguf_get_f64_arr(const tsr_gguf_t *g, const char *key, double **out,
-                                uint64_t *n);
+tsr_status tsr_gguf_get_i64_arr(const tsr_gguf_t *g, const char *key, int64_t **out, uint64_t *n);
+tsr_status tsr_gguf_get_f64_arr(const tsr_gguf_t *g, const char *key, double **out, uint64_t *n);
 
 /* Compares a strref with a NUL-terminated string. */
 int tsr_strref_eq(tsr_strref a, const char *b);

@@ -177,11 +177,11 @@ static tsr_status write_weights(const char *path, const tsr_model_file_t *mf, co
             max_elems = ne;
         if ((size_t)e[i].cols > max_cols)
             max_cols = (size_t)e[i].cols;
-        desc[i] = (tsr_st_out_tensor){.name = e[i].hf,
-                                      .dtype = dtype == TSR_MERGE_BF16 ? TSR_BF16 : TSR_F32,
-                                      .n_dims = e[i].one_d ? 1 : 2,
-                                      .shape = {(uint64_t)(e[i].one_d ? e[i].cols : e[i].rows),
-                                                (uint64_t)e[i].cols}};
+        desc[i] = (tsr_st_out_tensor){
+            .name = e[i].hf,
+            .dtype = dtype == TSR_MERGE_BF16 ? TSR_BF16 : TSR_F32,
+            .n_dims = e[i].one_d ? 1 : 2,
+            .shape = {(uint64_t)(e[i].one_d ? e[i].cols : e[i].rows), (uint64_t)e[i].cols}};
     }
     s = tsr_safetensors_header(desc, n, &head, &head_len);
     if (s != TSR_OK) {
@@ -222,8 +222,8 @@ static tsr_status write_weights(const char *path, const tsr_model_file_t *mf, co
         }
         for (size_t k = 0; k < ne; k++)
             if (!isfinite(w[k])) {
-                s = tsr_error_set(TSR_ERR_FORMAT, "%s: the merged value [%zu] is not finite",
-                                  x->hf, k);
+                s = tsr_error_set(TSR_ERR_FORMAT, "%s: the merged value [%zu] is not finite", x->hf,
+                                  k);
                 goto cleanup;
             }
         if (dtype == TSR_MERGE_BF16) {
@@ -273,11 +273,12 @@ static tsr_status config_from_cfg(const tsr_model_config *c, const tsr_gguf_t *g
         "{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:o, s:i, s:i, s:b, s:s}",
         "architectures", llama ? "LlamaForCausalLM" : "Qwen2ForCausalLM", "model_type",
         llama ? "llama" : "qwen2", "hidden_size", c->n_embd, "intermediate_size", c->n_ff,
-        "num_attention_heads", c->n_head, "num_key_value_heads", c->n_head_kv,
-        "num_hidden_layers", c->n_layer, "head_dim", c->head_dim, "hidden_act", "silu",
-        "rms_norm_eps", tsr_decimal_shortest(c->rms_eps, NULL), "rope_theta", tsr_decimal_shortest(c->rope_theta, NULL),
-        "rope_scaling", rs, "max_position_embeddings", c->n_ctx_train, "vocab_size", c->n_vocab,
-        "tie_word_embeddings", c->tied_embeddings, "torch_dtype", torch_dtype);
+        "num_attention_heads", c->n_head, "num_key_value_heads", c->n_head_kv, "num_hidden_layers",
+        c->n_layer, "head_dim", c->head_dim, "hidden_act", "silu", "rms_norm_eps",
+        tsr_decimal_shortest(c->rms_eps, NULL), "rope_theta",
+        tsr_decimal_shortest(c->rope_theta, NULL), "rope_scaling", rs, "max_position_embeddings",
+        c->n_ctx_train, "vocab_size", c->n_vocab, "tie_word_embeddings", c->tied_embeddings,
+        "torch_dtype", torch_dtype);
     if (!root)
         return tsr_error_set(TSR_ERR_NOMEM, "config.json: out of memory");
     int bad = json_object_set_new(root, "bos_token_id",
@@ -320,8 +321,8 @@ static json_t *byte_level(int trim_offsets, int use_regex) {
  * tests/reference/hf_tokenizer.py maps it; NULL with *unknown set when there
  * is no mapping. */
 static json_t *pre_tokenizer(const char *pre, int *unknown) {
-    static const char *const digits_then_gpt2[] = {"smollm", "starcoder", "refact", "command-r",
-                                                   "codeshell", "exaone", "minerva", NULL};
+    static const char *const digits_then_gpt2[] = {"smollm",    "starcoder", "refact",  "command-r",
+                                                   "codeshell", "exaone",    "minerva", NULL};
     *unknown = 0;
     for (const char *const *p = digits_then_gpt2; pre && *p; p++)
         if (!strcmp(pre, *p))
@@ -395,10 +396,11 @@ static tsr_status gguf_tokenizer(const tsr_gguf_t *g, const char *tmp) {
     added = json_array();
     tok = json_pack("{s:s, s:n, s:n, s:o, s:n, s:o, s:{s:s, s:b, s:b, s:b}, "
                     "s:{s:s, s:b, s:b, s:b}}",
-                    "version", "1.0", "truncation", "padding", "added_tokens", added ? added : json_null(),
-                    "normalizer", "pre_tokenizer", pt, "post_processor", "type", "ByteLevel",
-                    "add_prefix_space", 1, "trim_offsets", 0, "use_regex", 1, "decoder", "type",
-                    "ByteLevel", "add_prefix_space", 1, "trim_offsets", 1, "use_regex", 1);
+                    "version", "1.0", "truncation", "padding", "added_tokens",
+                    added ? added : json_null(), "normalizer", "pre_tokenizer", pt,
+                    "post_processor", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets", 0,
+                    "use_regex", 1, "decoder", "type", "ByteLevel", "add_prefix_space", 1,
+                    "trim_offsets", 1, "use_regex", 1);
     if (!tok || !vocab || !merges || !added) {
         s = tsr_error_set(TSR_ERR_NOMEM, "tokenizer.json: out of memory");
         goto cleanup;
@@ -420,14 +422,15 @@ static tsr_status gguf_tokenizer(const tsr_gguf_t *g, const char *tmp) {
                               tokens[i].ptr);
             goto cleanup;
         }
-        if (json_object_setn_new(vocab, tokens[i].ptr, tokens[i].len, json_integer((json_int_t)i))) {
+        if (json_object_setn_new(vocab, tokens[i].ptr, tokens[i].len,
+                                 json_integer((json_int_t)i))) {
             s = tsr_error_set(TSR_ERR_NOMEM, "tokenizer.json: out of memory");
             goto cleanup;
         }
         if (types && (types[i] == TOKEN_TYPE_CONTROL || types[i] == TOKEN_TYPE_USER_DEFINED)) {
             json_t *a = json_pack("{s:I, s:o, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i,
-                                  "content", strref_json(tokens[i]), "single_word", 0, "lstrip",
-                                  0, "rstrip", 0, "normalized", 0, "special", 1);
+                                  "content", strref_json(tokens[i]), "single_word", 0, "lstrip", 0,
+                                  "rstrip", 0, "normalized", 0, "special", 1);
             if (!a || json_array_append_new(added, a)) {
                 s = tsr_error_set(TSR_ERR_NOMEM, "tokenizer.json: out of memory");
                 goto cleanup;
@@ -449,10 +452,10 @@ static tsr_status gguf_tokenizer(const tsr_gguf_t *g, const char *tmp) {
             goto cleanup;
         }
     }
-    json_t *mdl = json_pack("{s:s, s:n, s:n, s:n, s:n, s:b, s:b, s:b, s:O, s:O}", "type", "BPE",
-                            "dropout", "unk_token", "continuing_subword_prefix",
-                            "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0,
-                            "ignore_merges", 0, "vocab", vocab, "merges", merges);
+    json_t *mdl =
+        json_pack("{s:s, s:n, s:n, s:n, s:n, s:b, s:b, s:b, s:O, s:O}", "type", "BPE", "dropout",
+                  "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", 0,
+                  "byte_fallback", 0, "ignore_merges", 0, "vocab", vocab, "merges", merges);
     if (!mdl || json_object_set_new(tok, "model", mdl)) {
         s = tsr_error_set(TSR_ERR_NOMEM, "tokenizer.json: out of memory");
         goto cleanup;
@@ -476,8 +479,8 @@ static tsr_status gguf_tokenizer(const tsr_gguf_t *g, const char *tmp) {
     tcfg = json_pack("{s:s}", "tokenizer_class", "PreTrainedTokenizerFast");
     int bad = !tcfg;
     for (int k = 0; k < 4 && !bad; k++) {
-        json_t *v = ids[k] >= 0 && (uint64_t)ids[k] < n_tok ? strref_json(tokens[ids[k]])
-                                                            : json_null();
+        json_t *v =
+            ids[k] >= 0 && (uint64_t)ids[k] < n_tok ? strref_json(tokens[ids[k]]) : json_null();
         bad = !v || json_object_set_new(tcfg, keys[k], v);
     }
     bad = bad || json_object_set_new(tcfg, "add_bos_token", json_boolean(add_bos));

@@ -15,10 +15,10 @@
 
 struct tsr_model_file {
     tsr_model_config cfg;
-    tsr_gguf_t *gguf;       /* GGUF format */
-    tsr_st_dir_t *st;       /* HF format */
+    tsr_gguf_t *gguf; /* GGUF format */
+    tsr_st_dir_t *st; /* HF format */
     char path[4096];
-    int gguf_permuted_qk;   /* Q/K rows stored for adjacent-pair RoPE */
+    int gguf_permuted_qk; /* Q/K rows stored for adjacent-pair RoPE */
 };
 
 /* A tensor as stored: (rows, cols) row-major of `dtype`, rows contiguous. */
@@ -199,12 +199,18 @@ static tsr_status check_tensors(const tsr_model_file_t *mf) {
         const struct {
             const char *s;
             int r, k;
-        } t[] = {{"attn_norm.weight", 1, c->n_embd}, {"ffn_norm.weight", 1, c->n_embd},
-                 {"attn_q.weight", q, c->n_embd},    {"attn_k.weight", kv, c->n_embd},
-                 {"attn_v.weight", kv, c->n_embd},   {"attn_output.weight", c->n_embd, q},
-                 {"ffn_gate.weight", c->n_ff, c->n_embd}, {"ffn_up.weight", c->n_ff, c->n_embd},
-                 {"ffn_down.weight", c->n_embd, c->n_ff}, {"attn_q.bias", 1, q},
-                 {"attn_k.bias", 1, kv},             {"attn_v.bias", 1, kv}};
+        } t[] = {{"attn_norm.weight", 1, c->n_embd},
+                 {"ffn_norm.weight", 1, c->n_embd},
+                 {"attn_q.weight", q, c->n_embd},
+                 {"attn_k.weight", kv, c->n_embd},
+                 {"attn_v.weight", kv, c->n_embd},
+                 {"attn_output.weight", c->n_embd, q},
+                 {"ffn_gate.weight", c->n_ff, c->n_embd},
+                 {"ffn_up.weight", c->n_ff, c->n_embd},
+                 {"ffn_down.weight", c->n_embd, c->n_ff},
+                 {"attn_q.bias", 1, q},
+                 {"attn_k.bias", 1, kv},
+                 {"attn_v.bias", 1, kv}};
         size_t nt = sizeof t / sizeof t[0] - (c->qkv_bias ? 0 : 3);
         for (size_t i = 0; i < nt; i++) {
             snprintf(n, sizeof n, "blk.%d.%s", l, t[i].s);
@@ -318,8 +324,9 @@ tsr_status tsr_model_file_read(const tsr_model_file_t *mf, const char *name, int
         return tsr_error_set(TSR_ERR_INVALID, "tensor '%s' is not in the model", name);
     if (row0 < 0 || nrows < 0 || col0 < 0 || ncols < 0 || row0 > v.rows - nrows ||
         col0 > v.cols - ncols)
-        return tsr_error_set(TSR_ERR_RANGE, "tensor '%s' (%d x %d): rows %d+%d, cols %d+%d are outside it",
-                             name, v.rows, v.cols, row0, nrows, col0, ncols);
+        return tsr_error_set(TSR_ERR_RANGE,
+                             "tensor '%s' (%d x %d): rows %d+%d, cols %d+%d are outside it", name,
+                             v.rows, v.cols, row0, nrows, col0, ncols);
     /* a block-aligned column range is dequantized alone: the rest of the
      * row is not touched */
     size_t blk = tsr_dtype_block(v.dtype);

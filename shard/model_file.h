@@ -45,8 +45,7 @@ void tsr_model_file_drop_pages(const tsr_model_file_t *mf);
 
 /* Shape of a tensor as (rows, cols) = (out_features, in_features); a 1-D
  * tensor has rows == 1. TSR_ERR_INVALID if absent. */
-tsr_status tsr_model_file_shape(const tsr_model_file_t *mf, const char *name, int *rows,
-                                int *cols);
+tsr_status tsr_model_file_shape(const tsr_model_file_t *mf, const char *name, int *rows, int *cols);
 
 /* Reads rows [row0, row0+nrows) x cols [col0, col0+ncols) of `name` as f32
  * into dst (nrows, ncols), dequantizing as needed. TSR_ERR_RANGE if the

@@ -45,7 +45,6 @@ float tsr_peft_scaling(const tsr_peft_adapter *a) {
     return a->use_rslora ? a->alpha / sqrtf((float)a->r) : a->alpha / (float)a->r;
 }
 
-
 /* ---- init / free -------------------------------------------------------- */
 
 void tsr_peft_free(tsr_peft_adapter *a) {

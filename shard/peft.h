@@ -34,15 +34,15 @@
  * `targets` is a bitmask of TSR_LORA_TARGET_BIT(t). */
 
 /* Index of (layer, target) in A and B. */
-#define TSR_PEFT_IDX(layer, t) ((layer) * TSR_LORA_N_TARGETS + (t))
+#define TSR_PEFT_IDX(layer, t) ((layer)*TSR_LORA_N_TARGETS + (t))
 
 typedef struct {
-    int r;              /* rank, > 0 */
-    float alpha;        /* lora_alpha; finite */
-    int use_rslora;     /* scaling alpha / sqrt(r) instead of alpha / r */
-    float dropout;      /* lora_dropout in [0, 1); training only */
-    unsigned targets;   /* TSR_LORA_TARGET_BIT(t) mask; non-zero, within TSR_LORA_TARGETS_ALL */
-    int n_layers;       /* = the model config's n_layer */
+    int r;                /* rank, > 0 */
+    float alpha;          /* lora_alpha; finite */
+    int use_rslora;       /* scaling alpha / sqrt(r) instead of alpha / r */
+    float dropout;        /* lora_dropout in [0, 1); training only */
+    unsigned targets;     /* TSR_LORA_TARGET_BIT(t) mask; non-zero, within TSR_LORA_TARGETS_ALL */
+    int n_layers;         /* = the model config's n_layer */
     char base_model[256]; /* base_model_name_or_path, "" when unknown */
     /* [n_layers * TSR_LORA_N_TARGETS], indexed TSR_PEFT_IDX(layer, t); NULL
      * where t is not in `targets`. A[i] is (r, d_in), B[i] is (d_out, r), both

@@ -54,8 +54,8 @@ static tsr_status cfg_refuse_true(const cfg_reader *c, const char *key, const ch
     int on;
     TSR_TRY(cfg_bool(c, key, 0, &on));
     if (on)
-        return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: \"%s\": true is not supported (%s)",
-                             c->file, key, why);
+        return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: \"%s\": true is not supported (%s)", c->file,
+                             key, why);
     return TSR_OK;
 }
 
@@ -68,9 +68,9 @@ static tsr_status cfg_refuse_set(const cfg_reader *c, const char *key, const cha
         (json_is_array(v) && json_array_size(v) == 0))
         return TSR_OK;
     char *dump = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    tsr_status s = tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: \"%s\" = %.80s%s is not supported (%s)",
-                                 c->file, key, dump ? dump : "?",
-                                 dump && strlen(dump) > 80 ? "..." : "", why);
+    tsr_status s =
+        tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: \"%s\" = %.80s%s is not supported (%s)", c->file,
+                      key, dump ? dump : "?", dump && strlen(dump) > 80 ? "..." : "", why);
     free(dump);
     return s;
 }
@@ -200,8 +200,8 @@ static tsr_status parse_config(const cfg_reader *c, tsr_peft_adapter *out, unsig
     json_t *init = cfg_get(c, "init_lora_weights");
     if (init && json_is_string(init)) {
         const char *iv = json_string_value(init);
-        if (strncmp(iv, "pissa", 5) == 0 || strcmp(iv, "olora") == 0 ||
-            strcmp(iv, "corda") == 0 || strcmp(iv, "loftq") == 0 || strcmp(iv, "lora_ga") == 0)
+        if (strncmp(iv, "pissa", 5) == 0 || strcmp(iv, "olora") == 0 || strcmp(iv, "corda") == 0 ||
+            strcmp(iv, "loftq") == 0 || strcmp(iv, "lora_ga") == 0)
             return tsr_error_set(TSR_ERR_UNSUPPORTED,
                                  "%s: init_lora_weights \"%s\" is not supported (it changes the "
                                  "base weights; convert the adapter to plain LoRA with PEFT's "
@@ -241,11 +241,12 @@ static tsr_status load_tensors(const char *path, const tsr_safetensors_t *st,
                 return tsr_error_set(TSR_ERR_UNSUPPORTED,
                                      "%s: tensor '%s' adapts an embedding (not supported)", path,
                                      t->name);
-            return tsr_error_set(TSR_ERR_FORMAT,
-                                 "%s: unknown tensor '%s' (expected " TSR_PEFT_NAME_PREFIX
-                                 "{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight or "
-                                 TSR_PEFT_NAME_PREFIX "{i}.mlp.{gate,up,down}_proj.lora_{A,B}.weight)",
-                                 path, t->name);
+            return tsr_error_set(
+                TSR_ERR_FORMAT,
+                "%s: unknown tensor '%s' (expected " TSR_PEFT_NAME_PREFIX
+                "{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight or " TSR_PEFT_NAME_PREFIX
+                "{i}.mlp.{gate,up,down}_proj.lora_{A,B}.weight)",
+                path, t->name);
         }
         if (layer >= cfg->n_layer)
             return tsr_error_set(TSR_ERR_FORMAT,
@@ -332,8 +333,9 @@ tsr_status tsr_peft_load(const char *dir, const tsr_model_config *cfg, tsr_peft_
         goto cleanup;
     }
     if (!S_ISDIR(sb.st_mode)) {
-        s = tsr_error_set(TSR_ERR_IO, "%s: not a directory (a PEFT adapter is a directory with %s "
-                                      "and %s)",
+        s = tsr_error_set(TSR_ERR_IO,
+                          "%s: not a directory (a PEFT adapter is a directory with %s "
+                          "and %s)",
                           dir, TSR_PEFT_CONFIG_FILE, TSR_PEFT_WEIGHTS_FILE);
         goto cleanup;
     }
@@ -378,8 +380,7 @@ tsr_status tsr_peft_load(const char *dir, const tsr_model_config *cfg, tsr_peft_
                               "(save with PEFT's safe_serialization=True, the default)",
                               dir, TSR_PEFT_BIN_FILE, TSR_PEFT_WEIGHTS_FILE);
         else
-            s = tsr_error_set(TSR_ERR_IO, "%s: cannot open: %s", wpath,
-                              strerror(e));
+            s = tsr_error_set(TSR_ERR_IO, "%s: cannot open: %s", wpath, strerror(e));
         goto cleanup;
     }
     TSR_CHECK_GOTO(s, tsr_safetensors_open(wpath, &st));

@@ -203,7 +203,8 @@ static tsr_status cpu_attention(tsr_backend *b, void *outv, const void *qv, cons
                 const int npos = d->pos[t] + 1;
                 float mx = -INFINITY;
                 for (int p = 0; p < npos; p++) {
-                    size_t slot = (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
+                    size_t slot =
+                        (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
                     const float *kp = kc + slot * kv_dim + head_off;
                     float s = 0;
                     /* vectorised: the reassociated sum is fine at f32 */
@@ -223,7 +224,8 @@ static tsr_status cpu_attention(tsr_backend *b, void *outv, const void *qv, cons
                 float inv = 1.0f / sum;
                 memset(oh, 0, (size_t)hd * sizeof(float));
                 for (int p = 0; p < npos; p++) {
-                    size_t slot = (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
+                    size_t slot =
+                        (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
                     const float *vp = vc + slot * kv_dim + head_off;
                     float wgt = scores[p] * inv;
 #pragma omp simd

@@ -89,12 +89,11 @@ tsr_status tsr_cpu_matmul_dx(tsr_backend *b, void *dx, const void *dy, const tsr
     return TSR_OK;
 }
 
-tsr_status tsr_cpu_lora_fwd(tsr_backend *b, void *y, const void *x, const float *A,
-                            const float *B, float *xa, int n, int d_in, int d_out, int r,
-                            float scale) {
+tsr_status tsr_cpu_lora_fwd(tsr_backend *b, void *y, const void *x, const float *A, const float *B,
+                            float *xa, int n, int d_in, int d_out, int r, float scale) {
     (void)b;
     TSR_TRY(check_sizes("lora_fwd", n, d_in, d_out, r));
-    band_sgemm(0, 1, n, r, d_in, 1.0f, x, A, 0.0f, xa);    /* xa(n, r) = x A^T */
+    band_sgemm(0, 1, n, r, d_in, 1.0f, x, A, 0.0f, xa);   /* xa(n, r) = x A^T */
     band_sgemm(0, 1, n, d_out, r, scale, xa, B, 1.0f, y); /* y += scale xa B^T */
     return TSR_OK;
 }
@@ -187,8 +186,8 @@ tsr_status tsr_cpu_swiglu_bwd(tsr_backend *b, void *dgatev, void *dupv, const vo
 /* Checks the descriptor against its own invariants (on the CPU its arrays are
  * host memory) and returns the longest sequence in *max_len. */
 static tsr_status check_attn_desc(const tsr_attn_train_desc *d, int *max_len) {
-    if (d->n_tokens < 0 || d->n_seqs < 0 || d->n_head < 1 || d->n_kv_head < 1 ||
-        d->head_dim < 1 || d->n_head % d->n_kv_head != 0)
+    if (d->n_tokens < 0 || d->n_seqs < 0 || d->n_head < 1 || d->n_kv_head < 1 || d->head_dim < 1 ||
+        d->n_head % d->n_kv_head != 0)
         return tsr_error_set(TSR_ERR_INVALID,
                              "cpu attn_train: bad descriptor (n_tokens %d, n_seqs %d, n_head %d, "
                              "n_kv_head %d, head_dim %d)",
@@ -210,8 +209,7 @@ static tsr_status check_attn_desc(const tsr_attn_train_desc *d, int *max_len) {
         int s = d->tok_seq[t];
         if (s < 0 || s >= d->n_seqs || t < d->seq_start[s] || t >= d->seq_start[s + 1])
             return tsr_error_set(TSR_ERR_INVALID,
-                                 "cpu attn_train: tok_seq[%d] = %d disagrees with seq_start", t,
-                                 s);
+                                 "cpu attn_train: tok_seq[%d] = %d disagrees with seq_start", t, s);
     }
     *max_len = longest;
     return TSR_OK;
@@ -287,8 +285,8 @@ tsr_status tsr_cpu_attn_train_fwd(tsr_backend *b, void *outv, float *lse, const 
  * see key j. Pass 1 owns query rows (D, dq), pass 2 owns key rows (dk, dv), so
  * neither needs atomics; P is recomputed in each. */
 tsr_status tsr_cpu_attn_train_bwd(tsr_backend *b, void *dqv, void *dkv, void *dvv,
-                                  const void *doutv, const void *qv, const void *kv,
-                                  const void *vv, const void *outv, const float *lse,
+                                  const void *doutv, const void *qv, const void *kv, const void *vv,
+                                  const void *outv, const float *lse,
                                   const tsr_attn_train_desc *d) {
     (void)b;
     int max_len = 0;
@@ -396,9 +394,9 @@ tsr_status tsr_cpu_ce_sums(tsr_backend *b, float *sumexp, float *tlogit, const v
     return TSR_OK;
 }
 
-tsr_status tsr_cpu_ce_grad(tsr_backend *b, void *dlogitsv, const void *logitsv,
-                           const float *rowmax, const float *sumexp, const int32_t *target,
-                           const float *weight, int n, int V, int row0) {
+tsr_status tsr_cpu_ce_grad(tsr_backend *b, void *dlogitsv, const void *logitsv, const float *rowmax,
+                           const float *sumexp, const int32_t *target, const float *weight, int n,
+                           int V, int row0) {
     (void)b;
     TSR_TRY(check_sizes("ce_grad", n, V, 0, 0));
     float *dl = dlogitsv;

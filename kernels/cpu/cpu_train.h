@@ -23,9 +23,8 @@
 
 tsr_status tsr_cpu_matmul_dx(tsr_backend *b, void *dx, const void *dy, const tsr_weight *w, int n,
                              int accumulate);
-tsr_status tsr_cpu_lora_fwd(tsr_backend *b, void *y, const void *x, const float *A,
-                            const float *B, float *xa, int n, int d_in, int d_out, int r,
-                            float scale);
+tsr_status tsr_cpu_lora_fwd(tsr_backend *b, void *y, const void *x, const float *A, const float *B,
+                            float *xa, int n, int d_in, int d_out, int r, float scale);
 tsr_status tsr_cpu_lora_bwd(tsr_backend *b, void *dx, float *dA, float *dB, const void *dy,
                             const void *x, const float *xa, const float *A, const float *B,
                             float *t, int n, int d_in, int d_out, int r, float scale);

@@ -20,8 +20,8 @@ cudaError_t tsr_cuda_add(cudaStream_t s, tsr_dtype act, void *y, const void *x, 
     if (count == 0)
         return cudaSuccess;
     const unsigned th = 256;
-    TSR_DISPATCH_ACT(act, T,
-                     add_kernel<T><<<tsr_grid_for(count, th), th, 0, s>>>((T *)y, (const T *)x, count));
+    TSR_DISPATCH_ACT(
+        act, T, add_kernel<T><<<tsr_grid_for(count, th), th, 0, s>>>((T *)y, (const T *)x, count));
     return cudaGetLastError();
 }
 
@@ -32,7 +32,7 @@ cudaError_t tsr_cuda_add_bias(cudaStream_t s, tsr_dtype act, void *y, const void
         return cudaSuccess;
     const unsigned th = 256;
     TSR_DISPATCH_ACT(act, T,
-                     add_bias_kernel<T><<<tsr_grid_for(count, th), th, 0, s>>>(
-                         (T *)y, (const T *)bias, count, dim));
+                     add_bias_kernel<T>
+                     <<<tsr_grid_for(count, th), th, 0, s>>>((T *)y, (const T *)bias, count, dim));
     return cudaGetLastError();
 }

@@ -109,8 +109,8 @@ __global__ void __launch_bounds__(AT_WARPS * 32)
 
 /* delta(n, n_head) = rowwise dot of dout and out, one warp per (row, head). */
 template <typename T>
-__global__ void attn_delta_kernel(float *delta, const T *__restrict__ dout, const T *__restrict__ out,
-                                  size_t rows, int hd) {
+__global__ void attn_delta_kernel(float *delta, const T *__restrict__ dout,
+                                  const T *__restrict__ out, size_t rows, int hd) {
     const size_t r = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (r >= rows)

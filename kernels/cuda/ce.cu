@@ -82,9 +82,9 @@ cudaError_t tsr_cuda_ce_grad(cudaStream_t s, tsr_dtype act, void *dlogits, const
     const size_t total = (size_t)n * V;
     if (total == 0)
         return cudaSuccess;
-    TSR_DISPATCH_ACT(act, T,
-                     ce_grad_kernel<T><<<tsr_grid_for(total, 256), 256, 0, s>>>(
-                         (T *)dlogits, (const T *)logits, rowmax, sumexp, target, weight, n, V,
-                         row0));
+    TSR_DISPATCH_ACT(
+        act, T,
+        ce_grad_kernel<T><<<tsr_grid_for(total, 256), 256, 0, s>>>(
+            (T *)dlogits, (const T *)logits, rowmax, sumexp, target, weight, n, V, row0));
     return cudaGetLastError();
 }

@@ -23,9 +23,11 @@ cudaError_t tsr_cuda_convert(cudaStream_t s, void *dst, tsr_dtype dst_type, cons
     }
     const unsigned th = 256;
     if (dst_type == TSR_BF16 && src_type == TSR_F32)
-        convert_kernel<<<tsr_grid_for(n, th), th, 0, s>>>((__nv_bfloat16 *)dst, (const float *)src, n);
+        convert_kernel<<<tsr_grid_for(n, th), th, 0, s>>>((__nv_bfloat16 *)dst, (const float *)src,
+                                                          n);
     else if (dst_type == TSR_F32 && src_type == TSR_BF16)
-        convert_kernel<<<tsr_grid_for(n, th), th, 0, s>>>((float *)dst, (const __nv_bfloat16 *)src, n);
+        convert_kernel<<<tsr_grid_for(n, th), th, 0, s>>>((float *)dst, (const __nv_bfloat16 *)src,
+                                                          n);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();

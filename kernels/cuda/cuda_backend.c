@@ -54,14 +54,18 @@ typedef struct {
 typedef struct {
     int device;
     tsr_dtype act;
-    tsr_dtype wdt;                   /* weight storage: bf16, or f32 (reference precision) */
+    tsr_dtype wdt; /* weight storage: bf16, or f32 (reference precision) */
     cudaStream_t stream;
     cublasLtHandle_t lt;
-    void *workspace;                 /* LT_WORKSPACE bytes for cuBLASLt */
-    void *xbf;     size_t xbf_cap;   /* bf16 GEMM inputs from f32 activations */
-    void *stage;   size_t stage_cap; /* f32 staging for act_to_f32 / act_from_f32 */
-    void *tmp[4];  size_t tmp_cap[4]; /* training scratch (f32 copies, partial sums) */
-    void *pick;    size_t pick_cap;   /* argmax / top-k results before their copy to the host */
+    void *workspace; /* LT_WORKSPACE bytes for cuBLASLt */
+    void *xbf;
+    size_t xbf_cap; /* bf16 GEMM inputs from f32 activations */
+    void *stage;
+    size_t stage_cap; /* f32 staging for act_to_f32 / act_from_f32 */
+    void *tmp[4];
+    size_t tmp_cap[4]; /* training scratch (f32 copies, partial sums) */
+    void *pick;
+    size_t pick_cap; /* argmax / top-k results before their copy to the host */
     lt_plan plans[LT_CACHE];
     int next_evict;
 } cuda_ctx;
@@ -202,8 +206,9 @@ static tsr_status cuda_weight_upload(tsr_backend *b, tsr_weight *w, const float 
     if (c->wdt == TSR_F32) {
         w->data = cuda_alloc(b, n * 4);
         if (!w->data)
-            return tsr_error_set(TSR_ERR_NOMEM, "cuda: cannot allocate a %d x %d f32 weight on GPU %d",
-                                 rows, cols, c->device);
+            return tsr_error_set(TSR_ERR_NOMEM,
+                                 "cuda: cannot allocate a %d x %d f32 weight on GPU %d", rows, cols,
+                                 c->device);
         tsr_status st = CU(c, cudaMemcpy(w->data, src, n * 4, cudaMemcpyHostToDevice));
         if (st != TSR_OK) {
             cudaFree(w->data);
@@ -312,24 +317,29 @@ static tsr_status plan_get(cuda_ctx *c, int m, int n, int k, int ta, int tb, int
     cublasLtMatmulPreference_t pref = NULL;
     const cudaDataType_t abt = ab_f32 ? CUDA_R_32F : CUDA_R_16BF;
     const cudaDataType_t ct = c_f32 ? CUDA_R_32F : CUDA_R_16BF;
-    const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     size_t ws = LT_WORKSPACE;
     tsr_status st;
     TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulDescCreate(&np.op, CUBLAS_COMPUTE_32F, CUDA_R_32F)));
-    TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulDescSetAttribute(np.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa)));
-    TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulDescSetAttribute(np.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb)));
-    TSR_CHECK_GOTO(st, LT(c, cublasLtMatrixLayoutCreate(&np.a, abt, ta ? (uint64_t)k : (uint64_t)m,
-                                                         ta ? (uint64_t)m : (uint64_t)k, ta ? k : m)));
-    TSR_CHECK_GOTO(st, LT(c, cublasLtMatrixLayoutCreate(&np.b, abt, tb ? (uint64_t)n : (uint64_t)k,
-                                                         tb ? (uint64_t)k : (uint64_t)n, tb ? n : k)));
+    TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulDescSetAttribute(np.op, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                            &opa, sizeof opa)));
+    TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulDescSetAttribute(np.op, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                            &opb, sizeof opb)));
+    TSR_CHECK_GOTO(st,
+                   LT(c, cublasLtMatrixLayoutCreate(&np.a, abt, ta ? (uint64_t)k : (uint64_t)m,
+                                                    ta ? (uint64_t)m : (uint64_t)k, ta ? k : m)));
+    TSR_CHECK_GOTO(st,
+                   LT(c, cublasLtMatrixLayoutCreate(&np.b, abt, tb ? (uint64_t)n : (uint64_t)k,
+                                                    tb ? (uint64_t)k : (uint64_t)n, tb ? n : k)));
     TSR_CHECK_GOTO(st, LT(c, cublasLtMatrixLayoutCreate(&np.c, ct, (uint64_t)m, (uint64_t)n, m)));
     TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulPreferenceCreate(&pref)));
     TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulPreferenceSetAttribute(
-                               pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws)));
+                                 pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws)));
     cublasLtMatmulHeuristicResult_t h;
     int found = 0;
     TSR_CHECK_GOTO(st, LT(c, cublasLtMatmulAlgoGetHeuristic(c->lt, np.op, np.a, np.b, np.c, np.c,
-                                                             pref, 1, &h, &found)));
+                                                            pref, 1, &h, &found)));
     if (found < 1) {
         st = tsr_error_set(TSR_ERR_UNSUPPORTED,
                            "cuBLASLt has no %s algorithm for a %d x %d x %d product on GPU %d",
@@ -384,7 +394,8 @@ static tsr_status act_as_bf16(cuda_ctx *c, const void *x, size_t count, const vo
 
 /* Activations as f32 (LoRA GEMMs): themselves when f32, else converted into
  * training scratch `slot`. */
-static tsr_status act_as_f32(cuda_ctx *c, const void *x, size_t count, int slot, const float **out) {
+static tsr_status act_as_f32(cuda_ctx *c, const void *x, size_t count, int slot,
+                             const float **out) {
     if (c->act == TSR_F32) {
         *out = x;
         return TSR_OK;
@@ -397,8 +408,8 @@ static tsr_status act_as_f32(cuda_ctx *c, const void *x, size_t count, int slot,
 
 /* y(M, N) (activations) += alpha op(P) op(Q) with f32 P and Q: directly when
  * activations are f32, else through f32 scratch `slot` and an add. */
-static tsr_status gemm_into_act(cuda_ctx *c, void *y, const float *P, int tp, const float *Q, int tq,
-                                int M, int N, int K, float alpha, int slot) {
+static tsr_status gemm_into_act(cuda_ctx *c, void *y, const float *P, int tp, const float *Q,
+                                int tq, int M, int N, int K, float alpha, int slot) {
     if (c->act == TSR_F32)
         return rm_gemm(c, y, P, tp, Q, tq, M, N, K, alpha, 1.0f, 1, 1);
     const size_t count = (size_t)M * N;
@@ -446,8 +457,8 @@ static tsr_status cuda_attention(tsr_backend *b, void *out, const void *q, const
                                  const void *vc, const tsr_attn_desc *d) {
     cuda_ctx *c = ctx_of(b);
     if (d->head_dim > 256)
-        return tsr_error_set(TSR_ERR_UNSUPPORTED, "cuda: attention supports head_dim <= 256, not %d",
-                             d->head_dim);
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "cuda: attention supports head_dim <= 256, not %d", d->head_dim);
     return CU(c, tsr_cuda_attention(c->stream, c->act, out, q, kc, vc, d));
 }
 
@@ -494,8 +505,8 @@ static tsr_status cuda_topk(tsr_backend *b, float *val, int32_t *idx, const void
                             int V, int k) {
     cuda_ctx *c = ctx_of(b);
     if (n < 0 || V < 0 || k < 1 || k > TSR_TOPK_MAX)
-        return tsr_error_set(TSR_ERR_INVALID, "cuda topk: n %d, V %d, k %d (k must be in 1..%d)",
-                             n, V, k, TSR_TOPK_MAX);
+        return tsr_error_set(TSR_ERR_INVALID, "cuda topk: n %d, V %d, k %d (k must be in 1..%d)", n,
+                             V, k, TSR_TOPK_MAX);
     if (n == 0)
         return TSR_OK;
     const size_t m = (size_t)n * k;
@@ -586,7 +597,7 @@ static tsr_status cuda_lora_fwd(tsr_backend *b, void *y, const void *x, const fl
     const float *xf;
     TSR_TRY(act_as_f32(c, x, (size_t)n * d_in, 0, &xf));
     TSR_TRY(rm_gemm(c, xa, xf, 0, A, 1, n, r, d_in, 1.0f, 0.0f, 1, 1)); /* x A^T */
-    return gemm_into_act(c, y, xa, 0, B, 1, n, d_out, r, scale, 1);    /* += s xa B^T */
+    return gemm_into_act(c, y, xa, 0, B, 1, n, d_out, r, scale, 1);     /* += s xa B^T */
 }
 
 static tsr_status cuda_lora_bwd(tsr_backend *b, void *dx, float *dA, float *dB, const void *dy,
@@ -621,26 +632,27 @@ static tsr_status cuda_rope_bwd(tsr_backend *b, void *x, const int32_t *pos, con
 static tsr_status cuda_swiglu_bwd(tsr_backend *b, void *dgate, void *dup, const void *dout,
                                   const void *gate, const void *up, int n, int dim) {
     cuda_ctx *c = ctx_of(b);
-    return CU(c, tsr_cuda_swiglu_bwd(c->stream, c->act, dgate, dup, dout, gate, up, (size_t)n * dim));
+    return CU(c,
+              tsr_cuda_swiglu_bwd(c->stream, c->act, dgate, dup, dout, gate, up, (size_t)n * dim));
 }
 
 static tsr_status cuda_attn_train_fwd(tsr_backend *b, void *out, float *lse, const void *q,
                                       const void *k, const void *v, const tsr_attn_train_desc *d) {
     cuda_ctx *c = ctx_of(b);
     if (d->head_dim > 256)
-        return tsr_error_set(TSR_ERR_UNSUPPORTED, "cuda: attention supports head_dim <= 256, not %d",
-                             d->head_dim);
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "cuda: attention supports head_dim <= 256, not %d", d->head_dim);
     return CU(c, tsr_cuda_attn_train_fwd(c->stream, c->act, out, lse, q, k, v, d));
 }
 
 static tsr_status cuda_attn_train_bwd(tsr_backend *b, void *dq, void *dk, void *dv,
-                                      const void *dout, const void *q, const void *k,
-                                      const void *v, const void *out, const float *lse,
+                                      const void *dout, const void *q, const void *k, const void *v,
+                                      const void *out, const float *lse,
                                       const tsr_attn_train_desc *d) {
     cuda_ctx *c = ctx_of(b);
     if (d->head_dim > 256)
-        return tsr_error_set(TSR_ERR_UNSUPPORTED, "cuda: attention supports head_dim <= 256, not %d",
-                             d->head_dim);
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "cuda: attention supports head_dim <= 256, not %d", d->head_dim);
     const size_t kv = (size_t)d->n_tokens * d->n_kv_head * d->head_dim * 4;
     const size_t rows = (size_t)d->n_tokens * d->n_head * 4;
     TSR_TRY(scratch(c, &c->tmp[0], &c->tmp_cap[0], kv, "attention dK scratch"));
@@ -658,16 +670,16 @@ static tsr_status cuda_ce_rowmax(tsr_backend *b, float *rowmax, const void *logi
 static tsr_status cuda_ce_sums(tsr_backend *b, float *sumexp, float *tlogit, const void *logits,
                                const float *rowmax, const int32_t *target, int n, int V, int row0) {
     cuda_ctx *c = ctx_of(b);
-    return CU(c, tsr_cuda_ce_sums(c->stream, c->act, sumexp, tlogit, logits, rowmax, target, n, V,
-                                  row0));
+    return CU(
+        c, tsr_cuda_ce_sums(c->stream, c->act, sumexp, tlogit, logits, rowmax, target, n, V, row0));
 }
 
 static tsr_status cuda_ce_grad(tsr_backend *b, void *dlogits, const void *logits,
                                const float *rowmax, const float *sumexp, const int32_t *target,
                                const float *weight, int n, int V, int row0) {
     cuda_ctx *c = ctx_of(b);
-    return CU(c, tsr_cuda_ce_grad(c->stream, c->act, dlogits, logits, rowmax, sumexp, target, weight,
-                                  n, V, row0));
+    return CU(c, tsr_cuda_ce_grad(c->stream, c->act, dlogits, logits, rowmax, sumexp, target,
+                                  weight, n, V, row0));
 }
 
 static tsr_status cuda_adamw(tsr_backend *b, float *p, const float *g, float *m, float *v, size_t n,
@@ -716,54 +728,24 @@ static tsr_status cuda_fill_zero(tsr_backend *b, void *p, size_t bytes) {
 /* One table per activation type; everything but act_dtype is shared. */
 #define CUDA_IFACE(act)                                                                            \
     {                                                                                              \
-        .name = "cuda",                                                                            \
-        .act_dtype = (act),                                                                        \
-        .host_memory = 0,                                                                          \
-        .alloc = cuda_alloc,                                                                       \
-        .free = cuda_free,                                                                         \
-        .to_device = cuda_to_device,                                                               \
-        .to_host = cuda_to_host,                                                                   \
-        .copy = cuda_copy,                                                                         \
-        .sync = cuda_sync,                                                                         \
-        .destroy = cuda_destroy,                                                                   \
-        .weight_upload = cuda_weight_upload,                                                       \
-        .weight_free = cuda_weight_free,                                                           \
-        .vector_upload = cuda_vector_upload,                                                       \
-        .act_to_f32 = cuda_act_to_f32,                                                             \
-        .act_from_f32 = cuda_act_from_f32,                                                         \
-        .matmul = cuda_matmul,                                                                     \
-        .rmsnorm = cuda_rmsnorm,                                                                   \
-        .rope = cuda_rope,                                                                         \
-        .kv_store = cuda_kv_store,                                                                 \
-        .attention = cuda_attention,                                                               \
-        .swiglu = cuda_swiglu,                                                                     \
-        .add = cuda_add,                                                                           \
-        .add_bias = cuda_add_bias,                                                                 \
-        .embedding = cuda_embedding,                                                               \
-        .argmax = cuda_argmax,                                                                     \
-        .topk = cuda_topk,                                                                         \
-        .row_expsum = cuda_row_expsum,                                                             \
-        .stream = cuda_stream_of,                                                                  \
-        .capture_begin = cuda_capture_begin,                                                       \
-        .capture_end = cuda_capture_end,                                                           \
-        .graph_launch = cuda_graph_launch,                                                         \
-        .graph_free = cuda_graph_free,                                                             \
-        .matmul_dx = cuda_matmul_dx,                                                               \
-        .lora_fwd = cuda_lora_fwd,                                                                 \
-        .lora_bwd = cuda_lora_bwd,                                                                 \
-        .rmsnorm_bwd = cuda_rmsnorm_bwd,                                                           \
-        .rope_bwd = cuda_rope_bwd,                                                                 \
-        .swiglu_bwd = cuda_swiglu_bwd,                                                             \
-        .attn_train_fwd = cuda_attn_train_fwd,                                                     \
-        .attn_train_bwd = cuda_attn_train_bwd,                                                     \
-        .ce_rowmax = cuda_ce_rowmax,                                                               \
-        .ce_sums = cuda_ce_sums,                                                                   \
-        .ce_grad = cuda_ce_grad,                                                                   \
-        .adamw = cuda_adamw,                                                                       \
-        .sumsq = cuda_sumsq,                                                                       \
-        .scale_f32 = cuda_scale_f32,                                                               \
-        .lora_dropout = cuda_lora_dropout,                                                         \
-        .fill_zero = cuda_fill_zero,                                                               \
+        .name = "cuda", .act_dtype = (act), .host_memory = 0, .alloc = cuda_alloc,                 \
+        .free = cuda_free, .to_device = cuda_to_device, .to_host = cuda_to_host,                   \
+        .copy = cuda_copy, .sync = cuda_sync, .destroy = cuda_destroy,                             \
+        .weight_upload = cuda_weight_upload, .weight_free = cuda_weight_free,                      \
+        .vector_upload = cuda_vector_upload, .act_to_f32 = cuda_act_to_f32,                        \
+        .act_from_f32 = cuda_act_from_f32, .matmul = cuda_matmul, .rmsnorm = cuda_rmsnorm,         \
+        .rope = cuda_rope, .kv_store = cuda_kv_store, .attention = cuda_attention,                 \
+        .swiglu = cuda_swiglu, .add = cuda_add, .add_bias = cuda_add_bias,                         \
+        .embedding = cuda_embedding, .argmax = cuda_argmax, .topk = cuda_topk,                     \
+        .row_expsum = cuda_row_expsum, .stream = cuda_stream_of,                                   \
+        .capture_begin = cuda_capture_begin, .capture_end = cuda_capture_end,                      \
+        .graph_launch = cuda_graph_launch, .graph_free = cuda_graph_free,                          \
+        .matmul_dx = cuda_matmul_dx, .lora_fwd = cuda_lora_fwd, .lora_bwd = cuda_lora_bwd,         \
+        .rmsnorm_bwd = cuda_rmsnorm_bwd, .rope_bwd = cuda_rope_bwd, .swiglu_bwd = cuda_swiglu_bwd, \
+        .attn_train_fwd = cuda_attn_train_fwd, .attn_train_bwd = cuda_attn_train_bwd,              \
+        .ce_rowmax = cuda_ce_rowmax, .ce_sums = cuda_ce_sums, .ce_grad = cuda_ce_grad,             \
+        .adamw = cuda_adamw, .sumsq = cuda_sumsq, .scale_f32 = cuda_scale_f32,                     \
+        .lora_dropout = cuda_lora_dropout, .fill_zero = cuda_fill_zero,                            \
     }
 
 static const tsr_backend_i cuda_iface_f32 = CUDA_IFACE(TSR_F32);
@@ -788,8 +770,9 @@ tsr_status tsr_backend_cuda_create(int device, tsr_dtype act_dtype, tsr_dtype we
         return tsr_error_set(TSR_ERR_UNSUPPORTED, "cuda: weights must be bf16 or f32, not %s",
                              tsr_dtype_name(weight_dtype));
     if (weight_dtype == TSR_F32 && act_dtype != TSR_F32)
-        return tsr_error_set(TSR_ERR_UNSUPPORTED,
-                             "cuda: f32 weights (the reference-precision mode) need f32 activations");
+        return tsr_error_set(
+            TSR_ERR_UNSUPPORTED,
+            "cuda: f32 weights (the reference-precision mode) need f32 activations");
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {

@@ -84,8 +84,7 @@ static inline unsigned tsr_grid_for(size_t n, unsigned threads) {
         __VA_ARGS__;                                                                               \
         break;                                                                                     \
     }                                                                                              \
-    default:                                                                                       \
-        return cudaErrorInvalidValue;                                                              \
+    default: return cudaErrorInvalidValue;                                                         \
     }
 
 #endif

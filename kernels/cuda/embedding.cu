@@ -6,9 +6,8 @@
 #include "kernels/cuda/embedding.h"
 
 template <typename T, typename W>
-__global__ void embedding_kernel(T *__restrict__ out, const W *__restrict__ table,
-                                 int rows, int dim, const int32_t *__restrict__ ids, int n,
-                                 int row0) {
+__global__ void embedding_kernel(T *__restrict__ out, const W *__restrict__ table, int rows,
+                                 int dim, const int32_t *__restrict__ ids, int n, int row0) {
     const size_t total = (size_t)n * dim;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {

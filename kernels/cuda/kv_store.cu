@@ -18,7 +18,8 @@ __global__ void kv_store_kernel(T *__restrict__ kc, T *__restrict__ vc, const T 
 }
 
 cudaError_t tsr_cuda_kv_store(cudaStream_t s, tsr_dtype act, void *k_cache, void *v_cache,
-                              const void *k, const void *v, const int32_t *slot, int n, int kv_dim) {
+                              const void *k, const void *v, const int32_t *slot, int n,
+                              int kv_dim) {
     const size_t total = (size_t)n * kv_dim;
     if (total == 0)
         return cudaSuccess;

@@ -36,8 +36,7 @@ cudaError_t tsr_cuda_lora_dropout(cudaStream_t s, tsr_dtype act, void *out, cons
     const unsigned th = 256;
     const dim3 grid((unsigned)((d + th - 1) / th), (unsigned)(n < 65535 ? n : 65535));
     TSR_DISPATCH_ACT(act, T,
-                     lora_dropout_kernel<T><<<grid, th, 0, s>>>((T *)out, (const T *)x, n, d,
-                                                               stream, row0, col0, thr, inv,
-                                                               accumulate));
+                     lora_dropout_kernel<T><<<grid, th, 0, s>>>(
+                         (T *)out, (const T *)x, n, d, stream, row0, col0, thr, inv, accumulate));
     return cudaGetLastError();
 }

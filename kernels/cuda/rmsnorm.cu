@@ -25,7 +25,7 @@ cudaError_t tsr_cuda_rmsnorm(cudaStream_t s, tsr_dtype act, void *y, const void 
     if (n <= 0)
         return cudaSuccess;
     const int th = dim >= 1024 ? 1024 : ((dim + 31) / 32) * 32;
-    TSR_DISPATCH_ACT(act, T,
-                     rmsnorm_kernel<T><<<n, th, 0, s>>>((T *)y, (const T *)x, (const T *)w, dim, eps));
+    TSR_DISPATCH_ACT(
+        act, T, rmsnorm_kernel<T><<<n, th, 0, s>>>((T *)y, (const T *)x, (const T *)w, dim, eps));
     return cudaGetLastError();
 }

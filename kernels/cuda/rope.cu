@@ -34,8 +34,7 @@ cudaError_t tsr_cuda_rope(cudaStream_t s, tsr_dtype act, void *x, const int32_t 
         return cudaSuccess;
     const unsigned th = 256;
     TSR_DISPATCH_ACT(act, T,
-                     rope_kernel<T><<<tsr_grid_for(total, th), th, 0, s>>>((T *)x, pos, inv_freq, n,
-                                                                           n_heads, head_dim,
-                                                                           inverse ? -1.0 : 1.0));
+                     rope_kernel<T><<<tsr_grid_for(total, th), th, 0, s>>>(
+                         (T *)x, pos, inv_freq, n, n_heads, head_dim, inverse ? -1.0 : 1.0));
     return cudaGetLastError();
 }

@@ -40,8 +40,7 @@ cudaError_t tsr_cuda_row_expsum(cudaStream_t s, tsr_dtype act, float *out, const
         return cudaSuccess;
     if (V <= 0)
         return cudaErrorInvalidValue;
-    TSR_DISPATCH_ACT(act, T,
-                     row_expsum_kernel<T><<<n, RE_THREADS, 0, s>>>(out, (const T *)logits, inv_t,
-                                                                   V));
+    TSR_DISPATCH_ACT(
+        act, T, row_expsum_kernel<T><<<n, RE_THREADS, 0, s>>>(out, (const T *)logits, inv_t, V));
     return cudaGetLastError();
 }

@@ -22,9 +22,9 @@ cudaError_t tsr_cuda_swiglu_bwd(cudaStream_t s, tsr_dtype act, void *dgate, void
     if (count == 0)
         return cudaSuccess;
     const unsigned th = 256;
-    TSR_DISPATCH_ACT(act, T,
-                     swiglu_bwd_kernel<T><<<tsr_grid_for(count, th), th, 0, s>>>(
-                         (T *)dgate, (T *)dup, (const T *)dout, (const T *)gate, (const T *)up,
-                         count));
+    TSR_DISPATCH_ACT(
+        act, T,
+        swiglu_bwd_kernel<T><<<tsr_grid_for(count, th), th, 0, s>>>(
+            (T *)dgate, (T *)dup, (const T *)dout, (const T *)gate, (const T *)up, count));
     return cudaGetLastError();
 }

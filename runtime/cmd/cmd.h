@@ -34,7 +34,7 @@ enum {
 
 /* Every option of every subcommand, read and checked. */
 typedef struct {
-    unsigned cmd;      /* the subcommand's bit */
+    unsigned cmd; /* the subcommand's bit */
     const char *model;
     const char *adapter; /* --adapter DIR: a PEFT LoRA adapter (generate, perplexity, serve,
                             merge-lora) */
@@ -94,8 +94,7 @@ void cmd_device_config(const cmd_options *o, tsr_engine_config *ec);
 
 /* The plan and engine configuration of a command's session: a one-sequence
  * KV cache of ctx positions (-1: the model's context, at most 4096). */
-void cmd_session_config(const cmd_options *o, int ctx, tsr_plan_config *pc,
-                        tsr_engine_config *ec);
+void cmd_session_config(const cmd_options *o, int ctx, tsr_plan_config *pc, tsr_engine_config *ec);
 
 /* Opens the session of a command (tsr_session_open) and, with ctx != 0,
  * its engine and --adapter (tsr_session_start_engine). Collective; report

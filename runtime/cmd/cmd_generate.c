@@ -84,7 +84,8 @@ int cmd_generate(tsr_comm_grid *grid, const cmd_options *o) {
     }
     static const char *reasons[] = {"stop", "length", "cancelled"};
     fprintf(stderr,
-            "tessera: prompt %d tokens (%.1f tok/s), completion %d tokens (%.1f tok/s), finish %s, peak RSS %.0f MiB\n",
+            "tessera: prompt %d tokens (%.1f tok/s), completion %d tokens (%.1f tok/s), finish %s, "
+            "peak RSS %.0f MiB\n",
             res.n_prompt, res.prefill_s > 0 ? res.n_prompt / res.prefill_s : 0.0, res.n_completion,
             res.decode_s > 0 ? res.n_completion / res.decode_s : 0.0, reasons[res.finish],
             cmd_peak_rss_kb() / 1024.0);

@@ -37,8 +37,9 @@ int cmd_merge_lora(const cmd_options *o) {
         if (e && atoi(e) > 1) {
             const char *r = getenv("OMPI_COMM_WORLD_RANK");
             if (!r || atoi(r) == 0)
-                fprintf(stderr, "tessera merge-lora: runs as one process; do not start it "
-                                "under mpirun with more than one rank (%s=%s)\n",
+                fprintf(stderr,
+                        "tessera merge-lora: runs as one process; do not start it "
+                        "under mpirun with more than one rank (%s=%s)\n",
                         *v, e);
             return 2;
         }
@@ -52,7 +53,6 @@ int cmd_merge_lora(const cmd_options *o) {
         return st == TSR_ERR_INVALID || st == TSR_ERR_RANGE ? 2 : 1;
     }
     fprintf(stderr, "tessera merge-lora: wrote %s (%s) in %.1f s\n", o->out,
-            o->merge_dtype == TSR_MERGE_BF16 ? "bf16" : "f32",
-            tsr_now_s() - t0);
+            o->merge_dtype == TSR_MERGE_BF16 ? "bf16" : "f32", tsr_now_s() - t0);
     return 0;
 }

@@ -64,8 +64,9 @@ int cmd_perplexity(tsr_comm_grid *grid, const cmd_options *o) {
     }
     int n_chunks = (int)(n / (size_t)ctx);
     if (n_chunks < 1) {
-        PERR("tessera perplexity: the text has %zu tokens; at least %d (one --ctx chunk) are needed\n",
-                n, ctx);
+        PERR("tessera perplexity: the text has %zu tokens; at least %d (one --ctx chunk) are "
+             "needed\n",
+             n, ctx);
         rc = 2;
         goto cleanup;
     }
@@ -107,8 +108,8 @@ int cmd_perplexity(tsr_comm_grid *grid, const cmd_options *o) {
     double err = count > 1 && var > 0 ? sqrt(var / (count - 1)) : 0;
     double ppl = exp(mean);
     printf("\n");
-    PERR("tessera: %ld tokens scored in %.2f s (%.1f tok/s); PPL uncertainty +/- %.5f\n",
-            count, tsr_now_s() - t0, n_chunks * ctx / (tsr_now_s() - t0), ppl * err);
+    PERR("tessera: %ld tokens scored in %.2f s (%.1f tok/s); PPL uncertainty +/- %.5f\n", count,
+         tsr_now_s() - t0, n_chunks * ctx / (tsr_now_s() - t0), ppl * err);
     PERR("tessera: mean NLL %.9f over %ld tokens\n", mean, count);
     printf("Final estimate: PPL = %.4f\n", ppl);
 cleanup:

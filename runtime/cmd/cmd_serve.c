@@ -53,7 +53,8 @@ static tsr_status read_small(const char *path, int trim, char **out) {
     tsr_status st = tsr_fs_read_file(path, 1 << 20, out, &n);
     if (st != TSR_OK)
         return st;
-    while (trim && n > 0 && ((*out)[n - 1] == '\n' || (*out)[n - 1] == '\r' || (*out)[n - 1] == ' '))
+    while (trim && n > 0 &&
+           ((*out)[n - 1] == '\n' || (*out)[n - 1] == '\r' || (*out)[n - 1] == ' '))
         (*out)[--n] = '\0';
     return TSR_OK;
 }
@@ -66,7 +67,8 @@ static tsr_status start_server(const tsr_session *s, const cmd_options *o, front
     if (o->auth_token_file)
         st = read_small(o->auth_token_file, 1, &token);
     if (st == TSR_OK && token && !token[0])
-        st = tsr_error_set(TSR_ERR_INVALID, "the auth token file '%s' is empty", o->auth_token_file);
+        st =
+            tsr_error_set(TSR_ERR_INVALID, "the auth token file '%s' is empty", o->auth_token_file);
     if (st == TSR_OK && (!o->tls_cert != !o->tls_key))
         st = tsr_error_set(TSR_ERR_INVALID, "TLS needs both --tls-cert and --tls-key");
     if (st == TSR_OK && o->tls_cert && (st = read_small(o->tls_cert, 0, &cert)) == TSR_OK)

@@ -27,7 +27,8 @@ void cmd_train_usage(FILE *f) {
           "\n"
           "data (one JSON object per line; docs/lora.md):\n"
           "  {\"prompt\": \"...\", \"completion\": \"...\"}   loss on the completion and EOS\n"
-          "  {\"messages\": [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}, ...]}\n"
+          "  {\"messages\": [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}, "
+          "...]}\n"
           "                        rendered with the model's chat template; loss on the\n"
           "                        assistant messages and their end-of-turn tokens\n"
           "\n"
@@ -118,8 +119,9 @@ static int train_rank0(tsr_session *s, const cmd_options *o, const tsr_lora_conf
         }
         /* refused on every rank alike (a non-finite loss or norm): the
          * adapter keeps its last good state, and nothing is saved */
-        fprintf(stderr, "tessera train: step %d/%d failed: %s; stopping without saving the "
-                        "adapter\n",
+        fprintf(stderr,
+                "tessera train: step %d/%d failed: %s; stopping without saving the "
+                "adapter\n",
                 res.failed_step, total, tsr_error_msg());
         return 1;
     }
@@ -129,8 +131,8 @@ static int train_rank0(tsr_session *s, const cmd_options *o, const tsr_lora_conf
     }
     if (st != TSR_OK)
         return cmd_fail(st);
-    fprintf(stderr, "tessera train: saved the adapter (%d steps) in %s, peak RSS %.0f MiB\n",
-            total, o->out, cmd_peak_rss_kb() / 1024.0);
+    fprintf(stderr, "tessera train: saved the adapter (%d steps) in %s, peak RSS %.0f MiB\n", total,
+            o->out, cmd_peak_rss_kb() / 1024.0);
     return 0;
 }
 
@@ -170,9 +172,9 @@ int cmd_train(tsr_comm_grid *grid, const cmd_options *o) {
     if ((rc = train_agree(grid, st)))
         goto cleanup;
     if (g_rank == 0)
-        fprintf(stderr, "tessera train: %d examples, %d tokens (%ld carry loss) from %s in %.2f s\n",
-                data.n_examples, data.start[data.n_examples], data.n_target, o->data,
-                tsr_now_s() - t0);
+        fprintf(
+            stderr, "tessera train: %d examples, %d tokens (%ld carry loss) from %s in %.2f s\n",
+            data.n_examples, data.start[data.n_examples], data.n_target, o->data, tsr_now_s() - t0);
     tsr_session_free(&s);
     st = cmd_session_open(&s, grid, o, 1); /* the engine: one position of KV cache */
     if (st != TSR_OK) {

@@ -18,13 +18,66 @@
 #include "runtime/model/lora.h"
 
 typedef enum {
-    O_MODEL, O_ADAPTER, O_PROMPT, O_CHAT, O_SYSTEM, O_TEXT, O_FILE, O_MAX_TOKENS, O_MIN_TOKENS,
-    O_CTX, O_THREADS, O_BATCH, O_TEMP, O_TOP_K, O_TOP_P, O_MIN_P, O_SEED, O_REPEAT, O_FREQ,
-    O_PRES, O_STOP, O_STOP_ID, O_IGNORE_EOS, O_VERBOSE, O_HELP, O_TP, O_PP, O_PP_LAYERS, O_HOST,
-    O_PORT, O_AUTH, O_TLS_CERT, O_TLS_KEY, O_MAX_SEQS, O_KV_POS, O_MAX_BATCH, O_QUEUE, O_GRACE,
-    O_LOG_PROMPTS, O_HOST_SAMPLING, O_METRICS_PORT, O_DEVICE, O_COMM, O_ACT_DTYPE,
-    O_WEIGHT_DTYPE, O_GPU, O_DATA, O_OUT, O_STEPS, O_EPOCHS, O_LR, O_BATCH_SIZE, O_RANK,
-    O_ALPHA, O_TARGETS, O_MAX_GRAD_NORM, O_WEIGHT_DECAY, O_DROPOUT, O_MICRO, O_ADAM_EPS,
+    O_MODEL,
+    O_ADAPTER,
+    O_PROMPT,
+    O_CHAT,
+    O_SYSTEM,
+    O_TEXT,
+    O_FILE,
+    O_MAX_TOKENS,
+    O_MIN_TOKENS,
+    O_CTX,
+    O_THREADS,
+    O_BATCH,
+    O_TEMP,
+    O_TOP_K,
+    O_TOP_P,
+    O_MIN_P,
+    O_SEED,
+    O_REPEAT,
+    O_FREQ,
+    O_PRES,
+    O_STOP,
+    O_STOP_ID,
+    O_IGNORE_EOS,
+    O_VERBOSE,
+    O_HELP,
+    O_TP,
+    O_PP,
+    O_PP_LAYERS,
+    O_HOST,
+    O_PORT,
+    O_AUTH,
+    O_TLS_CERT,
+    O_TLS_KEY,
+    O_MAX_SEQS,
+    O_KV_POS,
+    O_MAX_BATCH,
+    O_QUEUE,
+    O_GRACE,
+    O_LOG_PROMPTS,
+    O_HOST_SAMPLING,
+    O_METRICS_PORT,
+    O_DEVICE,
+    O_COMM,
+    O_ACT_DTYPE,
+    O_WEIGHT_DTYPE,
+    O_GPU,
+    O_DATA,
+    O_OUT,
+    O_STEPS,
+    O_EPOCHS,
+    O_LR,
+    O_BATCH_SIZE,
+    O_RANK,
+    O_ALPHA,
+    O_TARGETS,
+    O_MAX_GRAD_NORM,
+    O_WEIGHT_DECAY,
+    O_DROPOUT,
+    O_MICRO,
+    O_ADAM_EPS,
     O_DTYPE,
     O__COUNT
 } opt_id;
@@ -124,7 +177,8 @@ static int parse_layers(const char *s, cmd_options *o) {
         long v = strtol(p, &end, 10);
         if (errno || end == p || v < 1 || v > 1 << 20 || o->n_pp_layers == 256 ||
             (*end && *end != ',')) {
-            PERR("tessera: --pp-layers expects positive integers separated by commas, got '%s'\n", s);
+            PERR("tessera: --pp-layers expects positive integers separated by commas, got '%s'\n",
+                 s);
             return -1;
         }
         o->pp_layers[o->n_pp_layers++] = (int)v;
@@ -132,7 +186,6 @@ static int parse_layers(const char *s, cmd_options *o) {
     }
     return o->n_pp_layers ? 0 : -1;
 }
-
 
 /* The value readers: 0, or -1 after rank 0 printed the flag and what it
  * expects. An absent option leaves *out as it is. */
@@ -294,8 +347,7 @@ static int read_values(const tsr_opt_args *a, cmd_options *o) {
     if (get_int(a, O_MAX_TOKENS, 1, 1 << 24, &o->max_tokens) ||
         get_int(a, O_MIN_TOKENS, 0, 1 << 24, &o->min_tokens) ||
         get_int(a, O_CTX, 8, 1 << 20, &o->ctx) || get_int(a, O_THREADS, 1, 1024, &o->threads) ||
-        get_int(a, O_BATCH, 1, 1 << 16, &o->n_batch) ||
-        get_float(a, O_TEMP, &o->sp.temperature) ||
+        get_int(a, O_BATCH, 1, 1 << 16, &o->n_batch) || get_float(a, O_TEMP, &o->sp.temperature) ||
         get_int(a, O_TOP_K, 0, 1 << 24, &o->sp.top_k) || get_float(a, O_TOP_P, &o->sp.top_p) ||
         get_float(a, O_MIN_P, &o->sp.min_p) || get_int(a, O_SEED, 0, INT_MAX, &seed) ||
         get_float(a, O_REPEAT, &o->sp.repetition_penalty) ||
@@ -308,7 +360,8 @@ static int read_values(const tsr_opt_args *a, cmd_options *o) {
         get_int(a, O_MAX_BATCH, 1, 1 << 20, &o->max_batch_tokens) ||
         get_int(a, O_QUEUE, 1, 1 << 20, &o->queue) || get_float(a, O_GRACE, &grace) ||
         get_int(a, O_METRICS_PORT, 0, 65535, &o->metrics_port) || read_device(a, o) ||
-        get_int(a, O_STEPS, 1, 1 << 30, &o->steps) || get_int(a, O_EPOCHS, 1, 1 << 20, &o->epochs) ||
+        get_int(a, O_STEPS, 1, 1 << 30, &o->steps) ||
+        get_int(a, O_EPOCHS, 1, 1 << 20, &o->epochs) ||
         get_int(a, O_BATCH_SIZE, 1, 1 << 16, &o->batch_size) ||
         get_int(a, O_RANK, 1, 4096, &o->lora_rank) ||
         get_float_if(a, O_LR, &o->lr, positive, "must be > 0") ||
@@ -420,8 +473,7 @@ void cmd_device_config(const cmd_options *o, tsr_engine_config *ec) {
     ec->gpu = o->gpu;
 }
 
-void cmd_session_config(const cmd_options *o, int ctx, tsr_plan_config *pc,
-                        tsr_engine_config *ec) {
+void cmd_session_config(const cmd_options *o, int ctx, tsr_plan_config *pc, tsr_engine_config *ec) {
     *pc = (tsr_plan_config){o->tp, o->pp, o->n_pp_layers ? o->pp_layers : NULL, o->n_pp_layers};
     *ec = (tsr_engine_config)TSR_ENGINE_CONFIG_INIT;
     cmd_device_config(o, ec);
@@ -483,7 +535,6 @@ void cmd_usage(FILE *f) {
           "  --verbose             log loading details to stderr\n",
           f);
 }
-
 
 tsr_status cmd_session_open(tsr_session *s, tsr_comm_grid *grid, const cmd_options *o, int ctx) {
     tsr_status st = tsr_session_open(s, grid, o->model);

@@ -68,10 +68,9 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
             (!(d->temperature > 0) || !isfinite(d->temperature) || !(d->top_p > 0) ||
              !(d->top_p <= 1) || !(d->min_p >= 0) || !(d->min_p < 1) || !(d->u >= 0) ||
              !(d->u < 1)))
-            return tsr_error_set(TSR_ERR_INVALID,
-                                 "step: row %d draw (T %g, top_p %g, min_p %g, u %g) out of range",
-                                 i, (double)d->temperature, (double)d->top_p, (double)d->min_p,
-                                 d->u);
+            return tsr_error_set(
+                TSR_ERR_INVALID, "step: row %d draw (T %g, top_p %g, min_p %g, u %g) out of range",
+                i, (double)d->temperature, (double)d->top_p, (double)d->min_p, d->u);
     }
     if (s->n_out < 0 || s->n_out > s->n_tokens || (s->out != TSR_OUT_NONE && s->n_out == 0))
         return tsr_error_set(TSR_ERR_INVALID, "step: %d output rows for %d tokens", s->n_out,
@@ -88,8 +87,8 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
     for (int k = 0; k < s->n_seg; k++) {
         const int32_t *g = s->seg + 3 * k;
         if (g[0] < 0 || g[1] < g[0] || g[1] > s->n_tokens)
-            return tsr_error_set(TSR_ERR_INVALID, "step: LoRA rows [%d, %d) outside the step",
-                                 g[0], g[1]);
+            return tsr_error_set(TSR_ERR_INVALID, "step: LoRA rows [%d, %d) outside the step", g[0],
+                                 g[1]);
         if (g[2] != -1 && !tsr_engine_adapter_get(e, g[2]))
             return tsr_error_set(TSR_ERR_INVALID, "step: LoRA adapter slot %d is empty", g[2]);
     }
@@ -98,8 +97,7 @@ static tsr_status validate_step(const tsr_engine *e, const tsr_step *s) {
             return tsr_error_set(TSR_ERR_RANGE, "token id %d is outside the vocabulary (0..%d)",
                                  s->tokens[i], e->mcfg.n_vocab - 1);
         if (s->seq[i] < 0 || s->seq[i] >= kv->max_seqs)
-            return tsr_error_set(TSR_ERR_INVALID, "step: sequence slot %d out of range",
-                                 s->seq[i]);
+            return tsr_error_set(TSR_ERR_INVALID, "step: sequence slot %d out of range", s->seq[i]);
         if (s->pos[i] < 0 || s->pos[i] >= kv->max_ctx)
             return tsr_error_set(TSR_ERR_RANGE, "position %d is beyond the context of %d",
                                  s->pos[i], kv->max_ctx);
@@ -177,7 +175,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                                     "hidden_in");
     if (st == TSR_OK && !e->last_stage)
         st = tsr_engine_grow_device(e->be, &e->hidden_out, &e->hidden_out_cap, (size_t)n * C * act,
-                         "hidden_out");
+                                    "hidden_out");
     /* greedy steps bring each row's best (value, column) from the device,
      * top-k steps its K best; the others the rows' logits */
     const int greedy = s->out == TSR_OUT_ARGMAX, topk = s->out == TSR_OUT_TOPK;
@@ -190,7 +188,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
                              sizeof(float), "logits");
     if (st == TSR_OK && last)
         st = tsr_engine_grow((void **)&e->mb_logits, &e->mb_logits_cap, (size_t)s->n_out * per_row,
-                  sizeof(float), "mb_logits");
+                             sizeof(float), "mb_logits");
     if (st == TSR_OK && last && (greedy || topk)) {
         const size_t m = (size_t)s->n_out * K;
         st = tsr_engine_grow((void **)&e->best_val, &e->best_val_cap, m, sizeof(float), "best_val");
@@ -228,21 +226,19 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
             st = tsr_engine_pp_recv(e, e->hidden_in, (size_t)m * C, g->pp_rank - 1, mb);
         if (st != TSR_OK)
             break;
-        tsr_batch bt = {m, s->tokens + a, s->pos + a, s->seq + a, e->last_stage ? n_mo : 0,
-                        mb_rows, 0, NULL};
+        tsr_batch bt = {m, s->tokens + a, s->pos + a, s->seq + a, e->last_stage ? n_mo : 0, mb_rows,
+                        0, NULL};
         st = mb_segments(e, s, a, b, &bt);
         if (st != TSR_OK)
             break;
         if (greedy)
-            st = tsr_model_forward_greedy(&e->model, &e->kv, &bt,
-                                          e->first_stage ? NULL : e->hidden_in,
-                                          e->last_stage ? NULL : e->hidden_out, mb_logits,
-                                          e->mb_idx);
+            st = tsr_model_forward_greedy(
+                &e->model, &e->kv, &bt, e->first_stage ? NULL : e->hidden_in,
+                e->last_stage ? NULL : e->hidden_out, mb_logits, e->mb_idx);
         else if (topk)
-            st = tsr_model_forward_topk(&e->model, &e->kv, &bt,
-                                        e->first_stage ? NULL : e->hidden_in,
-                                        e->last_stage ? NULL : e->hidden_out, K, mb_logits,
-                                        e->mb_idx);
+            st = tsr_model_forward_topk(
+                &e->model, &e->kv, &bt, e->first_stage ? NULL : e->hidden_in,
+                e->last_stage ? NULL : e->hidden_out, K, mb_logits, e->mb_idx);
         else
             st = tsr_model_forward(&e->model, &e->kv, &bt, e->first_stage ? NULL : e->hidden_in,
                                    e->last_stage ? NULL : e->hidden_out, mb_logits);
@@ -278,8 +274,8 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
     const size_t count = greedy ? (size_t)s->n_out
                          : topk ? (size_t)s->n_out * K
                                 : (size_t)s->n_out * Vf;
-    if (g->world_rank == 0 && topk && (!to || !to->ids || !to->val ||
-                                       (draws && (!to->expsum || !to->whole || !to->rows))))
+    if (g->world_rank == 0 && topk &&
+        (!to || !to->ids || !to->val || (draws && (!to->expsum || !to->whole || !to->rows))))
         return tsr_error_set(TSR_ERR_INVALID, "step: no buffers for the top-k results");
     if (g->world_rank == 0 && ((greedy && !tokens) || (!greedy && !topk && !logits)))
         return tsr_error_set(TSR_ERR_INVALID, "step: no buffer for its results");
@@ -320,8 +316,8 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
             TSR_TRY(tsr_comm_send(g->world, e->expsum, (size_t)s->n_out * 2, TSR_F32, 0, 1002));
             TSR_TRY(tsr_comm_send(g->world, e->whole, (size_t)s->n_out, TSR_COMM_I32, 0, 1003));
             if (e->n_whole > 0)
-                TSR_TRY(tsr_comm_send(g->world, e->whole_rows, (size_t)e->n_whole * Vf,
-                                      TSR_F32, 0, 1004));
+                TSR_TRY(tsr_comm_send(g->world, e->whole_rows, (size_t)e->n_whole * Vf, TSR_F32, 0,
+                                      1004));
         }
         return TSR_OK;
     }
@@ -335,8 +331,7 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
         if (!greedy && !topk)
             TSR_TRY(tsr_comm_recv(g->world, logits, count, TSR_F32, src, 1001));
         if (draws) {
-            TSR_TRY(tsr_comm_recv(g->world, to->expsum, (size_t)s->n_out * 2, TSR_F32, src,
-                                  1002));
+            TSR_TRY(tsr_comm_recv(g->world, to->expsum, (size_t)s->n_out * 2, TSR_F32, src, 1002));
             TSR_TRY(tsr_engine_grow((void **)&e->whole, &e->whole_cap, (size_t)s->n_out,
                                     sizeof(int32_t), "whole"));
             TSR_TRY(tsr_comm_recv(g->world, e->whole, (size_t)s->n_out, TSR_COMM_I32, src, 1003));
@@ -351,8 +346,8 @@ static tsr_status exec_step(tsr_engine *e, const tsr_step *s, int32_t *tokens, f
             if (nw > 0) {
                 TSR_TRY(tsr_engine_grow((void **)&e->whole_rows, &e->whole_rows_cap,
                                         (size_t)nw * Vf, sizeof(float), "whole_rows"));
-                TSR_TRY(tsr_comm_recv(g->world, e->whole_rows, (size_t)nw * Vf, TSR_F32, src,
-                                      1004));
+                TSR_TRY(
+                    tsr_comm_recv(g->world, e->whole_rows, (size_t)nw * Vf, TSR_F32, src, 1004));
             }
             tsr_engine_unpack_whole(e, s->n_out, to);
         }
@@ -377,8 +372,8 @@ static tsr_status send_desc(tsr_engine *e, uint32_t kind, const tsr_step *s) {
     if (!s)
         return TSR_OK;
     const size_t nd = s->draw ? (size_t)s->n_out * sizeof(tsr_row_draw) / 4 : 0;
-    size_t n = (size_t)s->n_tokens * 3 + (size_t)s->n_out + (size_t)s->n_release +
-               3 * (size_t)s->n_seg;
+    size_t n =
+        (size_t)s->n_tokens * 3 + (size_t)s->n_out + (size_t)s->n_release + 3 * (size_t)s->n_seg;
     TSR_TRY(tsr_engine_grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1, "desc"));
     int32_t *d = (int32_t *)e->desc;
     memcpy(d, s->tokens, (size_t)s->n_tokens * 4);
@@ -447,8 +442,8 @@ tsr_status tsr_engine_serve(tsr_engine *e) {
         if (h.n_tokens < 0 || h.n_out < 0 || h.n_release < 0 || h.n_seg < 0)
             return tsr_error_set(TSR_ERR_COMM, "engine: corrupt step descriptor");
         const size_t nd = h.has_draw ? (size_t)h.n_out * sizeof(tsr_row_draw) / 4 : 0;
-        size_t n = (size_t)h.n_tokens * 3 + (size_t)h.n_out + (size_t)h.n_release +
-                   3 * (size_t)h.n_seg;
+        size_t n =
+            (size_t)h.n_tokens * 3 + (size_t)h.n_out + (size_t)h.n_release + 3 * (size_t)h.n_seg;
         TSR_TRY(tsr_engine_grow((void **)&e->desc, &e->desc_cap, (n + nd) * 4, 1, "desc"));
         int32_t *d = (int32_t *)e->desc;
         TSR_TRY(tsr_comm_broadcast(e->grid->world, d, n + nd, TSR_COMM_I32, 0));

@@ -66,7 +66,7 @@ typedef struct {
     double u;          /* TSR_DRAW_ROW_TOP: the draw's uniform number (tsr_sampler_peek_unit) */
     float temperature; /* TSR_DRAW_ROW_TOP: > 0; and the sampler's top_p and min_p */
     float top_p, min_p;
-    int32_t mode;      /* tsr_draw_mode */
+    int32_t mode; /* tsr_draw_mode */
 } tsr_row_draw;
 
 /* One step, as rank 0 describes it. Arrays are host memory. A step with no
@@ -97,7 +97,7 @@ typedef struct {
     int32_t *ids; /* (n_out, top_k): each row's best token ids, as tsr_engine_step's tokens */
     float *val;   /* (n_out, top_k): their logits */
     /* with tsr_step.draw only (else may be NULL): */
-    float *expsum; /* (n_out, 2): TSR_DRAW_ROW_TOP rows' max and sum of exp((l - max) / T)
+    float *expsum;  /* (n_out, 2): TSR_DRAW_ROW_TOP rows' max and sum of exp((l - max) / T)
                       over the vocabulary, as the last stage decided with them */
     int32_t *whole; /* (n_out): 1 where rows holds the row's logits, else 0 */
     float *rows;    /* (n_out, n_vocab): row i's logits where whole[i] */
@@ -114,17 +114,17 @@ typedef enum {
 #define TSR_ENGINE_ACT_DEFAULT (-1)
 
 typedef struct {
-    int threads;        /* CPU threads for this rank; 0 = cores / ranks on this host */
-    int max_seqs;       /* cache slots */
-    int max_ctx;        /* positions per sequence */
-    int kv_blocks;      /* 0 = max_seqs * ceil(max_ctx / block_size) */
-    int block_size;     /* 0 = 16 */
-    int micro_batches;  /* per step for PP; 0 = pp */
-    tsr_device device;  /* TSR_DEVICE_CPU (default) or TSR_DEVICE_CUDA */
-    int act_dtype;      /* activations: TSR_ENGINE_ACT_DEFAULT, TSR_F32, or TSR_BF16 (CUDA only) */
-    int weight_dtype;   /* weights: TSR_ENGINE_ACT_DEFAULT (bf16 on CUDA, f32 on the CPU) or
+    int threads;       /* CPU threads for this rank; 0 = cores / ranks on this host */
+    int max_seqs;      /* cache slots */
+    int max_ctx;       /* positions per sequence */
+    int kv_blocks;     /* 0 = max_seqs * ceil(max_ctx / block_size) */
+    int block_size;    /* 0 = 16 */
+    int micro_batches; /* per step for PP; 0 = pp */
+    tsr_device device; /* TSR_DEVICE_CPU (default) or TSR_DEVICE_CUDA */
+    int act_dtype;     /* activations: TSR_ENGINE_ACT_DEFAULT, TSR_F32, or TSR_BF16 (CUDA only) */
+    int weight_dtype;  /* weights: TSR_ENGINE_ACT_DEFAULT (bf16 on CUDA, f32 on the CPU) or
                            TSR_F32 (CUDA's reference-precision mode; needs f32 activations) */
-    int gpu;            /* CUDA device index; -1 = local_rank % devices on the host (see
+    int gpu;           /* CUDA device index; -1 = local_rank % devices on the host (see
                            tsr_engine_device_select for NCCL) */
     /* Debugging aid: with the MPI data backend, move activations through
      * separate host scratch buffers even when the backend's buffers are host
@@ -134,8 +134,8 @@ typedef struct {
     int stage_host;
 } tsr_engine_config;
 
-#define TSR_ENGINE_CONFIG_INIT \
-    {0, 1, 4096, 0, 16, 0, TSR_DEVICE_CPU, TSR_ENGINE_ACT_DEFAULT, TSR_ENGINE_ACT_DEFAULT, -1, 0}
+#define TSR_ENGINE_CONFIG_INIT                                                                     \
+    { 0, 1, 4096, 0, 16, 0, TSR_DEVICE_CPU, TSR_ENGINE_ACT_DEFAULT, TSR_ENGINE_ACT_DEFAULT, -1, 0 }
 
 /* Adapter slots: the same on every rank, chosen by rank 0. */
 #define TSR_ENGINE_MAX_ADAPTERS 32
@@ -157,40 +157,61 @@ typedef struct {
     int model_loaded;
     tsr_kv_cache kv;
     int first_stage, last_stage;
-    int gpu;              /* CUDA device of this rank; -1 on the CPU */
+    int gpu; /* CUDA device of this rank; -1 on the CPU */
     tsr_xfer tp_xfer, pp_xfer;
     /* scratch, grown as needed; hidden_* are backend buffers (act dtype),
      * their caps in bytes */
-    uint8_t *desc;        size_t desc_cap;
-    void *hidden_in;      size_t hidden_in_cap;  /* (tokens, C) from the previous stage */
-    void *hidden_out;     size_t hidden_out_cap; /* (tokens, C) to the next stage */
-    tsr_xfer_stage stage;                        /* host bytes for TSR_XFER_STAGED */
-    float *logits;        size_t logits_cap;     /* (n_out, V_local) */
-    float *mb_logits;     size_t mb_logits_cap;  /* one micro-batch's rows */
-    float *gathered;      size_t gathered_cap;   /* (tp, n_out, widest slice) */
-    float *best_val;      size_t best_val_cap;   /* greedy / top-k: per output row (k each) */
-    int32_t *best_idx;    size_t best_idx_cap;
-    int32_t *mb_idx;      size_t mb_idx_cap;     /* one micro-batch's greedy / top-k columns */
-    float *topk_all;      size_t topk_all_cap;   /* top-k: every TP rank's lists, gathered */
-    int32_t *topk_all_idx; size_t topk_all_idx_cap;
+    uint8_t *desc;
+    size_t desc_cap;
+    void *hidden_in;
+    size_t hidden_in_cap; /* (tokens, C) from the previous stage */
+    void *hidden_out;
+    size_t hidden_out_cap; /* (tokens, C) to the next stage */
+    tsr_xfer_stage stage;  /* host bytes for TSR_XFER_STAGED */
+    float *logits;
+    size_t logits_cap; /* (n_out, V_local) */
+    float *mb_logits;
+    size_t mb_logits_cap; /* one micro-batch's rows */
+    float *gathered;
+    size_t gathered_cap; /* (tp, n_out, widest slice) */
+    float *best_val;
+    size_t best_val_cap; /* greedy / top-k: per output row (k each) */
+    int32_t *best_idx;
+    size_t best_idx_cap;
+    int32_t *mb_idx;
+    size_t mb_idx_cap; /* one micro-batch's greedy / top-k columns */
+    float *topk_all;
+    size_t topk_all_cap; /* top-k: every TP rank's lists, gathered */
+    int32_t *topk_all_idx;
+    size_t topk_all_idx_cap;
     /* top-k steps with draws (tsr_step.draw) */
-    tsr_row_draw *draws;  size_t draws_cap;      /* the descriptor's, aligned */
-    float *inv_t;         size_t inv_t_cap;      /* one micro-batch's 1 / T */
-    float *mb_expsum;     size_t mb_expsum_cap;  /* (tp, rows, 2): every slice's sums */
-    float *expsum;        size_t expsum_cap;     /* (n_out, 2) over the vocabulary */
-    int32_t *whole;       size_t whole_cap;      /* (n_out): row's place in whole_rows, or -1 */
-    float *whole_rows;    size_t whole_rows_cap; /* (rows sent whole, n_vocab) */
+    tsr_row_draw *draws;
+    size_t draws_cap; /* the descriptor's, aligned */
+    float *inv_t;
+    size_t inv_t_cap; /* one micro-batch's 1 / T */
+    float *mb_expsum;
+    size_t mb_expsum_cap; /* (tp, rows, 2): every slice's sums */
+    float *expsum;
+    size_t expsum_cap; /* (n_out, 2) over the vocabulary */
+    int32_t *whole;
+    size_t whole_cap; /* (n_out): row's place in whole_rows, or -1 */
+    float *whole_rows;
+    size_t whole_rows_cap; /* (rows sent whole, n_vocab) */
     int n_whole;
     int lm_release_pending; /* tsr_engine_lm: free slot 0 with the next step */
-    tsr_lora_seg *segs;   size_t segs_cap;       /* one micro-batch's LoRA segments */
+    tsr_lora_seg *segs;
+    size_t segs_cap; /* one micro-batch's LoRA segments */
     /* LoRA training (runtime/engine/engine_train.c) */
     tsr_engine_adapter adapters[TSR_ENGINE_MAX_ADAPTERS];
     tsr_trainer trainer;
     int trainer_ready;
-    tsr_train_mpi tmpi;   /* host staging for the trainer's f32 reductions */
-    tsr_train_tape *tapes; int n_tapes;          /* one per micro-batch in flight */
-    void *grad_in;        size_t grad_in_cap;    /* (tokens, C) gradient from the next stage */
-    void *grad_out;       size_t grad_out_cap;   /* (tokens, C) gradient to the previous stage */
+    tsr_train_mpi tmpi; /* host staging for the trainer's f32 reductions */
+    tsr_train_tape *tapes;
+    int n_tapes; /* one per micro-batch in flight */
+    void *grad_in;
+    size_t grad_in_cap; /* (tokens, C) gradient from the next stage */
+    void *grad_out;
+    size_t grad_out_cap; /* (tokens, C) gradient to the previous stage */
 } tsr_engine;
 
 /* Checks the device fields of cfg against this build and the data backend

@@ -17,8 +17,8 @@
  * logits never leave the device. The picks stay in best_idx. */
 tsr_status tsr_engine_collect_argmax(tsr_engine *e, int n_out) {
     if (e->grid->tp > 1)
-        TSR_TRY(tsr_comm_allreduce_argmax(e->grid->tp_group, e->best_val, e->best_idx,
-                                          (size_t)n_out));
+        TSR_TRY(
+            tsr_comm_allreduce_argmax(e->grid->tp_group, e->best_val, e->best_idx, (size_t)n_out));
     return TSR_OK;
 }
 
@@ -47,8 +47,7 @@ tsr_status tsr_engine_merge_topk(tsr_engine *e, int n, int k, const int32_t *out
     TSR_TRY(tsr_engine_grow((void **)&e->topk_all_idx, &e->topk_all_idx_cap, per * tp,
                             sizeof(int32_t), "topk_all_idx"));
     TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_logits, e->topk_all, per, TSR_F32));
-    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_idx, e->topk_all_idx, per,
-                               TSR_COMM_I32));
+    TSR_TRY(tsr_comm_allgather(e->grid->tp_group, e->mb_idx, e->topk_all_idx, per, TSR_COMM_I32));
     int *head = malloc((size_t)tp * sizeof *head);
     if (!head)
         return tsr_engine_oom((size_t)tp * sizeof *head, "the top-k merge heads");
@@ -143,7 +142,7 @@ tsr_status tsr_engine_draw_rows(tsr_engine *e, const tsr_step *s, int n, int K,
         TSR_TRY(
             tsr_engine_grow((void **)&e->inv_t, &e->inv_t_cap, (size_t)n, sizeof(float), "inv_t"));
         TSR_TRY(tsr_engine_grow((void **)&e->mb_expsum, &e->mb_expsum_cap, (size_t)n * 2 * (tp + 1),
-                     sizeof(float), "mb_expsum"));
+                                sizeof(float), "mb_expsum"));
         for (int i = 0; i < n; i++) {
             const tsr_row_draw *d = &s->draw[outs[i]];
             e->inv_t[i] = d->mode == TSR_DRAW_ROW_TOP ? 1.0f / d->temperature : 1.0f;
@@ -191,8 +190,8 @@ tsr_status tsr_engine_draw_rows(tsr_engine *e, const tsr_step *s, int n, int K,
                 m++;
             whole = m == 0 || !(val[0] > -INFINITY) || isnan(val[0]) ||
                     tsr_sampler_pick_sorted(val, m, m < K, e->expsum[2 * (size_t)o],
-                                            e->expsum[2 * (size_t)o + 1], d->temperature,
-                                            d->top_p, d->min_p, d->u) < 0;
+                                            e->expsum[2 * (size_t)o + 1], d->temperature, d->top_p,
+                                            d->min_p, d->u) < 0;
         }
         e->whole[o] = -1;
         if (whole) {
@@ -206,7 +205,7 @@ tsr_status tsr_engine_draw_rows(tsr_engine *e, const tsr_step *s, int n, int K,
         st = tsr_engine_grow((void **)&e->logits, &e->logits_cap, part, sizeof(float), "logits");
         if (st == TSR_OK)
             st = tsr_engine_grow((void **)&e->whole_rows, &e->whole_rows_cap,
-                      (size_t)(e->n_whole + nw) * V, sizeof(float), "whole_rows");
+                                 (size_t)(e->n_whole + nw) * V, sizeof(float), "whole_rows");
         if (st == TSR_OK)
             st = tsr_model_logits_rows(&e->model, rows, nw, e->logits);
         if (st == TSR_OK)
@@ -230,4 +229,3 @@ void tsr_engine_unpack_whole(const tsr_engine *e, int n_out, const tsr_top_out *
                    (size_t)V * sizeof(float));
     }
 }
-

@@ -223,8 +223,8 @@ tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_f
         st = tsr_backend_cuda_create(e->gpu, (tsr_dtype)act_dtype_of(&e->cfg),
                                      (tsr_dtype)weight_dtype_of(&e->cfg), &e->be);
     else
-        st = tsr_backend_cpu_create(cfg->threads > 0 ? cfg->threads : default_threads(grid),
-                                    &e->be);
+        st =
+            tsr_backend_cpu_create(cfg->threads > 0 ? cfg->threads : default_threads(grid), &e->be);
     if (st == TSR_OK) {
         e->tp_xfer = tsr_xfer_choose(grid->tp_group, e->be, e->cfg.stage_host);
         e->pp_xfer = tsr_xfer_choose(grid->pp_group, e->be, e->cfg.stage_host);
@@ -283,4 +283,3 @@ void tsr_engine_free(tsr_engine *e) {
     free(e->whole_rows);
     memset(e, 0, sizeof *e);
 }
-

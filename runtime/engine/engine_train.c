@@ -83,7 +83,8 @@ static tsr_status agree(tsr_engine *e, tsr_status st) {
     memset(&m, 0, sizeof m);
     if (g->world_rank == root) {
         m.status = st;
-        snprintf(m.msg, sizeof m.msg, "%s", tsr_error_msg()[0] ? tsr_error_msg() : tsr_status_str(st));
+        snprintf(m.msg, sizeof m.msg, "%s",
+                 tsr_error_msg()[0] ? tsr_error_msg() : tsr_status_str(st));
     }
     if (tsr_comm_broadcast(g->world, &m, sizeof m / 4, TSR_COMM_I32, root) != TSR_OK)
         return TSR_ERR_COMM;
@@ -360,7 +361,8 @@ static tsr_status recv_batch(tsr_engine *e, const train_desc *d, const tsr_train
     bb->tokens = malloc((nt + 1) * sizeof *bb->tokens);
     bb->weights = d->has_weights ? malloc((nt + 1) * sizeof *bb->weights) : NULL;
     if (!bb->seq_start || !bb->tokens || (d->has_weights && !bb->weights))
-        return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory for a batch of %zu tokens", nt);
+        return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory for a batch of %zu tokens",
+                             nt);
     memset(b, 0, sizeof *b);
     b->n_seqs = d->n_seqs;
     b->seq_start = bb->seq_start;
@@ -421,12 +423,14 @@ static tsr_status run_batch(tsr_engine *e, tsr_engine_adapter *ad, const tsr_tra
         const tsr_train_batch *mb = &mbs[k];
         const size_t n = (size_t)mb->seq_start[mb->n_seqs];
         if (!e->first_stage) {
-            st = tsr_engine_grow_device(e->be, &e->hidden_in, &e->hidden_in_cap, n * C * act, "hidden_in");
+            st = tsr_engine_grow_device(e->be, &e->hidden_in, &e->hidden_in_cap, n * C * act,
+                                        "hidden_in");
             if (st == TSR_OK)
                 st = tsr_engine_pp_recv(e, e->hidden_in, n * C, g->pp_rank - 1, 100 + k);
         }
         if (st == TSR_OK && !e->last_stage)
-            st = tsr_engine_grow_device(e->be, &e->hidden_out, &e->hidden_out_cap, n * C * act, "hidden_out");
+            st = tsr_engine_grow_device(e->be, &e->hidden_out, &e->hidden_out_cap, n * C * act,
+                                        "hidden_out");
         if (st == TSR_OK)
             st = tsr_train_stage_forward(&e->trainer, a, &e->tapes[k], mb, backward,
                                          e->first_stage ? NULL : e->hidden_in,
@@ -446,12 +450,14 @@ static tsr_status run_batch(tsr_engine *e, tsr_engine_adapter *ad, const tsr_tra
         const tsr_train_batch *mb = &mbs[k];
         const size_t n = (size_t)mb->seq_start[mb->n_seqs];
         if (!e->last_stage) {
-            st = tsr_engine_grow_device(e->be, &e->grad_in, &e->grad_in_cap, n * C * act, "grad_in");
+            st =
+                tsr_engine_grow_device(e->be, &e->grad_in, &e->grad_in_cap, n * C * act, "grad_in");
             if (st == TSR_OK)
                 st = tsr_engine_pp_recv(e, e->grad_in, n * C, g->pp_rank + 1, 200 + k);
         }
         if (st == TSR_OK && !e->first_stage)
-            st = tsr_engine_grow_device(e->be, &e->grad_out, &e->grad_out_cap, n * C * act, "grad_out");
+            st = tsr_engine_grow_device(e->be, &e->grad_out, &e->grad_out_cap, n * C * act,
+                                        "grad_out");
         if (st == TSR_OK)
             st = tsr_train_stage_backward(&e->trainer, &ad->a, &e->tapes[k],
                                           e->last_stage ? NULL : e->grad_in,

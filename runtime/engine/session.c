@@ -133,8 +133,8 @@ tsr_status tsr_session_start_engine(tsr_session *s, const tsr_plan_config *pc,
               "layers %d-%d, heads %d+%d, KV heads %d+%d, FFN %d+%d, vocab %d+%d",
               s->model, tsr_model_file_format(s->mf), c->n_layer, c->n_head, c->n_head_kv,
               c->n_vocab, tsr_now_s() - s->t_open, sl->layer_begin, sl->layer_end - 1,
-              sl->head_begin, sl->n_head, sl->kv_head_begin, sl->n_kv_head, sl->ff_begin,
-              sl->n_ff, sl->vocab_begin, sl->n_vocab);
+              sl->head_begin, sl->n_head, sl->kv_head_begin, sl->n_kv_head, sl->ff_begin, sl->n_ff,
+              sl->vocab_begin, sl->n_vocab);
     return TSR_OK;
 }
 

@@ -30,16 +30,16 @@
 #include "shard/plan.h"
 
 typedef struct {
-    tsr_comm_grid *grid;      /* not owned */
-    const char *model;        /* the path given to open; not owned */
-    double t_open;            /* tsr_now_s() at open: the load time the log reports */
+    tsr_comm_grid *grid; /* not owned */
+    const char *model;   /* the path given to open; not owned */
+    double t_open;       /* tsr_now_s() at open: the load time the log reports */
     tsr_model_file_t *mf;
-    tsr_tokenizer_t *tok;     /* rank 0 only; NULL elsewhere */
+    tsr_tokenizer_t *tok; /* rank 0 only; NULL elsewhere */
     tsr_engine engine;
-    int engine_ready;         /* engine initialised (and not yet freed) */
-    int peer_failed;          /* the last error came from another rank, which reported it */
-    tsr_lm lm;                /* rank 0's view of the engine, after start_engine */
-    tsr_lora_adapter lora;    /* --adapter: this rank's pieces, set on the engine's model */
+    int engine_ready;      /* engine initialised (and not yet freed) */
+    int peer_failed;       /* the last error came from another rank, which reported it */
+    tsr_lm lm;             /* rank 0's view of the engine, after start_engine */
+    tsr_lora_adapter lora; /* --adapter: this rank's pieces, set on the engine's model */
     int lora_ready;
 } tsr_session;
 

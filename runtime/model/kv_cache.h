@@ -17,17 +17,17 @@
 
 typedef struct {
     tsr_backend *be;
-    int n_layers;   /* layers held by this rank */
-    int kv_dim;     /* n_kv_head_local * head_dim */
-    int block_size; /* positions per block */
-    int n_blocks;   /* total blocks */
-    int max_seqs;   /* sequence slots */
-    int max_ctx;    /* positions one sequence may hold */
-    int max_blocks; /* per sequence: ceil(max_ctx / block_size) */
-    void **k, **v;  /* (n_layers) device buffers (n_blocks, block_size, kv_dim) */
-    int32_t *tables; /* (max_seqs, max_blocks) host, -1 = unused */
+    int n_layers;      /* layers held by this rank */
+    int kv_dim;        /* n_kv_head_local * head_dim */
+    int block_size;    /* positions per block */
+    int n_blocks;      /* total blocks */
+    int max_seqs;      /* sequence slots */
+    int max_ctx;       /* positions one sequence may hold */
+    int max_blocks;    /* per sequence: ceil(max_ctx / block_size) */
+    void **k, **v;     /* (n_layers) device buffers (n_blocks, block_size, kv_dim) */
+    int32_t *tables;   /* (max_seqs, max_blocks) host, -1 = unused */
     int *n_seq_blocks; /* (max_seqs) blocks held by each slot */
-    int *free_list;  /* stack of free block ids */
+    int *free_list;    /* stack of free block ids */
     int n_free;
 } tsr_kv_cache;
 

@@ -48,7 +48,8 @@ tsr_status tsr_lora_parse_targets(const char *s, unsigned *out) {
         }
         for (int t = 0; t < TSR_LORA_N_TARGETS && !found; t++) {
             if ((strlen(short_names[t]) == len && !strncmp(b, short_names[t], len)) ||
-                (strlen(tsr_peft_target_name(t)) == len && !strncmp(b, tsr_peft_target_name(t), len))) {
+                (strlen(tsr_peft_target_name(t)) == len &&
+                 !strncmp(b, tsr_peft_target_name(t), len))) {
                 mask |= TSR_LORA_TARGET_BIT(t);
                 found = 1;
             }
@@ -73,8 +74,9 @@ tsr_status tsr_lora_config_check(const tsr_lora_config *cfg) {
         return tsr_error_set(TSR_ERR_INVALID, "LoRA alpha %g (must be finite and > 0)",
                              (double)cfg->alpha);
     if (cfg->targets == 0 || (cfg->targets & ~TSR_LORA_TARGETS_ALL))
-        return tsr_error_set(TSR_ERR_INVALID, "LoRA target mask 0x%x (must be a non-empty subset "
-                                              "of q,k,v,o,gate,up,down)",
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "LoRA target mask 0x%x (must be a non-empty subset "
+                             "of q,k,v,o,gate,up,down)",
                              cfg->targets);
     if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
         return tsr_error_set(TSR_ERR_INVALID, "LoRA dropout %g (must be in [0, 1))",
@@ -153,15 +155,13 @@ static void describe(const tsr_model_config *c, const tsr_lora_shard *sh, int la
     m->a_replicated = is_column_parallel(t);
     int full, begin, len; /* the split dimension */
     switch (t) {
-    case TSR_LORA_Q: case TSR_LORA_O:
-        full = c->n_head * hd, begin = s->head_begin * hd, len = s->n_head * hd;
-        break;
-    case TSR_LORA_K: case TSR_LORA_V:
+    case TSR_LORA_Q:
+    case TSR_LORA_O: full = c->n_head * hd, begin = s->head_begin * hd, len = s->n_head * hd; break;
+    case TSR_LORA_K:
+    case TSR_LORA_V:
         full = c->n_head_kv * hd, begin = s->kv_head_begin * hd, len = s->n_kv_head * hd;
         break;
-    default: /* gate, up, down */
-        full = c->n_ff, begin = s->ff_begin, len = s->n_ff;
-        break;
+    default: /* gate, up, down */ full = c->n_ff, begin = s->ff_begin, len = s->n_ff; break;
     }
     if (m->a_replicated) {
         m->d_in = C, m->in_begin = 0, m->n_in = C;
@@ -263,8 +263,7 @@ static tsr_status adapter_init(tsr_lora_adapter *a, const tsr_lora_config *cfg,
     /* A from the full matrix's stream (this rank's columns), B zero */
     host = calloc(a->n_params ? a->n_params : 1, sizeof *host);
     if (!host) {
-        st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu parameters",
-                           a->n_params);
+        st = tsr_error_set(TSR_ERR_NOMEM, "LoRA: out of memory for %zu parameters", a->n_params);
         goto cleanup;
     }
     for (size_t i = 0; i < nm; i++) {
@@ -344,8 +343,8 @@ tsr_lora_matrix *tsr_lora_matrix_of(tsr_lora_adapter *a, int layer, tsr_lora_tar
 
 size_t tsr_lora_piece_size(const tsr_lora_adapter *a, const tsr_lora_matrix *m,
                            tsr_lora_buf which) {
-    int is_a = which == TSR_LORA_A || which == TSR_LORA_DA || which == TSR_LORA_MA ||
-               which == TSR_LORA_VA;
+    int is_a =
+        which == TSR_LORA_A || which == TSR_LORA_DA || which == TSR_LORA_MA || which == TSR_LORA_VA;
     return (size_t)a->cfg.rank * (is_a ? m->n_in : m->n_out);
 }
 
@@ -363,8 +362,8 @@ static float *buf_of(const tsr_lora_matrix *m, tsr_lora_buf which) {
     return NULL;
 }
 
-static tsr_status find(const tsr_lora_adapter *a, int layer, tsr_lora_target t,
-                       tsr_lora_buf which, const tsr_lora_matrix **m, float **p) {
+static tsr_status find(const tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_lora_buf which,
+                       const tsr_lora_matrix **m, float **p) {
     *m = tsr_lora_matrix_of_c(a, layer, t);
     if (!*m)
         return tsr_error_set(TSR_ERR_INVALID, "LoRA: layer %d %s is not adapted on this rank",
@@ -373,12 +372,13 @@ static tsr_status find(const tsr_lora_adapter *a, int layer, tsr_lora_target t,
     if (!*p)
         return tsr_error_set(TSR_ERR_INVALID,
                              "LoRA: buffer %d is not there (unknown, or a frozen adapter's "
-                             "gradient/optimizer state)", (int)which);
+                             "gradient/optimizer state)",
+                             (int)which);
     return TSR_OK;
 }
 
-tsr_status tsr_lora_get(const tsr_lora_adapter *a, int layer, tsr_lora_target t,
-                        tsr_lora_buf which, float *out) {
+tsr_status tsr_lora_get(const tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_lora_buf which,
+                        float *out) {
     const tsr_lora_matrix *m;
     float *p;
     TSR_TRY(find(a, layer, t, which, &m, &p));
@@ -409,7 +409,8 @@ tsr_status tsr_lora_set_full(tsr_lora_adapter *a, int layer, tsr_lora_target t, 
     tsr_status st = tsr_lora_set(a, layer, t, TSR_LORA_A, piece);
     free(piece);
     TSR_TRY(st);
-    return tsr_lora_set(a, layer, t, TSR_LORA_B, B + (size_t)m->out_begin * r); /* rows: contiguous */
+    return tsr_lora_set(a, layer, t, TSR_LORA_B,
+                        B + (size_t)m->out_begin * r); /* rows: contiguous */
 }
 
 tsr_status tsr_lora_zero_grads(tsr_lora_adapter *a) {

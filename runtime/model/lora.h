@@ -79,12 +79,12 @@
  * are shard/lora_targets.h's, shared with the PEFT files. */
 
 typedef struct {
-    int rank;          /* r >= 1 */
-    float alpha;       /* the scale's numerator, > 0 */
-    int use_rslora;    /* 1: scale = alpha / sqrt(r) (rsLoRA); 0: alpha / r */
-    unsigned targets;  /* TSR_LORA_TARGET_BIT mask, not 0 */
-    float dropout;     /* on the LoRA input while training, in [0, 1); 0: none */
-    uint64_t seed;     /* A's initialisation and dropout's masks */
+    int rank;         /* r >= 1 */
+    float alpha;      /* the scale's numerator, > 0 */
+    int use_rslora;   /* 1: scale = alpha / sqrt(r) (rsLoRA); 0: alpha / r */
+    unsigned targets; /* TSR_LORA_TARGET_BIT mask, not 0 */
+    float dropout;    /* on the LoRA input while training, in [0, 1); 0: none */
+    uint64_t seed;    /* A's initialisation and dropout's masks */
 } tsr_lora_config;
 
 /* PEFT's defaults: r = 8, alpha = 8, q and v. */
@@ -107,44 +107,44 @@ tsr_status tsr_lora_shard_of(const tsr_shard_plan *p, int tp_rank, int pp_rank,
 
 /* One adapted projection of one layer, as this rank holds it. */
 typedef struct {
-    int present;          /* 0: this target is not adapted (every other field is 0) */
-    int layer;            /* global layer index */
+    int present; /* 0: this target is not adapted (every other field is 0) */
+    int layer;   /* global layer index */
     tsr_lora_target target;
-    int d_in, d_out;      /* the FULL base weight is (d_out, d_in) */
-    int in_begin, n_in;   /* A's columns held here: [in_begin, in_begin + n_in) of d_in */
-    int out_begin, n_out; /* B's rows held here: [out_begin, out_begin + n_out) of d_out */
-    int a_replicated;     /* 1: column-parallel (A whole on every TP rank, B sliced);
+    int d_in, d_out;          /* the FULL base weight is (d_out, d_in) */
+    int in_begin, n_in;       /* A's columns held here: [in_begin, in_begin + n_in) of d_in */
+    int out_begin, n_out;     /* B's rows held here: [out_begin, out_begin + n_out) of d_out */
+    int a_replicated;         /* 1: column-parallel (A whole on every TP rank, B sliced);
                              0: row-parallel (A sliced, B whole on every TP rank) */
-    int b_shared;         /* k/v with replicated KV heads: kv_share ranks hold these B rows */
-    int a_owner, b_owner; /* 1 when this rank's copy of the factor is the one that counts
+    int b_shared;             /* k/v with replicated KV heads: kv_share ranks hold these B rows */
+    int a_owner, b_owner;     /* 1 when this rank's copy of the factor is the one that counts
                              (norms, saving): always for a factor only this rank holds; for a
                              copy held by several ranks, only on the first of them */
-    size_t a_off, b_off;  /* offsets (floats) of A and B in the adapter's slabs */
-    float *A, *B;         /* (r, n_in), (n_out, r) row-major: param slab + a_off / b_off */
-    float *dA, *dB;       /* gradients, same shapes (grad slab) */
+    size_t a_off, b_off;      /* offsets (floats) of A and B in the adapter's slabs */
+    float *A, *B;             /* (r, n_in), (n_out, r) row-major: param slab + a_off / b_off */
+    float *dA, *dB;           /* gradients, same shapes (grad slab) */
     float *mA, *vA, *mB, *vB; /* AdamW moments, same shapes */
 } tsr_lora_matrix;
 
 typedef struct {
     tsr_lora_config cfg;
-    float scale;           /* alpha / r or alpha / sqrt(r) */
-    tsr_backend *be;       /* not owned */
+    float scale;     /* alpha / r or alpha / sqrt(r) */
+    tsr_backend *be; /* not owned */
     tsr_model_config mcfg;
     tsr_lora_shard shard;
-    int layer_begin, n_layers;   /* this rank's layers */
-    tsr_lora_matrix *mats;       /* (n_layers * TSR_LORA_N_TARGETS), layer-major */
+    int layer_begin, n_layers; /* this rank's layers */
+    tsr_lora_matrix *mats;     /* (n_layers * TSR_LORA_N_TARGETS), layer-major */
     /* slabs of n_params f32 each; regions [repl | shared | local] */
     size_t n_params;
     size_t repl_off, repl_n, shared_off, shared_n, local_off, local_n;
     float *param, *grad, *m, *v;
-    int step;                    /* optimizer steps taken */
+    int step; /* optimizer steps taken */
     /* Accumulated by every backward since the last optimizer step (train.h). */
-    double loss_sum;             /* sum of w_i * CE_i (last pipeline stage; 0 elsewhere) */
-    double weight_sum;           /* sum of w_i over positions with a target */
-    long n_loss_tokens;          /* positions with a target and w_i != 0 */
-    long n_tokens;               /* tokens of the batches */
-    int n_batches;               /* ForwardBackward calls */
-    int grads_reduced;           /* 1: the replicated factors' grads hold the full sum on every
+    double loss_sum;    /* sum of w_i * CE_i (last pipeline stage; 0 elsewhere) */
+    double weight_sum;  /* sum of w_i over positions with a target */
+    long n_loss_tokens; /* positions with a target and w_i != 0 */
+    long n_tokens;      /* tokens of the batches */
+    int n_batches;      /* ForwardBackward calls */
+    int grads_reduced;  /* 1: the replicated factors' grads hold the full sum on every
                                     rank (tsr_train_reduce_grads); 0: partial sums */
 } tsr_lora_adapter;
 
@@ -220,8 +220,8 @@ size_t tsr_lora_piece_size(const tsr_lora_adapter *a, const tsr_lora_matrix *m, 
  * reduced (tsr_train_reduce_grads). TSR_ERR_INVALID when the matrix is not
  * held here. get synchronises; set writes every rank's own copy only, so the
  * caller keeps replicated factors equal across ranks. */
-tsr_status tsr_lora_get(const tsr_lora_adapter *a, int layer, tsr_lora_target t,
-                        tsr_lora_buf which, float *out);
+tsr_status tsr_lora_get(const tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_lora_buf which,
+                        float *out);
 tsr_status tsr_lora_set(tsr_lora_adapter *a, int layer, tsr_lora_target t, tsr_lora_buf which,
                         const float *in);
 

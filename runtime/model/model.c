@@ -32,8 +32,8 @@ tsr_model_slice tsr_model_slice_full(const tsr_model_config *c) {
 
 /* ---- loading ---- */
 
-static tsr_status load_weight(tsr_model *m, const tsr_model_file_t *mf, const char *name,
-                              int row0, int nrows, int col0, int ncols, tsr_weight *w) {
+static tsr_status load_weight(tsr_model *m, const tsr_model_file_t *mf, const char *name, int row0,
+                              int nrows, int col0, int ncols, tsr_weight *w) {
     float *buf = malloc((size_t)nrows * ncols * sizeof *buf);
     if (!buf)
         return tsr_error_set(TSR_ERR_NOMEM, "out of memory loading '%s'", name);
@@ -95,7 +95,8 @@ static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
         int r, k;
         TSR_CHECK_GOTO(st, tsr_model_file_shape(mf, "rope_freqs.weight", &r, &k));
         if (r != 1 || k != half) {
-            st = tsr_error_set(TSR_ERR_FORMAT, "rope_freqs.weight has %d values, expected %d", k, half);
+            st = tsr_error_set(TSR_ERR_FORMAT, "rope_freqs.weight has %d values, expected %d", k,
+                               half);
             goto cleanup;
         }
         factors = malloc((size_t)half * sizeof *factors);
@@ -107,7 +108,8 @@ static tsr_status load_inv_freq(tsr_model *m, const tsr_model_file_t *mf) {
         for (int i = 0; i < half; i++)
             f[i] /= factors[i];
     }
-    TSR_CHECK_GOTO(st, tsr_backend_alloc(m->be, (size_t)half * sizeof(float), "rope", (void **)&m->inv_freq));
+    TSR_CHECK_GOTO(
+        st, tsr_backend_alloc(m->be, (size_t)half * sizeof(float), "rope", (void **)&m->inv_freq));
     st = tsr_backend_to_device(m->be, m->inv_freq, f, (size_t)half * sizeof(float));
 cleanup:
     free(f);
@@ -124,17 +126,24 @@ static tsr_status load_layer(tsr_model *m, const tsr_model_file_t *mf, int l,
 #define NAME(suffix) (snprintf(n, sizeof n, "blk.%d." suffix, l), n)
     TSR_TRY(load_vector(m, mf, NAME("attn_norm.weight"), 0, C, &L->attn_norm));
     TSR_TRY(load_vector(m, mf, NAME("ffn_norm.weight"), 0, C, &L->ffn_norm));
-    TSR_TRY(load_weight(m, mf, NAME("attn_q.weight"), s->head_begin * hd, s->n_head * hd, 0, C, &L->wq));
-    TSR_TRY(load_weight(m, mf, NAME("attn_k.weight"), s->kv_head_begin * hd, s->n_kv_head * hd, 0, C, &L->wk));
-    TSR_TRY(load_weight(m, mf, NAME("attn_v.weight"), s->kv_head_begin * hd, s->n_kv_head * hd, 0, C, &L->wv));
-    TSR_TRY(load_weight(m, mf, NAME("attn_output.weight"), 0, C, s->head_begin * hd, s->n_head * hd, &L->wo));
+    TSR_TRY(load_weight(m, mf, NAME("attn_q.weight"), s->head_begin * hd, s->n_head * hd, 0, C,
+                        &L->wq));
+    TSR_TRY(load_weight(m, mf, NAME("attn_k.weight"), s->kv_head_begin * hd, s->n_kv_head * hd, 0,
+                        C, &L->wk));
+    TSR_TRY(load_weight(m, mf, NAME("attn_v.weight"), s->kv_head_begin * hd, s->n_kv_head * hd, 0,
+                        C, &L->wv));
+    TSR_TRY(load_weight(m, mf, NAME("attn_output.weight"), 0, C, s->head_begin * hd, s->n_head * hd,
+                        &L->wo));
     TSR_TRY(load_weight(m, mf, NAME("ffn_gate.weight"), s->ff_begin, s->n_ff, 0, C, &L->w_gate));
     TSR_TRY(load_weight(m, mf, NAME("ffn_up.weight"), s->ff_begin, s->n_ff, 0, C, &L->w_up));
     TSR_TRY(load_weight(m, mf, NAME("ffn_down.weight"), 0, C, s->ff_begin, s->n_ff, &L->w_down));
     if (c->qkv_bias) {
-        TSR_TRY(load_vector(m, mf, NAME("attn_q.bias"), s->head_begin * hd, s->n_head * hd, &L->bq));
-        TSR_TRY(load_vector(m, mf, NAME("attn_k.bias"), s->kv_head_begin * hd, s->n_kv_head * hd, &L->bk));
-        TSR_TRY(load_vector(m, mf, NAME("attn_v.bias"), s->kv_head_begin * hd, s->n_kv_head * hd, &L->bv));
+        TSR_TRY(
+            load_vector(m, mf, NAME("attn_q.bias"), s->head_begin * hd, s->n_head * hd, &L->bq));
+        TSR_TRY(load_vector(m, mf, NAME("attn_k.bias"), s->kv_head_begin * hd, s->n_kv_head * hd,
+                            &L->bk));
+        TSR_TRY(load_vector(m, mf, NAME("attn_v.bias"), s->kv_head_begin * hd, s->n_kv_head * hd,
+                            &L->bv));
     }
 #undef NAME
     return TSR_OK;
@@ -143,10 +152,10 @@ static tsr_status load_layer(tsr_model *m, const tsr_model_file_t *mf, int l,
 static tsr_status check_slice(const tsr_model_config *c, const tsr_model_slice *s) {
     if (s->layer_begin < 0 || s->layer_end > c->n_layer || s->layer_begin > s->layer_end ||
         s->head_begin < 0 || s->n_head <= 0 || s->head_begin + s->n_head > c->n_head ||
-        s->kv_head_begin < 0 || s->n_kv_head <= 0 || s->kv_head_begin + s->n_kv_head > c->n_head_kv ||
-        s->n_head % s->n_kv_head || s->ff_begin < 0 || s->n_ff <= 0 ||
-        s->ff_begin + s->n_ff > c->n_ff || s->vocab_begin < 0 || s->n_vocab <= 0 ||
-        s->vocab_begin + s->n_vocab > c->n_vocab)
+        s->kv_head_begin < 0 || s->n_kv_head <= 0 ||
+        s->kv_head_begin + s->n_kv_head > c->n_head_kv || s->n_head % s->n_kv_head ||
+        s->ff_begin < 0 || s->n_ff <= 0 || s->ff_begin + s->n_ff > c->n_ff || s->vocab_begin < 0 ||
+        s->n_vocab <= 0 || s->vocab_begin + s->n_vocab > c->n_vocab)
         return tsr_error_set(TSR_ERR_INVALID, "model slice does not fit the model");
     return TSR_OK;
 }
@@ -203,8 +212,8 @@ cleanup:
 
 static void ws_free(tsr_model *m) {
     tsr_forward_ws *w = &m->ws;
-    void *bufs[] = {w->x, w->h, w->q, w->k, w->v, w->att, w->tmp, w->gate, w->up,
-                    w->ids, w->pos, w->seq, w->slot, w->tables, w->logits};
+    void *bufs[] = {w->x,  w->h,   w->q,   w->k,   w->v,    w->att,    w->tmp,   w->gate,
+                    w->up, w->ids, w->pos, w->seq, w->slot, w->tables, w->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         tsr_backend_free(m->be, bufs[i]);
     memset(w, 0, sizeof *w);
@@ -238,7 +247,6 @@ void tsr_model_free(tsr_model *m) {
 
 /* ---- forward ---- */
 
-
 /* lora_r: the largest LoRA rank the forward applies (0: none). */
 static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_len, int lora_r) {
     tsr_forward_ws *w = &m->ws;
@@ -266,7 +274,8 @@ static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_l
         TSR_TRY(tsr_backend_alloc(be, t * 4, "positions", (void **)&w->pos));
         TSR_TRY(tsr_backend_alloc(be, t * 4, "sequences", (void **)&w->seq));
         TSR_TRY(tsr_backend_alloc(be, t * 4, "slots", (void **)&w->slot));
-        TSR_TRY(tsr_backend_alloc(be, (size_t)(no ? no : 1) * s->n_vocab * a, "logits", &w->logits));
+        TSR_TRY(
+            tsr_backend_alloc(be, (size_t)(no ? no : 1) * s->n_vocab * a, "logits", &w->logits));
         w->max_tokens = nt;
         w->max_out = no;
     }
@@ -287,7 +296,8 @@ static tsr_status ws_reserve(tsr_model *m, int n_tokens, int n_out, int tables_l
             tsr_backend_free(be, m->lora_xa);
             m->lora_xa = NULL;
             m->lora_xa_cap = 0;
-            TSR_TRY(tsr_backend_alloc(be, need * sizeof(float), "LoRA scratch", (void **)&m->lora_xa));
+            TSR_TRY(
+                tsr_backend_alloc(be, need * sizeof(float), "LoRA scratch", (void **)&m->lora_xa));
             m->lora_xa_cap = need;
         }
     }
@@ -443,9 +453,9 @@ static tsr_status graph_lookup(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
 /* The forward; the last stage's output is the logits (logits != NULL), each
  * row's argmax (best_val, best_idx; top_k 0) or each row's top_k best
  * (best_val, best_idx of (n_out, top_k)). */
-static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
-                          const void *hidden_in, void *hidden_out, float *logits, float *best_val,
-                          int32_t *best_idx, int top_k) {
+static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b, const void *hidden_in,
+                          void *hidden_out, float *logits, float *best_val, int32_t *best_idx,
+                          int top_k) {
     tsr_backend *be = m->be;
     const tsr_model_config *c = &m->cfg;
     const int n = b->n_tokens;
@@ -462,13 +472,15 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
         if (b->seq[i] < 0 || b->seq[i] >= kv->max_seqs || b->pos[i] < 0 ||
             b->pos[i] >= kv->n_seq_blocks[b->seq[i]] * kv->block_size) {
             free(slots);
-            return tsr_error_set(TSR_ERR_INVALID,
-                                 "forward: token %d (sequence %d, position %d) has no KV space reserved",
-                                 i, b->seq[i], b->pos[i]);
+            return tsr_error_set(
+                TSR_ERR_INVALID,
+                "forward: token %d (sequence %d, position %d) has no KV space reserved", i,
+                b->seq[i], b->pos[i]);
         }
         if (m->first_stage && (b->tokens[i] < 0 || b->tokens[i] >= c->n_vocab)) {
             free(slots);
-            return tsr_error_set(TSR_ERR_RANGE, "forward: token id %d is outside the vocabulary (0..%d)",
+            return tsr_error_set(TSR_ERR_RANGE,
+                                 "forward: token id %d is outside the vocabulary (0..%d)",
                                  b->tokens[i], c->n_vocab - 1);
         }
         slots[i] = tsr_kv_cache_slot(kv, b->seq[i], b->pos[i]);
@@ -488,8 +500,7 @@ static tsr_status forward(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *b,
     }
     for (int k = 0; k < b->n_lora; k++) {
         const tsr_lora_seg *sg = &b->lora[k];
-        if (sg->begin < 0 || sg->end < sg->begin || sg->end > n ||
-            (sg->a && sg->a->be != m->be)) {
+        if (sg->begin < 0 || sg->end < sg->begin || sg->end > n || (sg->a && sg->a->be != m->be)) {
             free(slots);
             return tsr_error_set(TSR_ERR_INVALID,
                                  "forward: LoRA segment [%d, %d) outside the batch of %d or on "
@@ -678,13 +689,28 @@ static void target_slice(const tsr_model *m, tsr_lora_target t, int *in_begin, i
     *out_begin = 0;
     *n_out = C;
     switch (t) {
-    case TSR_LORA_Q: *out_begin = s->head_begin * hd; *n_out = s->n_head * hd; break;
+    case TSR_LORA_Q:
+        *out_begin = s->head_begin * hd;
+        *n_out = s->n_head * hd;
+        break;
     case TSR_LORA_K:
-    case TSR_LORA_V: *out_begin = s->kv_head_begin * hd; *n_out = s->n_kv_head * hd; break;
-    case TSR_LORA_O: *in_begin = s->head_begin * hd; *n_in = s->n_head * hd; break;
+    case TSR_LORA_V:
+        *out_begin = s->kv_head_begin * hd;
+        *n_out = s->n_kv_head * hd;
+        break;
+    case TSR_LORA_O:
+        *in_begin = s->head_begin * hd;
+        *n_in = s->n_head * hd;
+        break;
     case TSR_LORA_GATE:
-    case TSR_LORA_UP: *out_begin = s->ff_begin; *n_out = s->n_ff; break;
-    case TSR_LORA_DOWN: *in_begin = s->ff_begin; *n_in = s->n_ff; break;
+    case TSR_LORA_UP:
+        *out_begin = s->ff_begin;
+        *n_out = s->n_ff;
+        break;
+    case TSR_LORA_DOWN:
+        *in_begin = s->ff_begin;
+        *n_in = s->n_ff;
+        break;
     default: break;
     }
 }
@@ -704,7 +730,8 @@ tsr_status tsr_model_check_lora(const tsr_model *m, const tsr_lora_adapter *a) {
     const tsr_model_config *c = &m->cfg, *ac = &a->mcfg;
     const int nl = m->slice.layer_end - m->slice.layer_begin;
     if (a->be != m->be)
-        return tsr_error_set(TSR_ERR_INVALID, "LoRA adapter: made for another backend than the model's");
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "LoRA adapter: made for another backend than the model's");
     if (ac->n_layer != c->n_layer || ac->n_embd != c->n_embd || ac->n_head != c->n_head ||
         ac->n_head_kv != c->n_head_kv || ac->head_dim != c->head_dim || ac->n_ff != c->n_ff)
         return tsr_error_set(TSR_ERR_INVALID,
@@ -712,10 +739,9 @@ tsr_status tsr_model_check_lora(const tsr_model *m, const tsr_lora_adapter *a) {
                              "this model has %d, %d, %d)",
                              ac->n_layer, ac->n_embd, ac->n_ff, c->n_layer, c->n_embd, c->n_ff);
     if (a->layer_begin != m->slice.layer_begin || a->n_layers != nl)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "LoRA adapter: holds layers %d..%d, this shard %d..%d", a->layer_begin,
-                             a->layer_begin + a->n_layers - 1, m->slice.layer_begin,
-                             m->slice.layer_end - 1);
+        return tsr_error_set(
+            TSR_ERR_INVALID, "LoRA adapter: holds layers %d..%d, this shard %d..%d", a->layer_begin,
+            a->layer_begin + a->n_layers - 1, m->slice.layer_begin, m->slice.layer_end - 1);
     if (a->cfg.rank < 1 || !(isfinite(a->scale)))
         return tsr_error_set(TSR_ERR_INVALID, "LoRA adapter: bad rank %d or scale", a->cfg.rank);
     for (int li = 0; li < nl; li++)

@@ -35,20 +35,20 @@ typedef struct {
 } tsr_model_comm;
 
 typedef struct {
-    tsr_weight wq, wk, wv, wo;   /* (n_head*hd, C), (n_kv*hd, C) x2, (C, n_head*hd) */
-    tsr_weight w_gate, w_up;     /* (n_ff, C) */
-    tsr_weight w_down;           /* (C, n_ff) */
-    void *attn_norm, *ffn_norm;  /* (C) */
-    void *bq, *bk, *bv;          /* biases (Qwen2) or NULL */
+    tsr_weight wq, wk, wv, wo;  /* (n_head*hd, C), (n_kv*hd, C) x2, (C, n_head*hd) */
+    tsr_weight w_gate, w_up;    /* (n_ff, C) */
+    tsr_weight w_down;          /* (C, n_ff) */
+    void *attn_norm, *ffn_norm; /* (C) */
+    void *bq, *bk, *bv;         /* biases (Qwen2) or NULL */
 } tsr_layer_weights;
 
 /* Scratch for one forward of up to max_tokens tokens. */
 typedef struct {
     int max_tokens;
     void *x, *h, *q, *k, *v, *att, *tmp, *gate, *up; /* activations */
-    int32_t *ids, *pos, *seq, *slot, *tables;         /* device metadata */
+    int32_t *ids, *pos, *seq, *slot, *tables;        /* device metadata */
     int tables_cap;
-    void *logits;          /* device (max_out, n_vocab_local) */
+    void *logits; /* device (max_out, n_vocab_local) */
     int max_out;
 } tsr_forward_ws;
 
@@ -61,11 +61,11 @@ typedef struct {
 
 /* A recorded forward (CUDA graph) and what it was recorded for. */
 typedef struct {
-    int n_tokens;           /* 0: free entry */
-    const void *kv;         /* the KV cache it writes */
-    unsigned ws_gen;        /* the workspace generation (buffer addresses) */
-    unsigned lora_gen;      /* the adapter generation (tsr_model_set_lora) */
-    void *graph;            /* NULL: seen once, not recorded yet */
+    int n_tokens;      /* 0: free entry */
+    const void *kv;    /* the KV cache it writes */
+    unsigned ws_gen;   /* the workspace generation (buffer addresses) */
+    unsigned lora_gen; /* the adapter generation (tsr_model_set_lora) */
+    void *graph;       /* NULL: seen once, not recorded yet */
 } tsr_fwd_graph;
 
 #define TSR_FWD_GRAPHS 16
@@ -77,25 +77,25 @@ typedef struct {
     tsr_backend *be;
     tsr_model_comm comm;
     int first_stage, last_stage; /* holds the embedding / the head */
-    tsr_weight tok_embd;   /* (n_vocab_local, C), first stage (and last if tied) */
-    tsr_weight lm_head;    /* (n_vocab_local, C); shares tok_embd's data when tied */
+    tsr_weight tok_embd;         /* (n_vocab_local, C), first stage (and last if tied) */
+    tsr_weight lm_head;          /* (n_vocab_local, C); shares tok_embd's data when tied */
     int lm_head_shared;
-    void *out_norm;        /* (C), last stage */
+    void *out_norm;            /* (C), last stage */
     tsr_layer_weights *layers; /* (layer_end - layer_begin) */
-    float *inv_freq;       /* (head_dim/2) device */
+    float *inv_freq;           /* (head_dim/2) device */
     tsr_forward_ws ws;
-    unsigned ws_gen;        /* bumped whenever a workspace buffer moves */
+    unsigned ws_gen; /* bumped whenever a workspace buffer moves */
     tsr_fwd_graph graphs[TSR_FWD_GRAPHS];
     int next_graph;
-    int graphs_off;         /* TSR_NO_CUDA_GRAPHS was set at load: never record */
-    int last_n_out;         /* output rows of the last forward in ws.logits; 0: none */
+    int graphs_off; /* TSR_NO_CUDA_GRAPHS was set at load: never record */
+    int last_n_out; /* output rows of the last forward in ws.logits; 0: none */
     /* LoRA at inference (tsr_model_set_lora): NULL = none. Not owned. */
     const tsr_lora_adapter *lora;
-    unsigned lora_gen;      /* bumped by every tsr_model_set_lora (part of the graph key) */
+    unsigned lora_gen;       /* bumped by every tsr_model_set_lora (part of the graph key) */
     const tsr_lora_seg *seg; /* the running forward's per-row adapters (tsr_batch.lora) */
     int n_seg;
-    float *lora_xa;         /* device f32 scratch (ws.max_tokens, r) for x A^T */
-    size_t lora_xa_cap;     /* floats */
+    float *lora_xa;     /* device f32 scratch (ws.max_tokens, r) for x A^T */
+    size_t lora_xa_cap; /* floats */
 } tsr_model;
 
 /* A batch: token i of sequence seq[i] at position pos[i]. Host arrays. */
@@ -104,7 +104,7 @@ typedef struct {
     const int32_t *tokens; /* (n_tokens); ignored on non-first stages */
     const int32_t *pos;
     const int32_t *seq;
-    int n_out;             /* rows whose logits are wanted */
+    int n_out;               /* rows whose logits are wanted */
     const int32_t *out_rows; /* (n_out) indices into the batch */
     /* Per-row adapters: n_lora > 0 replaces the model's own adapter
      * (tsr_model_set_lora) for this batch; rows outside every segment get

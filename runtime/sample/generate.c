@@ -30,9 +30,9 @@ static int is_stop_id(const tsr_gen_params *p, int32_t t) {
     return 0;
 }
 
-tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
-                        const int32_t *prompt, size_t n_prompt, const tsr_gen_params *p,
-                        tsr_gen_emit emit, void *user, tsr_gen_result *res) {
+tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok, const int32_t *prompt,
+                        size_t n_prompt, const tsr_gen_params *p, tsr_gen_emit emit, void *user,
+                        tsr_gen_result *res) {
     memset(res, 0, sizeof *res);
     if (n_prompt == 0)
         return tsr_error_set(TSR_ERR_INVALID, "the prompt is empty");

@@ -18,14 +18,14 @@
 
 typedef struct {
     tsr_sampling_params sampling;
-    int max_tokens;           /* > 0 */
-    int min_tokens;           /* end-of-generation is suppressed before this many */
-    const char *const *stop;  /* stop strings (not emitted) */
+    int max_tokens;          /* > 0 */
+    int min_tokens;          /* end-of-generation is suppressed before this many */
+    const char *const *stop; /* stop strings (not emitted) */
     size_t n_stop;
-    const int32_t *stop_ids;  /* extra stop token ids */
+    const int32_t *stop_ids; /* extra stop token ids */
     size_t n_stop_ids;
-    int ignore_eos;           /* keep going through end-of-generation tokens */
-    int n_batch;              /* prefill chunk size; 0 = 512 */
+    int ignore_eos; /* keep going through end-of-generation tokens */
+    int n_batch;    /* prefill chunk size; 0 = 512 */
 } tsr_gen_params;
 
 typedef enum {
@@ -48,9 +48,9 @@ typedef int (*tsr_gen_emit)(void *user, const char *text, size_t len, int32_t to
 /* Generates from prompt[0..n_prompt) (already tokenized, non-empty); the
  * sequence is released at the end. Pure greedy decoding asks the model for
  * argmax tokens only (no logits leave a vocabulary-parallel last stage). */
-tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok,
-                        const int32_t *prompt, size_t n_prompt, const tsr_gen_params *p,
-                        tsr_gen_emit emit, void *user, tsr_gen_result *res);
+tsr_status tsr_generate(const tsr_lm *lm, const tsr_tokenizer_t *tok, const int32_t *prompt,
+                        size_t n_prompt, const tsr_gen_params *p, tsr_gen_emit emit, void *user,
+                        tsr_gen_result *res);
 
 /* Computes logits of every position of tokens[0..n) in one fresh sequence
  * (released at the end), in prefill chunks of n_batch. out: (n, n_vocab). */

@@ -9,7 +9,8 @@
 
 tsr_status tsr_sampling_params_validate(const tsr_sampling_params *p) {
     if (!(p->temperature >= 0) || !isfinite(p->temperature))
-        return tsr_error_set(TSR_ERR_INVALID, "temperature must be >= 0 (got %g)", (double)p->temperature);
+        return tsr_error_set(TSR_ERR_INVALID, "temperature must be >= 0 (got %g)",
+                             (double)p->temperature);
     if (p->top_k < 0)
         return tsr_error_set(TSR_ERR_INVALID, "top_k must be >= 0 (got %d)", p->top_k);
     if (!(p->top_p > 0 && p->top_p <= 1))
@@ -38,7 +39,7 @@ tsr_status tsr_sampler_init(tsr_sampler *s, const tsr_sampling_params *p, int n_
     s->n_vocab = n_vocab;
     uint64_t x = p->seed;
     for (int i = 0; i < 4; i++)
-        s->rng[i] = tsr_splitmix64(&x);  /* splitmix64 seeds xoshiro256** */
+        s->rng[i] = tsr_splitmix64(&x); /* splitmix64 seeds xoshiro256** */
     s->logits = malloc((size_t)n_vocab * sizeof *s->logits);
     s->cand = malloc((size_t)n_vocab * sizeof *s->cand);
     s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
@@ -87,8 +88,8 @@ int32_t tsr_argmax(const float *x, int n) {
 
 /* Whether any penalty changes logits: one set, and a window that is not off. */
 static int penalties_on(const tsr_sampling_params *p) {
-    return p->penalty_last_n != -1 && (p->repetition_penalty != 1.0f ||
-                                       p->frequency_penalty != 0 || p->presence_penalty != 0);
+    return p->penalty_last_n != -1 &&
+           (p->repetition_penalty != 1.0f || p->frequency_penalty != 0 || p->presence_penalty != 0);
 }
 
 static void apply_penalties(tsr_sampler *s, float *l) {
@@ -223,15 +224,17 @@ static tsr_status draw_all_z(tsr_sampler *s, tsr_candidate *cand, int m, double 
         select_best(cand + done, m - done, k - done);
         for (int i = done; i < k; i++)
             val[i] = cand[i].logit;
-        const int pick = tsr_sampler_pick_sorted(val, k, k == m, mx, z, p->temperature,
-                                                 p->top_p, p->min_p, u);
+        const int pick =
+            tsr_sampler_pick_sorted(val, k, k == m, mx, z, p->temperature, p->top_p, p->min_p, u);
         if (pick >= 0) {
             *token = cand[pick].id;
             return TSR_OK;
         }
         if (k == m)
-            return tsr_error_set(TSR_ERR_RANGE, "sampler: no pick among every candidate "
-                                                "(normaliser %g)", z);
+            return tsr_error_set(TSR_ERR_RANGE,
+                                 "sampler: no pick among every candidate "
+                                 "(normaliser %g)",
+                                 z);
     }
 }
 
@@ -260,8 +263,8 @@ static tsr_status draw(tsr_sampler *s, const tsr_candidate *cand, int m, int32_t
         val[i] = cand[i].logit;
         z += exp(((double)cand[i].logit - mx) / p->temperature);
     }
-    const int pick = tsr_sampler_pick_sorted(val, m, 1, mx, z, p->temperature, p->top_p,
-                                             p->min_p, next_unit(s->rng));
+    const int pick = tsr_sampler_pick_sorted(val, m, 1, mx, z, p->temperature, p->top_p, p->min_p,
+                                             next_unit(s->rng));
     if (pick < 0)
         return tsr_error_set(TSR_ERR_INTERNAL, "sampler: no pick among the candidates");
     *token = cand[pick].id;
@@ -357,9 +360,10 @@ tsr_status tsr_sampler_sample_row_top(tsr_sampler *s, const float *val, const in
     const int pick = tsr_sampler_pick_sorted(val, m, m < n, mx, z, p->temperature, p->top_p,
                                              p->min_p, next_unit(s->rng));
     if (pick < 0)
-        return tsr_error_set(TSR_ERR_RANGE, "sampler: the %d candidates do not decide the draw "
-                                            "(top_p %g, min_p %g)", m, (double)p->top_p,
-                             (double)p->min_p);
+        return tsr_error_set(TSR_ERR_RANGE,
+                             "sampler: the %d candidates do not decide the draw "
+                             "(top_p %g, min_p %g)",
+                             m, (double)p->top_p, (double)p->min_p);
     *token = ids[pick];
     return TSR_OK;
 }

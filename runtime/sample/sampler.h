@@ -25,7 +25,7 @@ typedef struct {
 } tsr_sampling_params;
 
 #define TSR_SAMPLING_PARAMS_INIT                                                                   \
-    {0.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 64, 0}
+    { 0.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 64, 0 }
 
 /* Checks ranges; TSR_ERR_INVALID naming the parameter. */
 tsr_status tsr_sampling_params_validate(const tsr_sampling_params *p);
@@ -37,9 +37,9 @@ typedef struct {
 
 typedef struct {
     tsr_sampling_params p;
-    uint64_t rng[4];   /* xoshiro256** state */
+    uint64_t rng[4]; /* xoshiro256** state */
     int n_vocab;
-    int32_t *history;  /* tokens seen (prompt + generated) */
+    int32_t *history; /* tokens seen (prompt + generated) */
     size_t n_history, cap_history;
     /* scratch */
     float *logits;

@@ -17,8 +17,8 @@ typedef struct {
     int used;
     char name[TSR_ADAPTER_NAME_MAX + 1];
     char source[4096];
-    int pending;  /* ForwardBackward calls since the last OptimStep */
-    int holds;    /* generation requests using it */
+    int pending; /* ForwardBackward calls since the last OptimStep */
+    int holds;   /* generation requests using it */
 } entry;
 
 struct tsr_adapters {
@@ -56,7 +56,8 @@ static long long n_params(const tsr_model_config *c, const tsr_lora_config *l) {
     long long n = 0;
     for (int t = 0; t < TSR_LORA_N_TARGETS; t++) {
         int di, dout;
-        if ((l->targets & TSR_LORA_TARGET_BIT(t)) && tsr_peft_target_dims(c, t, &di, &dout) == TSR_OK)
+        if ((l->targets & TSR_LORA_TARGET_BIT(t)) &&
+            tsr_peft_target_dims(c, t, &di, &dout) == TSR_OK)
             n += (long long)l->rank * (di + dout);
     }
     return n * c->n_layer;
@@ -124,8 +125,8 @@ static tsr_status run_save(tsr_adapters_t *a, int slot, tsr_ctl_request *r) {
     } else {
         snprintf(tmp, sizeof tmp, "/tmp/tessera-save-XXXXXX");
         if (!mkdtemp(tmp))
-            st = tsr_error_set(TSR_ERR_IO, "cannot make a temporary directory: %s",
-                               strerror(errno));
+            st =
+                tsr_error_set(TSR_ERR_IO, "cannot make a temporary directory: %s", strerror(errno));
         snprintf(dir, sizeof dir, "%s/adapter", tmp);
         if (st == TSR_OK)
             st = tsr_peft_save(dir, &pa, &a->e->mcfg);
@@ -227,9 +228,10 @@ tsr_status tsr_adapters_run(tsr_adapters_t *a, tsr_ctl_request *r) {
     }
     case TSR_CTL_FORWARD_BACKWARD:
     case TSR_CTL_FORWARD: {
-        tsr_train_batch b = {
-            .n_seqs = r->n_seqs, .seq_start = r->seq_start, .tokens = r->tokens,
-            .weights = r->weights};
+        tsr_train_batch b = {.n_seqs = r->n_seqs,
+                             .seq_start = r->seq_start,
+                             .tokens = r->tokens,
+                             .weights = r->weights};
         const int bwd = r->kind == TSR_CTL_FORWARD_BACKWARD;
         st = tsr_engine_train_batch(e, slot, &b, bwd, &r->stats);
         if (st == TSR_OK && bwd)

@@ -224,8 +224,8 @@ grpc_status_code tsr_api_generate_request(const tsr_api_ctx *ctx,
         return refuse(err, GRPC_STATUS_INVALID_ARGUMENT, "sampling.%s", tsr_error_msg());
     if (sp->top_logprobs < 0 || sp->top_logprobs > TSR_API_MAX_TOP_LOGPROBS)
         return refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
-                      "sampling.top_logprobs must be in 0..%d (got %d)",
-                      TSR_API_MAX_TOP_LOGPROBS, sp->top_logprobs);
+                      "sampling.top_logprobs must be in 0..%d (got %d)", TSR_API_MAX_TOP_LOGPROBS,
+                      sp->top_logprobs);
     if (sp->max_tokens < 0)
         return refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "sampling.max_tokens must be > 0, or 0 for the server default (got %d)",
@@ -244,8 +244,8 @@ grpc_status_code tsr_api_generate_request(const tsr_api_ctx *ctx,
                           "sampling.stop[%zu] is empty: remove it", i);
         if (len > TSR_API_MAX_STOP_LEN)
             return refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
-                          "sampling.stop[%zu] is %zu bytes long; at most %d are allowed", i,
-                          len, TSR_API_MAX_STOP_LEN);
+                          "sampling.stop[%zu] is %zu bytes long; at most %d are allowed", i, len,
+                          TSR_API_MAX_STOP_LEN);
         if (!tsr_api_utf8_valid(sp->stop[i], len))
             return refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
                           "sampling.stop[%zu] is not valid UTF-8", i);
@@ -309,9 +309,9 @@ grpc_status_code tsr_api_generate_request(const tsr_api_ctx *ctx,
                                      &ids, &n_ids);
         if (st != TSR_OK) {
             free(rendered);
-            return refuse(err, st == TSR_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
-                                                     : GRPC_STATUS_INTERNAL,
-                          "tokenizing the chat failed: %s", tsr_error_msg());
+            return refuse(
+                err, st == TSR_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL,
+                "tokenizing the chat failed: %s", tsr_error_msg());
         }
         if (prompt_text)
             text = rendered;
@@ -424,14 +424,14 @@ grpc_status_code tsr_api_tokenize(const tsr_api_ctx *ctx, const uint8_t *in, siz
         st = tsr_tokenizer_encode_ex(ctx->tok, rendered, strlen(rendered), TSR_TOK_PARSE_SPECIAL,
                                      &ids, &n_ids);
     } else {
-        code = refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
-                      "the request has no input: set text or chat");
+        code =
+            refuse(err, GRPC_STATUS_INVALID_ARGUMENT, "the request has no input: set text or chat");
         goto cleanup;
     }
     if (st != TSR_OK) {
-        code = refuse(err, st == TSR_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
-                                                 : GRPC_STATUS_INTERNAL,
-                      "%s", tsr_error_msg());
+        code =
+            refuse(err, st == TSR_ERR_INVALID ? GRPC_STATUS_INVALID_ARGUMENT : GRPC_STATUS_INTERNAL,
+                   "%s", tsr_error_msg());
         goto cleanup;
     }
     Tessera__V1__TokenizeResponse resp = TESSERA__V1__TOKENIZE_RESPONSE__INIT;

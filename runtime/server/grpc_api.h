@@ -39,9 +39,9 @@ typedef struct {
 
 /* Limits on what a request may carry besides the message-size limit. */
 enum {
-    TSR_API_MAX_ID = 127,        /* bytes of request_id */
-    TSR_API_MAX_STOP = 16,       /* stop strings */
-    TSR_API_MAX_STOP_LEN = 256,  /* bytes per stop string */
+    TSR_API_MAX_ID = 127,       /* bytes of request_id */
+    TSR_API_MAX_STOP = 16,      /* stop strings */
+    TSR_API_MAX_STOP_LEN = 256, /* bytes per stop string */
     TSR_API_MAX_TOP_LOGPROBS = 20,
 };
 

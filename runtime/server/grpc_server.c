@@ -138,14 +138,14 @@ struct srv_call {
     double t_arrival, deadline; /* tsr_now_s clock; deadline 0 = none */
     /* Generate */
     char id[TSR_API_MAX_ID + 1];
-    tsr_gen_request *req;   /* our reference while the call lives */
-    tsr_gen_event *stash;   /* a FINAL taken while merging chunks */
+    tsr_gen_request *req; /* our reference while the call lives */
+    tsr_gen_event *stash; /* a FINAL taken while merging chunks */
     int final_seen, aborted, n_prompt, n_completion;
     tsr_fin_reason finish;
     int fin_prompt, fin_completion, fin_cached;
     double fin_queued, fin_ttft, fin_total, t_first;
     char fin_error[256];
-    char *prompt_text;      /* log_prompts only */
+    char *prompt_text; /* log_prompts only */
     /* Health.Watch */
     int watching, watch_unknown, watch_sent;
     /* the adapter calls: our reference while the call lives */
@@ -169,7 +169,7 @@ struct tsr_grpc_server {
     srv_call *calls;
     srv_call *pending; /* the call slot waiting for the next arrival */
     int shutdown_started, shutdown_done;
-    int shutdown_tag;  /* its address is the tag */
+    int shutdown_tag; /* its address is the tag */
     double t_start;
     unsigned long long next_id;
     uint64_t seed_state;
@@ -213,10 +213,22 @@ static Grpc__Health__V1__HealthCheckResponse__ServingStatus health_status(tsr_gr
 
 static const char *status_name(grpc_status_code c) {
     static const char *names[] = {
-        "OK",          "CANCELLED",         "UNKNOWN",          "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED", "NOT_FOUND",   "ALREADY_EXISTS",   "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-        "UNIMPLEMENTED", "INTERNAL",        "UNAVAILABLE",      "DATA_LOSS",
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
         "UNAUTHENTICATED",
     };
     if ((int)c >= 0 && (size_t)c < sizeof names / sizeof names[0])
@@ -300,8 +312,7 @@ enum { LOG_PROMPT_MAX = 4096 };
  * every few seconds, go to the debug log instead. */
 static void access_log(tsr_grpc_server_t *s, srv_call *c) {
     if (is_health(c->method)) {
-        TSR_LOG_D("access: method=%s peer=%s status=%s", c->name, c->peer,
-                  status_name(c->status));
+        TSR_LOG_D("access: method=%s peer=%s status=%s", c->name, c->peer, status_name(c->status));
         return;
     }
     char mem[LOG_PROMPT_MAX * 5 + 2048];
@@ -330,8 +341,8 @@ static void access_log(tsr_grpc_server_t *s, srv_call *c) {
             lb_printf(&b,
                       " prompt_tokens=%d completion_tokens=%d cached_tokens=%d queued_s=%.3f "
                       "ttft_s=%.3f total_s=%.3f",
-                      c->fin_prompt, c->fin_completion, c->fin_cached, c->fin_queued,
-                      c->fin_ttft, c->fin_total);
+                      c->fin_prompt, c->fin_completion, c->fin_cached, c->fin_queued, c->fin_ttft,
+                      c->fin_total);
         } else {
             /* ended before the engine's final word: what this side saw */
             lb_printf(&b, " prompt_tokens=%d completion_tokens=%d queued_s=-", c->n_prompt,
@@ -628,8 +639,8 @@ static void on_ctl(tsr_grpc_server_t *s, srv_call *c, const uint8_t *data, size_
         return;
     }
     tsr_api_error err;
-    grpc_status_code code = tsr_api_ctl_request(&s->api, (tsr_ctl_kind)(c->method - M_CTL_FIRST + 1),
-                                                data, len, r, &err);
+    grpc_status_code code = tsr_api_ctl_request(
+        &s->api, (tsr_ctl_kind)(c->method - M_CTL_FIRST + 1), data, len, r, &err);
     if (code != GRPC_STATUS_OK) {
         finish(c, code, "%s", err.msg);
         tsr_ctl_request_release(r);
@@ -804,8 +815,7 @@ static void on_new(tsr_grpc_server_t *s, srv_call *c, int ok) {
     op.data.recv_close_on_server.cancelled = &c->close_cancelled;
     if (!TSR_GRPC_OK(grpc_call_start_batch(c->call, &op, 1, &c->t_close, NULL))) {
         /* cannot track the call's end: refuse it; it completes as cancelled */
-        grpc_call_cancel_with_status(c->call, GRPC_STATUS_INTERNAL, "internal server error",
-                                     NULL);
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_INTERNAL, "internal server error", NULL);
         c->closed = 1;
         c->status = GRPC_STATUS_INTERNAL;
         return;
@@ -832,8 +842,7 @@ static void on_new(tsr_grpc_server_t *s, srv_call *c, int ok) {
         return;
     }
     if (tessera && atomic_load(&s->draining)) {
-        finish(c, GRPC_STATUS_UNAVAILABLE,
-               "the server is shutting down and accepts no new calls");
+        finish(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down and accepts no new calls");
         return;
     }
     memset(&op, 0, sizeof op);
@@ -843,8 +852,7 @@ static void on_new(tsr_grpc_server_t *s, srv_call *c, int ok) {
         c->op_busy = 1;
         c->op_recv = 1;
     } else {
-        grpc_call_cancel_with_status(c->call, GRPC_STATUS_INTERNAL, "internal server error",
-                                     NULL);
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_INTERNAL, "internal server error", NULL);
         c->status = GRPC_STATUS_INTERNAL;
         c->status_started = 1;
     }
@@ -1119,8 +1127,8 @@ static void destroy_unstarted(tsr_grpc_server_t *s) {
     }
     if (s->cq) {
         grpc_completion_queue_shutdown(s->cq);
-        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
-                   .type != GRPC_QUEUE_SHUTDOWN)
+        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+               GRPC_QUEUE_SHUTDOWN)
             ;
         grpc_completion_queue_destroy(s->cq);
     }
@@ -1140,8 +1148,8 @@ tsr_status tsr_grpc_server_start(const tsr_grpc_server_config *cfg, tsr_grpc_ser
         return tsr_error_set(TSR_ERR_INVALID,
                              "TLS needs both a certificate and a private key (got only the %s)",
                              cfg->tls_cert_pem ? "certificate" : "key");
-    if (cfg->tls_cert_pem && (!strstr(cfg->tls_cert_pem, "-----BEGIN") ||
-                              !strstr(cfg->tls_key_pem, "-----BEGIN")))
+    if (cfg->tls_cert_pem &&
+        (!strstr(cfg->tls_cert_pem, "-----BEGIN") || !strstr(cfg->tls_key_pem, "-----BEGIN")))
         return tsr_error_set(TSR_ERR_INVALID,
                              "TLS: the certificate and key must be PEM text (\"-----BEGIN ...\")");
     tsr_grpc_server_t *s = calloc(1, sizeof *s);

@@ -21,22 +21,22 @@
 typedef struct tsr_grpc_server tsr_grpc_server_t; /* opaque */
 
 typedef struct {
-    const char *listen_addr;   /* "127.0.0.1:50051" (the default host is loopback) */
-    const char *auth_token;    /* bearer token clients must send; NULL = no auth */
-    const char *tls_cert_pem;  /* PEM text (not a path); NULL with key = plaintext */
+    const char *listen_addr;  /* "127.0.0.1:50051" (the default host is loopback) */
+    const char *auth_token;   /* bearer token clients must send; NULL = no auth */
+    const char *tls_cert_pem; /* PEM text (not a path); NULL with key = plaintext */
     const char *tls_key_pem;
-    int max_message_bytes;     /* larger requests: RESOURCE_EXHAUSTED; 0 = 4 MiB */
-    int log_prompts;           /* access log includes prompt text */
-    int default_max_tokens;    /* when a request gives 0; 0 = 256 */
+    int max_message_bytes;  /* larger requests: RESOURCE_EXHAUSTED; 0 = 4 MiB */
+    int log_prompts;        /* access log includes prompt text */
+    int default_max_tokens; /* when a request gives 0; 0 = 256 */
     /* what the front end needs to know of the engine */
     tsr_request_queue *queue;
     tsr_server_stats *stats;
     const tsr_tokenizer_t *tok;
     const tsr_model_config *model;
-    const char *model_format;  /* "gguf" / "safetensors" */
-    int context_length;        /* positions one sequence may hold */
+    const char *model_format; /* "gguf" / "safetensors" */
+    int context_length;       /* positions one sequence may hold */
     int tp, pp, world_size;
-    tsr_metrics *metrics;      /* every finished call counts in tessera_requests_total{method,
+    tsr_metrics *metrics; /* every finished call counts in tessera_requests_total{method,
                                   status}; NULL = off. Must outlive the server. */
 } tsr_grpc_server_config;
 

@@ -35,16 +35,16 @@ enum { MAX_BUCKETS = 64 };
 struct tsr_metric {
     tsr_metric_t *next; /* in its family, creation order */
     tsr_metric_type type;
-    int n_buckets;      /* histograms */
+    int n_buckets; /* histograms */
     const double *bounds;
-    char **values;      /* (n_labels) raw label values, for lookup */
-    char *labels;       /* rendered `a="x",b="y"` (escaped); "" without labels */
+    char **values;          /* (n_labels) raw label values, for lookup */
+    char *labels;           /* rendered `a="x",b="y"` (escaped); "" without labels */
     _Atomic uint64_t count; /* counter */
     _Atomic uint64_t bits;  /* gauge: the double's bits */
     pthread_mutex_t mu;     /* histogram: guards n, sum, bucket */
     uint64_t n;
     double sum;
-    uint64_t bucket[];      /* histogram: (n_buckets + 1) per-bucket counts; last = +Inf */
+    uint64_t bucket[]; /* histogram: (n_buckets + 1) per-bucket counts; last = +Inf */
 };
 
 struct tsr_metric_family {
@@ -149,8 +149,8 @@ static int name_ok(const char *s, int colon) {
         return 0;
     for (const char *p = s; *p; p++) {
         char c = *p;
-        int alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-                    (colon && c == ':');
+        int alpha =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (colon && c == ':');
         if (!alpha && !(p > s && c >= '0' && c <= '9'))
             return 0;
     }
@@ -522,10 +522,10 @@ tsr_status tsr_metrics_create(tsr_metrics **out) {
     /* seconds: TTFT spans a cached short prompt to a long prefill on CPU;
      * inter-token latency a GPU decode step to a slow CPU one */
     static const double ttft[] = {0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
-                                  1,     2.5,  5,     7.5,  10,    20,  40,  80};
+                                  1,     2.5,  5,     7.5,  10,    20,  40,   80};
     static const double itl[] = {0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.075,
                                  0.1,   0.15,   0.2,   0.3,  0.5,   0.75, 1,     2.5,  5};
-    static const double duration[] = {0.05, 0.1, 0.25, 0.5, 1,  2.5, 5,   10,
+    static const double duration[] = {0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,   10,
                                       15,   20,  30,   60,  120, 300, 600, 1800};
     static const double queue[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                    1,     2.5,   5,    10,    30,   60,  120,  300};
@@ -550,21 +550,33 @@ tsr_status tsr_metrics_create(tsr_metrics **out) {
                                "down), else 0",
                                NULL, 0, &m->up));
     {
-        tsr_metric_spec s = {TSR_METRIC_GAUGE, "tessera_info",
-                             "Version, model and layout of this server; always 1", info_labels, 4,
-                             NULL, 0};
+        tsr_metric_spec s = {TSR_METRIC_GAUGE,
+                             "tessera_info",
+                             "Version, model and layout of this server; always 1",
+                             info_labels,
+                             4,
+                             NULL,
+                             0};
         TSR_CHECK_GOTO(st, tsr_metric_registry_add(r, &s, &m->info));
     }
     {
-        tsr_metric_spec s = {TSR_METRIC_COUNTER, "tessera_requests_total",
-                             "gRPC calls finished, by method and status code", req_labels, 2, NULL,
+        tsr_metric_spec s = {TSR_METRIC_COUNTER,
+                             "tessera_requests_total",
+                             "gRPC calls finished, by method and status code",
+                             req_labels,
+                             2,
+                             NULL,
                              0};
         TSR_CHECK_GOTO(st, tsr_metric_registry_add(r, &s, &m->requests));
     }
     {
-        tsr_metric_spec s = {TSR_METRIC_COUNTER, "tessera_generate_finished_total",
-                             "Generate requests the engine finished, by finish reason", fin_labels,
-                             1, NULL, 0};
+        tsr_metric_spec s = {TSR_METRIC_COUNTER,
+                             "tessera_generate_finished_total",
+                             "Generate requests the engine finished, by finish reason",
+                             fin_labels,
+                             1,
+                             NULL,
+                             0};
         TSR_CHECK_GOTO(st, tsr_metric_registry_add(r, &s, &fin));
         for (int i = 0; i < 4; i++)
             if (!(m->finished[i] = tsr_metric_get(fin, &reasons[i]))) {
@@ -604,18 +616,22 @@ tsr_status tsr_metrics_create(tsr_metrics **out) {
     TSR_CHECK_GOTO(st, add_one(r, TSR_METRIC_COUNTER, "tessera_engine_steps_total",
                                "Engine steps that ran tokens", NULL, 0, &m->engine_steps));
     TSR_CHECK_GOTO(st, add_one(r, TSR_METRIC_HISTOGRAM, "tessera_step_tokens",
-                               "Tokens per engine step (decode tokens plus prompt chunks)",
-                               tokens, N_OF(tokens), &m->step_tokens));
+                               "Tokens per engine step (decode tokens plus prompt chunks)", tokens,
+                               N_OF(tokens), &m->step_tokens));
     {
         static const char *const path_labels[] = {"path"};
         static const char *const paths[] = {"topk", "candidates", "candidates_whole", "whole"};
         tsr_metric_family_t *rows;
-        tsr_metric_spec s = {TSR_METRIC_COUNTER, "tessera_sampled_rows_total",
+        tsr_metric_spec s = {TSR_METRIC_COUNTER,
+                             "tessera_sampled_rows_total",
                              "Sampled (non-greedy) rows by how rank 0 drew them: top-k "
                              "candidates, top_k-off candidates with the row's normaliser, "
                              "top_k-off rows the candidates could not decide (sent whole), "
                              "whole rows",
-                             path_labels, 1, NULL, 0};
+                             path_labels,
+                             1,
+                             NULL,
+                             0};
         TSR_CHECK_GOTO(st, tsr_metric_registry_add(r, &s, &rows));
         for (int i = 0; i < 4; i++)
             if (!(m->sampled_rows[i] = tsr_metric_get(rows, &paths[i]))) {
@@ -683,8 +699,8 @@ static const char k_prom[] = "text/plain; version=0.0.4; charset=utf-8";
 
 /* Queues a response with a body: a string literal, or malloc'd when `owned`
  * (MHD frees it). */
-static mhd_result respond(struct MHD_Connection *conn, unsigned code, const char *type,
-                          char *body, size_t len, int owned) {
+static mhd_result respond(struct MHD_Connection *conn, unsigned code, const char *type, char *body,
+                          size_t len, int owned) {
     struct MHD_Response *r = MHD_create_response_from_buffer(
         len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!r) {
@@ -761,16 +777,15 @@ tsr_status tsr_metrics_http_start(const tsr_metrics_http_config *cfg, tsr_metric
     errno = 0;
     h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first, to get all */
-                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)10, MHD_OPTION_END);
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned int)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)10,
+                            MHD_OPTION_END);
     int err = errno;
     freeaddrinfo(ai);
     if (!h->d) {
         free(h);
-        return tsr_error_set(TSR_ERR_IO,
-                             "metrics endpoint: cannot listen on %s port %d: %s", cfg->host,
-                             cfg->port,
+        return tsr_error_set(TSR_ERR_IO, "metrics endpoint: cannot listen on %s port %d: %s",
+                             cfg->host, cfg->port,
                              err ? strerror(err) : "the address is in use, malformed or not local");
     }
     h->port = cfg->port;

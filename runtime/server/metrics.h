@@ -65,9 +65,10 @@ tsr_status tsr_metric_registry_add(tsr_metric_registry_t *r, const tsr_metric_sp
 tsr_metric_t *tsr_metric_get(tsr_metric_family_t *f, const char *const *values);
 
 /* Updates; each is a no-op for NULL or for a series of another type. */
-void tsr_metric_inc(tsr_metric_t *m, uint64_t n);    /* counter += n (lock-free) */
-void tsr_metric_set(tsr_metric_t *m, double v);      /* gauge = v (lock-free) */
-void tsr_metric_observe(tsr_metric_t *m, double v);  /* histogram (takes its mutex); NaN is ignored */
+void tsr_metric_inc(tsr_metric_t *m, uint64_t n); /* counter += n (lock-free) */
+void tsr_metric_set(tsr_metric_t *m, double v);   /* gauge = v (lock-free) */
+void tsr_metric_observe(tsr_metric_t *m,
+                        double v); /* histogram (takes its mutex); NaN is ignored */
 
 /* Reads (tests, /healthz): a counter's or gauge's value, a histogram's
  * count; 0 for NULL. tsr_metric_hist_sum: a histogram's sum. */
@@ -92,20 +93,20 @@ typedef struct {
     /* gRPC thread: tessera_requests_total{method, status}, one per finished call */
     tsr_metric_family_t *requests;
     /* engine thread (the scheduler) */
-    tsr_metric_t *finished[4];        /* tessera_generate_finished_total{reason}, by
+    tsr_metric_t *finished[4];         /* tessera_generate_finished_total{reason}, by
                                          tsr_fin_reason - 1: stop, length, cancelled, error */
-    tsr_metric_t *prompt_tokens;      /* tessera_prompt_tokens_total: admitted prompts */
-    tsr_metric_t *generated_tokens;   /* tessera_generated_tokens_total: completion tokens */
-    tsr_metric_t *time_to_first_token;/* histogram: arrival -> first sampled token */
-    tsr_metric_t *inter_token;        /* histogram: gap between a sequence's tokens */
-    tsr_metric_t *request_duration;   /* histogram: arrival -> final event */
-    tsr_metric_t *queue_time;         /* histogram: arrival -> first prompt step, observed
+    tsr_metric_t *prompt_tokens;       /* tessera_prompt_tokens_total: admitted prompts */
+    tsr_metric_t *generated_tokens;    /* tessera_generated_tokens_total: completion tokens */
+    tsr_metric_t *time_to_first_token; /* histogram: arrival -> first sampled token */
+    tsr_metric_t *inter_token;         /* histogram: gap between a sequence's tokens */
+    tsr_metric_t *request_duration;    /* histogram: arrival -> final event */
+    tsr_metric_t *queue_time;          /* histogram: arrival -> first prompt step, observed
                                          with the final event (the final's queued_s) */
-    tsr_metric_t *running, *queued;   /* gauges: sequences running, requests waiting */
+    tsr_metric_t *running, *queued;    /* gauges: sequences running, requests waiting */
     tsr_metric_t *kv_blocks_used, *kv_blocks_total;
-    tsr_metric_t *engine_steps;       /* tessera_engine_steps_total (steps with tokens) */
-    tsr_metric_t *step_tokens;        /* histogram: tokens per engine step */
-    tsr_metric_t *sampled_rows[4];    /* tessera_sampled_rows_total{path}: non-greedy rows by
+    tsr_metric_t *engine_steps;    /* tessera_engine_steps_total (steps with tokens) */
+    tsr_metric_t *step_tokens;     /* histogram: tokens per engine step */
+    tsr_metric_t *sampled_rows[4]; /* tessera_sampled_rows_total{path}: non-greedy rows by
                                          how they were drawn (tsr_scheduler_row_counts):
                                          topk, candidates, candidates_whole, whole */
     /* main: tessera_up (1 while serving; /healthz answers 200 then) and tessera_info */

@@ -52,18 +52,18 @@ typedef struct tsr_gen_event {
     tsr_event_kind kind;
     /* CHUNK */
     int n_tokens;
-    int32_t *tokens;    /* (n_tokens) */
-    float *logprobs;    /* (n_tokens) or NULL */
-    int n_top;          /* alternatives per token */
+    int32_t *tokens;      /* (n_tokens) */
+    float *logprobs;      /* (n_tokens) or NULL */
+    int n_top;            /* alternatives per token */
     tsr_top_logprob *top; /* (n_tokens, n_top) or NULL */
-    char *text;         /* NUL-terminated complete UTF-8, may be "" */
+    char *text;           /* NUL-terminated complete UTF-8, may be "" */
     size_t text_len;
     /* FINAL */
     tsr_fin_reason finish;
     int prompt_tokens, completion_tokens, cached_tokens;
     double queued_s, ttft_s, total_s;
     char error[256];
-    int status_code;    /* FINAL: 0, or the gRPC status (numbered as grpc_status_code) the
+    int status_code; /* FINAL: 0, or the gRPC status (numbered as grpc_status_code) the
                            call ends with instead of a final message (an unknown adapter:
                            NOT_FOUND); `error` says why */
 } tsr_gen_event;
@@ -71,29 +71,29 @@ typedef struct tsr_gen_event {
 typedef struct tsr_gen_request {
     /* ---- written by the gRPC thread before submit ---- */
     char id[128];
-    char client[128];   /* peer address, for the access log */
-    char adapter[128];  /* "" = base model */
-    int32_t *prompt;    /* (n_prompt) token ids, validated */
+    char client[128];  /* peer address, for the access log */
+    char adapter[128]; /* "" = base model */
+    int32_t *prompt;   /* (n_prompt) token ids, validated */
     int n_prompt;
     tsr_sampling_params sampling;
-    int max_tokens;     /* > 0 */
+    int max_tokens; /* > 0 */
     int min_tokens;
     int ignore_eos;
-    char **stop;        /* (n_stop) NUL-terminated */
+    char **stop; /* (n_stop) NUL-terminated */
     int n_stop;
     int32_t *stop_ids;
     int n_stop_ids;
-    int logprobs;       /* send logprobs of generated tokens */
-    int top_logprobs;   /* 0..20 alternatives */
-    double t_arrival;   /* tsr_now_s() when the call arrived */
-    double deadline;    /* tsr_now_s() clock; 0 = none */
+    int logprobs;     /* send logprobs of generated tokens */
+    int top_logprobs; /* 0..20 alternatives */
+    double t_arrival; /* tsr_now_s() when the call arrived */
+    double deadline;  /* tsr_now_s() clock; 0 = none */
 
     /* ---- shared ---- */
     atomic_int cancelled; /* set by the gRPC thread; read by the engine */
     atomic_int refs;
-    pthread_mutex_t mu;   /* guards the event list */
+    pthread_mutex_t mu; /* guards the event list */
     tsr_gen_event *head, *tail;
-    int final_posted;     /* under mu */
+    int final_posted; /* under mu */
 } tsr_gen_request;
 
 /* A zeroed request with refcount 1 and its mutex initialised. NULL on OOM. */
@@ -136,9 +136,9 @@ typedef struct {
     char name[TSR_ADAPTER_NAME_MAX + 1];
     tsr_lora_config cfg;
     int step;
-    long long n_params;   /* of the whole adapter */
-    int pending_batches;  /* ForwardBackward calls since the last OptimStep */
-    char source[4096];    /* "created" or the directory it was loaded from */
+    long long n_params;  /* of the whole adapter */
+    int pending_batches; /* ForwardBackward calls since the last OptimStep */
+    char source[4096];   /* "created" or the directory it was loaded from */
 } tsr_adapter_info;
 
 typedef struct tsr_ctl_request {
@@ -146,28 +146,28 @@ typedef struct tsr_ctl_request {
     /* ---- written by the gRPC thread before submit ---- */
     tsr_ctl_kind kind;
     char name[TSR_ADAPTER_NAME_MAX + 1]; /* the adapter ("" = base model, Forward only) */
-    tsr_lora_config lora;    /* CREATE */
-    int n_seqs;              /* FORWARD_BACKWARD, FORWARD: the batch, as tsr_train_batch */
-    int32_t *seq_start;      /* (n_seqs + 1) */
-    int32_t *tokens;         /* (seq_start[n_seqs]) */
-    float *weights;          /* (seq_start[n_seqs]) for predicting token i+1 from i */
-    tsr_optim_params optim;  /* OPTIM_STEP */
-    char path[4096];         /* SAVE ("" = none), LOAD */
-    int return_files;        /* SAVE */
-    atomic_int cancelled;    /* the client left: not started calls are skipped */
+    tsr_lora_config lora;                /* CREATE */
+    int n_seqs;             /* FORWARD_BACKWARD, FORWARD: the batch, as tsr_train_batch */
+    int32_t *seq_start;     /* (n_seqs + 1) */
+    int32_t *tokens;        /* (seq_start[n_seqs]) */
+    float *weights;         /* (seq_start[n_seqs]) for predicting token i+1 from i */
+    tsr_optim_params optim; /* OPTIM_STEP */
+    char path[4096];        /* SAVE ("" = none), LOAD */
+    int return_files;       /* SAVE */
+    atomic_int cancelled;   /* the client left: not started calls are skipped */
     atomic_int refs;
     /* ---- written by the engine thread, then `done` ---- */
     atomic_int done;
-    int code;                /* 0 = OK, else the gRPC status (numbered as grpc_status_code) */
-    char msg[512];           /* why, when code != 0 */
-    tsr_train_stats stats;   /* FORWARD_BACKWARD, FORWARD */
+    int code;              /* 0 = OK, else the gRPC status (numbered as grpc_status_code) */
+    char msg[512];         /* why, when code != 0 */
+    tsr_train_stats stats; /* FORWARD_BACKWARD, FORWARD */
     int pending_batches;
     tsr_optim_result result; /* OPTIM_STEP */
     tsr_adapter_info info;   /* CREATE, LOAD */
     tsr_adapter_info *list;  /* LIST: (n_list), malloc'd */
     int n_list, max_adapters;
-    int step;                /* SAVE */
-    uint8_t *config_json;    /* SAVE with return_files: the two files' bytes */
+    int step;             /* SAVE */
+    uint8_t *config_json; /* SAVE with return_files: the two files' bytes */
     size_t config_len;
     uint8_t *safetensors;
     size_t safetensors_len;
@@ -190,7 +190,7 @@ typedef struct {
     pthread_cond_t cv;
     tsr_gen_request **items; /* ring */
     int cap, head, count;
-    int closed;              /* no more pushes (shutdown) */
+    int closed; /* no more pushes (shutdown) */
     tsr_ctl_request *ctl_head, *ctl_tail;
     int n_ctl;
 } tsr_request_queue;
@@ -224,8 +224,8 @@ void tsr_request_queue_close(tsr_request_queue *q);
 /* Statistics the engine publishes for GetServerInfo and metrics (atomics:
  * written by the engine thread, read by the gRPC and HTTP threads). */
 typedef struct {
-    atomic_int active;        /* sequences in the running batch */
-    atomic_int queued;        /* waiting in the queue or for KV space */
+    atomic_int active; /* sequences in the running batch */
+    atomic_int queued; /* waiting in the queue or for KV space */
     atomic_int kv_blocks_used;
     atomic_int kv_blocks_total;
     atomic_int kv_block_size;

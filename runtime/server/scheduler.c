@@ -16,18 +16,18 @@ typedef struct {
     int32_t next;         /* sampled token still to be fed (decode) */
     int has_next;
     int n_completion;
-    int reserved;         /* KV blocks reserved for the worst case */
-    int greedy;           /* argmax without logits suffices */
-    int cand_k;           /* candidates a row needs (tsr_sampler_candidates_needed); 0: the
+    int reserved; /* KV blocks reserved for the worst case */
+    int greedy;   /* argmax without logits suffices */
+    int cand_k;   /* candidates a row needs (tsr_sampler_candidates_needed); 0: the
                              whole row of logits, or row_top */
-    int row_top;          /* top_k off: ROW_TOP_K candidates and the row's normaliser
+    int row_top;  /* top_k off: ROW_TOP_K candidates and the row's normaliser
                              (tsr_sampler_row_top_ok), the whole row when they do not do */
-    int adapter;          /* engine adapter slot, -1 = the base model (or serve --adapter) */
+    int adapter;  /* engine adapter slot, -1 = the base model (or serve --adapter) */
     tsr_sampler smp;
     tsr_detok_stream ds;
     tsr_stop_text stops;
     double t_first_step, t_first_token;
-    double t_last_token;  /* when the previous token was sampled (inter-token latency) */
+    double t_last_token; /* when the previous token was sampled (inter-token latency) */
 } seq_state;
 
 struct tsr_scheduler {
@@ -35,16 +35,16 @@ struct tsr_scheduler {
     const tsr_tokenizer_t *tok;
     tsr_request_queue *q;
     tsr_server_stats *stats;
-    tsr_metrics *mx;      /* NULL: no metrics */
+    tsr_metrics *mx; /* NULL: no metrics */
     tsr_sched_config cfg;
     tsr_adapters_t *adapters;
     int max_seqs, ctx, block_size, total_blocks, reserved_blocks;
     seq_state *seqs;
     tsr_gen_request **waiting; /* FIFO, admitted in order */
     int n_waiting, cap_waiting;
-    int32_t *release;          /* slots to free with the next step */
+    int32_t *release; /* slots to free with the next step */
     int n_release;
-    int32_t *eog;              /* end-of-generation ids, banned before min_tokens */
+    int32_t *eog; /* end-of-generation ids, banned before min_tokens */
     int n_eog;
     /* step buffers */
     int32_t *tokens, *pos, *seq, *rows, *row_slot, *argmax;
@@ -53,7 +53,7 @@ struct tsr_scheduler {
     float *logits;
     size_t cap_logits;
     long steps_by_kind[4]; /* engine steps run, by tsr_out_kind */
-    float *cand_val;  /* TSR_OUT_TOPK steps: (n_out, top_k) candidates */
+    float *cand_val;       /* TSR_OUT_TOPK steps: (n_out, top_k) candidates */
     int32_t *cand_id;
     size_t cap_cand;
     tsr_row_draw *draw; /* TSR_OUT_TOPK steps: (n_out) how each row is drawn */
@@ -187,7 +187,8 @@ static void admit(tsr_scheduler_t *s) {
         if (atomic_load(&r->cancelled) || (r->deadline > 0 && tsr_now_s() > r->deadline)) {
             post_final(s, r, TSR_FIN_CANCELLED, NULL, NULL);
             tsr_gen_request_release(r);
-            memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
+            memmove(s->waiting + i, s->waiting + i + 1,
+                    (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
             s->n_waiting--;
             continue;
         }
@@ -200,7 +201,8 @@ static void admit(tsr_scheduler_t *s) {
                      r->adapter);
             post_final_code(s, r, TSR_FIN_ERROR, NULL, msg, 5 /* NOT_FOUND */);
             tsr_gen_request_release(r);
-            memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
+            memmove(s->waiting + i, s->waiting + i + 1,
+                    (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
             s->n_waiting--;
             continue;
         }
@@ -245,7 +247,8 @@ static void admit(tsr_scheduler_t *s) {
             tsr_detok_stream_init(&q->ds, s->tok, TSR_DETOK_SKIP_SPECIAL);
             tsr_stop_text_init(&q->stops, (const char *const *)r->stop, (size_t)r->n_stop);
         }
-        memmove(s->waiting + i, s->waiting + i + 1, (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
+        memmove(s->waiting + i, s->waiting + i + 1,
+                (size_t)(s->n_waiting - i - 1) * sizeof *s->waiting);
         s->n_waiting--;
     }
 }
@@ -623,7 +626,7 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     const int V = s->e->mcfg.n_vocab;
     /* top-k whenever a sampled row can use candidates; rows that need
      * the whole row then get it through their draw (TSR_DRAW_WHOLE) */
-    const tsr_out_kind kind = n_out == 0 ? TSR_OUT_NONE
+    const tsr_out_kind kind = n_out == 0    ? TSR_OUT_NONE
                               : top_k > 0   ? TSR_OUT_TOPK
                               : want_logits ? TSR_OUT_LOGITS
                                             : TSR_OUT_ARGMAX;
@@ -735,8 +738,8 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
         } else if (q->greedy) {
             tok = tsr_argmax(row, V);
         } else if (whole && q->row_top && kind == TSR_OUT_TOPK) { /* undecided by candidates */
-            sst = tsr_sampler_sample_row_whole(&q->smp, row, s->expsum[2 * o],
-                                               s->expsum[2 * o + 1], &tok);
+            sst = tsr_sampler_sample_row_whole(&q->smp, row, s->expsum[2 * o], s->expsum[2 * o + 1],
+                                               &tok);
         } else if (whole) {
             sst = tsr_sampler_sample(&q->smp, row, ban, n_ban, &tok);
         } else if (q->cand_k > 0) {

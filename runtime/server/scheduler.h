@@ -32,9 +32,9 @@
 #include "runtime/tokenizer/tokenizer.h"
 
 typedef struct {
-    int max_batch_tokens; /* token budget of one step; 0 = 512 */
-    double idle_wait_s;   /* how long an idle loop waits for a request; 0 = 0.05 */
-    tsr_metrics *metrics; /* tokens, latencies, finishes, steps and the batch/KV gauges are
+    int max_batch_tokens;   /* token budget of one step; 0 = 512 */
+    double idle_wait_s;     /* how long an idle loop waits for a request; 0 = 0.05 */
+    tsr_metrics *metrics;   /* tokens, latencies, finishes, steps and the batch/KV gauges are
                              recorded here (this thread only writes); NULL = off */
     const char *base_model; /* the adapters' base_model_name_or_path when saved */
     int host_sampling;      /* 1: every sampled row's logits come to rank 0 whole; 0: rows

@@ -78,8 +78,7 @@ static grpc_status_code chat_msgs(const Tessera__V1__ChatInput *chat, size_t k, 
                                   tsr_api_error *err) {
     *out = NULL;
     if (!chat || chat->n_messages == 0)
-        return refuse(err, GRPC_STATUS_INVALID_ARGUMENT, "examples[%zu].chat.messages is empty",
-                      k);
+        return refuse(err, GRPC_STATUS_INVALID_ARGUMENT, "examples[%zu].chat.messages is empty", k);
     if (chat->continue_final_message)
         return refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "examples[%zu].chat.continue_final_message is for generation; a training "
@@ -160,8 +159,7 @@ static grpc_status_code one_example(const tsr_api_ctx *ctx, const Tessera__V1__T
         code = chat_msgs(ex->chat, k, &msgs, err);
         if (code != GRPC_STATUS_OK)
             return code;
-        st = tsr_train_example_chat(ctx->tok, where, msgs, ex->chat->n_messages, &ids, &target,
-                                    &n);
+        st = tsr_train_example_chat(ctx->tok, where, msgs, ex->chat->n_messages, &ids, &target, &n);
         free(msgs);
         break;
     }
@@ -172,8 +170,9 @@ static grpc_status_code one_example(const tsr_api_ctx *ctx, const Tessera__V1__T
     if (st != TSR_OK) {
         free(ids);
         free(target);
-        return refuse(err, st == TSR_ERR_NOMEM ? GRPC_STATUS_RESOURCE_EXHAUSTED
-                                                : GRPC_STATUS_INVALID_ARGUMENT,
+        return refuse(err,
+                      st == TSR_ERR_NOMEM ? GRPC_STATUS_RESOURCE_EXHAUSTED
+                                          : GRPC_STATUS_INVALID_ARGUMENT,
                       "%s", tsr_error_msg());
     }
     if (n == 0)
@@ -289,8 +288,9 @@ static grpc_status_code lora_config(const Tessera__V1__LoraConfig *m, tsr_lora_c
                       m->rank);
     tsr_status st = tsr_lora_config_check(&c);
     if (st != TSR_OK)
-        return refuse(err, st == TSR_ERR_UNSUPPORTED ? GRPC_STATUS_UNIMPLEMENTED
-                                                     : GRPC_STATUS_INVALID_ARGUMENT,
+        return refuse(err,
+                      st == TSR_ERR_UNSUPPORTED ? GRPC_STATUS_UNIMPLEMENTED
+                                                : GRPC_STATUS_INVALID_ARGUMENT,
                       "config: %s", tsr_error_msg());
     *out = c;
     return GRPC_STATUS_OK;

@@ -172,8 +172,8 @@ static tsr_status render_llama3(tsr_chat_style style, const char *bos, const tsr
 }
 
 tsr_status tsr_chat_render_template(const char *tmpl, const char *bos_text,
-                                    const tsr_chat_msg *msgs, size_t n,
-                                    int add_generation_prompt, char **out) {
+                                    const tsr_chat_msg *msgs, size_t n, int add_generation_prompt,
+                                    char **out) {
     *out = NULL;
     if (!tmpl)
         return tsr_error_set(TSR_ERR_UNSUPPORTED, "chat: the model has no chat template");
@@ -187,9 +187,7 @@ tsr_status tsr_chat_render_template(const char *tmpl, const char *bos_text,
     tsr_tok_buf b = {0};
     tsr_status st;
     switch (style) {
-    case TSR_CHAT_CHATML:
-        st = render_chatml(tmpl, msgs, n, add_generation_prompt, &b);
-        break;
+    case TSR_CHAT_CHATML: st = render_chatml(tmpl, msgs, n, add_generation_prompt, &b); break;
     case TSR_CHAT_LLAMA3:
     case TSR_CHAT_LLAMA31:
         st = render_llama3(style, bos_text ? bos_text : "<|begin_of_text|>", msgs, n,

@@ -57,7 +57,7 @@ tsr_status tsr_chat_render(const tsr_tokenizer_t *t, const tsr_chat_msg *msgs, s
 /* As tsr_chat_render with an explicit template source and BOS text (used
  * by Llama 3 styles; NULL means "<|begin_of_text|>"). */
 tsr_status tsr_chat_render_template(const char *tmpl, const char *bos_text,
-                                    const tsr_chat_msg *msgs, size_t n,
-                                    int add_generation_prompt, char **out);
+                                    const tsr_chat_msg *msgs, size_t n, int add_generation_prompt,
+                                    char **out);
 
 #endif

@@ -52,7 +52,7 @@ void tsr_tok_buf_free(tsr_tok_buf *b);
  * `keep_tail` is set, an incomplete sequence at the very end is not
  * emitted; its length is returned in *tail (else *tail is 0 and the tail
  * becomes one U+FFFD). */
-tsr_status tsr_tok_buf_put_lossy(tsr_tok_buf *b, const unsigned char *s, size_t n,
-                                 int keep_tail, size_t *tail);
+tsr_status tsr_tok_buf_put_lossy(tsr_tok_buf *b, const unsigned char *s, size_t n, int keep_tail,
+                                 size_t *tail);
 
 #endif

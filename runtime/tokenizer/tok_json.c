@@ -72,8 +72,8 @@ static tsr_status own(jctx *c, char *s) {
     return TSR_OK;
 }
 
-static tsr_status add_stage(jctx *c, tsr_pre_kind kind, const char *pattern,
-                            tsr_split_behavior beh, int invert) {
+static tsr_status add_stage(jctx *c, tsr_pre_kind kind, const char *pattern, tsr_split_behavior beh,
+                            int invert) {
     if (c->n_stages == c->cap_stages) {
         size_t cap = c->cap_stages ? 2 * c->cap_stages : 4;
         tsr_pre_stage *p = realloc(c->stages, cap * sizeof *p);
@@ -98,8 +98,8 @@ static char *escape_literal(const char *s, size_t n) {
         return NULL;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (ch < 0x80 && !((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-                           (ch >= 'A' && ch <= 'Z')))
+        if (ch < 0x80 &&
+            !((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
             *q++ = '\\';
         *q++ = (char)ch;
     }
@@ -179,8 +179,9 @@ static tsr_status parse_pre(jctx *c, const json_t *p, const char *where, int dep
             if (strcmp(beh, behs[i].name) == 0)
                 found = (int)i;
         if (found < 0)
-            return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: %s: Split behavior \"%s\" is not "
-                                                      "supported",
+            return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                                 "%s: %s: Split behavior \"%s\" is not "
+                                 "supported",
                                  c->path, where, beh ? beh : "(missing)");
         int invert;
         TSR_TRY(get_bool(c, p, "invert", where, 0, &invert));
@@ -213,8 +214,8 @@ static tsr_status check_normalizer(const jctx *c, const json_t *n, const char *w
                   c->path);
         return TSR_OK;
     }
-    return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: %s: normalizer \"%s\" is not supported",
-                         c->path, where, type);
+    return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: %s: normalizer \"%s\" is not supported", c->path,
+                         where, type);
 }
 
 static int decoder_is_byte_level(const json_t *d) {
@@ -279,10 +280,8 @@ static void template_specials(const jctx *c, const json_t *pp, int32_t *bos, int
         const json_t *name = json_object_get(json_object_get(item, "SpecialToken"), "id");
         if (!json_is_string(name))
             continue;
-        const json_t *ids =
-            json_object_get(json_object_get(json_object_get(pp, "special_tokens"),
-                                            json_string_value(name)),
-                            "ids");
+        const json_t *ids = json_object_get(
+            json_object_get(json_object_get(pp, "special_tokens"), json_string_value(name)), "ids");
         int32_t id = -1;
         if (json_is_integer(json_array_get(ids, 0)) && json_array_size(ids) == 1)
             id = (int32_t)json_integer_value(json_array_get(ids, 0));
@@ -330,8 +329,9 @@ static tsr_status parse_vocab(jctx *c, const json_t *model, const json_t *added)
     json_object_keylen_foreach((json_t *)vocab, key, klen, val) {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
             json_integer_value(val) >= (json_int_t)MAX_VOCAB)
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: model.vocab[\"%.*s\"]: not a token id (0..%u)",
-                                 c->path, (int)(klen > 60 ? 60 : klen), key, MAX_VOCAB - 1);
+            return tsr_error_set(TSR_ERR_FORMAT,
+                                 "%s: model.vocab[\"%.*s\"]: not a token id (0..%u)", c->path,
+                                 (int)(klen > 60 ? 60 : klen), key, MAX_VOCAB - 1);
         if ((size_t)json_integer_value(val) + 1 > n)
             n = (size_t)json_integer_value(val) + 1;
     }
@@ -343,8 +343,9 @@ static tsr_status parse_vocab(jctx *c, const json_t *model, const json_t *added)
         const json_t *content = json_object_get(a, "content");
         if (!json_is_integer(id) || json_integer_value(id) < 0 ||
             json_integer_value(id) >= (json_int_t)MAX_VOCAB || !json_is_string(content))
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: added_tokens[%zu]: needs an integer \"id\" "
-                                                 "(0..%u) and a string \"content\"",
+            return tsr_error_set(TSR_ERR_FORMAT,
+                                 "%s: added_tokens[%zu]: needs an integer \"id\" "
+                                 "(0..%u) and a string \"content\"",
                                  c->path, i, MAX_VOCAB - 1);
         if ((size_t)json_integer_value(id) + 1 > n)
             n = (size_t)json_integer_value(id) + 1;
@@ -378,8 +379,8 @@ static tsr_status parse_vocab(jctx *c, const json_t *model, const json_t *added)
         c->tokens[id].ptr = json_string_value(content);
         c->tokens[id].len = json_string_length(content);
         c->types[id] = special ? TSR_TOKEN_TYPE_CONTROL : TSR_TOKEN_TYPE_USER_DEFINED;
-        c->attrs[id] = (uint8_t)((lstrip ? TSR_TOKEN_ATTR_LSTRIP : 0) |
-                                 (rstrip ? TSR_TOKEN_ATTR_RSTRIP : 0));
+        c->attrs[id] =
+            (uint8_t)((lstrip ? TSR_TOKEN_ATTR_LSTRIP : 0) | (rstrip ? TSR_TOKEN_ATTR_RSTRIP : 0));
     }
     return TSR_OK;
 }
@@ -402,8 +403,9 @@ static tsr_status parse_merges(jctx *c, const json_t *model) {
             size_t len = json_string_length(m);
             const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
             if (!sp)
-                return tsr_error_set(TSR_ERR_FORMAT, "%s: model.merges[%zu]: \"%.60s\" is not "
-                                                     "\"a b\"",
+                return tsr_error_set(TSR_ERR_FORMAT,
+                                     "%s: model.merges[%zu]: \"%.60s\" is not "
+                                     "\"a b\"",
                                      c->path, i, s);
             a->ptr = s;
             a->len = (size_t)(sp - s);
@@ -416,8 +418,9 @@ static tsr_status parse_merges(jctx *c, const json_t *model) {
             b->ptr = json_string_value(json_array_get(m, 1));
             b->len = json_string_length(json_array_get(m, 1));
         } else {
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: model.merges[%zu]: expected \"a b\" or "
-                                                 "[\"a\", \"b\"], got %s",
+            return tsr_error_set(TSR_ERR_FORMAT,
+                                 "%s: model.merges[%zu]: expected \"a b\" or "
+                                 "[\"a\", \"b\"], got %s",
                                  c->path, i, tsr_json_type_name(m));
         }
     }
@@ -435,11 +438,11 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
         return jerr(c, TSR_ERR_FORMAT, "model", "missing or not an object");
     const json_t *mtype = json_object_get(model, "type");
     if (mtype && !(json_is_string(mtype) && strcmp(json_string_value(mtype), "BPE") == 0))
-        return tsr_error_set(TSR_ERR_UNSUPPORTED,
-                             "%s: model.type is %s%s%s; only byte-level \"BPE\" is supported",
-                             c->path, json_is_string(mtype) ? "\"" : "",
-                             json_is_string(mtype) ? json_string_value(mtype) : tsr_json_type_name(mtype),
-                             json_is_string(mtype) ? "\"" : "");
+        return tsr_error_set(
+            TSR_ERR_UNSUPPORTED, "%s: model.type is %s%s%s; only byte-level \"BPE\" is supported",
+            c->path, json_is_string(mtype) ? "\"" : "",
+            json_is_string(mtype) ? json_string_value(mtype) : tsr_json_type_name(mtype),
+            json_is_string(mtype) ? "\"" : "");
     int byte_fallback;
     TSR_TRY(get_bool(c, model, "byte_fallback", "model", 0, &byte_fallback));
     if (byte_fallback)
@@ -449,8 +452,8 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
     for (int k = 0; k < 2; k++) {
         const json_t *v = json_object_get(model, affixes[k]);
         if (json_is_string(v) && json_string_length(v) > 0)
-            return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: model.%s is set; not supported",
-                                 c->path, affixes[k]);
+            return tsr_error_set(TSR_ERR_UNSUPPORTED, "%s: model.%s is set; not supported", c->path,
+                                 affixes[k]);
     }
 
     TSR_TRY(parse_vocab(c, model, json_object_get(c->root, "added_tokens")));
@@ -458,10 +461,11 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
     TSR_TRY(check_normalizer(c, json_object_get(c->root, "normalizer"), "normalizer"));
     TSR_TRY(parse_pre(c, json_object_get(c->root, "pre_tokenizer"), "pre_tokenizer", 0));
     if (!c->has_byte_level && !decoder_is_byte_level(json_object_get(c->root, "decoder")))
-        return tsr_error_set(TSR_ERR_UNSUPPORTED,
-                             "%s: not a byte-level BPE tokenizer (neither pre_tokenizer nor decoder "
-                             "is ByteLevel)",
-                             c->path);
+        return tsr_error_set(
+            TSR_ERR_UNSUPPORTED,
+            "%s: not a byte-level BPE tokenizer (neither pre_tokenizer nor decoder "
+            "is ByteLevel)",
+            c->path);
 
     tsr_tokenizer_spec sp = TSR_TOKENIZER_SPEC_INIT;
     sp.n_tokens = c->n;
@@ -515,8 +519,8 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
         static const char *const eos_names[] = {"<|endoftext|>", "<|end_of_text|>", "</s>", NULL};
         sp.eos_id = first_control_named(c, eos_names);
     }
-    static const char *const eot_names[] = {"<|eot_id|>", "<|im_end|>", "<|end|>",
-                                            "<end_of_turn>", NULL};
+    static const char *const eot_names[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
+                                            NULL};
     static const char *const eom_names[] = {"<|eom_id|>", NULL};
     sp.eot_id = first_control_named(c, eot_names);
     sp.eom_id = first_control_named(c, eom_names);
@@ -524,8 +528,7 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
 }
 
 tsr_status tsr_tokenizer_from_json(const char *tokenizer_json_path,
-                                   const char *tokenizer_config_json_path,
-                                   tsr_tokenizer_t **out) {
+                                   const char *tokenizer_config_json_path, tsr_tokenizer_t **out) {
     *out = NULL;
     if (!tokenizer_json_path)
         return tsr_error_set(TSR_ERR_INVALID, "tokenizer: NULL tokenizer.json path");

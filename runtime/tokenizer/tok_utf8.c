@@ -21,12 +21,16 @@ tsr_utf8_check tsr_utf8_validate(const unsigned char *s, size_t n) {
             need = 1;
         } else if (c >= 0xE0 && c <= 0xEF) {
             need = 2;
-            if (c == 0xE0) lo = 0xA0;      /* no overlongs */
-            else if (c == 0xED) hi = 0x9F; /* no surrogates */
+            if (c == 0xE0)
+                lo = 0xA0; /* no overlongs */
+            else if (c == 0xED)
+                hi = 0x9F; /* no surrogates */
         } else if (c >= 0xF0 && c <= 0xF4) {
             need = 3;
-            if (c == 0xF0) lo = 0x90;      /* no overlongs */
-            else if (c == 0xF4) hi = 0x8F; /* <= U+10FFFF */
+            if (c == 0xF0)
+                lo = 0x90; /* no overlongs */
+            else if (c == 0xF4)
+                hi = 0x8F; /* <= U+10FFFF */
         } else {
             r.valid = i;
             r.err_len = 1;
@@ -94,9 +98,9 @@ size_t tsr_utf8_encode1(uint32_t cp, char *out) {
 }
 
 int tsr_unicode_is_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 ||
-           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-           cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x3000;
 }
 
 /* Bytes that GPT-2 keeps as themselves: '!'..'~', U+00A1..U+00AC,
@@ -168,8 +172,8 @@ void tsr_tok_buf_free(tsr_tok_buf *b) {
 
 static const char k_replacement[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FFFD */
 
-tsr_status tsr_tok_buf_put_lossy(tsr_tok_buf *b, const unsigned char *s, size_t n,
-                                 int keep_tail, size_t *tail) {
+tsr_status tsr_tok_buf_put_lossy(tsr_tok_buf *b, const unsigned char *s, size_t n, int keep_tail,
+                                 size_t *tail) {
     *tail = 0;
     TSR_TRY(tsr_tok_buf_reserve(b, n));
     while (n > 0) {

@@ -36,9 +36,9 @@ struct tsr_tokenizer {
     uint32_t *text_len; /* [n_vocab] */
     char *bytes;        /* decoded bytes of each token */
     uint32_t *bytes_off, *bytes_len;
-    uint8_t *type;  /* [n_vocab] tsr_token_type */
-    uint8_t *attr;  /* [n_vocab] TSR_TOKEN_ATTR_* */
-    uint8_t *eog;   /* [n_vocab] end-of-generation flag */
+    uint8_t *type; /* [n_vocab] tsr_token_type */
+    uint8_t *attr; /* [n_vocab] TSR_TOKEN_ATTR_* */
+    uint8_t *eog;  /* [n_vocab] end-of-generation flag */
 
     int32_t *vocab_slots; /* token ids by hash of text; -1 empty */
     size_t vocab_mask;
@@ -188,7 +188,7 @@ static int parse_byte_token(const char *s, size_t n) {
     int v = 0;
     for (int i = 3; i < 5; i++) {
         char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0'
+        int d = c >= '0' && c <= '9'   ? c - '0'
                 : c >= 'A' && c <= 'F' ? c - 'A' + 10
                 : c >= 'a' && c <= 'f' ? c - 'a' + 10
                                        : -1;
@@ -255,8 +255,8 @@ static tsr_status compile_stage(const tsr_pre_stage *in, size_t idx, tok_stage *
                              idx, (int)in->behavior);
     int err = 0;
     PCRE2_SIZE erroff = 0;
-    out->re = pcre2_compile((PCRE2_SPTR)in->pattern, PCRE2_ZERO_TERMINATED,
-                            PCRE2_UTF | PCRE2_UCP, &err, &erroff, NULL);
+    out->re = pcre2_compile((PCRE2_SPTR)in->pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
+                            &err, &erroff, NULL);
     if (!out->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -274,12 +274,11 @@ static tsr_status compile_stage(const tsr_pre_stage *in, size_t idx, tok_stage *
 static tsr_status stages_for_name(const char *name, tsr_pre_stage st[2], size_t *n,
                                   int *ignore_merges) {
     static const char *const gpt2[] = {"gpt2", "default", "", NULL};
-    static const char *const digits_then_gpt2[] = {"smollm", "starcoder", "refact",
-                                                   "command-r", "codeshell", "exaone",
-                                                   "minerva-7b", NULL};
-    static const char *const llama3[] = {"llama-bpe", "llama3", "llama-v3", "falcon3",
-                                         "pixtral", NULL};
-    static const char *const qwen2[] = {"qwen2", "stablelm2", "hunyuan", "deepseek-r1-qwen",
+    static const char *const digits_then_gpt2[] = {
+        "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", NULL};
+    static const char *const llama3[] = {"llama-bpe", "llama3",  "llama-v3",
+                                         "falcon3",   "pixtral", NULL};
+    static const char *const qwen2[] = {"qwen2",  "stablelm2", "hunyuan", "deepseek-r1-qwen",
                                         "megrez", NULL};
     const char *nm = name ? name : "default";
     memset(st, 0, 2 * sizeof *st);
@@ -349,9 +348,9 @@ static void sort_added(tsr_tokenizer_t *t) {
 }
 
 static int is_eog_text(const char *s) {
-    static const char *const names[] = {"<|endoftext|>", "<|im_end|>",    "<|eot_id|>",
-                                        "<|eom_id|>",    "<|end_of_text|>", "<|end|>",
-                                        "<end_of_turn>", "</s>",          NULL};
+    static const char *const names[] = {
+        "<|endoftext|>", "<|im_end|>",    "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
+        "<|end|>",       "<end_of_turn>", "</s>",       NULL};
     for (const char *const *p = names; *p; p++)
         if (strcmp(s, *p) == 0)
             return 1;
@@ -360,8 +359,8 @@ static int is_eog_text(const char *s) {
 
 static tsr_status check_id(const char *what, int32_t id, size_t n_vocab) {
     if (id < -1 || (id >= 0 && (size_t)id >= n_vocab))
-        return tsr_error_set(TSR_ERR_FORMAT, "tokenizer: %s id %d is outside the vocab (%zu)",
-                             what, (int)id, n_vocab);
+        return tsr_error_set(TSR_ERR_FORMAT, "tokenizer: %s id %d is outside the vocab (%zu)", what,
+                             (int)id, n_vocab);
     return TSR_OK;
 }
 
@@ -389,8 +388,8 @@ static tsr_status build(const tsr_tokenizer_spec *sp, tsr_tokenizer_t *t) {
     t->eog = calloc(n, 1);
     t->vocab_mask = pow2_at_least(2 * n) - 1;
     t->vocab_slots = malloc((t->vocab_mask + 1) * sizeof *t->vocab_slots);
-    if (!t->text || !t->bytes || !t->text_off || !t->text_len || !t->bytes_off ||
-        !t->bytes_len || !t->type || !t->attr || !t->eog || !t->vocab_slots)
+    if (!t->text || !t->bytes || !t->text_off || !t->text_len || !t->bytes_off || !t->bytes_len ||
+        !t->type || !t->attr || !t->eog || !t->vocab_slots)
         return tsr_error_set(TSR_ERR_NOMEM, "tokenizer: out of memory for %zu tokens", n);
     memset(t->vocab_slots, 0xff, (t->vocab_mask + 1) * sizeof *t->vocab_slots);
 
@@ -453,8 +452,9 @@ static tsr_status build(const tsr_tokenizer_spec *sp, tsr_tokenizer_t *t) {
             const char *sp_at = m.len > 1 ? memchr(m.ptr + 1, ' ', m.len - 1) : NULL;
             if (!sp_at) {
                 tsr_tok_buf_free(&cat);
-                return tsr_error_set(TSR_ERR_FORMAT, "tokenizer: merge %zu (\"%.*s\") is not \"a b\"",
-                                     i, (int)(m.len > 80 ? 80 : m.len), m.ptr ? m.ptr : "");
+                return tsr_error_set(TSR_ERR_FORMAT,
+                                     "tokenizer: merge %zu (\"%.*s\") is not \"a b\"", i,
+                                     (int)(m.len > 80 ? 80 : m.len), m.ptr ? m.ptr : "");
             }
             a.ptr = m.ptr;
             a.len = (size_t)(sp_at - m.ptr);
@@ -706,8 +706,8 @@ static tsr_status split_piece(enc_ctx *c, const tok_stage *st, piece pc) {
         size_t out_s = 0, out_e = 0, have = 0, prev_match = 0;
         for (size_t i = 0; i < ns; i++) {
             size_t s = sp[3 * i], e = sp[3 * i + 1], m = sp[3 * i + 2];
-            int join = st->behavior == TSR_SPLIT_CONTIGUOUS ? (m == prev_match)
-                                                             : (m && !prev_match);
+            int join =
+                st->behavior == TSR_SPLIT_CONTIGUOUS ? (m == prev_match) : (m && !prev_match);
             if (join && have) {
                 out_e = e;
             } else {
@@ -997,10 +997,10 @@ tsr_status tsr_tokenizer_encode_ex(const tsr_tokenizer_t *t, const char *text, s
         return tsr_error_set(TSR_ERR_INVALID, "tokenizer: encode: NULL argument");
     tsr_utf8_check chk = tsr_utf8_validate((const unsigned char *)text, len);
     if (chk.valid != len)
-        return tsr_error_set(TSR_ERR_INVALID,
-                             "tokenizer: input is not valid UTF-8 at byte offset %zu (byte 0x%02x%s)",
-                             chk.valid, (unsigned char)text[chk.valid],
-                             chk.incomplete ? ", truncated sequence" : "");
+        return tsr_error_set(
+            TSR_ERR_INVALID,
+            "tokenizer: input is not valid UTF-8 at byte offset %zu (byte 0x%02x%s)", chk.valid,
+            (unsigned char)text[chk.valid], chk.incomplete ? ", truncated sequence" : "");
     enc_ctx c;
     memset(&c, 0, sizeof c);
     c.md = pcre2_match_data_create(1, NULL);
@@ -1052,8 +1052,9 @@ tsr_status tsr_tokenizer_decode(const tsr_tokenizer_t *t, const int32_t *ids, si
     tsr_status st = TSR_OK;
     for (size_t i = 0; i < n && st == TSR_OK; i++) {
         if (ids[i] < 0 || (size_t)ids[i] >= t->n_vocab) {
-            st = tsr_error_set(TSR_ERR_RANGE, "tokenizer: decode: id %d at position %zu is "
-                                              "outside the vocab (%zu)",
+            st = tsr_error_set(TSR_ERR_RANGE,
+                               "tokenizer: decode: id %d at position %zu is "
+                               "outside the vocab (%zu)",
                                (int)ids[i], i, t->n_vocab);
             break;
         }
@@ -1122,8 +1123,7 @@ static tsr_status stream_emit(tsr_detok_stream *s, const char *bytes, size_t n, 
     return TSR_OK;
 }
 
-tsr_status tsr_detok_stream_push(tsr_detok_stream *s, int32_t id, const char **text,
-                                 size_t *len) {
+tsr_status tsr_detok_stream_push(tsr_detok_stream *s, int32_t id, const char **text, size_t *len) {
     *text = "";
     *len = 0;
     const tsr_tokenizer_t *t = s->tok;

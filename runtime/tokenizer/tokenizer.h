@@ -72,15 +72,15 @@ typedef struct {
 } tsr_pre_stage;
 
 /* The GPT-2 pre-tokenizer regex (Hugging Face ByteLevel use_regex=true). */
-#define TSR_PRE_REGEX_GPT2                                                     \
+#define TSR_PRE_REGEX_GPT2                                                                         \
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
 /* Llama 3 (tokenizer.ggml.pre "llama-bpe"). */
-#define TSR_PRE_REGEX_LLAMA3                                                   \
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "  \
+#define TSR_PRE_REGEX_LLAMA3                                                                       \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "                     \
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 /* Qwen2 / Qwen2.5 (tokenizer.ggml.pre "qwen2"). */
-#define TSR_PRE_REGEX_QWEN2                                                    \
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "       \
+#define TSR_PRE_REGEX_QWEN2                                                                        \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "                          \
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 /* Everything a tokenizer is built from, already extracted from its file.
@@ -88,7 +88,7 @@ typedef struct {
  * Token strings are in byte-level form ("Ġthe" for " the"). */
 typedef struct {
     size_t n_tokens;
-    const tsr_strref *tokens;  /* [n_tokens]; an empty string marks a hole */
+    const tsr_strref *tokens;   /* [n_tokens]; an empty string marks a hole */
     const int32_t *token_types; /* [n_tokens] tsr_token_type; NULL: all normal */
     const uint8_t *token_attrs; /* [n_tokens] TSR_TOKEN_ATTR_* bits; NULL: none */
 
@@ -109,21 +109,20 @@ typedef struct {
                           (Llama 3); -1 = as the pre_name implies */
 
     int32_t bos_id, eos_id, eot_id, eom_id, pad_id, unk_id; /* -1: none */
-    int add_bos; /* TSR_TOK_ADD_SPECIAL prepends bos_id */
-    int add_eos; /* TSR_TOK_ADD_SPECIAL appends eos_id */
+    int add_bos;               /* TSR_TOK_ADD_SPECIAL prepends bos_id */
+    int add_eos;               /* TSR_TOK_ADD_SPECIAL appends eos_id */
     const char *chat_template; /* Jinja source or NULL; copied */
 } tsr_tokenizer_spec;
 
-#define TSR_TOKENIZER_SPEC_INIT                                                \
-    {                                                                          \
-        /* .n_tokens = */ 0, /* .tokens = */ NULL, /* .token_types = */ NULL,  \
-        /* .token_attrs = */ NULL,                                             \
-        /* .n_merges = */ 0, /* .merges = */ NULL, /* .merge_pairs = */ NULL,  \
-        /* .n_pre_stages = */ 0, /* .pre_stages = */ NULL,                     \
-        /* .pre_name = */ NULL, /* .ignore_merges = */ -1,                     \
-        /* .bos_id = */ -1, /* .eos_id = */ -1, /* .eot_id = */ -1,            \
-        /* .eom_id = */ -1, /* .pad_id = */ -1, /* .unk_id = */ -1,            \
-        /* .add_bos = */ 0, /* .add_eos = */ 0, /* .chat_template = */ NULL    \
+#define TSR_TOKENIZER_SPEC_INIT                                                                    \
+    {                                                                                              \
+        /* .n_tokens = */ 0, /* .tokens = */ NULL, /* .token_types = */ NULL,                      \
+            /* .token_attrs = */ NULL, /* .n_merges = */ 0, /* .merges = */ NULL,                  \
+            /* .merge_pairs = */ NULL, /* .n_pre_stages = */ 0, /* .pre_stages = */ NULL,          \
+            /* .pre_name = */ NULL, /* .ignore_merges = */ -1, /* .bos_id = */ -1,                 \
+            /* .eos_id = */ -1, /* .eot_id = */ -1, /* .eom_id = */ -1, /* .pad_id = */ -1,        \
+            /* .unk_id = */ -1, /* .add_bos = */ 0, /* .add_eos = */ 0,                            \
+            /* .chat_template = */ NULL                                                            \
     }
 
 /* Builds a tokenizer from an in-memory description. Fails with
@@ -147,8 +146,7 @@ tsr_status tsr_tokenizer_from_gguf(const tsr_gguf_t *g, tsr_tokenizer_t **out);
  * Malformed or unsupported files are refused with a message naming the file
  * and the JSON path of the problem. */
 tsr_status tsr_tokenizer_from_json(const char *tokenizer_json_path,
-                                   const char *tokenizer_config_json_path,
-                                   tsr_tokenizer_t **out);
+                                   const char *tokenizer_config_json_path, tsr_tokenizer_t **out);
 
 /* Frees. NULL is allowed. */
 void tsr_tokenizer_free(tsr_tokenizer_t *t);
@@ -225,8 +223,7 @@ void tsr_detok_stream_free(tsr_detok_stream *s);
 /* Feeds one id. *text and *len receive the newly completed text (possibly
  * empty), valid until the next push/flush/free on s. *text is
  * NUL-terminated. TSR_ERR_RANGE for a bad id (state unchanged). */
-tsr_status tsr_detok_stream_push(tsr_detok_stream *s, int32_t id, const char **text,
-                                 size_t *len);
+tsr_status tsr_detok_stream_push(tsr_detok_stream *s, int32_t id, const char **text, size_t *len);
 /* Emits the held incomplete bytes (as U+FFFD) and resets the state. */
 tsr_status tsr_detok_stream_flush(tsr_detok_stream *s, const char **text, size_t *len);
 
@@ -237,7 +234,7 @@ int32_t tsr_tokenizer_bos(const tsr_tokenizer_t *t); /* -1: none */
 int32_t tsr_tokenizer_eos(const tsr_tokenizer_t *t); /* -1: none */
 int32_t tsr_tokenizer_eot(const tsr_tokenizer_t *t); /* -1: none */
 int32_t tsr_tokenizer_pad(const tsr_tokenizer_t *t); /* -1: none */
-int tsr_tokenizer_add_bos(const tsr_tokenizer_t *t);  /* model wants BOS first */
+int tsr_tokenizer_add_bos(const tsr_tokenizer_t *t); /* model wants BOS first */
 /* End of generation: eos, eot, eom, and control tokens whose text is one of
  * <|endoftext|>, <|im_end|>, <|eot_id|>, <|eom_id|>, <|end_of_text|>,
  * <|end|>, <end_of_turn>, </s>. False for out-of-range ids. */

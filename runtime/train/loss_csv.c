@@ -16,8 +16,7 @@ char *tsr_loss_csv_format(const tsr_loss_row *log, size_t n, size_t *len) {
         return NULL;
     fputs(CSV_HEADER, f);
     for (size_t i = 0; i < n; i++)
-        fprintf(f, "%d,%.6f,%.6f,%ld\n", log[i].step, log[i].loss, log[i].grad_norm,
-                log[i].tokens);
+        fprintf(f, "%d,%.6f,%.6f,%ld\n", log[i].step, log[i].loss, log[i].grad_norm, log[i].tokens);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

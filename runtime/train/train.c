@@ -103,10 +103,9 @@ tsr_status tsr_trainer_init(tsr_trainer *t, tsr_model *m, const tsr_train_comm *
 static void ws_free(tsr_trainer *t) {
     tsr_train_ws *w = &t->ws;
     tsr_backend *be = t->m->be;
-    void *bufs[] = {w->h1,  w->h2,  w->x2,   w->tmp,  w->dh, w->q,  w->att,
-                    w->datt, w->dq, w->k,    w->v,    w->dk, w->dv, w->gate,
-                    w->up,  w->s,   w->ds,   w->lse,  w->lt, w->logits, w->hn,
-                    w->dhn, w->ce,  w->xd,  w->dxd};
+    void *bufs[] = {w->h1, w->h2,     w->x2, w->tmp, w->dh,   w->q,  w->att, w->datt, w->dq,
+                    w->k,  w->v,      w->dk, w->dv,  w->gate, w->up, w->s,   w->ds,   w->lse,
+                    w->lt, w->logits, w->hn, w->dhn, w->ce,   w->xd, w->dxd};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         tsr_backend_free(be, bufs[i]);
     for (int i = 0; i < TSR_LORA_N_TARGETS; i++)
@@ -138,18 +137,31 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r, int drop) {
         void **p;
         size_t bytes;
     } plan[] = {
-        {&w->h1, N * C * a},    {&w->h2, N * C * a},     {&w->x2, N * C * a},
-        {&w->tmp, N * C * a},   {&w->dh, N * C * a},     {&w->q, N * qd * a},
-        {&w->att, N * qd * a},  {&w->datt, N * qd * a},  {&w->dq, N * qd * a},
-        {&w->k, N * kvd * a},   {&w->v, N * kvd * a},    {&w->dk, N * kvd * a},
-        {&w->dv, N * kvd * a},  {&w->gate, N * ff * a},  {&w->up, N * ff * a},
-        {&w->s, N * ff * a},    {&w->ds, N * ff * a},
+        {&w->h1, N * C * a},
+        {&w->h2, N * C * a},
+        {&w->x2, N * C * a},
+        {&w->tmp, N * C * a},
+        {&w->dh, N * C * a},
+        {&w->q, N * qd * a},
+        {&w->att, N * qd * a},
+        {&w->datt, N * qd * a},
+        {&w->dq, N * qd * a},
+        {&w->k, N * kvd * a},
+        {&w->v, N * kvd * a},
+        {&w->dk, N * kvd * a},
+        {&w->dv, N * kvd * a},
+        {&w->gate, N * ff * a},
+        {&w->up, N * ff * a},
+        {&w->s, N * ff * a},
+        {&w->ds, N * ff * a},
         {(void **)&w->lse, N * s->n_head * sizeof(float)},
         {(void **)&w->lt, N * rr * sizeof(float)},
         {&w->logits, (size_t)hr * s->n_vocab * a},
-        {&w->hn, (size_t)hr * C * a},  {&w->dhn, (size_t)hr * C * a},
+        {&w->hn, (size_t)hr * C * a},
+        {&w->dhn, (size_t)hr * C * a},
         {(void **)&w->ce, (size_t)3 * hr * sizeof(float)},
-        {&w->xd, db},           {&w->dxd, db},
+        {&w->xd, db},
+        {&w->dxd, db},
     };
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
         if ((plan[i].p == &w->xd || plan[i].p == &w->dxd) && !drop)
@@ -161,8 +173,8 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r, int drop) {
         }
     }
     for (int i = 0; i < TSR_LORA_N_TARGETS; i++) {
-        tsr_status st = tsr_backend_alloc(be, N * rr * sizeof(float), "LoRA scratch",
-                                          (void **)&w->xa[i]);
+        tsr_status st =
+            tsr_backend_alloc(be, N * rr * sizeof(float), "LoRA scratch", (void **)&w->xa[i]);
         if (st != TSR_OK) {
             ws_free(t);
             return st;
@@ -186,8 +198,8 @@ void tsr_train_tape_free(tsr_trainer *t, tsr_train_tape *tape) {
         return;
     if (t && t->m) {
         tsr_backend *be = t->m->be;
-        void *bufs[] = {tape->x,      tape->dx,        tape->ids,    tape->pos,
-                        tape->tok_seq, tape->target,   tape->seq_start, tape->weight};
+        void *bufs[] = {tape->x,       tape->dx,     tape->ids,       tape->pos,
+                        tape->tok_seq, tape->target, tape->seq_start, tape->weight};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             tsr_backend_free(be, bufs[i]);
     }
@@ -204,8 +216,7 @@ void tsr_trainer_free(tsr_trainer *t) {
     memset(t, 0, sizeof *t);
 }
 
-static tsr_status tape_reserve(tsr_trainer *t, tsr_train_tape *tape, int n, int n_seqs,
-                               int slots) {
+static tsr_status tape_reserve(tsr_trainer *t, tsr_train_tape *tape, int n, int n_seqs, int slots) {
     if (tape->x && n <= tape->cap_tokens && n_seqs <= tape->cap_seqs && slots <= tape->cap_slots)
         return TSR_OK;
     const int cap = n > tape->cap_tokens ? n : tape->cap_tokens;
@@ -215,8 +226,8 @@ static tsr_status tape_reserve(tsr_trainer *t, tsr_train_tape *tape, int n, int 
     tsr_backend *be = t->m->be;
     const size_t a = tsr_backend_act_size(be), C = (size_t)t->m->cfg.n_embd, N = (size_t)cap;
     tsr_status st;
-    TSR_CHECK_GOTO(st, tsr_backend_alloc(be, (size_t)sl * N * C * a, "stored activations",
-                                         &tape->x));
+    TSR_CHECK_GOTO(st,
+                   tsr_backend_alloc(be, (size_t)sl * N * C * a, "stored activations", &tape->x));
     TSR_CHECK_GOTO(st, tsr_backend_alloc(be, N * C * a, "activation gradients", &tape->dx));
     TSR_CHECK_GOTO(st, tsr_backend_alloc(be, N * 4, "ids", (void **)&tape->ids));
     TSR_CHECK_GOTO(st, tsr_backend_alloc(be, N * 4, "positions", (void **)&tape->pos));
@@ -450,10 +461,9 @@ static tsr_status lora_bwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_
  * nothing more: after s = swiglu(gate, up) and the down target's x A^T.
  * Leaves h1, q, k, v (rotated), att, lse, x2, h2, gate, up, s and xa in the
  * scratch. */
-static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a,
-                            const tsr_train_tape *tape, int li, int n,
-                            const tsr_attn_train_desc *ad, const int32_t *pos, const void *x,
-                            void *out) {
+static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr_train_tape *tape,
+                            int li, int n, const tsr_attn_train_desc *ad, const int32_t *pos,
+                            const void *x, void *out) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
     const tsr_layer_weights *L = &m->layers[li];
@@ -501,9 +511,9 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a,
 
 /* The backward of local layer li: x is its stored input, dx (n, C) holds
  * d(loss)/d(its output) on entry and d(loss)/d(x) on return. */
-static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train_tape *tape,
-                            int li, int n, const tsr_attn_train_desc *ad, const int32_t *pos,
-                            const void *x, void *dx) {
+static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train_tape *tape, int li,
+                            int n, const tsr_attn_train_desc *ad, const int32_t *pos, const void *x,
+                            void *dx) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
     const tsr_layer_weights *L = &m->layers[li];
@@ -544,9 +554,9 @@ static tsr_status layer_bwd(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train
 
 /* ---- stage functions ------------------------------------------------------------------ */
 
-tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
-                                   tsr_train_tape *tape, const tsr_train_batch *b, int keep,
-                                   const void *hidden_in, void *hidden_out) {
+tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a, tsr_train_tape *tape,
+                                   const tsr_train_batch *b, int keep, const void *hidden_in,
+                                   void *hidden_out) {
     tsr_model *m = t->m;
     tsr_backend *be = m->be;
     const int C = m->cfg.n_embd, nl = n_layers(m);
@@ -569,8 +579,8 @@ tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
     }
     const tsr_attn_train_desc ad = attn_desc(t, tape);
     for (int li = 0; li < nl; li++)
-        TSR_TRY(layer_fwd(t, a, tape, li, n, &ad, tape->pos, slot(t, tape, li),
-                          slot(t, tape, li + 1)));
+        TSR_TRY(
+            layer_fwd(t, a, tape, li, n, &ad, tape->pos, slot(t, tape, li), slot(t, tape, li + 1)));
     tape->has_output = 1;
     if (!m->last_stage)
         return tsr_backend_copy(be, hidden_out, slot(t, tape, nl), bytes);
@@ -686,8 +696,8 @@ tsr_status tsr_train_stage_backward(tsr_trainer *t, tsr_lora_adapter *a, tsr_tra
 
 /* ---- pp = 1 --------------------------------------------------------------------------- */
 
-tsr_status tsr_train_forward_backward(tsr_trainer *t, tsr_lora_adapter *a,
-                                      const tsr_train_batch *b, tsr_train_stats *out) {
+tsr_status tsr_train_forward_backward(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train_batch *b,
+                                      tsr_train_stats *out) {
     if (!t->m->first_stage || !t->m->last_stage)
         return tsr_error_set(TSR_ERR_INVALID,
                              "forward_backward: the model must hold every layer (pp = 1); "
@@ -725,8 +735,8 @@ static tsr_status reduce_shared(tsr_trainer *t, tsr_lora_adapter *a) {
         n_mats += a->mats[i].present && a->mats[i].b_shared;
     float *buf = NULL;
     tsr_status st;
-    TSR_CHECK_GOTO(st, tsr_backend_alloc(be, n_mats * full * sizeof(float), "LoRA reduction",
-                                         (void **)&buf));
+    TSR_CHECK_GOTO(
+        st, tsr_backend_alloc(be, n_mats * full * sizeof(float), "LoRA reduction", (void **)&buf));
     TSR_CHECK_GOTO(st, tsr_lora_fill_zero(be, buf, n_mats * full * sizeof(float)));
     for (int pass = 0; pass < 2; pass++) {
         size_t j = 0;

@@ -83,7 +83,8 @@ typedef struct {
                       0 = 512 */
 } tsr_train_config;
 
-#define TSR_TRAIN_CONFIG_INIT {0}
+#define TSR_TRAIN_CONFIG_INIT                                                                      \
+    { 0 }
 
 /* A batch. Host arrays, read during the call only. */
 typedef struct {
@@ -119,13 +120,13 @@ typedef struct {
  * output, and the gradient flowing through the stage. Grows as needed. */
 typedef struct {
     int n_tokens, n_seqs, cap_tokens, cap_seqs, cap_slots;
-    int keep;              /* 1: every layer's input is stored (for a backward) */
-    void *x;               /* (slots, cap_tokens, C) activations: slot l = input of local layer
+    int keep; /* 1: every layer's input is stored (for a backward) */
+    void *x;  /* (slots, cap_tokens, C) activations: slot l = input of local layer
                               l, slot n_layers = the stage output (keep = 0: two slots in turn) */
-    void *dx;              /* (cap_tokens, C): the running gradient in the backward */
+    void *dx; /* (cap_tokens, C): the running gradient in the backward */
     int32_t *ids, *pos, *tok_seq, *target; /* (cap_tokens) device */
-    int32_t *seq_start;    /* (cap_seqs + 1) device */
-    float *weight;         /* (cap_tokens) device: w_i, 0 where there is no target */
+    int32_t *seq_start;                    /* (cap_seqs + 1) device */
+    float *weight; /* (cap_tokens) device: w_i, 0 where there is no target */
     int32_t *h_pos, *h_tok_seq, *h_target; /* (cap_tokens) host copies */
     float *h_weight;                       /* (cap_tokens) host copy */
     tsr_train_stats stats; /* the batch's counts, and its loss once tsr_train_loss ran */
@@ -138,30 +139,30 @@ typedef struct {
 /* Scratch for one layer of one micro-batch, and the LM head's chunk. */
 typedef struct {
     int cap;
-    void *h1, *h2, *x2, *tmp, *dh;  /* (cap, C) */
-    void *q, *att, *datt, *dq;      /* (cap, n_head_local * hd) */
-    void *k, *v, *dk, *dv;          /* (cap, n_kv_local * hd) */
-    void *gate, *up, *s, *ds;       /* (cap, n_ff_local) */
-    float *lse;                     /* (cap, n_head_local) */
-    float *xa[TSR_LORA_N_TARGETS];  /* (cap, r) x A^T of each target */
-    float *lt;                      /* (cap, r) lora_bwd's scratch */
-    int r;                          /* rank the xa buffers were made for */
-    void *xd, *dxd;                 /* (cap, d_max) LoRA dropout's masked input and the
+    void *h1, *h2, *x2, *tmp, *dh; /* (cap, C) */
+    void *q, *att, *datt, *dq;     /* (cap, n_head_local * hd) */
+    void *k, *v, *dk, *dv;         /* (cap, n_kv_local * hd) */
+    void *gate, *up, *s, *ds;      /* (cap, n_ff_local) */
+    float *lse;                    /* (cap, n_head_local) */
+    float *xa[TSR_LORA_N_TARGETS]; /* (cap, r) x A^T of each target */
+    float *lt;                     /* (cap, r) lora_bwd's scratch */
+    int r;                         /* rank the xa buffers were made for */
+    void *xd, *dxd;                /* (cap, d_max) LoRA dropout's masked input and the
                                        branch's input gradient, d_max the widest LoRA input
                                        (C, q_dim, n_ff_local); NULL until a batch drops */
-    void *logits;                   /* (head_rows, n_vocab_local) */
-    void *hn, *dhn;                 /* (head_rows, C) */
-    float *ce;                      /* (3 * head_rows): rowmax | sumexp | tlogit */
-    float *ce_host;                 /* host copy of ce */
+    void *logits;                  /* (head_rows, n_vocab_local) */
+    void *hn, *dhn;                /* (head_rows, C) */
+    float *ce;                     /* (3 * head_rows): rowmax | sumexp | tlogit */
+    float *ce_host;                /* host copy of ce */
 } tsr_train_ws;
 
 typedef struct {
-    tsr_model *m;         /* not owned; its tsr_model_comm is the activation all-reduce */
+    tsr_model *m; /* not owned; its tsr_model_comm is the activation all-reduce */
     tsr_train_comm comm;
     tsr_train_config cfg;
     tsr_train_ws ws;
-    tsr_train_tape tape;  /* the pp = 1 convenience functions' tape */
-    tsr_train_tape eval;  /* tsr_train_forward's (keep = 0) */
+    tsr_train_tape tape; /* the pp = 1 convenience functions' tape */
+    tsr_train_tape eval; /* tsr_train_forward's (keep = 0) */
 } tsr_trainer;
 
 /* Binds a trainer to a loaded model (any stage). comm and cfg are copied
@@ -197,9 +198,9 @@ void tsr_train_tape_free(tsr_trainer *t, tsr_train_tape *tape);
  * adapter must be made for this rank's shard. With keep = 1 and
  * a->cfg.dropout > 0 the LoRA inputs are dropped (b's dropout_key and
  * token_offset, kept in the tape for the backward). */
-tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a,
-                                   tsr_train_tape *tape, const tsr_train_batch *b, int keep,
-                                   const void *hidden_in, void *hidden_out);
+tsr_status tsr_train_stage_forward(tsr_trainer *t, const tsr_lora_adapter *a, tsr_train_tape *tape,
+                                   const tsr_train_batch *b, int keep, const void *hidden_in,
+                                   void *hidden_out);
 
 /* Last stage, after tsr_train_stage_forward: the weighted vocabulary-parallel
  * cross-entropy of the tape's output (rows in chunks of cfg.head_rows: final
@@ -233,8 +234,8 @@ tsr_status tsr_train_check_batch(const tsr_model_config *c, const tsr_train_batc
  * accumulators grow by this batch's (gradient accumulation). *out (may be
  * NULL) gets the batch's stats. TSR_ERR_INVALID on a model that is not both
  * first and last stage. */
-tsr_status tsr_train_forward_backward(tsr_trainer *t, tsr_lora_adapter *a,
-                                      const tsr_train_batch *b, tsr_train_stats *out);
+tsr_status tsr_train_forward_backward(tsr_trainer *t, tsr_lora_adapter *a, const tsr_train_batch *b,
+                                      tsr_train_stats *out);
 
 /* The loss only (evaluation): nothing is stored or accumulated. a NULL: the
  * base model. */

@@ -86,8 +86,8 @@ tsr_status tsr_train_gather_lora(const tsr_lora_adapter *a, tsr_comm_grid *grid,
         return tsr_error_set(TSR_ERR_INVALID, "LoRA: layer %d %s is not adapted on this rank",
                              layer, tsr_lora_target_name(t));
     const int r = a->cfg.rank;
-    const int is_a = which == TSR_LORA_A || which == TSR_LORA_DA || which == TSR_LORA_MA ||
-                     which == TSR_LORA_VA;
+    const int is_a =
+        which == TSR_LORA_A || which == TSR_LORA_DA || which == TSR_LORA_MA || which == TSR_LORA_VA;
     const size_t count = is_a ? (size_t)r * m->d_in : (size_t)m->d_out * r;
     memset(full, 0, count * sizeof *full);
     float *piece = malloc(tsr_lora_piece_size(a, m, which) * sizeof *piece + 1);

@@ -183,8 +183,7 @@ typedef struct {
 } load_ctx;
 
 /* One record: tokenized and appended. */
-static tsr_status load_record(void *ctxp, const tsr_train_record *r, const char *where,
-                              int line) {
+static tsr_status load_record(void *ctxp, const tsr_train_record *r, const char *where, int line) {
     load_ctx *c = ctxp;
     const size_t before = c->all.n;
     if (!r->chat) {

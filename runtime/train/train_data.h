@@ -38,13 +38,13 @@
 
 typedef struct {
     int n_examples;
-    int32_t *start;   /* (n_examples + 1): example e is tokens start[e] .. start[e+1]-1 */
-    int32_t *tokens;  /* (start[n_examples]) token ids */
-    uint8_t *target;  /* (start[n_examples]) 1: this token is a loss target (it is predicted
+    int32_t *start;  /* (n_examples + 1): example e is tokens start[e] .. start[e+1]-1 */
+    int32_t *tokens; /* (start[n_examples]) token ids */
+    uint8_t *target; /* (start[n_examples]) 1: this token is a loss target (it is predicted
                          from the tokens before it, which carry weight 1 at the position
                          before it in a tsr_train_batch) */
-    int32_t *line;    /* (n_examples) the 1-based line of the file each example came from */
-    long n_target;    /* sum of target */
+    int32_t *line;   /* (n_examples) the 1-based line of the file each example came from */
+    long n_target;   /* sum of target */
 } tsr_train_data;
 
 /* Reads and tokenizes `path`. max_tokens > 0: an example longer than that is

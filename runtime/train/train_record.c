@@ -31,9 +31,10 @@ static tsr_status parse_record(const json_t *root, const char *where, tsr_train_
             return tsr_error_set(TSR_ERR_FORMAT,
                                  "%s: expected {\"prompt\": ..., \"completion\": ...} or "
                                  "{\"messages\": [...]}; missing \"%s\"",
-                                 where, !prompt && !comp ? "messages"
-                                        : !prompt        ? "prompt"
-                                                         : "completion");
+                                 where,
+                                 !prompt && !comp ? "messages"
+                                 : !prompt        ? "prompt"
+                                                  : "completion");
         if (!json_is_string(prompt) || !json_is_string(comp))
             return tsr_error_set(TSR_ERR_FORMAT, "%s: \"%s\" must be a string, got %s", where,
                                  json_is_string(prompt) ? "completion" : "prompt",
@@ -44,7 +45,8 @@ static tsr_status parse_record(const json_t *root, const char *where, tsr_train_
     }
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return tsr_error_set(TSR_ERR_FORMAT, "%s: \"messages\" must be a non-empty array, got %s",
-                             where, json_is_array(msgs) ? "an empty array" : tsr_json_type_name(msgs));
+                             where,
+                             json_is_array(msgs) ? "an empty array" : tsr_json_type_name(msgs));
     const size_t n = json_array_size(msgs);
     tsr_train_msg *m = calloc(n, sizeof *m);
     if (!m)
@@ -56,8 +58,8 @@ static tsr_status parse_record(const json_t *root, const char *where, tsr_train_
         const json_t *role = json_is_object(mi) ? json_object_get(mi, "role") : NULL;
         const json_t *content = json_is_object(mi) ? json_object_get(mi, "content") : NULL;
         if (!json_is_object(mi))
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: message %zu must be an object, got %s",
-                                 where, i + 1, tsr_json_type_name(mi));
+            return tsr_error_set(TSR_ERR_FORMAT, "%s: message %zu must be an object, got %s", where,
+                                 i + 1, tsr_json_type_name(mi));
         if (!json_is_string(role) || !json_is_string(content))
             return tsr_error_set(TSR_ERR_FORMAT,
                                  "%s: message %zu needs string \"role\" and \"content\"", where,
@@ -104,8 +106,8 @@ tsr_status tsr_train_jsonl_read(const char *path, tsr_train_record_fn fn, void *
         json_error_t je;
         json_t *root = json_loadb(line, (size_t)len, 0, &je);
         if (!root) {
-            st = tsr_error_set(TSR_ERR_FORMAT, "%s: not valid JSON: %s (column %d)", where,
-                               je.text, je.column);
+            st = tsr_error_set(TSR_ERR_FORMAT, "%s: not valid JSON: %s (column %d)", where, je.text,
+                               je.column);
             break;
         }
         tsr_train_record r;
@@ -118,13 +120,11 @@ tsr_status tsr_train_jsonl_read(const char *path, tsr_train_record_fn fn, void *
         n_records++;
     }
     if (st == TSR_OK && ferror(f))
-        st = tsr_error_set(TSR_ERR_IO, "cannot read the data file '%s': %s", path,
-                           strerror(errno));
+        st = tsr_error_set(TSR_ERR_IO, "cannot read the data file '%s': %s", path, strerror(errno));
     fclose(f);
     free(line);
     if (st == TSR_OK && n_records == 0)
         st = tsr_error_set(TSR_ERR_INVALID,
-                           "the data file '%s' holds no example (one JSON object per line)",
-                           path);
+                           "the data file '%s' holds no example (one JSON object per line)", path);
     return st;
 }

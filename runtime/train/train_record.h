@@ -22,16 +22,16 @@ typedef struct {
 
 /* One record; its strings live until the callback returns. */
 typedef struct {
-    int chat;                       /* 0: prompt/completion; 1: messages */
+    int chat; /* 0: prompt/completion; 1: messages */
     const char *prompt, *completion;
-    const tsr_train_msg *msgs;      /* chat: n_msgs >= 1, roles checked */
+    const tsr_train_msg *msgs; /* chat: n_msgs >= 1, roles checked */
     size_t n_msgs;
 } tsr_train_record;
 
 /* Called for each record in file order; `where` is "PATH:LINE". A status
  * other than TSR_OK (with its message set) stops the read and is returned. */
-typedef tsr_status (*tsr_train_record_fn)(void *ctx, const tsr_train_record *r,
-                                          const char *where, int line);
+typedef tsr_status (*tsr_train_record_fn)(void *ctx, const tsr_train_record *r, const char *where,
+                                          int line);
 
 /* Reads the file at path. Errors, each naming the file (and line):
  * TSR_ERR_IO (cannot open or read), TSR_ERR_FORMAT (a line that is not

@@ -37,8 +37,7 @@ static uint8_t *decode(const uint8_t *png, size_t len, int *w, int *h) {
             CHECK(memcmp(type, "IHDR", 4) == 0 && n == 13);
             *w = (int)be32(body);
             *h = (int)be32(body + 4);
-            CHECK(body[8] == 8 && body[9] == 2 && body[10] == 0 && body[11] == 0 &&
-                  body[12] == 0);
+            CHECK(body[8] == 8 && body[9] == 2 && body[10] == 0 && body[11] == 0 && body[12] == 0);
         } else if (memcmp(type, "IDAT", 4) == 0) {
             idat = realloc(idat, idat_len + n);
             CHECK(idat);
@@ -123,8 +122,11 @@ static void test_plot(void) {
         x[i] = i + 1;
         y[i] = 0.3 + 2.7 * pow(0.9, i);
     }
-    tsr_cli_plot_opts o = {.width = 640, .height = 400, .title = "training loss",
-                           .x_label = "step", .y_label = "loss"};
+    tsr_cli_plot_opts o = {.width = 640,
+                           .height = 400,
+                           .title = "training loss",
+                           .x_label = "step",
+                           .y_label = "loss"};
     uint8_t *rgb;
     CHECK(tsr_cli_plot_line(x, y, N, &o, &rgb) == 0 && rgb);
     long curve = 0, dark = 0, white = 0;
@@ -142,10 +144,10 @@ static void test_plot(void) {
                 dark++;
             }
         }
-    CHECK(curve > 500);                 /* the line and its markers */
-    CHECK(dark > 1000);                 /* axes, ticks, labels */
+    CHECK(curve > 500); /* the line and its markers */
+    CHECK(dark > 1000); /* axes, ticks, labels */
     CHECK(white > (long)o.width * o.height / 2);
-    CHECK(cx1 - cx0 > o.width / 2);     /* the curve spans the plot */
+    CHECK(cx1 - cx0 > o.width / 2); /* the curve spans the plot */
     /* a falling loss: the curve starts high (small rows) and ends low */
     double left = curve_row(rgb, o.width, o.height, cx0, cx0 + 10);
     double right = curve_row(rgb, o.width, o.height, cx1 - 10, cx1);

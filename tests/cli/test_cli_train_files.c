@@ -55,11 +55,13 @@ static void test_data(void) {
         {"{\"prompt\": \"a\", \"completion\": \"b\"}\n{oops\n", ":2: not valid JSON"},
         {"\n\n{\"prompt\": \"a\"}\n", ":3: expected {\"prompt\""},
         {"[1]\n", ":1: expected a JSON object, got an array"},
-        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n", ":1: the conversation has no"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n",
+         ":1: the conversation has no"},
         {"{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n", "role \"robot\""},
         {"{\"messages\": [{\"role\": \"user\"}]}\n", "needs string \"role\" and \"content\""},
         {"{\"messages\": []}\n", "an empty array"},
-        {"{\"prompt\": \"a\", \"completion\": null}\n", "\"completion\" must be a string, got null"},
+        {"{\"prompt\": \"a\", \"completion\": null}\n",
+         "\"completion\" must be a string, got null"},
         {"{\"messages\": [], \"prompt\": \"a\"}\n", "not both"},
         {"\n \n", "holds no example"},
     };
@@ -180,8 +182,7 @@ static void test_csv(void) {
     free(csv);
     CHECK(tsr_loss_csv_parse("a,b\n1,2\n", &back, &n) == -1 && back == NULL);
     CHECK(tsr_loss_csv_parse("step,loss,grad_norm,tokens\n1,x,2,3\n", &back, &n) == -1);
-    CHECK(tsr_loss_csv_parse("step,loss,grad_norm,tokens\n1,1,2,3junk\n", &back, &n) ==
-          -1);
+    CHECK(tsr_loss_csv_parse("step,loss,grad_norm,tokens\n1,1,2,3junk\n", &back, &n) == -1);
 }
 
 int main(void) {

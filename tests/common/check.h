@@ -95,7 +95,7 @@ tu_report_(const char *file, int line, const char *cond, const char *fmt, ...) {
 #define CHECK_HAS(text, sub)                                                                       \
     do {                                                                                           \
         const char *chk_t_ = (text), *chk_u_ = (sub);                                              \
-        CHECK(chk_t_ && strstr(chk_t_, chk_u_), "\"%s\" lacks \"%s\"", chk_t_ ? chk_t_ : "(null)", \
+        CHECK(chk_t_ &&strstr(chk_t_, chk_u_), "\"%s\" lacks \"%s\"", chk_t_ ? chk_t_ : "(null)",  \
               chk_u_);                                                                             \
     } while (0)
 
@@ -126,9 +126,7 @@ static inline uint64_t tu_rng_u64(tu_rng *r) { return tsr_splitmix64(&r->s); }
 static inline uint64_t tu_rng_below(tu_rng *r, uint64_t n) { return tu_rng_u64(r) % n; }
 
 /* Uniform double in [0, 1). */
-static inline double tu_rng_unit(tu_rng *r) {
-    return (double)(tu_rng_u64(r) >> 11) * 0x1.0p-53;
-}
+static inline double tu_rng_unit(tu_rng *r) { return (double)(tu_rng_u64(r) >> 11) * 0x1.0p-53; }
 
 /* Uniform float in [lo, hi), never exactly 0 (tests use no zeros). */
 static inline float tu_rng_float(tu_rng *r, float lo, float hi) {
@@ -175,8 +173,10 @@ static inline int tu_close(const char *what, const float *got, const double *wan
 
 /* CHECK that float results match a double reference (see tu_close). */
 #define CHECK_CLOSE(what, got, want, n, rtol, scale, floor)                                        \
-    CHECK(tu_close((what), (got), (want), (n), (rtol), (scale), (floor)), "%s differs from the "   \
-          "reference", (what))
+    CHECK(tu_close((what), (got), (want), (n), (rtol), (scale), (floor)),                          \
+          "%s differs from the "                                                                   \
+          "reference",                                                                             \
+          (what))
 
 /* Largest |x[i]| (for tolerances relative to the size of a whole result). */
 static inline double tu_max_abs(const double *x, size_t n) {

@@ -105,17 +105,31 @@ typedef struct {
 } opc_matmul_case;
 
 static const opc_matmul_case opc_matmul_cases[] = {
-    {1, 1, 1, OPC_ON_BOTH},      {1, 5, 64, OPC_ON_BOTH},     {1, 96, 17, OPC_ON_BOTH},
-    {1, 1000, 97, OPC_ON_BOTH},  {2, 33, 96, OPC_ON_BOTH},    {3, 5, 96, OPC_ON_BOTH},
-    {5, 17, 1, OPC_ON_BOTH},     {17, 64, 5, OPC_ON_BOTH},    {1, 64, 96, OPC_ON_REF},
-    {17, 96, 64, OPC_ON_REF},    {3, 1, 3, OPC_ON_REF},
+    {1, 1, 1, OPC_ON_BOTH},
+    {1, 5, 64, OPC_ON_BOTH},
+    {1, 96, 17, OPC_ON_BOTH},
+    {1, 1000, 97, OPC_ON_BOTH},
+    {2, 33, 96, OPC_ON_BOTH},
+    {3, 5, 96, OPC_ON_BOTH},
+    {5, 17, 1, OPC_ON_BOTH},
+    {17, 64, 5, OPC_ON_BOTH},
+    {1, 64, 96, OPC_ON_REF},
+    {17, 96, 64, OPC_ON_REF},
+    {3, 1, 3, OPC_ON_REF},
     /* large enough for the CPU backend to split W's rows across threads, with
      * bands that do not divide the rows (and threads left idle) */
-    {9, 77, 100, OPC_ON_REF},    {40, 20, 100, OPC_ON_REF},   {2, 300, 130, OPC_ON_REF},
+    {9, 77, 100, OPC_ON_REF},
+    {40, 20, 100, OPC_ON_REF},
+    {2, 300, 130, OPC_ON_REF},
     /* SmolLM2-135M's shapes: decode (n = 1) and a 37-token prefill */
-    {1, 576, 576, OPC_ON_CUDA},  {1, 8191, 576, OPC_ON_CUDA}, {37, 576, 576, OPC_ON_CUDA},
-    {37, 1536, 576, OPC_ON_CUDA}, {37, 576, 1536, OPC_ON_CUDA}, {37, 130, 1000, OPC_ON_CUDA},
-    {37, 8191, 576, OPC_ON_CUDA}, {64, 256, 192, OPC_ON_CUDA},
+    {1, 576, 576, OPC_ON_CUDA},
+    {1, 8191, 576, OPC_ON_CUDA},
+    {37, 576, 576, OPC_ON_CUDA},
+    {37, 1536, 576, OPC_ON_CUDA},
+    {37, 576, 1536, OPC_ON_CUDA},
+    {37, 130, 1000, OPC_ON_CUDA},
+    {37, 8191, 576, OPC_ON_CUDA},
+    {64, 256, 192, OPC_ON_CUDA},
     /* n = 0 is a no-op (test_kernels checks it apart, output aliasing input) */
     {0, 64, 64, OPC_ON_CUDA},
 };
@@ -126,9 +140,9 @@ static const opc_matmul_case opc_matmul_cases[] = {
 static const opc_size opc_rows[] = {
     {1, OPC_ON_BOTH}, {3, OPC_ON_BOTH}, {17, OPC_ON_REF}, {37, OPC_ON_CUDA}};
 
-static const opc_size opc_rmsnorm_dims[] = {{5, OPC_ON_BOTH},    {64, OPC_ON_REF},
-                                            {96, OPC_ON_REF},    {97, OPC_ON_CUDA},
-                                            {576, OPC_ON_CUDA},  {1536, OPC_ON_CUDA}};
+static const opc_size opc_rmsnorm_dims[] = {{5, OPC_ON_BOTH},   {64, OPC_ON_REF},
+                                            {96, OPC_ON_REF},   {97, OPC_ON_CUDA},
+                                            {576, OPC_ON_CUDA}, {1536, OPC_ON_CUDA}};
 static const float opc_rmsnorm_eps[] = {1e-5f, 1e-6f};
 
 static const opc_size opc_swiglu_dims[] = {
@@ -156,11 +170,11 @@ static const opc_rope_case opc_rope_cases[] = {
     {1, 1, 64, 10000, OPC_ON_REF},   {3, 4, 64, 10000, OPC_ON_REF},
     {17, 3, 64, 500000, OPC_ON_REF}, {5, 2, 96, 10000, OPC_ON_REF},
     {17, 4, 2, 10000, OPC_ON_REF},   {3, 6, 64, 0, OPC_ON_REF},
-    {7, 1, 128, 1e6, OPC_ON_REF},
-    {1, 9, 64, 10000, OPC_ON_CUDA},  {1, 3, 128, 1e6, OPC_ON_CUDA},
-    {37, 9, 64, 100000, OPC_ON_CUDA}, {37, 3, 64, 10000, OPC_ON_CUDA},
-    {5, 32, 128, 5e5, OPC_ON_CUDA},  {17, 1, 2, 10000, OPC_ON_CUDA},
-    {37, 6, 96, 0, OPC_ON_CUDA},     {2, 1, 64, 10000, OPC_ON_CUDA},
+    {7, 1, 128, 1e6, OPC_ON_REF},    {1, 9, 64, 10000, OPC_ON_CUDA},
+    {1, 3, 128, 1e6, OPC_ON_CUDA},   {37, 9, 64, 100000, OPC_ON_CUDA},
+    {37, 3, 64, 10000, OPC_ON_CUDA}, {5, 32, 128, 5e5, OPC_ON_CUDA},
+    {17, 1, 2, 10000, OPC_ON_CUDA},  {37, 6, 96, 0, OPC_ON_CUDA},
+    {2, 1, 64, 10000, OPC_ON_CUDA},
 };
 
 /* Positions: the first 8 tokens of a multi-token case take these (rotated
@@ -228,8 +242,7 @@ typedef struct {
 /* Slot (block * block_size + offset) of sequence s, position p. */
 static inline int32_t opc_attn_slot(const opc_attn_layout *L, const opc_attn_case *ac, int s,
                                     int p) {
-    return L->tables[s * L->max_blocks + p / ac->block_size] * ac->block_size +
-           p % ac->block_size;
+    return L->tables[s * L->max_blocks + p / ac->block_size] * ac->block_size + p % ac->block_size;
 }
 
 static inline void opc_attn_layout_init(opc_attn_layout *L, const opc_attn_case *ac, tu_rng *r) {
@@ -308,9 +321,9 @@ enum { OPC_EMBEDDING_ROWS_REF = 7, OPC_EMBEDDING_ROWS_CUDA = 999 };
  * test runs the grids. */
 enum { OPC_PICKS_N = 6, OPC_PICKS_V = 1000, OPC_PICKS_K = 40 };
 enum { OPC_EXPSUM_ROWS_REF = 5 };
-static const opc_size opc_expsum_vocab[] = {{1, OPC_ON_BOTH},      {7, OPC_ON_CUDA},
-                                            {9, OPC_ON_REF},       {1000, OPC_ON_CUDA},
-                                            {5000, OPC_ON_REF},    {49152, OPC_ON_CUDA}};
+static const opc_size opc_expsum_vocab[] = {{1, OPC_ON_BOTH},   {7, OPC_ON_CUDA},
+                                            {9, OPC_ON_REF},    {1000, OPC_ON_CUDA},
+                                            {5000, OPC_ON_REF}, {49152, OPC_ON_CUDA}};
 static const int opc_expsum_rows_cuda[] = {1, 5, 33};
 static const int opc_argmax_rows_cuda[] = {1, 5, 64};
 static const int opc_topk_rows_cuda[] = {1, 5, 33};

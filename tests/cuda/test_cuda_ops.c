@@ -270,8 +270,8 @@ static void test_memory(ctx *c) {
     float *h = tu_xmalloc(N * sizeof *h), *want = tu_xmalloc(N * sizeof *want);
     float *back = tu_xmalloc(N * sizeof *back);
     tu_rng_fill(&c->rng, h, N, -3, 3);
-    h[0] = 1.00390625f;  /* 1 + 2^-8: a tie, rounds to even (1.0) */
-    h[1] = 1.01171875f;  /* 1 + 3*2^-8: a tie, rounds to even (1.015625) */
+    h[0] = 1.00390625f; /* 1 + 2^-8: a tie, rounds to even (1.0) */
+    h[1] = 1.01171875f; /* 1 + 3*2^-8: a tie, rounds to even (1.015625) */
     h[2] = -65504.0f;
     h[3] = 1e-30f;
     for (int i = 0; i < N; i++)
@@ -349,8 +349,8 @@ static void test_matmul(ctx *c) {
             tsr_weight W[2];
             for (int b = 0; b < 2; b++) {
                 RUN_OK(c, c->be[b]->iface->weight_upload(c->be[b], &W[b], w, rows, cols));
-                REQUIRE(c, W[b].rows == rows && W[b].cols == cols, "weight shape %dx%d",
-                        W[b].rows, W[b].cols);
+                REQUIRE(c, W[b].rows == rows && W[b].cols == cols, "weight shape %dx%d", W[b].rows,
+                        W[b].cols);
             }
             REQUIRE(c, c->cpu_vs_cpu || W[BE_GPU].dtype == c->wdt,
                     "the CUDA backend stores weights as dtype %d, not %s: the CPU reference "
@@ -549,12 +549,19 @@ static void test_attention_case(ctx *c, const opc_attn_case *ac) {
             raw_new(c, tables, (size_t)S * max_blocks * sizeof *tables, dtab);
             for (int b = 0; b < 2; b++) {
                 tsr_attn_desc d = {
-                    .n_tokens = n, .n_head = ac->n_head, .n_kv_head = ac->n_kv, .head_dim = hd,
-                    .block_size = bs, .max_blocks = max_blocks, .scale = scale,
-                    .pos = dpos[b], .seq = dseq[b], .block_tables = dtab[b],
+                    .n_tokens = n,
+                    .n_head = ac->n_head,
+                    .n_kv_head = ac->n_kv,
+                    .head_dim = hd,
+                    .block_size = bs,
+                    .max_blocks = max_blocks,
+                    .scale = scale,
+                    .pos = dpos[b],
+                    .seq = dseq[b],
+                    .block_tables = dtab[b],
                 };
-                RUN_OK(c, c->be[b]->iface->attention(c->be[b], dout.p[b], dq.p[b], kc.p[b],
-                                                     vc.p[b], &d));
+                RUN_OK(c, c->be[b]->iface->attention(c->be[b], dout.p[b], dq.p[b], kc.p[b], vc.p[b],
+                                                     &d));
             }
             sync_both(c);
             pbuf_read(c, &dout, &cpu, &gpu);
@@ -600,8 +607,8 @@ static void test_swiglu(ctx *c) {
                 pbuf dg = pbuf_new(c, g, total), du = pbuf_new(c, u, total);
                 pbuf dout = alias ? dg : pbuf_new(c, NULL, total);
                 for (int b = 0; b < 2; b++)
-                    RUN_OK(c, c->be[b]->iface->swiglu(c->be[b], dout.p[b], dg.p[b], du.p[b], n,
-                                                      dim));
+                    RUN_OK(c,
+                           c->be[b]->iface->swiglu(c->be[b], dout.p[b], dg.p[b], du.p[b], n, dim));
                 sync_both(c);
                 float *cpu, *gpu;
                 pbuf_read(c, &dout, &cpu, &gpu);
@@ -894,21 +901,26 @@ static void test_embedding(ctx *c) {
 /* Runs every op in one mode; returns the number of failed cases. */
 static int run_mode(tsr_backend *cpu, tsr_backend *gpu, tsr_dtype act, tsr_dtype wdt, int verbose,
                     int cpu_vs_cpu) {
-    ctx c = {.be = {cpu, gpu}, .act = act,
-             .mode = act == TSR_BF16 ? "bf16" : wdt == TSR_F32 ? "f32 weights" : "f32",
-             .wdt = wdt, .verbose = verbose, .cpu_vs_cpu = cpu_vs_cpu};
+    ctx c = {.be = {cpu, gpu},
+             .act = act,
+             .mode = act == TSR_BF16  ? "bf16"
+                     : wdt == TSR_F32 ? "f32 weights"
+                                      : "f32",
+             .wdt = wdt,
+             .verbose = verbose,
+             .cpu_vs_cpu = cpu_vs_cpu};
     /* Every op seeds its own inputs (opc_rng): the same inputs in every mode
      * (up to rounding). f32 weights (reference precision): matmul is a full
      * f32 GEMM, 1e-5 too. */
     for (int op = 0; op < OPC_COUNT; op++)
-        c.ops[op].limit = act == TSR_BF16   ? opc_ops[op].cuda_bf16
+        c.ops[op].limit = act == TSR_BF16  ? opc_ops[op].cuda_bf16
                           : wdt == TSR_F32 ? opc_ops[op].cuda_f32_weights
                                            : opc_ops[op].cuda_f32;
     if (cpu_vs_cpu)
         printf("act f32, CPU backend (1 thread) in the CUDA slot: a check of this test itself\n");
     else
-        printf("mode %s (CUDA activations in %s, weights in %s; reference: CPU backend)\n",
-               c.mode, act == TSR_BF16 ? "bf16" : "f32", wdt == TSR_BF16 ? "bf16" : "f32");
+        printf("mode %s (CUDA activations in %s, weights in %s; reference: CPU backend)\n", c.mode,
+               act == TSR_BF16 ? "bf16" : "f32", wdt == TSR_BF16 ? "bf16" : "f32");
     test_memory(&c);
     test_matmul(&c);
     test_rmsnorm(&c);
@@ -923,8 +935,8 @@ static int run_mode(tsr_backend *cpu, tsr_backend *gpu, tsr_dtype act, tsr_dtype
     for (int op = 0; op < OPC_COUNT; op++) {
         const op_stat *st = &c.ops[op];
         printf("  [%-4s] %-10s %3d cases  max err %.3e  limit %.0e  %s%s%s\n", c.mode,
-               opc_ops[op].name, st->cases, st->max_err, st->limit,
-               st->failed ? "FAIL" : "ok", st->cases ? "  worst: " : "", st->worst);
+               opc_ops[op].name, st->cases, st->max_err, st->limit, st->failed ? "FAIL" : "ok",
+               st->cases ? "  worst: " : "", st->worst);
         if (st->cases == 0) {
             printf("  FAIL [%s] %s: no case ran\n", c.mode, opc_ops[op].name);
             c.failures++;

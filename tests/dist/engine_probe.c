@@ -90,9 +90,10 @@ static int draw_check(tsr_engine *e, tsr_comm_grid *grid, int n, const int32_t *
         t.draw = d;
         if (s1 != TSR_ERR_INVALID || s2 != TSR_ERR_INVALID || s3 != TSR_ERR_INVALID ||
             s4 != TSR_ERR_INVALID) {
-            fprintf(stderr, "engine_probe: malformed draw steps gave %s, %s, %s, %s (want "
-                            "INVALID)\n", tsr_status_str(s1), tsr_status_str(s2),
-                    tsr_status_str(s3), tsr_status_str(s4));
+            fprintf(stderr,
+                    "engine_probe: malformed draw steps gave %s, %s, %s, %s (want "
+                    "INVALID)\n",
+                    tsr_status_str(s1), tsr_status_str(s2), tsr_status_str(s3), tsr_status_str(s4));
             rc = 1;
         }
     }
@@ -109,13 +110,15 @@ static int draw_check(tsr_engine *e, tsr_comm_grid *grid, int n, const int32_t *
             for (int x = 0; x < V; x++)
                 z += exp(((double)l[x] - mx) / d[i].temperature);
             if (ex[2 * i] != (float)mx || !(fabs(ex[2 * i + 1] - z) <= 1e-4 * z)) {
-                fprintf(stderr, "engine_probe: row %d normaliser (%g, %g), the logits give "
-                                "(%g, %g)\n", i, (double)ex[2 * i], (double)ex[2 * i + 1], mx, z);
+                fprintf(stderr,
+                        "engine_probe: row %d normaliser (%g, %g), the logits give "
+                        "(%g, %g)\n",
+                        i, (double)ex[2 * i], (double)ex[2 * i + 1], mx, z);
                 rc = 1;
             }
-            want_whole = tsr_sampler_pick_sorted(tv + (size_t)i * K, K, 0, ex[2 * i],
-                                                 ex[2 * i + 1], d[i].temperature, d[i].top_p,
-                                                 d[i].min_p, d[i].u) < 0;
+            want_whole =
+                tsr_sampler_pick_sorted(tv + (size_t)i * K, K, 0, ex[2 * i], ex[2 * i + 1],
+                                        d[i].temperature, d[i].top_p, d[i].min_p, d[i].u) < 0;
             decided += !want_whole;
             sent += want_whole;
         }
@@ -129,11 +132,13 @@ static int draw_check(tsr_engine *e, tsr_comm_grid *grid, int n, const int32_t *
             rc = 1;
         }
     }
-    printf("engine_probe: top_k-off rows: %d decided by %d candidates, %d sent whole\n", decided,
-           K, sent);
+    printf("engine_probe: top_k-off rows: %d decided by %d candidates, %d sent whole\n", decided, K,
+           sent);
     if (decided == 0 || sent == 0) {
-        fprintf(stderr, "engine_probe: top_k-off rows: %d decided by their candidates, %d sent "
-                        "whole (both should happen)\n", decided, sent);
+        fprintf(stderr,
+                "engine_probe: top_k-off rows: %d decided by their candidates, %d sent "
+                "whole (both should happen)\n",
+                decided, sent);
         rc = 1;
     }
     free(tv);
@@ -238,8 +243,9 @@ int main(int argc, char **argv) {
                     for (int x = 0; c >= 0 && c < V && x < V; x++)
                         before += tsr_topk_before(l[x], x, l[c], c);
                     if (c < 0 || c >= V || before != j || tv[(size_t)i * K + j] != l[c]) {
-                        fprintf(stderr, "engine_probe: top-k row %d entry %d: id %d value %g "
-                                        "(%d entries of the logits come before it)\n",
+                        fprintf(stderr,
+                                "engine_probe: top-k row %d entry %d: id %d value %g "
+                                "(%d entries of the logits come before it)\n",
                                 i, j, c, (double)tv[(size_t)i * K + j], before);
                         rc = 1;
                     }
@@ -252,19 +258,22 @@ int main(int argc, char **argv) {
             rc = 1;
         /* 2: greedy decode, one token per step */
         int32_t release = 0;
-        tsr_step pre = {n, ids, pos, seq, 1, rows + n - 1, TSR_OUT_ARGMAX, 1, &release, 0, NULL, 0, NULL};
+        tsr_step pre = {n, ids,      pos, seq,  1, rows + n - 1, TSR_OUT_ARGMAX,
+                        1, &release, 0,   NULL, 0, NULL};
         if (tsr_engine_step(&e, &pre, &greedy[0], NULL) != TSR_OK)
             tsr_comm_abort(&grid, 1, "engine_probe: prefill failed");
         for (int g = 1; g < G; g++) {
             int32_t p1 = n + g - 1, s0 = 0, r0 = 0;
-            tsr_step d = {1, &greedy[g - 1], &p1, &s0, 1, &r0, TSR_OUT_ARGMAX, 0, NULL, 0, NULL, 0, NULL};
+            tsr_step d = {1, &greedy[g - 1], &p1, &s0,  1, &r0, TSR_OUT_ARGMAX,
+                          0, NULL,           0,   NULL, 0, NULL};
             if (tsr_engine_step(&e, &d, &greedy[g], NULL) != TSR_OK)
                 tsr_comm_abort(&grid, 1, "engine_probe: decode failed");
         }
         rc |= write_tokens(dir, "greedy.txt", greedy, G);
         /* 3: two sequences in the same steps: slot 0 = ids, slot 1 = ids[3:] */
         int m = n - 3, tot = n + m;
-        int32_t *bt = malloc((size_t)tot * 4 * sizeof *bt), *bp = bt + tot, *bs = bp + tot, *br = bs + tot;
+        int32_t *bt = malloc((size_t)tot * 4 * sizeof *bt), *bp = bt + tot, *bs = bp + tot,
+                *br = bs + tot;
         int32_t rel[2] = {0, 1};
         for (int i = 0; i < n; i++) {
             bt[i] = ids[i];

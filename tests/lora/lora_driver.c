@@ -134,7 +134,6 @@ static int fail(int rank, const char *what) {
     return 1;
 }
 
-
 /* Writes the whole A/B (or dA/dB) of every adapted matrix as PREFIX.L.T.A/B. */
 static tsr_status put_adapter(writer *w, const tsr_lora_adapter *a, tsr_comm_grid *g,
                               const char *prefix, int grads) {
@@ -149,11 +148,10 @@ static tsr_status put_adapter(writer *w, const tsr_lora_adapter *a, tsr_comm_gri
             if (!buf)
                 return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
             char name[128];
-            uint64_t da[2] = {(uint64_t)r, (uint64_t)m->d_in}, db[2] = {(uint64_t)m->d_out,
-                                                                        (uint64_t)r};
-            tsr_status st =
-                tsr_train_gather_lora(a, g, l, (tsr_lora_target)t,
-                                      grads ? TSR_LORA_DA : TSR_LORA_A, buf);
+            uint64_t da[2] = {(uint64_t)r, (uint64_t)m->d_in},
+                     db[2] = {(uint64_t)m->d_out, (uint64_t)r};
+            tsr_status st = tsr_train_gather_lora(a, g, l, (tsr_lora_target)t,
+                                                  grads ? TSR_LORA_DA : TSR_LORA_A, buf);
             snprintf(name, sizeof name, "%s.%d.%s.%s", prefix, l, tsr_lora_target_name(t),
                      grads ? "dA" : "A");
             if (st == TSR_OK)
@@ -185,8 +183,8 @@ static tsr_status randomize_b(tsr_lora_adapter *a, uint64_t seed, float scale) {
             if (!full)
                 return tsr_error_set(TSR_ERR_NOMEM, "out of memory");
             tsr_lora_init_values(seed, l, t, scale, full, (size_t)m->d_out * r);
-            tsr_status st = tsr_lora_set(a, l, (tsr_lora_target)t, TSR_LORA_B,
-                                         full + (size_t)m->out_begin * r);
+            tsr_status st =
+                tsr_lora_set(a, l, (tsr_lora_target)t, TSR_LORA_B, full + (size_t)m->out_begin * r);
             free(full);
             if (st != TSR_OK)
                 return st;
@@ -213,35 +211,57 @@ int main(int argc, char **argv) {
     for (; a < argc && !strncmp(argv[a], "--", 2); a++) {
         const char *f = argv[a];
         const char *v = a + 1 < argc ? argv[a + 1] : "";
-        if (!strcmp(f, "--rslora")) lc.use_rslora = 1;
-        else if (!strcmp(f, "--accum")) accum = 1;
-        else if (!strcmp(f, "--nan")) nan_mode = 1;
+        if (!strcmp(f, "--rslora"))
+            lc.use_rslora = 1;
+        else if (!strcmp(f, "--accum"))
+            accum = 1;
+        else if (!strcmp(f, "--nan"))
+            nan_mode = 1;
         else {
             a++;
-            if (!strcmp(f, "--rank")) lc.rank = atoi(v);
-            else if (!strcmp(f, "--alpha")) lc.alpha = strtof(v, NULL);
+            if (!strcmp(f, "--rank"))
+                lc.rank = atoi(v);
+            else if (!strcmp(f, "--alpha"))
+                lc.alpha = strtof(v, NULL);
             else if (!strcmp(f, "--targets")) {
                 if (tsr_lora_parse_targets(v, &lc.targets) != TSR_OK)
                     return fail(rank, "--targets");
-            }
-            else if (!strcmp(f, "--dropout")) lc.dropout = strtof(v, NULL);
-            else if (!strcmp(f, "--dropout-key")) dropout_key = strtoull(v, NULL, 10);
-            else if (!strcmp(f, "--seed")) lc.seed = strtoull(v, NULL, 10);
-            else if (!strcmp(f, "--b-seed")) b_seed = strtoull(v, NULL, 10);
-            else if (!strcmp(f, "--b-scale")) b_scale = strtof(v, NULL);
-            else if (!strcmp(f, "--steps")) steps = atoi(v);
-            else if (!strcmp(f, "--lr")) op.adamw.lr = strtof(v, NULL);
-            else if (!strcmp(f, "--beta1")) op.adamw.beta1 = strtof(v, NULL);
-            else if (!strcmp(f, "--beta2")) op.adamw.beta2 = strtof(v, NULL);
-            else if (!strcmp(f, "--eps")) op.adamw.eps = strtof(v, NULL);
-            else if (!strcmp(f, "--wd")) op.adamw.weight_decay = strtof(v, NULL);
-            else if (!strcmp(f, "--max-norm")) op.max_grad_norm = strtof(v, NULL);
-            else if (!strcmp(f, "--head-rows")) tc.head_rows = atoi(v);
-            else if (!strcmp(f, "--threads")) threads = atoi(v);
-            else if (!strcmp(f, "--backend")) cuda = !strcmp(v, "cuda");
-            else if (!strcmp(f, "--act")) act = !strcmp(v, "bf16") ? TSR_BF16 : TSR_F32;
-            else if (!strcmp(f, "--weights")) wdt = !strcmp(v, "bf16") ? TSR_BF16 : TSR_F32;
-            else return fprintf(stderr, "lora_driver: unknown flag %s\n", f), 2;
+            } else if (!strcmp(f, "--dropout"))
+                lc.dropout = strtof(v, NULL);
+            else if (!strcmp(f, "--dropout-key"))
+                dropout_key = strtoull(v, NULL, 10);
+            else if (!strcmp(f, "--seed"))
+                lc.seed = strtoull(v, NULL, 10);
+            else if (!strcmp(f, "--b-seed"))
+                b_seed = strtoull(v, NULL, 10);
+            else if (!strcmp(f, "--b-scale"))
+                b_scale = strtof(v, NULL);
+            else if (!strcmp(f, "--steps"))
+                steps = atoi(v);
+            else if (!strcmp(f, "--lr"))
+                op.adamw.lr = strtof(v, NULL);
+            else if (!strcmp(f, "--beta1"))
+                op.adamw.beta1 = strtof(v, NULL);
+            else if (!strcmp(f, "--beta2"))
+                op.adamw.beta2 = strtof(v, NULL);
+            else if (!strcmp(f, "--eps"))
+                op.adamw.eps = strtof(v, NULL);
+            else if (!strcmp(f, "--wd"))
+                op.adamw.weight_decay = strtof(v, NULL);
+            else if (!strcmp(f, "--max-norm"))
+                op.max_grad_norm = strtof(v, NULL);
+            else if (!strcmp(f, "--head-rows"))
+                tc.head_rows = atoi(v);
+            else if (!strcmp(f, "--threads"))
+                threads = atoi(v);
+            else if (!strcmp(f, "--backend"))
+                cuda = !strcmp(v, "cuda");
+            else if (!strcmp(f, "--act"))
+                act = !strcmp(v, "bf16") ? TSR_BF16 : TSR_F32;
+            else if (!strcmp(f, "--weights"))
+                wdt = !strcmp(v, "bf16") ? TSR_BF16 : TSR_F32;
+            else
+                return fprintf(stderr, "lora_driver: unknown flag %s\n", f), 2;
         }
     }
     if (argc - a != 3)

@@ -109,8 +109,8 @@ static void add_piece(const tsr_lora_adapter *a, const tsr_lora_matrix *m, int i
     }
     for (int i = 0; i < (is_a ? r : m->n_out); i++) {
         for (int j = 0; j < (is_a ? m->n_in : r); j++) {
-            size_t at = is_a ? (size_t)i * m->d_in + m->in_begin + j
-                             : (size_t)(m->out_begin + i) * r + j;
+            size_t at =
+                is_a ? (size_t)i * m->d_in + m->in_begin + j : (size_t)(m->out_begin + i) * r + j;
             w->val[at] = p[(size_t)i * (is_a ? m->n_in : r) + j];
             w->cover[at]++;
         }
@@ -261,9 +261,17 @@ static void test_layouts(void) {
     {0x0ull, 0x0ull, 0, 0, 0, 0, 0xfd0c822e52afcb14ull, 12442833u},                                \
         {0x1ull, 0x0ull, 0, 0, 0, 0, 0xc498626d7a4e4b33ull, 7800235u},                             \
         {0x2aull, 0x7ull, 3, 6, 123, 456, 0x0c1f1cec4f0f3a3dull, 6155949u},                        \
-        {0xffffffffffffffffull, 0x123456789abcdef0ull, 29, 4, 100000, 1535,                        \
-         0x849d787e4961fdbdull, 3035084u},                                                         \
-        {0x5ull, 0x1ull, 1, 3, 7, 300, 0xa6969e3e88374416ull, 8044051u}
+        {0xffffffffffffffffull,                                                                    \
+         0x123456789abcdef0ull,                                                                    \
+         29,                                                                                       \
+         4,                                                                                        \
+         100000,                                                                                   \
+         1535,                                                                                     \
+         0x849d787e4961fdbdull,                                                                    \
+         3035084u},                                                                                \
+    {                                                                                              \
+        0x5ull, 0x1ull, 1, 3, 7, 300, 0xa6969e3e88374416ull, 8044051u                              \
+    }
 
 /* LoRA dropout's hash (runtime/model/lora.h): values pinned from the NumPy copy in
  * tests/reference/train_ref.py, the threshold's edges, and the drop rate. */
@@ -298,7 +306,7 @@ static void test_dropout_hash(void) {
     const double rate = (double)dropped / total, sd = sqrt(0.3 * 0.7 / total);
     CHECK(fabs(rate - 0.3) < 5 * sd, "drop rate %g for p = 0.3", rate);
     CHECK(tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP) !=
-              tsr_lora_dropout_stream(1, 3, 3, TSR_LORA_UP) &&
+                  tsr_lora_dropout_stream(1, 3, 3, TSR_LORA_UP) &&
               tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP) !=
                   tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_DOWN) &&
               tsr_lora_dropout_stream(1, 2, 3, TSR_LORA_UP) !=

@@ -37,8 +37,10 @@ static int set_adapter(tsr_model *m, const char *dir, tsr_lora_adapter *ad) {
     for (int l = 0; l < m->cfg.n_layer; l++)
         for (int t = 0; t < TSR_LORA_N_TARGETS; t++)
             if (pa.targets & (1u << t)) {
-                if (tsr_lora_set(ad, l, (tsr_lora_target)t, TSR_LORA_A, pa.A[TSR_PEFT_IDX(l, t)]) != TSR_OK ||
-                    tsr_lora_set(ad, l, (tsr_lora_target)t, TSR_LORA_B, pa.B[TSR_PEFT_IDX(l, t)]) != TSR_OK)
+                if (tsr_lora_set(ad, l, (tsr_lora_target)t, TSR_LORA_A, pa.A[TSR_PEFT_IDX(l, t)]) !=
+                        TSR_OK ||
+                    tsr_lora_set(ad, l, (tsr_lora_target)t, TSR_LORA_B, pa.B[TSR_PEFT_IDX(l, t)]) !=
+                        TSR_OK)
                     return die("adapter set");
             }
     tsr_peft_free(&pa);
@@ -79,13 +81,15 @@ int main(int argc, char **argv) {
         return die("open");
     const tsr_model_config *c = tsr_model_file_config(mf);
     tsr_model_slice sl = tsr_model_slice_full(c);
-    if (tsr_backend_cpu_create(0, &be) != TSR_OK || tsr_model_load(&m, mf, &sl, 1, 1, be, NULL) != TSR_OK)
+    if (tsr_backend_cpu_create(0, &be) != TSR_OK ||
+        tsr_model_load(&m, mf, &sl, 1, 1, be, NULL) != TSR_OK)
         return die("load");
     tsr_lora_adapter ad = {0};
     if (adapter && set_adapter(&m, adapter, &ad))
         return 1;
     int bs = 16, ctx = (n + bs - 1) / bs * bs;
-    if (tsr_kv_cache_init(&kv, be, c->n_layer, c->n_head_kv * c->head_dim, bs, ctx / bs, 1, ctx) != TSR_OK ||
+    if (tsr_kv_cache_init(&kv, be, c->n_layer, c->n_head_kv * c->head_dim, bs, ctx / bs, 1, ctx) !=
+            TSR_OK ||
         tsr_kv_cache_reserve(&kv, 0, n) != TSR_OK)
         return die("kv cache");
     size_t V = (size_t)c->n_vocab;

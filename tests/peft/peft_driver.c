@@ -71,8 +71,7 @@ static int get_config(const char *spec, tsr_model_config *cfg) {
 static unsigned parse_targets(const char *list) {
     if (strcmp(list, "all") == 0)
         return TSR_LORA_TARGETS_ALL;
-    static const char *short_names[TSR_LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up",
-                                                          "down"};
+    static const char *short_names[TSR_LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
     unsigned m = 0;
     char *dup = strdup(list), *save = NULL;
     for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -202,12 +201,15 @@ static int cmd_selftest(const char *model_arg) {
 
     /* Round trips: the first creates dir, the later ones replace it. */
     roundtrip(dir, &cfg, 4, 8.0f, TSR_LORA_TARGETS_ALL, 0, 0.0f, "", 1);
-    roundtrip(dir, &cfg, 1, 1.0f, TSR_LORA_TARGET_BIT(TSR_LORA_Q) | TSR_LORA_TARGET_BIT(TSR_LORA_V), 0, 0.05f,
-              "HuggingFaceTB/SmolLM2-135M-Instruct", 2);
-    roundtrip(dir, &cfg, 7, 13.5f, TSR_LORA_TARGET_BIT(TSR_LORA_O) | TSR_LORA_TARGET_BIT(TSR_LORA_DOWN), 1,
-              0.1f, "x", 3);
-    roundtrip(dir, &cfg, 3, 0.3f, TSR_LORA_TARGET_BIT(TSR_LORA_K) | TSR_LORA_TARGET_BIT(TSR_LORA_GATE) |
-              TSR_LORA_TARGET_BIT(TSR_LORA_UP), 0, 0.333333f, "", 4);
+    roundtrip(dir, &cfg, 1, 1.0f, TSR_LORA_TARGET_BIT(TSR_LORA_Q) | TSR_LORA_TARGET_BIT(TSR_LORA_V),
+              0, 0.05f, "HuggingFaceTB/SmolLM2-135M-Instruct", 2);
+    roundtrip(dir, &cfg, 7, 13.5f,
+              TSR_LORA_TARGET_BIT(TSR_LORA_O) | TSR_LORA_TARGET_BIT(TSR_LORA_DOWN), 1, 0.1f, "x",
+              3);
+    roundtrip(dir, &cfg, 3, 0.3f,
+              TSR_LORA_TARGET_BIT(TSR_LORA_K) | TSR_LORA_TARGET_BIT(TSR_LORA_GATE) |
+                  TSR_LORA_TARGET_BIT(TSR_LORA_UP),
+              0, 0.333333f, "", 4);
     tu_check_no_leftovers(root);
     char slashed[1200];
     snprintf(slashed, sizeof slashed, "%s//", dir); /* trailing slashes */
@@ -290,8 +292,9 @@ static int cmd_selftest(const char *model_arg) {
     tsr_model_config mcfg;
     if (model && get_config(model, &mcfg)) {
         roundtrip(dir, &mcfg, 8, 16.0f, TSR_LORA_TARGETS_ALL, 0, 0.05f, mcfg.name, 11);
-        roundtrip(dir, &mcfg, 16, 32.0f, TSR_LORA_TARGET_BIT(TSR_LORA_Q) | TSR_LORA_TARGET_BIT(TSR_LORA_V), 1,
-                  0.0f, "", 12);
+        roundtrip(dir, &mcfg, 16, 32.0f,
+                  TSR_LORA_TARGET_BIT(TSR_LORA_Q) | TSR_LORA_TARGET_BIT(TSR_LORA_V), 1, 0.0f, "",
+                  12);
         printf("model config (%s: %d layers, n_embd %d, %d/%d heads of %d, n_ff %d): round "
                "trips bit-exact\n",
                model, mcfg.n_layer, mcfg.n_embd, mcfg.n_head, mcfg.n_head_kv, mcfg.head_dim,

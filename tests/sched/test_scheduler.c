@@ -88,15 +88,23 @@ static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_q
         float temperature, top_p, min_p, repeat;
         int min_tokens, ignore_eos; /* end-of-generation banned: more candidates */
     } sp[N_SAMPLED] = {
-        {40, 0.8f, 1.0f, 0.0f, 1.0f, 0, 0},   {1, 1.0f, 1.0f, 0.0f, 1.0f, 0, 0},
-        {256, 1.3f, 1.0f, 0.0f, 1.0f, 0, 0},  {50, 1.0f, 0.9f, 0.0f, 1.0f, 0, 0},
-        {20, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},  {200, 2.0f, 0.95f, 0.0f, 1.0f, 0, 0},
-        {5, 1.5f, 1.0f, 0.0f, 1.0f, 0, 1},    {64, 0.9f, 0.8f, 0.02f, 1.0f, 0, 0},
-        {40, 1.0f, 1.0f, 0.0f, 1.3f, 0, 0},   {0, 0.9f, 0.9f, 0.0f, 1.0f, 0, 0},
-        {100, 1.1f, 1.0f, 0.0f, 1.0f, 20, 0}, {0, 0.0f, 1.0f, 0.0f, 1.0f, 0, 1},
+        {40, 0.8f, 1.0f, 0.0f, 1.0f, 0, 0},
+        {1, 1.0f, 1.0f, 0.0f, 1.0f, 0, 0},
+        {256, 1.3f, 1.0f, 0.0f, 1.0f, 0, 0},
+        {50, 1.0f, 0.9f, 0.0f, 1.0f, 0, 0},
+        {20, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},
+        {200, 2.0f, 0.95f, 0.0f, 1.0f, 0, 0},
+        {5, 1.5f, 1.0f, 0.0f, 1.0f, 0, 1},
+        {64, 0.9f, 0.8f, 0.02f, 1.0f, 0, 0},
+        {40, 1.0f, 1.0f, 0.0f, 1.3f, 0, 0},
+        {0, 0.9f, 0.9f, 0.0f, 1.0f, 0, 0},
+        {100, 1.1f, 1.0f, 0.0f, 1.0f, 20, 0},
+        {0, 0.0f, 1.0f, 0.0f, 1.0f, 0, 1},
         /* top_k off: candidates and the row's normaliser, or the whole row */
-        {0, 0.8f, 0.9f, 0.0f, 1.0f, 0, 0},    {0, 1.0f, 1.0f, 0.0f, 1.0f, 0, 0},
-        {0, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},   {0, 1.5f, 1.0f, 0.0f, 1.0f, 0, 0},
+        {0, 0.8f, 0.9f, 0.0f, 1.0f, 0, 0},
+        {0, 1.0f, 1.0f, 0.0f, 1.0f, 0, 0},
+        {0, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},
+        {0, 1.5f, 1.0f, 0.0f, 1.0f, 0, 0},
     };
     tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling};
     tsr_scheduler_t *s;
@@ -160,8 +168,8 @@ int main(int argc, char **argv) {
     tsr_scheduler_t *s;
     CHECK(tsr_scheduler_create(&e, tok, &q, &stats, &sc, &s) == TSR_OK, "scheduler");
 
-    static const char *subjects[] = {"France", "the ocean", "a small robot", "winter",
-                                     "prime numbers", "the moon", "coffee", "a library"};
+    static const char *subjects[] = {"France",        "the ocean", "a small robot", "winter",
+                                     "prime numbers", "the moon",  "coffee",        "a library"};
     char prompts[N_REQ][512];
     for (int i = 0; i < N_REQ; i++) {
         int len = snprintf(prompts[i], sizeof prompts[i],
@@ -252,20 +260,22 @@ int main(int argc, char **argv) {
     run_sampled(&e, tok, &q, &stats, prompts, 0, dev_run, dev_kinds, dev_paths);
     int differ_from_greedy = 0;
     for (int i = 0; i < N_SAMPLED; i++) {
-        CHECK(dev_run[i].n_tokens == host_run[i].n_tokens &&
-                  !memcmp(dev_run[i].tokens, host_run[i].tokens,
-                          (size_t)host_run[i].n_tokens * 4) &&
-                  dev_run[i].finish == host_run[i].finish,
-              "sampled request %d: top-k candidates from the device gave other tokens than the "
-              "whole row on the host (%d vs %d tokens)",
-              i, dev_run[i].n_tokens, host_run[i].n_tokens);
+        CHECK(
+            dev_run[i].n_tokens == host_run[i].n_tokens &&
+                !memcmp(dev_run[i].tokens, host_run[i].tokens, (size_t)host_run[i].n_tokens * 4) &&
+                dev_run[i].finish == host_run[i].finish,
+            "sampled request %d: top-k candidates from the device gave other tokens than the "
+            "whole row on the host (%d vs %d tokens)",
+            i, dev_run[i].n_tokens, host_run[i].n_tokens);
         /* against the greedy answer of the same prompt (shorter: compare its length) */
         const result *g = &alone[i % 8];
         const int m = g->n_tokens < dev_run[i].n_tokens ? g->n_tokens : dev_run[i].n_tokens;
         const int same = memcmp(dev_run[i].tokens, g->tokens, (size_t)m * 4) == 0;
         if (i == 1 || i == 11)
-            CHECK(same, "request %d (top_k 1, or greedy with ignore_eos) must give the greedy "
-                        "tokens", i);
+            CHECK(same,
+                  "request %d (top_k 1, or greedy with ignore_eos) must give the greedy "
+                  "tokens",
+                  i);
         else
             differ_from_greedy += !same;
     }
@@ -280,10 +290,10 @@ int main(int argc, char **argv) {
           "--host-sampling drew rows from candidates");
     CHECK(dev_paths[0] > 0 && dev_paths[1] > 0 && dev_paths[2] > 0 && dev_paths[3] > 0,
           "device sampling rows by path: %ld top-k, %ld top_k off from candidates, %ld top_k off "
-          "sent whole, %ld whole", dev_paths[0], dev_paths[1], dev_paths[2], dev_paths[3]);
+          "sent whole, %ld whole",
+          dev_paths[0], dev_paths[1], dev_paths[2], dev_paths[3]);
     CHECK(differ_from_greedy >= N_SAMPLED / 2,
-          "only %d of %d sampled answers leave the greedy path", differ_from_greedy,
-          N_SAMPLED - 2);
+          "only %d of %d sampled answers leave the greedy path", differ_from_greedy, N_SAMPLED - 2);
     printf("%d sampled requests: device candidates (%ld top-k steps, %ld whole-row steps; rows: "
            "%ld top-k, %ld top_k off from candidates, %ld of them sent whole, %ld whole) match "
            "host sampling token for token\n",

@@ -37,9 +37,9 @@ static void on_signal(int sig) { g_signal = sig; }
 
 typedef struct {
     tsr_gen_request *r;
-    int pos;          /* answer tokens produced */
-    double next_at;   /* when the next token is due */
-    double delay;     /* seconds per token */
+    int pos;        /* answer tokens produced */
+    double next_at; /* when the next token is due */
+    double delay;   /* seconds per token */
     double t_start, t_first;
     tsr_detok_stream ds;
 } fake_seq;
@@ -147,11 +147,10 @@ static int step(fake_seq *q, int n_vocab) {
 }
 
 static void usage(void) {
-    fprintf(stderr,
-            "usage: fake_engine_server [--model F] [--listen ADDR] [--auth-token-file F]\n"
-            "  [--tls-cert F --tls-key F] [--queue N] [--max-active N] [--delay-ms N]\n"
-            "  [--ready-after-ms N] [--context N] [--max-message-bytes N] [--log-prompts]\n"
-            "  [--grace-s S] [--default-max-tokens N]\n");
+    fprintf(stderr, "usage: fake_engine_server [--model F] [--listen ADDR] [--auth-token-file F]\n"
+                    "  [--tls-cert F --tls-key F] [--queue N] [--max-active N] [--delay-ms N]\n"
+                    "  [--ready-after-ms N] [--context N] [--max-message-bytes N] [--log-prompts]\n"
+                    "  [--grace-s S] [--default-max-tokens N]\n");
 }
 
 int main(int argc, char **argv) {
@@ -205,8 +204,7 @@ int main(int argc, char **argv) {
             snprintf(def_model, sizeof def_model, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", dir);
         else
             snprintf(def_model, sizeof def_model,
-                     "%s/.cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                     home ? home : ".");
+                     "%s/.cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : ".");
         model = def_model;
     }
     FILE *probe = fopen(model, "rb");

@@ -110,8 +110,7 @@ static void test_generate(const tsr_api_ctx *ctx) {
     sp.stop_token_ids = stop_ids;
     CHECK(gen(ctx, &m, &r, &err) == GRPC_STATUS_OK);
     CHECK(r->logprobs == 1 && r->top_logprobs == 20 && r->n_stop == 2 &&
-          strcmp(r->stop[1], "\xc3\xa9") == 0 && r->n_stop_ids == 1 &&
-          r->stop_ids[0] == ID_IM_END);
+          strcmp(r->stop[1], "\xc3\xa9") == 0 && r->n_stop_ids == 1 && r->stop_ids[0] == ID_IM_END);
     tsr_gen_request_release(r);
     char *bad_stop[] = {"\xc3"};
     sp.stop = bad_stop;
@@ -134,8 +133,7 @@ static void test_generate(const tsr_api_ctx *ctx) {
     CHECK(r->n_prompt == 3 && r->prompt[0] == ID_IM_START && r->prompt[1] == 'h');
     tsr_gen_request_release(r);
     m.text = "ab\xed\xa0\x80"; /* an encoded surrogate */
-    CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT &&
-          strstr(err.msg, "UTF-8"));
+    CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "UTF-8"));
     /* an adapter name is checked for its form here; whether it exists is
      * the engine thread's answer */
     m.adapter = "x-1.v2";
@@ -338,25 +336,32 @@ static void test_ctl(const tsr_api_ctx *ctx) {
     /* refusals */
     w0[0] = 1;
     CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
-              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "weights[0]"));
+              GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "weights[0]"));
     w0[0] = 0, w0[2] = NAN;
     CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
-              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "examples[0].weights[2]"));
+              GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "examples[0].weights[2]"));
     w0[2] = 0, e0.n_weights = 3;
     CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
-              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "3 weights for 4 tokens"));
+              GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "3 weights for 4 tokens"));
     e0.n_weights = 4, ids1[1] = ctx->model->n_vocab;
     CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
-              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "examples[1].tokens[1]"));
+              GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "examples[1].tokens[1]"));
     ids1[1] = 8, e1.input_case = TESSERA__V1__TRAIN_EXAMPLE__INPUT__NOT_SET;
     CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
-              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "no input"));
+              GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "no input"));
     fb.n_examples = 0;
     CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
-              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "empty"));
+              GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "empty"));
     fb.adapter = "";
     CHECK(ctl(ctx, TSR_CTL_FORWARD_BACKWARD, &fb.base, NULL, &err) ==
-              GRPC_STATUS_INVALID_ARGUMENT && strstr(err.msg, "adapter is empty"));
+              GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "adapter is empty"));
     /* CreateAdapter: defaults and checks */
     Tessera__V1__CreateAdapterRequest ca = TESSERA__V1__CREATE_ADAPTER_REQUEST__INIT;
     ca.name = "n1";

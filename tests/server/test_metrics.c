@@ -39,7 +39,8 @@ static void check_lines(const char *text, const char *const *want, int n_want) {
  * number. Returns the value through *v. */
 static int parse_sample(const char *line, size_t len, double *v) {
     size_t i = 0;
-#define NAME_CHAR(c) ((c) == '_' || (c) == ':' || ((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+#define NAME_CHAR(c)                                                                               \
+    ((c) == '_' || (c) == ':' || ((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
     if (len == 0 || !NAME_CHAR(line[0]))
         return 0;
     while (i < len && (NAME_CHAR(line[i]) || (line[i] >= '0' && line[i] <= '9')))
@@ -111,18 +112,18 @@ static void test_validation(void) {
     const char *const lab_twice[] = {"a", "a"};
     const double up[] = {1, 2}, down[] = {2, 1}, inf[] = {1, INFINITY};
     tsr_metric_spec bad[] = {
-        {TSR_METRIC_COUNTER, "no_suffix", "h", NULL, 0, NULL, 0},     /* counters end in _total */
-        {TSR_METRIC_GAUGE, "1abc", "h", NULL, 0, NULL, 0},            /* name starts with a digit */
+        {TSR_METRIC_COUNTER, "no_suffix", "h", NULL, 0, NULL, 0}, /* counters end in _total */
+        {TSR_METRIC_GAUGE, "1abc", "h", NULL, 0, NULL, 0},        /* name starts with a digit */
         {TSR_METRIC_GAUGE, "a-b", "h", NULL, 0, NULL, 0},
         {TSR_METRIC_GAUGE, "", "h", NULL, 0, NULL, 0},
         {TSR_METRIC_GAUGE, "g", "h", lab_bad, 1, NULL, 0},
         {TSR_METRIC_GAUGE, "g", "h", lab_dunder, 1, NULL, 0},
         {TSR_METRIC_GAUGE, "g", "h", lab_twice, 2, NULL, 0},
-        {TSR_METRIC_HISTOGRAM, "h", "h", lab_le, 1, up, 2},           /* le is reserved */
-        {TSR_METRIC_HISTOGRAM, "h", "h", NULL, 0, down, 2},           /* not increasing */
-        {TSR_METRIC_HISTOGRAM, "h", "h", NULL, 0, inf, 2},            /* +Inf is implicit */
-        {TSR_METRIC_HISTOGRAM, "h", "h", NULL, 0, NULL, 0},           /* no buckets */
-        {TSR_METRIC_GAUGE, "g", "h", NULL, 0, up, 2},                 /* buckets on a gauge */
+        {TSR_METRIC_HISTOGRAM, "h", "h", lab_le, 1, up, 2}, /* le is reserved */
+        {TSR_METRIC_HISTOGRAM, "h", "h", NULL, 0, down, 2}, /* not increasing */
+        {TSR_METRIC_HISTOGRAM, "h", "h", NULL, 0, inf, 2},  /* +Inf is implicit */
+        {TSR_METRIC_HISTOGRAM, "h", "h", NULL, 0, NULL, 0}, /* no buckets */
+        {TSR_METRIC_GAUGE, "g", "h", NULL, 0, up, 2},       /* buckets on a gauge */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         CHECK(tsr_metric_registry_add(r, &bad[i], &f) == TSR_ERR_INVALID);
@@ -156,13 +157,18 @@ static void test_render(void) {
     const char *const path_label[] = {"path"};
     const double b[] = {0.25, 1, 2.5};
     tsr_metric_family_t *req, *g, *h, *hl, *empty;
-    tsr_metric_spec s_req = {TSR_METRIC_COUNTER, "t_requests_total",
-                             "Calls \"done\" \\ by\nmethod", req_labels, 2, NULL, 0};
+    tsr_metric_spec s_req = {TSR_METRIC_COUNTER,
+                             "t_requests_total",
+                             "Calls \"done\" \\ by\nmethod",
+                             req_labels,
+                             2,
+                             NULL,
+                             0};
     tsr_metric_spec s_g = {TSR_METRIC_GAUGE, "t_gauge", "A gauge", NULL, 0, NULL, 0};
     tsr_metric_spec s_h = {TSR_METRIC_HISTOGRAM, "t_seconds", "Latency", NULL, 0, b, 3};
     tsr_metric_spec s_hl = {TSR_METRIC_HISTOGRAM, "t_labelled_seconds", "", path_label, 1, b, 3};
-    tsr_metric_spec s_e = {TSR_METRIC_COUNTER, "t_unused_total", "Never used", path_label, 1,
-                           NULL, 0};
+    tsr_metric_spec s_e = {
+        TSR_METRIC_COUNTER, "t_unused_total", "Never used", path_label, 1, NULL, 0};
     CHECK(tsr_metric_registry_add(r, &s_req, &req) == TSR_OK);
     CHECK(tsr_metric_registry_add(r, &s_g, &g) == TSR_OK);
     CHECK(tsr_metric_registry_add(r, &s_h, &h) == TSR_OK);
@@ -240,9 +246,10 @@ static void test_render(void) {
     static const struct {
         double v;
         const char *text;
-    } nums[] = {{-2.5, "-2.5"}, {10, "10"},       {1800, "1800"},   {1e20, "100000000000000000000"},
-                {1e21, "1e+21"}, {1e-5, "1e-05"}, {0.0001, "0.0001"}, {1.0 / 3, "0.3333333333333333"},
-                {-0.0, "-0"},    {NAN, "NaN"},     {-INFINITY, "-Inf"}, {123456789, "123456789"}};
+    } nums[] = {
+        {-2.5, "-2.5"},  {10, "10"},      {1800, "1800"},      {1e20, "100000000000000000000"},
+        {1e21, "1e+21"}, {1e-5, "1e-05"}, {0.0001, "0.0001"},  {1.0 / 3, "0.3333333333333333"},
+        {-0.0, "-0"},    {NAN, "NaN"},    {-INFINITY, "-Inf"}, {123456789, "123456789"}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         tsr_metric_set(gs, nums[i].v);
         CHECK(tsr_metric_registry_render(r, &text, &len) == TSR_OK);

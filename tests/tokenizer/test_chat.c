@@ -63,10 +63,8 @@ int main(void) {
     CHECK(strcmp(tsr_chat_style_name(TSR_CHAT_CHATML), "chatml") == 0);
 
     const tsr_chat_msg user[] = {{"user", "What is 2+2?"}};
-    const tsr_chat_msg conv[] = {{"system", "Be brief."},
-                                 {"user", "Hi"},
-                                 {"assistant", "Hello!"},
-                                 {"user", "  Bye \n"}};
+    const tsr_chat_msg conv[] = {
+        {"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "  Bye \n"}};
 
     /* SmolLM2: default system inserted when the first message is not system. */
     expect(k_smollm2, user, 1, 1,

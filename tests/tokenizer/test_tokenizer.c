@@ -65,22 +65,22 @@ static void make_vocab(tiny_vocab *v) {
         *w = '\0';
         v->types[v->n++] = TSR_TOKEN_TYPE_NORMAL;
     }
-    add_tok(v, "<|im_start|>", TSR_TOKEN_TYPE_CONTROL);   /* 256 */
-    add_tok(v, "<|im_end|>", TSR_TOKEN_TYPE_CONTROL);     /* 257 */
-    add_tok(v, "<|eot|>", TSR_TOKEN_TYPE_CONTROL);        /* 258 */
-    add_tok(v, "<tool>", TSR_TOKEN_TYPE_USER_DEFINED);    /* 259 */
-    add_tok(v, "<|im_start|>x", TSR_TOKEN_TYPE_CONTROL);  /* 260: longer, same prefix */
-    add_merge(v, "h", "e");     /* 261 "he"    rank 0 */
-    add_merge(v, "l", "l");     /* 262 "ll"    rank 1 */
-    add_merge(v, "he", "ll");   /* 263 "hell"  rank 2 */
-    add_merge(v, "hell", "o");  /* 264 "hello" rank 3 */
-    add_merge(v, " ", "w");     /* 265 " w"    rank 4 */
-    add_merge(v, "a", "a");     /* 266 "aa"    rank 5 */
-    add_merge(v, "aa", "aa");   /* 267 "aaaa"  rank 6 */
-    add_merge(v, "o", "r");     /* 268 "or"    rank 7 */
-    add_merge(v, " w", "or");   /* 269 " wor"  rank 8 */
-    add_merge(v, "\xE2\x82", "\xAC"); /* 270 second half of "€" (E2 82 AC) */
-    add_merge(v, "\xE2", "\x82");     /* 271 */
+    add_tok(v, "<|im_start|>", TSR_TOKEN_TYPE_CONTROL);  /* 256 */
+    add_tok(v, "<|im_end|>", TSR_TOKEN_TYPE_CONTROL);    /* 257 */
+    add_tok(v, "<|eot|>", TSR_TOKEN_TYPE_CONTROL);       /* 258 */
+    add_tok(v, "<tool>", TSR_TOKEN_TYPE_USER_DEFINED);   /* 259 */
+    add_tok(v, "<|im_start|>x", TSR_TOKEN_TYPE_CONTROL); /* 260: longer, same prefix */
+    add_merge(v, "h", "e");                              /* 261 "he"    rank 0 */
+    add_merge(v, "l", "l");                              /* 262 "ll"    rank 1 */
+    add_merge(v, "he", "ll");                            /* 263 "hell"  rank 2 */
+    add_merge(v, "hell", "o");                           /* 264 "hello" rank 3 */
+    add_merge(v, " ", "w");                              /* 265 " w"    rank 4 */
+    add_merge(v, "a", "a");                              /* 266 "aa"    rank 5 */
+    add_merge(v, "aa", "aa");                            /* 267 "aaaa"  rank 6 */
+    add_merge(v, "o", "r");                              /* 268 "or"    rank 7 */
+    add_merge(v, " w", "or");                            /* 269 " wor"  rank 8 */
+    add_merge(v, "\xE2\x82", "\xAC");                    /* 270 second half of "€" (E2 82 AC) */
+    add_merge(v, "\xE2", "\x82");                        /* 271 */
     for (size_t i = 0; i < v->n; i++) {
         v->refs[i].ptr = v->text[i];
         v->refs[i].len = strlen(v->text[i]);
@@ -135,10 +135,10 @@ static void expect_ids(const tsr_tokenizer_t *t, const char *text, size_t len, u
     free(ids);
 }
 
-#define EXPECT_IDS(t, s, flags, ...)                                                    \
-    do {                                                                            \
-        static const int32_t want_[] = {__VA_ARGS__};                               \
-        expect_ids(t, s, sizeof(s) - 1, flags, want_, sizeof want_ / sizeof want_[0]); \
+#define EXPECT_IDS(t, s, flags, ...)                                                               \
+    do {                                                                                           \
+        static const int32_t want_[] = {__VA_ARGS__};                                              \
+        expect_ids(t, s, sizeof(s) - 1, flags, want_, sizeof want_ / sizeof want_[0]);             \
     } while (0)
 
 static void test_merges(void) {
@@ -178,11 +178,12 @@ static void test_empty(void) {
 static void test_special(void) {
     tsr_tokenizer_t *t = make_tok(NULL, 0);
     /* Parsed: control tokens become ids; leftmost-longest wins. */
-    EXPECT_IDS(t, "<|im_start|>hello<|im_end|>", TSR_TOK_PARSE_SPECIAL, ID_IM_START, 264, ID_IM_END);
+    EXPECT_IDS(t, "<|im_start|>hello<|im_end|>", TSR_TOK_PARSE_SPECIAL, ID_IM_START, 264,
+               ID_IM_END);
     EXPECT_IDS(t, "<|im_start|>xhello", TSR_TOK_PARSE_SPECIAL, ID_LONG, 264);
     EXPECT_IDS(t, "<<|im_end|>>", TSR_TOK_PARSE_SPECIAL, '<', ID_IM_END, '>');
     EXPECT_IDS(t, "<|im_start", TSR_TOK_PARSE_SPECIAL, '<', '|', 'i', 'm', '_', 's', 't', 'a', 'r',
-           't');
+               't');
     /* Not parsed: plain text ... */
     EXPECT_IDS(t, "<|eot|>", 0, '<', '|', 'e', 'o', 't', '|', '>');
     /* ... but user-defined tokens are always matched. */
@@ -252,7 +253,10 @@ static void test_stream(void) {
     CHECK_OK(tsr_detok_stream_push(&ds, 0xE2, &txt, &n));
     CHECK(n == 0);
     CHECK_OK(tsr_detok_stream_push(&ds, 'a', &txt, &n));
-    CHECK(n == 4 && memcmp(txt, "\xEF\xBF\xBD" "a", 4) == 0);
+    CHECK(n == 4 && memcmp(txt,
+                           "\xEF\xBF\xBD"
+                           "a",
+                           4) == 0);
     CHECK_OK(tsr_detok_stream_push(&ds, 0xFF, &txt, &n));
     CHECK(n == 3 && memcmp(txt, "\xEF\xBF\xBD", 3) == 0);
     /* Control tokens: text, or nothing with SKIP_SPECIAL. */
@@ -283,7 +287,10 @@ static void test_stream(void) {
     char *s = NULL;
     size_t sl = 0;
     CHECK_OK(tsr_tokenizer_decode(t, ids, 8, 0, &s, &sl));
-    CHECK(strcmp(s, "\xEF\xBF\xBD" "x" "\xEF\xBF\xBD\xEF\xBF\xBD" "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD") == 0);
+    CHECK(strcmp(s, "\xEF\xBF\xBD"
+                    "x"
+                    "\xEF\xBF\xBD\xEF\xBF\xBD"
+                    "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD") == 0);
     free(s);
     tsr_tokenizer_free(t);
 }
@@ -300,13 +307,16 @@ static void expect_invalid(const tsr_tokenizer_t *t, const char *s, size_t len, 
 
 static void test_invalid_utf8(void) {
     tsr_tokenizer_t *t = make_tok(NULL, 0);
-    expect_invalid(t, "ab\xFF" "cd", 5, 2);
-    expect_invalid(t, "\xC0\xAF", 2, 0);            /* overlong '/' */
-    expect_invalid(t, "ok \xED\xA0\x80", 6, 3);     /* surrogate */
-    expect_invalid(t, "x\xF4\x90\x80\x80", 5, 1);   /* > U+10FFFF */
-    expect_invalid(t, "abc\xE2\x82", 5, 3);         /* truncated at the end */
-    expect_invalid(t, "\x80", 1, 0);                /* lone continuation */
-    expect_invalid(t, "hello \xE2\x28\xA1", 9, 6);  /* bad second byte */
+    expect_invalid(t,
+                   "ab\xFF"
+                   "cd",
+                   5, 2);
+    expect_invalid(t, "\xC0\xAF", 2, 0);           /* overlong '/' */
+    expect_invalid(t, "ok \xED\xA0\x80", 6, 3);    /* surrogate */
+    expect_invalid(t, "x\xF4\x90\x80\x80", 5, 1);  /* > U+10FFFF */
+    expect_invalid(t, "abc\xE2\x82", 5, 3);        /* truncated at the end */
+    expect_invalid(t, "\x80", 1, 0);               /* lone continuation */
+    expect_invalid(t, "hello \xE2\x28\xA1", 9, 6); /* bad second byte */
     tsr_tokenizer_free(t);
 }
 
@@ -420,8 +430,7 @@ static char *tiny_json(const char *merges, const char *pre, const char *model_ex
     return buf;
 }
 
-#define PRE_BYTELEVEL                                                              \
-    "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}"
+#define PRE_BYTELEVEL "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}"
 
 static void expect_json_ids(const char *json_text, const char *cfg_text, const char *text,
                             const int32_t *want, size_t n_want) {
@@ -440,17 +449,17 @@ static void expect_json_ids(const char *json_text, const char *cfg_text, const c
 }
 
 static void test_json_ok(void) {
-    static const int32_t want[] = {30, 31, 'o' - 'a', 'r' - 'a', 'l' - 'a', 'd' - 'a', 32,
-                                   33, 27};
+    static const int32_t want[] = {30, 31, 'o' - 'a', 'r' - 'a', 'l' - 'a', 'd' - 'a', 32, 33, 27};
     const char *text = "hello world<|endoftext|><extra>   he";
     /* Both merges encodings give the same ids. */
-    expect_json_ids(tiny_json("[\"h e\", \"l l\", \"he ll\", \"hell o\", \"\\u0120 w\"]",
-                              PRE_BYTELEVEL, ""),
-                    NULL, text, want, 9);
-    expect_json_ids(tiny_json("[[\"h\", \"e\"], [\"l\", \"l\"], [\"he\", \"ll\"], [\"hell\", \"o\"],"
-                              " [\"\\u0120\", \"w\"]]",
-                              PRE_BYTELEVEL, ""),
-                    NULL, text, want, 9);
+    expect_json_ids(
+        tiny_json("[\"h e\", \"l l\", \"he ll\", \"hell o\", \"\\u0120 w\"]", PRE_BYTELEVEL, ""),
+        NULL, text, want, 9);
+    expect_json_ids(
+        tiny_json("[[\"h\", \"e\"], [\"l\", \"l\"], [\"he\", \"ll\"], [\"hell\", \"o\"],"
+                  " [\"\\u0120\", \"w\"]]",
+                  PRE_BYTELEVEL, ""),
+        NULL, text, want, 9);
     /* The regex comes from the file: a Split on spaces that removes them. */
     static const int32_t want2[] = {30, 'w' - 'a', 'o' - 'a', 'r' - 'a', 'l' - 'a', 'd' - 'a'};
     expect_json_ids(tiny_json("[\"h e\", \"l l\", \"he ll\", \"hell o\"]",
@@ -511,18 +520,18 @@ static void test_json_errors(void) {
                       TSR_ERR_FORMAT, "not a token id");
     expect_json_error(tiny_json("[\"h e\", 7]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT,
                       "model.merges[1]");
-    expect_json_error(tiny_json("[\"he\"]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT,
-                      "model.merges[0]");
-    expect_json_error(tiny_json("[[\"h\"]]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT,
-                      "model.merges[0]");
+    expect_json_error(tiny_json("[\"he\"]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT, "model.merges[0]");
+    expect_json_error(tiny_json("[[\"h\"]]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT, "model.merges[0]");
     expect_json_error(tiny_json("[]", "{\"type\": \"Metaspace\"}", ""), TSR_ERR_UNSUPPORTED,
                       "Metaspace");
-    expect_json_error(tiny_json("[]", "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"},"
-                                      " \"behavior\": \"Isolated\"}",
+    expect_json_error(tiny_json("[]",
+                                "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"},"
+                                " \"behavior\": \"Isolated\"}",
                                 ""),
                       TSR_ERR_INVALID, "does not compile");
-    expect_json_error(tiny_json("[]", "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"x\"},"
-                                      " \"behavior\": \"Sideways\"}",
+    expect_json_error(tiny_json("[]",
+                                "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"x\"},"
+                                " \"behavior\": \"Sideways\"}",
                                 ""),
                       TSR_ERR_UNSUPPORTED, "Sideways");
     expect_json_error(tiny_json("[]", "{\"type\": \"ByteLevel\", \"use_regex\": \"yes\"}", ""),
@@ -616,8 +625,8 @@ static bytes gguf_image(const char *model, int with_types) {
     bytes b = {0};
     b_put(&b, "GGUF", 4);
     b_u32(&b, 3);
-    b_u64(&b, 0);                       /* tensors */
-    b_u64(&b, with_types ? 7 : 6);      /* kvs */
+    b_u64(&b, 0);                  /* tensors */
+    b_u64(&b, with_types ? 7 : 6); /* kvs */
     kv_str(&b, "tokenizer.ggml.model", model);
     kv_str(&b, "tokenizer.ggml.pre", "no-such-pre");
     kv_strs(&b, "tokenizer.ggml.tokens", toks, nt);

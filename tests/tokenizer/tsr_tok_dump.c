@@ -157,9 +157,8 @@ static json_t *chat_one(const tsr_tokenizer_t *t, const json_t *in) {
         m[i].content = json_string_value(json_object_get(json_array_get(msgs, i), "content"));
     }
     char *text = NULL;
-    tsr_status st = tsr_chat_render(t, m, n,
-                                    json_is_true(json_object_get(in, "add_generation_prompt")),
-                                    &text);
+    tsr_status st =
+        tsr_chat_render(t, m, n, json_is_true(json_object_get(in, "add_generation_prompt")), &text);
     free(m);
     if (st != TSR_OK)
         return error_obj("chat: ");
@@ -242,7 +241,9 @@ static int bench(const src *s, const char *file, int reps) {
     size_t tl = 0;
     if (tsr_tokenizer_decode(t, ids, n, 0, &text, &tl) == TSR_OK)
         printf("decode: %.2f ms, round trip %s\n", (tsr_now_s() - t0) * 1e3,
-               tl == (size_t)sz && memcmp(text, buf, tl) == 0 ? "exact" : "differs (bytes with no token in the vocab are dropped)");
+               tl == (size_t)sz && memcmp(text, buf, tl) == 0
+                   ? "exact"
+                   : "differs (bytes with no token in the vocab are dropped)");
     free(text);
     free(ids);
     free(buf);

@@ -113,7 +113,8 @@ typedef struct {
 
 /* ---- errors: this is a program's main, so it may end the process ---------------- */
 
-static void die(const tcase *c, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die(const tcase *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
 
 static void die(const tcase *c, const char *fmt, ...) {
     va_list ap;
@@ -179,7 +180,9 @@ static void wr_str(FILE *f, const char *s) {
 
 static size_t elem_size(char kind) {
     switch (kind) {
-    case 'a': case 'f': case 'w': return sizeof(float);
+    case 'a':
+    case 'f':
+    case 'w': return sizeof(float);
     case 'i': return sizeof(int32_t);
     case 'd': return sizeof(double);
     default: return 0;
@@ -303,8 +306,7 @@ static void upload(tsr_backend *be, tcase *c, array *a) {
 static void download(tsr_backend *be, tcase *c, array *a) {
     size_t n = a->count, bad = (size_t)-1;
     switch (a->kind) {
-    case 'w':
-        return;
+    case 'w': return;
     case 'd': {
         double *h = a->dev;
         for (size_t i = 0; i < GUARD && bad == (size_t)-1; i++)
@@ -397,9 +399,8 @@ static const tsr_weight *W(tcase *c, const char *name, int64_t rows, int64_t col
     A(name, 'w', rows * cols);
     array *a = find(c, name);
     if ((int64_t)a->dims[0] != rows || (int64_t)a->dims[1] != cols)
-        die(c, "weight %s is (%llu, %llu), want (%lld, %lld)", name,
-            (unsigned long long)a->dims[0], (unsigned long long)a->dims[1], (long long)rows,
-            (long long)cols);
+        die(c, "weight %s is (%llu, %llu), want (%lld, %lld)", name, (unsigned long long)a->dims[0],
+            (unsigned long long)a->dims[1], (long long)rows, (long long)cols);
     return &a->w;
 }
 
@@ -448,8 +449,8 @@ static int run_case(tsr_backend *be, tcase *c) {
     } else if (!strcmp(op, "rmsnorm")) {
         NEED(rmsnorm);
         int64_t n = I(c, "n"), dim = I(c, "dim");
-        OK(c, be->iface->rmsnorm(be, A("y", 'a', n * dim), A("x", 'a', n * dim),
-                                 A("w", 'a', dim), (int)n, (int)dim, F(c, "eps")));
+        OK(c, be->iface->rmsnorm(be, A("y", 'a', n * dim), A("x", 'a', n * dim), A("w", 'a', dim),
+                                 (int)n, (int)dim, F(c, "eps")));
     } else if (!strcmp(op, "rmsnorm_bwd")) {
         NEED(rmsnorm_bwd);
         int64_t n = I(c, "n"), dim = I(c, "dim");
@@ -498,28 +499,26 @@ static int run_case(tsr_backend *be, tcase *c) {
                    *v = A("v", 'a', nt * nkv * hd);
         if (!strcmp(op, "attn_train_fwd")) {
             NEED(attn_train_fwd);
-            OK(c, be->iface->attn_train_fwd(be, A("out", 'a', nt * nh * hd),
-                                            A("lse", 'f', nt * nh), q, k, v, &d));
+            OK(c, be->iface->attn_train_fwd(be, A("out", 'a', nt * nh * hd), A("lse", 'f', nt * nh),
+                                            q, k, v, &d));
         } else {
             NEED(attn_train_bwd);
-            OK(c, be->iface->attn_train_bwd(be, A("dq", 'a', nt * nh * hd),
-                                            A("dk", 'a', nt * nkv * hd),
-                                            A("dv", 'a', nt * nkv * hd),
-                                            A("dout", 'a', nt * nh * hd), q, k, v,
-                                            A("out", 'a', nt * nh * hd), A("lse", 'f', nt * nh),
-                                            &d));
+            OK(c, be->iface->attn_train_bwd(
+                      be, A("dq", 'a', nt * nh * hd), A("dk", 'a', nt * nkv * hd),
+                      A("dv", 'a', nt * nkv * hd), A("dout", 'a', nt * nh * hd), q, k, v,
+                      A("out", 'a', nt * nh * hd), A("lse", 'f', nt * nh), &d));
         }
     } else if (!strcmp(op, "ce_rowmax")) {
         NEED(ce_rowmax);
         int64_t n = I(c, "n"), V = I(c, "V");
-        OK(c, be->iface->ce_rowmax(be, A("rowmax", 'f', n), A("logits", 'a', n * V), (int)n,
-                                   (int)V));
+        OK(c,
+           be->iface->ce_rowmax(be, A("rowmax", 'f', n), A("logits", 'a', n * V), (int)n, (int)V));
     } else if (!strcmp(op, "ce_sums")) {
         NEED(ce_sums);
         int64_t n = I(c, "n"), V = I(c, "V");
         OK(c, be->iface->ce_sums(be, A("sumexp", 'f', n), A("tlogit", 'f', n),
-                                 A("logits", 'a', n * V), A("rowmax", 'f', n),
-                                 A("target", 'i', n), (int)n, (int)V, (int)I(c, "row0")));
+                                 A("logits", 'a', n * V), A("rowmax", 'f', n), A("target", 'i', n),
+                                 (int)n, (int)V, (int)I(c, "row0")));
     } else if (!strcmp(op, "ce_grad")) {
         NEED(ce_grad);
         int64_t n = I(c, "n"), V = I(c, "V");
@@ -620,7 +619,8 @@ int main(int argc, char **argv) {
             printf("skipped: no CUDA device (or no CUDA backend in this build)\n");
             return 77;
         }
-        tsr_status s = tsr_backend_cuda_create(0, dt, !strcmp(weights, "f32") ? TSR_F32 : TSR_BF16, &be);
+        tsr_status s =
+            tsr_backend_cuda_create(0, dt, !strcmp(weights, "f32") ? TSR_F32 : TSR_BF16, &be);
         if (s == TSR_ERR_UNSUPPORTED) {
             printf("skipped: %s\n", tsr_error_msg());
             return 77;

@@ -96,8 +96,8 @@ static void check_f16_encode(float f) {
     _Float16 h = (_Float16)f;
     uint16_t hw;
     memcpy(&hw, &h, 2);
-    CHECK(hw == want, "reference disagrees with _Float16 for %a: 0x%04x vs 0x%04x", (double)f,
-          want, hw);
+    CHECK(hw == want, "reference disagrees with _Float16 for %a: 0x%04x vs 0x%04x", (double)f, want,
+          hw);
 #endif
 }
 
@@ -172,15 +172,20 @@ static void test_f16_encode(tu_rng *r) {
         float f;
         uint16_t h;
     } known[] = {
-        {0.0f, 0x0000},          {-0.0f, 0x8000},          {1.0f, 0x3c00},
-        {-2.0f, 0xc000},         {65504.0f, 0x7bff},       {65519.99609375f, 0x7bff},
-        {65520.0f, 0x7c00},      {-65520.0f, 0xfc00},      {1e10f, 0x7c00},
-        {-FLT_MAX, 0xfc00},      {INFINITY, 0x7c00},       {-INFINITY, 0xfc00},
-        {0x1p-24f, 0x0001},      {0x1p-25f, 0x0000},       {-0x1p-25f, 0x8000},
-        {0x1.000002p-25f, 0x0001}, {0x1.8p-24f, 0x0002},   {0x1.4p-23f, 0x0002},
-        {0x1p-14f, 0x0400},      {0x1.ffcp-15f, 0x0400},   {0x1p-15f, 0x0200},
-        {1.00048828125f, 0x3c00}, {1.00146484375f, 0x3c02}, {FLT_MIN, 0x0000},
-        {1e-45f, 0x0000},        {-1e-45f, 0x8000},        {0.333333343f, 0x3555},
+        {0.0f, 0x0000},           {-0.0f, 0x8000},
+        {1.0f, 0x3c00},           {-2.0f, 0xc000},
+        {65504.0f, 0x7bff},       {65519.99609375f, 0x7bff},
+        {65520.0f, 0x7c00},       {-65520.0f, 0xfc00},
+        {1e10f, 0x7c00},          {-FLT_MAX, 0xfc00},
+        {INFINITY, 0x7c00},       {-INFINITY, 0xfc00},
+        {0x1p-24f, 0x0001},       {0x1p-25f, 0x0000},
+        {-0x1p-25f, 0x8000},      {0x1.000002p-25f, 0x0001},
+        {0x1.8p-24f, 0x0002},     {0x1.4p-23f, 0x0002},
+        {0x1p-14f, 0x0400},       {0x1.ffcp-15f, 0x0400},
+        {0x1p-15f, 0x0200},       {1.00048828125f, 0x3c00},
+        {1.00146484375f, 0x3c02}, {FLT_MIN, 0x0000},
+        {1e-45f, 0x0000},         {-1e-45f, 0x8000},
+        {0.333333343f, 0x3555},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
         CHECK(tsr_f32_to_f16(known[i].f) == known[i].h, "%a -> 0x%04x, want 0x%04x",
@@ -189,8 +194,8 @@ static void test_f16_encode(tu_rng *r) {
     }
     /* NaNs of both signs, including payloads only in the low float bits
      * (which a naive shift would turn into inf). */
-    static const uint32_t nans[] = {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff800001u,
-                                    0x7fbfffffu, 0x7f802000u};
+    static const uint32_t nans[] = {0x7fc00000u, 0xffc00000u, 0x7f800001u,
+                                    0xff800001u, 0x7fbfffffu, 0x7f802000u};
     for (size_t i = 0; i < sizeof nans / sizeof nans[0]; i++)
         check_f16_encode(f32_from_bits(nans[i]));
     /* Random values over the whole half range and beyond, then random bits. */
@@ -227,15 +232,15 @@ static void test_bf16(tu_rng *r) {
         uint32_t f;
         uint16_t b;
     } known[] = {
-        {0x3f800000u, 0x3f80}, /* 1 */
-        {0x3f808000u, 0x3f80}, /* 1 + 2^-8: tie, even is down */
-        {0x3f818000u, 0x3f82}, /* 1 + 3*2^-8: tie, even is up */
-        {0x3f808001u, 0x3f81}, /* just above the tie */
-        {0x7f7fffffu, 0x7f80}, /* FLT_MAX rounds to inf */
-        {0x7f7f7fffu, 0x7f7f}, /* just below the overflow tie */
+        {0x3f800000u, 0x3f80},                        /* 1 */
+        {0x3f808000u, 0x3f80},                        /* 1 + 2^-8: tie, even is down */
+        {0x3f818000u, 0x3f82},                        /* 1 + 3*2^-8: tie, even is up */
+        {0x3f808001u, 0x3f81},                        /* just above the tie */
+        {0x7f7fffffu, 0x7f80},                        /* FLT_MAX rounds to inf */
+        {0x7f7f7fffu, 0x7f7f},                        /* just below the overflow tie */
         {0x7f800000u, 0x7f80}, {0xff800000u, 0xff80}, /* infinities */
-        {0x00008000u, 0x0000}, /* subnormal tie, even is 0 */
-        {0x00018000u, 0x0002}, /* subnormal tie, even is up */
+        {0x00008000u, 0x0000},                        /* subnormal tie, even is 0 */
+        {0x00018000u, 0x0002},                        /* subnormal tie, even is up */
         {0x80000000u, 0x8000},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
@@ -260,9 +265,9 @@ static void test_sizes(void) {
         const char *name;
         size_t block, bytes;
     } types[] = {
-        {TSR_F32, "f32", 1, 4},       {TSR_F16, "f16", 1, 2},     {TSR_BF16, "bf16", 1, 2},
-        {TSR_Q4_0, "q4_0", 32, 18},   {TSR_Q4_1, "q4_1", 32, 20}, {TSR_Q5_0, "q5_0", 32, 22},
-        {TSR_Q5_1, "q5_1", 32, 24},   {TSR_Q8_0, "q8_0", 32, 34}, {TSR_Q6_K, "q6_k", 256, 210},
+        {TSR_F32, "f32", 1, 4},     {TSR_F16, "f16", 1, 2},     {TSR_BF16, "bf16", 1, 2},
+        {TSR_Q4_0, "q4_0", 32, 18}, {TSR_Q4_1, "q4_1", 32, 20}, {TSR_Q5_0, "q5_0", 32, 22},
+        {TSR_Q5_1, "q5_1", 32, 24}, {TSR_Q8_0, "q8_0", 32, 34}, {TSR_Q6_K, "q6_k", 256, 210},
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         int t = types[i].t;
@@ -275,8 +280,7 @@ static void test_sizes(void) {
         if (qk > 1) {
             CHECK(tsr_dtype_row_bytes(t, qk + 1) == 0, "%s: a partial block", types[i].name);
             CHECK(tsr_dtype_row_bytes(t, qk - 1) == 0, "%s: less than a block", types[i].name);
-            CHECK(tsr_dtype_row_bytes(t, 3 * qk + qk / 2) == 0, "%s: half a block",
-                  types[i].name);
+            CHECK(tsr_dtype_row_bytes(t, 3 * qk + qk / 2) == 0, "%s: half a block", types[i].name);
         }
         /* Overflow: the largest block count that fits, and one more. */
         uint64_t max_blocks = SIZE_MAX / bb;
@@ -609,8 +613,8 @@ static void test_quant_encoded(tu_rng *r) {
             if (qt->type == TSR_Q6_K)
                 for (int g = 0; g < 16; g++) {
                     int at = b * 256 + 16 * g + (int)tu_rng_below(r, 16);
-                    x[at] = (float)(big * (0.5 + 0.5 * tu_rng_unit(r)) *
-                                    (tu_rng_below(r, 2) ? -1 : 1));
+                    x[at] =
+                        (float)(big * (0.5 + 0.5 * tu_rng_unit(r)) * (tu_rng_below(r, 2) ? -1 : 1));
                 }
             bound[b] = qt->encode(x + b * qt->qk, blocks + b * qt->bytes, r);
         }
@@ -667,9 +671,9 @@ static void test_quant_known(void) {
     CHECK(out[0] == -128 && out[1] == -3 && out[31] == 127 && out[2] == 0, "q8_0 known");
 
     memset(b, 0, sizeof b);
-    b[0] = 0x00, b[1] = 0x40;  /* d = 2 */
-    b[2] = 0x9f;               /* element 0: 15, element 16: 9 */
-    b[17] = 0x08;              /* element 15: 8, element 31: 0 */
+    b[0] = 0x00, b[1] = 0x40; /* d = 2 */
+    b[2] = 0x9f;              /* element 0: 15, element 16: 9 */
+    b[17] = 0x08;             /* element 15: 8, element 31: 0 */
     tsr_dequantize(TSR_Q4_0, b, out, 32);
     CHECK(out[0] == 14 && out[16] == 2 && out[15] == 0 && out[31] == -16 && out[1] == -16,
           "q4_0 known: %g %g %g %g", (double)out[0], (double)out[16], (double)out[15],
@@ -683,10 +687,10 @@ static void test_quant_known(void) {
     CHECK(out[1] == 4 && out[17] == 0.5f && out[0] == -1, "q4_1 known");
 
     memset(b, 0, sizeof b);
-    b[0] = 0x00, b[1] = 0x3c;                      /* d = 1 */
-    b[2] = 0x01, b[3] = 0, b[4] = 0, b[5] = 0x80;  /* qh bits 0 and 31 */
-    b[6] = 0xf2;                                   /* element 0: 2, element 16: 15 */
-    b[21] = 0x7f;                                  /* element 15: 15, element 31: 7 */
+    b[0] = 0x00, b[1] = 0x3c;                     /* d = 1 */
+    b[2] = 0x01, b[3] = 0, b[4] = 0, b[5] = 0x80; /* qh bits 0 and 31 */
+    b[6] = 0xf2;                                  /* element 0: 2, element 16: 15 */
+    b[21] = 0x7f;                                 /* element 15: 15, element 31: 7 */
     tsr_dequantize(TSR_Q5_0, b, out, 32);
     CHECK(out[0] == 2 && out[16] == -1 && out[15] == -1 && out[31] == 7 && out[1] == -16,
           "q5_0 known");

@@ -120,8 +120,8 @@ static void gg_tensor_info(gg_t *g, const char *name, uint32_t nd, const uint64_
 
 /* A tensor with its data appended at the next aligned offset (the padding is
  * 0xee bytes, so nothing depends on it being zero); returns the offset. */
-static uint64_t gg_tensor(gg_t *g, const char *name, uint32_t nd, const uint64_t *ne,
-                          uint32_t type, const void *data, size_t nbytes) {
+static uint64_t gg_tensor(gg_t *g, const char *name, uint32_t nd, const uint64_t *ne, uint32_t type,
+                          const void *data, size_t nbytes) {
     while (g->data.len % g->alignment)
         put_u8(&g->data, 0xee);
     uint64_t off = g->data.len;
@@ -174,8 +174,7 @@ static void expect_refused(const buf_t *img, tsr_status want, const char *sub, c
         CHECK(st == TSR_ERR_FORMAT || st == TSR_ERR_UNSUPPORTED, "%s: status %s", what,
               tsr_status_str(st));
     else
-        CHECK(st == want, "%s: status %s, want %s", what, tsr_status_str(st),
-              tsr_status_str(want));
+        CHECK(st == want, "%s: status %s, want %s", what, tsr_status_str(st), tsr_status_str(want));
     CHECK(g == NULL, "%s: handle left non-NULL on error", what);
     CHECK(strstr(tsr_error_msg(), IMG_NAME), "%s: message does not name the image", what);
     CHECK(!sub || strstr(tsr_error_msg(), sub), "%s: message lacks \"%s\"", what, sub);
@@ -403,8 +402,7 @@ static void check_arrays(const tsr_gguf_t *g) {
     CHECK_ERR(tsr_gguf_get_str_arr(g, "t.none", &strs, &n), TSR_ERR_INVALID, "t.none");
 
     CHECK_OK(tsr_gguf_get_i64_arr(g, "t.arr.i32", &iv, &n));
-    CHECK(n == 4 && iv[0] == -1 && iv[1] == 2 && iv[2] == -3 && iv[3] == 2147483647,
-          "i32 array");
+    CHECK(n == 4 && iv[0] == -1 && iv[1] == 2 && iv[2] == -3 && iv[3] == 2147483647, "i32 array");
     free(iv);
     CHECK_OK(tsr_gguf_get_i64_arr(g, "t.arr.u8", &iv, &n));
     CHECK(n == 3 && iv[0] == 1 && iv[1] == 255 && iv[2] == 7, "u8 array");
@@ -445,8 +443,8 @@ static void check_arrays(const tsr_gguf_t *g) {
 
     /* The raw view of arrays. */
     const tsr_gguf_kv *kv = tsr_gguf_find(g, "t.arr.bool");
-    CHECK(kv && kv->type == TSR_GGUF_ARRAY && kv->v.arr.elem == TSR_GGUF_BOOL &&
-              kv->v.arr.n == 3 && kv->v.arr.strs == NULL,
+    CHECK(kv && kv->type == TSR_GGUF_ARRAY && kv->v.arr.elem == TSR_GGUF_BOOL && kv->v.arr.n == 3 &&
+              kv->v.arr.strs == NULL,
           "bool array kv");
     const uint8_t *bp = kv->v.arr.data;
     CHECK(bp[0] == 1 && bp[1] == 0 && bp[2] == 1, "bool array data");
@@ -497,8 +495,8 @@ static void check_full(const tsr_gguf_t *g, const uint8_t *base, size_t size, co
         for (int d = 0; d < 4; d++)
             CHECK(t->ne[d] == (d < (int)x->nd ? x->ne[d] : 1), "%s: ne[%d] = %llu", x->name, d,
                   (unsigned long long)t->ne[d]);
-        CHECK(t->offset == x->offset && t->offset % e->alignment == 0, "%s: offset %llu",
-              x->name, (unsigned long long)t->offset);
+        CHECK(t->offset == x->offset && t->offset % e->alignment == 0, "%s: offset %llu", x->name,
+              (unsigned long long)t->offset);
         CHECK(t->nbytes == x->nbytes, "%s: nbytes %llu, want %zu", x->name,
               (unsigned long long)t->nbytes, x->nbytes);
         CHECK((const uint8_t *)t->data == base + data_start + t->offset, "%s: data pointer",
@@ -565,8 +563,7 @@ static void test_valid(tu_rng *r) {
         uint8_t *copy = NULL;
         CHECK_OK(open_copy(img.p, img.len, &g, &copy));
         const tsr_gguf_tensor *t = tsr_gguf_find_tensor(g, name);
-        CHECK(t && t->nbytes == 12 && t->data == copy + img.len - 12 &&
-                  !memcmp(t->data, vals, 12),
+        CHECK(t && t->nbytes == 12 && t->data == copy + img.len - 12 && !memcmp(t->data, vals, 12),
               "padding case %d", len);
         tsr_gguf_close(g);
         free(copy);
@@ -736,8 +733,8 @@ static void test_corrupt(tu_rng *r) {
         free(bad.p);
         free(body.p);
     }
-    static const uint64_t arr_lies[] = {1000, 100000, UINT64_C(1) << 61, UINT64_C(1) << 62,
-                                        (UINT64_C(1) << 62) + 1, UINT64_MAX};
+    static const uint64_t arr_lies[] = {
+        1000, 100000, UINT64_C(1) << 61, UINT64_C(1) << 62, (UINT64_C(1) << 62) + 1, UINT64_MAX};
     for (size_t i = 0; i < sizeof arr_lies / sizeof arr_lies[0]; i++) {
         /* An i32 array claiming more elements than are there ... */
         buf_t body = {0};
@@ -780,7 +777,7 @@ static void test_corrupt(tu_rng *r) {
     static const struct {
         uint32_t type;
         uint64_t value;
-    } aligns[] = {{TSR_GGUF_U32, 48}, {TSR_GGUF_U32, 0}, {TSR_GGUF_U32, 3},
+    } aligns[] = {{TSR_GGUF_U32, 48},          {TSR_GGUF_U32, 0},  {TSR_GGUF_U32, 3},
                   {TSR_GGUF_U32, 0xffffffffu}, {TSR_GGUF_U64, 32}, {TSR_GGUF_I32, 32}};
     for (size_t i = 0; i < sizeof aligns / sizeof aligns[0]; i++) {
         uint8_t v[8];
@@ -791,7 +788,10 @@ static void test_corrupt(tu_rng *r) {
         expect_refused(&bad, TSR_ERR_FORMAT, "alignment", "bad general.alignment");
         free(bad.p);
     }
-    bad = one_kv_image("general.alignment", TSR_GGUF_STRING, "\x02\0\0\0\0\0\0\0" "32", 10);
+    bad = one_kv_image("general.alignment", TSR_GGUF_STRING,
+                       "\x02\0\0\0\0\0\0\0"
+                       "32",
+                       10);
     expect_refused(&bad, TSR_ERR_FORMAT, "alignment", "string general.alignment");
     free(bad.p);
 

@@ -127,13 +127,12 @@ static void test_valid(const char *tmp) {
     CHECK(c.n_ctx_train == 131072 && FEQ(c.rope_theta, 500000.0), "ctx/theta");
     CHECK(c.rope_scaling == TSR_ROPE_SCALING_LLAMA3, "llama3 scaling");
     CHECK(FEQ(c.rope_factor, 8.0) && FEQ(c.rope_low_freq_factor, 1.0) &&
-               FEQ(c.rope_high_freq_factor, 4.0) && c.rope_orig_ctx == 8192,
-           "llama3 params");
+              FEQ(c.rope_high_freq_factor, 4.0) && c.rope_orig_ctx == 8192,
+          "llama3 params");
 
     CHECK(load(tmp, "qwen2", k_qwen2, &c) == TSR_OK, "qwen2");
     CHECK(c.arch == TSR_ARCH_QWEN2 && c.qkv_bias == 1 && c.tied_embeddings == 1, "qwen2 flags");
-    CHECK(c.n_embd == 896 && c.n_head == 14 && c.n_head_kv == 2 && c.head_dim == 64,
-           "qwen2 heads");
+    CHECK(c.n_embd == 896 && c.n_head == 14 && c.n_head_kv == 2 && c.head_dim == 64, "qwen2 heads");
     CHECK(FEQ(c.rope_theta, 1e6) && FEQ(c.rms_eps, 1e-6), "qwen2 theta/eps");
     CHECK(c.n_ctx_train == 131072, "qwen2 ctx (sliding window unused)");
 
@@ -148,16 +147,16 @@ static void test_valid(const char *tmp) {
 
     /* Defaults: kv heads, head_dim, theta, eps, tie; architectures only. */
     CHECK(load(tmp, "defaults",
-                "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 256,"
-                " \"intermediate_size\": 688, \"num_attention_heads\": 8,"
-                " \"num_hidden_layers\": 2, \"vocab_size\": 1000,"
-                " \"max_position_embeddings\": 512, \"num_key_value_heads\": null}",
-                &c) == TSR_OK,
-           "defaults");
+               "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 256,"
+               " \"intermediate_size\": 688, \"num_attention_heads\": 8,"
+               " \"num_hidden_layers\": 2, \"vocab_size\": 1000,"
+               " \"max_position_embeddings\": 512, \"num_key_value_heads\": null}",
+               &c) == TSR_OK,
+          "defaults");
     CHECK(c.n_head_kv == 8 && c.head_dim == 32, "kv/head_dim defaults");
     CHECK(FEQ(c.rope_theta, 10000.0) && FEQ(c.rms_eps, 1e-6), "theta/eps defaults");
     CHECK(!c.tied_embeddings && !c.qkv_bias && c.rope_scaling == TSR_ROPE_SCALING_NONE,
-           "flag defaults");
+          "flag defaults");
 
     /* Explicit head_dim, integer theta, linear scaling, attention_bias. */
     minimal(buf, sizeof buf,
@@ -178,8 +177,7 @@ static void test_valid(const char *tmp) {
     CHECK(tsr_hf_config_parse(buf, strlen(buf), "config.json", &c) == TSR_OK, "parse");
     CHECK(c.name[0] == '\0', "no directory name: %s", c.name);
     minimal(buf, sizeof buf, "");
-    CHECK(tsr_hf_config_parse(buf, strlen(buf), "/a/b/model-x/config.json", &c) == TSR_OK,
-           "parse");
+    CHECK(tsr_hf_config_parse(buf, strlen(buf), "/a/b/model-x/config.json", &c) == TSR_OK, "parse");
     CHECK(strcmp(c.name, "model-x") == 0, "dir name: %s", c.name);
 }
 
@@ -191,8 +189,8 @@ static void test_invalid(const char *tmp) {
 #define BAD(sub, text, want, ...)                                                                  \
     do {                                                                                           \
         c = sentinel;                                                                              \
-        CHECK_ERR(load(tmp, sub, text, &c), want, sub "/config.json", __VA_ARGS__);               \
-        CHECK(memcmp(&c, &sentinel, sizeof c) == 0, "config written on error");                   \
+        CHECK_ERR(load(tmp, sub, text, &c), want, sub "/config.json", __VA_ARGS__);                \
+        CHECK(memcmp(&c, &sentinel, sizeof c) == 0, "config written on error");                    \
     } while (0)
 
     BAD("no_hidden",

@@ -205,8 +205,8 @@ static void test_rmsnorm(tsr_backend *be) {
                             want[t * dim + i] = x[t * dim + i] * inv * w[i];
                     }
                     char what[96];
-                    snprintf(what, sizeof what, "rmsnorm n=%d dim=%d eps=%g%s", n, dim,
-                             (double)eps, inplace ? " in place" : "");
+                    snprintf(what, sizeof what, "rmsnorm n=%d dim=%d eps=%g%s", n, dim, (double)eps,
+                             inplace ? " in place" : "");
                     CHECK_CLOSE(what, got, want, total, RTOL(OPC_RMSNORM), NULL, 1e-30);
                     dbuf_free(be, &dx);
                     dbuf_free(be, &dw);
@@ -229,8 +229,8 @@ static void test_rope(tsr_backend *be) {
         size_t total = (size_t)n * nh * hd;
         float *inv = tu_xmalloc((size_t)half * sizeof *inv);
         for (int i = 0; i < half; i++)
-            inv[i] = rc->theta > 0 ? (float)pow(rc->theta, -2.0 * i / hd)
-                                   : tu_rng_float(r, 1e-4f, 1.0f);
+            inv[i] =
+                rc->theta > 0 ? (float)pow(rc->theta, -2.0 * i / hd) : tu_rng_float(r, 1e-4f, 1.0f);
         int32_t *pos = tu_xmalloc((size_t)n * sizeof *pos);
         for (int t = 0; t < n; t++)
             pos[t] = t < 8 && n > 1 ? opc_rope_pos_ref[(t + c) % 8]
@@ -306,7 +306,8 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case 
 
         if (phase == 1) {
             /* kv_store wrote exactly the slots of every stored position. */
-            float *kback = tu_xmalloc(cache_n * sizeof *kback), *vback = tu_xmalloc(cache_n * sizeof *vback);
+            float *kback = tu_xmalloc(cache_n * sizeof *kback),
+                  *vback = tu_xmalloc(cache_n * sizeof *vback);
             dbuf_read(be, &kc, kback, "kv_store (K)");
             dbuf_read(be, &vc, vback, "kv_store (V)");
             char *owned = calloc((size_t)n_blocks * bs, 1);
@@ -330,14 +331,22 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case 
 
             /* Attention for the new tokens. */
             float *q = rand_vec(r, (size_t)n * q_dim, -2, 2);
-            dbuf dq = dbuf_new(be, q, (size_t)n * q_dim), dout = dbuf_new(be, NULL, (size_t)n * q_dim);
+            dbuf dq = dbuf_new(be, q, (size_t)n * q_dim),
+                 dout = dbuf_new(be, NULL, (size_t)n * q_dim);
             void *dpos = dev_raw(be, pos, (size_t)n * sizeof *pos);
             void *dseq = dev_raw(be, seq, (size_t)n * sizeof *seq);
             void *dtab = dev_raw(be, tables, (size_t)S * max_blocks * sizeof *tables);
             tsr_attn_desc d = {
-                .n_tokens = n, .n_head = ac->n_head, .n_kv_head = ac->n_kv, .head_dim = hd,
-                .block_size = bs, .max_blocks = max_blocks, .scale = scale,
-                .pos = dpos, .seq = dseq, .block_tables = dtab,
+                .n_tokens = n,
+                .n_head = ac->n_head,
+                .n_kv_head = ac->n_kv,
+                .head_dim = hd,
+                .block_size = bs,
+                .max_blocks = max_blocks,
+                .scale = scale,
+                .pos = dpos,
+                .seq = dseq,
+                .block_tables = dtab,
             };
             CHECK_OK(be->iface->attention(be, dout.p, dq.p, kc.p, vc.p, &d));
             float *got = tu_xmalloc((size_t)n * q_dim * sizeof *got);
@@ -480,8 +489,9 @@ static void test_embedding(tsr_backend *be) {
             float *tab = rand_vec(r, (size_t)rows * dim, -1, 1);
             tsr_weight W;
             CHECK_OK(be->iface->weight_upload(be, &W, tab, rows, dim));
-            int32_t ids[] = {row0 + 3, row0, row0 + rows - 1, row0 - 1, row0 + rows, -1,
-                             INT32_MIN, INT32_MAX, row0 + 3, row0 + 5, 0, row0 + 1};
+            int32_t ids[] = {row0 + 3, row0,      row0 + rows - 1, row0 - 1, row0 + rows,
+                             -1,       INT32_MIN, INT32_MAX,       row0 + 3, row0 + 5,
+                             0,        row0 + 1};
             const int n = (int)(sizeof ids / sizeof ids[0]);
             void *dids = dev_raw(be, ids, sizeof ids);
             dbuf dout = dbuf_new(be, NULL, (size_t)n * dim);
@@ -558,12 +568,12 @@ static void test_picks(tsr_backend *be) {
     enum { N = OPC_PICKS_N, V = OPC_PICKS_V, K = OPC_PICKS_K };
     float *l = rand_vec(r, (size_t)N * V, -10, 10), val[N], tv[N * K];
     int32_t idx[N], ti[N * K];
-    l[0 * V + 700] = l[0 * V + 130] = 50; /* row 0: a tie in two blocks */
-    l[1 * V + 0] = NAN;                    /* row 1: NaN at column 0 */
+    l[0 * V + 700] = l[0 * V + 130] = 50;     /* row 0: a tie in two blocks */
+    l[1 * V + 0] = NAN;                       /* row 1: NaN at column 0 */
     l[2 * V + 5] = NAN, l[2 * V + 900] = NAN; /* row 2: NaNs later */
     for (int j = 0; j < V; j++)
-        l[3 * V + j] = -INFINITY;          /* row 3: nothing finite */
-    l[4 * V + V - 1] = 60;                 /* row 4: the best in the partial last block */
+        l[3 * V + j] = -INFINITY; /* row 3: nothing finite */
+    l[4 * V + V - 1] = 60;        /* row 4: the best in the partial last block */
     dbuf dl = dbuf_new(be, l, (size_t)N * V);
     CHECK_OK(be->iface->argmax(be, val, idx, dl.p, N, V));
     CHECK_OK(be->iface->topk(be, tv, ti, dl.p, N, V, K));
@@ -580,8 +590,8 @@ static void test_picks(tsr_backend *be) {
             int before = 0;
             for (int j = 0; c >= 0 && j < V; j++)
                 before += tsr_topk_before(x[j], j, x[c], c);
-            CHECK(c >= 0 && before == e, "topk row %d entry %d: column %d with %d before it", i,
-                  e, c, before);
+            CHECK(c >= 0 && before == e, "topk row %d entry %d: column %d with %d before it", i, e,
+                  c, before);
         }
     }
     dbuf_free(be, &dl);

@@ -265,8 +265,8 @@ static void test_random(tsr_backend *be, tu_rng *r) {
                       tsr_status_str(st));
                 CHECK(same(&kv, &snap), "iteration %d: refused reserve changed the cache", it);
             } else {
-                CHECK(st == TSR_OK, "iteration %d: reserve(%d, %d) with %d free: %s", it, s,
-                      want, kv.n_free, tsr_error_msg());
+                CHECK(st == TSR_OK, "iteration %d: reserve(%d, %d) with %d free: %s", it, s, want,
+                      kv.n_free, tsr_error_msg());
                 (void)same(&kv, &snap);
                 len[s] = want;
                 CHECK(kv.n_seq_blocks[s] == need, "iteration %d: %d blocks for %d positions", it,

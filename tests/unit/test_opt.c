@@ -15,20 +15,16 @@ enum { CMD_RUN = 1u << 0, CMD_SHOW = 1u << 1 };
 enum { O_MODEL, O_STOP, O_VERBOSE, O_CTX, O_COUNT_, O_LIMIT, O__N };
 
 static const tsr_opt k_opts[] = {
-    {"model", O_MODEL, 1, TSR_OPT_ANY, 0},
-    {"stop", O_STOP, 1, CMD_RUN, 0},
-    {"verbose", O_VERBOSE, 0, TSR_OPT_ANY, 'v'},
-    {"ctx", O_CTX, 1, CMD_RUN, 0},
-    {"ctx-size", O_CTX, 1, CMD_RUN, 0},
-    {"count", O_COUNT_, 1, CMD_SHOW, 'n'},
+    {"model", O_MODEL, 1, TSR_OPT_ANY, 0},       {"stop", O_STOP, 1, CMD_RUN, 0},
+    {"verbose", O_VERBOSE, 0, TSR_OPT_ANY, 'v'}, {"ctx", O_CTX, 1, CMD_RUN, 0},
+    {"ctx-size", O_CTX, 1, CMD_RUN, 0},          {"count", O_COUNT_, 1, CMD_SHOW, 'n'},
     {"limit", O_LIMIT, 1, TSR_OPT_ANY, 0},
 };
 static const tsr_opt_cmd k_cmds[] = {{"run", CMD_RUN}, {"show", CMD_SHOW}};
 
-static const tsr_opt_spec k_spec = {k_opts, sizeof k_opts / sizeof k_opts[0], O__N,
-                                    k_cmds, 2, "(values follow their flag)"};
-static const tsr_opt_spec k_plain = {k_opts, sizeof k_opts / sizeof k_opts[0], O__N,
-                                     NULL, 0, NULL};
+static const tsr_opt_spec k_spec = {k_opts, sizeof k_opts / sizeof k_opts[0], O__N, k_cmds,
+                                    2,      "(values follow their flag)"};
+static const tsr_opt_spec k_plain = {k_opts, sizeof k_opts / sizeof k_opts[0], O__N, NULL, 0, NULL};
 
 /* Parses the NULL-terminated words (argv[0] is "prog") against spec. */
 static tsr_status parse(const tsr_opt_spec *spec, tsr_opt_args *a, const char **words) {
@@ -54,8 +50,8 @@ static void refused(const tsr_opt_spec *spec, const char **words, const char *wa
 
 static void test_parse(void) {
     tsr_opt_args a;
-    const char *w1[] = {"--model", "m.gguf", "run", "--stop=a", "-v", "--stop", "b",
-                        "--ctx-size=64", "--model=n.gguf", NULL};
+    const char *w1[] = {"--model", "m.gguf", "run",           "--stop=a",       "-v",
+                        "--stop",  "b",      "--ctx-size=64", "--model=n.gguf", NULL};
     CHECK_OK(parse(&k_spec, &a, w1));
     CHECK_OK(tsr_opt_check_cmd(&k_spec, &a));
     CHECK(a.cmd == CMD_RUN && strcmp(a.cmd_name, "run") == 0, "command");
@@ -106,7 +102,8 @@ static void test_errors(void) {
     refused(&k_spec, (const char *[]){"run", "--model", NULL}, "--model needs a value");
     refused(&k_spec, (const char *[]){"show", "-n", NULL}, "-n needs a value");
     refused(&k_spec, (const char *[]){"run", "--verbose=1", NULL}, "--verbose takes no value");
-    refused(&k_spec, (const char *[]){"walk", NULL}, "unknown command 'walk' (commands: run, show)");
+    refused(&k_spec, (const char *[]){"walk", NULL},
+            "unknown command 'walk' (commands: run, show)");
     refused(&k_spec, (const char *[]){"run", "show", NULL},
             "unexpected argument 'show' (values follow their flag)");
     refused(&k_plain, (const char *[]){"run", NULL}, "unexpected argument 'run'");

@@ -406,8 +406,8 @@ static void test_banned(tu_rng *r) {
         count[t]++;
     }
     for (int i = 0; i < V; i++)
-        CHECK((i == 9 || i == 0 || i == 4) ? count[i] == 0 : count[i] > 0,
-              "token %d came %d times", i, count[i]);
+        CHECK((i == 9 || i == 0 || i == 4) ? count[i] == 0 : count[i] > 0, "token %d came %d times",
+              i, count[i]);
     /* Everything banned: an error, not a banned token. */
     int32_t all[V];
     for (int i = 0; i < V; i++)
@@ -452,16 +452,31 @@ static void test_validate(void) {
         float value;
         int ok;
     } cases[] = {
-        {"temperature", -0.1f, 0},  {"temperature", NAN, 0},      {"temperature", INFINITY, 0},
-        {"temperature", 0.0f, 1},   {"temperature", 2.0f, 1},     {"top_p", 0.0f, 0},
-        {"top_p", 1.5f, 0},         {"top_p", -0.5f, 0},          {"top_p", NAN, 0},
-        {"top_p", 1.0f, 1},         {"top_p", 1e-6f, 1},          {"min_p", 1.0f, 0},
-        {"min_p", -0.1f, 0},        {"min_p", NAN, 0},            {"min_p", 0.0f, 1},
-        {"min_p", 0.99f, 1},        {"repetition_penalty", 0.0f, 0},
-        {"repetition_penalty", -1.0f, 0}, {"repetition_penalty", NAN, 0},
-        {"repetition_penalty", INFINITY, 0}, {"repetition_penalty", 0.5f, 1},
-        {"frequency_penalty", INFINITY, 0},  {"frequency_penalty", -2.0f, 1},
-        {"presence_penalty", NAN, 0},        {"presence_penalty", 1.5f, 1},
+        {"temperature", -0.1f, 0},
+        {"temperature", NAN, 0},
+        {"temperature", INFINITY, 0},
+        {"temperature", 0.0f, 1},
+        {"temperature", 2.0f, 1},
+        {"top_p", 0.0f, 0},
+        {"top_p", 1.5f, 0},
+        {"top_p", -0.5f, 0},
+        {"top_p", NAN, 0},
+        {"top_p", 1.0f, 1},
+        {"top_p", 1e-6f, 1},
+        {"min_p", 1.0f, 0},
+        {"min_p", -0.1f, 0},
+        {"min_p", NAN, 0},
+        {"min_p", 0.0f, 1},
+        {"min_p", 0.99f, 1},
+        {"repetition_penalty", 0.0f, 0},
+        {"repetition_penalty", -1.0f, 0},
+        {"repetition_penalty", NAN, 0},
+        {"repetition_penalty", INFINITY, 0},
+        {"repetition_penalty", 0.5f, 1},
+        {"frequency_penalty", INFINITY, 0},
+        {"frequency_penalty", -2.0f, 1},
+        {"presence_penalty", NAN, 0},
+        {"presence_penalty", 1.5f, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         p = defaults();
@@ -558,9 +573,10 @@ static void test_sample_top(tu_rng *r) {
             int32_t a, b;
             CHECK_OK(tsr_sampler_sample(&whole, x, n_ban ? ban : NULL, n_ban, &a));
             CHECK_OK(tsr_sampler_sample_top(&top, val, ids, kk, n_ban ? ban : NULL, n_ban, &b));
-            CHECK(a == b, "case %d draw %d (top_k %d, T %g, top_p %g, min_p %g): the row gave %d, "
-                          "the candidates %d", c, d, p.top_k, (double)p.temperature,
-                  (double)p.top_p, (double)p.min_p, a, b);
+            CHECK(a == b,
+                  "case %d draw %d (top_k %d, T %g, top_p %g, min_p %g): the row gave %d, "
+                  "the candidates %d",
+                  c, d, p.top_k, (double)p.temperature, (double)p.top_p, (double)p.min_p, a, b);
         }
         tsr_sampler_free(&whole);
         tsr_sampler_free(&top);
@@ -586,11 +602,14 @@ static void test_sample_top(tu_rng *r) {
     float nv[2] = {NAN, 1.0f};
     int32_t ni[2] = {5, 6}, none[2] = {-1, -1};
     int32_t t;
-    CHECK(tsr_sampler_sample_top(&s, nv, ni, 2, NULL, 0, &t) == TSR_ERR_RANGE, "NaN candidate accepted");
-    CHECK(tsr_sampler_sample_top(&s, nv, none, 2, NULL, 0, &t) == TSR_ERR_RANGE, "no candidates accepted");
+    CHECK(tsr_sampler_sample_top(&s, nv, ni, 2, NULL, 0, &t) == TSR_ERR_RANGE,
+          "NaN candidate accepted");
+    CHECK(tsr_sampler_sample_top(&s, nv, none, 2, NULL, 0, &t) == TSR_ERR_RANGE,
+          "no candidates accepted");
     int32_t big[2] = {V, 6};
     nv[0] = 2.0f;
-    CHECK(tsr_sampler_sample_top(&s, nv, big, 2, NULL, 0, &t) == TSR_ERR_RANGE, "id past the vocabulary");
+    CHECK(tsr_sampler_sample_top(&s, nv, big, 2, NULL, 0, &t) == TSR_ERR_RANGE,
+          "id past the vocabulary");
     tsr_sampler_free(&s);
 }
 
@@ -688,8 +707,9 @@ static void test_partial_sort(tu_rng *r) {
             CHECK_OK(tsr_sampler_sample_top(&full, val, ids, V, NULL, 0, &b));
             CHECK(a == want && b == want,
                   "case %d draw %d (T %g, top_p %g, min_p %g, spread %g): the partial sort gave "
-                  "%d, the full sort %d, the reference %d", c, d, (double)p.temperature,
-                  (double)p.top_p, (double)p.min_p, (double)spread, a, b, want);
+                  "%d, the full sort %d, the reference %d",
+                  c, d, (double)p.temperature, (double)p.top_p, (double)p.min_p, (double)spread, a,
+                  b, want);
         }
         tsr_sampler_free(&part);
         tsr_sampler_free(&full);
@@ -735,34 +755,36 @@ static void test_row_top(tu_rng *r) {
             const double u = tsr_sampler_peek_unit(&top);
             CHECK(u == tsr_sampler_peek_unit(&whole) && u == tsr_sampler_peek_unit(&top),
                   "peek moved the state");
-            const int pick = tsr_sampler_pick_sorted(val, K, 0, mx, zf, p.temperature, p.top_p,
-                                                     p.min_p, u);
+            const int pick =
+                tsr_sampler_pick_sorted(val, K, 0, mx, zf, p.temperature, p.top_p, p.min_p, u);
             CHECK_OK(tsr_sampler_sample(&whole, x, NULL, 0, &a));
             if (pick >= 0) {
                 CHECK_OK(tsr_sampler_sample_row_top(&top, val, ids, K, mx, zf, &b));
-                CHECK(b == ids[pick], "case %d draw %d: sample_row_top %d, pick_sorted %d", c, d,
-                      b, ids[pick]);
+                CHECK(b == ids[pick], "case %d draw %d: sample_row_top %d, pick_sorted %d", c, d, b,
+                      ids[pick]);
                 decided++;
             } else {
                 tsr_sampler probe = top; /* a refusal must not draw: check on a copy */
-                CHECK(tsr_sampler_sample_row_top(&probe, val, ids, K, mx, zf, &b) ==
-                          TSR_ERR_RANGE,
+                CHECK(tsr_sampler_sample_row_top(&probe, val, ids, K, mx, zf, &b) == TSR_ERR_RANGE,
                       "case %d draw %d: undecided candidates accepted", c, d);
                 /* the engine's fallback: the whole row, with the engine's normaliser */
                 CHECK_OK(tsr_sampler_sample_row_whole(&top, x, mx, zf, &b));
                 fell_back++;
             }
-            CHECK(a == b, "case %d draw %d (T %g, top_p %g, min_p %g): the row gave %d, the "
-                          "candidates %d", c, d, (double)p.temperature, (double)p.top_p,
-                  (double)p.min_p, a, b);
+            CHECK(a == b,
+                  "case %d draw %d (T %g, top_p %g, min_p %g): the row gave %d, the "
+                  "candidates %d",
+                  c, d, (double)p.temperature, (double)p.top_p, (double)p.min_p, a, b);
         }
         tsr_sampler_free(&whole);
         tsr_sampler_free(&top);
     }
-    CHECK(decided > 0 && fell_back > 0, "row-top draws: %ld decided, %ld fell back (both should "
-                                        "happen)", decided, fell_back);
-    printf("  top_k off from %d candidates: %ld draws decided by them, %ld from the whole row\n",
-           K, decided, fell_back);
+    CHECK(decided > 0 && fell_back > 0,
+          "row-top draws: %ld decided, %ld fell back (both should "
+          "happen)",
+          decided, fell_back);
+    printf("  top_k off from %d candidates: %ld draws decided by them, %ld from the whole row\n", K,
+           decided, fell_back);
     /* the list holding the whole vocabulary (ids -1 after it) always decides */
     {
         enum { W = 10 };
