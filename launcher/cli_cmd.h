@@ -17,6 +17,7 @@
 
 #include "base/opt.h"
 #include "launcher/cli_rpc.h"
+#include "tessera/v1/tessera.pb-c.h"
 
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
@@ -127,6 +128,16 @@ int cli_interrupted_exit(const cli_ctx *cx);
 int cli_report_failure(const cli_ctx *cx, const char *what, const tsr_cli_status *st);
 
 /* The commands: each returns the program's exit code. */
+/* The chat input of --chat and --system (generate, tokenize): the system
+ * message when given, then the user's. The strings point into argv; *c owns
+ * nothing to free and must stay in place while c->chat is used. */
+typedef struct {
+    Tessera__V1__ChatInput chat;
+    Tessera__V1__ChatMessage sys, user;
+    Tessera__V1__ChatMessage *msgs[2];
+} cli_chat;
+void cli_chat_init(cli_chat *c, const cli_args *a);
+
 int cli_cmd_generate(const cli_ctx *cx, const cli_args *a);   /* cli_cmd_generate.c */
 int cli_cmd_health(const cli_ctx *cx, const cli_args *a);     /* cli_cmd_misc.c */
 int cli_cmd_info(const cli_ctx *cx, const cli_args *a);       /* cli_cmd_misc.c */

@@ -166,10 +166,7 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
 
     Tessera__V1__GenerateRequest req = TESSERA__V1__GENERATE_REQUEST__INIT;
     Tessera__V1__TokenIds tok_msg = TESSERA__V1__TOKEN_IDS__INIT;
-    Tessera__V1__ChatInput chat = TESSERA__V1__CHAT_INPUT__INIT;
-    Tessera__V1__ChatMessage sys_msg = TESSERA__V1__CHAT_MESSAGE__INIT;
-    Tessera__V1__ChatMessage user_msg = TESSERA__V1__CHAT_MESSAGE__INIT;
-    Tessera__V1__ChatMessage *msgs[2];
+    cli_chat chat;
     req.sampling = &sp;
     if (a->val[O_REQUEST_ID])
         req.request_id = (char *)a->val[O_REQUEST_ID];
@@ -188,19 +185,9 @@ int cli_cmd_generate(const cli_ctx *cx, const cli_args *a) {
         req.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_TOKENS;
         req.tokens = &tok_msg;
     } else {
-        size_t n = 0;
-        if (a->val[O_SYSTEM]) {
-            sys_msg.role = "system";
-            sys_msg.content = (char *)a->val[O_SYSTEM];
-            msgs[n++] = &sys_msg;
-        }
-        user_msg.role = "user";
-        user_msg.content = (char *)a->val[O_CHAT];
-        msgs[n++] = &user_msg;
-        chat.n_messages = n;
-        chat.messages = msgs;
+        cli_chat_init(&chat, a);
         req.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_CHAT;
-        req.chat = &chat;
+        req.chat = &chat.chat;
     }
 
     if (sp.logprobs && !(g.logprobs = open_memstream(&lp_buf, &lp_len))) {

@@ -118,7 +118,7 @@ int cli_cmd_health(const cli_ctx *cx, const cli_args *a) {
             }
             if (cx->verbose)
                 fprintf(stderr, "tessera-cli: %s: %s, waiting\n",
-                        st.unreachable ? "unreachable" : tsr_cli_status_name(st.code), st.details);
+                        st.unreachable ? "unreachable" : tsr_grpc_status_name(st.code), st.details);
         }
         if (tsr_now_s() >= end)
             break;
@@ -131,7 +131,7 @@ int cli_cmd_health(const cli_ctx *cx, const cli_args *a) {
         if (st.unreachable)
             fprintf(stderr, "cannot reach %s: UNAVAILABLE: %s\n", cx->addr, st.details);
         else
-            fprintf(stderr, "%s: %s\n", tsr_cli_status_name(st.code), st.details);
+            fprintf(stderr, "%s: %s\n", tsr_grpc_status_name(st.code), st.details);
     } else if (have_status) {
         printf("%s\n", serving_name(status));
         fprintf(stderr, "tessera-cli: not SERVING after %g s\n", wait_s);
@@ -223,29 +223,16 @@ int cli_cmd_tokenize(const cli_ctx *cx, const cli_args *a) {
     if (a->val[O_SYSTEM] && !a->val[O_CHAT])
         return cli_usage_error("--system goes with --chat");
     Tessera__V1__TokenizeRequest req = TESSERA__V1__TOKENIZE_REQUEST__INIT;
-    Tessera__V1__ChatInput chat = TESSERA__V1__CHAT_INPUT__INIT;
-    Tessera__V1__ChatMessage sys_msg = TESSERA__V1__CHAT_MESSAGE__INIT;
-    Tessera__V1__ChatMessage user_msg = TESSERA__V1__CHAT_MESSAGE__INIT;
-    Tessera__V1__ChatMessage *msgs[2];
+    cli_chat chat;
     req.parse_special = a->val[O_PARSE_SPECIAL] != NULL;
     req.add_special = a->val[O_ADD_SPECIAL] != NULL;
     if (a->val[O_TEXT]) {
         req.input_case = TESSERA__V1__TOKENIZE_REQUEST__INPUT_TEXT;
         req.text = (char *)a->val[O_TEXT];
     } else {
-        size_t n = 0;
-        if (a->val[O_SYSTEM]) {
-            sys_msg.role = "system";
-            sys_msg.content = (char *)a->val[O_SYSTEM];
-            msgs[n++] = &sys_msg;
-        }
-        user_msg.role = "user";
-        user_msg.content = (char *)a->val[O_CHAT];
-        msgs[n++] = &user_msg;
-        chat.n_messages = n;
-        chat.messages = msgs;
+        cli_chat_init(&chat, a);
         req.input_case = TESSERA__V1__TOKENIZE_REQUEST__INPUT_CHAT;
-        req.chat = &chat;
+        req.chat = &chat.chat;
     }
     ProtobufCMessage *resp;
     tsr_cli_status st;

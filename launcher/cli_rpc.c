@@ -5,6 +5,7 @@
  * tsr_error_set message summarise it for callers that only need to know
  * whether it worked. */
 #include "launcher/cli_rpc.h"
+#include "proto/grpc_status_name.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -56,31 +57,6 @@ static void local_fail(tsr_cli_status *st, const char *fmt, ...) {
             goto cleanup;                                                                          \
         }                                                                                          \
     } while (0)
-
-const char *tsr_cli_status_name(grpc_status_code code) {
-    static const char *names[] = {
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    };
-    if ((int)code < 0 || (size_t)code >= sizeof names / sizeof names[0])
-        return "UNKNOWN_CODE";
-    return names[code];
-}
 
 /* Builds c->channel from c->cfg. TSR_ERR_COMM when gRPC refuses. */
 static tsr_status make_channel(tsr_cli_conn_t *c) {
@@ -354,7 +330,7 @@ cleanup:
     if (st->local_error)
         return tsr_error_set(local, "%s", st->details);
     if (st->code != GRPC_STATUS_OK)
-        return tsr_error_set(TSR_ERR_COMM, "%s: %s", tsr_cli_status_name(st->code), st->details);
+        return tsr_error_set(TSR_ERR_COMM, "%s: %s", tsr_grpc_status_name(st->code), st->details);
     return TSR_OK;
 }
 

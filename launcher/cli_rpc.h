@@ -19,9 +19,11 @@
 #include <stdint.h>
 
 #include <grpc/status.h>
+
 #include <protobuf-c/protobuf-c.h>
 
 #include "base/status.h"
+#include "proto/grpc_status_name.h" /* tsr_grpc_status_name, for the callers */
 
 typedef struct {
     const char *addr;            /* "host:port" (any gRPC target URI works) */
@@ -100,9 +102,5 @@ tsr_status tsr_cli_call_stream(tsr_cli_conn_t *c, const char *method, const Prot
 tsr_status tsr_cli_call_unary(tsr_cli_conn_t *c, const char *method, const ProtobufCMessage *req,
                               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                               tsr_cli_status *st);
-
-/* The canonical upper-case name of a status code ("INVALID_ARGUMENT");
- * "UNKNOWN_CODE" for values outside the enum. Never NULL. */
-const char *tsr_cli_status_name(grpc_status_code code);
 
 #endif

@@ -304,7 +304,7 @@ int cli_report_failure(const cli_ctx *cx, const char *what, const tsr_cli_status
         fprintf(stderr, "tessera-cli: cannot reach %s: UNAVAILABLE: %s\n", cx->addr, st->details);
         return EXIT_FAIL;
     }
-    fprintf(stderr, "tessera-cli: %s: %s", tsr_cli_status_name(st->code), st->details);
+    fprintf(stderr, "tessera-cli: %s: %s", tsr_grpc_status_name(st->code), st->details);
     if (st->code == GRPC_STATUS_DEADLINE_EXCEEDED && cx->timeout_s > 0)
         fprintf(stderr, " (--timeout %g s)", cx->timeout_s);
     if (st->code == GRPC_STATUS_UNAUTHENTICATED && !cx->have_token)
@@ -345,6 +345,23 @@ static int load_token(const cli_args *a, char **token) {
         }
     }
     return 0;
+}
+
+void cli_chat_init(cli_chat *c, const cli_args *a) {
+    *c = (cli_chat){.chat = TESSERA__V1__CHAT_INPUT__INIT,
+                    .sys = TESSERA__V1__CHAT_MESSAGE__INIT,
+                    .user = TESSERA__V1__CHAT_MESSAGE__INIT};
+    size_t n = 0;
+    if (a->val[O_SYSTEM]) {
+        c->sys.role = "system";
+        c->sys.content = (char *)a->val[O_SYSTEM];
+        c->msgs[n++] = &c->sys;
+    }
+    c->user.role = "user";
+    c->user.content = (char *)a->val[O_CHAT];
+    c->msgs[n++] = &c->user;
+    c->chat.n_messages = n;
+    c->chat.messages = c->msgs;
 }
 
 int main(int argc, char **argv) {

@@ -18,6 +18,7 @@
  *
  * What it is not: the scheduler, and never a caller of MPI. */
 #include "runtime/server/grpc_server.h"
+#include "proto/grpc_status_name.h"
 #include "base/rng.h"
 
 #include <grpc/byte_buffer.h>
@@ -211,31 +212,6 @@ static Grpc__Health__V1__HealthCheckResponse__ServingStatus health_status(tsr_gr
     return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 }
 
-static const char *status_name(grpc_status_code c) {
-    static const char *names[] = {
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    };
-    if ((int)c >= 0 && (size_t)c < sizeof names / sizeof names[0])
-        return names[c];
-    return "UNKNOWN";
-}
-
 static const char *finish_name(tsr_fin_reason f) {
     switch (f) {
     case TSR_FIN_STOP: return "stop";
@@ -312,7 +288,8 @@ enum { LOG_PROMPT_MAX = 4096 };
  * every few seconds, go to the debug log instead. */
 static void access_log(tsr_grpc_server_t *s, srv_call *c) {
     if (is_health(c->method)) {
-        TSR_LOG_D("access: method=%s peer=%s status=%s", c->name, c->peer, status_name(c->status));
+        TSR_LOG_D("access: method=%s peer=%s status=%s", c->name, c->peer,
+                  tsr_grpc_status_name(c->status));
         return;
     }
     char mem[LOG_PROMPT_MAX * 5 + 2048];
@@ -333,7 +310,7 @@ static void access_log(tsr_grpc_server_t *s, srv_call *c) {
         lb_kv(&b, "adapter", c->req && c->req->adapter[0] ? c->req->adapter : "-", 128);
     if (is_ctl(c->method) && c->ctl && c->ctl->name[0])
         lb_kv(&b, "adapter", c->ctl->name, sizeof c->ctl->name);
-    lb_kv(&b, "status", status_name(c->status), 64);
+    lb_kv(&b, "status", tsr_grpc_status_name(c->status), 64);
     double total = tsr_now_s() - c->t_arrival;
     if (c->method == M_GENERATE) {
         if (c->final_seen) {
@@ -438,7 +415,7 @@ static void maybe_release(tsr_grpc_server_t *s, srv_call *c) {
         return;
     access_log(s, c);
     if (s->cfg.metrics) {
-        const char *labels[] = {c->name, status_name(c->status)};
+        const char *labels[] = {c->name, tsr_grpc_status_name(c->status)};
         tsr_metric_inc(tsr_metric_get(s->cfg.metrics->requests, labels), 1);
     }
     if (c->req && !c->final_seen)
