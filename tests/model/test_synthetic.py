@@ -6,7 +6,8 @@ linear RoPE scaling, head_dim != n_embd / n_head, and weights stored as F32, F16
 BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K to Q6_K. Each model's logits at every
 position must be within 1e-4 relative of tests/reference/llama_ref.py. Also: the
 same model converted to an HF directory gives the same logits, and a GGUF whose
-tensor shapes contradict its metadata is refused with a clear message.
+tensor shapes contradict its metadata, or that holds a block type Tessera does
+not read, is refused with a clear message.
 
 usage: test_synthetic.py DUMP_LOGITS_TOOL
 """
@@ -41,7 +42,7 @@ K_QUANTS = {
 
 def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=None, n_ff=96,
                 vocab=128, untied=False, bias=False, rope_linear=None, wtype=Q.F32, seed=0,
-                bad_shape=False):
+                bad_shape=False, bad_type=None):
     rng = np.random.default_rng(seed)
     hd = head_dim or n_embd // n_head
     w = gguf.GGUFWriter(path, arch)
@@ -92,6 +93,10 @@ def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=
             vec(name, rows, 1.0 if kind == "norm" else 0.0)
         elif bad_shape and name == "blk.1.attn_q.weight":
             mat(name, rows + 32, cols)  # a shape the config does not imply
+        elif bad_type is not None and name == "blk.1.attn_q.weight":
+            qk, bb = gguf.GGML_QUANT_SIZES[bad_type]  # a block type Tessera does not read
+            raw = rng.integers(0, 256, size=(rows, cols // qk * bb), dtype=np.uint8)
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=bad_type)
         else:
             mat(name, rows, cols, scale=1.0 if kind == "embd" else None)
     tiny_gguf.write(w)
@@ -152,6 +157,16 @@ def main():
         check(r.returncode != 0, "a model with a wrong tensor shape was accepted")
         check("blk.1.attn_q.weight" in r.stderr and "config implies" in r.stderr,
               f"unclear message for a wrong tensor shape: {r.stderr!r}")
+
+        # A K-quant file with one tensor of a type Tessera does not read (IQ2_XXS)
+        bad = os.path.join(d, "iq.gguf")
+        write_model(bad, "llama", wtype=Q.Q4_K, n_embd=256, n_ff=512, bad_type=Q.IQ2_XXS)
+        r = subprocess.run([tool, bad, os.path.join(d, "x.f32"), "prefill", "1", "2"],
+                           capture_output=True, text=True)
+        check(r.returncode != 0, "a model with an IQ2_XXS tensor was accepted")
+        check("blk.1.attn_q.weight" in r.stderr and f"type id {int(Q.IQ2_XXS)} [256, 256]" in
+              r.stderr, f"unclear message for an unknown block type: {r.stderr!r}")
+        print(f"unknown block type refused: {r.stderr.strip()}")
     print("PASS")
 
 
