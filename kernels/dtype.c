@@ -12,9 +12,13 @@ typedef struct {
 } dtype_info;
 
 static const dtype_info infos[TSR_DTYPE_COUNT] = {
-    [TSR_F32] = {"f32", 1, 4},     [TSR_F16] = {"f16", 1, 2},       [TSR_Q4_0] = {"q4_0", 32, 18},
-    [TSR_Q4_1] = {"q4_1", 32, 20}, [TSR_Q5_0] = {"q5_0", 32, 22},   [TSR_Q5_1] = {"q5_1", 32, 24},
-    [TSR_Q8_0] = {"q8_0", 32, 34}, [TSR_Q6_K] = {"q6_k", 256, 210}, [TSR_BF16] = {"bf16", 1, 2},
+    [TSR_F32] = {"f32", 1, 4},       [TSR_F16] = {"f16", 1, 2},
+    [TSR_Q4_0] = {"q4_0", 32, 18},   [TSR_Q4_1] = {"q4_1", 32, 20},
+    [TSR_Q5_0] = {"q5_0", 32, 22},   [TSR_Q5_1] = {"q5_1", 32, 24},
+    [TSR_Q8_0] = {"q8_0", 32, 34},   [TSR_Q2_K] = {"q2_k", 256, 84},
+    [TSR_Q3_K] = {"q3_k", 256, 110}, [TSR_Q4_K] = {"q4_k", 256, 144},
+    [TSR_Q5_K] = {"q5_k", 256, 176}, [TSR_Q6_K] = {"q6_k", 256, 210},
+    [TSR_BF16] = {"bf16", 1, 2},
 };
 
 static const dtype_info *info(int t) {
@@ -106,6 +110,30 @@ uint16_t tsr_f32_to_bf16(float f) {
 
 static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K block, from
+ * its 12 packed bytes: sub-blocks 0..3 keep theirs in the low 6 bits of bytes
+ * j (scale) and j + 4 (min); sub-blocks 4..7 have their low 4 bits in the two
+ * nibbles of byte j + 4 and their top 2 bits in the top bits of bytes j - 4
+ * (scale) and j (min). */
+static void k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xf) | (s[j - 4] >> 6) << 4;
+        *m = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+    }
+}
+
+/* The 6-bit scale of sub-block j (0..15) of a Q3_K block, minus 32: the low
+ * 4 bits are a nibble of bytes 0..7 (low nibbles for j < 8), the top 2 bits a
+ * 2-bit field of bytes 8..11 (field j / 4 of byte 8 + j % 4). */
+static int q3k_scale(const uint8_t *s, int j) {
+    int lo = (s[j % 8] >> (4 * (j / 8))) & 0xf;
+    int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    return (lo | hi << 4) - 32;
+}
+
 void tsr_dequantize(int t, const void *src, float *dst, size_t n) {
     const uint8_t *p = src;
     switch (t) {
@@ -157,6 +185,62 @@ void tsr_dequantize(int t, const void *src, float *dst, size_t n) {
                 int hi = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
                 dst[j] = has_m ? d * (float)lo + m : d * (float)(lo - 16);
                 dst[j + 16] = has_m ? d * (float)hi + m : d * (float)(hi - 16);
+            }
+        }
+        return;
+    }
+    case TSR_Q2_K: /* {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin} per 256 */
+        /* Element 128*h + 32*s + l (h < 2, s < 4, l < 32) is bits 2s..2s+1 of
+         * qs[32h + l]; its 16-element group g = e / 16 has scale d*(scales[g]
+         * & 15) and min dmin*(scales[g] >> 4): x = scale*q - min. */
+        for (size_t b = 0; b < n / 256; b++, p += 84, dst += 256) {
+            const uint8_t *sc = p, *qs = p + 16;
+            float d = tsr_f16_to_f32(rd16(p + 80)), dmin = tsr_f16_to_f32(rd16(p + 82));
+            for (int e = 0; e < 256; e++) {
+                int h = e / 128, s = (e % 128) / 32, l = e % 32;
+                int q = (qs[32 * h + l] >> (2 * s)) & 3;
+                float dl = d * (float)(sc[e / 16] & 0xf), ml = dmin * (float)(sc[e / 16] >> 4);
+                float prod = dl * (float)q; /* rounded on its own, as in ggml */
+                dst[e] = prod - ml;
+            }
+        }
+        return;
+    case TSR_Q3_K: /* {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d} per 256 */
+        /* Low 2 bits as Q2_K's; the third is bit e / 32 of hmask[e % 32], and a
+         * clear bit subtracts 4: x = d*(scale - 32)*q, q in -4..3. */
+        for (size_t b = 0; b < n / 256; b++, p += 110, dst += 256) {
+            const uint8_t *hm = p, *qs = p + 32, *sc = p + 96;
+            float d = tsr_f16_to_f32(rd16(p + 108));
+            for (int e = 0; e < 256; e++) {
+                int h = e / 128, s = (e % 128) / 32, l = e % 32;
+                int q = ((qs[32 * h + l] >> (2 * s)) & 3) - (((hm[l] >> (e / 32)) & 1) ? 0 : 4);
+                float dl = d * (float)q3k_scale(sc, e / 16);
+                dst[e] = dl * (float)q;
+            }
+        }
+        return;
+    case TSR_Q4_K:   /* {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]} per 256 */
+    case TSR_Q5_K: { /* {f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} */
+        /* Element 64*c + 32*k + l (c < 4, k < 2, l < 32) is nibble k of
+         * qs[32c + l], plus (Q5_K) bit 2c+k of qh[l] as its fifth bit; its
+         * 32-element group j = e / 32 has 6-bit scale and min (k_scale_min):
+         * x = d*scale*q - dmin*min. */
+        int five = t == TSR_Q5_K;
+        size_t bb = five ? 176 : 144;
+        for (size_t b = 0; b < n / 256; b++, p += bb, dst += 256) {
+            const uint8_t *qh = p + 16, *qs = p + (five ? 48 : 16);
+            float d = tsr_f16_to_f32(rd16(p)), dmin = tsr_f16_to_f32(rd16(p + 2));
+            for (int j = 0; j < 8; j++) {
+                int sc, m;
+                k_scale_min(p + 4, j, &sc, &m);
+                float dl = d * (float)sc, ml = dmin * (float)m;
+                for (int l = 0; l < 32; l++) {
+                    int q = (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0xf;
+                    if (five)
+                        q |= ((qh[l] >> j) & 1) << 4;
+                    float prod = dl * (float)q;
+                    dst[32 * j + l] = prod - ml;
+                }
             }
         }
         return;

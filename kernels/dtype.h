@@ -19,6 +19,10 @@ typedef enum {
     TSR_Q5_0 = 6,
     TSR_Q5_1 = 7,
     TSR_Q8_0 = 8,
+    TSR_Q2_K = 10,
+    TSR_Q3_K = 11,
+    TSR_Q4_K = 12,
+    TSR_Q5_K = 13,
     TSR_Q6_K = 14,
     TSR_BF16 = 30,
     TSR_DTYPE_COUNT = 31, /* one past the largest id; not every id is a type */
@@ -40,7 +44,9 @@ size_t tsr_dtype_row_bytes(int t, uint64_t n);
 /* Converts `n` elements of type `t` at `src` to f32 at `dst`. `n` must be a
  * multiple of the block size and `t` a known type (checked by the caller via
  * tsr_dtype_row_bytes). `src` may be unaligned (it points into an mmap'd
- * file). Cannot fail. */
+ * file). Cannot fail. Each element is computed with the same f32 operations,
+ * in the same order, as ggml's dequantize_row_* (no fused multiply-add), so
+ * the result is bit for bit that of ggml and of gguf-py's dequantizers. */
 void tsr_dequantize(int t, const void *src, float *dst, size_t n);
 
 /* IEEE half and bfloat16 conversions. */

@@ -190,6 +190,25 @@ static void fill_str_pool(tsr_gguf_t *g, const char *file) {
     }
 }
 
+/* "q4_k [256, 2]" (or "type id 99 [256, 2]"): a tensor's type and shape for
+ * the messages that refuse it. */
+typedef struct {
+    char s[128];
+} tensor_desc;
+
+static tensor_desc describe(const tsr_gguf_tensor *t) {
+    tensor_desc d;
+    const char *name = tsr_dtype_name(t->type);
+    int n = name ? snprintf(d.s, sizeof d.s, "%s [", name)
+                 : snprintf(d.s, sizeof d.s, "type id %u [", (unsigned)t->type);
+    for (uint32_t i = 0; i < t->n_dims && n > 0 && (size_t)n < sizeof d.s; i++)
+        n += snprintf(d.s + n, sizeof d.s - (size_t)n, "%s%llu", i ? ", " : "",
+                      (unsigned long long)t->ne[i]);
+    if (n > 0 && (size_t)n < sizeof d.s)
+        snprintf(d.s + n, sizeof d.s - (size_t)n, "]");
+    return d;
+}
+
 static tsr_status parse_tensors(tsr_gguf_t *g, cursor *c) {
     for (size_t i = 0; i < g->n_tensors; i++) {
         tsr_gguf_tensor *t = &g->tensors[i];
@@ -217,19 +236,19 @@ static tsr_status parse_tensors(tsr_gguf_t *g, cursor *c) {
         t->type = (int)type;
         if (!tsr_dtype_name(t->type))
             return tsr_error_set(TSR_ERR_UNSUPPORTED,
-                                 "%s: tensor '%.*s' has type %u, which Tessera does not read",
-                                 c->file, (int)t->name.len, t->name.ptr, type);
+                                 "%s: tensor '%.*s' (%s) has a block type Tessera does not read",
+                                 c->file, (int)t->name.len, t->name.ptr, describe(t).s);
         size_t blk = tsr_dtype_block(t->type);
         if (t->ne[0] % blk)
             return tsr_error_set(TSR_ERR_FORMAT,
-                                 "%s: tensor '%.*s' has rows of %llu elements, not a multiple of "
-                                 "the %s block size %zu",
-                                 c->file, (int)t->name.len, t->name.ptr,
+                                 "%s: tensor '%.*s' (%s) has rows of %llu elements, not a "
+                                 "multiple of the %s block size %zu",
+                                 c->file, (int)t->name.len, t->name.ptr, describe(t).s,
                                  (unsigned long long)t->ne[0], tsr_dtype_name(t->type), blk);
         size_t row = tsr_dtype_row_bytes(t->type, t->ne[0]);
         if (!row || count / t->ne[0] > UINT64_MAX / row)
-            return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%.*s' is too large", c->file,
-                                 (int)t->name.len, t->name.ptr);
+            return tsr_error_set(TSR_ERR_FORMAT, "%s: tensor '%.*s' (%s) is too large", c->file,
+                                 (int)t->name.len, t->name.ptr, describe(t).s);
         t->nbytes = (count / t->ne[0]) * row;
         if (t->offset % g->alignment)
             return tsr_error_set(TSR_ERR_FORMAT,
@@ -256,10 +275,12 @@ static tsr_status check_layout(tsr_gguf_t *g, size_t data_start, const char *fil
         tsr_gguf_tensor *t = &g->tensors[i];
         if (t->offset > data_size || t->nbytes > data_size - t->offset) {
             st = tsr_error_set(TSR_ERR_FORMAT,
-                               "%s: tensor '%.*s' (%llu bytes at data offset %llu) runs past the "
-                               "end of the file (data section is %zu bytes): truncated or corrupt",
-                               file, (int)t->name.len, t->name.ptr, (unsigned long long)t->nbytes,
-                               (unsigned long long)t->offset, data_size);
+                               "%s: tensor '%.*s' (%s: %llu bytes at data offset %llu) runs past "
+                               "the end of the file (data section is %zu bytes): truncated or "
+                               "corrupt",
+                               file, (int)t->name.len, t->name.ptr, describe(t).s,
+                               (unsigned long long)t->nbytes, (unsigned long long)t->offset,
+                               data_size);
             goto cleanup;
         }
         t->data = g->base + data_start + t->offset;
@@ -269,8 +290,15 @@ static tsr_status check_layout(tsr_gguf_t *g, size_t data_start, const char *fil
     for (size_t i = 1; i < g->n_tensors; i++) {
         const tsr_gguf_tensor *a = order[i - 1], *b = order[i];
         if (a->offset + a->nbytes > b->offset) {
-            st = tsr_error_set(TSR_ERR_FORMAT, "%s: tensors '%.*s' and '%.*s' overlap", file,
-                               (int)a->name.len, a->name.ptr, (int)b->name.len, b->name.ptr);
+            /* GGUF stores no sizes: a type or shape that does not fit the
+             * bytes written shows here, so name both as read */
+            st = tsr_error_set(TSR_ERR_FORMAT,
+                               "%s: tensors '%.*s' (%s: %llu bytes at data offset %llu) and "
+                               "'%.*s' (%s at %llu) overlap",
+                               file, (int)a->name.len, a->name.ptr, describe(a).s,
+                               (unsigned long long)a->nbytes, (unsigned long long)a->offset,
+                               (int)b->name.len, b->name.ptr, describe(b).s,
+                               (unsigned long long)b->offset);
             goto cleanup;
         }
     }

@@ -179,8 +179,16 @@ static tsr_status expect(const tsr_model_file_t *mf, const char *name, int rows,
     tensor_view v;
     if (!view_of(mf, name, &v))
         return tsr_error_set(TSR_ERR_FORMAT, "tensor '%s' is missing or not a matrix/vector", name);
-    if (!tsr_dtype_name(v.dtype) || !v.row_bytes)
-        return tsr_error_set(TSR_ERR_UNSUPPORTED, "tensor '%s' has an unsupported type", name);
+    if (!tsr_dtype_name(v.dtype))
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "tensor '%s' (%d x %d) has type id %d, which Tessera does not read",
+                             name, v.rows, v.cols, (int)v.dtype);
+    if (!v.row_bytes)
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "tensor '%s' (%s, %d x %d) has rows of %d elements, not a multiple of "
+                             "the %s block size %zu",
+                             name, tsr_dtype_name(v.dtype), v.rows, v.cols, v.cols,
+                             tsr_dtype_name(v.dtype), tsr_dtype_block(v.dtype));
     if (v.rows != rows || v.cols != cols)
         return tsr_error_set(TSR_ERR_FORMAT, "tensor '%s' is %d x %d, the config implies %d x %d",
                              name, v.rows, v.cols, rows, cols);

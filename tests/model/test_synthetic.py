@@ -3,10 +3,11 @@
 
 Covers what the default model does not: an untied LM head, Qwen2 Q/K/V biases,
 linear RoPE scaling, head_dim != n_embd / n_head, and weights stored as F32, F16,
-BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q6_K. Each model's logits at every
+BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K to Q6_K. Each model's logits at every
 position must be within 1e-4 relative of tests/reference/llama_ref.py. Also: the
 same model converted to an HF directory gives the same logits, and a GGUF whose
-tensor shapes contradict its metadata is refused with a clear message.
+tensor shapes contradict its metadata, or that holds a block type Tessera does
+not read, is refused with a clear message.
 
 usage: test_synthetic.py DUMP_LOGITS_TOOL
 """
@@ -27,10 +28,21 @@ import gguf_to_hf
 
 Q = gguf.GGMLQuantizationType
 
+# The gguf package cannot quantize the K-quants: their matrices are random
+# blocks with small f16 scales. type -> (offset of d, offset of dmin or None,
+# d and dmin times sqrt(cols)), chosen so a weight is O(1 / sqrt(cols)).
+K_QUANTS = {
+    Q.Q2_K: (80, 82, 0.05, 0.05),
+    Q.Q3_K: (108, None, 0.02, 0),
+    Q.Q4_K: (0, 2, 0.003, 0.005),
+    Q.Q5_K: (0, 2, 0.0015, 0.005),
+    Q.Q6_K: (208, None, 0.02, 0),
+}
+
 
 def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=None, n_ff=96,
                 vocab=128, untied=False, bias=False, rope_linear=None, wtype=Q.F32, seed=0,
-                bad_shape=False):
+                bad_shape=False, bad_type=None):
     rng = np.random.default_rng(seed)
     hd = head_dim or n_embd // n_head
     w = gguf.GGUFWriter(path, arch)
@@ -56,12 +68,14 @@ def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=
             w.add_tensor(name, a)
         elif qtype == Q.F16:
             w.add_tensor(name, a.astype(np.float16))
-        elif qtype == Q.Q6_K:
-            # the gguf package cannot quantize Q6_K: random blocks of
-            # {ql[128], qh[64], scales[16], f16 d} with a small d
-            blocks = rng.integers(0, 256, size=(rows, cols // 256, 210), dtype=np.uint8)
-            d = np.full((rows, cols // 256), 0.02 / np.sqrt(cols), dtype=np.float16)
-            blocks[:, :, 208:210] = d.view(np.uint8).reshape(rows, cols // 256, 2)
+        elif qtype in K_QUANTS:
+            d_at, m_at, d, dmin = K_QUANTS[qtype]
+            bb = gguf.GGML_QUANT_SIZES[qtype][1]
+            blocks = rng.integers(0, 256, size=(rows, cols // 256, bb), dtype=np.uint8)
+            for at, v in ((d_at, d), (m_at, dmin)):
+                if at is not None:
+                    h = np.full((rows, cols // 256), v / np.sqrt(cols), dtype=np.float16)
+                    blocks[:, :, at:at + 2] = h.view(np.uint8).reshape(rows, cols // 256, 2)
             raw = blocks.reshape(rows, -1)
             w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
         else:
@@ -79,6 +93,10 @@ def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=
             vec(name, rows, 1.0 if kind == "norm" else 0.0)
         elif bad_shape and name == "blk.1.attn_q.weight":
             mat(name, rows + 32, cols)  # a shape the config does not imply
+        elif bad_type is not None and name == "blk.1.attn_q.weight":
+            qk, bb = gguf.GGML_QUANT_SIZES[bad_type]  # a block type Tessera does not read
+            raw = rng.integers(0, 256, size=(rows, cols // qk * bb), dtype=np.uint8)
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=bad_type)
         else:
             mat(name, rows, cols, scale=1.0 if kind == "embd" else None)
     tiny_gguf.write(w)
@@ -105,7 +123,9 @@ CASES = [
     ("llama q4_1", "llama", dict(wtype=Q.Q4_1)),
     ("llama q5_0", "llama", dict(wtype=Q.Q5_0)),
     ("llama q5_1", "llama", dict(wtype=Q.Q5_1)),
-    ("llama q6_k (256-wide rows)", "llama", dict(wtype=Q.Q6_K, n_embd=256, n_ff=512, n_head=4)),
+] + [
+    (f"llama {t.name.lower()} (256-wide rows)", "llama",
+     dict(wtype=t, n_embd=256, n_ff=512, n_head=4)) for t in K_QUANTS
 ]
 
 
@@ -120,7 +140,8 @@ def main():
             want = llama_ref.logits(path, ids)
             got = logits_of(tool, path, ids)
             e = rel_err(got, want)
-            print(f"{name}: max relative error {e:.2e}")
+            print(f"{name}: max relative error {e:.2e} (max abs {np.max(np.abs(got - want)):.2e}"
+                  f" over logits up to {np.max(np.abs(want)):.3g})")
             check(e <= 1e-4, f"{name}: logits differ from the reference by {e:.2e}")
             if i == 0:
                 hf = os.path.join(d, "hf0")
@@ -136,6 +157,16 @@ def main():
         check(r.returncode != 0, "a model with a wrong tensor shape was accepted")
         check("blk.1.attn_q.weight" in r.stderr and "config implies" in r.stderr,
               f"unclear message for a wrong tensor shape: {r.stderr!r}")
+
+        # A K-quant file with one tensor of a type Tessera does not read (IQ2_XXS)
+        bad = os.path.join(d, "iq.gguf")
+        write_model(bad, "llama", wtype=Q.Q4_K, n_embd=256, n_ff=512, bad_type=Q.IQ2_XXS)
+        r = subprocess.run([tool, bad, os.path.join(d, "x.f32"), "prefill", "1", "2"],
+                           capture_output=True, text=True)
+        check(r.returncode != 0, "a model with an IQ2_XXS tensor was accepted")
+        check("blk.1.attn_q.weight" in r.stderr and f"type id {int(Q.IQ2_XXS)} [256, 256]" in
+              r.stderr, f"unclear message for an unknown block type: {r.stderr!r}")
+        print(f"unknown block type refused: {r.stderr.strip()}")
     print("PASS")
 
 

@@ -265,9 +265,11 @@ static void test_sizes(void) {
         const char *name;
         size_t block, bytes;
     } types[] = {
-        {TSR_F32, "f32", 1, 4},     {TSR_F16, "f16", 1, 2},     {TSR_BF16, "bf16", 1, 2},
-        {TSR_Q4_0, "q4_0", 32, 18}, {TSR_Q4_1, "q4_1", 32, 20}, {TSR_Q5_0, "q5_0", 32, 22},
-        {TSR_Q5_1, "q5_1", 32, 24}, {TSR_Q8_0, "q8_0", 32, 34}, {TSR_Q6_K, "q6_k", 256, 210},
+        {TSR_F32, "f32", 1, 4},       {TSR_F16, "f16", 1, 2},       {TSR_BF16, "bf16", 1, 2},
+        {TSR_Q4_0, "q4_0", 32, 18},   {TSR_Q4_1, "q4_1", 32, 20},   {TSR_Q5_0, "q5_0", 32, 22},
+        {TSR_Q5_1, "q5_1", 32, 24},   {TSR_Q8_0, "q8_0", 32, 34},   {TSR_Q2_K, "q2_k", 256, 84},
+        {TSR_Q3_K, "q3_k", 256, 110}, {TSR_Q4_K, "q4_k", 256, 144}, {TSR_Q5_K, "q5_k", 256, 176},
+        {TSR_Q6_K, "q6_k", 256, 210},
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         int t = types[i].t;
@@ -300,7 +302,7 @@ static void test_sizes(void) {
     CHECK(tsr_dtype_row_bytes(TSR_F32, UINT64_C(1) << 62) == 0, "f32 2^62 elements");
     CHECK(tsr_dtype_row_bytes(TSR_F32, 5) == 20, "f32 odd count");
     CHECK(tsr_dtype_row_bytes(TSR_F16, 3) == 6, "f16 odd count");
-    static const int unknown[] = {-1, 4, 5, 9, 13, 15, 29, 31, 1000, -1000};
+    static const int unknown[] = {-1, 4, 5, 9, 15, 16, 23, 29, 31, 1000, -1000};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         int t = unknown[i];
         CHECK(!tsr_dtype_name(t) && !tsr_dtype_block(t) && !tsr_dtype_block_bytes(t) &&
@@ -439,6 +441,65 @@ static double dec_q6_k(const uint8_t *b, int e, double *mag) {
     return v;
 }
 
+/* The K-quants below, per ggml's dequantize_row_q{2,3,4,5}_K, element by
+ * element. Q2_K and Q3_K: element e = 128*h + 32*s + l (h < 2, s < 4, l < 32)
+ * has its low 2 bits at bits 2s..2s+1 of qs[32h + l], and a 16-element group
+ * e / 16 with its own scale. */
+static int k_low2(const uint8_t *qs, int e) {
+    return (qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+}
+
+/* Q2_K {scales[16] (low nibble scale, high nibble min); qs[64]; f16 d; f16
+ * dmin}: x = d*scale*q - dmin*min. */
+static double dec_q2_k(const uint8_t *b, int e, double *mag) {
+    int g = b[e / 16];
+    double dq = f16_at(b + 80) * (g & 15) * k_low2(b + 16, e), m = f16_at(b + 82) * (g >> 4);
+    *mag = fabs(dq) + fabs(m);
+    return dq - m;
+}
+
+/* Q3_K {hmask[32]; qs[64]; scales[12]; f16 d}: q = low2 + 4*hbit - 4 with hbit
+ * bit e / 32 of hmask[e % 32]; group g's 6-bit scale has its low nibble in
+ * byte g % 8 of scales (high nibble for g >= 8) and its top 2 bits at bits
+ * 2*(g / 4) of byte 8 + g % 4; x = d*(scale - 32)*q. */
+static double dec_q3_k(const uint8_t *b, int e, double *mag) {
+    const uint8_t *sc = b + 96;
+    int g = e / 16;
+    int lo = g < 8 ? sc[g] & 15 : sc[g - 8] >> 4, hi = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+    int q = k_low2(b + 32, e) + 4 * ((b[e % 32] >> (e / 32)) & 1) - 4;
+    double v = f16_at(b + 108) * ((lo | hi << 4) - 32) * q;
+    *mag = fabs(v);
+    return v;
+}
+
+/* Q4_K and Q5_K {f16 d; f16 dmin; scales[12]; (Q5_K: qh[32]); qs[128]}:
+ * element e in 32-element group j = e / 32 is the low (j even) or high nibble
+ * of qs[32*(j / 2) + e % 32], with (Q5_K) bit j of qh[e % 32] as fifth bit.
+ * Group j < 4 has scale scales[j] & 63 and min scales[j + 4] & 63; group
+ * j >= 4 has the nibbles of scales[j + 4] (low: scale, high: min) with the
+ * top 2 bits of scales[j - 4] (scale) and scales[j] (min) above them.
+ * x = d*scale*q - dmin*min. */
+static double dec_k4(const uint8_t *b, int e, int five, double *mag) {
+    const uint8_t *sc = b + 4, *qs = b + (five ? 48 : 16);
+    int j = e / 32, l = e % 32, scale, min;
+    if (j < 4) {
+        scale = sc[j] & 63;
+        min = sc[j + 4] & 63;
+    } else {
+        scale = (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
+        min = (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
+    }
+    int q = j % 2 ? qs[32 * (j / 2) + l] >> 4 : qs[32 * (j / 2) + l] & 15;
+    if (five)
+        q += 16 * ((b[16 + l] >> j) & 1);
+    double dq = f16_at(b) * scale * q, m = f16_at(b + 2) * min;
+    *mag = fabs(dq) + fabs(m);
+    return dq - m;
+}
+
+static double dec_q4_k(const uint8_t *b, int e, double *mag) { return dec_k4(b, e, 0, mag); }
+static double dec_q5_k(const uint8_t *b, int e, double *mag) { return dec_k4(b, e, 1, mag); }
+
 /* Encoders: from x(qk) to one block; return the largest error bound any
  * element may have against x (half the quantization step, plus slack). */
 static double enc_q8_0(const float *x, uint8_t *b, tu_rng *r) {
@@ -555,7 +616,7 @@ typedef struct {
     int type;
     const char *name;
     int qk, bytes;
-    double (*encode)(const float *x, uint8_t *b, tu_rng *r);
+    double (*encode)(const float *x, uint8_t *b, tu_rng *r); /* NULL: random bytes only */
     double (*decode)(const uint8_t *b, int j, double *mag);
     int d_at; /* where the f16 scale d sits (random-byte blocks keep it finite) */
     int m_at; /* where the f16 min m sits, or -1 */
@@ -568,6 +629,10 @@ static const qtype qtypes[] = {
     {TSR_Q5_0, "q5_0", 32, 22, enc_q5_0, dec_q5_0, 0, -1},
     {TSR_Q5_1, "q5_1", 32, 24, enc_q5_1, dec_q5_1, 0, 2},
     {TSR_Q6_K, "q6_k", 256, 210, enc_q6_k, dec_q6_k, 208, -1},
+    {TSR_Q2_K, "q2_k", 256, 84, NULL, dec_q2_k, 80, 82},
+    {TSR_Q3_K, "q3_k", 256, 110, NULL, dec_q3_k, 108, -1},
+    {TSR_Q4_K, "q4_k", 256, 144, NULL, dec_q4_k, 0, 2},
+    {TSR_Q5_K, "q5_k", 256, 176, NULL, dec_q5_k, 0, 2},
 };
 
 /* Dequantizes nb blocks at an odd address and compares every element with
@@ -598,6 +663,8 @@ static void test_quant_encoded(tu_rng *r) {
     enum { NB = 5 };
     for (size_t t = 0; t < sizeof qtypes / sizeof qtypes[0]; t++) {
         const qtype *qt = &qtypes[t];
+        if (!qt->encode)
+            continue;
         size_t n = (size_t)NB * qt->qk;
         float *x = tu_xmalloc(n * sizeof *x);
         uint8_t *blocks = tu_xmalloc((size_t)NB * qt->bytes);
@@ -723,6 +790,58 @@ static void test_quant_known(void) {
     CHECK(out[81] == -3 * 23, "q6_k element 81: %g", (double)out[81]);
     CHECK(out[111] == 7 * -32, "q6_k element 111: %g", (double)out[111]); /* ql[47] high = 0 */
     CHECK(out[0] == -32 && out[255] == 16 * -32 && out[80] == 3 * 32, "q6_k defaults");
+
+    uint8_t k[176];
+    memset(k, 0, sizeof k);     /* Q2_K: scales 0..15, qs 16..79, d 80, dmin 82 */
+    k[81] = 0x3c, k[83] = 0x38; /* d = 1, dmin = 0.5 */
+    k[0] = 0x21;                /* group 0: scale 1, min 2 */
+    k[2] = 0x03;                /* group 2: scale 3, min 0 */
+    k[4] = 0xf5;                /* group 4: scale 5, min 15 */
+    k[12] = 0x17;               /* group 12: scale 7, min 1 */
+    k[16] = 0xe4;               /* qs[0]: element 0 q=0, 32 q=1, 64 q=2, 96 q=3 */
+    k[16 + 40] = 0x30;          /* element 200 = 128 + 64 + 8: bits 4-5 of qs[40], q=3 */
+    tsr_dequantize(TSR_Q2_K, k, out, 256);
+    CHECK(out[0] == -1 && out[32] == 3 && out[64] == 2.5f && out[96] == 0 && out[200] == 20.5f,
+          "q2_k known: %g %g %g %g %g", (double)out[0], (double)out[32], (double)out[64],
+          (double)out[96], (double)out[200]);
+    CHECK(out[1] == -1 && out[16] == 0 && out[255] == 0, "q2_k defaults");
+
+    memset(k, 0, sizeof k);       /* Q3_K: hmask 0..31, qs 32..95, scales 96..107, d 108 */
+    k[109] = 0x3c;                /* d = 1; all-zero fields: scale -32, q = -4 */
+    k[0] = 0x01, k[32] = 0x03;    /* element 0: hbit 1, low2 3: q = 3 */
+    k[96] = 0x02, k[104] = 0x82;  /* group 0: 2 | 2 << 4 = 34 -> 2; group 12's top bits 2 */
+    k[100] = 0x50;                /* group 12 low nibble 5: 37 -> 5 */
+    k[8] = 0x40, k[72] = 0x10;    /* element 200: hbit (bit 6 of hmask[8]) 1, low2 1: q = 1 */
+    k[103] = 0xf0, k[107] = 0xc0; /* group 15: 15 | 3 << 4 = 63 -> 31 */
+    k[95] = 0x80;                 /* element 255: low2 2 (bits 6-7 of qs[63]), hbit 0: q = -2 */
+    tsr_dequantize(TSR_Q3_K, k, out, 256);
+    CHECK(out[0] == 6 && out[200] == 5 && out[255] == -62 && out[33] == 128,
+          "q3_k known: %g %g %g %g", (double)out[0], (double)out[200], (double)out[255],
+          (double)out[33]);
+
+    for (int five = 0; five < 2; five++) {
+        /* Q4_K: d 0, dmin 2, scales 4..15, qs 16..143; Q5_K: qh 16..47, qs 48..175 */
+        int qs = five ? 48 : 16;
+        memset(k, 0, sizeof k);
+        k[1] = 0x3c, k[3] = 0x38; /* d = 1, dmin = 0.5 */
+        k[4] = 0x03, k[8] = 0x02; /* group 0: scale 3, min 2 */
+        k[4 + 9] = 0x42;          /* group 5: low bits scale 2, min 4 */
+        k[4 + 1] = 0x40;          /* group 5 scale top bits 1: 18; group 1 scale 0 */
+        k[4 + 5] = 0x80;          /* group 5 min top bits 2: 36; group 1 min 0 */
+        k[4 + 11] = 0x30;         /* group 7: scale 0, min 3 */
+        k[qs] = 0x05;             /* element 0: 5 */
+        k[qs + 71] = 0x90;        /* element 167 = 5*32 + 7: high nibble of qs[64 + 7], 9 */
+        if (five) {
+            k[16] = 0x01;     /* element 0: fifth bit (bit 0 of qh[0]): 21 */
+            k[16 + 7] = 0x20; /* element 167: bit 5 of qh[7]: 25 */
+        }
+        tsr_dequantize(five ? TSR_Q5_K : TSR_Q4_K, k, out, 256);
+        float want0 = five ? 62 : 14, want167 = five ? 432 : 144;
+        CHECK(out[0] == want0 && out[167] == want167 && out[32] == 0 && out[255] == -1.5f &&
+                  out[1] == -1,
+              "%s known: %g %g %g %g", five ? "q5_k" : "q4_k", (double)out[0], (double)out[167],
+              (double)out[32], (double)out[255]);
+    }
 }
 
 int main(void) {

@@ -180,6 +180,12 @@ static void expect_refused(const buf_t *img, tsr_status want, const char *sub, c
     CHECK(!sub || strstr(tsr_error_msg(), sub), "%s: message lacks \"%s\"", what, sub);
 }
 
+/* The last refusal's message also contains `sub` (for messages that must name
+ * several things: a tensor's name, type and shape). */
+static void expect_msg_has(const char *sub, const char *what) {
+    CHECK(strstr(tsr_error_msg(), sub), "%s: message lacks \"%s\": %s", what, sub, tsr_error_msg());
+}
+
 /* ---- the full valid image ---------------------------------------------------- */
 
 typedef struct {
@@ -835,6 +841,69 @@ static void test_corrupt(tu_rng *r) {
     bad = tensor_image(r, 1, ne_q6, TSR_Q6_K, 0, 256);
     expect_refused(&bad, TSR_ERR_FORMAT, "bad.tensor", "partial Q6_K block");
     free(bad.p);
+    /* Issue 15's bad input: an unknown block type, a row that cuts a block,
+     * and bytes that disagree with type and shape, each refused with the
+     * tensor's name, type and shape. */
+    static const uint32_t unknown_ids[] = {9, 15, 16, 20, 29};
+    for (size_t i = 0; i < sizeof unknown_ids / sizeof unknown_ids[0]; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "type id %u [4, 2]", unknown_ids[i]);
+        bad = tensor_image(r, 2, ne2, unknown_ids[i], 0, 64);
+        expect_refused(&bad, TSR_ERR_UNSUPPORTED, "bad.tensor", "unknown block type");
+        expect_msg_has(want, "unknown block type");
+        free(bad.p);
+    }
+    static const struct {
+        int type;
+        const char *name;
+    } kq[] = {{TSR_Q2_K, "q2_k"}, {TSR_Q3_K, "q3_k"}, {TSR_Q4_K, "q4_k"}, {TSR_Q5_K, "q5_k"}};
+    for (size_t i = 0; i < sizeof kq / sizeof kq[0]; i++) {
+        char want[32];
+        uint64_t ne_half[2] = {384, 2}, ne_ok[2] = {512, 3}, ne_two[2] = {256, 2};
+        size_t bb = tsr_dtype_block_bytes(kq[i].type);
+        bad = tensor_image(r, 2, ne_half, (uint32_t)kq[i].type, 0, 4 * bb);
+        expect_refused(&bad, TSR_ERR_FORMAT, "bad.tensor", "partial K-quant block");
+        snprintf(want, sizeof want, "%s [384, 2]", kq[i].name);
+        expect_msg_has(want, "partial K-quant block");
+        expect_msg_has("block size 256", "partial K-quant block");
+        free(bad.p);
+        /* Whole blocks open, with the size the type implies. */
+        buf_t ok = tensor_image(r, 2, ne_ok, (uint32_t)kq[i].type, 0, 6 * bb);
+        uint8_t *copy;
+        CHECK_OK(open_copy(ok.p, ok.len, &g, &copy));
+        const tsr_gguf_tensor *t = tsr_gguf_find_tensor(g, "bad.tensor");
+        CHECK(t && t->type == kq[i].type && t->nbytes == 6 * bb && t->ne[0] == 512 && t->ne[1] == 3,
+              "%s tensor read back", kq[i].name);
+        tsr_gguf_close(g);
+        g = NULL;
+        free(copy);
+        free(ok.p);
+        /* One block's bytes short of what type and shape imply. */
+        bad = tensor_image(r, 2, ne_two, (uint32_t)kq[i].type, 0, bb);
+        expect_refused(&bad, TSR_ERR_FORMAT, "past the end", "K-quant tensor one block short");
+        snprintf(want, sizeof want, "%s [256, 2]", kq[i].name);
+        expect_msg_has(want, "K-quant tensor one block short");
+        expect_msg_has("bad.tensor", "K-quant tensor one block short");
+        free(bad.p);
+    }
+    {
+        /* A Q4_K tensor of 2 blocks (288 bytes) written in the 160 bytes
+         * before the next tensor: its type or shape disagrees with its bytes. */
+        uint8_t d[320];
+        rand_bytes(r, d, sizeof d);
+        uint64_t ne512[1] = {512}, ne16[1] = {16};
+        gg_t gg;
+        gg_init(&gg, 3, 32);
+        gg_tensor_info(&gg, "q.weight", 1, ne512, TSR_Q4_K, 0);
+        gg_tensor_info(&gg, "next.weight", 1, ne16, TSR_F32, 160);
+        put(&gg.data, d, sizeof d);
+        bad = gg_build(&gg);
+        expect_refused(&bad, TSR_ERR_FORMAT, "overlap", "size disagrees with type and shape");
+        expect_msg_has("'q.weight' (q4_k [512]: 288 bytes", "size disagrees with type and shape");
+        expect_msg_has("'next.weight' (f32 [16] at 160)", "size disagrees with type and shape");
+        free(bad.p);
+        gg_free(&gg);
+    }
     bad = tensor_image(r, 2, ne2, TSR_F32, 4, 64);
     expect_refused(&bad, TSR_ERR_FORMAT, "aligned", "unaligned offset");
     free(bad.p);
