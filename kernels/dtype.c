@@ -12,13 +12,13 @@ typedef struct {
 } dtype_info;
 
 static const dtype_info infos[TSR_DTYPE_COUNT] = {
-    [TSR_F32] = {"f32", 1, 4},       [TSR_F16] = {"f16", 1, 2},
-    [TSR_Q4_0] = {"q4_0", 32, 18},   [TSR_Q4_1] = {"q4_1", 32, 20},
-    [TSR_Q5_0] = {"q5_0", 32, 22},   [TSR_Q5_1] = {"q5_1", 32, 24},
-    [TSR_Q8_0] = {"q8_0", 32, 34},   [TSR_Q2_K] = {"q2_k", 256, 84},
-    [TSR_Q3_K] = {"q3_k", 256, 110}, [TSR_Q4_K] = {"q4_k", 256, 144},
-    [TSR_Q5_K] = {"q5_k", 256, 176}, [TSR_Q6_K] = {"q6_k", 256, 210},
-    [TSR_BF16] = {"bf16", 1, 2},
+    [TSR_F32] = {"f32", 1, 4},         [TSR_F16] = {"f16", 1, 2},
+    [TSR_Q4_0] = {"q4_0", 32, 18},     [TSR_Q4_1] = {"q4_1", 32, 20},
+    [TSR_Q5_0] = {"q5_0", 32, 22},     [TSR_Q5_1] = {"q5_1", 32, 24},
+    [TSR_Q8_0] = {"q8_0", 32, 34},     [TSR_Q2_K] = {"q2_k", 256, 84},
+    [TSR_Q3_K] = {"q3_k", 256, 110},   [TSR_Q4_K] = {"q4_k", 256, 144},
+    [TSR_Q5_K] = {"q5_k", 256, 176},   [TSR_Q6_K] = {"q6_k", 256, 210},
+    [TSR_IQ4_NL] = {"iq4_nl", 32, 18}, [TSR_BF16] = {"bf16", 1, 2},
 };
 
 static const dtype_info *info(int t) {
@@ -162,6 +162,18 @@ void tsr_dequantize(int t, const void *src, float *dst, size_t n) {
             }
         }
         return;
+    case TSR_IQ4_NL: { /* {f16 d; u8 qs[16]}: x = d*kv[q]; nibbles placed as Q4_0's */
+        static const int8_t kv[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                      1,    13,   25,  38,  53,  69,  89,  113};
+        for (size_t b = 0; b < n / 32; b++, p += 18, dst += 32) {
+            float d = tsr_f16_to_f32(rd16(p));
+            for (int j = 0; j < 16; j++) {
+                dst[j] = d * (float)kv[p[2 + j] & 0xf];
+                dst[j + 16] = d * (float)kv[p[2 + j] >> 4];
+            }
+        }
+        return;
+    }
     case TSR_Q4_1: /* {f16 d; f16 m; u8 qs[16]}: x = d*q + m */
         for (size_t b = 0; b < n / 32; b++, p += 20, dst += 32) {
             float d = tsr_f16_to_f32(rd16(p)), m = tsr_f16_to_f32(rd16(p + 2));

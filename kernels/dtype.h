@@ -24,6 +24,7 @@ typedef enum {
     TSR_Q4_K = 12,
     TSR_Q5_K = 13,
     TSR_Q6_K = 14,
+    TSR_IQ4_NL = 20, /* 32 elements: f16 d, 16 bytes of 4-bit indices into a fixed table */
     TSR_BF16 = 30,
     TSR_DTYPE_COUNT = 31, /* one past the largest id; not every id is a type */
 } tsr_dtype;

@@ -3,11 +3,12 @@
 
 Covers what the default model does not: an untied LM head, Qwen2 Q/K/V biases,
 linear RoPE scaling, head_dim != n_embd / n_head, and weights stored as F32, F16,
-BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K to Q6_K. Each model's logits at every
-position must be within 1e-4 relative of tests/reference/llama_ref.py. Also: the
-same model converted to an HF directory gives the same logits, and a GGUF whose
-tensor shapes contradict its metadata, or that holds a block type Tessera does
-not read, is refused with a clear message.
+BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the K-quants Q2_K to Q6_K and IQ4_NL (alone,
+and as llama-quantize's fallback for K-quant rows not a multiple of 256). Each
+model's logits at every position must be within 1e-4 relative of
+tests/reference/llama_ref.py. Also: the same model converted to an HF directory
+gives the same logits, and a GGUF whose tensor shapes contradict its metadata, or
+that holds a block type Tessera does not read, is refused with a clear message.
 
 usage: test_synthetic.py DUMP_LOGITS_TOOL
 """
@@ -28,9 +29,9 @@ import gguf_to_hf
 
 Q = gguf.GGMLQuantizationType
 
-# The gguf package cannot quantize the K-quants: their matrices are random
-# blocks with small f16 scales. type -> (offset of d, offset of dmin or None,
-# d and dmin times sqrt(cols)), chosen so a weight is O(1 / sqrt(cols)).
+# The gguf package cannot quantize the K-quants or IQ4_NL: their matrices are
+# random blocks with small f16 scales. type -> (offset of d, offset of dmin or
+# None, d and dmin times sqrt(cols)), chosen so a weight is O(1 / sqrt(cols)).
 K_QUANTS = {
     Q.Q2_K: (80, 82, 0.05, 0.05),
     Q.Q3_K: (108, None, 0.02, 0),
@@ -38,6 +39,7 @@ K_QUANTS = {
     Q.Q5_K: (0, 2, 0.0015, 0.005),
     Q.Q6_K: (208, None, 0.02, 0),
 }
+RANDOM_BLOCKS = {**K_QUANTS, Q.IQ4_NL: (0, None, 0.015, 0)}  # IQ4_NL: table values up to 127
 
 
 def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=None, n_ff=96,
@@ -63,19 +65,21 @@ def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=
         w.add_rope_scaling_factor(rope_linear)
 
     def mat(name, rows, cols, qtype=wtype, scale=None):
+        if qtype in K_QUANTS and cols % 256:
+            qtype = Q.IQ4_NL  # llama-quantize's fallback for rows that cut a 256-block
         a = (rng.standard_normal((rows, cols)) * (scale or 1 / np.sqrt(cols))).astype(np.float32)
         if qtype in (Q.F32,):
             w.add_tensor(name, a)
         elif qtype == Q.F16:
             w.add_tensor(name, a.astype(np.float16))
-        elif qtype in K_QUANTS:
-            d_at, m_at, d, dmin = K_QUANTS[qtype]
-            bb = gguf.GGML_QUANT_SIZES[qtype][1]
-            blocks = rng.integers(0, 256, size=(rows, cols // 256, bb), dtype=np.uint8)
+        elif qtype in RANDOM_BLOCKS:
+            d_at, m_at, d, dmin = RANDOM_BLOCKS[qtype]
+            qk, bb = gguf.GGML_QUANT_SIZES[qtype]
+            blocks = rng.integers(0, 256, size=(rows, cols // qk, bb), dtype=np.uint8)
             for at, v in ((d_at, d), (m_at, dmin)):
                 if at is not None:
-                    h = np.full((rows, cols // 256), v / np.sqrt(cols), dtype=np.float16)
-                    blocks[:, :, at:at + 2] = h.view(np.uint8).reshape(rows, cols // 256, 2)
+                    h = np.full((rows, cols // qk), v / np.sqrt(cols), dtype=np.float16)
+                    blocks[:, :, at:at + 2] = h.view(np.uint8).reshape(rows, cols // qk, 2)
             raw = blocks.reshape(rows, -1)
             w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
         else:
@@ -126,6 +130,10 @@ CASES = [
 ] + [
     (f"llama {t.name.lower()} (256-wide rows)", "llama",
      dict(wtype=t, n_embd=256, n_ff=512, n_head=4)) for t in K_QUANTS
+] + [  # last, so the cases above keep their seeds and token ids
+    ("llama iq4_nl", "llama", dict(wtype=Q.IQ4_NL)),
+    ("llama q3_k, ffn_down (288-wide rows) as iq4_nl", "llama",
+     dict(wtype=Q.Q3_K, n_embd=256, n_ff=288, n_head=4)),
 ]
 
 

@@ -34,6 +34,7 @@ Q = gguf.GGMLQuantizationType
 SCALES = {
     Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q8_0: [0],
     Q.Q2_K: [80, 82], Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208],
+    Q.IQ4_NL: [0],
 }
 PLAIN = [Q.F32, Q.F16, Q.BF16]
 N_BLOCKS = 64

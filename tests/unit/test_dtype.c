@@ -265,11 +265,11 @@ static void test_sizes(void) {
         const char *name;
         size_t block, bytes;
     } types[] = {
-        {TSR_F32, "f32", 1, 4},       {TSR_F16, "f16", 1, 2},       {TSR_BF16, "bf16", 1, 2},
-        {TSR_Q4_0, "q4_0", 32, 18},   {TSR_Q4_1, "q4_1", 32, 20},   {TSR_Q5_0, "q5_0", 32, 22},
-        {TSR_Q5_1, "q5_1", 32, 24},   {TSR_Q8_0, "q8_0", 32, 34},   {TSR_Q2_K, "q2_k", 256, 84},
-        {TSR_Q3_K, "q3_k", 256, 110}, {TSR_Q4_K, "q4_k", 256, 144}, {TSR_Q5_K, "q5_k", 256, 176},
-        {TSR_Q6_K, "q6_k", 256, 210},
+        {TSR_F32, "f32", 1, 4},       {TSR_F16, "f16", 1, 2},         {TSR_BF16, "bf16", 1, 2},
+        {TSR_Q4_0, "q4_0", 32, 18},   {TSR_Q4_1, "q4_1", 32, 20},     {TSR_Q5_0, "q5_0", 32, 22},
+        {TSR_Q5_1, "q5_1", 32, 24},   {TSR_Q8_0, "q8_0", 32, 34},     {TSR_Q2_K, "q2_k", 256, 84},
+        {TSR_Q3_K, "q3_k", 256, 110}, {TSR_Q4_K, "q4_k", 256, 144},   {TSR_Q5_K, "q5_k", 256, 176},
+        {TSR_Q6_K, "q6_k", 256, 210}, {TSR_IQ4_NL, "iq4_nl", 32, 18},
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         int t = types[i].t;
@@ -395,6 +395,17 @@ static double dec_q8_0(const uint8_t *b, int j, double *mag) {
 
 static double dec_q4_0(const uint8_t *b, int j, double *mag) {
     double v = f16_at(b) * (nibble(b + 2, j) - 8);
+    *mag = fabs(v);
+    return v;
+}
+
+/* IQ4_NL: Q4_0's nibble layout, each nibble an index into ggml's fixed
+ * kvalues_iq4nl table. */
+static const int iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                     1,    13,   25,  38,  53,  69,  89,  113};
+
+static double dec_iq4_nl(const uint8_t *b, int j, double *mag) {
+    double v = f16_at(b) * iq4nl_values[nibble(b + 2, j)];
     *mag = fabs(v);
     return v;
 }
@@ -527,6 +538,26 @@ static double enc_q4_0(const float *x, uint8_t *b, tu_rng *r) {
     return fabs(d) * 0.51;
 }
 
+/* Nearest table entry to x/d; the table's widest gap is 24 and d = amax/127
+ * reaches 14 past its ends (a little more once d is rounded to f16): 14.1|d|
+ * bounds every element's error. */
+static double enc_iq4_nl(const float *x, uint8_t *b, tu_rng *r) {
+    double amax = 0;
+    for (int j = 0; j < 32; j++)
+        amax = fmax(amax, fabs(x[j]));
+    put_f16(b, amax / 127 * (tu_rng_below(r, 2) ? -1 : 1));
+    double d = f16_at(b);
+    memset(b + 2, 0, 16);
+    for (int j = 0; j < 32; j++) {
+        int best = 0;
+        for (int k = 1; k < 16; k++)
+            if (fabs(x[j] - d * iq4nl_values[k]) < fabs(x[j] - d * iq4nl_values[best]))
+                best = k;
+        set_nibble(b + 2, j, best);
+    }
+    return fabs(d) * 14.1;
+}
+
 static double enc_affine(const float *x, uint8_t *b, int levels, double *d_out, double *m_out) {
     double mn = x[0], mx = x[0];
     for (int j = 1; j < 32; j++) {
@@ -628,6 +659,7 @@ static const qtype qtypes[] = {
     {TSR_Q4_1, "q4_1", 32, 20, enc_q4_1, dec_q4_1, 0, 2},
     {TSR_Q5_0, "q5_0", 32, 22, enc_q5_0, dec_q5_0, 0, -1},
     {TSR_Q5_1, "q5_1", 32, 24, enc_q5_1, dec_q5_1, 0, 2},
+    {TSR_IQ4_NL, "iq4_nl", 32, 18, enc_iq4_nl, dec_iq4_nl, 0, -1},
     {TSR_Q6_K, "q6_k", 256, 210, enc_q6_k, dec_q6_k, 208, -1},
     {TSR_Q2_K, "q2_k", 256, 84, NULL, dec_q2_k, 80, 82},
     {TSR_Q3_K, "q3_k", 256, 110, NULL, dec_q3_k, 108, -1},
@@ -752,6 +784,17 @@ static void test_quant_known(void) {
     b[5] = 0x3a;              /* element 1: 10, element 17: 3 */
     tsr_dequantize(TSR_Q4_1, b, out, 32);
     CHECK(out[1] == 4 && out[17] == 0.5f && out[0] == -1, "q4_1 known");
+
+    memset(b, 0, sizeof b);
+    b[0] = 0x00, b[1] = 0x40; /* d = 2 */
+    b[2] = 0xf0;              /* element 0: index 0 (-127), element 16: index 15 (113) */
+    b[17] = 0x78;             /* element 15: index 8 (1), element 31: index 7 (-10) */
+    b[3] = 0x49;              /* element 1: index 9 (13), element 17: index 4 (-49) */
+    tsr_dequantize(TSR_IQ4_NL, b, out, 32);
+    CHECK(out[0] == -254 && out[16] == 226 && out[15] == 2 && out[31] == -20 && out[1] == 26 &&
+              out[17] == -98 && out[2] == -254,
+          "iq4_nl known: %g %g %g %g %g %g", (double)out[0], (double)out[16], (double)out[15],
+          (double)out[31], (double)out[1], (double)out[17]);
 
     memset(b, 0, sizeof b);
     b[0] = 0x00, b[1] = 0x3c;                     /* d = 1 */

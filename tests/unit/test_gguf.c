@@ -841,10 +841,16 @@ static void test_corrupt(tu_rng *r) {
     bad = tensor_image(r, 1, ne_q6, TSR_Q6_K, 0, 256);
     expect_refused(&bad, TSR_ERR_FORMAT, "bad.tensor", "partial Q6_K block");
     free(bad.p);
+    uint64_t ne_iq[2] = {48, 2};
+    bad = tensor_image(r, 2, ne_iq, TSR_IQ4_NL, 0, 256);
+    expect_refused(&bad, TSR_ERR_FORMAT, "bad.tensor", "partial IQ4_NL block");
+    expect_msg_has("iq4_nl [48, 2]", "partial IQ4_NL block");
+    expect_msg_has("block size 32", "partial IQ4_NL block");
+    free(bad.p);
     /* Issue 15's bad input: an unknown block type, a row that cuts a block,
      * and bytes that disagree with type and shape, each refused with the
      * tensor's name, type and shape. */
-    static const uint32_t unknown_ids[] = {9, 15, 16, 20, 29};
+    static const uint32_t unknown_ids[] = {9, 15, 16, 21, 29};
     for (size_t i = 0; i < sizeof unknown_ids / sizeof unknown_ids[0]; i++) {
         char want[32];
         snprintf(want, sizeof want, "type id %u [4, 2]", unknown_ids[i]);
