@@ -37,7 +37,7 @@ K_QUANTS = {
     Q.Q3_K: (108, None, 0.02, 0),
     Q.Q4_K: (0, 2, 0.003, 0.005),
     Q.Q5_K: (0, 2, 0.0015, 0.005),
-    Q.Q6_K: (208, None, 0.02, 0),
+    Q.Q6_K: (208, None, 0.001, 0),  # int8 scales up to 127 times 6-bit quants up to 32
 }
 RANDOM_BLOCKS = {**K_QUANTS, Q.IQ4_NL: (0, None, 0.015, 0)}  # IQ4_NL: table values up to 127
 
