@@ -108,8 +108,9 @@ static const struct {
 /* tessera's serve flags the launcher reads (and writes back itself). */
 static const char *const serve_opts[] = {"host", "port", "auth-token-file", "tls-cert", "tls-key"};
 
-/* tessera's flags that take no value (runtime/cmd/tessera_main.c). */
-static const char *const bool_flags[] = {"ignore-eos", "verbose", "log-prompts", "help"};
+/* tessera's flags that take no value (the 0 rows of runtime/cmd/options.c). */
+static const char *const bool_flags[] = {"ignore-eos", "verbose", "log-prompts", "host-sampling",
+                                         "help"};
 
 static int is_in(const char *name, const char *const *list, size_t n) {
     for (size_t i = 0; i < n; i++)

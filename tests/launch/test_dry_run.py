@@ -119,10 +119,11 @@ def main():
     #    other serve flags stay; a hostfile replaces nothing else
     expect("cpu-tp2 with flags",
            ["--config", f"{CONFIGS}/cpu-tp2.yaml", "--model", syn, "--tp", "1", "serve",
-            "--port", "6000", "--max-seqs", "4", "--log-prompts", "--stop-id=7"],
+            "--port", "6000", "--max-seqs", "4", "--log-prompts", "--host-sampling",
+            "--stop-id=7"],
            "{ROOTENV}{MPIRUN} -np 1 --map-by slot --bind-to core {TESSERA} serve --model {MODEL} "
            "--tp 1 --pp 1 --host 127.0.0.1 --port 6000 --ctx 2048 --grace 20 --max-seqs 4 "
-           "--log-prompts --stop-id 7")
+           "--log-prompts --host-sampling --stop-id 7")
     hostfile = os.path.join(tmp, "hosts")
     with open(hostfile, "w") as f:
         f.write("# two nodes\nnodeA slots=4\nnodeB slots=4 max_slots=8\n")
