@@ -474,6 +474,7 @@ static tsr_status from_json(jctx *c, tsr_tokenizer_t **out) {
     sp.token_attrs = c->attrs;
     sp.n_merges = c->n_merges;
     sp.merge_pairs = c->pairs;
+    sp.strict_merges = 1; /* HF tokenizers refuses merges outside the vocab */
     /* No stages at all means "no pre-tokenization"; express it as a split
      * that never matches rather than falling back to a named default. */
     if (c->n_stages == 0)

@@ -470,6 +470,18 @@ static tsr_status build(const tsr_tokenizer_spec *sp, tsr_tokenizer_t *t) {
             return TSR_ERR_NOMEM;
         }
         int32_t ir = vocab_lookup(t, cat.p, cat.n);
+        if ((ia < 0 || ib < 0 || ir < 0) && sp->strict_merges) {
+            const char *which = ia < 0   ? "its first token"
+                                : ib < 0 ? "its second token"
+                                         : "the merged token";
+            tsr_status st = tsr_error_set(TSR_ERR_FORMAT,
+                                          "tokenizer: merge %zu (\"%.*s\" + \"%.*s\"): %s is not "
+                                          "in the vocab",
+                                          i, (int)(a.len > 60 ? 60 : a.len), a.ptr,
+                                          (int)(b.len > 60 ? 60 : b.len), b.ptr, which);
+            tsr_tok_buf_free(&cat);
+            return st;
+        }
         if (ia < 0 || ib < 0 || ir < 0) {
             if (bad++ == 0)
                 TSR_LOG_W("tokenizer: merge %zu (\"%.*s\" + \"%.*s\") names a token not in the "

@@ -97,6 +97,11 @@ typedef struct {
     size_t n_merges;
     const tsr_strref *merges;
     const tsr_strref *merge_pairs;
+    /* A merge naming a token the vocab lacks (either side, or the two
+     * joined): 1 refuses the tokenizer with TSR_ERR_FORMAT naming the merge
+     * (tokenizer.json, as HF tokenizers refuses it); 0 skips the merge with
+     * a warning (GGUF, as llama.cpp loads such files). */
+    int strict_merges;
 
     /* Pre-tokenizer: explicit stages, or, when n_pre_stages is 0, a name as
      * in GGUF's tokenizer.ggml.pre ("gpt2", "smollm", "llama-bpe", "qwen2",
@@ -118,10 +123,10 @@ typedef struct {
     {                                                                                              \
         /* .n_tokens = */ 0, /* .tokens = */ NULL, /* .token_types = */ NULL,                      \
             /* .token_attrs = */ NULL, /* .n_merges = */ 0, /* .merges = */ NULL,                  \
-            /* .merge_pairs = */ NULL, /* .n_pre_stages = */ 0, /* .pre_stages = */ NULL,          \
-            /* .pre_name = */ NULL, /* .ignore_merges = */ -1, /* .bos_id = */ -1,                 \
-            /* .eos_id = */ -1, /* .eot_id = */ -1, /* .eom_id = */ -1, /* .pad_id = */ -1,        \
-            /* .unk_id = */ -1, /* .add_bos = */ 0, /* .add_eos = */ 0,                            \
+            /* .merge_pairs = */ NULL, /* .strict_merges = */ 0, /* .n_pre_stages = */ 0,          \
+            /* .pre_stages = */ NULL, /* .pre_name = */ NULL, /* .ignore_merges = */ -1,           \
+            /* .bos_id = */ -1, /* .eos_id = */ -1, /* .eot_id = */ -1, /* .eom_id = */ -1,        \
+            /* .pad_id = */ -1, /* .unk_id = */ -1, /* .add_bos = */ 0, /* .add_eos = */ 0,        \
             /* .chat_template = */ NULL                                                            \
     }
 

@@ -87,6 +87,32 @@ static void make_vocab(tiny_vocab *v) {
     }
 }
 
+/* The spec's strict_merges: 0 (GGUF, as llama.cpp) skips a merge naming a
+ * token the vocab lacks, 1 (tokenizer.json, as HF) refuses it. */
+static void test_merge_outside_vocab(void) {
+    static tiny_vocab v;
+    make_vocab(&v);
+    tsr_strref merges[2] = {{"h e", 3}, {"q e", 3}}; /* "qe" is no token */
+    tsr_tokenizer_spec sp = TSR_TOKENIZER_SPEC_INIT;
+    sp.n_tokens = v.n;
+    sp.tokens = v.refs;
+    sp.token_types = v.types;
+    sp.n_merges = 2;
+    sp.merges = merges;
+    tsr_tokenizer_t *t = NULL;
+    CHECK_OK(tsr_tokenizer_from_spec(&sp, &t));
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK_OK(tsr_tokenizer_encode(t, "he", 2, 0, &ids, &n));
+    CHECK(n == 1 && ids[0] == 261, "\"he\" is one token after the kept merge");
+    free(ids);
+    tsr_tokenizer_free(t);
+    sp.strict_merges = 1;
+    t = (tsr_tokenizer_t *)1;
+    CHECK_ERR(tsr_tokenizer_from_spec(&sp, &t), TSR_ERR_FORMAT, "merge 1");
+    CHECK(t == NULL);
+}
+
 static tsr_tokenizer_t *make_tok(const tsr_pre_stage *stages, size_t n_stages) {
     static tiny_vocab v;
     make_vocab(&v);
@@ -522,6 +548,13 @@ static void test_json_errors(void) {
                       "model.merges[1]");
     expect_json_error(tiny_json("[\"he\"]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT, "model.merges[0]");
     expect_json_error(tiny_json("[[\"h\"]]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT, "model.merges[0]");
+    /* merges naming tokens outside the vocab: refused, as HF tokenizers does */
+    expect_json_error(tiny_json("[\"h e\", \"h 9\"]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT,
+                      "merge 1 (\"h\" + \"9\"): its second token is not in the vocab");
+    expect_json_error(tiny_json("[\"q e\"]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT,
+                      "merge 0 (\"q\" + \"e\"): the merged token is not in the vocab");
+    expect_json_error(tiny_json("[\"\u00e9 e\"]", PRE_BYTELEVEL, ""), TSR_ERR_FORMAT,
+                      "its first token is not in the vocab");
     expect_json_error(tiny_json("[]", "{\"type\": \"Metaspace\"}", ""), TSR_ERR_UNSUPPORTED,
                       "Metaspace");
     expect_json_error(tiny_json("[]",
@@ -691,6 +724,7 @@ int main(void) {
     test_long_input();
     test_json_ok();
     test_json_errors();
+    test_merge_outside_vocab();
     test_gguf();
     tsr_tokenizer_free(NULL);
     tu_tmpdir_remove();
