@@ -3,7 +3,7 @@
  * llama-bench measures it.
  *
  *   tsr_bench --model M [--device cpu|cuda] [--act-dtype bf16|f32]
- *             [--weight-dtype bf16|f32] [--gpu N]
+ *             [--weight-dtype file|f32|q8_0|q4_0|bf16] [--gpu N]
  *             [--threads N] [--prompt-tokens 512] [--gen-tokens 128]
  *             [--batch 1] [--reps 3] [--decode-prompt 16] [--no-warmup] [--json]
  *
@@ -57,7 +57,8 @@ typedef struct {
     int warmup, json;
     device_kind device;
     int act_dtype;    /* TSR_F32 or TSR_BF16; -1 = the device's default (f32 CPU, bf16 CUDA) */
-    int weight_dtype; /* CUDA weights: TSR_BF16 (default) or TSR_F32 (reference precision) */
+    int weight_dtype; /* CUDA: TSR_BF16 (default) or TSR_F32 (reference precision); CPU:
+                         TSR_MODEL_WEIGHTS_FILE (default), TSR_F32, TSR_Q8_0, TSR_Q4_0 */
     int gpu;          /* CUDA device index */
 } options;
 
@@ -98,25 +99,25 @@ typedef struct {
 } backend_weights;
 
 static void usage(FILE *f) {
-    fputs(
-        "usage: tsr_bench --model PATH [options]\n"
-        "\n"
-        "  --model PATH          a .gguf file or a Hugging Face directory\n"
-        "  --device cpu|cuda     backend (default cpu)\n"
-        "  --act-dtype bf16|f32  activation type on CUDA (default bf16; the CPU is f32)\n"
-        "  --weight-dtype bf16|f32  weight type on CUDA (default bf16; f32 needs f32 activations)\n"
-        "  --gpu N               CUDA device index (default 0)\n"
-        "  --threads N           CPU threads (default: all online cores)\n"
-        "  --prompt-tokens P     prefill test length, one batch (default 512)\n"
-        "  --gen-tokens G        decode test length in steps (default 128)\n"
-        "  --batch B             decode sequences, one token each per step (default 1);\n"
-        "                        the decode rate is the aggregate B*G / time\n"
-        "  --decode-prompt D     tokens prefilled (untimed) into each sequence before the\n"
-        "                        decode test (default 16)\n"
-        "  --reps R              repetitions of each test; median/min/max reported (default 3)\n"
-        "  --no-warmup           skip the untimed warm-up run\n"
-        "  --json                print one JSON object instead of text\n",
-        f);
+    fputs("usage: tsr_bench --model PATH [options]\n"
+          "\n"
+          "  --model PATH          a .gguf file or a Hugging Face directory\n"
+          "  --device cpu|cuda     backend (default cpu)\n"
+          "  --act-dtype bf16|f32  activation type on CUDA (default bf16; the CPU is f32)\n"
+          "  --weight-dtype T      CPU: file (default: the GGUF's blocks), f32, q8_0, q4_0;\n"
+          "                        CUDA: bf16 (default) or f32 (needs f32 activations)\n"
+          "  --gpu N               CUDA device index (default 0)\n"
+          "  --threads N           CPU threads (default: all online cores)\n"
+          "  --prompt-tokens P     prefill test length, one batch (default 512)\n"
+          "  --gen-tokens G        decode test length in steps (default 128)\n"
+          "  --batch B             decode sequences, one token each per step (default 1);\n"
+          "                        the decode rate is the aggregate B*G / time\n"
+          "  --decode-prompt D     tokens prefilled (untimed) into each sequence before the\n"
+          "                        decode test (default 16)\n"
+          "  --reps R              repetitions of each test; median/min/max reported (default 3)\n"
+          "  --no-warmup           skip the untimed warm-up run\n"
+          "  --json                print one JSON object instead of text\n",
+          f);
 }
 
 static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
@@ -178,7 +179,7 @@ static int parse_options(int argc, char **argv, options *o) {
                    .warmup = 1,
                    .device = DEVICE_CPU,
                    .act_dtype = -1,
-                   .weight_dtype = TSR_BF16};
+                   .weight_dtype = -2};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int r = 0;
@@ -221,8 +222,14 @@ static int parse_options(int argc, char **argv, options *o) {
         case OPT_WEIGHT_DTYPE:
             if (!strcmp(optarg, "bf16") || !strcmp(optarg, "f32")) {
                 o->weight_dtype = optarg[0] == 'b' ? TSR_BF16 : TSR_F32;
+            } else if (!strcmp(optarg, "file")) {
+                o->weight_dtype = TSR_MODEL_WEIGHTS_FILE;
+            } else if (!strcmp(optarg, "q8_0") || !strcmp(optarg, "q4_0")) {
+                o->weight_dtype = optarg[1] == '8' ? TSR_Q8_0 : TSR_Q4_0;
             } else {
-                fprintf(stderr, "tsr_bench: --weight-dtype expects bf16 or f32, got '%s'\n",
+                fprintf(stderr,
+                        "tsr_bench: --weight-dtype expects file, f32, q8_0, q4_0 or bf16, got "
+                        "'%s'\n",
                         optarg);
                 r = -1;
             }
@@ -244,6 +251,14 @@ static int parse_options(int argc, char **argv, options *o) {
         o->act_dtype = o->device == DEVICE_CUDA ? TSR_BF16 : TSR_F32;
     if (o->device == DEVICE_CPU && o->act_dtype != TSR_F32) {
         fprintf(stderr, "tsr_bench: the CPU backend computes in f32 (--act-dtype f32)\n");
+        return -1;
+    }
+    if (o->weight_dtype == -2)
+        o->weight_dtype = o->device == DEVICE_CUDA ? TSR_BF16 : TSR_MODEL_WEIGHTS_FILE;
+    const int cuda_type = o->weight_dtype == TSR_BF16 || o->weight_dtype == TSR_F32;
+    if (o->device == DEVICE_CUDA ? !cuda_type : o->weight_dtype == TSR_BF16) {
+        fprintf(stderr, "tsr_bench: --weight-dtype: bf16 is for --device cuda; file, q8_0 and "
+                        "q4_0 for the CPU\n");
         return -1;
     }
     return 0;
@@ -275,7 +290,8 @@ static tsr_status bench_open(bench *b, const options *o, int n_threads, int ctx,
     else
         TSR_TRY(tsr_backend_cpu_create(n_threads, &b->be));
     tsr_model_slice slice = tsr_model_slice_full(c);
-    TSR_TRY(tsr_model_load(&b->model, b->mf, &slice, 1, 1, b->be, NULL));
+    const int weights = o->device == DEVICE_CUDA ? TSR_MODEL_WEIGHTS_FILE : o->weight_dtype;
+    TSR_TRY(tsr_model_load(&b->model, b->mf, &slice, 1, 1, weights, b->be, NULL));
     b->model_loaded = 1;
     const int bs = 16;
     int prefill_blocks = (prompt_pos + bs - 1) / bs;
@@ -507,11 +523,10 @@ static void print_text(const options *o, const tsr_model_config *c, int threads,
                step->median, step->min, step->max, o->batch);
     printf("peak RSS   %.1f MiB\n", rss);
     if (!extended) {
-        if (w->f32_bytes > 0)
-            printf("weights/token  %.1f MiB as f32 in memory (%.1f MiB in the file) -> %.1f GB/s "
-                   "at the median decode rate\n",
-                   w->f32_bytes / 1048576.0, w->file_bytes / 1048576.0,
-                   w->f32_bytes * tg->median / 1e9);
+        printf("weights/token  %.1f MiB in memory (%s; %.1f MiB in the file, %.1f MiB as f32) "
+               "-> %.1f GB/s at the median decode rate\n",
+               bw->bytes_per_token / 1048576.0, bw->dtype, w->file_bytes / 1048576.0,
+               w->f32_bytes / 1048576.0, bw->bytes_per_token * tg->median / 1e9);
         return;
     }
     /* every step reads the weights once, whatever the batch */

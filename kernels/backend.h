@@ -33,7 +33,9 @@
 
 /* A weight matrix W of shape (rows, cols) = (out_features, in_features), in
  * the backend's weight storage. Owned by whoever called weight_upload; freed
- * with tsr_backend_weight_free. */
+ * with tsr_backend_weight_free. A quantized type (the CPU keeps GGUF block
+ * formats it has kernels for) stores each row as tsr_dtype_row_bytes(dtype,
+ * cols) bytes, rows contiguous. */
 typedef struct {
     void *data;
     tsr_dtype dtype; /* storage type chosen by the backend */
@@ -103,9 +105,14 @@ typedef struct {
     tsr_status (*sync)(tsr_backend *b);
     void (*destroy)(tsr_backend *b);
 
-    /* Weights: converts host f32 (rows, cols) into the backend's storage. */
-    tsr_status (*weight_upload)(tsr_backend *b, tsr_weight *w, const float *src, int rows,
-                                int cols);
+    /* Weights: host (rows, cols) of type src_type (any tsr_dtype; rows
+     * contiguous, tsr_dtype_row_bytes(src_type, cols) bytes each) into the
+     * backend's storage. The CPU keeps block-quantized types it has dot
+     * kernels for as they are and turns everything else into f32; CUDA
+     * dequantizes to its weight type. TSR_ERR_UNSUPPORTED for an unknown
+     * type or cols that cut a block. */
+    tsr_status (*weight_upload)(tsr_backend *b, tsr_weight *w, const void *src, tsr_dtype src_type,
+                                int rows, int cols);
     void (*weight_free)(tsr_backend *b, tsr_weight *w);
     /* A vector (norm weights, biases) in activation type; returns NULL on failure. */
     void *(*vector_upload)(tsr_backend *b, const float *src, size_t n);
@@ -380,9 +387,14 @@ static inline tsr_status tsr_backend_copy(tsr_backend *b, void *dst, const void 
     return b->iface->copy(b, dst, src, bytes);
 }
 
-static inline tsr_status tsr_backend_weight_upload(tsr_backend *b, tsr_weight *w, const float *src,
-                                                   int rows, int cols) {
-    return b->iface->weight_upload(b, w, src, rows, cols);
+static inline tsr_status tsr_backend_weight_upload(tsr_backend *b, tsr_weight *w, const void *src,
+                                                   tsr_dtype src_type, int rows, int cols) {
+    return b->iface->weight_upload(b, w, src, src_type, rows, cols);
+}
+
+/* Bytes a weight takes in the backend's storage. */
+static inline size_t tsr_weight_bytes(const tsr_weight *w) {
+    return (size_t)w->rows * tsr_dtype_row_bytes(w->dtype, (uint64_t)w->cols);
 }
 
 static inline void tsr_backend_weight_free(tsr_backend *b, tsr_weight *w) {

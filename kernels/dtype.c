@@ -282,3 +282,39 @@ void tsr_dequantize(int t, const void *src, float *dst, size_t n) {
         return;
     }
 }
+
+static void wr16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+int tsr_quantize(int t, const float *src, void *dst, size_t n) {
+    uint8_t *p = dst;
+    if (n % 32 || (t != TSR_Q8_0 && t != TSR_Q4_0))
+        return 0;
+    for (size_t b = 0; b < n / 32; b++, src += 32) {
+        float amax = 0, max = 0; /* the largest magnitude, and that value with its sign */
+        for (int j = 0; j < 32; j++)
+            if (fabsf(src[j]) > amax) {
+                amax = fabsf(src[j]);
+                max = src[j];
+            }
+        if (t == TSR_Q8_0) {
+            const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+            wr16(p, tsr_f32_to_f16(d));
+            for (int j = 0; j < 32; j++)
+                p[2 + j] = (uint8_t)(int8_t)roundf(src[j] * id);
+            p += 34;
+        } else {
+            const float d = max / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
+            wr16(p, tsr_f32_to_f16(d));
+            for (int j = 0; j < 16; j++) {
+                const int8_t lo = (int8_t)(src[j] * id + 8.5f);
+                const int8_t hi = (int8_t)(src[j + 16] * id + 8.5f);
+                p[2 + j] = (uint8_t)((lo < 15 ? lo : 15) | (hi < 15 ? hi : 15) << 4);
+            }
+            p += 18;
+        }
+    }
+    return 1;
+}

@@ -50,6 +50,14 @@ size_t tsr_dtype_row_bytes(int t, uint64_t n);
  * the result is bit for bit that of ggml and of gguf-py's dequantizers. */
 void tsr_dequantize(int t, const void *src, float *dst, size_t n);
 
+/* Converts `n` f32 values (a multiple of 32) at `src` into blocks of `t` at
+ * `dst`; t is TSR_Q8_0 or TSR_Q4_0 (returns 0 for any other type, 1 done).
+ * The rounding is that of ggml's reference quantizers and gguf-py's
+ * (Q8_0: d = max|x| / 127, q = round half away from zero of x / d; Q4_0:
+ * d = -m / 8 for the value m of largest magnitude, q = min(15, trunc(x / d
+ * + 8.5))), so the bytes are theirs. Used by --weight-dtype q8_0|q4_0. */
+int tsr_quantize(int t, const float *src, void *dst, size_t n);
+
 /* IEEE half and bfloat16 conversions. */
 float tsr_f16_to_f32(uint16_t h);
 uint16_t tsr_f32_to_f16(float f);

@@ -295,6 +295,11 @@ void tsr_model_file_drop_pages(const tsr_model_file_t *mf) {
     tsr_st_dir_drop_pages(mf->st);
 }
 
+int tsr_model_file_type(const tsr_model_file_t *mf, const char *name) {
+    tensor_view v;
+    return view_of(mf, name, &v) ? v.dtype : -1;
+}
+
 int tsr_model_file_has(const tsr_model_file_t *mf, const char *name) {
     tensor_view v;
     return view_of(mf, name, &v);
@@ -355,5 +360,32 @@ tsr_status tsr_model_file_read(const tsr_model_file_t *mf, const char *name, int
         }
     }
     free(tmp);
+    return TSR_OK;
+}
+
+tsr_status tsr_model_file_read_raw(const tsr_model_file_t *mf, const char *name, int row0,
+                                   int nrows, int col0, int ncols, void *dst) {
+    tensor_view v;
+    if (!view_of(mf, name, &v))
+        return tsr_error_set(TSR_ERR_INVALID, "tensor '%s' is not in the model", name);
+    if (row0 < 0 || nrows < 0 || col0 < 0 || ncols < 0 || row0 > v.rows - nrows ||
+        col0 > v.cols - ncols)
+        return tsr_error_set(TSR_ERR_RANGE,
+                             "tensor '%s' (%d x %d): rows %d+%d, cols %d+%d are outside it", name,
+                             v.rows, v.cols, row0, nrows, col0, ncols);
+    const int blk = (int)tsr_dtype_block(v.dtype);
+    if (col0 % blk || ncols % blk)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "tensor '%s' (%s, %d x %d): columns %d..%d do not fall on its "
+                             "%d-element block boundaries, so the split would cut a block (choose "
+                             "a layout whose column slices are multiples of %d, or --weight-dtype "
+                             "f32)",
+                             name, tsr_dtype_name(v.dtype), v.rows, v.cols, col0, col0 + ncols, blk,
+                             blk);
+    const size_t skip = tsr_dtype_row_bytes(v.dtype, (uint64_t)col0);
+    const size_t len = tsr_dtype_row_bytes(v.dtype, (uint64_t)ncols);
+    for (int r = 0; r < nrows; r++)
+        memcpy((unsigned char *)dst + (size_t)r * len,
+               v.data + (size_t)stored_row(mf, name, row0 + r) * v.row_bytes + skip, len);
     return TSR_OK;
 }

@@ -1,7 +1,7 @@
 /* shard/model_file.h - one model on disk, whatever its format: a GGUF file or
  * a Hugging Face directory (config.json + safetensors). Gives the model's
- * config and reads any rectangle of any weight as f32, so a rank can read
- * only its own slice.
+ * config and reads any rectangle of any weight as f32 or as stored (its
+ * quantized blocks), so a rank can read only its own slice.
  *
  * Tensor names are GGUF's ("token_embd.weight", "blk.3.attn_q.weight",
  * "output_norm.weight", ...) whatever the format; HF names are mapped.
@@ -36,6 +36,8 @@ const char *tsr_model_file_dir(const tsr_model_file_t *mf);
 const char *tsr_model_file_format(const tsr_model_file_t *mf);
 /* Storage type name of a tensor ("q4_1"), or NULL if absent. */
 const char *tsr_model_file_dtype(const tsr_model_file_t *mf, const char *name);
+/* Storage type of a tensor (a tsr_dtype), or -1 if absent. */
+int tsr_model_file_type(const tsr_model_file_t *mf, const char *name);
 
 int tsr_model_file_has(const tsr_model_file_t *mf, const char *name);
 
@@ -52,5 +54,14 @@ tsr_status tsr_model_file_shape(const tsr_model_file_t *mf, const char *name, in
  * rectangle is outside the tensor. */
 tsr_status tsr_model_file_read(const tsr_model_file_t *mf, const char *name, int row0, int nrows,
                                int col0, int ncols, float *dst);
+
+/* The same rectangle as stored, without conversion: nrows rows of
+ * tsr_dtype_row_bytes(type, ncols) bytes each in the tensor's own type (Q/K
+ * rows un-permuted as tsr_model_file_read does). Columns col0 and
+ * col0 + ncols must fall on block boundaries: TSR_ERR_INVALID naming the
+ * tensor, its type, its shape, the columns and the block otherwise (a tensor-
+ * parallel split that would cut a block). */
+tsr_status tsr_model_file_read_raw(const tsr_model_file_t *mf, const char *name, int row0,
+                                   int nrows, int col0, int ncols, void *dst);
 
 #endif

@@ -1,15 +1,17 @@
 /* kernels/cpu/cpu_backend.c - the CPU implementation of the kernel backend:
- * f32 activations and weights, OpenBLAS for GEMM, OpenMP for the loops
- * OpenBLAS does not cover. It is also the reference every other backend's ops
- * are tested against, so clarity beats cleverness here.
+ * f32 activations; weights in f32 (OpenBLAS SGEMM) or kept in their GGUF
+ * block formats (cpu_qmatmul.c, on the dot kernels of qdot.h); OpenMP for
+ * the loops OpenBLAS does not cover. Its f32 path is also the reference every
+ * other backend's ops are tested against, so clarity beats cleverness here.
  *
- * What it is not: quantized matmul (weights are dequantized to f32 at load). */
+ * What it is not: the quantized kernels themselves (cpu_qmatmul.c, qdot*.c). */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_qmatmul.h"
 #include "kernels/cpu/cpu_train.h"
 
 #ifdef _OPENMP
@@ -18,6 +20,7 @@
 
 typedef struct {
     int n_threads;
+    tsr_cpu_scratch scratch; /* quantized matmuls' activations and tiles */
 } cpu_ctx;
 
 static void *cpu_alloc(tsr_backend *b, size_t bytes) {
@@ -48,18 +51,36 @@ static tsr_status cpu_sync(tsr_backend *b) {
 }
 
 static void cpu_destroy(tsr_backend *b) {
+    tsr_cpu_scratch_free(&((cpu_ctx *)b->ctx)->scratch);
     free(b->ctx);
     free(b);
 }
 
-static tsr_status cpu_weight_upload(tsr_backend *b, tsr_weight *w, const float *src, int rows,
-                                    int cols) {
-    size_t bytes = (size_t)rows * (size_t)cols * sizeof(float);
-    w->data = cpu_alloc(b, bytes);
+/* Block types with a dot kernel stay as they are; everything else becomes
+ * f32 (F16 and BF16 included: there is no f16 kernel yet). */
+static tsr_status cpu_weight_upload(tsr_backend *b, tsr_weight *w, const void *src,
+                                    tsr_dtype src_type, int rows, int cols) {
+    const size_t src_row = tsr_dtype_row_bytes(src_type, (uint64_t)cols);
+    if (!src_row || rows < 0)
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "cpu: cannot store a %d x %d weight of type %s (%d): unknown type, "
+                             "or %d columns cut its %zu-element blocks",
+                             rows, cols, tsr_dtype_name(src_type) ? tsr_dtype_name(src_type) : "?",
+                             (int)src_type, cols, tsr_dtype_block(src_type));
+    const tsr_dtype keep = src_type == TSR_F32 || tsr_cpu_qtype_kept(src_type) ? src_type : TSR_F32;
+    const size_t row = tsr_dtype_row_bytes(keep, (uint64_t)cols);
+    w->data = cpu_alloc(b, (size_t)rows * row);
     if (!w->data)
-        return tsr_error_set(TSR_ERR_NOMEM, "cpu: cannot allocate a %d x %d weight", rows, cols);
-    memcpy(w->data, src, bytes);
-    w->dtype = TSR_F32;
+        return tsr_error_set(TSR_ERR_NOMEM, "cpu: cannot allocate a %d x %d %s weight", rows, cols,
+                             tsr_dtype_name(keep));
+    if (keep == src_type) {
+        memcpy(w->data, src, (size_t)rows * row);
+    } else {
+        for (int r = 0; r < rows; r++)
+            tsr_dequantize(src_type, (const char *)src + (size_t)r * src_row,
+                           (float *)w->data + (size_t)r * cols, (size_t)cols);
+    }
+    w->dtype = keep;
     w->rows = rows;
     w->cols = cols;
     return TSR_OK;
@@ -93,7 +114,8 @@ static tsr_status cpu_act_from_f32(tsr_backend *b, void *dst, const float *src, 
  * decode speed on a small machine. */
 static tsr_status cpu_matmul(tsr_backend *b, void *yv, const void *xv, const tsr_weight *w, int n,
                              int accumulate) {
-    (void)b;
+    if (w->dtype != TSR_F32)
+        return tsr_cpu_qmatmul(&((cpu_ctx *)b->ctx)->scratch, yv, xv, w, n, accumulate);
     if (n <= 0)
         return TSR_OK;
     float *y = yv;
@@ -276,12 +298,13 @@ static tsr_status cpu_embedding(tsr_backend *b, void *outv, const tsr_weight *ta
                                 const int32_t *ids, int n, int row0) {
     (void)b;
     float *out = outv;
-    const float *tab = table->data;
-    size_t dim = (size_t)table->cols;
+    const size_t dim = (size_t)table->cols;
+    const size_t row = tsr_dtype_row_bytes(table->dtype, dim);
     for (int t = 0; t < n; t++) {
         long r = (long)ids[t] - row0;
         if (r >= 0 && r < table->rows)
-            memcpy(out + t * dim, tab + (size_t)r * dim, dim * sizeof(float));
+            tsr_dequantize(table->dtype, (const char *)table->data + (size_t)r * row, out + t * dim,
+                           dim);
         else
             memset(out + t * dim, 0, dim * sizeof(float));
     }
@@ -403,6 +426,13 @@ static tsr_status cpu_row_expsum(tsr_backend *b, float *out, const void *lv, con
     return TSR_OK;
 }
 
+static tsr_status cpu_matmul_dx(tsr_backend *b, void *dx, const void *dy, const tsr_weight *w,
+                                int n, int accumulate) {
+    if (w->dtype != TSR_F32)
+        return tsr_cpu_qmatmul_dx(&((cpu_ctx *)b->ctx)->scratch, dx, dy, w, n, accumulate);
+    return tsr_cpu_matmul_dx(b, dx, dy, w, n, accumulate);
+}
+
 static const tsr_backend_i cpu_iface = {
     .name = "cpu",
     .act_dtype = TSR_F32,
@@ -432,7 +462,7 @@ static const tsr_backend_i cpu_iface = {
     .topk = cpu_topk,
     .row_expsum = cpu_row_expsum,
     .stream = NULL,
-    .matmul_dx = tsr_cpu_matmul_dx,
+    .matmul_dx = cpu_matmul_dx,
     .lora_fwd = tsr_cpu_lora_fwd,
     .lora_bwd = tsr_cpu_lora_bwd,
     .rmsnorm_bwd = tsr_cpu_rmsnorm_bwd,

@@ -2,6 +2,7 @@
  * weight format and instruction-set level, and the activation quantizers. */
 #include "kernels/cpu/qdot.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,12 +155,18 @@ size_t tsr_act_row_bytes(tsr_act_kind k, int n) {
 }
 
 /* d = max|x| / 127 and q = rint(x / d) (ties to even, as NumPy's rint);
- * a block of zeros gets d = 0 and q = 0. */
+ * a block of zeros gets d = 0 and q = 0. A block holding a NaN or an
+ * infinity gets d = NaN and q = 0, so every product with it is NaN: a broken
+ * activation shows in the result instead of turning into finite garbage. */
 static float block_scale(const float *x, int n, float *inv) {
     float amax = 0;
     for (int i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        amax = a > amax ? a : amax;
+        const float a = fabsf(x[i]);
+        amax = a > amax || a != a ? a : amax; /* a NaN sticks */
+    }
+    if (!(amax <= FLT_MAX)) {
+        *inv = 0.0f;
+        return NAN;
     }
     const float d = amax / 127.0f;
     *inv = d > 0 ? 1.0f / d : 0.0f;
@@ -170,9 +177,10 @@ static void quantize_q8a(const float *x, tsr_q8a *out, int n) {
     for (int b = 0; b < n / TSR_QK; b++, x += TSR_QK) {
         float inv;
         const float d = block_scale(x, TSR_QK, &inv);
+        const int ok = d == d; /* else q = 0, d NaN */
         int sum = 0;
         for (int i = 0; i < TSR_QK; i++) {
-            const int q = (int)rintf(x[i] * inv);
+            const int q = ok ? (int)rintf(x[i] * inv) : 0;
             out[b].qs[i] = (int8_t)q;
             sum += q;
         }
@@ -185,10 +193,11 @@ static void quantize_q8k(const float *x, tsr_q8k *out, int n) {
     for (int b = 0; b < n / TSR_QKK; b++, x += TSR_QKK) {
         float inv;
         out[b].d = block_scale(x, TSR_QKK, &inv);
+        const int ok = out[b].d == out[b].d; /* else q = 0, d NaN */
         for (int g = 0; g < TSR_QKK / 16; g++) {
             int sum = 0;
             for (int i = 16 * g; i < 16 * g + 16; i++) {
-                const int q = (int)rintf(x[i] * inv);
+                const int q = ok ? (int)rintf(x[i] * inv) : 0;
                 out[b].qs[i] = (int8_t)q;
                 sum += q;
             }
@@ -202,4 +211,16 @@ void tsr_quantize_act(tsr_act_kind k, const float *x, void *out, int n) {
         quantize_q8k(x, out, n);
     else
         quantize_q8a(x, out, n);
+}
+
+void tsr_dequantize_act(tsr_act_kind k, const void *a, float *x, int n) {
+    if (k == TSR_ACT_Q8K) {
+        const tsr_q8k *b = a;
+        for (int i = 0; i < n; i++)
+            x[i] = b[i / TSR_QKK].d * (float)b[i / TSR_QKK].qs[i % TSR_QKK];
+    } else {
+        const tsr_q8a *b = a;
+        for (int i = 0; i < n; i++)
+            x[i] = b[i / TSR_QK].d * (float)b[i / TSR_QK].qs[i % TSR_QK];
+    }
 }

@@ -102,6 +102,8 @@ const tsr_qkernel *tsr_qkernel_exact(tsr_dtype t, tsr_isa isa);
 size_t tsr_act_row_bytes(tsr_act_kind k, int n);
 /* Quantizes x (n floats, a multiple of the layout's block) into `out`. */
 void tsr_quantize_act(tsr_act_kind k, const float *x, void *out, int n);
+/* The values a quantized row stands for: x[i] = d * q[i] (f32). */
+void tsr_dequantize_act(tsr_act_kind k, const void *a, float *x, int n);
 
 /* Per-level tables, the kernel for `t` or NULL: qdot_<isa>.c has the
  * 32-wide formats and asks qdot_<isa>_k.c for the K-quants. AVX-VNNI has

@@ -199,8 +199,8 @@ static void *cuda_stream_of(tsr_backend *b) { return ctx_of(b)->stream; }
 
 /* ---- weights and vectors ---- */
 
-static tsr_status cuda_weight_upload(tsr_backend *b, tsr_weight *w, const float *src, int rows,
-                                     int cols) {
+static tsr_status cuda_weight_upload_f32(tsr_backend *b, tsr_weight *w, const float *src, int rows,
+                                         int cols) {
     cuda_ctx *c = ctx_of(b);
     const size_t n = (size_t)rows * cols;
     if (c->wdt == TSR_F32) {
@@ -244,6 +244,31 @@ static tsr_status cuda_weight_upload(tsr_backend *b, tsr_weight *w, const float 
     w->rows = rows;
     w->cols = cols;
     return TSR_OK;
+}
+
+/* Any file type: dequantized to f32 on the host, then stored as the
+ * backend's weight type (bf16 or f32). */
+static tsr_status cuda_weight_upload(tsr_backend *b, tsr_weight *w, const void *src,
+                                     tsr_dtype src_type, int rows, int cols) {
+    const size_t src_row = tsr_dtype_row_bytes(src_type, (uint64_t)cols);
+    if (!src_row || rows < 0)
+        return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                             "cuda: cannot store a %d x %d weight of type %s (%d): unknown type, "
+                             "or %d columns cut its %zu-element blocks",
+                             rows, cols, tsr_dtype_name(src_type) ? tsr_dtype_name(src_type) : "?",
+                             (int)src_type, cols, tsr_dtype_block(src_type));
+    if (src_type == TSR_F32)
+        return cuda_weight_upload_f32(b, w, src, rows, cols);
+    float *f = malloc((size_t)rows * cols * sizeof *f);
+    if (!f)
+        return tsr_error_set(TSR_ERR_NOMEM, "cuda: out of host memory converting a %d x %d weight",
+                             rows, cols);
+    for (int r = 0; r < rows; r++)
+        tsr_dequantize(src_type, (const char *)src + (size_t)r * src_row, f + (size_t)r * cols,
+                       (size_t)cols);
+    tsr_status st = cuda_weight_upload_f32(b, w, f, rows, cols);
+    free(f);
+    return st;
 }
 
 static void cuda_weight_free(tsr_backend *b, tsr_weight *w) {

@@ -234,17 +234,30 @@ static int read_device(const tsr_opt_args *a, cmd_options *o) {
         PERR("tessera: --comm: %s\n", tsr_error_msg());
         return -1;
     }
-    static const opt_id dtypes[2] = {O_ACT_DTYPE, O_WEIGHT_DTYPE};
-    int *dst[2] = {&o->act_dtype, &o->weight_dtype};
-    for (int k = 0; k < 2; k++) {
-        if (!(v = a->val[dtypes[k]]))
-            continue;
+    if ((v = a->val[O_ACT_DTYPE])) {
         if (strcmp(v, "bf16") && strcmp(v, "f32")) {
-            PERR("tessera: --%s expects bf16 or f32, got '%s'\n", tsr_opt_name(&k_spec, dtypes[k]),
-                 v);
+            PERR("tessera: --act-dtype expects bf16 or f32, got '%s'\n", v);
             return -1;
         }
-        *dst[k] = v[0] == 'b' ? TSR_BF16 : TSR_F32;
+        o->act_dtype = v[0] == 'b' ? TSR_BF16 : TSR_F32;
+    }
+    if ((v = a->val[O_WEIGHT_DTYPE])) {
+        static const struct {
+            const char *name;
+            int type;
+        } wt[] = {{"file", TSR_ENGINE_ACT_DEFAULT},
+                  {"f32", TSR_F32},
+                  {"bf16", TSR_BF16},
+                  {"q8_0", TSR_Q8_0},
+                  {"q4_0", TSR_Q4_0}};
+        size_t k = 0;
+        while (k < sizeof wt / sizeof wt[0] && strcmp(v, wt[k].name))
+            k++;
+        if (k == sizeof wt / sizeof wt[0]) {
+            PERR("tessera: --weight-dtype expects file, f32, bf16, q8_0 or q4_0, got '%s'\n", v);
+            return -1;
+        }
+        o->weight_dtype = wt[k].type;
     }
     return get_int(a, O_GPU, 0, 1023, &o->gpu);
 }
@@ -415,7 +428,14 @@ static int check_values(cmd_options *o) {
         return -1;
     }
     if (o->device == TSR_DEVICE_CPU && o->weight_dtype == TSR_BF16) {
-        PERR("tessera: --weight-dtype bf16 needs --device cuda (the CPU backend keeps f32)\n");
+        PERR("tessera: --weight-dtype bf16 needs --device cuda (the CPU keeps the file's blocks, "
+             "or f32, q8_0, q4_0)\n");
+        return -1;
+    }
+    if (o->device == TSR_DEVICE_CUDA &&
+        (o->weight_dtype == TSR_Q8_0 || o->weight_dtype == TSR_Q4_0)) {
+        PERR("tessera: --weight-dtype %s needs --device cpu (CUDA stores bf16 or f32)\n",
+             tsr_dtype_name(o->weight_dtype));
         return -1;
     }
     if (o->weight_dtype == TSR_F32 && o->device == TSR_DEVICE_CUDA && o->act_dtype != TSR_F32) {
@@ -508,8 +528,12 @@ void cmd_usage(FILE *f) {
           "                        host memory and may be shared) or nccl (--device cuda,\n"
           "                        one GPU per rank)\n"
           "  --act-dtype bf16|f32  CUDA activation type (default bf16; the CPU is f32)\n"
-          "  --weight-dtype bf16|f32  CUDA weight type (default bf16; f32 is the reference-\n"
-          "                        precision mode: full f32 GEMMs, needs --act-dtype f32)\n"
+          "  --weight-dtype file|f32|q8_0|q4_0|bf16  how weights are kept. CPU: file (the\n"
+          "                        default) keeps the GGUF's quantized blocks and runs int8\n"
+          "                        dot kernels on them; f32 dequantizes at load (the\n"
+          "                        reference path); q8_0|q4_0 quantize at load (safetensors\n"
+          "                        models). CUDA: bf16 (default) or f32 (reference precision:\n"
+          "                        full f32 GEMMs, needs --act-dtype f32)\n"
           "  --gpu N               CUDA device (default: local rank modulo the GPUs;\n"
           "                        with nccl, the local rank)\n"
           "  --ctx N               context length (generate: default min(model, 4096);\n"

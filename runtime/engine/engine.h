@@ -122,8 +122,10 @@ typedef struct {
     int micro_batches; /* per step for PP; 0 = pp */
     tsr_device device; /* TSR_DEVICE_CPU (default) or TSR_DEVICE_CUDA */
     int act_dtype;     /* activations: TSR_ENGINE_ACT_DEFAULT, TSR_F32, or TSR_BF16 (CUDA only) */
-    int weight_dtype;  /* weights: TSR_ENGINE_ACT_DEFAULT (bf16 on CUDA, f32 on the CPU) or
-                           TSR_F32 (CUDA's reference-precision mode; needs f32 activations) */
+    int weight_dtype;  /* weights: TSR_ENGINE_ACT_DEFAULT (bf16 on CUDA; on the CPU the
+                           file's own block formats), TSR_F32 (the reference path; on CUDA
+                           it needs f32 activations), TSR_Q8_0 or TSR_Q4_0 (CPU: quantized
+                           at load) */
     int gpu;           /* CUDA device index; -1 = local_rank % devices on the host (see
                            tsr_engine_device_select for NCCL) */
     /* Debugging aid: with the MPI data backend, move activations through

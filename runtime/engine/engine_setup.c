@@ -85,10 +85,19 @@ static int act_dtype_of(const tsr_engine_config *cfg) {
     return cfg->device == TSR_DEVICE_CUDA ? TSR_BF16 : TSR_F32;
 }
 
+/* CUDA's weight storage (bf16 unless f32 was asked for). */
 static int weight_dtype_of(const tsr_engine_config *cfg) {
     if (cfg->weight_dtype != TSR_ENGINE_ACT_DEFAULT)
         return cfg->weight_dtype;
-    return cfg->device == TSR_DEVICE_CUDA ? TSR_BF16 : TSR_F32;
+    return TSR_BF16;
+}
+
+/* tsr_model_load's `weights`: the CPU keeps the file's types unless told to
+ * convert; CUDA always takes the file's and converts on upload. */
+static int model_weights_of(const tsr_engine_config *cfg) {
+    if (cfg->device == TSR_DEVICE_CPU && cfg->weight_dtype != TSR_ENGINE_ACT_DEFAULT)
+        return cfg->weight_dtype;
+    return TSR_MODEL_WEIGHTS_FILE;
 }
 
 tsr_status tsr_engine_config_check(const tsr_engine_config *cfg, tsr_comm_kind kind) {
@@ -96,15 +105,21 @@ tsr_status tsr_engine_config_check(const tsr_engine_config *cfg, tsr_comm_kind k
     if (cfg->device != TSR_DEVICE_CPU && cfg->device != TSR_DEVICE_CUDA)
         return tsr_error_set(TSR_ERR_INVALID, "unknown device %d (want cpu or cuda)",
                              (int)cfg->device);
-    const int wdt = weight_dtype_of(cfg);
+    const int wdt = cfg->weight_dtype;
     if (act != TSR_F32 && act != TSR_BF16)
         return tsr_error_set(TSR_ERR_INVALID, "activation type %d: want f32 or bf16", act);
-    if (wdt != TSR_F32 && wdt != TSR_BF16)
-        return tsr_error_set(TSR_ERR_INVALID, "weight type %d: want bf16 or f32", wdt);
-    if (cfg->device == TSR_DEVICE_CPU && wdt != TSR_F32)
+    if (wdt != TSR_ENGINE_ACT_DEFAULT && wdt != TSR_F32 && wdt != TSR_BF16 && wdt != TSR_Q8_0 &&
+        wdt != TSR_Q4_0)
+        return tsr_error_set(TSR_ERR_INVALID, "weight type %d: want bf16, f32, q8_0 or q4_0", wdt);
+    if (cfg->device == TSR_DEVICE_CPU && wdt == TSR_BF16)
         return tsr_error_set(TSR_ERR_INVALID,
-                             "--weight-dtype bf16 needs --device cuda (the CPU backend keeps f32)");
-    if (wdt == TSR_F32 && act != TSR_F32)
+                             "--weight-dtype bf16 needs --device cuda (the CPU keeps the file's "
+                             "blocks, or f32, q8_0, q4_0)");
+    if (cfg->device == TSR_DEVICE_CUDA && (wdt == TSR_Q8_0 || wdt == TSR_Q4_0))
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--weight-dtype %s needs --device cpu (CUDA stores bf16 or f32)",
+                             tsr_dtype_name(wdt));
+    if (cfg->device == TSR_DEVICE_CUDA && wdt == TSR_F32 && act != TSR_F32)
         return tsr_error_set(TSR_ERR_INVALID,
                              "--weight-dtype f32 needs --act-dtype f32 (full-precision GEMMs)");
     if (cfg->gpu < -1)
@@ -233,7 +248,8 @@ tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_f
                   tsr_xfer_name(e->tp_xfer), tsr_xfer_name(e->pp_xfer));
         /* one all-reduce per row-parallel projection; none on one TP rank */
         tsr_model_comm mc = {e, grid->tp > 1 ? tp_allreduce : NULL};
-        st = tsr_model_load(&e->model, mf, &e->slice, e->first_stage, e->last_stage, e->be, &mc);
+        st = tsr_model_load(&e->model, mf, &e->slice, e->first_stage, e->last_stage,
+                            model_weights_of(&e->cfg), e->be, &mc);
         e->model_loaded = st == TSR_OK;
         /* the slices are copied out: the file's pages need not stay resident */
         tsr_model_file_drop_pages(mf);

@@ -32,14 +32,43 @@ tsr_model_slice tsr_model_slice_full(const tsr_model_config *c) {
 
 /* ---- loading ---- */
 
+/* Rows [row0, row0+nrows) x cols [col0, col0+ncols) of `name` onto the
+ * backend: as stored (m->weights == TSR_MODEL_WEIGHTS_FILE, or the file
+ * already has the wanted type), else read as f32 and converted. */
 static tsr_status load_weight(tsr_model *m, const tsr_model_file_t *mf, const char *name, int row0,
                               int nrows, int col0, int ncols, tsr_weight *w) {
-    float *buf = malloc((size_t)nrows * ncols * sizeof *buf);
+    const int stored = tsr_model_file_type(mf, name);
+    const int want = m->weights == TSR_MODEL_WEIGHTS_FILE ? stored : m->weights;
+    const size_t f32_bytes = (size_t)nrows * ncols * sizeof(float);
+    const size_t want_row = tsr_dtype_row_bytes(want, (uint64_t)ncols);
+    if (!want_row)
+        return tsr_error_set(
+            TSR_ERR_INVALID, "tensor '%s': %d columns cannot be stored as %s (blocks of %zu)", name,
+            ncols, tsr_dtype_name(want) ? tsr_dtype_name(want) : "?", tsr_dtype_block(want));
+    const size_t want_bytes = (size_t)nrows * want_row;
+    const int convert = want != stored && want != TSR_F32; /* quantize at load */
+    unsigned char *buf =
+        malloc(want != stored ? f32_bytes + (convert ? want_bytes : 0) : want_bytes);
     if (!buf)
         return tsr_error_set(TSR_ERR_NOMEM, "out of memory loading '%s'", name);
-    tsr_status st = tsr_model_file_read(mf, name, row0, nrows, col0, ncols, buf);
+    tsr_status st;
+    const void *src = buf;
+    if (want == stored) {
+        st = tsr_model_file_read_raw(mf, name, row0, nrows, col0, ncols, buf);
+    } else {
+        st = tsr_model_file_read(mf, name, row0, nrows, col0, ncols, (float *)buf);
+        if (st == TSR_OK && convert) {
+            unsigned char *q = buf + f32_bytes;
+            for (int r = 0; r < nrows && st == TSR_OK; r++)
+                if (!tsr_quantize(want, (const float *)buf + (size_t)r * ncols,
+                                  q + (size_t)r * want_row, (size_t)ncols))
+                    st = tsr_error_set(TSR_ERR_UNSUPPORTED, "cannot quantize '%s' to %s", name,
+                                       tsr_dtype_name(want));
+            src = q;
+        }
+    }
     if (st == TSR_OK)
-        st = tsr_backend_weight_upload(m->be, w, buf, nrows, ncols);
+        st = tsr_backend_weight_upload(m->be, w, src, (tsr_dtype)want, nrows, ncols);
     free(buf);
     return st;
 }
@@ -168,9 +197,10 @@ static int env_graphs_off(void) {
 }
 
 tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_model_slice *slice,
-                          int first_stage, int last_stage, tsr_backend *be,
+                          int first_stage, int last_stage, int weights, tsr_backend *be,
                           const tsr_model_comm *comm) {
     memset(m, 0, sizeof *m);
+    m->weights = weights;
     m->cfg = *tsr_model_file_config(mf);
     m->slice = *slice;
     m->be = be;

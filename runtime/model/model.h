@@ -89,6 +89,7 @@ typedef struct {
     int next_graph;
     int graphs_off; /* TSR_NO_CUDA_GRAPHS was set at load: never record */
     int last_n_out; /* output rows of the last forward in ws.logits; 0: none */
+    int weights;    /* tsr_model_load's `weights` */
     /* LoRA at inference (tsr_model_set_lora): NULL = none. Not owned. */
     const tsr_lora_adapter *lora;
     unsigned lora_gen;       /* bumped by every tsr_model_set_lora (part of the graph key) */
@@ -115,9 +116,18 @@ typedef struct {
     const tsr_lora_seg *lora; /* (n_lora) */
 } tsr_batch;
 
-/* Loads this rank's slice from `mf` onto `be`. The comm hooks are copied. */
+/* tsr_model_load's `weights`: keep each weight matrix in the type the file
+ * stores it in (the backend then decides: the CPU keeps the GGUF block
+ * formats it has kernels for, CUDA dequantizes to its weight type). Any
+ * other value is a tsr_dtype every matrix is converted to at load: TSR_F32
+ * (the reference path), TSR_Q8_0 or TSR_Q4_0 (quantized at load; a matrix
+ * the file already stores in that type is kept as it is). */
+#define TSR_MODEL_WEIGHTS_FILE (-1)
+
+/* Loads this rank's slice from `mf` onto `be`, weight matrices as `weights`
+ * says. The comm hooks are copied. */
 tsr_status tsr_model_load(tsr_model *m, const tsr_model_file_t *mf, const tsr_model_slice *slice,
-                          int first_stage, int last_stage, tsr_backend *be,
+                          int first_stage, int last_stage, int weights, tsr_backend *be,
                           const tsr_model_comm *comm);
 void tsr_model_free(tsr_model *m); /* NULL ok; does not free the adapter */
 

@@ -348,7 +348,7 @@ static void test_matmul(ctx *c) {
             float *w = rand_weight(c, (size_t)rows * cols, -1, 1);
             tsr_weight W[2];
             for (int b = 0; b < 2; b++) {
-                RUN_OK(c, c->be[b]->iface->weight_upload(c->be[b], &W[b], w, rows, cols));
+                RUN_OK(c, c->be[b]->iface->weight_upload(c->be[b], &W[b], w, TSR_F32, rows, cols));
                 REQUIRE(c, W[b].rows == rows && W[b].cols == cols, "weight shape %dx%d", W[b].rows,
                         W[b].cols);
             }
@@ -857,7 +857,8 @@ static void test_embedding(ctx *c) {
                 float *tab = rand_weight(c, (size_t)rows * dim, -1, 1);
                 tsr_weight W[2];
                 for (int b = 0; b < 2; b++)
-                    RUN_OK(c, c->be[b]->iface->weight_upload(c->be[b], &W[b], tab, rows, dim));
+                    RUN_OK(c, c->be[b]->iface->weight_upload(c->be[b], &W[b], tab, TSR_F32, rows,
+                                                             dim));
                 /* in the slice, at its edges, just outside, and far outside */
                 static const int64_t edge[] = {0, 998, -1, 999, 500};
                 int32_t *ids = tu_xmalloc((size_t)n * sizeof *ids);

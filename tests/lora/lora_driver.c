@@ -314,7 +314,7 @@ int main(int argc, char **argv) {
     tsr_train_mpi_init(&h, &grid, be);
     tsr_model_comm mcomm = tsr_train_mpi_model_comm(&h); /* pp = 1: the world is the TP group */
     tsr_model m;
-    if (tsr_model_load(&m, mf, &shard.slice, 1, 1, be, &mcomm) != TSR_OK)
+    if (tsr_model_load(&m, mf, &shard.slice, 1, 1, TSR_F32, be, &mcomm) != TSR_OK)
         return fail(rank, "load");
     tsr_train_comm tcomm = tsr_train_mpi_comm(&h);
     tsr_trainer tr;

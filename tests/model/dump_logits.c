@@ -51,13 +51,20 @@ static int set_adapter(tsr_model *m, const char *dir, tsr_lora_adapter *ad) {
 
 int main(int argc, char **argv) {
     const char *adapter = NULL;
-    if (argc > 2 && !strcmp(argv[1], "--adapter")) {
-        adapter = argv[2];
+    int weights = TSR_F32; /* the reference path unless --weights file */
+    while (argc > 2 && (!strcmp(argv[1], "--adapter") || !strcmp(argv[1], "--weights"))) {
+        if (!strcmp(argv[1], "--adapter"))
+            adapter = argv[2];
+        else if (!strcmp(argv[2], "file"))
+            weights = TSR_MODEL_WEIGHTS_FILE;
+        else if (strcmp(argv[2], "f32"))
+            return fprintf(stderr, "dump_logits: --weights file|f32\n"), 2;
         argv += 2;
         argc -= 2;
     }
     if (argc < 5) {
-        fprintf(stderr, "usage: dump_logits MODEL OUT.f32 prefill|decode|chunk:N ID...\n");
+        fprintf(stderr, "usage: dump_logits [--adapter DIR] [--weights file|f32] MODEL OUT.f32 "
+                        "prefill|decode|chunk:N ID...\n");
         return 2;
     }
     int n = argc - 4, chunk = n;
@@ -82,7 +89,7 @@ int main(int argc, char **argv) {
     const tsr_model_config *c = tsr_model_file_config(mf);
     tsr_model_slice sl = tsr_model_slice_full(c);
     if (tsr_backend_cpu_create(0, &be) != TSR_OK ||
-        tsr_model_load(&m, mf, &sl, 1, 1, be, NULL) != TSR_OK)
+        tsr_model_load(&m, mf, &sl, 1, 1, weights, be, NULL) != TSR_OK)
         return die("load");
     tsr_lora_adapter ad = {0};
     if (adapter && set_adapter(&m, adapter, &ad))

@@ -106,9 +106,15 @@ def write_model(path, arch, *, n_embd=64, n_layer=2, n_head=4, n_kv=2, head_dim=
     tiny_gguf.write(w)
 
 
-def logits_of(tool, model, ids):
+def logits_of(tool, model, ids, weights="f32", tile_min=None, mode="prefill"):
+    """dump_logits' logits; weights="file" keeps the blocks, and tile_min sets
+    TSR_QMM_TILE_MIN (1: every matmul takes the dequantized-tile SGEMM path; a large value:
+    every one quantizes its activations and runs the int8 dot kernels)."""
+    env = dict(os.environ)
+    if tile_min is not None:
+        env["TSR_QMM_TILE_MIN"] = str(tile_min)
     with tempfile.NamedTemporaryFile(suffix=".f32") as f:
-        run([tool, model, f.name, "prefill"] + [str(i) for i in ids])
+        run([tool, "--weights", weights, model, f.name, mode] + [str(i) for i in ids], env=env)
         return np.fromfile(f.name, dtype="<f4").reshape(len(ids), -1).astype(np.float64)
 
 
@@ -137,6 +143,24 @@ CASES = [
 ]
 
 
+def check_blocks(tool, path, ids, name):
+    """The weights kept in their blocks (--weights file): both matmul paths (tiles for
+    SGEMM, int8 dot kernels; prefill and token by token) against the reference that
+    quantizes each matmul's input as the kernels do."""
+    m = llama_ref.load(path)
+    exact = m.logits(ids)
+    quant = m.logits(ids, act_quant=True)
+    tiled = rel_err(logits_of(tool, path, ids, "file", tile_min=1), quant)
+    int8 = rel_err(logits_of(tool, path, ids, "file", tile_min=1 << 30), quant)
+    step = rel_err(logits_of(tool, path, ids, "file", tile_min=1 << 30, mode="decode"), quant)
+    drift = rel_err(quant, exact)
+    print(f"{name}: blocks kept: tiled {tiled:.2e}, int8 prefill {int8:.2e}, int8 decode "
+          f"{step:.2e} (int8 activations move the reference by {drift:.2e})")
+    check(tiled <= 2e-5, f"{name}: tiled path differs from the quantizing reference by {tiled:.2e}")
+    check(int8 <= 2e-5 and step <= 2e-5,
+          f"{name}: int8 path differs from the quantizing reference by {int8:.2e}/{step:.2e}")
+
+
 def main():
     tool = sys.argv[1]
     rng = np.random.default_rng(1)
@@ -151,6 +175,8 @@ def main():
             print(f"{name}: max relative error {e:.2e} (max abs {np.max(np.abs(got - want)):.2e}"
                   f" over logits up to {np.max(np.abs(want)):.3g})")
             check(e <= 1e-4, f"{name}: logits differ from the reference by {e:.2e}")
+            if kw.get("wtype", Q.F32) not in (Q.F32, Q.F16, Q.BF16):
+                check_blocks(tool, path, ids, name)
             if i == 0:
                 hf = os.path.join(d, "hf0")
                 gguf_to_hf.main([path, hf, "--dtype", "f32"])

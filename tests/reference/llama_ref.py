@@ -82,6 +82,9 @@ class Layer:
     bk: np.ndarray = None
     bv: np.ndarray = None
     bo: np.ndarray = None
+    # act_quant mode: weight field name -> the activation block (32 or 256) of its storage
+    # type, for weights stored in a GGUF block format
+    qblock: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -93,9 +96,10 @@ class Model:
     layers: list = field(default_factory=list)
     tied: bool = False
     eos_id: int = None       # end-of-sequence token from the file's metadata, if any
+    lm_qblock: int = None    # act_quant mode: the LM head's activation block, as Layer.qblock
 
-    def logits(self, ids, last_only=False):
-        return forward(self, ids, last_only=last_only)
+    def logits(self, ids, last_only=False, act_quant=False):
+        return forward(self, ids, last_only=last_only, act_quant=act_quant)
 
     def greedy(self, ids, n, stop_ids=()):
         """Greedy decoding of up to n tokens (recomputes the whole prefix each step)."""
@@ -129,6 +133,26 @@ class Model:
 # ----------------------------------------------------------------------------------------
 # The forward pass
 # ----------------------------------------------------------------------------------------
+
+def quantize_act(x, block):
+    """Rows of x as Tessera's int8 dot kernels see them (kernels/cpu/qdot.h): rounded to
+    float32, then per block of `block` values d = max|x| / 127 and q = rint(x / d) (ties to
+    even), computed as x * (1 / d) in float32; returns d * q in float64."""
+    x32 = np.asarray(x, dtype=np.float32)
+    T, n = x32.shape
+    b = x32.reshape(T, n // block, block)
+    d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, np.float32(1)), np.float32(0))
+    q = np.rint(b * inv.astype(np.float32))
+    return (q.astype(F64) * d.astype(F64)).reshape(T, n)
+
+
+def mm(x, w, block=None, act_quant=False):
+    """x @ w.T; with act_quant and a block, x is first quantized as quantize_act does."""
+    if act_quant and block:
+        x = quantize_act(x, block)
+    return x @ w.T
+
 
 def rms_norm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
@@ -168,12 +192,13 @@ def apply_rope(x, angles, rope_dim, style):
     return out
 
 
-def attention(cfg, L, h, angles):
+def attention(cfg, L, h, angles, act_quant=False):
     T = h.shape[0]
     H, KV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
-    q = h @ L.wq.T
-    k = h @ L.wk.T
-    v = h @ L.wv.T
+    qb = L.qblock.get
+    q = mm(h, L.wq, qb("wq"), act_quant)
+    k = mm(h, L.wk, qb("wk"), act_quant)
+    v = mm(h, L.wv, qb("wv"), act_quant)
     if L.bq is not None:
         q = q + L.bq
     if L.bk is not None:
@@ -193,12 +218,16 @@ def attention(cfg, L, h, angles):
     scores = scores - scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
-    o = np.einsum("hts,shd->thd", p, v).reshape(T, H * D) @ L.wo.T
+    o = mm(np.einsum("hts,shd->thd", p, v).reshape(T, H * D), L.wo, qb("wo"), act_quant)
     return o if L.bo is None else o + L.bo
 
 
-def forward(model, ids, last_only=False):
-    """Logits (T, vocab) for token ids at positions 0..T-1 (or (1, vocab) if last_only)."""
+def forward(model, ids, last_only=False, act_quant=False):
+    """Logits (T, vocab) for token ids at positions 0..T-1 (or (1, vocab) if last_only).
+
+    act_quant: the inputs of every matmul whose weight the file stores in a block format
+    are quantized per block to 8 bits first (quantize_act), as Tessera's CPU backend does
+    when it keeps the weights in their blocks and runs int8 dot kernels."""
     cfg = model.cfg
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 1 or len(ids) == 0:
@@ -208,13 +237,15 @@ def forward(model, ids, last_only=False):
     x = model.embed[ids].astype(F64)
     angles = rope_angles(cfg, np.arange(len(ids)))
     for L in model.layers:
-        x = x + attention(cfg, L, rms_norm(x, L.attn_norm, cfg.eps), angles)
+        x = x + attention(cfg, L, rms_norm(x, L.attn_norm, cfg.eps), angles, act_quant)
         h = rms_norm(x, L.ffn_norm, cfg.eps)
-        x = x + (silu(h @ L.w_gate.T) * (h @ L.w_up.T)) @ L.w_down.T
+        qb = L.qblock.get
+        g = silu(mm(h, L.w_gate, qb("w_gate"), act_quant)) * mm(h, L.w_up, qb("w_up"), act_quant)
+        x = x + mm(g, L.w_down, qb("w_down"), act_quant)
     if last_only:
         x = x[-1:]
     x = rms_norm(x, model.out_norm, cfg.eps)
-    return x @ model.lm_head.T
+    return mm(x, model.lm_head, model.lm_qblock, act_quant)
 
 
 # ----------------------------------------------------------------------------------------
@@ -253,6 +284,18 @@ def load_gguf(path):
     if arch not in _GGUF_ROPE_STYLE:
         raise NotImplementedError(f"llama_ref: unsupported architecture {arch!r}")
     tensors = {t.name: t for t in r.tensors}
+
+    def qblock(name):
+        """The activation block of a weight's storage type (act_quant), or None."""
+        t = tensors.get(name)
+        if t is None:
+            return None
+        ty = gguf.GGMLQuantizationType
+        if t.tensor_type in (ty.Q4_0, ty.Q4_1, ty.Q5_0, ty.Q5_1, ty.Q8_0, ty.IQ4_NL):
+            return 32
+        if t.tensor_type in (ty.Q2_K, ty.Q3_K, ty.Q4_K, ty.Q5_K, ty.Q6_K):
+            return 256
+        return None
 
     def tensor(name, required=True):
         t = tensors.get(name)
@@ -315,12 +358,17 @@ def load_gguf(path):
             bk=tensor(p + "attn_k.bias", required=False),
             bv=tensor(p + "attn_v.bias", required=False),
             bo=tensor(p + "attn_output.bias", required=False),
+            qblock={k: qblock(p + g) for k, g in (
+                ("wq", "attn_q.weight"), ("wk", "attn_k.weight"), ("wv", "attn_v.weight"),
+                ("wo", "attn_output.weight"), ("w_gate", "ffn_gate.weight"),
+                ("w_up", "ffn_up.weight"), ("w_down", "ffn_down.weight"))},
         ))
     lm_head = tensor("output.weight", required=False)
     tied = lm_head is None
     m = Model(cfg=cfg, embed=embed, out_norm=tensor("output_norm.weight"),
               lm_head=embed if tied else lm_head, layers=layers, tied=tied,
-              eos_id=field("tokenizer.ggml.eos_token_id", None))
+              eos_id=field("tokenizer.ggml.eos_token_id", None),
+              lm_qblock=qblock("token_embd.weight" if tied else "output.weight"))
     m.check_shapes()
     return m
 

@@ -264,7 +264,8 @@ static void upload(tsr_backend *be, tcase *c, array *a) {
     size_t n = a->count;
     switch (a->kind) {
     case 'w':
-        OK(c, be->iface->weight_upload(be, &a->w, a->host, (int)a->dims[0], (int)a->dims[1]));
+        OK(c,
+           be->iface->weight_upload(be, &a->w, a->host, TSR_F32, (int)a->dims[0], (int)a->dims[1]));
         return;
     case 'd': {
         double *h = xmalloc((n + GUARD) * sizeof *h);

@@ -89,6 +89,26 @@ def main():
                          f"{qtype.name}: bit for bit over {want.size} elements "
                          f"(max |x| {float(np.max(np.abs(want))):.3g}, max abs diff {err:.3g})",
                          why)
+        # the other way: f32 into Q8_0 and Q4_0 blocks (--weight-dtype q8_0|q4_0) must
+        # give gguf-py's quantizers' bytes, ties and zero blocks included
+        x = rng.standard_normal(32 * N_BLOCKS).astype(np.float32)
+        x[:32] = 0  # a zero block: d = 0
+        x[32:64] = np.float32(0.5) * np.arange(-16, 16, dtype=np.float32)  # exact halves
+        x[64:96] *= np.float32(1e4)
+        for qtype in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0):
+            src, dst = os.path.join(d, "x.f32"), os.path.join(d, f"{qtype.name}.bin")
+            x.tofile(src)
+            r = subprocess.run([tool, "--quantize", str(int(qtype)), src, dst],
+                               capture_output=True, text=True)
+            if not checks.check(r.returncode == 0, f"{qtype.name}: dequant_dump --quantize runs",
+                                r.stderr):
+                continue
+            got = np.fromfile(dst, dtype=np.uint8)
+            want = gguf.quants.quantize(x.reshape(N_BLOCKS, 32), qtype).reshape(-1)
+            bad = np.flatnonzero(got != want) if got.shape == want.shape else [0]
+            checks.check(len(bad) == 0, f"{qtype.name}: quantized {x.size} values to gguf-py's "
+                         f"bytes ({want.size} bytes)", f"{len(bad)} bytes differ, first at "
+                         f"{bad[0] if len(bad) else 0}")
     sys.exit(checks.finish("test_dequant"))
 
 

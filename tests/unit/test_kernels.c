@@ -127,7 +127,7 @@ static void test_matmul(tsr_backend *be) {
             double *want = tu_xmalloc((size_t)n * rows * sizeof *want);
             double *scale = tu_xmalloc((size_t)n * rows * sizeof *scale);
             tsr_weight W;
-            CHECK_OK(be->iface->weight_upload(be, &W, w, rows, cols));
+            CHECK_OK(be->iface->weight_upload(be, &W, w, TSR_F32, rows, cols));
             CHECK(W.rows == rows && W.cols == cols, "weight shape");
             dbuf dx = dbuf_new(be, x, (size_t)n * cols);
             dbuf dy = dbuf_new(be, acc ? y0 : NULL, (size_t)n * rows);
@@ -162,7 +162,7 @@ static void test_matmul(tsr_backend *be) {
     /* n = 0 is a no-op. */
     float w1 = 1.0f;
     tsr_weight W;
-    CHECK_OK(be->iface->weight_upload(be, &W, &w1, 1, 1));
+    CHECK_OK(be->iface->weight_upload(be, &W, &w1, TSR_F32, 1, 1));
     dbuf dy = dbuf_new(be, NULL, 0);
     CHECK_OK(be->iface->matmul(be, dy.p, dy.p, &W, 0, 0));
     float none[1];
@@ -488,7 +488,7 @@ static void test_embedding(tsr_backend *be) {
             int dim = opc_embedding_dims[a].v, row0 = opc_embedding_row0s[b].v;
             float *tab = rand_vec(r, (size_t)rows * dim, -1, 1);
             tsr_weight W;
-            CHECK_OK(be->iface->weight_upload(be, &W, tab, rows, dim));
+            CHECK_OK(be->iface->weight_upload(be, &W, tab, TSR_F32, rows, dim));
             int32_t ids[] = {row0 + 3, row0,      row0 + rows - 1, row0 - 1, row0 + rows,
                              -1,       INT32_MIN, INT32_MAX,       row0 + 3, row0 + 5,
                              0,        row0 + 1};
