@@ -23,11 +23,18 @@ static inline float f16(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
+/* The f16 pair (d, dmin) at p times the activations' scale, in lanes 0 and 1 */
+static inline __m128 f16x2(const uint8_t *p, float da) {
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)u)), _mm_set1_ps(da));
+}
+
 static inline __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 static inline __m128i load128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
-static inline float hsum(__m256 v, __m128 w) {
-    __m128 s = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)), w);
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
@@ -78,11 +85,12 @@ static float dot_q2_k(int n, const void *w, const void *act) {
                     _mm256_add_epi32(isum, dot32(q, a[b].qs + 128 * h + 32 * s, scale16(sc, h, s)));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(p + 80) * a[b].d), _mm256_cvtepi32_ps(isum), acc);
-        accm =
-            _mm256_fmadd_ps(_mm256_set1_ps(-f16(p + 82) * a[b].d), _mm256_cvtepi32_ps(msum), accm);
+        const __m128 ds = f16x2(p + 80, a[b].d);
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), _mm256_cvtepi32_ps(isum), acc);
+        accm = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ds)),
+                                _mm256_cvtepi32_ps(msum), accm);
     }
-    return hsum(_mm256_add_ps(acc, accm), _mm_setzero_ps());
+    return hsum(_mm256_add_ps(acc, accm));
 }
 
 /* The 16 scales of a Q3_K block (6 bits, minus 32) as int8, from its 12
@@ -134,7 +142,7 @@ static float dot_q3_k(int n, const void *w, const void *act) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(p + 108) * a[b].d), _mm256_cvtepi32_ps(isum), acc);
     }
-    return hsum(acc, _mm_setzero_ps());
+    return hsum(acc);
 }
 
 /* The 8 scales then the 8 mins of a Q4_K or Q5_K block (6 bits each) as
@@ -157,14 +165,14 @@ static inline __m128i k_scales_mins(const uint8_t *s) {
 static inline float dot_q45_k(int n, const uint8_t *p, const tsr_q8k *a, int five) {
     const int bytes = five ? 176 : 144;
     const __m256i m15 = _mm256_set1_epi8(15), m16 = _mm256_set1_epi8(16);
-    __m256 acc = _mm256_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     for (int b = 0; b < n / TSR_QKK; b++, p += bytes) {
-        const __m256i sm = _mm256_cvtepu8_epi16(k_scales_mins(p + 4));
-        const __m256i sc = _mm256_permute2x128_si256(sm, sm, 0x00);
-        /* min j times bsums 2j + 2j+1 */
-        const __m128i pairs = _mm_hadd_epi16(load128(a[b].bsums), load128(a[b].bsums + 8));
-        const __m128i msum = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), pairs);
+        const __m128i sm = k_scales_mins(p + 4);
+        const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        /* min j times bsums 2j and 2j + 1 */
+        const __m256i mins2 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+            sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+        const __m256i msum = _mm256_madd_epi16(mins2, load256(a[b].bsums));
         const uint8_t *qs = p + (five ? 48 : 16);
         const __m256i qh = five ? load256(p + 16) : _mm256_setzero_si256();
         __m256i isum = _mm256_setzero_si256();
@@ -180,10 +188,12 @@ static inline float dot_q45_k(int n, const uint8_t *p, const tsr_q8k *a, int fiv
             isum = _mm256_add_epi32(isum, dot32(lo, a[b].qs + 64 * c, scale32(sc, 2 * c)));
             isum = _mm256_add_epi32(isum, dot32(hi, a[b].qs + 64 * c + 32, scale32(sc, 2 * c + 1)));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(p) * a[b].d), _mm256_cvtepi32_ps(isum), acc);
-        accm = _mm_fmadd_ps(_mm_set1_ps(-f16(p + 2) * a[b].d), _mm_cvtepi32_ps(msum), accm);
+        const __m128 ds = f16x2(p, a[b].d);
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), _mm256_cvtepi32_ps(isum), acc);
+        accm = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ds)),
+                                _mm256_cvtepi32_ps(msum), accm);
     }
-    return hsum(acc, accm);
+    return hsum(_mm256_add_ps(acc, accm));
 }
 
 static float dot_q4_k(int n, const void *w, const void *a) { return dot_q45_k(n, w, a, 0); }
@@ -221,7 +231,7 @@ static float dot_q6_k(int n, const void *w, const void *act) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(p + 208) * a[b].d), _mm256_cvtepi32_ps(isum), acc);
     }
-    return hsum(acc, _mm_setzero_ps());
+    return hsum(acc);
 }
 
 #define K(fn)                                                                                      \
