@@ -1,5 +1,181 @@
-/* kernels/cpu/qdot_avx2.c - the avx2 dot kernels (none written yet: every
- * format falls back to a lower level). */
+/* kernels/cpu/qdot_avx2.c - the AVX2+FMA+F16C dot kernels of the 32-wide
+ * formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL); the K-quants' are in
+ * qdot_avx2_k.c.
+ *
+ * This file is also the body of the AVX-VNNI kernels: qdot_avxvnni.c defines
+ * QDOT_TABLE, QDOT_LEVEL, QDOT_FALLBACK and QDOT_DPBUSD and includes it, so
+ * the levels differ only in the instruction that multiplies 32 unsigned by
+ * 32 signed bytes and sums each 4 products into an int32 (maddubs + madd
+ * here, vpdpbusd there) and cannot drift apart.
+ *
+ * Per block of 32: the weights are widened to 32 bytes in element order
+ * (4- and 5-bit ones unsigned, 0..15 or 0..31; the -8 and -16 offsets and
+ * the Q4_1/Q5_1 min come from the activation sum s, as in qdot_ref.c), the
+ * byte products summed into 8 int32 lanes, and those lanes, as floats, times
+ * d_w * d_a added into 8 f32 lanes with FMA; two blocks per iteration into
+ * two accumulators, one horizontal sum at the end. Q8_0 and IQ4_NL weights
+ * are signed: |w| times a with w's sign (|w| <= 128, |a| <= 127, so
+ * maddubs's 16-bit pair sums cannot saturate).
+ *
+ * Compiled with -mavx2 -mfma -mf16c (kernels/CMakeLists.txt); where those
+ * are not given (a non-x86 build) the table has no kernels of its own. */
 #include "kernels/cpu/qdot.h"
 
-const tsr_qkernel *tsr_qkernels_avx2(tsr_dtype t) { return tsr_qkernels_avx2_k(t); }
+#include <string.h>
+
+#ifndef QDOT_TABLE /* compiled as itself: the AVX2 level */
+#define QDOT_TABLE tsr_qkernels_avx2
+#define QDOT_LEVEL TSR_ISA_AVX2
+#define QDOT_FALLBACK(t) tsr_qkernels_avx2_k(t)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define QDOT_ENABLED 1
+#endif
+#endif
+
+#ifdef QDOT_ENABLED
+#include <immintrin.h>
+
+#ifndef QDOT_DPBUSD
+/* 8 int32 lanes, lane i = the sum of u[4i+k] * s[4i+k] over k < 4, u
+ * unsigned and s signed bytes (the pair sums must fit an int16). */
+#define QDOT_DPBUSD(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
+#endif
+
+static inline float f16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* Signed weight bytes times signed activation bytes: |w| * (a with w's sign). */
+static inline __m256i dot_signed(__m256i w, __m256i a) {
+    return QDOT_DPBUSD(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+}
+
+/* The 16 bytes at p as 32 nibbles in element order: low nibbles in bytes
+ * 0..15, high nibbles in bytes 16..31. */
+static inline __m256i nibbles(const uint8_t *p) {
+    const __m128i x = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0f));
+}
+
+/* Bit j of the little-endian u32 at p as 0x10 in byte j (the fifth bits of
+ * Q5_0/Q5_1): byte j gets byte j / 8 of it, keeps bit j % 8, and a compare
+ * turns that into 0xff. */
+static inline __m256i fifth_bits(const uint8_t *p) {
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int)qh),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit),
+                            _mm256_set1_epi8(0x10));
+}
+
+/* acc + d * (the int32 lanes as floats) */
+static inline __m256 fmadd_lanes(float d, __m256i s, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+}
+
+/* One block each: the weights at p against activation block a, added into
+ * acc; a scalar term (offset or min times s) added into *e. */
+
+static inline __m256 blk_q8_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+    (void)e;
+    return fmadd_lanes(f16_at(p) * a->d, dot_signed(load32(p + 2), load32(a->qs)), acc);
+}
+
+static inline __m256 blk_q4_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+    const float d = f16_at(p);
+    *e -= 8.0f * d * a->s;
+    return fmadd_lanes(d * a->d, QDOT_DPBUSD(nibbles(p + 2), load32(a->qs)), acc);
+}
+
+static inline __m256 blk_q4_1(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+    *e += f16_at(p + 2) * a->s;
+    return fmadd_lanes(f16_at(p) * a->d, QDOT_DPBUSD(nibbles(p + 4), load32(a->qs)), acc);
+}
+
+static inline __m256 blk_q5_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+    const float d = f16_at(p);
+    *e -= 16.0f * d * a->s;
+    const __m256i q = _mm256_or_si256(nibbles(p + 6), fifth_bits(p + 2));
+    return fmadd_lanes(d * a->d, QDOT_DPBUSD(q, load32(a->qs)), acc);
+}
+
+static inline __m256 blk_q5_1(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+    *e += f16_at(p + 2) * a->s;
+    const __m256i q = _mm256_or_si256(nibbles(p + 8), fifth_bits(p + 4));
+    return fmadd_lanes(f16_at(p) * a->d, QDOT_DPBUSD(q, load32(a->qs)), acc);
+}
+
+static inline __m256 blk_iq4_nl(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+    (void)e;
+    /* the format's 16 values, in both 128-bit lanes for the byte shuffle */
+    const __m256i values =
+        _mm256_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+                         -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+    const __m256i w = _mm256_shuffle_epi8(values, nibbles(p + 2));
+    return fmadd_lanes(f16_at(p) * a->d, dot_signed(w, load32(a->qs)), acc);
+}
+
+/* The row loop: two blocks per iteration into two accumulators, then the
+ * odd block. */
+#define QDOT_ROW(name, blk, bytes)                                                                 \
+    static float name(int n, const void *w, const void *act) {                                     \
+        const uint8_t *p = w;                                                                      \
+        const tsr_q8a *a = act;                                                                    \
+        const int nb = n / TSR_QK;                                                                 \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                             \
+        float e0 = 0, e1 = 0;                                                                      \
+        int b = 0;                                                                                 \
+        for (; b + 2 <= nb; b += 2) {                                                              \
+            acc0 = blk(p + (size_t)b * (bytes), a + b, acc0, &e0);                                 \
+            acc1 = blk(p + (size_t)(b + 1) * (bytes), a + b + 1, acc1, &e1);                       \
+        }                                                                                          \
+        if (b < nb)                                                                                \
+            acc0 = blk(p + (size_t)b * (bytes), a + b, acc0, &e0);                                 \
+        return hsum(_mm256_add_ps(acc0, acc1)) + (e0 + e1);                                        \
+    }
+
+QDOT_ROW(dot_q8_0, blk_q8_0, 34)
+QDOT_ROW(dot_q4_0, blk_q4_0, 18)
+QDOT_ROW(dot_q4_1, blk_q4_1, 20)
+QDOT_ROW(dot_q5_0, blk_q5_0, 22)
+QDOT_ROW(dot_q5_1, blk_q5_1, 24)
+QDOT_ROW(dot_iq4_nl, blk_iq4_nl, 18)
+#undef QDOT_ROW
+
+#define K(fn)                                                                                      \
+    { fn, TSR_ACT_Q8A, QDOT_LEVEL }
+static const tsr_qkernel k_q8_0 = K(dot_q8_0), k_q4_0 = K(dot_q4_0), k_q4_1 = K(dot_q4_1),
+                         k_q5_0 = K(dot_q5_0), k_q5_1 = K(dot_q5_1), k_iq4_nl = K(dot_iq4_nl);
+#undef K
+
+const tsr_qkernel *QDOT_TABLE(tsr_dtype t) {
+    switch (t) {
+    case TSR_Q8_0: return &k_q8_0;
+    case TSR_Q4_0: return &k_q4_0;
+    case TSR_Q4_1: return &k_q4_1;
+    case TSR_Q5_0: return &k_q5_0;
+    case TSR_Q5_1: return &k_q5_1;
+    case TSR_IQ4_NL: return &k_iq4_nl;
+    default: return QDOT_FALLBACK(t);
+    }
+}
+
+#else /* built without the level's instructions: no kernels of its own */
+
+const tsr_qkernel *QDOT_TABLE(tsr_dtype t) { return QDOT_FALLBACK(t); }
+
+#endif
