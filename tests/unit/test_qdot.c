@@ -8,7 +8,8 @@
  * unlisted format fails the test saying so). For each format, rows of
  * n = 1, 2, 3, 7 and 17 blocks are built from random bytes with sane random
  * f16 scales, and activations with varied magnitudes, all-zero blocks and
- * blocks with one large outlier, at unaligned addresses. Checks:
+ * blocks with one large outlier, at unaligned addresses (the activations
+ * aligned as their structs). Checks:
  *  - the reference kernel against the weight row dequantized by
  *    tsr_dequantize (the ground truth, bit-exact with gguf-py) times the
  *    quantized activations d*q, summed in double;
@@ -149,9 +150,10 @@ static void test_format(tu_rng *r, int t) {
         float *x = tu_xmalloc((size_t)n * sizeof *x), *wf = tu_xmalloc((size_t)n * sizeof *wf);
         double *av = tu_xmalloc((size_t)n * sizeof *av);
         for (int trial = 0; trial < TRIALS; trial++) {
-            /* exact sizes (a read past either row shows under ASan) at
-             * addresses of every alignment */
-            const size_t woff = (size_t)trial % 4, aoff = (size_t)(trial / 4) % 4;
+            /* exact sizes (a read past either row shows under ASan); weights
+             * at addresses of every alignment, activations at every multiple
+             * of their structs' alignment (4) below 16 */
+            const size_t woff = (size_t)trial % 4, aoff = 4 * ((size_t)(trial / 4) % 4);
             uint8_t *wbuf = tu_xmalloc(wbytes + woff), *abuf = tu_xmalloc(abytes + aoff);
             uint8_t *w = wbuf + woff, *a = abuf + aoff;
             rand_weights(r, t, w, nb);
@@ -171,11 +173,10 @@ static void test_format(tu_rng *r, int t) {
             }
             const float got_ref = ref->dot(n, w, a);
             const double err_ref = fabs((double)got_ref - want);
-            if (!(err_ref <= RTOL * scale))
-                CHECK(0,
-                      "%s ref, %d blocks, trial %d: %.9g, dequantize-then-f64 %.9g "
-                      "(error %.3g, allowed %.3g)",
-                      name, nb, trial, (double)got_ref, want, err_ref, RTOL * scale);
+            CHECK(err_ref <= RTOL * scale,
+                  "%s ref, %d blocks, trial %d: %.9g, dequantize-then-f64 %.9g "
+                  "(error %.3g, allowed %.3g)",
+                  name, nb, trial, (double)got_ref, want, err_ref, RTOL * scale);
             tally_add(&ty[TSR_ISA_REF], err_ref, scale);
 
             for (int isa = 1; isa < TSR_ISA_COUNT; isa++) {
@@ -184,12 +185,11 @@ static void test_format(tu_rng *r, int t) {
                     continue;
                 const float got = k->dot(n, w, a);
                 const double err = fabs((double)got - (double)got_ref);
-                if (!(err <= RTOL * scale))
-                    CHECK(0,
-                          "%s %s, %d blocks, trial %d: %.9g, ref %.9g (error %.3g, "
-                          "allowed %.3g)",
-                          name, tsr_isa_name((tsr_isa)isa), nb, trial, (double)got, (double)got_ref,
-                          err, RTOL * scale);
+                CHECK(err <= RTOL * scale,
+                      "%s %s, %d blocks, trial %d: %.9g, ref %.9g (error %.3g, "
+                      "allowed %.3g)",
+                      name, tsr_isa_name((tsr_isa)isa), nb, trial, (double)got, (double)got_ref,
+                      err, RTOL * scale);
                 tally_add(&ty[isa], err, scale);
             }
             free(wbuf);
