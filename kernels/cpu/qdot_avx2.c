@@ -21,6 +21,7 @@
  * are not given (a non-x86 build) the table has no kernels of its own. */
 #include "kernels/cpu/qdot.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #ifndef QDOT_TABLE /* compiled as itself: the AVX2 level */
@@ -64,8 +65,9 @@ static inline __m256i dot_signed(__m256i w, __m256i a) {
 /* The 16 bytes at p as 32 nibbles in element order: low nibbles in bytes
  * 0..15, high nibbles in bytes 16..31. */
 static inline __m256i nibbles(const uint8_t *p) {
-    const __m128i x = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0f));
+    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(x, _mm256_set_epi64x(4, 4, 0, 0)),
+                            _mm256_set1_epi8(0x0f));
 }
 
 /* Bit j of the little-endian u32 at p as 0x10 in byte j (the fifth bits of
@@ -82,62 +84,89 @@ static inline __m256i fifth_bits(const uint8_t *p) {
                             _mm256_set1_epi8(0x10));
 }
 
-/* acc + d * (the int32 lanes as floats) */
-static inline __m256 fmadd_lanes(float d, __m256i s, __m256 acc) {
-    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+/* Scales of one block, lane 0 d_w * d_a (what the block's integer sum is
+ * multiplied by), lane 1 what goes into the scalar term: d_w * s for the
+ * formats with an offset (Q4_0, Q5_0; times -8 or -16 at the end) and m * s
+ * for those with a min (Q4_1, Q5_1). Lanes 2 and 3 are 0. The f16 fields
+ * are converted together and the activation's d and s loaded together. */
+_Static_assert(offsetof(tsr_q8a, s) == offsetof(tsr_q8a, d) + 4, "tsr_q8a: d and s adjacent");
+
+static inline __m128 act_ds(const tsr_q8a *a) {
+    return _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)&a->d));
+}
+
+/* the f16 d at p */
+static inline __m128 scales_d(const uint8_t *p, const tsr_q8a *a) {
+    int16_t h;
+    memcpy(&h, p, 2);
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16(h)), act_ds(a));
+}
+
+/* the f16 d and m at p, p + 2 */
+static inline __m128 scales_dm(const uint8_t *p, const tsr_q8a *a) {
+    int32_t dm;
+    memcpy(&dm, p, 4);
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dm)), act_ds(a));
+}
+
+/* acc + (lane 0 of sc) * (the int32 lanes as floats) */
+static inline __m256 fmadd_lanes(__m128 sc, __m256i s, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(s), acc);
 }
 
 /* One block each: the weights at p against activation block a, added into
- * acc; a scalar term (offset or min times s) added into *e. */
+ * acc; the scales into *e (whose lane 1 is the scalar term). */
 
-static inline __m256 blk_q8_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+static inline __m256 blk_q8_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
     (void)e;
-    return fmadd_lanes(f16_at(p) * a->d, dot_signed(load32(p + 2), load32(a->qs)), acc);
+    return fmadd_lanes(scales_d(p, a), dot_signed(load32(p + 2), load32(a->qs)), acc);
 }
 
-static inline __m256 blk_q4_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
-    const float d = f16_at(p);
-    *e -= 8.0f * d * a->s;
-    return fmadd_lanes(d * a->d, QDOT_DPBUSD(nibbles(p + 2), load32(a->qs)), acc);
+static inline __m256 blk_q4_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
+    const __m128 sc = scales_d(p, a);
+    *e = _mm_add_ps(*e, sc);
+    return fmadd_lanes(sc, QDOT_DPBUSD(nibbles(p + 2), load32(a->qs)), acc);
 }
 
-static inline __m256 blk_q4_1(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
-    *e += f16_at(p + 2) * a->s;
-    return fmadd_lanes(f16_at(p) * a->d, QDOT_DPBUSD(nibbles(p + 4), load32(a->qs)), acc);
+static inline __m256 blk_q4_1(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
+    const __m128 sc = scales_dm(p, a);
+    *e = _mm_add_ps(*e, sc);
+    return fmadd_lanes(sc, QDOT_DPBUSD(nibbles(p + 4), load32(a->qs)), acc);
 }
 
-static inline __m256 blk_q5_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
-    const float d = f16_at(p);
-    *e -= 16.0f * d * a->s;
+static inline __m256 blk_q5_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
+    const __m128 sc = scales_d(p, a);
+    *e = _mm_add_ps(*e, sc);
     const __m256i q = _mm256_or_si256(nibbles(p + 6), fifth_bits(p + 2));
-    return fmadd_lanes(d * a->d, QDOT_DPBUSD(q, load32(a->qs)), acc);
+    return fmadd_lanes(sc, QDOT_DPBUSD(q, load32(a->qs)), acc);
 }
 
-static inline __m256 blk_q5_1(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
-    *e += f16_at(p + 2) * a->s;
+static inline __m256 blk_q5_1(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
+    const __m128 sc = scales_dm(p, a);
+    *e = _mm_add_ps(*e, sc);
     const __m256i q = _mm256_or_si256(nibbles(p + 8), fifth_bits(p + 4));
-    return fmadd_lanes(f16_at(p) * a->d, QDOT_DPBUSD(q, load32(a->qs)), acc);
+    return fmadd_lanes(sc, QDOT_DPBUSD(q, load32(a->qs)), acc);
 }
 
-static inline __m256 blk_iq4_nl(const uint8_t *p, const tsr_q8a *a, __m256 acc, float *e) {
+static inline __m256 blk_iq4_nl(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
     (void)e;
     /* the format's 16 values, in both 128-bit lanes for the byte shuffle */
     const __m256i values =
         _mm256_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
                          -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
     const __m256i w = _mm256_shuffle_epi8(values, nibbles(p + 2));
-    return fmadd_lanes(f16_at(p) * a->d, dot_signed(w, load32(a->qs)), acc);
+    return fmadd_lanes(scales_d(p, a), dot_signed(w, load32(a->qs)), acc);
 }
 
 /* The row loop: two blocks per iteration into two accumulators, then the
- * odd block. */
-#define QDOT_ROW(name, blk, bytes)                                                                 \
+ * odd block; the scalar term is lane 1 of the summed scales times `k`. */
+#define QDOT_ROW(name, blk, bytes, k)                                                              \
     static float name(int n, const void *w, const void *act) {                                     \
         const uint8_t *p = w;                                                                      \
         const tsr_q8a *a = act;                                                                    \
         const int nb = n / TSR_QK;                                                                 \
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                             \
-        float e0 = 0, e1 = 0;                                                                      \
+        __m128 e0 = _mm_setzero_ps(), e1 = _mm_setzero_ps();                                       \
         int b = 0;                                                                                 \
         for (; b + 2 <= nb; b += 2) {                                                              \
             acc0 = blk(p + (size_t)b * (bytes), a + b, acc0, &e0);                                 \
@@ -145,15 +174,16 @@ static inline __m256 blk_iq4_nl(const uint8_t *p, const tsr_q8a *a, __m256 acc, 
         }                                                                                          \
         if (b < nb)                                                                                \
             acc0 = blk(p + (size_t)b * (bytes), a + b, acc0, &e0);                                 \
-        return hsum(_mm256_add_ps(acc0, acc1)) + (e0 + e1);                                        \
+        const __m128 e = _mm_add_ps(e0, e1);                                                       \
+        return hsum(_mm256_add_ps(acc0, acc1)) + (k)*_mm_cvtss_f32(_mm_movehdup_ps(e));            \
     }
 
-QDOT_ROW(dot_q8_0, blk_q8_0, 34)
-QDOT_ROW(dot_q4_0, blk_q4_0, 18)
-QDOT_ROW(dot_q4_1, blk_q4_1, 20)
-QDOT_ROW(dot_q5_0, blk_q5_0, 22)
-QDOT_ROW(dot_q5_1, blk_q5_1, 24)
-QDOT_ROW(dot_iq4_nl, blk_iq4_nl, 18)
+QDOT_ROW(dot_q8_0, blk_q8_0, 34, 0.0f)
+QDOT_ROW(dot_q4_0, blk_q4_0, 18, -8.0f)
+QDOT_ROW(dot_q4_1, blk_q4_1, 20, 1.0f)
+QDOT_ROW(dot_q5_0, blk_q5_0, 22, -16.0f)
+QDOT_ROW(dot_q5_1, blk_q5_1, 24, 1.0f)
+QDOT_ROW(dot_iq4_nl, blk_iq4_nl, 18, 0.0f)
 #undef QDOT_ROW
 
 #define K(fn)                                                                                      \
