@@ -1,6 +1,7 @@
 /* kernels/cpu/qdot_avx512.c - the AVX-512 (F, BW, VL, VNNI) dot kernels of
  * the 32-wide formats: qdot_avx2.c's, with the 256-bit EVEX vpdpbusd of
- * AVX512-VNNI+VL in place of maddubs + madd; the K-quants' are in
+ * AVX512-VNNI+VL in place of maddubs + madd and a mask register for the Q5
+ * fifth bits (the 256-bit forms: qdot_avx2.c says why); the K-quants' are in
  * qdot_avx512_k.c.
  *
  * Compiled with -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl
