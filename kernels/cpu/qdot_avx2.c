@@ -120,6 +120,14 @@ static inline __m128 scales_dm(const uint8_t *p, const tsr_q8a *a) {
     return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dm)), act_ds(a));
 }
 
+/* d_w * d_a in all 8 lanes, for the formats without a scalar term (Q8_0,
+ * IQ4_NL): converted and multiplied 8 wide, no broadcast */
+static inline __m256 scale8_d(const uint8_t *p, const tsr_q8a *a) {
+    int16_t h;
+    memcpy(&h, p, 2);
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16(h)), _mm256_broadcast_ss(&a->d));
+}
+
 /* acc + (lane 0 of sc) * (the int32 lanes as floats) */
 static inline __m256 fmadd_lanes(__m128 sc, __m256i s, __m256 acc) {
     return _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(s), acc);
@@ -130,7 +138,8 @@ static inline __m256 fmadd_lanes(__m128 sc, __m256i s, __m256 acc) {
 
 static inline __m256 blk_q8_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
     (void)e;
-    return fmadd_lanes(scales_d(p, a), dot_signed(load32(p + 2), load32(a->qs)), acc);
+    return _mm256_fmadd_ps(scale8_d(p, a),
+                           _mm256_cvtepi32_ps(dot_signed(load32(p + 2), load32(a->qs))), acc);
 }
 
 static inline __m256 blk_q4_0(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
@@ -166,7 +175,7 @@ static inline __m256 blk_iq4_nl(const uint8_t *p, const tsr_q8a *a, __m256 acc, 
         _mm256_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
                          -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
     const __m256i w = _mm256_shuffle_epi8(values, nibbles(p + 2));
-    return fmadd_lanes(scales_d(p, a), dot_signed(w, load32(a->qs)), acc);
+    return _mm256_fmadd_ps(scale8_d(p, a), _mm256_cvtepi32_ps(dot_signed(w, load32(a->qs))), acc);
 }
 
 /* The row loop: two blocks per iteration into two accumulators, then the
