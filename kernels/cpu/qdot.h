@@ -56,7 +56,8 @@ typedef enum {
 
 /* The dot product of one weight row of `n` elements (the weight's block
  * format, n a whole number of blocks) with one activation row quantized in
- * the kernel's layout. Neither pointer needs any alignment. */
+ * the kernel's layout. `w` needs no alignment; `a` is an array of the
+ * layout's structs (aligned as they are, 4 bytes, and no more). */
 typedef float (*tsr_qdot_fn)(int n, const void *w, const void *a);
 
 typedef struct {

@@ -1,8 +1,17 @@
-/* kernels/cpu/qdot_avxvnni.c - the avxvnni dot kernels (none written yet: every
- * format falls back to a lower level). */
+/* kernels/cpu/qdot_avxvnni.c - the AVX-VNNI dot kernels of the 32-wide
+ * formats: qdot_avx2.c's, with the 256-bit VEX vpdpbusd in place of
+ * maddubs + madd (no 16-bit pair sums, one instruction instead of two).
+ * The K-quants have no kernels at this level (they use AVX2's).
+ *
+ * Compiled with -mavx2 -mfma -mf16c -mavxvnni (kernels/CMakeLists.txt). */
 #include "kernels/cpu/qdot.h"
 
-const tsr_qkernel *tsr_qkernels_avxvnni(tsr_dtype t) {
-    (void)t;
-    return NULL;
-}
+#define QDOT_TABLE tsr_qkernels_avxvnni
+#define QDOT_LEVEL TSR_ISA_AVXVNNI
+#define QDOT_FALLBACK(t) ((void)(t), (const tsr_qkernel *)NULL)
+#if defined(__AVXVNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define QDOT_ENABLED 1
+#define QDOT_DPBUSD(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), (u), (s))
+#endif
+
+#include "kernels/cpu/qdot_avx2.c"
