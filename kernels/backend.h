@@ -6,8 +6,9 @@
  * found; tsr_backend_has_cuda says which).
  *
  * Optional slots (NULL where a backend has none; test with the
- * tsr_backend_has_* wrappers): topk, row_expsum, the four graph-capture
- * slots, fill_zero and stream. Every other slot is required.
+ * tsr_backend_has_* wrappers, or their wrapper falls back): matmul_exact,
+ * topk, row_expsum, the four graph-capture slots, fill_zero and stream.
+ * Every other slot is required.
  *
  * Conventions, for every op:
  *  - Buffers ("void *") are device memory from tsr_backend_alloc. Activations
@@ -121,9 +122,18 @@ typedef struct {
     /* Converts n host f32 values into activations. */
     tsr_status (*act_from_f32)(tsr_backend *b, void *dst, const float *src, size_t n);
 
-    /* y(n, w.rows) = x(n, w.cols) @ W^T, or += when accumulate. */
+    /* y(n, w.rows) = x(n, w.cols) @ W^T, or += when accumulate. A backend
+     * may round x before multiplying (the CPU quantizes each row to 8 bits
+     * per block for weights kept in block formats); each row's result then
+     * depends on that row alone, never on the rest of the batch. */
     tsr_status (*matmul)(tsr_backend *b, void *y, const void *x, const tsr_weight *w, int n,
                          int accumulate);
+    /* As matmul, but x is used as it is: the product whose gradient
+     * matmul_dx is, for training (a rounded x makes the loss jump under tiny
+     * changes of its input). Optional (NULL: matmul is already exact;
+     * tsr_backend_matmul_exact falls back to it). */
+    tsr_status (*matmul_exact)(tsr_backend *b, void *y, const void *x, const tsr_weight *w, int n,
+                               int accumulate);
     /* y(n, dim) = x / sqrt(mean(x^2) + eps) * weight(dim). In place allowed. */
     tsr_status (*rmsnorm)(tsr_backend *b, void *y, const void *x, const void *weight, int n,
                           int dim, float eps);
@@ -417,6 +427,13 @@ static inline tsr_status tsr_backend_act_from_f32(tsr_backend *b, void *dst, con
 
 static inline tsr_status tsr_backend_matmul(tsr_backend *b, void *y, const void *x,
                                             const tsr_weight *w, int n, int accumulate) {
+    return b->iface->matmul(b, y, x, w, n, accumulate);
+}
+
+static inline tsr_status tsr_backend_matmul_exact(tsr_backend *b, void *y, const void *x,
+                                                  const tsr_weight *w, int n, int accumulate) {
+    if (b->iface->matmul_exact)
+        return b->iface->matmul_exact(b, y, x, w, n, accumulate);
     return b->iface->matmul(b, y, x, w, n, accumulate);
 }
 

@@ -426,6 +426,13 @@ static tsr_status cpu_row_expsum(tsr_backend *b, float *out, const void *lv, con
     return TSR_OK;
 }
 
+static tsr_status cpu_matmul_exact(tsr_backend *b, void *y, const void *x, const tsr_weight *w,
+                                   int n, int accumulate) {
+    if (w->dtype != TSR_F32)
+        return tsr_cpu_qmatmul_exact(&((cpu_ctx *)b->ctx)->scratch, y, x, w, n, accumulate);
+    return cpu_matmul(b, y, x, w, n, accumulate);
+}
+
 static tsr_status cpu_matmul_dx(tsr_backend *b, void *dx, const void *dy, const tsr_weight *w,
                                 int n, int accumulate) {
     if (w->dtype != TSR_F32)
@@ -450,6 +457,7 @@ static const tsr_backend_i cpu_iface = {
     .act_to_f32 = cpu_act_convert,
     .act_from_f32 = cpu_act_from_f32,
     .matmul = cpu_matmul,
+    .matmul_exact = cpu_matmul_exact,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,

@@ -1,10 +1,11 @@
 /* kernels/cpu/cpu_qmatmul.c - matmul over weights kept in block formats: the
- * int8 path for few rows, dequantized L2 tiles into SGEMM for many (see the
- * header). Threads: one OpenMP team per call, each thread a band of weight
- * rows (forward) or of token rows (backward). */
+ * int8 path for inference, dequantized L2 tiles into SGEMM for training (see
+ * the header). Threads: one OpenMP team per call, each thread a band of
+ * weight rows (forward) or of token rows (backward). */
 #include "kernels/cpu/cpu_qmatmul.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,8 +18,6 @@
 /* Bytes of one thread's dequantized tile: half of a 1 MiB L2 leaves room for
  * SGEMM's packed panels of the activations. */
 #define TILE_BYTES (512u << 10)
-/* The tiled path from this many rows on, unless TSR_QMM_TILE_MIN says. */
-#define TILE_MIN_DEFAULT 16
 
 void tsr_cpu_scratch_free(tsr_cpu_scratch *s) {
     free(s->p);
@@ -47,7 +46,7 @@ int tsr_cpu_qmatmul_tile_min(void) {
     if (!v) {
         const char *e = getenv("TSR_QMM_TILE_MIN");
         long x = e && *e ? strtol(e, NULL, 10) : 0;
-        v = x >= 1 && x <= 1 << 30 ? (int)x : TILE_MIN_DEFAULT;
+        v = x >= 1 && x <= 1 << 30 ? (int)x : INT_MAX;
     }
     return v;
 }
@@ -85,29 +84,19 @@ static tsr_status check(const tsr_weight *w, const char *op) {
 }
 
 static tsr_status qmatmul_tiled(tsr_cpu_scratch *s, float *y, const float *x, const tsr_weight *w,
-                                int n, int accumulate, tsr_act_kind act) {
-    const int rows = w->rows, cols = w->cols, T = tile_rows(cols), mt = max_threads();
+                                int n, int accumulate) {
+    const int rows = w->rows, cols = w->cols, T = tile_rows(cols);
     const size_t wrow = tsr_dtype_row_bytes(w->dtype, (uint64_t)cols);
-    const size_t per_thread = (size_t)T * cols, arow = tsr_act_row_bytes(act, cols);
-    const size_t tiles_bytes = (size_t)mt * per_thread * sizeof(float);
-    const size_t xq_bytes = (size_t)n * cols * sizeof(float);
-    TSR_TRY(scratch_reserve(s, tiles_bytes + xq_bytes + (size_t)mt * arow, "tile"));
+    const size_t per_thread = (size_t)T * cols;
+    TSR_TRY(scratch_reserve(s, (size_t)max_threads() * per_thread * sizeof(float), "tile"));
     const unsigned char *W = w->data;
-    float *tiles = s->p, *xq = (float *)((char *)s->p + tiles_bytes);
-    unsigned char *abuf = (unsigned char *)s->p + tiles_bytes + xq_bytes;
+    float *tiles = s->p;
     const float beta = accumulate ? 1.0f : 0.0f;
 #pragma omp parallel
     {
         int t, nt;
         team(&t, &nt);
-        /* the activations as the int8 path sees them */
-#pragma omp for schedule(static)
-        for (int i = 0; i < n; i++) {
-            tsr_quantize_act(act, x + (size_t)i * cols, abuf + (size_t)t * arow, cols);
-            tsr_dequantize_act(act, abuf + (size_t)t * arow, xq + (size_t)i * cols, cols);
-        }
         float *buf = tiles + (size_t)t * per_thread;
-        /* bands of whole tiles where there are enough, else even bands */
         const int per = (rows + nt - 1) / nt;
         const int r0 = t * per, r1 = r0 + per < rows ? r0 + per : rows;
         for (int r = r0; r < r1; r += T) {
@@ -115,11 +104,19 @@ static tsr_status qmatmul_tiled(tsr_cpu_scratch *s, float *y, const float *x, co
             for (int j = 0; j < tr; j++)
                 tsr_dequantize(w->dtype, W + (size_t)(r + j) * wrow, buf + (size_t)j * cols,
                                (size_t)cols);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, tr, cols, 1.0f, xq, cols, buf,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, tr, cols, 1.0f, x, cols, buf,
                         cols, beta, y + r, rows);
         }
     }
     return TSR_OK;
+}
+
+tsr_status tsr_cpu_qmatmul_exact(tsr_cpu_scratch *s, float *y, const float *x, const tsr_weight *w,
+                                 int n, int accumulate) {
+    TSR_TRY(check(w, "matmul"));
+    if (n <= 0)
+        return TSR_OK;
+    return qmatmul_tiled(s, y, x, w, n, accumulate);
 }
 
 tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const tsr_weight *w, int n,
@@ -132,7 +129,7 @@ tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const t
         return tsr_error_set(TSR_ERR_UNSUPPORTED, "cpu matmul: no kernel for %s weights",
                              tsr_dtype_name(w->dtype));
     if (n >= tsr_cpu_qmatmul_tile_min())
-        return qmatmul_tiled(s, y, x, w, n, accumulate, k->act);
+        return qmatmul_tiled(s, y, x, w, n, accumulate);
     const int rows = w->rows, cols = w->cols;
     const size_t wrow = tsr_dtype_row_bytes(w->dtype, (uint64_t)cols);
     const size_t arow = tsr_act_row_bytes(k->act, cols);

@@ -2,18 +2,19 @@
  * in GGUF block formats (tsr_weight.dtype quantized; kernels/cpu/qdot.h has
  * the dot kernels they run on).
  *
- * Either way each activation row is first quantized to 8 bits per block
- * (qdot.h), so both paths compute the same sums up to f32 rounding and a
- * result does not depend on how requests were batched. Two paths, picked by
- * the number of rows n of the activations:
- *  - n below the tile threshold (decode, small batches): every weight row is
- *    read once and dotted with all n quantized rows (int8 kernels) while it
- *    sits in L1;
- *  - n at or above it (prefill): tiles of weight rows are dequantized into a
- *    per-thread f32 buffer that fits the L2 cache and multiplied by SGEMM with
- *    the quantized rows decoded to f32, so no f32 copy of a whole weight ever
- *    exists.
- * TSR_QMM_TILE_MIN=<n> moves the threshold (benchmarks, tests of both paths).
+ * Two products:
+ *  - tsr_cpu_qmatmul, inference: each activation row is quantized to 8 bits
+ *    per block (qdot.h) and every weight row is read once and dotted with
+ *    all n quantized rows (int8 kernels) while it sits in L1. The same kernel
+ *    runs whatever n is, so a row's result never depends on what it was
+ *    batched with (a request gives the same tokens alone or among others).
+ *  - tsr_cpu_qmatmul_exact, training: tiles of weight rows are dequantized
+ *    into a per-thread f32 buffer that fits the L2 cache and multiplied by
+ *    SGEMM with the f32 activations as they are, so matmul_dx is its exact
+ *    gradient; no f32 copy of a whole weight ever exists.
+ * TSR_QMM_TILE_MIN=<n> sends inference products of n rows or more down the
+ * tiled path too (for benchmarks comparing the two; it gives up the
+ * batch independence above).
  *
  * What it is not: the f32 path (cpu_backend.c keeps SGEMM on f32 weights). */
 #ifndef TSR_KERNELS_CPU_QMATMUL_H
@@ -34,12 +35,18 @@ void tsr_cpu_scratch_free(tsr_cpu_scratch *s);
  * dot kernel for t on this CPU). */
 int tsr_cpu_qtype_kept(tsr_dtype t);
 
-/* The row count from which tsr_cpu_qmatmul takes the tiled SGEMM path. */
+/* The row count from which tsr_cpu_qmatmul takes the tiled path (INT_MAX
+ * unless TSR_QMM_TILE_MIN says). */
 int tsr_cpu_qmatmul_tile_min(void);
 
-/* y(n, w.rows) = x(n, w.cols) W^T (or += when accumulate), W quantized. */
+/* y(n, w.rows) = x(n, w.cols) W^T (or += when accumulate), W quantized, x
+ * quantized per row to 8 bits. */
 tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const tsr_weight *w, int n,
                            int accumulate);
+
+/* The same product with x as it is (dequantized tiles of W into SGEMM). */
+tsr_status tsr_cpu_qmatmul_exact(tsr_cpu_scratch *s, float *y, const float *x, const tsr_weight *w,
+                                 int n, int accumulate);
 
 /* dx(n, w.cols) = dy(n, w.rows) W (or +=), W quantized: the input gradient of
  * tsr_cpu_qmatmul, on dequantized tiles of W (the backward of QLoRA). */

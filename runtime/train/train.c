@@ -474,9 +474,9 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr
     const size_t bytes = (size_t)n * C * tsr_backend_act_size(be);
 
     TSR_TRY(tsr_backend_rmsnorm(be, w->h1, x, L->attn_norm, n, C, c->rms_eps));
-    TSR_TRY(tsr_backend_matmul(be, w->q, w->h1, &L->wq, n, 0));
-    TSR_TRY(tsr_backend_matmul(be, w->k, w->h1, &L->wk, n, 0));
-    TSR_TRY(tsr_backend_matmul(be, w->v, w->h1, &L->wv, n, 0));
+    TSR_TRY(tsr_backend_matmul_exact(be, w->q, w->h1, &L->wq, n, 0));
+    TSR_TRY(tsr_backend_matmul_exact(be, w->k, w->h1, &L->wk, n, 0));
+    TSR_TRY(tsr_backend_matmul_exact(be, w->v, w->h1, &L->wv, n, 0));
     if (L->bq) {
         TSR_TRY(tsr_backend_add_bias(be, w->q, L->bq, n, qd));
         TSR_TRY(tsr_backend_add_bias(be, w->k, L->bk, n, kvd));
@@ -488,21 +488,21 @@ static tsr_status layer_fwd(tsr_trainer *t, const tsr_lora_adapter *a, const tsr
     TSR_TRY(tsr_backend_rope(be, w->q, pos, m->inv_freq, n, m->slice.n_head, hd));
     TSR_TRY(tsr_backend_rope(be, w->k, pos, m->inv_freq, n, m->slice.n_kv_head, hd));
     TSR_TRY(tsr_backend_attn_train_fwd(be, w->att, w->lse, w->q, w->k, w->v, ad));
-    TSR_TRY(tsr_backend_matmul(be, w->tmp, w->att, &L->wo, n, 0));
+    TSR_TRY(tsr_backend_matmul_exact(be, w->tmp, w->att, &L->wo, n, 0));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_O, w->tmp, w->att, n));
     TSR_TRY(act_allreduce(t, w->tmp, (size_t)n * C)); /* row-parallel O */
     TSR_TRY(tsr_backend_copy(be, w->x2, x, bytes));
     TSR_TRY(tsr_backend_add(be, w->x2, w->tmp, n, C));
 
     TSR_TRY(tsr_backend_rmsnorm(be, w->h2, w->x2, L->ffn_norm, n, C, c->rms_eps));
-    TSR_TRY(tsr_backend_matmul(be, w->gate, w->h2, &L->w_gate, n, 0));
-    TSR_TRY(tsr_backend_matmul(be, w->up, w->h2, &L->w_up, n, 0));
+    TSR_TRY(tsr_backend_matmul_exact(be, w->gate, w->h2, &L->w_gate, n, 0));
+    TSR_TRY(tsr_backend_matmul_exact(be, w->up, w->h2, &L->w_up, n, 0));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_GATE, w->gate, w->h2, n));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_UP, w->up, w->h2, n));
     TSR_TRY(tsr_backend_swiglu(be, w->s, w->gate, w->up, n, ff));
     if (!out) /* recompute: only x A^T of down is needed (tmp takes a throwaway delta) */
         return lora_fwd(t, a, tape, li, TSR_LORA_DOWN, w->tmp, w->s, n);
-    TSR_TRY(tsr_backend_matmul(be, w->tmp, w->s, &L->w_down, n, 0));
+    TSR_TRY(tsr_backend_matmul_exact(be, w->tmp, w->s, &L->w_down, n, 0));
     TSR_TRY(lora_fwd(t, a, tape, li, TSR_LORA_DOWN, w->tmp, w->s, n));
     TSR_TRY(act_allreduce(t, w->tmp, (size_t)n * C)); /* row-parallel down */
     TSR_TRY(tsr_backend_copy(be, out, w->x2, bytes));
@@ -608,7 +608,7 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
         float *rowmax = w->ce, *sumexp = w->ce + hr, *tlogit = sumexp + nc;
         const char *xr = xo + (size_t)r0 * C * a;
         TSR_TRY(tsr_backend_rmsnorm(be, w->hn, xr, m->out_norm, nc, C, m->cfg.rms_eps));
-        TSR_TRY(tsr_backend_matmul(be, w->logits, w->hn, &m->lm_head, nc, 0));
+        TSR_TRY(tsr_backend_matmul_exact(be, w->logits, w->hn, &m->lm_head, nc, 0));
         TSR_TRY(tsr_backend_ce_rowmax(be, rowmax, w->logits, nc, Vl));
         TSR_TRY(f32_max(t, rowmax, (size_t)nc));
         TSR_TRY(tsr_backend_ce_sums(be, sumexp, tlogit, w->logits, rowmax, tape->target + r0, nc,

@@ -3,7 +3,8 @@
  * layouts by test_layouts.py.
  *
  *   mpirun -np N engine_probe [--stage-host] [--device cpu|cuda] [--comm mpi|nccl]
- *                             [--act-dtype f32|bf16] MODEL OUTDIR TP PP ID [ID ...]
+ *                             [--act-dtype f32|bf16] [--weight-dtype file|f32]
+ *                             MODEL OUTDIR TP PP ID [ID ...]
  *
  * --stage-host sets tsr_engine_config.stage_host (activations through host
  * scratch buffers, the path of GPUs with --comm mpi); the other flags choose
@@ -164,6 +165,8 @@ int main(int argc, char **argv) {
             ec.device = !strcmp(argv[++a], "cuda") ? TSR_DEVICE_CUDA : TSR_DEVICE_CPU;
         } else if (!strcmp(argv[a], "--act-dtype")) {
             ec.act_dtype = !strcmp(argv[++a], "bf16") ? TSR_BF16 : TSR_F32;
+        } else if (!strcmp(argv[a], "--weight-dtype")) {
+            ec.weight_dtype = !strcmp(argv[++a], "f32") ? TSR_F32 : TSR_ENGINE_ACT_DEFAULT;
         } else if (!strcmp(argv[a], "--comm")) {
             if (tsr_comm_kind_parse(argv[++a], &gc.kind) != TSR_OK)
                 return die("--comm", rank);

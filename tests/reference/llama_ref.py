@@ -134,23 +134,33 @@ class Model:
 # The forward pass
 # ----------------------------------------------------------------------------------------
 
-def quantize_act(x, block):
+def quantize_act(x, block, margin=None):
     """Rows of x as Tessera's int8 dot kernels see them (kernels/cpu/qdot.h): rounded to
     float32, then per block of `block` values d = max|x| / 127 and q = rint(x / d) (ties to
-    even), computed as x * (1 / d) in float32; returns d * q in float64."""
+    even), computed as x * (1 / d) in float32; returns d * q in float64.
+
+    Rounding is discontinuous: where x / d lies within the last bits of f32 arithmetic of
+    a half-integer, Tessera's f32 activations may round the other way and the two results
+    then differ by a whole step. margin, an array with one entry per row, is lowered to the
+    smallest distance of any x / d of that row from a half-integer, so a caller can tell
+    such rows apart."""
     x32 = np.asarray(x, dtype=np.float32)
     T, n = x32.shape
     b = x32.reshape(T, n // block, block)
     d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
     inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, np.float32(1)), np.float32(0))
-    q = np.rint(b * inv.astype(np.float32))
+    v = b * inv.astype(np.float32)
+    if margin is not None:
+        np.minimum(margin, np.abs(np.abs(v - np.floor(v)) - 0.5).min(axis=(1, 2)), out=margin)
+    q = np.rint(v)
     return (q.astype(F64) * d.astype(F64)).reshape(T, n)
 
 
 def mm(x, w, block=None, act_quant=False):
-    """x @ w.T; with act_quant and a block, x is first quantized as quantize_act does."""
-    if act_quant and block:
-        x = quantize_act(x, block)
+    """x @ w.T; with act_quant (True, or a margin array for quantize_act) and a block, x is
+    first quantized as quantize_act does."""
+    if act_quant is not False and block:
+        x = quantize_act(x, block, None if act_quant is True else act_quant)
     return x @ w.T
 
 
@@ -227,7 +237,9 @@ def forward(model, ids, last_only=False, act_quant=False):
 
     act_quant: the inputs of every matmul whose weight the file stores in a block format
     are quantized per block to 8 bits first (quantize_act), as Tessera's CPU backend does
-    when it keeps the weights in their blocks and runs int8 dot kernels."""
+    when it keeps the weights in their blocks and runs int8 dot kernels. An array of one
+    float per position instead of True also receives each row's rounding margin (see
+    quantize_act; start it at 1)."""
     cfg = model.cfg
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 1 or len(ids) == 0:

@@ -1,9 +1,11 @@
 /* tests/unit/test_qmatmul.c - the CPU backend over weights kept in their GGUF
- * block formats: matmul on both paths (int8 dot kernels for few rows,
- * dequantized tiles into SGEMM for many), accumulate, matmul_dx, embedding
- * rows and weight_upload's choices, for every block type, against double
- * references built from tsr_dequantize and, for matmul, from the activations
- * as tsr_quantize_act rounds them. Random blocks; odd shapes. */
+ * block formats: matmul (int8 dot kernels on activations quantized per row),
+ * matmul_exact (dequantized tiles into SGEMM, activations as they are),
+ * accumulate, matmul_dx, embedding rows and weight_upload's choices, for
+ * every block type, against double references built from tsr_dequantize and,
+ * for matmul, from the activations as tsr_quantize_act rounds them. Also: a
+ * row's matmul result is bitwise the same whatever else is in the batch.
+ * Random blocks; odd shapes. */
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_qmatmul.h"
 #include "kernels/cpu/qdot.h"
@@ -66,7 +68,7 @@ static void reference(const double *x, const double *W, const float *y0, int n, 
 static void test_matmul(tsr_backend *be, tu_rng *r, int t) {
     const int blk = (int)tsr_dtype_block(t);
     const int shapes[][2] = {{1, blk}, {37, 3 * blk}, {130, 5 * blk}};
-    const int ns[] = {1, 2, 5, tsr_cpu_qmatmul_tile_min() - 1, tsr_cpu_qmatmul_tile_min(), 41};
+    const int ns[] = {1, 2, 5, 16, 41};
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
         const int rows = shapes[sh][0], cols = shapes[sh][1];
         void *blocks = tu_xmalloc((size_t)rows * tsr_dtype_row_bytes(t, (uint64_t)cols));
@@ -77,9 +79,6 @@ static void test_matmul(tsr_backend *be, tu_rng *r, int t) {
         double *W = dequant(&w);
         for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
             const int n = ns[k];
-            if (n < 1)
-                continue;
-            const int int8 = n < tsr_cpu_qmatmul_tile_min();
             float *x = tu_xmalloc((size_t)n * cols * sizeof *x);
             float *y = tu_xmalloc((size_t)n * rows * sizeof *y);
             float *y0 = tu_xmalloc((size_t)n * rows * sizeof *y0);
@@ -89,18 +88,33 @@ static void test_matmul(tsr_backend *be, tu_rng *r, int t) {
             if (n > 2)
                 memset(x + 2 * (size_t)cols, 0, (size_t)cols * sizeof *x);
             tu_rng_fill(r, y0, (size_t)n * rows, -1.0f, 1.0f);
-            double *xd = act_as_quantized(t, x, n, cols); /* both paths quantize x */
+            double *xq = act_as_quantized(t, x, n, cols);
+            double *xd = tu_xmalloc((size_t)n * cols * sizeof *xd);
+            for (size_t i = 0; i < (size_t)n * cols; i++)
+                xd[i] = x[i];
             double *want = tu_xmalloc((size_t)n * rows * sizeof *want);
             double *scale = tu_xmalloc((size_t)n * rows * sizeof *scale);
             char what[96];
-            for (int acc = 0; acc < 2; acc++) {
-                memcpy(y, y0, (size_t)n * rows * sizeof *y);
-                CHECK_OK(tsr_backend_matmul(be, y, x, &w, n, acc));
-                reference(xd, W, acc ? y0 : NULL, n, rows, cols, want, scale);
-                snprintf(what, sizeof what, "%s matmul %dx%d n=%d (%s)%s", tsr_dtype_name(t), rows,
-                         cols, n, int8 ? "int8" : "tiles", acc ? " accumulate" : "");
-                CHECK_CLOSE(what, y, want, (size_t)n * rows, 2e-6, scale, 0);
+            for (int exact = 0; exact < 2; exact++)
+                for (int acc = 0; acc < 2; acc++) {
+                    memcpy(y, y0, (size_t)n * rows * sizeof *y);
+                    CHECK_OK(exact ? tsr_backend_matmul_exact(be, y, x, &w, n, acc)
+                                   : tsr_backend_matmul(be, y, x, &w, n, acc));
+                    reference(exact ? xd : xq, W, acc ? y0 : NULL, n, rows, cols, want, scale);
+                    snprintf(what, sizeof what, "%s matmul%s %dx%d n=%d%s", tsr_dtype_name(t),
+                             exact ? "_exact" : "", rows, cols, n, acc ? " accumulate" : "");
+                    CHECK_CLOSE(what, y, want, (size_t)n * rows, 2e-6, scale, 0);
+                }
+            /* each row alone gives bitwise the batch's row */
+            float *y1 = tu_xmalloc((size_t)rows * sizeof *y1);
+            CHECK_OK(tsr_backend_matmul(be, y, x, &w, n, 0));
+            for (int i = 0; i < n; i++) {
+                CHECK_OK(tsr_backend_matmul(be, y1, x + (size_t)i * cols, &w, 1, 0));
+                CHECK(!memcmp(y1, y + (size_t)i * rows, (size_t)rows * sizeof *y1),
+                      "%s %dx%d: row %d of a batch of %d differs from the row alone",
+                      tsr_dtype_name(t), rows, cols, i, n);
             }
+            free(y1);
             /* dx = dy W, always on dequantized tiles */
             float *dx = tu_xmalloc((size_t)n * cols * sizeof *dx);
             double *dwant = tu_xmalloc((size_t)n * cols * sizeof *dwant);
@@ -131,6 +145,7 @@ static void test_matmul(tsr_backend *be, tu_rng *r, int t) {
             free(y);
             free(y0);
             free(xd);
+            free(xq);
             free(want);
             free(scale);
         }
@@ -149,9 +164,9 @@ static void test_matmul(tsr_backend *be, tu_rng *r, int t) {
         free(blocks);
         tsr_backend_weight_free(be, &w);
     }
-    printf("ok   %-7s matmul (int8 below %d rows, tiles from there), matmul_dx, embedding (%s)\n",
-           tsr_dtype_name(t), tsr_cpu_qmatmul_tile_min(),
-           tsr_isa_name(tsr_qkernel_get((tsr_dtype)t, tsr_isa_best())->isa));
+    printf("ok   %-7s matmul (int8, %s), batch independence, matmul_exact, matmul_dx, "
+           "embedding\n",
+           tsr_dtype_name(t), tsr_isa_name(tsr_qkernel_get((tsr_dtype)t, tsr_isa_best())->isa));
 }
 
 /* Types without a kernel become f32; a row that cuts a block is refused. */
