@@ -418,6 +418,18 @@ void tsr_gguf_drop_pages(const tsr_gguf_t *g) {
         madvise((void *)g->base, g->size, MADV_DONTNEED);
 }
 
+void tsr_gguf_drop_range(const tsr_gguf_t *g, const void *p, size_t n) {
+    if (!g || !g->mapped)
+        return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = (uintptr_t)p, hi = lo + n, base = (uintptr_t)g->base;
+    if (lo < base || hi > base + g->size)
+        return;
+    const uintptr_t a = (lo + page - 1) & ~(page - 1), b = hi & ~(page - 1);
+    if (a < b)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 void tsr_gguf_close(tsr_gguf_t *g) {
     if (!g)
         return;

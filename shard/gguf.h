@@ -89,6 +89,10 @@ void tsr_gguf_close(tsr_gguf_t *g);
  * again from the file if touched. Pointers stay valid. No-op for memory
  * images. */
 void tsr_gguf_drop_pages(const tsr_gguf_t *g);
+/* The same for the whole pages inside [p, p + n) (a tensor's bytes, once
+ * copied out); pages shared with a neighbour are re-read if touched. A no-op
+ * for an image that is not a file mapping. */
+void tsr_gguf_drop_range(const tsr_gguf_t *g, const void *p, size_t n);
 
 uint32_t tsr_gguf_version(const tsr_gguf_t *g);
 size_t tsr_gguf_n_kv(const tsr_gguf_t *g);

@@ -300,6 +300,12 @@ int tsr_model_file_type(const tsr_model_file_t *mf, const char *name) {
     return view_of(mf, name, &v) ? v.dtype : -1;
 }
 
+void tsr_model_file_drop_tensor(const tsr_model_file_t *mf, const char *name) {
+    const tsr_gguf_tensor *t = mf->gguf ? tsr_gguf_find_tensor(mf->gguf, name) : NULL;
+    if (t)
+        tsr_gguf_drop_range(mf->gguf, t->data, (size_t)t->nbytes);
+}
+
 int tsr_model_file_has(const tsr_model_file_t *mf, const char *name) {
     tensor_view v;
     return view_of(mf, name, &v);

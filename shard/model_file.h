@@ -44,6 +44,9 @@ int tsr_model_file_has(const tsr_model_file_t *mf, const char *name);
 /* After a rank copied its slices out: drop the file's pages from this
  * process's resident set (they are re-read if touched again). */
 void tsr_model_file_drop_pages(const tsr_model_file_t *mf);
+/* The same for one tensor's pages (GGUF; a no-op for a Hugging Face
+ * directory), so that loading never holds the whole file and its copy. */
+void tsr_model_file_drop_tensor(const tsr_model_file_t *mf, const char *name);
 
 /* Shape of a tensor as (rows, cols) = (out_features, in_features); a 1-D
  * tensor has rows == 1. TSR_ERR_INVALID if absent. */

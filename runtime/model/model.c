@@ -70,6 +70,7 @@ static tsr_status load_weight(tsr_model *m, const tsr_model_file_t *mf, const ch
     if (st == TSR_OK)
         st = tsr_backend_weight_upload(m->be, w, src, (tsr_dtype)want, nrows, ncols);
     free(buf);
+    tsr_model_file_drop_tensor(mf, name); /* copied out: its file pages need not stay */
     return st;
 }
 
