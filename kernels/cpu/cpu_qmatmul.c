@@ -119,6 +119,51 @@ tsr_status tsr_cpu_qmatmul_exact(tsr_cpu_scratch *s, float *y, const float *x, c
     return qmatmul_tiled(s, y, x, w, n, accumulate);
 }
 
+/* The int8 products of weight rows [r0, r1) with the n quantized activation
+ * rows A: y(n, rows) columns r0..r1-1 (or +=). One activation row: the dot
+ * kernel row by row (decode streams the weights once, nothing to reuse).
+ * More, with a multi-row kernel: tiles of QMM_TILE_W_BYTES of weight rows
+ * (they stay in L1/L2), each swept by every activation row in chunks of
+ * QMM_CHUNK_A (the kernel takes them 8 at a time, reading each weight block
+ * once per 8 rows); the values are the dot kernel's, bit for bit. */
+#define QMM_TILE_W_BYTES (24u << 10)
+#define QMM_CHUNK_A 64
+
+static void qmm_rows(const tsr_qkernel *k, int cols, const unsigned char *W, size_t wrow, int rows,
+                     int r0, int r1, const unsigned char *A, size_t arow, int n, float *y,
+                     int accumulate) {
+    if (n == 1 || !k->dotn) {
+        for (int r = r0; r < r1; r++) {
+            const unsigned char *wr = W + (size_t)r * wrow;
+            for (int i = 0; i < n; i++) {
+                const float v = k->dot(cols, wr, A + (size_t)i * arow);
+                float *yp = y + (size_t)i * rows + r;
+                *yp = accumulate ? *yp + v : v;
+            }
+        }
+        return;
+    }
+    int wt = (int)(QMM_TILE_W_BYTES / wrow);
+    wt = wt < 4 ? 4 : wt > QMM_CHUNK_A ? QMM_CHUNK_A : wt;
+    float tmp[QMM_CHUNK_A * QMM_CHUNK_A];
+    for (int r = r0; r < r1; r += wt) {
+        const int tr = r + wt < r1 ? wt : r1 - r;
+        for (int i = 0; i < n; i += QMM_CHUNK_A) {
+            const int ni = i + QMM_CHUNK_A < n ? QMM_CHUNK_A : n - i;
+            const unsigned char *wr = W + (size_t)r * wrow, *ai = A + (size_t)i * arow;
+            float *yi = y + (size_t)i * rows + r;
+            if (!accumulate) {
+                k->dotn(cols, wr, wrow, tr, ai, arow, ni, yi, (size_t)rows);
+                continue;
+            }
+            k->dotn(cols, wr, wrow, tr, ai, arow, ni, tmp, (size_t)tr);
+            for (int ii = 0; ii < ni; ii++)
+                for (int j = 0; j < tr; j++)
+                    yi[(size_t)ii * rows + j] += tmp[ii * tr + j];
+        }
+    }
+}
+
 tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const tsr_weight *w, int n,
                            int accumulate) {
     TSR_TRY(check(w, "matmul"));
@@ -136,7 +181,6 @@ tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const t
     TSR_TRY(scratch_reserve(s, (size_t)n * arow, "activation"));
     unsigned char *A = s->p;
     const unsigned char *W = w->data;
-    const tsr_qdot_fn dot = k->dot;
     const tsr_act_kind act = k->act;
 #pragma omp parallel if ((long)rows * cols * n > 65536)
     {
@@ -147,14 +191,8 @@ tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const t
         team(&t, &nt);
         const int per = (rows + nt - 1) / nt;
         const int r0 = t * per, r1 = r0 + per < rows ? r0 + per : rows;
-        for (int r = r0; r < r1; r++) {
-            const unsigned char *wr = W + (size_t)r * wrow;
-            for (int i = 0; i < n; i++) {
-                const float v = dot(cols, wr, A + (size_t)i * arow);
-                float *yp = y + (size_t)i * rows + r;
-                *yp = accumulate ? *yp + v : v;
-            }
-        }
+        if (r0 < r1)
+            qmm_rows(k, cols, W, wrow, rows, r0, r1, A, arow, n, y, accumulate);
     }
     return TSR_OK;
 }

@@ -19,8 +19,9 @@
  * by the environment variable TSR_CPU_ISA=ref|avx2|avxvnni|avx512 for tests,
  * benchmarks and bug reports.
  *
- * What it is not: no threading, no tiling (cpu_qmatmul.c does both), no
- * weight quantizers (kernels/dtype.h has those). */
+ * What it is not: no threading, no cache tiling (cpu_qmatmul.c does both;
+ * the multi-row kernels only block rows in registers), no weight quantizers
+ * (kernels/dtype.h has those). */
 #ifndef TSR_KERNELS_CPU_QDOT_H
 #define TSR_KERNELS_CPU_QDOT_H
 
@@ -60,8 +61,22 @@ typedef enum {
  * layout's structs (aligned as they are, 4 bytes, and no more). */
 typedef float (*tsr_qdot_fn)(int n, const void *w, const void *a);
 
+/* The dots of `nw` weight rows (row j at w + j * w_stride bytes) with `na`
+ * activation rows (row i at a + i * a_stride bytes, a multiple of 4):
+ * y[i * ldy + j] = dot(n, w_j, a_i), bit for bit the value the format's
+ * `dot` of the same level returns (the same integer sums, the same f32
+ * products, accumulator lanes and final reduction), so a row's result never
+ * depends on the rows it was computed with. What it adds: each weight block
+ * is loaded and unpacked once for several activation rows, and each
+ * activation block is read from L1 for several weight rows. Best with nw of
+ * a few dozen rows that sit in L1/L2 and na of 8 or more; na = 1 is no
+ * faster than `dot`. y must not overlap w or a. */
+typedef void (*tsr_qdotn_fn)(int n, const void *w, size_t w_stride, int nw, const void *a,
+                             size_t a_stride, int na, float *y, size_t ldy);
+
 typedef struct {
     tsr_qdot_fn dot;
+    tsr_qdotn_fn dotn; /* optional: NULL means `dot` in a loop */
     tsr_act_kind act;
     tsr_isa isa;
 } tsr_qkernel;
