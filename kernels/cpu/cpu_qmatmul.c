@@ -122,12 +122,15 @@ tsr_status tsr_cpu_qmatmul_exact(tsr_cpu_scratch *s, float *y, const float *x, c
 /* The int8 products of weight rows [r0, r1) with the n quantized activation
  * rows A: y(n, rows) columns r0..r1-1 (or +=). One activation row: the dot
  * kernel row by row (decode streams the weights once, nothing to reuse).
- * More, with a multi-row kernel: tiles of QMM_TILE_W_BYTES of weight rows
- * (they stay in L1/L2), each swept by every activation row in chunks of
- * QMM_CHUNK_A (the kernel takes them 8 at a time, reading each weight block
- * once per 8 rows); the values are the dot kernel's, bit for bit. */
-#define QMM_TILE_W_BYTES (24u << 10)
-#define QMM_CHUNK_A 64
+ * More, with a multi-row kernel: tiles of QMM_TILE_BYTES of weight rows
+ * (they stay in L2; the kernel keeps its few activation rows in L1), each
+ * swept by all activation rows (the kernel takes them 8 at a time, reading
+ * each weight block once per 8 rows); the values are the dot kernel's, bit
+ * for bit. Accumulating goes through a buffer of QMM_ACC_ROWS activation
+ * rows by the tile. */
+#define QMM_TILE_BYTES (256u << 10)
+#define QMM_TILE_ROWS 256
+#define QMM_ACC_ROWS 16
 
 static void qmm_rows(const tsr_qkernel *k, int cols, const unsigned char *W, size_t wrow, int rows,
                      int r0, int r1, const unsigned char *A, size_t arow, int n, float *y,
@@ -143,20 +146,20 @@ static void qmm_rows(const tsr_qkernel *k, int cols, const unsigned char *W, siz
         }
         return;
     }
-    int wt = (int)(QMM_TILE_W_BYTES / wrow);
-    wt = wt < 4 ? 4 : wt > QMM_CHUNK_A ? QMM_CHUNK_A : wt;
-    float tmp[QMM_CHUNK_A * QMM_CHUNK_A];
+    int wt = (int)(QMM_TILE_BYTES / wrow);
+    wt = wt < 8 ? 8 : wt > QMM_TILE_ROWS ? QMM_TILE_ROWS : wt;
+    float tmp[QMM_ACC_ROWS * QMM_TILE_ROWS];
     for (int r = r0; r < r1; r += wt) {
         const int tr = r + wt < r1 ? wt : r1 - r;
-        for (int i = 0; i < n; i += QMM_CHUNK_A) {
-            const int ni = i + QMM_CHUNK_A < n ? QMM_CHUNK_A : n - i;
-            const unsigned char *wr = W + (size_t)r * wrow, *ai = A + (size_t)i * arow;
+        const unsigned char *wr = W + (size_t)r * wrow;
+        if (!accumulate) {
+            k->dotn(cols, wr, wrow, tr, A, arow, n, y + r, (size_t)rows);
+            continue;
+        }
+        for (int i = 0; i < n; i += QMM_ACC_ROWS) {
+            const int ni = i + QMM_ACC_ROWS < n ? QMM_ACC_ROWS : n - i;
             float *yi = y + (size_t)i * rows + r;
-            if (!accumulate) {
-                k->dotn(cols, wr, wrow, tr, ai, arow, ni, yi, (size_t)rows);
-                continue;
-            }
-            k->dotn(cols, wr, wrow, tr, ai, arow, ni, tmp, (size_t)tr);
+            k->dotn(cols, wr, wrow, tr, A + (size_t)i * arow, arow, ni, tmp, (size_t)tr);
             for (int ii = 0; ii < ni; ii++)
                 for (int j = 0; j < tr; j++)
                     yi[(size_t)ii * rows + j] += tmp[ii * tr + j];

@@ -116,8 +116,14 @@ const tsr_qkernel *tsr_qkernel_exact(tsr_dtype t, tsr_isa isa);
 /* Bytes of one activation row of `n` elements in layout `k` (n a multiple of
  * its block). */
 size_t tsr_act_row_bytes(tsr_act_kind k, int n);
-/* Quantizes x (n floats, a multiple of the layout's block) into `out`. */
+/* Quantizes x (n floats, a multiple of the layout's block) into `out`: the
+ * same bytes at every level (the AVX2 one where the CPU has it). */
 void tsr_quantize_act(tsr_act_kind k, const float *x, void *out, int n);
+/* The two quantizers behind it, for tests: the plain C one, and the AVX2 one
+ * (returns 0 and does nothing in a build without AVX2; call it only where
+ * tsr_isa_supported(TSR_ISA_AVX2)). */
+void tsr_quantize_act_ref(tsr_act_kind k, const float *x, void *out, int n);
+int tsr_quantize_act_avx2(tsr_act_kind k, const float *x, void *out, int n);
 /* The values a quantized row stands for: x[i] = d * q[i] (f32). */
 void tsr_dequantize_act(tsr_act_kind k, const void *a, float *x, int n);
 

@@ -28,10 +28,13 @@
  * are not given (a non-x86 build) the table has no kernels of its own. */
 #include "kernels/cpu/qdot.h"
 
+#include <float.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
 #ifndef QDOT_TABLE /* compiled as itself: the AVX2 level */
+#define QDOT_OWN 1 /* the activation quantizer is compiled here only */
 #define QDOT_TABLE tsr_qkernels_avx2
 #define QDOT_LEVEL TSR_ISA_AVX2
 #define QDOT_FALLBACK(t) tsr_qkernels_avx2_k(t)
@@ -316,16 +319,22 @@ QDOTN_INLINE void tile(int f, int ra, int nb, const uint8_t *const *w, const tsr
     for (int b0 = 0; b0 < nb; b0 += QDOTN_CHUNK) {
         const int b1 = b0 + QDOTN_CHUNK < nb ? b0 + QDOTN_CHUNK : nb;
         _Alignas(32) float sc[QDOTN_CHUNK][QDOTN_RW][8];
-        for (int b = b0; b < b1; b++) {
-            const float *dsb = ds + (size_t)b * 16;
+        /* b0 is even: block b0 + 2t + par has parity par */
+        for (int b = b0; b < b1; b += 2) {
+#pragma GCC unroll 2
+            for (int par = 0; par < 2; par++) {
+                if (par && b + 1 == b1)
+                    break;
+                const float *dsb = ds + (size_t)(b + par) * 16;
 #pragma GCC unroll 8
-            for (int j = 0; j < QDOTN_RW; j++) {
-                __m256 d, m;
-                block_scales(f, w[j] + (size_t)b * bytes, &d, &m);
-                _mm256_store_ps(sc[b - b0][j], _mm256_mul_ps(d, _mm256_load_ps(dsb)));
-                if (fmt_has_sum(f))
-                    sum[b & 1][j] =
-                        _mm256_add_ps(sum[b & 1][j], _mm256_mul_ps(m, _mm256_load_ps(dsb + 8)));
+                for (int j = 0; j < QDOTN_RW; j++) {
+                    __m256 d, m;
+                    block_scales(f, w[j] + (size_t)(b + par) * bytes, &d, &m);
+                    _mm256_store_ps(sc[b + par - b0][j], _mm256_mul_ps(d, _mm256_load_ps(dsb)));
+                    if (fmt_has_sum(f))
+                        sum[par][j] =
+                            _mm256_add_ps(sum[par][j], _mm256_mul_ps(m, _mm256_load_ps(dsb + 8)));
+                }
             }
         }
 #pragma GCC unroll 2
@@ -487,8 +496,111 @@ const tsr_qkernel *QDOT_TABLE(tsr_dtype t) {
     }
 }
 
+/* ---- the activation quantizer (the AVX2 level only) ------------------------------ */
+
+#ifdef QDOT_OWN
+/* qdot.c's plain C quantizer, 8 floats at a time, byte for byte: max |x|
+ * (exact in any order), d = max / 127 and 1 / d as there, q = x * (1/d)
+ * rounded in the current mode (rintf's rounding) and packed, exact integer
+ * sums; a block with a NaN or an infinity gets d = NaN, q = 0. */
+static float block_d(const float *x, int n, float *inv) {
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        m = _mm256_max_ps(m, _mm256_and_ps(v, abs));
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    if (_mm256_movemask_ps(nan) || !(amax <= FLT_MAX)) {
+        *inv = 0.0f;
+        return NAN;
+    }
+    const float d = amax / 127.0f;
+    *inv = d > 0 ? 1.0f / d : 0.0f;
+    return d;
+}
+
+/* the 8 values at x times inv, rounded, as int32 (0 where d is NaN) */
+static inline __m256i round8(const float *x, __m256 inv, int ok) {
+    if (!ok)
+        return _mm256_setzero_si256();
+    return _mm256_cvtps_epi32(
+        _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), inv), _MM_FROUND_CUR_DIRECTION));
+}
+
+/* the low byte of each int32, sign-extended: what the plain C's (int8_t)
+ * cast keeps (the same as the value where |v| <= 127; also where 1 / d
+ * overflowed, in a block whose max |x| is under 2^-121, and x / d rounds to
+ * INT_MIN: the bytes are 0 there too, and the sums wrap alike) */
+static inline __m256i low_byte(__m256i q) {
+    return _mm256_srai_epi32(_mm256_slli_epi32(q, 24), 24);
+}
+
+/* 32 int32 as their low bytes in order at out; returns their (wrapping) sum */
+static inline int pack32(__m256i q0, __m256i q1, __m256i q2, __m256i q3, int8_t *out) {
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(low_byte(q0), low_byte(q1)),
+                                         _mm256_packs_epi32(low_byte(q2), low_byte(q3)));
+    _mm256_storeu_si256((__m256i *)out,
+                        _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(t);
+}
+
+int tsr_quantize_act_avx2(tsr_act_kind k, const float *x, void *out, int n) {
+    if (k == TSR_ACT_Q8K) {
+        tsr_q8k *o = out;
+        for (int b = 0; b < n / TSR_QKK; b++, x += TSR_QKK) {
+            float inv;
+            o[b].d = block_d(x, TSR_QKK, &inv);
+            const int ok = o[b].d == o[b].d;
+            const __m256 vi = _mm256_set1_ps(inv);
+            for (int c = 0; c < TSR_QKK; c += 32) {
+                const __m256i q0 = round8(x + c, vi, ok), q1 = round8(x + c + 8, vi, ok);
+                const __m256i q2 = round8(x + c + 16, vi, ok), q3 = round8(x + c + 24, vi, ok);
+                pack32(q0, q1, q2, q3, o[b].qs + c);
+                /* the sums of each 16: lanes of q0 + q1 and of q2 + q3 */
+                const __m256i s01 = _mm256_add_epi32(q0, q1), s23 = _mm256_add_epi32(q2, q3);
+                const __m256i h = _mm256_hadd_epi32(s01, s23); /* 01 01 23 23 | 01 01 23 23 */
+                __m128i t =
+                    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                t = _mm_hadd_epi32(t, t); /* sum01, sum23, ... */
+                o[b].bsums[c / 16] = (int16_t)_mm_cvtsi128_si32(t);
+                o[b].bsums[c / 16 + 1] = (int16_t)_mm_extract_epi32(t, 1);
+            }
+        }
+        return 1;
+    }
+    tsr_q8a *o = out;
+    for (int b = 0; b < n / TSR_QK; b++, x += TSR_QK) {
+        float inv;
+        const float d = block_d(x, TSR_QK, &inv);
+        const int ok = d == d;
+        const __m256 vi = _mm256_set1_ps(inv);
+        const int sum = pack32(round8(x, vi, ok), round8(x + 8, vi, ok), round8(x + 16, vi, ok),
+                               round8(x + 24, vi, ok), o[b].qs);
+        o[b].d = d;
+        o[b].s = d * (float)sum;
+    }
+    return 1;
+}
+#endif
+
 #else /* built without the level's instructions: no kernels of its own */
 
 const tsr_qkernel *QDOT_TABLE(tsr_dtype t) { return QDOT_FALLBACK(t); }
+
+#ifdef QDOT_OWN
+int tsr_quantize_act_avx2(tsr_act_kind k, const float *x, void *out, int n) {
+    (void)k, (void)x, (void)out, (void)n;
+    return 0;
+}
+#endif
 
 #endif

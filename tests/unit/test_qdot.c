@@ -376,6 +376,67 @@ static void test_quantizers(tu_rng *r) {
            blocks[0], zeros[0], blocks[1], zeros[1]);
 }
 
+/* The AVX2 quantizer against the plain C one, byte for byte: random blocks
+ * and blocks of zeros (with -0), ties (half-integers with max |x| = 127,
+ * so d = 1), a NaN, infinities, values near FLT_MAX and below 2^-121 (where
+ * 1 / d overflows), denormals. */
+static void test_quantizer_levels(tu_rng *r) {
+    if (!tsr_isa_supported(TSR_ISA_AVX2)) {
+        printf("  quantizer avx2 SKIPPED: this CPU lacks avx2\n");
+        return;
+    }
+    int blocks = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        for (int kind = 0; kind < 2; kind++) {
+            const tsr_act_kind k = kind ? TSR_ACT_Q8K : TSR_ACT_Q8A;
+            const int qa = act_block(k), nb = 1 + (int)tu_rng_below(r, 4), n = nb * qa;
+            float *x = tu_xmalloc((size_t)n * sizeof *x);
+            const size_t bytes = tsr_act_row_bytes(k, n);
+            uint8_t *want = tu_xmalloc(bytes), *got = tu_xmalloc(bytes);
+            rand_acts(r, x, n, qa);
+            for (int b = 0; b < nb; b++) {
+                float *xb = x + (size_t)b * qa;
+                const int mode = (int)tu_rng_below(r, 9);
+                for (int i = 0; i < qa; i++) {
+                    const float u = tu_rng_float(r, -1.0f, 1.0f);
+                    switch (mode) {
+                    case 0: xb[i] = (i & 1) ? -0.0f : 0.0f; break;
+                    case 1: xb[i] = (float)((int)tu_rng_below(r, 255) - 127) * 0.5f; break;
+                    case 2: xb[i] = u * 3e38f; break;
+                    case 3: xb[i] = u * 1e-38f; break;
+                    case 4: xb[i] = u * 1e-42f; break;
+                    case 5: xb[i] = u * 2e-37f; break;
+                    default: break;
+                    }
+                }
+                if (mode == 1)
+                    xb[tu_rng_below(r, (uint64_t)qa)] = 127.0f;
+                if (mode == 6)
+                    xb[tu_rng_below(r, (uint64_t)qa)] = NAN;
+                if (mode == 7)
+                    xb[tu_rng_below(r, (uint64_t)qa)] = tu_rng_below(r, 2) ? INFINITY : -INFINITY;
+                blocks++;
+            }
+            memset(want, 0x5a, bytes);
+            memset(got, 0xa5, bytes);
+            tsr_quantize_act_ref(k, x, want, n);
+            CHECK(tsr_quantize_act_avx2(k, x, got, n) == 1, "the avx2 quantizer is not built");
+            for (size_t i = 0; i < bytes; i++)
+                CHECK(want[i] == got[i],
+                      "%s quantizer avx2 vs ref, %d blocks, trial %d: byte %zu (block %zu) is "
+                      "0x%02x, ref 0x%02x",
+                      kind ? "q8k" : "q8a", nb, trial, i, i / (bytes / (size_t)nb), got[i],
+                      want[i]);
+            free(x);
+            free(want);
+            free(got);
+        }
+    }
+    printf("  quantizer avx2 = ref byte for byte: %d blocks (zeros, ties, NaN, inf, huge, "
+           "tiny)\n",
+           blocks);
+}
+
 /* ---- --bench --------------------------------------------------------------------- */
 
 static volatile float bench_sink;
@@ -488,6 +549,7 @@ int main(int argc, char **argv) {
                tsr_isa_supported((tsr_isa)isa) ? "" : " (not on this CPU)");
     printf("\n");
     test_quantizers(&r);
+    test_quantizer_levels(&r);
     int formats = 0;
     for (int t = 0; t < TSR_DTYPE_COUNT; t++) {
         if (!tsr_dtype_name(t) || !tsr_qkernel_exact((tsr_dtype)t, TSR_ISA_REF))
