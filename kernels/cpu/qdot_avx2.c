@@ -31,6 +31,7 @@
 #include <float.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef QDOT_TABLE /* compiled as itself: the AVX2 level */
@@ -226,9 +227,10 @@ QDOT_ROW(dot_iq4_nl, blk_iq4_nl, 18, 0.0f)
 #define QDOTN_RW 1
 #endif
 #define QDOTN_RA 8
-/* The table of d and s lives on the stack: rows of more blocks than this
- * (n > 32768) take `dot` in a loop. */
-#define QDOTN_NB_MAX 1024
+/* The table of d and s lives on the stack for rows of up to this many
+ * blocks (n <= 16384: 32 KiB), on the heap for longer ones (`dot` in a loop
+ * if that allocation fails). */
+#define QDOTN_NB_STACK 512
 
 #define QDOTN_INLINE static inline __attribute__((always_inline))
 
@@ -411,13 +413,14 @@ QDOTN_INLINE void dotn_rows(const tile_fn tiles[3], tsr_qdot_fn dot, int n, cons
                             size_t ldy) {
     const int nb = n / TSR_QK;
     const uint8_t *W = w, *A = a;
-    if (nb > QDOTN_NB_MAX) {
+    _Alignas(32) float stack[QDOTN_NB_STACK * 16];
+    float *ds = nb <= QDOTN_NB_STACK ? stack : aligned_alloc(32, (size_t)nb * 16 * sizeof(float));
+    if (!ds) {
         for (int i = 0; i < na; i++)
             for (int j = 0; j < nw; j++)
                 y[(size_t)i * ldy + j] = dot(n, W + (size_t)j * ws, A + (size_t)i * as);
         return;
     }
-    _Alignas(32) float ds[QDOTN_NB_MAX * 16];
     for (int i0 = 0; i0 < na;) {
         const int left = na - i0;
         if (left == 1) {
@@ -449,6 +452,8 @@ QDOTN_INLINE void dotn_rows(const tile_fn tiles[3], tsr_qdot_fn dot, int n, cons
         }
         i0 += got;
     }
+    if (ds != stack)
+        free(ds);
 }
 
 #define QDOTN(name, f, dot)                                                                        \

@@ -24,6 +24,7 @@
  *
  * Not here: the 32-wide formats (qdot_avx512.c). */
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/qdot.h"
@@ -275,9 +276,10 @@ static float dot_q6_k(int n, const void *w, const void *act) {
  * (accumulators, mins' accumulators, isum). */
 #define KN_RA 8
 #define KN_CHUNK 16 /* super-blocks per scale table */
-#define KN_NB_MAX                                                                                  \
-    512 /* the activations' d table on the stack: rows of more
-                       * super-blocks (n > 131072) take `dot` in a loop */
+/* The activations' d table lives on the stack for rows of up to this many
+ * super-blocks (n <= 65536: 8 KiB), on the heap for longer ones (`dot` in
+ * a loop if that allocation fails). */
+#define KN_NB_STACK 256
 #define KN_INLINE static inline __attribute__((always_inline))
 
 enum { KF_Q2_K, KF_Q3_K, KF_Q4_K, KF_Q5_K, KF_Q6_K };
@@ -480,13 +482,14 @@ KN_INLINE void k_dotn_rows(const k_tile_fn tiles[3], tsr_qdot_fn dot, int n, con
                            size_t ldy) {
     const int nb = n / TSR_QKK;
     const uint8_t *W = w, *A = a;
-    if (nb > KN_NB_MAX) {
+    _Alignas(32) float stack[KN_NB_STACK * 8];
+    float *da = nb <= KN_NB_STACK ? stack : aligned_alloc(32, (size_t)nb * 8 * sizeof(float));
+    if (!da) {
         for (int i = 0; i < na; i++)
             for (int j = 0; j < nw; j++)
                 y[(size_t)i * ldy + j] = dot(n, W + (size_t)j * ws, A + (size_t)i * as);
         return;
     }
-    _Alignas(32) float da[KN_NB_MAX * 8];
     for (int i0 = 0; i0 < na;) {
         const int left = na - i0;
         if (left == 1) {
@@ -510,6 +513,8 @@ KN_INLINE void k_dotn_rows(const k_tile_fn tiles[3], tsr_qdot_fn dot, int n, con
         }
         i0 += got;
     }
+    if (da != stack)
+        free(da);
 }
 
 #define KN(name, f, dot)                                                                           \

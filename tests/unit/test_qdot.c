@@ -227,7 +227,7 @@ static void test_format(tu_rng *r, int t) {
 
 /* dotn of every level the CPU runs against the same level's dot, bit for
  * bit: nw weight rows by na = 1..DOTN_NA activation rows (every tile size
- * and tail), odd block counts, rows at strides that are not their sizes
+ * and tail), odd block counts and long rows, rows at strides that are not their sizes
  * and at unaligned addresses, outputs at a leading dimension wider than nw
  * (what lies between must stay untouched). One activation block in 50
  * holds an infinity (its products are NaN, which must come out as dot's
@@ -249,8 +249,11 @@ static void test_dotn_format(tu_rng *r, int t) {
             continue;
         }
         long pairs = 0;
-        for (size_t c = 0; c < sizeof block_counts / sizeof block_counts[0]; c++) {
-            const int nb = block_counts[c], n = nb * blk;
+        /* the block counts above, and rows longer than the kernels keep
+         * their tables of the activations' scales on the stack for */
+        const int counts[] = {1, 2, 3, 7, 17, qa == TSR_QK ? 600 : 260};
+        for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+            const int nb = counts[c], n = nb * blk;
             const size_t wb = tsr_dtype_row_bytes(t, (uint64_t)n),
                          ab = tsr_act_row_bytes(k->act, n);
             for (size_t q = 0; q < sizeof nws / sizeof nws[0]; q++) {
@@ -298,8 +301,9 @@ static void test_dotn_format(tu_rng *r, int t) {
                 free(y);
             }
         }
-        printf("  %-6s %-8s dotn = dot bit for bit: %ld pairs (1..%d activation rows)\n", name,
-               iname, pairs, DOTN_NA);
+        printf("  %-6s %-8s dotn = dot bit for bit: %ld pairs (1..%d activation rows, 1..%d "
+               "blocks)\n",
+               name, iname, pairs, DOTN_NA, counts[sizeof counts / sizeof counts[0] - 1]);
     }
 }
 
