@@ -397,8 +397,12 @@ KN_INLINE void k_tile(int f, int ra, int nb, const uint8_t *w, const tsr_q8k *co
                 __m256i scale;
                 const __m256i q = k_plane(f, p, &s, pl, &scale);
 #pragma GCC unroll 8
-                for (int i = 0; i < ra; i++)
+                for (int i = 0; i < ra; i++) {
                     isum[i] = _mm256_add_epi32(isum[i], dot32(q, a[i][b].qs + 32 * pl, scale));
+                    /* keep the sum a running one: left alone, GCC reassociates
+                     * the 8 planes' sums into trees and spills their terms */
+                    __asm__("" : "+x"(isum[i]));
+                }
             }
 #pragma GCC unroll 8
             for (int i = 0; i < ra; i++)
