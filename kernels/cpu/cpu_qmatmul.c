@@ -119,6 +119,54 @@ tsr_status tsr_cpu_qmatmul_exact(tsr_cpu_scratch *s, float *y, const float *x, c
     return qmatmul_tiled(s, y, x, w, n, accumulate);
 }
 
+/* The int8 products of weight rows [r0, r1) with the n quantized activation
+ * rows A: y(n, rows) columns r0..r1-1 (or +=). One activation row: the dot
+ * kernel row by row (decode streams the weights once, nothing to reuse).
+ * More, with a multi-row kernel: tiles of QMM_TILE_BYTES of weight rows
+ * (they stay in L2; the kernel keeps its few activation rows in L1), each
+ * swept by all activation rows (the kernel takes them 8 at a time, reading
+ * each weight block once per 8 rows); the values are the dot kernel's, bit
+ * for bit. Accumulating goes through a buffer of QMM_ACC_ROWS activation
+ * rows by the tile. */
+#define QMM_TILE_BYTES (256u << 10)
+#define QMM_TILE_ROWS 256
+#define QMM_ACC_ROWS 16
+
+static void qmm_rows(const tsr_qkernel *k, int cols, const unsigned char *W, size_t wrow, int rows,
+                     int r0, int r1, const unsigned char *A, size_t arow, int n, float *y,
+                     int accumulate) {
+    if (n == 1 || !k->dotn) {
+        for (int r = r0; r < r1; r++) {
+            const unsigned char *wr = W + (size_t)r * wrow;
+            for (int i = 0; i < n; i++) {
+                const float v = k->dot(cols, wr, A + (size_t)i * arow);
+                float *yp = y + (size_t)i * rows + r;
+                *yp = accumulate ? *yp + v : v;
+            }
+        }
+        return;
+    }
+    int wt = (int)(QMM_TILE_BYTES / wrow);
+    wt = wt < 8 ? 8 : wt > QMM_TILE_ROWS ? QMM_TILE_ROWS : wt;
+    float tmp[QMM_ACC_ROWS * QMM_TILE_ROWS];
+    for (int r = r0; r < r1; r += wt) {
+        const int tr = r + wt < r1 ? wt : r1 - r;
+        const unsigned char *wr = W + (size_t)r * wrow;
+        if (!accumulate) {
+            k->dotn(cols, wr, wrow, tr, A, arow, n, y + r, (size_t)rows);
+            continue;
+        }
+        for (int i = 0; i < n; i += QMM_ACC_ROWS) {
+            const int ni = i + QMM_ACC_ROWS < n ? QMM_ACC_ROWS : n - i;
+            float *yi = y + (size_t)i * rows + r;
+            k->dotn(cols, wr, wrow, tr, A + (size_t)i * arow, arow, ni, tmp, (size_t)tr);
+            for (int ii = 0; ii < ni; ii++)
+                for (int j = 0; j < tr; j++)
+                    yi[(size_t)ii * rows + j] += tmp[ii * tr + j];
+        }
+    }
+}
+
 tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const tsr_weight *w, int n,
                            int accumulate) {
     TSR_TRY(check(w, "matmul"));
@@ -136,7 +184,6 @@ tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const t
     TSR_TRY(scratch_reserve(s, (size_t)n * arow, "activation"));
     unsigned char *A = s->p;
     const unsigned char *W = w->data;
-    const tsr_qdot_fn dot = k->dot;
     const tsr_act_kind act = k->act;
 #pragma omp parallel if ((long)rows * cols * n > 65536)
     {
@@ -147,14 +194,8 @@ tsr_status tsr_cpu_qmatmul(tsr_cpu_scratch *s, float *y, const float *x, const t
         team(&t, &nt);
         const int per = (rows + nt - 1) / nt;
         const int r0 = t * per, r1 = r0 + per < rows ? r0 + per : rows;
-        for (int r = r0; r < r1; r++) {
-            const unsigned char *wr = W + (size_t)r * wrow;
-            for (int i = 0; i < n; i++) {
-                const float v = dot(cols, wr, A + (size_t)i * arow);
-                float *yp = y + (size_t)i * rows + r;
-                *yp = accumulate ? *yp + v : v;
-            }
-        }
+        if (r0 < r1)
+            qmm_rows(k, cols, W, wrow, rows, r0, r1, A, arow, n, y, accumulate);
     }
     return TSR_OK;
 }

@@ -4,10 +4,13 @@
  *
  * Two products:
  *  - tsr_cpu_qmatmul, inference: each activation row is quantized to 8 bits
- *    per block (qdot.h) and every weight row is read once and dotted with
- *    all n quantized rows (int8 kernels) while it sits in L1. The same kernel
- *    runs whatever n is, so a row's result never depends on what it was
- *    batched with (a request gives the same tokens alone or among others).
+ *    per block (qdot.h) once; one row (decode) takes the dot kernel weight
+ *    row by weight row, more rows the multi-row kernel (dotn) over tiles of
+ *    weight rows that stay in L2, swept by all activation rows 8 at a time.
+ *    Every value is bit for bit the dot kernel's, whatever n is and however
+ *    rows fall into tiles and threads, so a row's result never depends on
+ *    what it was batched with (a request gives the same tokens alone or
+ *    among others).
  *  - tsr_cpu_qmatmul_exact, training: tiles of weight rows are dequantized
  *    into a per-thread f32 buffer that fits the L2 cache and multiplied by
  *    SGEMM with the f32 activations as they are, so matmul_dx is its exact

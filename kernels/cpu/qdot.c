@@ -207,6 +207,12 @@ static void quantize_q8k(const float *x, tsr_q8k *out, int n) {
 }
 
 void tsr_quantize_act(tsr_act_kind k, const float *x, void *out, int n) {
+    if (tsr_isa_best() >= TSR_ISA_AVX2 && tsr_quantize_act_avx2(k, x, out, n))
+        return;
+    tsr_quantize_act_ref(k, x, out, n);
+}
+
+void tsr_quantize_act_ref(tsr_act_kind k, const float *x, void *out, int n) {
     if (k == TSR_ACT_Q8K)
         quantize_q8k(x, out, n);
     else

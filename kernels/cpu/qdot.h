@@ -19,8 +19,9 @@
  * by the environment variable TSR_CPU_ISA=ref|avx2|avxvnni|avx512 for tests,
  * benchmarks and bug reports.
  *
- * What it is not: no threading, no tiling (cpu_qmatmul.c does both), no
- * weight quantizers (kernels/dtype.h has those). */
+ * What it is not: no threading, no cache tiling (cpu_qmatmul.c does both;
+ * the multi-row kernels only block rows in registers), no weight quantizers
+ * (kernels/dtype.h has those). */
 #ifndef TSR_KERNELS_CPU_QDOT_H
 #define TSR_KERNELS_CPU_QDOT_H
 
@@ -60,8 +61,22 @@ typedef enum {
  * layout's structs (aligned as they are, 4 bytes, and no more). */
 typedef float (*tsr_qdot_fn)(int n, const void *w, const void *a);
 
+/* The dots of `nw` weight rows (row j at w + j * w_stride bytes) with `na`
+ * activation rows (row i at a + i * a_stride bytes, a multiple of 4):
+ * y[i * ldy + j] = dot(n, w_j, a_i), bit for bit the value the format's
+ * `dot` of the same level returns (the same integer sums, the same f32
+ * products, accumulator lanes and final reduction), so a row's result never
+ * depends on the rows it was computed with. What it adds: each weight block
+ * is loaded and unpacked once for several activation rows, and each
+ * activation block is read from L1 for several weight rows. Best with nw of
+ * a few dozen rows that sit in L1/L2 and na of 8 or more; na = 1 is no
+ * faster than `dot`. y must not overlap w or a. */
+typedef void (*tsr_qdotn_fn)(int n, const void *w, size_t w_stride, int nw, const void *a,
+                             size_t a_stride, int na, float *y, size_t ldy);
+
 typedef struct {
     tsr_qdot_fn dot;
+    tsr_qdotn_fn dotn; /* optional: NULL means `dot` in a loop */
     tsr_act_kind act;
     tsr_isa isa;
 } tsr_qkernel;
@@ -101,8 +116,14 @@ const tsr_qkernel *tsr_qkernel_exact(tsr_dtype t, tsr_isa isa);
 /* Bytes of one activation row of `n` elements in layout `k` (n a multiple of
  * its block). */
 size_t tsr_act_row_bytes(tsr_act_kind k, int n);
-/* Quantizes x (n floats, a multiple of the layout's block) into `out`. */
+/* Quantizes x (n floats, a multiple of the layout's block) into `out`: the
+ * same bytes at every level (the AVX2 one where the CPU has it). */
 void tsr_quantize_act(tsr_act_kind k, const float *x, void *out, int n);
+/* The two quantizers behind it, for tests: the plain C one, and the AVX2 one
+ * (returns 0 and does nothing in a build without AVX2; call it only where
+ * tsr_isa_supported(TSR_ISA_AVX2)). */
+void tsr_quantize_act_ref(tsr_act_kind k, const float *x, void *out, int n);
+int tsr_quantize_act_avx2(tsr_act_kind k, const float *x, void *out, int n);
 /* The values a quantized row stands for: x[i] = d * q[i] (f32). */
 void tsr_dequantize_act(tsr_act_kind k, const void *a, float *x, int n);
 

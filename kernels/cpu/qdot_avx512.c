@@ -15,6 +15,8 @@
     defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define QDOT_ENABLED 1
 #define QDOT_DPBUSD(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (s))
+#define QDOT_DPBUSD_ACC(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
+#define QDOTN_RW 2 /* 32 registers: two weight rows per tile */
 #endif
 
 #include "kernels/cpu/qdot_avx2.c"

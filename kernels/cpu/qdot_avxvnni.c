@@ -12,6 +12,7 @@
 #if defined(__AVXVNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define QDOT_ENABLED 1
 #define QDOT_DPBUSD(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), (u), (s))
+#define QDOT_DPBUSD_ACC(acc, u, s) _mm256_dpbusd_avx_epi32((acc), (u), (s))
 #endif
 
 #include "kernels/cpu/qdot_avx2.c"

@@ -105,7 +105,7 @@ static float dot_iq4_nl(int n, const void *w, const void *act) {
 }
 
 #define K(fn, kind)                                                                                \
-    { fn, kind, TSR_ISA_REF }
+    { .dot = fn, .act = kind, .isa = TSR_ISA_REF }
 static const tsr_qkernel k_q8_0 = K(dot_q8_0, TSR_ACT_Q8A), k_q4_0 = K(dot_q4_0, TSR_ACT_Q8A),
                          k_q4_1 = K(dot_q4_1, TSR_ACT_Q8A), k_q5_0 = K(dot_q5_0, TSR_ACT_Q8A),
                          k_q5_1 = K(dot_q5_1, TSR_ACT_Q8A), k_iq4_nl = K(dot_iq4_nl, TSR_ACT_Q8A);

@@ -167,7 +167,7 @@ static float dot_q6_k(int n, const void *w, const void *act) {
 }
 
 #define K(fn)                                                                                      \
-    { fn, TSR_ACT_Q8K, TSR_ISA_REF }
+    { .dot = fn, .act = TSR_ACT_Q8K, .isa = TSR_ISA_REF }
 static const tsr_qkernel k_q2_k = K(dot_q2_k), k_q3_k = K(dot_q3_k), k_q4_k = K(dot_q4_k),
                          k_q5_k = K(dot_q5_k), k_q6_k = K(dot_q6_k);
 #undef K

@@ -223,6 +223,90 @@ static void test_format(tu_rng *r, int t) {
     }
 }
 
+/* ---- the multi-row kernels --------------------------------------------------------- */
+
+/* dotn of every level the CPU runs against the same level's dot, bit for
+ * bit: nw weight rows by na = 1..DOTN_NA activation rows (every tile size
+ * and tail), odd block counts and long rows, rows at strides that are not their sizes
+ * and at unaligned addresses, outputs at a leading dimension wider than nw
+ * (what lies between must stay untouched). One activation block in 50
+ * holds an infinity (its products are NaN, which must come out as dot's
+ * NaN, bit for bit, too). */
+enum { DOTN_NA = 19 };
+
+static void test_dotn_format(tu_rng *r, int t) {
+    const char *name = tsr_dtype_name(t);
+    const tsr_qkernel *ref = tsr_qkernel_exact((tsr_dtype)t, TSR_ISA_REF);
+    const int blk = (int)tsr_dtype_block(t), qa = act_block(ref->act);
+    static const int nws[] = {1, 2, 3, 5, 8};
+    for (int isa = 0; isa < TSR_ISA_COUNT; isa++) {
+        const tsr_qkernel *k = tsr_qkernel_exact((tsr_dtype)t, (tsr_isa)isa);
+        const char *iname = tsr_isa_name((tsr_isa)isa);
+        if (!k || !k->dotn)
+            continue;
+        if (!tsr_isa_supported((tsr_isa)isa)) {
+            printf("  %-6s %-8s dotn SKIPPED: this CPU lacks %s\n", name, iname, iname);
+            continue;
+        }
+        long pairs = 0;
+        /* the block counts above, and rows longer than the kernels keep
+         * their tables of the activations' scales on the stack for */
+        const int counts[] = {1, 2, 3, 7, 17, qa == TSR_QK ? 600 : 260};
+        for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+            const int nb = counts[c], n = nb * blk;
+            const size_t wb = tsr_dtype_row_bytes(t, (uint64_t)n),
+                         ab = tsr_act_row_bytes(k->act, n);
+            for (size_t q = 0; q < sizeof nws / sizeof nws[0]; q++) {
+                const int nw = nws[q];
+                const size_t ws = wb + (size_t)(q % 3), as = ab + 4 * (q % 2), ldy = (size_t)nw + 3;
+                uint8_t *wbuf = tu_xmalloc(ws * nw + 1), *abuf = tu_xmalloc(as * DOTN_NA);
+                uint8_t *w = wbuf + 1;
+                float *x = tu_xmalloc((size_t)n * sizeof *x);
+                float *y = tu_xmalloc(ldy * DOTN_NA * sizeof *y);
+                for (int j = 0; j < nw; j++)
+                    rand_weights(r, t, w + (size_t)j * ws, n / blk);
+                for (int i = 0; i < DOTN_NA; i++) {
+                    rand_acts(r, x, n, qa);
+                    if (tu_rng_below(r, 50) == 0)
+                        x[tu_rng_below(r, (uint64_t)n)] = INFINITY;
+                    tsr_quantize_act(k->act, x, abuf + (size_t)i * as, n);
+                }
+                for (int na = 1; na <= DOTN_NA; na++) {
+                    for (size_t e = 0; e < ldy * DOTN_NA; e++)
+                        y[e] = -12345.0f;
+                    k->dotn(n, w, ws, nw, abuf, as, na, y, ldy);
+                    for (int i = 0; i < DOTN_NA; i++)
+                        for (int j = 0; j < (int)ldy; j++) {
+                            const float got = y[(size_t)i * ldy + j];
+                            if (i >= na || j >= nw) {
+                                CHECK(got == -12345.0f, "%s %s dotn wrote y[%d][%d] outside %dx%d",
+                                      name, iname, i, j, na, nw);
+                                continue;
+                            }
+                            const float want = k->dot(n, w + (size_t)j * ws, abuf + (size_t)i * as);
+                            uint32_t gb, wb32;
+                            memcpy(&gb, &got, 4);
+                            memcpy(&wb32, &want, 4);
+                            CHECK(gb == wb32,
+                                  "%s %s dotn, %d blocks, %d weight rows x %d activation rows: "
+                                  "(%d, %d) = %.9g (0x%08x), dot %.9g (0x%08x)",
+                                  name, iname, nb, nw, na, j, i, (double)got, (unsigned)gb,
+                                  (double)want, (unsigned)wb32);
+                            pairs++;
+                        }
+                }
+                free(wbuf);
+                free(abuf);
+                free(x);
+                free(y);
+            }
+        }
+        printf("  %-6s %-8s dotn = dot bit for bit: %ld pairs (1..%d activation rows, 1..%d "
+               "blocks)\n",
+               name, iname, pairs, DOTN_NA, counts[sizeof counts / sizeof counts[0] - 1]);
+    }
+}
+
 /* ---- the activation quantizers ---------------------------------------------------- */
 
 /* One block of `qn` quantized values with scale d, from x: the bounds, the
@@ -296,6 +380,67 @@ static void test_quantizers(tu_rng *r) {
            blocks[0], zeros[0], blocks[1], zeros[1]);
 }
 
+/* The AVX2 quantizer against the plain C one, byte for byte: random blocks
+ * and blocks of zeros (with -0), ties (half-integers with max |x| = 127,
+ * so d = 1), a NaN, infinities, values near FLT_MAX and below 2^-121 (where
+ * 1 / d overflows), denormals. */
+static void test_quantizer_levels(tu_rng *r) {
+    if (!tsr_isa_supported(TSR_ISA_AVX2)) {
+        printf("  quantizer avx2 SKIPPED: this CPU lacks avx2\n");
+        return;
+    }
+    int blocks = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        for (int kind = 0; kind < 2; kind++) {
+            const tsr_act_kind k = kind ? TSR_ACT_Q8K : TSR_ACT_Q8A;
+            const int qa = act_block(k), nb = 1 + (int)tu_rng_below(r, 4), n = nb * qa;
+            float *x = tu_xmalloc((size_t)n * sizeof *x);
+            const size_t bytes = tsr_act_row_bytes(k, n);
+            uint8_t *want = tu_xmalloc(bytes), *got = tu_xmalloc(bytes);
+            rand_acts(r, x, n, qa);
+            for (int b = 0; b < nb; b++) {
+                float *xb = x + (size_t)b * qa;
+                const int mode = (int)tu_rng_below(r, 9);
+                for (int i = 0; i < qa; i++) {
+                    const float u = tu_rng_float(r, -1.0f, 1.0f);
+                    switch (mode) {
+                    case 0: xb[i] = (i & 1) ? -0.0f : 0.0f; break;
+                    case 1: xb[i] = (float)((int)tu_rng_below(r, 255) - 127) * 0.5f; break;
+                    case 2: xb[i] = u * 3e38f; break;
+                    case 3: xb[i] = u * 1e-38f; break;
+                    case 4: xb[i] = u * 1e-42f; break;
+                    case 5: xb[i] = u * 2e-37f; break;
+                    default: break;
+                    }
+                }
+                if (mode == 1)
+                    xb[tu_rng_below(r, (uint64_t)qa)] = 127.0f;
+                if (mode == 6)
+                    xb[tu_rng_below(r, (uint64_t)qa)] = NAN;
+                if (mode == 7)
+                    xb[tu_rng_below(r, (uint64_t)qa)] = tu_rng_below(r, 2) ? INFINITY : -INFINITY;
+                blocks++;
+            }
+            memset(want, 0x5a, bytes);
+            memset(got, 0xa5, bytes);
+            tsr_quantize_act_ref(k, x, want, n);
+            CHECK(tsr_quantize_act_avx2(k, x, got, n) == 1, "the avx2 quantizer is not built");
+            for (size_t i = 0; i < bytes; i++)
+                CHECK(want[i] == got[i],
+                      "%s quantizer avx2 vs ref, %d blocks, trial %d: byte %zu (block %zu) is "
+                      "0x%02x, ref 0x%02x",
+                      kind ? "q8k" : "q8a", nb, trial, i, i / (bytes / (size_t)nb), got[i],
+                      want[i]);
+            free(x);
+            free(want);
+            free(got);
+        }
+    }
+    printf("  quantizer avx2 = ref byte for byte: %d blocks (zeros, ties, NaN, inf, huge, "
+           "tiny)\n",
+           blocks);
+}
+
 /* ---- --bench --------------------------------------------------------------------- */
 
 static volatile float bench_sink;
@@ -324,11 +469,37 @@ static double bench_kernel(const tsr_qkernel *k, int n, const uint8_t *w, size_t
     return best;
 }
 
+/* ns per (weight row, activation row) pair of k->dotn over `rows` weight
+ * rows and na activation rows (in cache), as bench_kernel. */
+static double bench_dotn(const tsr_qkernel *k, int n, const uint8_t *w, size_t rb, int rows,
+                         const void *a, size_t ab, int na) {
+    float *y = tu_xmalloc((size_t)rows * na * sizeof *y);
+    double best = INFINITY;
+    for (int win = 0; win < 10; win++) {
+        long iters = 0;
+        const double t0 = tsr_now_s();
+        double t;
+        do {
+            for (int i = 0; i < 4; i++)
+                k->dotn(n, w, rb, rows, a, ab, na, y, (size_t)rows);
+            iters += 4L * rows * na;
+            t = tsr_now_s() - t0;
+        } while (t < 0.02);
+        best = fmin(best, t * 1e9 / (double)iters);
+    }
+    bench_sink = y[0];
+    free(y);
+    return best;
+}
+
 static void bench(void) {
     tu_rng r = {0xbe7c4};
     const int sizes[2] = {576, 1536};
     enum { ROWS = 16 };
-    printf("ns per row (%d rows in cache, one activation row); speed-up over ref in ()\n", ROWS);
+    enum { NA = 32 };
+    printf("ns per row (%d rows in cache, one activation row); speed-up over ref in (); "
+           "[dotn: ns per row and activation row, 8 and %d activation rows]\n",
+           ROWS, NA);
     for (int t = 0; t < TSR_DTYPE_COUNT; t++) {
         const tsr_qkernel *ref = tsr_qkernel_exact((tsr_dtype)t, TSR_ISA_REF);
         if (!tsr_dtype_name(t) || !ref)
@@ -342,10 +513,13 @@ static void bench(void) {
             const size_t rb = tsr_dtype_row_bytes(t, (uint64_t)n);
             uint8_t *w = tu_xmalloc(rb * ROWS);
             float *x = tu_xmalloc((size_t)n * sizeof *x);
-            void *a = tu_xmalloc(tsr_act_row_bytes(ref->act, n));
+            const size_t ab = tsr_act_row_bytes(ref->act, n);
+            uint8_t *a = tu_xmalloc(ab * NA);
             rand_weights(&r, t, w, ROWS * (n / blk));
-            rand_acts(&r, x, n, act_block(ref->act));
-            tsr_quantize_act(ref->act, x, a, n);
+            for (int i = 0; i < NA; i++) {
+                rand_acts(&r, x, n, act_block(ref->act));
+                tsr_quantize_act(ref->act, x, a + (size_t)i * ab, n);
+            }
             printf("  %-6s n=%-5d", tsr_dtype_name(t), n);
             const double t_ref = bench_kernel(ref, n, w, rb, ROWS, a);
             printf(" ref %7.1f", t_ref);
@@ -355,6 +529,9 @@ static void bench(void) {
                     continue;
                 const double tk = bench_kernel(k, n, w, rb, ROWS, a);
                 printf("  %s %6.1f (%4.1fx)", tsr_isa_name((tsr_isa)isa), tk, t_ref / tk);
+                if (k->dotn)
+                    printf(" [%5.1f %5.1f]", bench_dotn(k, n, w, rb, ROWS, a, ab, 8),
+                           bench_dotn(k, n, w, rb, ROWS, a, ab, NA));
             }
             printf("\n");
             free(w);
@@ -376,11 +553,13 @@ int main(int argc, char **argv) {
                tsr_isa_supported((tsr_isa)isa) ? "" : " (not on this CPU)");
     printf("\n");
     test_quantizers(&r);
+    test_quantizer_levels(&r);
     int formats = 0;
     for (int t = 0; t < TSR_DTYPE_COUNT; t++) {
         if (!tsr_dtype_name(t) || !tsr_qkernel_exact((tsr_dtype)t, TSR_ISA_REF))
             continue;
         test_format(&r, t);
+        test_dotn_format(&r, t);
         formats++;
     }
     CHECK(formats >= 6, "only %d formats have a reference kernel", formats);
