@@ -89,7 +89,7 @@ tsr_status tsr_cpu_kv_store(void *k_cache, void *v_cache, tsr_dtype cache_dtype,
 /* ---- one query row over one key block -------------------------------------------------- */
 
 /* The state one block step reads and updates: k[j], v[j] (j < n) the block's
- * rows of one KV head in f32; s a KEYS-float scratch; m, l the row's running
+ * rows of one KV head in f32; s a 2 * KEYS-float scratch; m, l the row's running
  * maximum and sum; o its running output (head_dim). */
 typedef struct {
     const float *const *k, *const *v;
@@ -213,15 +213,41 @@ pv_chunk_avx2(float *o, const float *p, const float *const *v, int n, int off, c
         _mm256_storeu_ps(o + off + 8 * c, acc[c]);
 }
 
-/* b->k holds valid pointers up to n rounded up to 8 (the caller pads with
- * row 0); hd is a multiple of 8. */
-ATTN_AVX2 static void row_block_avx2(const block_in *b, const float *q, float *m, float *l,
-                                     float *o) {
-    const int n = b->n, hd = b->hd, n8 = (n + 7) & ~7;
-    float *s = b->s;
-    const __m256 scale = _mm256_set1_ps(b->scale);
-    for (int j = 0; j < n8; j += 8)
-        scores8_avx2(q, b->k + j, hd, scale, s + j);
+/* s[j .. j+3] = scale * qa.k[j + u], t[..] the same for qb: two query rows
+ * against 4 keys, each key loaded once for both. Every (row, key) sum runs the
+ * chunks in the same order and reduces its lanes by the same tree as
+ * scores8_avx2 ((0+1)+(2+3)) + ((4+5)+(6+7)), so a row's scores are the same
+ * bits whichever kernel computed them. */
+ATTN_AVX2 static inline void scores2x4_avx2(const float *qa, const float *qb, const float *const *k,
+                                            int hd, __m256 scale, float *s, float *t) {
+    __m256 a[4], c[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; u++)
+        a[u] = c[u] = _mm256_setzero_ps();
+    for (int i = 0; i < hd; i += 8) {
+        const __m256 xa = _mm256_loadu_ps(qa + i), xb = _mm256_loadu_ps(qb + i);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) {
+            __m256 kv = _mm256_loadu_ps(k[u] + i);
+            __asm__("" : "+x"(kv)); /* one load for both rows: GCC would fold it into each FMA */
+            a[u] = _mm256_fmadd_ps(xa, kv, a[u]);
+            c[u] = _mm256_fmadd_ps(xb, kv, c[u]);
+        }
+    }
+    const __m256 ua = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 uc = _mm256_hadd_ps(_mm256_hadd_ps(c[0], c[1]), _mm256_hadd_ps(c[2], c[3]));
+    const __m128 sc = _mm256_castps256_ps128(scale);
+    _mm_storeu_ps(
+        s, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(ua), _mm256_extractf128_ps(ua, 1)), sc));
+    _mm_storeu_ps(
+        t, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(uc), _mm256_extractf128_ps(uc, 1)), sc));
+}
+
+/* The online-softmax step of one row once its scores s[0 .. n) are in:
+ * s[n .. n8) = -inf, the new maximum into *m, s = exp(s - m), *l and the
+ * running output o (hd floats) rescaled. */
+ATTN_AVX2 static inline void softmax_step_avx2(float *s, int n, int n8, float *m, float *l,
+                                               float *o, int hd) {
     for (int j = n; j < n8; j++)
         s[j] = -INFINITY;
     __m256 mx = _mm256_loadu_ps(s);
@@ -244,6 +270,18 @@ ATTN_AVX2 static void row_block_avx2(const block_in *b, const float *q, float *m
         for (int i = 0; i < hd; i += 8)
             _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(o + i), cv));
     }
+}
+
+/* b->k holds valid pointers up to n rounded up to 8 (the caller pads with
+ * row 0); hd is a multiple of 8. */
+ATTN_AVX2 static void row_block_avx2(const block_in *b, const float *q, float *m, float *l,
+                                     float *o) {
+    const int n = b->n, hd = b->hd, n8 = (n + 7) & ~7;
+    float *s = b->s;
+    const __m256 scale = _mm256_set1_ps(b->scale);
+    for (int j = 0; j < n8; j += 8)
+        scores8_avx2(q, b->k + j, hd, scale, s + j);
+    softmax_step_avx2(s, n, n8, m, l, o, hd);
     for (int off = 0; off < hd; off += 64) {
         switch ((hd - off) / 8) {
         case 1: pv_chunk_avx2(o, s, b->v, n, off, 1); break;
@@ -254,6 +292,58 @@ ATTN_AVX2 static void row_block_avx2(const block_in *b, const float *q, float *m
         case 6: pv_chunk_avx2(o, s, b->v, n, off, 6); break;
         case 7: pv_chunk_avx2(o, s, b->v, n, off, 7); break;
         default: pv_chunk_avx2(o, s, b->v, n, off, 8); break;
+        }
+    }
+}
+
+/* oa[off .. off + 8 nv) += sum_j pa[j] v[j][off ..], and ob with pb: each V
+ * chunk loaded once for two rows; per lane the same sequence of FMAs as
+ * pv_chunk_avx2. */
+ATTN_AVX2 static inline __attribute__((always_inline)) void
+pv2_chunk_avx2(float *oa, float *ob, const float *pa, const float *pb, const float *const *v, int n,
+               int off, const int nv) {
+    __m256 a[4], c[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < nv; u++) {
+        a[u] = _mm256_loadu_ps(oa + off + 8 * u);
+        c[u] = _mm256_loadu_ps(ob + off + 8 * u);
+    }
+    for (int j = 0; j < n; j++) {
+        const __m256 xa = _mm256_broadcast_ss(pa + j), xb = _mm256_broadcast_ss(pb + j);
+        const float *vj = v[j] + off;
+#pragma GCC unroll 4
+        for (int u = 0; u < nv; u++) {
+            __m256 vv = _mm256_loadu_ps(vj + 8 * u);
+            __asm__("" : "+x"(vv)); /* as in scores2x4_avx2 */
+            a[u] = _mm256_fmadd_ps(xa, vv, a[u]);
+            c[u] = _mm256_fmadd_ps(xb, vv, c[u]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < nv; u++) {
+        _mm256_storeu_ps(oa + off + 8 * u, a[u]);
+        _mm256_storeu_ps(ob + off + 8 * u, c[u]);
+    }
+}
+
+/* Two rows over the same n keys of the block: the bits of row_block_avx2 for
+ * each, with every K and V chunk loaded once for both. b->s holds 2 * KEYS. */
+ATTN_AVX2 static void rows2_block_avx2(const block_in *b, const float *qa, const float *qb,
+                                       float *ma, float *la, float *oa, float *mb, float *lb,
+                                       float *ob) {
+    const int n = b->n, hd = b->hd, n8 = (n + 7) & ~7;
+    float *sa = b->s, *sb = b->s + KEYS;
+    const __m256 scale = _mm256_set1_ps(b->scale);
+    for (int j = 0; j < n8; j += 4)
+        scores2x4_avx2(qa, qb, b->k + j, hd, scale, sa + j, sb + j);
+    softmax_step_avx2(sa, n, n8, ma, la, oa, hd);
+    softmax_step_avx2(sb, n, n8, mb, lb, ob, hd);
+    for (int off = 0; off < hd; off += 32) {
+        switch ((hd - off) / 8) {
+        case 1: pv2_chunk_avx2(oa, ob, sa, sb, b->v, n, off, 1); break;
+        case 2: pv2_chunk_avx2(oa, ob, sa, sb, b->v, n, off, 2); break;
+        case 3: pv2_chunk_avx2(oa, ob, sa, sb, b->v, n, off, 3); break;
+        default: pv2_chunk_avx2(oa, ob, sa, sb, b->v, n, off, 4); break;
         }
     }
 }
@@ -304,6 +394,9 @@ static int cmp_tok(const void *a, const void *b) {
         return x->pos < y->pos ? -1 : 1;
     return (x->tok > y->tok) - (x->tok < y->tok);
 }
+
+/* Keys of the block starting at p0 that a query at position pos sees. */
+static int keys_of(int pos, int p0) { return pos + 1 - p0 < KEYS ? pos + 1 - p0 : KEYS; }
 
 static void run_item(const attn_job *job, const tile *t, const item *it, scratch *w) {
     const tsr_attn_desc *d = job->d;
@@ -358,19 +451,29 @@ static void run_item(const attn_job *job, const tile *t, const item *it, scratch
             w->kp[j] = w->kp[0];
         while (first < nt && toks[first].pos < p0)
             first++;
-        for (int ti = first; ti < nt; ti++) {
-            b.n = toks[ti].pos + 1 - p0 < KEYS ? toks[ti].pos + 1 - p0 : KEYS;
-            for (int h = 0; h < heads; h++) {
-                const size_t row = ((size_t)toks[ti].tok * d->n_head + hq0 + h) * hd;
-                const int r = ti * heads + h;
+        /* the rows (token ti, head h) = r = ti * heads + h that reach this
+         * block; with AVX2, two rows that take the same keys go together */
+        for (int r = first * heads; r < nt * heads;) {
+            const int n = keys_of(toks[r / heads].pos, p0);
+            const size_t row = ((size_t)toks[r / heads].tok * d->n_head + hq0 + r % heads) * hd;
+            b.n = n;
 #if ATTN_X86
-                if (job->vec) {
-                    row_block_avx2(&b, job->q + row, &w->m[r], &w->l[r], job->out + row);
-                    continue;
-                }
-#endif
-                row_block_ref(&b, job->q + row, &w->m[r], &w->l[r], job->out + row);
+            if (job->vec && r + 1 < nt * heads && keys_of(toks[(r + 1) / heads].pos, p0) == n) {
+                const size_t row2 =
+                    ((size_t)toks[(r + 1) / heads].tok * d->n_head + hq0 + (r + 1) % heads) * hd;
+                rows2_block_avx2(&b, job->q + row, job->q + row2, &w->m[r], &w->l[r],
+                                 job->out + row, &w->m[r + 1], &w->l[r + 1], job->out + row2);
+                r += 2;
+                continue;
             }
+            if (job->vec) {
+                row_block_avx2(&b, job->q + row, &w->m[r], &w->l[r], job->out + row);
+                r++;
+                continue;
+            }
+#endif
+            row_block_ref(&b, job->q + row, &w->m[r], &w->l[r], job->out + row);
+            r++;
         }
     }
     for (int ti = 0; ti < nt; ti++)
@@ -432,7 +535,10 @@ tsr_status tsr_cpu_attention(float *out, const float *q, const void *k_cache, co
     qsort(tiles, (size_t)n_tiles, sizeof *tiles, cmp_tile_cost);
 
     const int threads = n_threads();
-    const int split = group > 1 && n_tiles * d->n_kv_head < 4 * threads ? group : 1;
+    /* Too few (tile, KV head) items to share out (decode of a few
+     * sequences): cut each KV head's query heads into pairs, which still
+     * read each K/V block once for two rows. */
+    const int split = group > 1 && n_tiles * d->n_kv_head < 4 * threads ? (group + 1) / 2 : 1;
     const int n_items = n_tiles * d->n_kv_head * split;
     items = malloc((size_t)n_items * sizeof *items);
     if (!items)
@@ -457,7 +563,7 @@ tsr_status tsr_cpu_attention(float *out, const float *q, const void *k_cache, co
         w.vbuf = f16 ? malloc((size_t)KEYS * hd * sizeof(float)) : NULL;
         w.kp = malloc(KEYS * sizeof *w.kp);
         w.vp = malloc(KEYS * sizeof *w.vp);
-        w.s = malloc(KEYS * sizeof *w.s);
+        w.s = malloc(2 * KEYS * sizeof *w.s);
         w.m = malloc((size_t)TILE * group * sizeof *w.m);
         w.l = malloc((size_t)TILE * group * sizeof *w.l);
         const int ok = w.kp && w.vp && w.s && w.m && w.l && (!f16 || (w.kbuf && w.vbuf));
