@@ -3,7 +3,7 @@
  * llama-bench measures it.
  *
  *   tsr_bench --model M [--device cpu|cuda] [--act-dtype bf16|f32]
- *             [--weight-dtype file|f32|q8_0|q4_0|bf16] [--gpu N]
+ *             [--weight-dtype file|f32|q8_0|q4_0|bf16] [--kv-dtype f16|f32] [--gpu N]
  *             [--threads N] [--prompt-tokens 512] [--gen-tokens 128]
  *             [--batch 1] [--reps 3] [--decode-prompt 16] [--no-warmup] [--json]
  *
@@ -59,6 +59,8 @@ typedef struct {
     int act_dtype;    /* TSR_F32 or TSR_BF16; -1 = the device's default (f32 CPU, bf16 CUDA) */
     int weight_dtype; /* CUDA: TSR_BF16 (default) or TSR_F32 (reference precision); CPU:
                          TSR_MODEL_WEIGHTS_FILE (default), TSR_F32, TSR_Q8_0, TSR_Q4_0 */
+    int kv_dtype;     /* KV cache elements: TSR_F16 or TSR_F32 (CPU); -1 = the device's
+                         default (f16 on the CPU, the activation type on CUDA) */
     int gpu;          /* CUDA device index */
 } options;
 
@@ -106,6 +108,8 @@ static void usage(FILE *f) {
           "  --act-dtype bf16|f32  activation type on CUDA (default bf16; the CPU is f32)\n"
           "  --weight-dtype T      CPU: file (default: the GGUF's blocks), f32, q8_0, q4_0;\n"
           "                        CUDA: bf16 (default) or f32 (needs f32 activations)\n"
+          "  --kv-dtype f16|f32    KV cache elements on the CPU (default f16; CUDA keeps its\n"
+          "                        activation type)\n"
           "  --gpu N               CUDA device index (default 0)\n"
           "  --threads N           CPU threads (default: all online cores)\n"
           "  --prompt-tokens P     prefill test length, one batch (default 512)\n"
@@ -146,6 +150,7 @@ enum {
     OPT_DEVICE,
     OPT_ACT_DTYPE,
     OPT_WEIGHT_DTYPE,
+    OPT_KV_DTYPE,
     OPT_GPU,
     OPT_BATCH
 };
@@ -167,6 +172,7 @@ static int parse_options(int argc, char **argv, options *o) {
         {"device", required_argument, 0, OPT_DEVICE},
         {"act-dtype", required_argument, 0, OPT_ACT_DTYPE},
         {"weight-dtype", required_argument, 0, OPT_WEIGHT_DTYPE},
+        {"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"gpu", required_argument, 0, OPT_GPU},
         {"batch", required_argument, 0, OPT_BATCH},
         {0, 0, 0, 0},
@@ -179,7 +185,8 @@ static int parse_options(int argc, char **argv, options *o) {
                    .warmup = 1,
                    .device = DEVICE_CPU,
                    .act_dtype = -1,
-                   .weight_dtype = -2};
+                   .weight_dtype = -2,
+                   .kv_dtype = -1};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int r = 0;
@@ -231,6 +238,14 @@ static int parse_options(int argc, char **argv, options *o) {
                         "tsr_bench: --weight-dtype expects file, f32, q8_0, q4_0 or bf16, got "
                         "'%s'\n",
                         optarg);
+                r = -1;
+            }
+            break;
+        case OPT_KV_DTYPE:
+            if (!strcmp(optarg, "f16") || !strcmp(optarg, "f32")) {
+                o->kv_dtype = optarg[1] == '1' ? TSR_F16 : TSR_F32;
+            } else {
+                fprintf(stderr, "tsr_bench: --kv-dtype expects f16 or f32, got '%s'\n", optarg);
                 r = -1;
             }
             break;
@@ -296,7 +311,10 @@ static tsr_status bench_open(bench *b, const options *o, int n_threads, int ctx,
     const int bs = 16;
     int prefill_blocks = (prompt_pos + bs - 1) / bs;
     int decode_blocks = o->batch * ((decode_pos + bs - 1) / bs);
-    TSR_TRY(tsr_kv_cache_init(&b->kv, b->be, c->n_layer, c->n_head_kv * c->head_dim, bs,
+    tsr_dtype kv_dtype;
+    TSR_TRY(
+        tsr_kv_cache_dtype(b->be, o->kv_dtype < 0 ? TSR_KV_DTYPE_DEFAULT : o->kv_dtype, &kv_dtype));
+    TSR_TRY(tsr_kv_cache_init(&b->kv, b->be, kv_dtype, c->n_layer, c->n_head_kv * c->head_dim, bs,
                               prefill_blocks > decode_blocks ? prefill_blocks : decode_blocks,
                               o->batch, ctx));
     b->max_tokens = max_tokens;
@@ -452,7 +470,7 @@ static void backend_weights_count(const tsr_model *m, backend_weights *w) {
 static void print_json(const options *o, const tsr_model_config *c, int threads, double load_s,
                        const series *pp, const series *tg, const series *step,
                        const weight_traffic *w, const backend_weights *bw, const int32_t *prompt,
-                       double rss) {
+                       double rss, const tsr_kv_cache *kv) {
     FILE *f = stdout;
     fputs("{\"engine\": \"tessera\", \"model\": ", f);
     tsr_bench_json_string(f, o->model);
@@ -485,15 +503,18 @@ static void print_json(const options *o, const tsr_model_config *c, int threads,
     tsr_bench_json_series(f, "decode_step_ms", step, o->reps);
     fprintf(f,
             ", \"weight_dtype\": \"%s\", \"weight_bytes\": %.0f, \"weight_bytes_per_token\": %.0f"
-            ", \"matmul_params\": %.0f}\n",
+            ", \"matmul_params\": %.0f",
             bw->dtype, bw->bytes, bw->bytes_per_token, bw->matmul_params);
+    fprintf(f, ", \"kv_dtype\": \"%s\", \"kv_bytes_per_position\": %zu}\n",
+            tsr_dtype_name(kv->dtype), tsr_kv_cache_position_bytes(kv));
 }
 
 /* The CPU report at batch 1 is the historical one, line for line; another
  * device or a batch adds lines. */
 static void print_text(const options *o, const tsr_model_config *c, int threads, double load_s,
                        const series *pp, const series *tg, const series *step,
-                       const weight_traffic *w, const backend_weights *bw, double rss) {
+                       const weight_traffic *w, const backend_weights *bw, double rss,
+                       const tsr_kv_cache *kv) {
     int extended = o->device != DEVICE_CPU || o->batch > 1;
     printf("model      %s (%s, %d layers, C=%d, vocab %d, weights %s)\n", o->model,
            c->name[0] ? c->name : "?", c->n_layer, c->n_embd, c->n_vocab,
@@ -522,6 +543,8 @@ static void print_text(const options *o, const tsr_model_config *c, int threads,
         printf("%-10s %12.3f %12.3f %12.3f  (ms per decode step of %d tokens)\n", "step ms",
                step->median, step->min, step->max, o->batch);
     printf("peak RSS   %.1f MiB\n", rss);
+    printf("kv cache   %s, %.1f KiB per position\n", tsr_dtype_name(kv->dtype),
+           tsr_kv_cache_position_bytes(kv) / 1024.0);
     if (!extended) {
         printf("weights/token  %.1f MiB in memory (%s; %.1f MiB in the file, %.1f MiB as f32) "
                "-> %.1f GB/s at the median decode rate\n",
@@ -600,9 +623,9 @@ int main(int argc, char **argv) {
     backend_weights_count(&b.model, &bw);
     double rss = (tsr_bench_peak_rss_kib() / 1024.0);
     if (o.json)
-        print_json(&o, c, threads, load_s, &pp, &tg, &step, &w, &bw, prompt, rss);
+        print_json(&o, c, threads, load_s, &pp, &tg, &step, &w, &bw, prompt, rss, &b.kv);
     else
-        print_text(&o, c, threads, load_s, &pp, &tg, &step, &w, &bw, rss);
+        print_text(&o, c, threads, load_s, &pp, &tg, &step, &w, &bw, rss, &b.kv);
     fflush(stdout);
     rc = 0;
 cleanup:

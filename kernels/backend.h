@@ -44,7 +44,9 @@ typedef struct {
 } tsr_weight;
 
 /* Paged attention over a KV cache laid out as (n_blocks, block_size, kv_dim)
- * per layer for K and V, kv_dim = n_kv_head * head_dim. Every token i of the
+ * per layer for K and V, kv_dim = n_kv_head * head_dim, of element type
+ * kv_dtype: TSR_F16 or TSR_F32 on the CPU, the activation type on CUDA (a
+ * backend refuses a type it does not read with TSR_ERR_UNSUPPORTED). Every token i of the
  * batch belongs to sequence seq[i] whose blocks are
  * block_tables[seq[i] * max_blocks + j]; it attends to its sequence's
  * positions 0..pos[i] inclusive (causal). The K/V of every token in the batch
@@ -56,6 +58,7 @@ typedef struct {
     int head_dim;
     int block_size;
     int max_blocks;              /* columns of block_tables */
+    tsr_dtype kv_dtype;          /* the caches' element type (as kv_store wrote them) */
     float scale;                 /* usually 1/sqrt(head_dim) */
     const int32_t *pos;          /* (n_tokens) device */
     const int32_t *seq;          /* (n_tokens) device */
@@ -142,9 +145,11 @@ typedef struct {
      * inv_freq(head_dim/2) is f32 on the device. */
     tsr_status (*rope)(tsr_backend *b, void *x, const int32_t *pos, const float *inv_freq, int n,
                        int n_heads, int head_dim);
-    /* Writes k, v (n, kv_dim) into the caches at slot[i] = block * block_size + offset. */
-    tsr_status (*kv_store)(tsr_backend *b, void *k_cache, void *v_cache, const void *k,
-                           const void *v, const int32_t *slot, int n, int kv_dim);
+    /* Writes k, v (n, kv_dim) (activations) into the caches at slot[i] =
+     * block * block_size + offset, converted to the caches' element type
+     * cache_dtype (see tsr_attn_desc; f16 rounds to nearest even). */
+    tsr_status (*kv_store)(tsr_backend *b, void *k_cache, void *v_cache, tsr_dtype cache_dtype,
+                           const void *k, const void *v, const int32_t *slot, int n, int kv_dim);
     /* out(n, n_head * head_dim) = softmax(q k^T * scale) v over the paged cache. */
     tsr_status (*attention)(tsr_backend *b, void *out, const void *q, const void *k_cache,
                             const void *v_cache, const tsr_attn_desc *d);
@@ -448,9 +453,9 @@ static inline tsr_status tsr_backend_rope(tsr_backend *b, void *x, const int32_t
 }
 
 static inline tsr_status tsr_backend_kv_store(tsr_backend *b, void *k_cache, void *v_cache,
-                                              const void *k, const void *v, const int32_t *slot,
-                                              int n, int kv_dim) {
-    return b->iface->kv_store(b, k_cache, v_cache, k, v, slot, n, kv_dim);
+                                              tsr_dtype cache_dtype, const void *k, const void *v,
+                                              const int32_t *slot, int n, int kv_dim) {
+    return b->iface->kv_store(b, k_cache, v_cache, cache_dtype, k, v, slot, n, kv_dim);
 }
 
 static inline tsr_status tsr_backend_attention(tsr_backend *b, void *out, const void *q,

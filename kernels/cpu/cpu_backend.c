@@ -4,13 +4,15 @@
  * the loops OpenBLAS does not cover. Its f32 path is also the reference every
  * other backend's ops are tested against, so clarity beats cleverness here.
  *
- * What it is not: the quantized kernels themselves (cpu_qmatmul.c, qdot*.c). */
+ * What it is not: the quantized kernels themselves (cpu_qmatmul.c, qdot*.c),
+ * the KV store and paged attention (cpu_attention.c). */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_attention.h"
 #include "kernels/cpu/cpu_qmatmul.h"
 #include "kernels/cpu/cpu_train.h"
 
@@ -185,82 +187,17 @@ static tsr_status cpu_rope(tsr_backend *b, void *xv, const int32_t *pos, const f
     return TSR_OK;
 }
 
-static tsr_status cpu_kv_store(tsr_backend *b, void *kc, void *vc, const void *k, const void *v,
-                               const int32_t *slot, int n, int kv_dim) {
+static tsr_status cpu_kv_store(tsr_backend *b, void *kc, void *vc, tsr_dtype cache_dtype,
+                               const void *k, const void *v, const int32_t *slot, int n,
+                               int kv_dim) {
     (void)b;
-    size_t row = (size_t)kv_dim * sizeof(float);
-    for (int t = 0; t < n; t++) {
-        memcpy((char *)kc + (size_t)slot[t] * row, (const char *)k + (size_t)t * row, row);
-        memcpy((char *)vc + (size_t)slot[t] * row, (const char *)v + (size_t)t * row, row);
-    }
-    return TSR_OK;
+    return tsr_cpu_kv_store(kc, vc, cache_dtype, k, v, slot, n, kv_dim, tsr_isa_best());
 }
 
-static tsr_status cpu_attention(tsr_backend *b, void *outv, const void *qv, const void *kcv,
-                                const void *vcv, const tsr_attn_desc *d) {
+static tsr_status cpu_attention(tsr_backend *b, void *out, const void *q, const void *kc,
+                                const void *vc, const tsr_attn_desc *d) {
     (void)b;
-    float *out = outv;
-    const float *q = qv, *kc = kcv, *vc = vcv;
-    const int hd = d->head_dim, group = d->n_head / d->n_kv_head;
-    const size_t kv_dim = (size_t)d->n_kv_head * hd;
-    int max_pos = 0;
-    for (int t = 0; t < d->n_tokens; t++)
-        if (d->pos[t] > max_pos)
-            max_pos = d->pos[t];
-    int failed = 0;
-#pragma omp parallel reduction(| : failed)
-    {
-        float *scores = malloc(((size_t)max_pos + 1) * sizeof(float));
-        if (!scores)
-            failed = 1;
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int t = 0; t < d->n_tokens; t++) {
-            for (int h = 0; h < d->n_head; h++) {
-                if (!scores)
-                    continue;
-                const float *qh = q + ((size_t)t * d->n_head + h) * hd;
-                float *oh = out + ((size_t)t * d->n_head + h) * hd;
-                const int32_t *table = d->block_tables + (size_t)d->seq[t] * d->max_blocks;
-                const size_t head_off = (size_t)(h / group) * hd;
-                const int npos = d->pos[t] + 1;
-                float mx = -INFINITY;
-                for (int p = 0; p < npos; p++) {
-                    size_t slot =
-                        (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
-                    const float *kp = kc + slot * kv_dim + head_off;
-                    float s = 0;
-                    /* vectorised: the reassociated sum is fine at f32 */
-#pragma omp simd reduction(+ : s)
-                    for (int i = 0; i < hd; i++)
-                        s += qh[i] * kp[i];
-                    s *= d->scale;
-                    scores[p] = s;
-                    if (s > mx)
-                        mx = s;
-                }
-                float sum = 0;
-                for (int p = 0; p < npos; p++) {
-                    scores[p] = expf(scores[p] - mx);
-                    sum += scores[p];
-                }
-                float inv = 1.0f / sum;
-                memset(oh, 0, (size_t)hd * sizeof(float));
-                for (int p = 0; p < npos; p++) {
-                    size_t slot =
-                        (size_t)table[p / d->block_size] * d->block_size + p % d->block_size;
-                    const float *vp = vc + slot * kv_dim + head_off;
-                    float wgt = scores[p] * inv;
-#pragma omp simd
-                    for (int i = 0; i < hd; i++)
-                        oh[i] += wgt * vp[i];
-                }
-            }
-        }
-        free(scores);
-    }
-    if (failed)
-        return tsr_error_set(TSR_ERR_NOMEM, "cpu: attention scratch allocation failed");
-    return TSR_OK;
+    return tsr_cpu_attention(out, q, kc, vc, d, tsr_isa_best());
 }
 
 static tsr_status cpu_swiglu(tsr_backend *b, void *outv, const void *gv, const void *uv, int n,

@@ -472,15 +472,29 @@ static tsr_status cuda_rope(tsr_backend *b, void *x, const int32_t *pos, const f
     return CU(c, tsr_cuda_rope(c->stream, c->act, x, pos, inv_freq, n, n_heads, head_dim, 0));
 }
 
-static tsr_status cuda_kv_store(tsr_backend *b, void *kc, void *vc, const void *k, const void *v,
-                                const int32_t *slot, int n, int kv_dim) {
+/* The CUDA kernels read and write a cache of the activation type only. */
+static tsr_status cuda_kv_dtype_check(const cuda_ctx *c, tsr_dtype cache_dtype) {
+    if (cache_dtype == c->act)
+        return TSR_OK;
+    return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                         "cuda: the KV cache holds the activation type (%s), not %s; "
+                         "--kv-dtype is for the CPU",
+                         tsr_dtype_name(c->act),
+                         tsr_dtype_name(cache_dtype) ? tsr_dtype_name(cache_dtype) : "?");
+}
+
+static tsr_status cuda_kv_store(tsr_backend *b, void *kc, void *vc, tsr_dtype cache_dtype,
+                                const void *k, const void *v, const int32_t *slot, int n,
+                                int kv_dim) {
     cuda_ctx *c = ctx_of(b);
+    TSR_TRY(cuda_kv_dtype_check(c, cache_dtype));
     return CU(c, tsr_cuda_kv_store(c->stream, c->act, kc, vc, k, v, slot, n, kv_dim));
 }
 
 static tsr_status cuda_attention(tsr_backend *b, void *out, const void *q, const void *kc,
                                  const void *vc, const tsr_attn_desc *d) {
     cuda_ctx *c = ctx_of(b);
+    TSR_TRY(cuda_kv_dtype_check(c, d->kv_dtype));
     if (d->head_dim > 256)
         return tsr_error_set(TSR_ERR_UNSUPPORTED,
                              "cuda: attention supports head_dim <= 256, not %d", d->head_dim);

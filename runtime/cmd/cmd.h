@@ -42,10 +42,11 @@ typedef struct {
     int max_tokens, min_tokens, ctx, threads, n_batch, verbose, ignore_eos;
     int have_ctx;
     int tp, pp;
-    /* --device, --comm, --act-dtype (-1: the device's default), --gpu (-1: by local rank) */
+    /* --device, --comm, --act-dtype, --weight-dtype, --kv-dtype (-1: the device's
+     * default), --gpu (-1: by local rank) */
     tsr_device device;
     tsr_comm_kind comm;
-    int act_dtype, weight_dtype, gpu;
+    int act_dtype, weight_dtype, kv_dtype, gpu;
     int pp_layers[256];
     int n_pp_layers;
     /* serve */

@@ -63,6 +63,7 @@ typedef enum {
     O_COMM,
     O_ACT_DTYPE,
     O_WEIGHT_DTYPE,
+    O_KV_DTYPE,
     O_GPU,
     O_DATA,
     O_OUT,
@@ -138,6 +139,7 @@ static const tsr_opt k_opts[] = {
     {"comm", O_COMM, 1, RUN, 0},
     {"act-dtype", O_ACT_DTYPE, 1, RUN, 0},
     {"weight-dtype", O_WEIGHT_DTYPE, 1, RUN, 0},
+    {"kv-dtype", O_KV_DTYPE, 1, RUN, 0},
     {"gpu", O_GPU, 1, RUN, 0},
     {"data", O_DATA, 1, CMD_TRAIN, 0},
     {"out", O_OUT, 1, CMD_TRAIN | CMD_MERGE_LORA, 0},
@@ -259,6 +261,13 @@ static int read_device(const tsr_opt_args *a, cmd_options *o) {
         }
         o->weight_dtype = wt[k].type;
     }
+    if ((v = a->val[O_KV_DTYPE])) {
+        if (strcmp(v, "f16") && strcmp(v, "f32")) {
+            PERR("tessera: --kv-dtype expects f16 or f32, got '%s'\n", v);
+            return -1;
+        }
+        o->kv_dtype = v[1] == '1' ? TSR_F16 : TSR_F32;
+    }
     return get_int(a, O_GPU, 0, 1023, &o->gpu);
 }
 
@@ -319,6 +328,7 @@ static void set_defaults(cmd_options *o) {
     o->comm = TSR_COMM_MPI;
     o->act_dtype = TSR_ENGINE_ACT_DEFAULT;
     o->weight_dtype = TSR_ENGINE_ACT_DEFAULT;
+    o->kv_dtype = TSR_ENGINE_ACT_DEFAULT;
     o->gpu = -1;
     o->batch_size = 8;
     o->lora_rank = 8;
@@ -442,6 +452,13 @@ static int check_values(cmd_options *o) {
         PERR("tessera: --weight-dtype f32 needs --act-dtype f32 (full-precision GEMMs)\n");
         return -1;
     }
+    if (o->device == TSR_DEVICE_CUDA && o->kv_dtype != TSR_ENGINE_ACT_DEFAULT &&
+        o->kv_dtype != (o->act_dtype == TSR_F32 ? TSR_F32 : TSR_BF16)) {
+        PERR("tessera: --kv-dtype %s needs --device cpu (CUDA's KV cache holds its activation "
+             "type)\n",
+             tsr_dtype_name(o->kv_dtype));
+        return -1;
+    }
     if (o->device == TSR_DEVICE_CPU && o->gpu >= 0) {
         PERR("tessera: --gpu needs --device cuda\n");
         return -1;
@@ -490,6 +507,7 @@ void cmd_device_config(const cmd_options *o, tsr_engine_config *ec) {
     ec->device = o->device;
     ec->act_dtype = o->act_dtype;
     ec->weight_dtype = o->weight_dtype;
+    ec->kv_dtype = o->kv_dtype;
     ec->gpu = o->gpu;
 }
 
@@ -534,6 +552,9 @@ void cmd_usage(FILE *f) {
           "                        reference path); q8_0|q4_0 quantize at load (safetensors\n"
           "                        models). CUDA: bf16 (default) or f32 (reference precision:\n"
           "                        full f32 GEMMs, needs --act-dtype f32)\n"
+          "  --kv-dtype f16|f32    KV cache elements on the CPU (default f16, half the bytes\n"
+          "                        per position; f32 is the reference). CUDA keeps its\n"
+          "                        activation type\n"
           "  --gpu N               CUDA device (default: local rank modulo the GPUs;\n"
           "                        with nccl, the local rank)\n"
           "  --ctx N               context length (generate: default min(model, 4096);\n"

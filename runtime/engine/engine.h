@@ -134,10 +134,16 @@ typedef struct {
      * CPU backend (tests/dist checks it gives the same answers). Slower;
      * ignored with NCCL. */
     int stage_host;
+    int kv_dtype; /* KV cache elements: TSR_ENGINE_ACT_DEFAULT (f16 on the CPU, the
+                     activation type on CUDA), TSR_F16 or TSR_F32 (CPU; CUDA refuses
+                     any type but its activations'): tsr_kv_cache_dtype */
 } tsr_engine_config;
 
 #define TSR_ENGINE_CONFIG_INIT                                                                     \
-    { 0, 1, 4096, 0, 16, 0, TSR_DEVICE_CPU, TSR_ENGINE_ACT_DEFAULT, TSR_ENGINE_ACT_DEFAULT, -1, 0 }
+    {                                                                                              \
+        0, 1, 4096, 0, 16, 0, TSR_DEVICE_CPU, TSR_ENGINE_ACT_DEFAULT, TSR_ENGINE_ACT_DEFAULT, -1,  \
+            0, TSR_ENGINE_ACT_DEFAULT                                                              \
+    }
 
 /* Adapter slots: the same on every rank, chosen by rank 0. */
 #define TSR_ENGINE_MAX_ADAPTERS 32

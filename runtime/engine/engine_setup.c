@@ -122,6 +122,14 @@ tsr_status tsr_engine_config_check(const tsr_engine_config *cfg, tsr_comm_kind k
     if (cfg->device == TSR_DEVICE_CUDA && wdt == TSR_F32 && act != TSR_F32)
         return tsr_error_set(TSR_ERR_INVALID,
                              "--weight-dtype f32 needs --act-dtype f32 (full-precision GEMMs)");
+    const int kvt = cfg->kv_dtype;
+    if (kvt != TSR_ENGINE_ACT_DEFAULT && kvt != TSR_F16 && kvt != TSR_F32)
+        return tsr_error_set(TSR_ERR_INVALID, "KV cache type %d: want f16 or f32", kvt);
+    if (cfg->device == TSR_DEVICE_CUDA && kvt != TSR_ENGINE_ACT_DEFAULT && kvt != act)
+        return tsr_error_set(TSR_ERR_INVALID,
+                             "--kv-dtype %s: on CUDA the KV cache holds the activation type (%s); "
+                             "--kv-dtype f16 is for --device cpu",
+                             tsr_dtype_name(kvt), tsr_dtype_name(act));
     if (cfg->gpu < -1)
         return tsr_error_set(TSR_ERR_INVALID, "GPU %d: want -1 (by local rank) or an index >= 0",
                              cfg->gpu);
@@ -254,10 +262,22 @@ tsr_status tsr_engine_init(tsr_engine *e, tsr_comm_grid *grid, const tsr_model_f
         /* the slices are copied out: the file's pages need not stay resident */
         tsr_model_file_drop_pages(mf);
     }
+    tsr_dtype kv_dtype = TSR_F32;
     if (st == TSR_OK)
-        st = tsr_kv_cache_init(&e->kv, e->be, e->slice.layer_end - e->slice.layer_begin,
+        st = tsr_kv_cache_dtype(e->be,
+                                e->cfg.kv_dtype == TSR_ENGINE_ACT_DEFAULT ? TSR_KV_DTYPE_DEFAULT
+                                                                          : e->cfg.kv_dtype,
+                                &kv_dtype);
+    if (st == TSR_OK)
+        st = tsr_kv_cache_init(&e->kv, e->be, kv_dtype, e->slice.layer_end - e->slice.layer_begin,
                                e->slice.n_kv_head * c->head_dim, bs, blocks, e->cfg.max_seqs,
                                e->cfg.max_ctx);
+    if (st == TSR_OK) {
+        const size_t per_pos = tsr_kv_cache_position_bytes(&e->kv);
+        TSR_LOG_I("KV cache %s: %d blocks of %d positions, %.1f KiB per position, %.1f MiB",
+                  tsr_dtype_name(kv_dtype), blocks, bs, per_pos / 1024.0,
+                  (double)per_pos * blocks * bs / (1024.0 * 1024.0));
+    }
     /* every rank learns whether all ranks loaded */
     tsr_status all = tsr_comm_agree(grid->world, st);
     if (st == TSR_OK && all != TSR_OK)

@@ -4,8 +4,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-tsr_status tsr_kv_cache_init(tsr_kv_cache *kv, tsr_backend *be, int n_layers, int kv_dim,
-                             int block_size, int n_blocks, int max_seqs, int max_ctx) {
+tsr_status tsr_kv_cache_dtype(const tsr_backend *be, int requested, tsr_dtype *out) {
+    const tsr_dtype act = tsr_backend_act_dtype(be);
+    const int cpu = tsr_backend_host_memory(be) && act == TSR_F32;
+    if (requested == TSR_KV_DTYPE_DEFAULT) {
+        *out = cpu ? TSR_F16 : act;
+        return TSR_OK;
+    }
+    if (requested == (int)act || (cpu && requested == TSR_F16)) {
+        *out = (tsr_dtype)requested;
+        return TSR_OK;
+    }
+    const char *name = tsr_dtype_name((tsr_dtype)requested);
+    if (cpu)
+        return tsr_error_set(TSR_ERR_UNSUPPORTED, "kv cache: the CPU keeps f16 or f32, not %s",
+                             name ? name : "?");
+    return tsr_error_set(TSR_ERR_UNSUPPORTED,
+                         "kv cache: the %s backend keeps its KV cache in its activation type (%s), "
+                         "not %s; --kv-dtype f16 is for the CPU",
+                         tsr_backend_name(be), tsr_dtype_name(act), name ? name : "?");
+}
+
+tsr_status tsr_kv_cache_init(tsr_kv_cache *kv, tsr_backend *be, tsr_dtype dtype, int n_layers,
+                             int kv_dim, int block_size, int n_blocks, int max_seqs, int max_ctx) {
     memset(kv, 0, sizeof *kv);
     if (n_layers < 0 || kv_dim <= 0 || block_size <= 0 || n_blocks <= 0 || max_seqs <= 0 ||
         max_ctx <= 0)
@@ -13,7 +34,11 @@ tsr_status tsr_kv_cache_init(tsr_kv_cache *kv, tsr_backend *be, int n_layers, in
                              "kv cache: bad sizes (%d layers, kv_dim %d, block size %d, %d blocks, "
                              "%d sequences, context %d; want all > 0, layers >= 0)",
                              n_layers, kv_dim, block_size, n_blocks, max_seqs, max_ctx);
+    if (dtype != TSR_F16 && dtype != TSR_BF16 && dtype != TSR_F32)
+        return tsr_error_set(TSR_ERR_INVALID, "kv cache: elements of f16, bf16 or f32, not %s (%d)",
+                             tsr_dtype_name(dtype) ? tsr_dtype_name(dtype) : "?", (int)dtype);
     kv->be = be;
+    kv->dtype = dtype;
     kv->n_layers = n_layers;
     kv->kv_dim = kv_dim;
     kv->block_size = block_size;
@@ -31,7 +56,7 @@ tsr_status tsr_kv_cache_init(tsr_kv_cache *kv, tsr_backend *be, int n_layers, in
         st = tsr_error_set(TSR_ERR_NOMEM, "kv cache: out of host memory");
         goto cleanup;
     }
-    size_t bytes = (size_t)n_blocks * block_size * kv_dim * tsr_backend_act_size(be);
+    size_t bytes = (size_t)n_blocks * block_size * kv_dim * tsr_dtype_block_bytes(dtype);
     for (int l = 0; l < n_layers; l++) {
         TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "the KV cache (K)", &kv->k[l]));
         TSR_CHECK_GOTO(st, tsr_backend_alloc(be, bytes, "the KV cache (V)", &kv->v[l]));
@@ -89,6 +114,10 @@ void tsr_kv_cache_release(tsr_kv_cache *kv, int seq) {
         t[b] = -1;
     }
     kv->n_seq_blocks[seq] = 0;
+}
+
+size_t tsr_kv_cache_position_bytes(const tsr_kv_cache *kv) {
+    return 2 * (size_t)kv->n_layers * kv->kv_dim * tsr_dtype_block_bytes(kv->dtype);
 }
 
 int tsr_kv_cache_used_blocks(const tsr_kv_cache *kv) { return kv->n_blocks - kv->n_free; }

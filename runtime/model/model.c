@@ -405,7 +405,7 @@ static tsr_status layer_forward(tsr_model *m, tsr_kv_cache *kv, int li, int n,
     OP(lora_add(m, li, TSR_LORA_V, w->v, w->h, n));
     OP(tsr_backend_rope(be, w->q, w->pos, m->inv_freq, n, m->slice.n_head, hd));
     OP(tsr_backend_rope(be, w->k, w->pos, m->inv_freq, n, m->slice.n_kv_head, hd));
-    OP(tsr_backend_kv_store(be, kv->k[li], kv->v[li], w->k, w->v, w->slot, n, kvd));
+    OP(tsr_backend_kv_store(be, kv->k[li], kv->v[li], kv->dtype, w->k, w->v, w->slot, n, kvd));
     OP(tsr_backend_attention(be, w->att, w->q, kv->k[li], kv->v[li], ad));
     OP(tsr_backend_matmul(be, w->tmp, w->att, &L->wo, n, 0));
     OP(lora_add(m, li, TSR_LORA_O, w->tmp, w->att, n)); /* a partial sum, as the matmul's */
@@ -627,6 +627,7 @@ static tsr_status forward_body(tsr_model *m, tsr_kv_cache *kv, const tsr_batch *
         .head_dim = c->head_dim,
         .block_size = kv->block_size,
         .max_blocks = kv->max_blocks,
+        .kv_dtype = kv->dtype,
         .scale = 1.0f / sqrtf((float)c->head_dim),
         .pos = w->pos,
         .seq = w->seq,

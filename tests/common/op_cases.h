@@ -213,6 +213,15 @@ static const opc_attn_case opc_attn_cases[] = {
     {2, 1, 64, 4, 0, 1, {0}, {1}, "first token", OPC_ON_REF},
     /* large scale: peaked softmax */
     {4, 2, 64, 4, 2.0f, 2, {7, 2}, {2, 3}, "peaked", OPC_ON_REF},
+    /* The CPU's blocked attention visits keys in blocks of 32 and tiles of
+     * 16 tokens: cases across several of each. head_dim 48 and 80 (not
+     * powers of two), 128; GQA 8/2, MQA, three sequences where one is a
+     * long prefill, a 700-position context. */
+    {8, 2, 48, 16, 0, 3, {40, 0, 65}, {1, 33, 30}, "hd48 blocks", OPC_ON_REF},
+    {4, 1, 80, 16, 0, 2, {100, 5}, {3, 40}, "hd80 mqa", OPC_ON_REF},
+    {9, 3, 128, 16, 0, 2, {0, 33}, {70, 2}, "hd128 prefill", OPC_ON_REF},
+    {9, 3, 64, 16, 0, 2, {690, 31}, {10, 1}, "long context", OPC_ON_REF},
+    {3, 3, 64, 8, 0.5f, 1, {0}, {100}, "prefill 100", OPC_ON_REF},
     /* n = 1 decode at position 599 */
     {9, 3, 64, 16, 0, 1, {599}, {1}, "decode", OPC_ON_CUDA},
     /* n = 37 prefill of a fresh sequence */

@@ -97,6 +97,10 @@ PPL_LIMIT = {"cuda ref": 1e-5, "cuda f32": 1e-3, "cuda bf16": 1e-2,
              "tp2 ref": 1e-5, "tp2 f32": 2e-3, "tp2 bf16": 1e-2,
              "pp2 ref": 1e-5, "pp2 f32": 1e-4, "pp2 bf16": 1e-4}
 
+# The CPU reference: f32 weights and an f32 KV cache (the CPU's defaults, the
+# file's quantized blocks and an f16 cache, round where CUDA does not).
+CPU_REF = ["--device", "cpu", "--weight-dtype", "f32", "--kv-dtype", "f32"]
+
 # The CUDA modes: activations f32 or bf16 over bf16 weights, and "ref", the
 # reference-precision mode (f32 weights and activations, full f32 GEMMs).
 MODES = {"ref": ["--act-dtype", "f32", "--weight-dtype", "f32"],
@@ -314,7 +318,7 @@ def main():
 
 
 def run_all(R, ngpu, mpiexec, text, compare, compare_ppl):
-    ppl_cpu, dt = R.perplexity(text, ["--device", "cpu"])
+    ppl_cpu, dt = R.perplexity(text, CPU_REF)
     print(f"perplexity, --ctx {PPL_CTX}: cpu {ppl_cpu:.4f} ({dt:.1f} s)")
     ppl = {}
     for act, flags in MODES.items():
@@ -323,7 +327,7 @@ def run_all(R, ngpu, mpiexec, text, compare, compare_ppl):
 
     cpu, cuda = {}, {act: {} for act in MODES}
     for i, p in enumerate(PROMPTS):
-        cpu[i], dt = R.generate(p, ["--device", "cpu"])
+        cpu[i], dt = R.generate(p, CPU_REF)
         print(f"prompt {i} {p[1]!r}\n  [cpu] ({dt:.1f} s): {cpu[i]!r}")
         for act, flags in MODES.items():
             cuda[act][i], dt = R.generate(p, ["--device", "cuda", *flags])

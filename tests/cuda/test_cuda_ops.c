@@ -486,7 +486,8 @@ static void store_tokens(ctx *c, const pbuf *kc, const pbuf *vc, float *const *K
     void *dslot[2];
     raw_new(c, slot, (size_t)n * sizeof *slot, dslot);
     for (int b = 0; b < 2; b++)
-        RUN_OK(c, c->be[b]->iface->kv_store(c->be[b], kc->p[b], vc->p[b], dk.p[b], dv.p[b],
+        RUN_OK(c, c->be[b]->iface->kv_store(c->be[b], kc->p[b], vc->p[b],
+                                            tsr_backend_act_dtype(c->be[b]), dk.p[b], dv.p[b],
                                             dslot[b], n, kv_dim));
     sync_both(c);
     pbuf_free(c, &dk);
@@ -555,6 +556,7 @@ static void test_attention_case(ctx *c, const opc_attn_case *ac) {
                     .head_dim = hd,
                     .block_size = bs,
                     .max_blocks = max_blocks,
+                    .kv_dtype = tsr_backend_act_dtype(c->be[b]), /* both caches: activations */
                     .scale = scale,
                     .pos = dpos[b],
                     .seq = dseq[b],

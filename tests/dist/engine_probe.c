@@ -4,6 +4,7 @@
  *
  *   mpirun -np N engine_probe [--stage-host] [--device cpu|cuda] [--comm mpi|nccl]
  *                             [--act-dtype f32|bf16] [--weight-dtype file|f32]
+ *                             [--kv-dtype f16|f32]
  *                             MODEL OUTDIR TP PP ID [ID ...]
  *
  * --stage-host sets tsr_engine_config.stage_host (activations through host
@@ -167,6 +168,8 @@ int main(int argc, char **argv) {
             ec.act_dtype = !strcmp(argv[++a], "bf16") ? TSR_BF16 : TSR_F32;
         } else if (!strcmp(argv[a], "--weight-dtype")) {
             ec.weight_dtype = !strcmp(argv[++a], "f32") ? TSR_F32 : TSR_ENGINE_ACT_DEFAULT;
+        } else if (!strcmp(argv[a], "--kv-dtype")) {
+            ec.kv_dtype = !strcmp(argv[++a], "f32") ? TSR_F32 : TSR_F16;
         } else if (!strcmp(argv[a], "--comm")) {
             if (tsr_comm_kind_parse(argv[++a], &gc.kind) != TSR_OK)
                 return die("--comm", rank);

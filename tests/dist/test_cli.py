@@ -2,8 +2,12 @@
 """`tessera` under mpirun: the same answers as one rank, and clean failures.
 
   * `mpirun -np 2 tessera generate --tp 2` and `-np 2 --pp 2` print exactly the
-    single-rank greedy answer, once (only rank 0 prints); `perplexity` under
-    --tp 3 matches one rank.
+    single-rank greedy answer, once (only rank 0 prints), on the exact path
+    (--weight-dtype f32 --kv-dtype f32: the default path rounds activations to 8
+    bits, so a tensor split's last-bit differences can flip a near-tie, as
+    tests/dist/test_layouts.py explains); on the default path --pp 2 prints
+    exactly one rank's answer too (a pipeline split adds no sum); `perplexity`
+    under --tp 3 matches one rank.
   * Misconfigurations end every rank with a non-zero exit within seconds and one
     message naming the numbers: tp*pp != ranks, an impossible head split (tp=4
     for 9 heads / 3 KV heads), the model missing on one rank.
@@ -95,7 +99,8 @@ def device_flags(tessera, mpiexec, gen, single):
 def main():
     tessera, mpiexec = sys.argv[1], sys.argv[2]
     model = default_model()
-    gen = ["generate", "--model", model, "--chat", QUESTION, "--max-tokens", "24"]
+    default = ["generate", "--model", model, "--chat", QUESTION, "--max-tokens", "24"]
+    gen = default + ["--weight-dtype", "f32", "--kv-dtype", "f32"]
 
     single, _ = run([tessera, *gen])
     check(single.returncode == 0, f"single rank failed: {single.stderr}")
@@ -106,6 +111,11 @@ def main():
         check(r.stdout == single.stdout,
               f"tp={tp} pp={pp} answer differs from one rank: {r.stdout!r} vs {single.stdout!r}")
         check(r.stderr.count("completion") == 1, f"statistics printed more than once:\n{r.stderr}")
+    one, _ = run([tessera, *default])
+    two, _ = run(mpi(mpiexec, 2) + [tessera, *default, "--pp", "2"])
+    print(f"default path, one rank and pp=2: {one.stdout.strip()!r}, {two.stdout.strip()!r}")
+    check(one.returncode == 0 and two.returncode == 0 and one.stdout == two.stdout,
+          f"default path: pp=2 answer differs from one rank: {two.stdout!r} vs {one.stdout!r}")
 
     device_flags(tessera, mpiexec, gen, single)
 

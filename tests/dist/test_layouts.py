@@ -3,8 +3,9 @@
 
 For (tp, pp) in (1,1), (2,1), (3,1), (1,2), (1,3), (2,2), (3,2) on the default
 model (9 heads / 3 KV heads, so tp=2 is the uneven 6+3 split), engine_probe runs
-under mpirun with --weight-dtype f32 (the reference path, whose results move only
-in the last bits when a sum is split) and writes what rank 0 sees. Every layout must
+under mpirun with --weight-dtype f32 --kv-dtype f32 (the reference path, whose
+results move only in the last bits when a sum is split; an f16 cache would round
+those last bits into whole f16 steps) and writes what rank 0 sees. Every layout must
 give:
   * logits of every prompt position within 1e-5 relative of (1,1);
   * the same 64 greedy tokens (argmax through the max-with-index all-reduce);
@@ -14,7 +15,7 @@ Per-rank peak RSS must fall as tp*pp grows (each rank holds ~1/(tp*pp) of the
 weights): the largest rank of (3,2) stays under 60% of (1,1).
 
 The default path (weights kept in their Q4_1/Q8_0 blocks, activations quantized to
-8 bits per block) runs (1,1), (1,2), (1,3), (2,1) and (2,2): a pipeline split adds no
+8 bits per block, an f16 KV cache) runs (1,1), (1,2), (1,3), (2,1) and (2,2): a pipeline split adds no
 sum, so (1,2) and (1,3) must give bitwise the logits and tokens of (1,1); a tensor split
 adds the row-parallel partial sums in another order, and rounding an activation to 8
 bits turns those last-bit differences into whole steps here and there (as any two
@@ -69,7 +70,8 @@ def main():
             os.makedirs(d)
             t0 = time.time()
             flags = (["--stage-host"] if stage else []) + \
-                ["--weight-dtype", "file" if kind == "q" else "f32"]
+                (["--weight-dtype", "file"] if kind == "q" else
+                 ["--weight-dtype", "f32", "--kv-dtype", "f32"])
             r = mpirun(mpiexec, tp * pp, [probe, *flags, model, d, str(tp), str(pp), *map(str, IDS)])
             if r.returncode != 0:
                 fail(f"{name}: engine_probe exited {r.returncode}\n{r.stdout}\n{r.stderr}")

@@ -127,7 +127,7 @@ def ref_logits(model, adapter, ids):
     return caught["logits"]
 
 
-F32 = ["--weight-dtype", "f32"]  # the reference path, for exact layout comparisons
+F32 = ["--weight-dtype", "f32", "--kv-dtype", "f32"]  # the reference path, for exact layout comparisons
 
 
 def generate(tessera, mpiexec, model, chat, adapter=None, np_=1, n=16, extra=()):

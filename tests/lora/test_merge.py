@@ -4,7 +4,9 @@
   (a) a random adapter (r = 4; q, v, o, down) on the default GGUF model merged
       into an f32 Hugging Face directory: its logits (dump_logits) equal the
       base's with --adapter (rel err <= 1e-4), greedy `tessera generate` text
-      is identical, and the files are what Hugging Face expects;
+      is identical on the reference path (--weight-dtype f32 --kv-dtype f32:
+      by default the GGUF keeps its blocks and rounds activations to 8 bits,
+      the f32 merge does not), and the files are what Hugging Face expects;
   (b) a B = 0 adapter merges to the base's logits;
   (c) --dtype bf16 writes BF16 tensors that load and stay close;
   (d) refusals: an adapter of the wrong shape, a missing adapter, a
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_adapter_generate import (  # noqa: E402
-    DEFAULT_MODEL, SKIP, check, dump, failures, generate, rel_err, run, write_adapter)
+    DEFAULT_MODEL, F32, SKIP, check, dump, failures, generate, rel_err, run, write_adapter)
 
 
 class Cfg:
@@ -85,8 +87,8 @@ def main():
         e = rel_err(merged, with_ad.astype(np.float64))
         check(e <= 1e-4, f"merged logits == base + adapter (rel err {e:.2e})")
         check(rel_err(base, with_ad.astype(np.float64)) > 1e-3, "the adapter changes the logits")
-        rc1, t1, e1 = generate(tessera, None, model, chat, adapter=ad)
-        rc2, t2, e2 = generate(tessera, None, out, chat)
+        rc1, t1, e1 = generate(tessera, None, model, chat, adapter=ad, extra=F32)
+        rc2, t2, e2 = generate(tessera, None, out, chat, extra=F32)
         check(rc1 == 0 and rc2 == 0 and t1 == t2 and t1.strip(),
               f"greedy text identical: {t1!r} vs {t2!r} {e2.strip()[-200:]}")
 

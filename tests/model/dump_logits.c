@@ -2,10 +2,13 @@
  * and writes the logits of every position as raw little-endian f32 (T, V),
  * for comparison with the NumPy reference.
  *
- *   dump_logits [--adapter DIR] MODEL OUT.f32 MODE ID [ID ...]
+ *   dump_logits [--adapter DIR] [--weights file|f32] [--kv-dtype f16|f32]
+ *               MODEL OUT.f32 MODE ID [ID ...]
  *
  * --adapter DIR applies a PEFT LoRA adapter directory (shard/peft.h) with
- * tsr_model_set_lora.
+ * tsr_model_set_lora. The reference path is the default: weights dequantized
+ * to f32 (--weights file keeps the file's blocks) and an f32 KV cache
+ * (--kv-dtype f16 takes the CPU engine's default cache).
  *
  * MODE: "prefill" (one batch), "decode" (one token per step) or "chunk:N"
  * (prefill in chunks of N). All modes must give the same logits. */
@@ -51,20 +54,26 @@ static int set_adapter(tsr_model *m, const char *dir, tsr_lora_adapter *ad) {
 
 int main(int argc, char **argv) {
     const char *adapter = NULL;
-    int weights = TSR_F32; /* the reference path unless --weights file */
-    while (argc > 2 && (!strcmp(argv[1], "--adapter") || !strcmp(argv[1], "--weights"))) {
+    int weights = TSR_F32;        /* the reference path unless --weights file */
+    tsr_dtype kv_dtype = TSR_F32; /* and unless --kv-dtype f16 */
+    while (argc > 2 && (!strcmp(argv[1], "--adapter") || !strcmp(argv[1], "--weights") ||
+                        !strcmp(argv[1], "--kv-dtype"))) {
         if (!strcmp(argv[1], "--adapter"))
             adapter = argv[2];
-        else if (!strcmp(argv[2], "file"))
+        else if (!strcmp(argv[1], "--kv-dtype") && !strcmp(argv[2], "f16"))
+            kv_dtype = TSR_F16;
+        else if (!strcmp(argv[1], "--kv-dtype") && strcmp(argv[2], "f32"))
+            return fprintf(stderr, "dump_logits: --kv-dtype f16|f32\n"), 2;
+        else if (!strcmp(argv[1], "--weights") && !strcmp(argv[2], "file"))
             weights = TSR_MODEL_WEIGHTS_FILE;
-        else if (strcmp(argv[2], "f32"))
+        else if (!strcmp(argv[1], "--weights") && strcmp(argv[2], "f32"))
             return fprintf(stderr, "dump_logits: --weights file|f32\n"), 2;
         argv += 2;
         argc -= 2;
     }
     if (argc < 5) {
-        fprintf(stderr, "usage: dump_logits [--adapter DIR] [--weights file|f32] MODEL OUT.f32 "
-                        "prefill|decode|chunk:N ID...\n");
+        fprintf(stderr, "usage: dump_logits [--adapter DIR] [--weights file|f32] [--kv-dtype "
+                        "f16|f32] MODEL OUT.f32 prefill|decode|chunk:N ID...\n");
         return 2;
     }
     int n = argc - 4, chunk = n;
@@ -95,8 +104,8 @@ int main(int argc, char **argv) {
     if (adapter && set_adapter(&m, adapter, &ad))
         return 1;
     int bs = 16, ctx = (n + bs - 1) / bs * bs;
-    if (tsr_kv_cache_init(&kv, be, c->n_layer, c->n_head_kv * c->head_dim, bs, ctx / bs, 1, ctx) !=
-            TSR_OK ||
+    if (tsr_kv_cache_init(&kv, be, kv_dtype, c->n_layer, c->n_head_kv * c->head_dim, bs, ctx / bs,
+                          1, ctx) != TSR_OK ||
         tsr_kv_cache_reserve(&kv, 0, n) != TSR_OK)
         return die("kv cache");
     size_t V = (size_t)c->n_vocab;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end `tessera generate` / `tokenize` / `perplexity` on the default model.
 
-  * With --weight-dtype f32 (the reference path), the greedy chat answer to the
+  * With --weight-dtype f32 --kv-dtype f32 (the reference path), the greedy chat answer to the
     France question names Paris, and its tokens equal the NumPy reference's greedy
     tokens.
   * The default path (weights in their blocks, activations rounded to 8 bits as
@@ -43,7 +43,7 @@ def main():
     tessera = sys.argv[1]
     model = default_model()
 
-    out, err = gen(tessera, model, "--weight-dtype", "f32", "--chat", QUESTION,
+    out, err = gen(tessera, model, "--weight-dtype", "f32", "--kv-dtype", "f32", "--chat", QUESTION,
                    "--max-tokens", "32")
     print("chat answer (f32):", repr(out))
     check("Paris" in out, f"the answer does not name Paris: {out!r}")
@@ -62,7 +62,7 @@ def main():
     check(out.strip().startswith(ref_text.strip()[:20]),
           f"greedy output {out!r} differs from the reference {ref_text!r}")
 
-    again, _ = gen(tessera, model, "--weight-dtype", "f32", "--chat", QUESTION,
+    again, _ = gen(tessera, model, "--weight-dtype", "f32", "--kv-dtype", "f32", "--chat", QUESTION,
                    "--max-tokens", "32")
     check(again == out, "greedy generation is not deterministic")
 

@@ -3,9 +3,10 @@
  *
  * Ops: matmul (n = 1 takes the gemv path, n > 1 gemm; plain and
  * accumulate), rmsnorm (also in place), rope (large positions, several
- * heads), kv_store + paged attention (GQA, scrambled block tables, two
- * sequences of different lengths in one batch, chunks continuing an existing
- * cache), swiglu (also out = gate), add, add_bias, embedding (row0 offset,
+ * heads), kv_store + paged attention with an f32 and an f16 cache (GQA,
+ * scrambled block tables, several sequences of different lengths in one
+ * batch, chunks continuing an existing cache, head dims 5 to 128, contexts
+ * over many key blocks up to 700 positions), swiglu (also out = gate), add, add_bias, embedding (row0 offset,
  * rows outside the table give zeros). Every output buffer carries a guard
  * tail that must survive, outputs start as NaN so unwritten elements show,
  * and unused KV cache slots hold NaN so reading one poisons the result.
@@ -266,24 +267,129 @@ static void test_rope(tsr_backend *be) {
 
 /* ---- kv_store + paged attention ----------------------------------------------------- */
 
-static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case *ac) {
+/* A KV cache buffer of n elements of `t` (f32 or f16) that starts as NaN,
+ * followed by a guard tail. */
+typedef struct {
+    void *p;
+    size_t n;
+    tsr_dtype t;
+} cbuf;
+
+/* What the cache holds for value x: x itself, or x rounded to f16. */
+static float cache_value(tsr_dtype t, float x) {
+    return t == TSR_F16 ? tsr_f16_to_f32(tsr_f32_to_f16(x)) : x;
+}
+
+static size_t cbuf_elt(tsr_dtype t) { return t == TSR_F16 ? 2 : 4; }
+
+static cbuf cbuf_new(tsr_backend *be, tsr_dtype t, size_t n) {
+    cbuf c = {NULL, n, t};
+    const size_t e = cbuf_elt(t);
+    unsigned char *tmp = tu_xmalloc((n + GUARD) * e);
+    for (size_t i = 0; i < n + GUARD; i++) {
+        const float f = i < n ? NAN : GUARD_VALUE;
+        if (t == TSR_F16) {
+            const uint16_t h = tsr_f32_to_f16(f);
+            memcpy(tmp + i * e, &h, e);
+        } else {
+            memcpy(tmp + i * e, &f, e);
+        }
+    }
+    c.p = dev_raw(be, tmp, (n + GUARD) * e);
+    free(tmp);
+    return c;
+}
+
+/* The cache's n elements as f32 (f16 widened exactly); checks the guard. */
+static void cbuf_read(tsr_backend *be, const cbuf *c, float *out, const char *what) {
+    const size_t e = cbuf_elt(c->t);
+    unsigned char *tmp = tu_xmalloc((c->n + GUARD) * e);
+    CHECK_OK(be->iface->to_host(be, tmp, c->p, (c->n + GUARD) * e));
+    for (size_t i = 0; i < c->n + GUARD; i++) {
+        float f;
+        if (c->t == TSR_F16) {
+            uint16_t h;
+            memcpy(&h, tmp + i * e, e);
+            f = tsr_f16_to_f32(h);
+        } else {
+            memcpy(&f, tmp + i * e, e);
+        }
+        if (i < c->n)
+            out[i] = f;
+        else
+            CHECK(f == cache_value(c->t, GUARD_VALUE),
+                  "%s wrote past the cache (element %zu of %zu)", what, i, c->n);
+    }
+    free(tmp);
+}
+
+/* want(n, q_dim): the attention of each token over K, V (by sequence and
+ * position), in double. */
+static void attention_ref(const opc_attn_case *ac, float *const *K, float *const *V, const float *q,
+                          const int32_t *seq, const int32_t *pos, int n, float scale,
+                          double *want) {
+    const int hd = ac->head_dim, kv_dim = ac->n_kv * hd, q_dim = ac->n_head * hd;
+    const int group = ac->n_head / ac->n_kv;
+    int max_pos = 0;
+    for (int i = 0; i < n; i++)
+        max_pos = pos[i] > max_pos ? pos[i] : max_pos;
+    double *sc = tu_xmalloc(((size_t)max_pos + 1) * sizeof *sc);
+    for (int i = 0; i < n; i++) {
+        int s = seq[i], np = pos[i] + 1;
+        for (int h = 0; h < ac->n_head; h++) {
+            const float *qh = q + (size_t)i * q_dim + (size_t)h * hd;
+            size_t ko = (size_t)(h / group) * hd;
+            double mx = -INFINITY, sum = 0;
+            for (int p = 0; p < np; p++) {
+                double dot = 0;
+                for (int j = 0; j < hd; j++)
+                    dot += (double)qh[j] * K[s][(size_t)p * kv_dim + ko + j];
+                sc[p] = dot * scale;
+                mx = fmax(mx, sc[p]);
+            }
+            for (int p = 0; p < np; p++)
+                sum += (sc[p] = exp(sc[p] - mx));
+            for (int j = 0; j < hd; j++) {
+                double o = 0;
+                for (int p = 0; p < np; p++)
+                    o += sc[p] / sum * V[s][(size_t)p * kv_dim + ko + j];
+                want[(size_t)i * q_dim + (size_t)h * hd + j] = o;
+            }
+        }
+    }
+    free(sc);
+}
+
+/* One case with the cache in `kt` (f32 or f16): kv_store writes exactly the
+ * tokens' slots (f16: each value rounded to nearest even, as tsr_f32_to_f16),
+ * and attention matches the double loop over the values the cache holds
+ * within the op's f32 tolerance; with f16 it also stays within f16's
+ * rounding of the unrounded K and V. */
+static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case *ac, tsr_dtype kt) {
     const int hd = ac->head_dim, bs = ac->block_size, S = ac->n_seqs;
-    const int kv_dim = ac->n_kv * hd, q_dim = ac->n_head * hd, group = ac->n_head / ac->n_kv;
+    const int kv_dim = ac->n_kv * hd, q_dim = ac->n_head * hd;
     const float scale = ac->scale > 0 ? ac->scale : 1.0f / sqrtf((float)hd);
     opc_attn_layout L;
     opc_attn_layout_init(&L, ac, r);
     const int *len = L.len, n_blocks = L.n_blocks, max_blocks = L.max_blocks;
     const int32_t *tables = L.tables;
 
-    /* Host K/V by (sequence, position). */
-    float *K[OPC_MAX_SEQS], *V[OPC_MAX_SEQS];
+    /* Host K/V by (sequence, position), as given and as the cache holds them. */
+    float *K[OPC_MAX_SEQS], *V[OPC_MAX_SEQS], *Kc[OPC_MAX_SEQS], *Vc[OPC_MAX_SEQS];
     for (int s = 0; s < S; s++) {
-        K[s] = rand_vec(r, (size_t)len[s] * kv_dim, -1, 1);
-        V[s] = rand_vec(r, (size_t)len[s] * kv_dim, -1, 1);
+        const size_t m = (size_t)len[s] * kv_dim;
+        K[s] = rand_vec(r, m, -1, 1);
+        V[s] = rand_vec(r, m, -1, 1);
+        Kc[s] = tu_xmalloc(m * sizeof *Kc[s]);
+        Vc[s] = tu_xmalloc(m * sizeof *Vc[s]);
+        for (size_t i = 0; i < m; i++) {
+            Kc[s][i] = cache_value(kt, K[s][i]);
+            Vc[s][i] = cache_value(kt, V[s][i]);
+        }
     }
     /* The cache starts as NaN: a read of any slot not written poisons. */
     size_t cache_n = (size_t)n_blocks * bs * kv_dim;
-    dbuf kc = dbuf_new(be, NULL, cache_n), vc = dbuf_new(be, NULL, cache_n);
+    cbuf kc = cbuf_new(be, kt, cache_n), vc = cbuf_new(be, kt, cache_n);
 
     /* Two batches: the prior positions (in shuffled order), then the new
      * tokens (interleaved across sequences). Each is (seq, pos) pairs. */
@@ -302,25 +408,26 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case 
         }
         dbuf dk = dbuf_new(be, kb, (size_t)n * kv_dim), dv = dbuf_new(be, vb, (size_t)n * kv_dim);
         void *dslot = dev_raw(be, slot, (size_t)n * sizeof *slot);
-        CHECK_OK(be->iface->kv_store(be, kc.p, vc.p, dk.p, dv.p, dslot, n, kv_dim));
+        CHECK_OK(be->iface->kv_store(be, kc.p, vc.p, kt, dk.p, dv.p, dslot, n, kv_dim));
 
         if (phase == 1) {
             /* kv_store wrote exactly the slots of every stored position. */
             float *kback = tu_xmalloc(cache_n * sizeof *kback),
                   *vback = tu_xmalloc(cache_n * sizeof *vback);
-            dbuf_read(be, &kc, kback, "kv_store (K)");
-            dbuf_read(be, &vc, vback, "kv_store (V)");
+            cbuf_read(be, &kc, kback, "kv_store (K)");
+            cbuf_read(be, &vc, vback, "kv_store (V)");
             char *owned = calloc((size_t)n_blocks * bs, 1);
             CHECK(owned, "calloc");
             for (int s = 0; s < S; s++)
                 for (int p = 0; p < len[s]; p++) {
                     size_t sl = (size_t)opc_attn_slot(&L, ac, s, p);
                     owned[sl] = 1;
-                    CHECK(!memcmp(kback + sl * kv_dim, K[s] + (size_t)p * kv_dim,
+                    CHECK(!memcmp(kback + sl * kv_dim, Kc[s] + (size_t)p * kv_dim,
                                   (size_t)kv_dim * sizeof(float)) &&
-                              !memcmp(vback + sl * kv_dim, V[s] + (size_t)p * kv_dim,
+                              !memcmp(vback + sl * kv_dim, Vc[s] + (size_t)p * kv_dim,
                                       (size_t)kv_dim * sizeof(float)),
-                          "kv_store: seq %d pos %d (slot %zu) holds the wrong row", s, p, sl);
+                          "kv_store %s: seq %d pos %d (slot %zu) holds the wrong row",
+                          tsr_dtype_name(kt), s, p, sl);
                 }
             for (size_t sl = 0; sl < (size_t)n_blocks * bs; sl++)
                 if (!owned[sl])
@@ -343,6 +450,7 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case 
                 .head_dim = hd,
                 .block_size = bs,
                 .max_blocks = max_blocks,
+                .kv_dtype = kt,
                 .scale = scale,
                 .pos = dpos,
                 .seq = dseq,
@@ -352,63 +460,48 @@ static void test_attention_case(tsr_backend *be, tu_rng *r, const opc_attn_case 
             float *got = tu_xmalloc((size_t)n * q_dim * sizeof *got);
             dbuf_read(be, &dout, got, "attention");
             double *want = tu_xmalloc((size_t)n * q_dim * sizeof *want);
-            int max_len = 0;
-            for (int s = 0; s < S; s++)
-                max_len = len[s] > max_len ? len[s] : max_len;
-            double *sc = tu_xmalloc((size_t)max_len * sizeof *sc);
-            for (int i = 0; i < n; i++) {
-                int s = seq[i], np = pos[i] + 1;
-                for (int h = 0; h < ac->n_head; h++) {
-                    const float *qh = q + (size_t)i * q_dim + (size_t)h * hd;
-                    size_t ko = (size_t)(h / group) * hd;
-                    double mx = -INFINITY, sum = 0;
-                    for (int p = 0; p < np; p++) {
-                        double dot = 0;
-                        for (int j = 0; j < hd; j++)
-                            dot += (double)qh[j] * K[s][(size_t)p * kv_dim + ko + j];
-                        sc[p] = dot * scale;
-                        mx = fmax(mx, sc[p]);
-                    }
-                    for (int p = 0; p < np; p++)
-                        sum += (sc[p] = exp(sc[p] - mx));
-                    for (int j = 0; j < hd; j++) {
-                        double o = 0;
-                        for (int p = 0; p < np; p++)
-                            o += sc[p] / sum * V[s][(size_t)p * kv_dim + ko + j];
-                        want[(size_t)i * q_dim + (size_t)h * hd + j] = o;
-                    }
-                }
-            }
-            char what[128];
+            char what[160];
             snprintf(what, sizeof what,
-                     "attention %s: heads=%d kv_heads=%d head_dim=%d block=%d seqs=%d", ac->label,
-                     ac->n_head, ac->n_kv, hd, bs, S);
+                     "attention %s (%s cache): heads=%d kv_heads=%d head_dim=%d block=%d seqs=%d",
+                     ac->label, tsr_dtype_name(kt), ac->n_head, ac->n_kv, hd, bs, S);
             /* V is in [-1, 1]: tolerance relative to that scale. */
+            attention_ref(ac, Kc, Vc, q, seq, pos, n, scale, want);
             CHECK_CLOSE(what, got, want, (size_t)n * q_dim, RTOL(OPC_ATTENTION), NULL, 1.0);
+            if (kt == TSR_F16) {
+                /* f16 keeps 11 significant bits: K and V move by up to 2^-12
+                 * relative, a score by about that times sum |q k| * scale. */
+                attention_ref(ac, K, V, q, seq, pos, n, scale, want);
+                snprintf(what, sizeof what, "attention %s (f16 cache vs unrounded K, V)",
+                         ac->label);
+                CHECK_CLOSE(what, got, want, (size_t)n * q_dim, 1e-2, NULL, 1.0);
+            }
             dbuf_free(be, &dq);
             dbuf_free(be, &dout);
             tsr_backend_free(be, dpos);
             tsr_backend_free(be, dseq);
             tsr_backend_free(be, dtab);
-            free(q), free(got), free(want), free(sc);
+            free(q), free(got), free(want);
         }
         dbuf_free(be, &dk);
         dbuf_free(be, &dv);
         tsr_backend_free(be, dslot);
         free(seq), free(pos), free(slot), free(kb), free(vb);
     }
-    dbuf_free(be, &kc);
-    dbuf_free(be, &vc);
+    tsr_backend_free(be, kc.p);
+    tsr_backend_free(be, vc.p);
     for (int s = 0; s < S; s++)
-        free(K[s]), free(V[s]);
+        free(K[s]), free(V[s]), free(Kc[s]), free(Vc[s]);
     opc_attn_layout_free(&L);
 }
 
 static void test_attention(tsr_backend *be) {
-    tu_rng rng = opc_rng(OPC_ATTENTION), *r = &rng;
-    for (size_t c = 0; c < OPC_LEN(opc_attn_cases); c++)
-        if (opc_attn_cases[c].on & OPC_ON_REF)
-            test_attention_case(be, r, &opc_attn_cases[c]);
+    static const tsr_dtype types[] = {TSR_F32, TSR_F16};
+    for (size_t t = 0; t < OPC_LEN(types); t++) {
+        tu_rng rng = opc_rng(OPC_ATTENTION), *r = &rng;
+        for (size_t c = 0; c < OPC_LEN(opc_attn_cases); c++)
+            if (opc_attn_cases[c].on & OPC_ON_REF)
+                test_attention_case(be, r, &opc_attn_cases[c], types[t]);
+    }
 }
 
 /* ---- elementwise ops ---------------------------------------------------------------- */

@@ -5,7 +5,9 @@
  * every block; running out of blocks or past max_ctx is TSR_ERR_RANGE with the
  * slot (and the free list) unchanged; slots map positions to distinct cache
  * rows; a seeded random workload keeps the bookkeeping consistent; the
- * device storage really has n_blocks * block_size rows of kv_dim per layer.
+ * device storage really has n_blocks * block_size rows of kv_dim per layer,
+ * in the element type asked for (f16 rows are half as long); the CPU's
+ * cache type is f16 by default, f32 on request, anything else refused.
  * Exits 0 on success, 1 with a message at the first failure. */
 #include "runtime/model/kv_cache.h"
 
@@ -93,12 +95,12 @@ static int same(const tsr_kv_cache *kv, snapshot *s) {
 
 static void test_init(tsr_backend *be) {
     tsr_kv_cache kv;
-    CHECK_ERR(tsr_kv_cache_init(&kv, be, 2, 0, 4, 10, 2, 16), TSR_ERR_INVALID, "");
-    CHECK_ERR(tsr_kv_cache_init(&kv, be, 2, 8, 0, 10, 2, 16), TSR_ERR_INVALID, "");
-    CHECK_ERR(tsr_kv_cache_init(&kv, be, 2, 8, 4, 0, 2, 16), TSR_ERR_INVALID, "");
-    CHECK_ERR(tsr_kv_cache_init(&kv, be, 2, 8, 4, 10, 0, 16), TSR_ERR_INVALID, "");
-    CHECK_ERR(tsr_kv_cache_init(&kv, be, 2, 8, 4, 10, 2, 0), TSR_ERR_INVALID, "");
-    CHECK_ERR(tsr_kv_cache_init(&kv, be, -1, 8, 4, 10, 2, 16), TSR_ERR_INVALID, "");
+    CHECK_ERR(tsr_kv_cache_init(&kv, be, TSR_F32, 2, 0, 4, 10, 2, 16), TSR_ERR_INVALID, "");
+    CHECK_ERR(tsr_kv_cache_init(&kv, be, TSR_F32, 2, 8, 0, 10, 2, 16), TSR_ERR_INVALID, "");
+    CHECK_ERR(tsr_kv_cache_init(&kv, be, TSR_F32, 2, 8, 4, 0, 2, 16), TSR_ERR_INVALID, "");
+    CHECK_ERR(tsr_kv_cache_init(&kv, be, TSR_F32, 2, 8, 4, 10, 0, 16), TSR_ERR_INVALID, "");
+    CHECK_ERR(tsr_kv_cache_init(&kv, be, TSR_F32, 2, 8, 4, 10, 2, 0), TSR_ERR_INVALID, "");
+    CHECK_ERR(tsr_kv_cache_init(&kv, be, TSR_F32, -1, 8, 4, 10, 2, 16), TSR_ERR_INVALID, "");
     tsr_kv_cache_free(&kv); /* zeroed by the failed init: safe */
     tsr_kv_cache_free(NULL);
 
@@ -107,7 +109,7 @@ static void test_init(tsr_backend *be) {
         int bs, max_ctx, want;
     } mb[] = {{4, 16, 4}, {4, 17, 5}, {4, 1, 1}, {1, 7, 7}, {16, 15, 1}};
     for (size_t i = 0; i < sizeof mb / sizeof mb[0]; i++) {
-        CHECK_OK(tsr_kv_cache_init(&kv, be, 1, 8, mb[i].bs, 10, 3, mb[i].max_ctx));
+        CHECK_OK(tsr_kv_cache_init(&kv, be, TSR_F32, 1, 8, mb[i].bs, 10, 3, mb[i].max_ctx));
         CHECK(kv.max_blocks == mb[i].want, "block %d ctx %d: max_blocks %d, want %d", mb[i].bs,
               mb[i].max_ctx, kv.max_blocks, mb[i].want);
         CHECK(tsr_kv_cache_used_blocks(&kv) == 0 && kv.n_free == 10, "fresh cache not empty");
@@ -122,7 +124,7 @@ static void test_init(tsr_backend *be) {
 static void test_storage(tsr_backend *be, tu_rng *r) {
     tsr_kv_cache kv;
     const int layers = 3, kv_dim = 24, bs = 4, nb = 5;
-    CHECK_OK(tsr_kv_cache_init(&kv, be, layers, kv_dim, bs, nb, 2, 12));
+    CHECK_OK(tsr_kv_cache_init(&kv, be, TSR_F32, layers, kv_dim, bs, nb, 2, 12));
     size_t n = (size_t)nb * bs * kv_dim;
     float *h = tu_xmalloc(n * sizeof *h), *back = tu_xmalloc(n * sizeof *back);
     for (int l = 0; l < layers; l++) {
@@ -143,10 +145,41 @@ static void test_storage(tsr_backend *be, tu_rng *r) {
     tsr_kv_cache_free(&kv);
 }
 
+/* Element types: the CPU's choice and an f16 cache's smaller rows. */
+static void test_dtype(tsr_backend *be) {
+    tsr_dtype t = TSR_Q8_0;
+    CHECK_OK(tsr_kv_cache_dtype(be, TSR_KV_DTYPE_DEFAULT, &t));
+    CHECK(t == TSR_F16, "the CPU's default KV cache type is %s, want f16", tsr_dtype_name(t));
+    CHECK_OK(tsr_kv_cache_dtype(be, TSR_F32, &t));
+    CHECK(t == TSR_F32, "--kv-dtype f32 gave %s", tsr_dtype_name(t));
+    CHECK_OK(tsr_kv_cache_dtype(be, TSR_F16, &t));
+    CHECK(t == TSR_F16, "--kv-dtype f16 gave %s", tsr_dtype_name(t));
+    CHECK_ERR(tsr_kv_cache_dtype(be, TSR_BF16, &t), TSR_ERR_UNSUPPORTED, "bf16");
+    CHECK_ERR(tsr_kv_cache_dtype(be, TSR_Q8_0, &t), TSR_ERR_UNSUPPORTED, "q8_0");
+
+    tsr_kv_cache kv;
+    CHECK_ERR(tsr_kv_cache_init(&kv, be, TSR_Q8_0, 2, 8, 4, 10, 2, 16), TSR_ERR_INVALID, "q8_0");
+    const int layers = 2, kv_dim = 24, bs = 4, nb = 5;
+    CHECK_OK(tsr_kv_cache_init(&kv, be, TSR_F16, layers, kv_dim, bs, nb, 2, 12));
+    CHECK(kv.dtype == TSR_F16, "dtype not kept");
+    CHECK(tsr_kv_cache_position_bytes(&kv) == (size_t)2 * layers * kv_dim * 2,
+          "f16: %zu bytes per position", tsr_kv_cache_position_bytes(&kv));
+    const size_t n = (size_t)nb * bs * kv_dim;
+    for (int l = 0; l < layers; l++) { /* every f16 row is there (ASan sees an undersized one) */
+        memset(kv.k[l], 0x3c, n * sizeof(uint16_t));
+        memset(kv.v[l], 0x3c, n * sizeof(uint16_t));
+    }
+    tsr_kv_cache_free(&kv);
+    CHECK_OK(tsr_kv_cache_init(&kv, be, TSR_F32, layers, kv_dim, bs, nb, 2, 12));
+    CHECK(tsr_kv_cache_position_bytes(&kv) == (size_t)2 * layers * kv_dim * 4,
+          "f32: %zu bytes per position", tsr_kv_cache_position_bytes(&kv));
+    tsr_kv_cache_free(&kv);
+}
+
 static void test_reserve_release(tsr_backend *be) {
     tsr_kv_cache kv;
     /* 10 blocks of 4, 3 slots, max_ctx 18 -> 5 blocks per slot */
-    CHECK_OK(tsr_kv_cache_init(&kv, be, 2, 8, 4, 10, 3, 18));
+    CHECK_OK(tsr_kv_cache_init(&kv, be, TSR_F32, 2, 8, 4, 10, 3, 18));
     CHECK(kv.max_blocks == 5, "max_blocks");
 
     CHECK_OK(tsr_kv_cache_reserve(&kv, 0, 0));
@@ -230,7 +263,7 @@ static void test_max_ctx(tsr_backend *be) {
     /* max_ctx 18 with blocks of 4: 5 blocks hold 20 positions, but a sequence
      * may only have 18 (the header: "TSR_ERR_RANGE when ... n_pos exceeds
      * max_ctx"). Plenty of blocks, so only the context limit can refuse. */
-    CHECK_OK(tsr_kv_cache_init(&kv, be, 1, 8, 4, 40, 2, 18));
+    CHECK_OK(tsr_kv_cache_init(&kv, be, TSR_F32, 1, 8, 4, 40, 2, 18));
     CHECK_OK(tsr_kv_cache_reserve(&kv, 0, 18));
     CHECK(kv.n_seq_blocks[0] == 5, "18 positions");
     CHECK_REFUSED(&kv, tsr_kv_cache_reserve(&kv, 0, 21), TSR_ERR_RANGE, "context");
@@ -248,7 +281,7 @@ static void test_max_ctx(tsr_backend *be) {
 static void test_random(tsr_backend *be, tu_rng *r) {
     tsr_kv_cache kv;
     const int slots = 5, bs = 3, ctx = 42; /* whole blocks (see test_max_ctx) */
-    CHECK_OK(tsr_kv_cache_init(&kv, be, 1, 4, bs, 23, slots, ctx));
+    CHECK_OK(tsr_kv_cache_init(&kv, be, TSR_F32, 1, 4, bs, 23, slots, ctx));
     int len[5] = {0};
     for (int it = 0; it < 3000; it++) {
         int s = (int)tu_rng_below(r, (uint64_t)slots);
@@ -284,9 +317,10 @@ int main(void) {
     tu_rng r = {0x6b7663616368ull};
     test_init(be);
     test_storage(be, &r);
+    test_dtype(be);
     test_reserve_release(be);
     test_random(be, &r);
-    printf("  init, storage, reserve/release, random workload ok\n");
+    printf("  init, storage, element types, reserve/release, random workload ok\n");
     test_max_ctx(be);
     printf("  context limit ok\n");
     tsr_backend_destroy(be);
