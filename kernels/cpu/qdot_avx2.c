@@ -169,14 +169,19 @@ static inline __m256 blk_q5_1(const uint8_t *p, const tsr_q8a *a, __m256 acc, __
     return fmadd_lanes(sc, QDOT_DPBUSD(q, load32(a->qs)), acc);
 }
 
-static inline __m256 blk_iq4_nl(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
-    (void)e;
+/* The IQ4_NL block's 32 values (signed bytes) from its nibbles at p. */
+static inline __m256i iq4_nl_values(const uint8_t *p) {
     /* the format's 16 values, in both 128-bit lanes for the byte shuffle */
     const __m256i values =
         _mm256_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
                          -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
-    const __m256i w = _mm256_shuffle_epi8(values, nibbles(p + 2));
-    return _mm256_fmadd_ps(scale8_d(p, a), _mm256_cvtepi32_ps(dot_signed(w, load32(a->qs))), acc);
+    return _mm256_shuffle_epi8(values, nibbles(p));
+}
+
+static inline __m256 blk_iq4_nl(const uint8_t *p, const tsr_q8a *a, __m256 acc, __m128 *e) {
+    (void)e;
+    return _mm256_fmadd_ps(
+        scale8_d(p, a), _mm256_cvtepi32_ps(dot_signed(iq4_nl_values(p + 2), load32(a->qs))), acc);
 }
 
 /* The row loop: two blocks per iteration into two accumulators, then the
@@ -273,12 +278,7 @@ QDOTN_INLINE __m256i block_values(int f, const uint8_t *p) {
     case F_Q4_1: return nibbles(p + 4);
     case F_Q5_0: return add_fifth_bits(nibbles(p + 6), p + 2);
     case F_Q5_1: return add_fifth_bits(nibbles(p + 8), p + 4);
-    default: {
-        const __m256i values = _mm256_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25,
-                                                38, 53, 69, 89, 113, -127, -104, -83, -65, -49, -35,
-                                                -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
-        return _mm256_shuffle_epi8(values, nibbles(p + 2));
-    }
+    default: return iq4_nl_values(p + 2);
     }
 }
 
