@@ -270,8 +270,9 @@ def main():
     if rows:
         ll = rows[0]["llama.cpp"]
         print(f"llama.cpp's RSS includes the Python interpreter ({ll['python_baseline_rss_mib']:.0f} "
-              f"MiB before llama_cpp is imported); its load time is an mmap, Tessera's dequantizes "
-              f"every weight to f32.")
+              f"MiB before llama_cpp is imported); its load is an mmap with repacking, Tessera's "
+              f"copies each rank's blocks out of the mmap (a CUDA-enabled build also maps the "
+              f"CUDA libraries: measure RSS with -DTESSERA_CUDA=OFF).")
         print(f"llama.cpp CPU features: {ll['system_info'].strip()}")
 
 
