@@ -526,6 +526,10 @@ static float block_d(const float *x, int n, float *inv) {
     }
     const float d = amax / 127.0f;
     *inv = d > 0 ? 1.0f / d : 0.0f;
+    if (!(*inv <= FLT_MAX)) { /* max |x| under ~2^-120: 1 / d overflows; a zero block */
+        *inv = 0.0f;
+        return 0.0f;
+    }
     return d;
 }
 
