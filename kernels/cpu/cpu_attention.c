@@ -9,7 +9,8 @@
  * pointers into an f32 cache, or rows converted from f16 into a scratch) and
  * then every query row of the item whose position reaches the block takes its
  * online-softmax step over the block's first n = min(KEYS, pos + 1 - start)
- * keys:
+ * keys (with AVX2 two rows with the same n at a time, each K and V chunk
+ * loaded once for both):
  *     s_j = scale * q.k_j,  m' = max(m, max_j s_j),  p_j = exp(s_j - m'),
  *     l = l exp(m - m') + sum_j p_j,  o = o exp(m - m') + sum_j p_j v_j,
  * and at the end o / l. The running o lives in the output row itself.
@@ -382,7 +383,7 @@ typedef struct {
 typedef struct {
     float *kbuf, *vbuf;     /* (KEYS, hd) f16 rows converted */
     const float **kp, **vp; /* (KEYS) rows of the block */
-    float *s;               /* (KEYS) scores, then weights */
+    float *s;               /* (2, KEYS) scores, then weights, of one or two rows */
     float *m, *l;           /* (TILE * group) per query row of the item */
 } scratch;
 
@@ -420,7 +421,7 @@ static void run_item(const attn_job *job, const tile *t, const item *it, scratch
     block_in b = {w->kp, w->vp, 0, hd, d->scale, w->s};
     int first = 0;
     for (int p0 = 0; p0 <= max_pos; p0 += KEYS) {
-        const int nk = max_pos + 1 - p0 < KEYS ? max_pos + 1 - p0 : KEYS;
+        const int nk = keys_of(max_pos, p0);
         for (int j = 0; j < nk; j++) {
             const int p = p0 + j;
             const size_t off = ((size_t)table[p / bs] * bs + p % bs) * kv_dim + head_off;

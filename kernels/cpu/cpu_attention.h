@@ -7,7 +7,8 @@
  * through an online softmax (a running maximum and sum per query row), so no
  * row of scores over the whole context is ever kept and each block of K and V
  * (converted once from f16 where the cache holds f16) serves every query row
- * of the tile and of the KV head's GQA group while it sits in L1. Tiles and
+ * of the tile and of the KV head's GQA group while it sits in L1, two rows at
+ * a time. Tiles and
  * KV heads (and, when they are too few to keep the threads busy, single query
  * heads) are spread over the OpenMP threads, so one long prefill uses them all.
  *

@@ -7,7 +7,8 @@
     bits, so a tensor split's last-bit differences can flip a near-tie, as
     tests/dist/test_layouts.py explains); on the default path --pp 2 prints
     exactly one rank's answer too (a pipeline split adds no sum); `perplexity`
-    under --tp 3 matches one rank.
+    under --tp 3 matches one rank (exact path too: on the default path this
+    text's tiny NLL moves by ~1e-3 with the split).
   * Misconfigurations end every rank with a non-zero exit within seconds and one
     message naming the numbers: tp*pp != ranks, an impossible head split (tp=4
     for 9 heads / 3 KV heads), the model missing on one rank.
@@ -118,7 +119,7 @@ def main():
     check(one.returncode == 0 and two.returncode == 0 and one.stdout == two.stdout,
           f"default path: pp=2 answer differs from one rank: {two.stdout!r} vs {one.stdout!r}")
 
-    device_flags(tessera, mpiexec, gen, single)
+    device_flags(tessera, mpiexec, default, one)
 
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("The Eiffel Tower is a wrought-iron lattice tower in Paris, France. " * 30)

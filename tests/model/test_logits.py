@@ -6,6 +6,11 @@
     the `gguf` package and computes in float64.
   * Prefill in one batch, token-by-token decode and chunked prefill give the same
     logits (the KV cache and positions are right).
+  * The f16 KV cache (--kv-dtype f16, the CPU engine's default; dump_logits
+    defaults to f32): within 3e-3 of the reference (K and V rounded to 11
+    significant bits move the logits by ~7e-4 of the largest here), and decode
+    and chunked prefill within 3e-3 of its one-batch prefill (last-bit
+    differences of K and V can round to the other f16 neighbour).
   * The same weights written as a Hugging Face directory (f32 safetensors, sharded,
     Q/K rows un-permuted to rotate-half) give the same logits through the
     safetensors path.
@@ -37,9 +42,9 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-def tessera_logits(tool, model, ids, mode="prefill"):
+def tessera_logits(tool, model, ids, mode="prefill", kv="f32"):
     with tempfile.NamedTemporaryFile(suffix=".f32") as f:
-        run([tool, model, f.name, mode] + [str(i) for i in ids])
+        run([tool, "--kv-dtype", kv, model, f.name, mode] + [str(i) for i in ids])
         out = np.fromfile(f.name, dtype="<f4")
     return out.reshape(len(ids), -1).astype(np.float64)
 
@@ -64,6 +69,16 @@ def main():
         e = rel_err(tessera_logits(tool, model, ids, mode), pre)
         print(f"{mode} vs prefill: {e:.3e}")
         check(e <= 1e-5, f"{mode} logits differ from one-batch prefill by {e:.3e}")
+
+    for ids in PROMPTS:
+        e = rel_err(tessera_logits(tool, model, ids, kv="f16"), ref.logits(ids))
+        print(f"f16 KV cache, prompt of {len(ids)} tokens: max relative error {e:.3e}")
+        check(e <= 3e-3, f"f16 KV cache: logits differ from the reference by {e:.3e} (> 3e-3)")
+    pre16 = tessera_logits(tool, model, PROMPTS[0], kv="f16")
+    for mode in ("decode", "chunk:5"):
+        e = rel_err(tessera_logits(tool, model, PROMPTS[0], mode, kv="f16"), pre16)
+        print(f"f16 KV cache, {mode} vs prefill: {e:.3e}")
+        check(e <= 3e-3, f"f16 KV cache: {mode} logits differ from one-batch prefill by {e:.3e}")
 
     with tempfile.TemporaryDirectory() as d:
         gguf_to_hf.main([model, d, "--dtype", "f32", "--shards", "2"])
