@@ -118,6 +118,13 @@ typedef struct {
     tsr_status (*weight_upload)(tsr_backend *b, tsr_weight *w, const void *src, tsr_dtype src_type,
                                 int rows, int cols);
     void (*weight_free)(tsr_backend *b, tsr_weight *w);
+    /* Optional (host-memory backends): takes `data`, a buffer from this
+     * backend's alloc holding (rows, cols) of `type` as weight_upload's src,
+     * as w's storage without a copy when the backend keeps `type` as it is:
+     * returns 1 and owns `data` from then on. 0 when it would convert (or
+     * the slot is absent): the caller still owns `data` and uploads it. */
+    int (*weight_adopt)(tsr_backend *b, tsr_weight *w, void *data, tsr_dtype type, int rows,
+                        int cols);
     /* A vector (norm weights, biases) in activation type; returns NULL on failure. */
     void *(*vector_upload)(tsr_backend *b, const float *src, size_t n);
     /* Converts n activations to host f32 (logits, tests). */
@@ -400,6 +407,11 @@ static inline tsr_status tsr_backend_to_host(tsr_backend *b, void *dst, const vo
 static inline tsr_status tsr_backend_copy(tsr_backend *b, void *dst, const void *src,
                                           size_t bytes) {
     return b->iface->copy(b, dst, src, bytes);
+}
+
+static inline int tsr_backend_weight_adopt(tsr_backend *b, tsr_weight *w, void *data,
+                                           tsr_dtype type, int rows, int cols) {
+    return b->iface->weight_adopt ? b->iface->weight_adopt(b, w, data, type, rows, cols) : 0;
 }
 
 static inline tsr_status tsr_backend_weight_upload(tsr_backend *b, tsr_weight *w, const void *src,

@@ -46,6 +46,21 @@ static tsr_status load_weight(tsr_model *m, const tsr_model_file_t *mf, const ch
             TSR_ERR_INVALID, "tensor '%s': %d columns cannot be stored as %s (blocks of %zu)", name,
             ncols, tsr_dtype_name(want) ? tsr_dtype_name(want) : "?", tsr_dtype_block(want));
     const size_t want_bytes = (size_t)nrows * want_row;
+    if (want == stored && tsr_backend_host_memory(m->be)) {
+        /* read straight into the backend's memory, kept there if it can be */
+        void *p = NULL;
+        tsr_status st = tsr_backend_alloc(m->be, want_bytes, name, &p);
+        if (st != TSR_OK)
+            return st;
+        st = tsr_model_file_read_raw(mf, name, row0, nrows, col0, ncols, p);
+        if (st == TSR_OK && tsr_backend_weight_adopt(m->be, w, p, (tsr_dtype)want, nrows, ncols))
+            p = NULL;
+        else if (st == TSR_OK)
+            st = tsr_backend_weight_upload(m->be, w, p, (tsr_dtype)want, nrows, ncols);
+        tsr_backend_free(m->be, p);
+        tsr_model_file_drop_tensor(mf, name);
+        return st;
+    }
     const int convert = want != stored && want != TSR_F32; /* quantize at load */
     unsigned char *buf =
         malloc(want != stored ? f32_bytes + (convert ? want_bytes : 0) : want_bytes);
