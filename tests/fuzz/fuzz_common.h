@@ -33,6 +33,16 @@
         }                                                                                          \
     } while (0)
 
+/* With TSR_FUZZ_DEBUG set, says why an input was refused (to check that a
+ * seed gets as far as it should: TSR_FUZZ_DEBUG=1 ./fuzz_x -runs=0 seeds/x). */
+static inline void fz_refused(const char *what) {
+    static int verbose = -1;
+    if (verbose < 0)
+        verbose = getenv("TSR_FUZZ_DEBUG") != NULL;
+    if (verbose)
+        fprintf(stderr, "fuzz: %s refused: %s\n", what, tsr_error_msg());
+}
+
 /* The separator between the files of a multi-file input
  * ("tokenizer.json <SEP> tokenizer_config.json"). Seeds are written with it
  * (tests/fuzz/make_seeds.py) and each harness's dictionary holds it. */

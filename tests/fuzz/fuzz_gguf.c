@@ -73,8 +73,10 @@ static void read_model(const uint8_t *data, size_t size) {
     static fz_memfile f;
     fz_memfile_set(&f, data, size);
     tsr_model_file_t *mf = NULL;
-    if (tsr_model_file_open(f.path, &mf) != TSR_OK)
+    if (tsr_model_file_open(f.path, &mf) != TSR_OK) {
+        fz_refused("model");
         return;
+    }
     const tsr_model_config *c = tsr_model_file_config(mf);
     const char *names[] = {
         "token_embd.weight",        "output_norm.weight",    "output.weight",
@@ -101,6 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tsr_gguf_t *g = NULL;
     if (tsr_gguf_open_memory(data, size, "fuzz.gguf", &g) != TSR_OK) {
         FZ_ASSERT(g == NULL, "a failed open left a handle");
+        fz_refused("gguf");
         return 0;
     }
     read_back(g, data, size);
@@ -116,6 +119,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         free(ids);
         tsr_tokenizer_free(tok);
+    } else {
+        fz_refused("tokenizer");
     }
     tsr_gguf_close(g);
     read_model(data, size);

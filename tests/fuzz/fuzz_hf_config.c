@@ -12,5 +12,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (tsr_hf_config_parse((const char *)data, size, "/fuzz/model/config.json", &c) == TSR_OK)
         FZ_ASSERT(tsr_model_config_validate(&c) == TSR_OK, "accepted but invalid: %s",
                   tsr_error_msg());
+    else
+        fz_refused("config");
     return 0;
 }

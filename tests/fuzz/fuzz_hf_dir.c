@@ -46,11 +46,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         tsr_st_dir_close(d);
     } else {
         FZ_ASSERT(d == NULL, "a failed open left a handle");
+        fz_refused("weights");
     }
 
     tsr_model_file_t *mf = NULL;
-    if (tsr_model_file_open(fz_dir(), &mf) != TSR_OK)
+    if (tsr_model_file_open(fz_dir(), &mf) != TSR_OK) {
+        fz_refused("model");
         return 0;
+    }
     const char *names[] = {"token_embd.weight",   "output_norm.weight",  "output.weight",
                            "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.ffn_down.weight",
                            "blk.0.attn_q.bias"};

@@ -16,6 +16,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FZ_ASSERT(a.n_pp_layers >= 0 && a.n_pp_layers <= TSR_LAUNCH_MAX_STAGES, "%d stages",
                   a.n_pp_layers);
         (void)tsr_launch_config_merge(&a, &b);
+    } else {
+        fz_refused("config");
     }
     tsr_launch_config_free(&a);
     tsr_launch_config_free(&b);

@@ -21,8 +21,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cfg.n_ff = 32, cfg.n_vocab = 64, cfg.n_ctx_train = 128;
     cfg.rms_eps = 1e-5f, cfg.rope_theta = 10000.0f;
     tsr_peft_adapter a;
-    if (tsr_peft_load(fz_dir(), &cfg, &a) != TSR_OK)
+    if (tsr_peft_load(fz_dir(), &cfg, &a) != TSR_OK) {
+        fz_refused("adapter");
         return 0;
+    }
     FZ_ASSERT(a.r > 0 && isfinite(a.alpha) && a.targets && !(a.targets & ~TSR_LORA_TARGETS_ALL),
               "accepted r %d, alpha %g, targets %#x", a.r, (double)a.alpha, a.targets);
     FZ_ASSERT(a.n_layers == cfg.n_layer, "n_layers %d", a.n_layers);

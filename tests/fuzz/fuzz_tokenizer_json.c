@@ -65,6 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tsr_tokenizer_t *tok = NULL;
     if (tsr_tokenizer_from_json(fj.path, n > 1 ? fc.path : NULL, &tok) != TSR_OK) {
         FZ_ASSERT(tok == NULL, "a failed load left a tokenizer");
+        fz_refused("tokenizer");
         return 0;
     }
     exercise(tok);

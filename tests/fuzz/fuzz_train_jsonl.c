@@ -22,8 +22,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fz_memfile_set(&f, data, size);
     const tsr_tokenizer_t *tok = fz_tokenizer();
     tsr_train_data d;
-    if (tsr_train_data_load(f.path, tok, MAX_TOKENS, &d) != TSR_OK)
+    if (tsr_train_data_load(f.path, tok, MAX_TOKENS, &d) != TSR_OK) {
+        fz_refused("training data");
         return 0;
+    }
     FZ_ASSERT(d.n_examples > 0 && d.start[0] == 0, "%d examples, start %d", d.n_examples,
               d.start[0]);
     long targets = 0;

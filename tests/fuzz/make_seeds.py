@@ -132,6 +132,11 @@ def tokenizer_json(toks, merges, specials, pairs=False, pre="bytelevel"):
 
 # ---- tiny models ----------------------------------------------------------
 
+# Rows of the tiny models' embedding: small, so the seeds stay a few KiB (the
+# model's vocabulary size is the embedding's, not the tokenizer's).
+N_VOCAB_W = 32
+
+
 def tiny_weights(n_vocab, n_embd=16, n_head=2, n_head_kv=1, n_ff=32, n_layer=1, bias=False):
     rng = np.random.default_rng(7)
     hd = n_embd // n_head
@@ -177,7 +182,7 @@ def gguf_seeds(out, toks, merges, specials, template, model):
         w.add_eos_token_id(len(toks) + 2)
         w.add_chat_template(template)
         if variant != "tok-only":
-            ws = tiny_weights(len(all_toks), n_embd=32 if variant == "quant" else 16,
+            ws = tiny_weights(N_VOCAB_W, n_embd=32 if variant == "quant" else 16,
                               bias=variant == "qwen2")
             for i, (name, a) in enumerate(ws.items()):
                 if variant == "quant" and a.ndim == 2:
@@ -425,7 +430,7 @@ def main():
         gguf_seeds(a.out, toks, merges, specials, template, a.model)
     else:
         print("make_seeds: no gguf module: GGUF seeds skipped", file=sys.stderr)
-    st_and_hf_seeds(a.out, len(toks) + len(specials))
+    st_and_hf_seeds(a.out, N_VOCAB_W)
     peft_seeds(a.out)
     grpc_seeds(a.out)
     text_seeds(a.out, toks, merges, specials, template)
