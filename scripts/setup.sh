@@ -25,6 +25,7 @@ debs=(
   zlib1g-dev               # tessera-cli train's loss.png (PNG's deflate and CRCs)
   slurm-wlm munge libpmix-dev   # sbatch scripts + the local Slurm of tests/launch (srun --mpi=pmix)
   clang-format             # tests/style: the tree's C layout (.clang-format)
+  clang libclang-rt-14-dev # tests/fuzz: clang 14 and its libFuzzer (-fsanitize=fuzzer)
 )
 
 missing=()

@@ -323,6 +323,17 @@ grpc_status_code tsr_api_generate_request(const tsr_api_ctx *ctx,
         return refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "the request has no input: set one of text, tokens or chat");
     }
+    /* A text made only of characters the vocabulary has no token for (SmolLM2
+     * has none for the byte 0x1D, say) tokenizes to nothing, as in Hugging
+     * Face: there is no prompt to run. */
+    if (n_ids == 0) {
+        free(ids);
+        free(text);
+        return refuse(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "the prompt tokenizes to no tokens: every character in it is one the "
+                      "model's vocabulary has no token for (docs/tokenizer.md); give a prompt "
+                      "with text the model can read");
+    }
     /* ids and text are ours from here: hand them to r or free them */
     r->prompt = ids;
     r->n_prompt = (int)(n_ids < (size_t)1 << 30 ? n_ids : (size_t)1 << 30);

@@ -15,6 +15,8 @@ typedef struct {
 } seq_buf;
 
 static tsr_status seq_push(seq_buf *s, const int32_t *ids, size_t n, int target) {
+    if (n == 0) /* text the vocabulary drops entirely: nothing to append (and no buffer yet) */
+        return TSR_OK;
     if (s->n + n > s->cap) {
         size_t cap = s->cap ? s->cap : 256;
         while (cap < s->n + n)

@@ -45,6 +45,26 @@ static tsr_tokenizer_t *tiny_tokenizer(void) {
     return t;
 }
 
+/* The tiny tokenizer without a token for byte `hole` (an empty string marks
+ * a hole in the vocabulary). */
+static tsr_tokenizer_t *holed_tokenizer(unsigned hole) {
+    static char text[256][8];
+    static tsr_strref refs[256];
+    for (unsigned b = 0; b < 256; b++) {
+        char *w = text[b];
+        tu_put_cp(&w, tu_byte_cp(b));
+        *w = '\0';
+        refs[b] = (tsr_strref){text[b], b == hole ? 0 : strlen(text[b])};
+    }
+    tsr_tokenizer_spec sp = TSR_TOKENIZER_SPEC_INIT;
+    sp.n_tokens = 256;
+    sp.tokens = refs;
+    sp.pre_name = "gpt2";
+    tsr_tokenizer_t *t = NULL;
+    CHECK(tsr_tokenizer_from_spec(&sp, &t) == TSR_OK);
+    return t;
+}
+
 /* Validates m; returns the code and, on success, leaves the request in *out
  * (caller releases). */
 static grpc_status_code gen(const tsr_api_ctx *ctx, const Tessera__V1__GenerateRequest *m,
@@ -147,6 +167,21 @@ static void test_generate(const tsr_api_ctx *ctx) {
     m.adapter = "";
     m.request_id = "tab\there";
     CHECK(gen(ctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT);
+    m.request_id = "";
+
+    /* a text whose every character has no token tokenizes to nothing (as in
+     * Hugging Face; SmolLM2 has no token for 0x1D): refused, not an empty
+     * prompt for the engine (found by tests/fuzz/fuzz_grpc) */
+    tsr_tokenizer_t *holed = holed_tokenizer(0x1D);
+    tsr_api_ctx hctx = *ctx;
+    hctx.tok = holed;
+    m.text = "\x1d\x1d";
+    CHECK(gen(&hctx, &m, NULL, &err) == GRPC_STATUS_INVALID_ARGUMENT &&
+          strstr(err.msg, "no tokens"));
+    m.text = "a\x1d";
+    CHECK(gen(&hctx, &m, &r, &err) == GRPC_STATUS_OK && r->n_prompt == 1 && r->prompt[0] == 'a');
+    tsr_gen_request_release(r);
+    tsr_tokenizer_free(holed);
 }
 
 static void test_chat(const tsr_api_ctx *ctx) {
