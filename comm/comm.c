@@ -590,7 +590,8 @@ enum {
 };
 
 /* Census messages on the grid's side communicator: six ints
- * {op, group (0 world, 1 tp, 2 pp), peer world rank or -1, ms waited, seq, 0}. */
+ * {op, group (0 world, 1 tp, 2 pp), peer world rank or -1, ms waited, seq,
+ *  1 when that wait is past the deadline too}. */
 enum { CENSUS_PING = 1, CENSUS_ANSWER = 2, CENSUS_INTS = 6 };
 
 static int64_t now_ns(void) {
@@ -615,7 +616,6 @@ static const char *wait_op_name(int op) {
         "barrier",
         "status agreement",
         "idle wait for the next step",
-        "its own timeout report",
         "NCCL collective",
     };
     return op >= 0 && op < TSR_WAIT_N_ ? names[op] : "unknown operation";
@@ -804,7 +804,7 @@ _Noreturn void tsr_comm_hang_abort_(tsr_comm_group_t *g, tsr_comm_wait_op op, in
         }
         int busy[CENSUS_INTS];
         memcpy(busy, mine, sizeof busy);
-        busy[0] = TSR_WAIT_CENSUS;
+        busy[5] = 1; /* past the deadline too */
         const int64_t t_end = now_ns() + (int64_t)(grace * 1e9);
         while (answered < n - 1 && now_ns() < t_end) {
             for (int r = 0; r < n; r++) {
@@ -846,11 +846,12 @@ _Noreturn void tsr_comm_hang_abort_(tsr_comm_group_t *g, tsr_comm_wait_op op, in
                     const int *a = ans[r];
                     append(why, sizeof why, "%s rank %d in %s", k++ ? ";" : "", r,
                            wait_op_name(a[0]));
-                    if (a[0] != TSR_WAIT_IDLE && a[0] != TSR_WAIT_CENSUS)
+                    if (a[0] != TSR_WAIT_IDLE)
                         append(why, sizeof why, " #%d on %s", a[4], group_name_of(a[1]));
                     if (a[2] >= 0)
                         append(why, sizeof why, " with rank %d", a[2]);
-                    append(why, sizeof why, " for %.1f s", a[3] * 1e-3);
+                    append(why, sizeof why, " for %.1f s%s", a[3] * 1e-3,
+                           a[5] ? " (past the deadline too)" : "");
                 }
         }
     } else {

@@ -61,9 +61,8 @@ typedef enum {
     TSR_WAIT_RECV,
     TSR_WAIT_BARRIER,
     TSR_WAIT_AGREE,
-    TSR_WAIT_IDLE,   /* tsr_comm_bcast_idle: no deadline */
-    TSR_WAIT_CENSUS, /* timed out itself, asking the others */
-    TSR_WAIT_NCCL,   /* a collective on an NCCL group's stream */
+    TSR_WAIT_IDLE, /* tsr_comm_bcast_idle: no deadline */
+    TSR_WAIT_NCCL, /* a collective on an NCCL group's stream */
     TSR_WAIT_N_
 } tsr_comm_wait_op;
 
