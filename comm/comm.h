@@ -9,7 +9,13 @@
  *    CUDA stream (ordered against compute with events by the caller's
  *    backend); the unique id is made by the group's root and broadcast over
  *    MPI. A watchdog thread polls ncclCommGetAsyncError and, on an error or
- *    when a collective exceeds the timeout, calls ncclCommAbort then MPI_Abort.
+ *    when a collective is stuck past the deadline, calls ncclCommAbort then
+ *    MPI_Abort.
+ *
+ * Every wait (collective, send, receive, on either backend) has a deadline,
+ * the grid's timeout_s: a wait that passes it asks every rank what it is
+ * doing, prints the ranks that did not answer (stopped or hung) and ends the
+ * job. The idle broadcast has no deadline (a server waits for requests).
  *
  * The control plane (step descriptors, error agreement) is always MPI on the
  * host through the world group, whatever the data backend.
@@ -17,7 +23,8 @@
  * Every function returns a tsr_status; a failed MPI/NCCL call is reported
  * with the statement, file:line, rank, host and the library's own message
  * (tsr_error_msg). Nothing here exits, except tsr_comm_abort, which ends the
- * whole job. All calls on a group are collective over its members unless
+ * whole job, and a wait past its deadline, which ends the job the same way.
+ * All calls on a group are collective over its members unless
  * stated otherwise, and only one thread (the engine's) may use a group: on
  * NCCL, grid_init makes the group's device current on the calling thread,
  * and collectives must be called from that thread.
@@ -69,15 +76,24 @@ typedef struct {
     tsr_comm_group_t *world, *tp_group, *pp_group;
 } tsr_comm_grid;
 
+/* The deadline of every wait (--comm-timeout): its default, and the largest
+ * value accepted. */
+#define TSR_COMM_TIMEOUT_DEFAULT_S 60.0
+#define TSR_COMM_TIMEOUT_MAX_S 1e6
+
 typedef struct {
-    int tp, pp;                /* dp = world / (tp * pp) */
-    tsr_comm_kind kind;        /* data backend of the tp and pp groups */
-    int device;                /* NCCL: CUDA device of this rank; -1 = local_rank */
-    double watchdog_timeout_s; /* NCCL: abort when a collective hangs this long; 0 = 300 */
+    int tp, pp;         /* dp = world / (tp * pp) */
+    tsr_comm_kind kind; /* data backend of the tp and pp groups */
+    int device;         /* NCCL: CUDA device of this rank; -1 = local_rank */
+    /* Deadline of every collective, send and receive, MPI and NCCL alike:
+     * when a wait passes it, the ranks that do not answer are named and the
+     * job ends (docs/comm.md, "Deadlines"). 0 = no deadline. The idle
+     * broadcast has none. */
+    double timeout_s;
 } tsr_comm_grid_config;
 
 #define TSR_COMM_GRID_CONFIG_INIT                                                                  \
-    { 1, 1, TSR_COMM_MPI, -1, 0.0 }
+    { 1, 1, TSR_COMM_MPI, -1, TSR_COMM_TIMEOUT_DEFAULT_S }
 
 /* Initialises MPI (MPI_THREAD_FUNNELED; safe if already initialised) and
  * reads world rank/size, for use before the grid exists (logging, config
@@ -136,7 +152,8 @@ tsr_status tsr_comm_barrier(tsr_comm_group_t *g);
 /* Control plane (MPI, host memory, any group): a broadcast that does not spin
  * while waiting. Non-root members sleep between polls (backing off from
  * 50 us to 2 ms), so an idle job uses a few percent of a core per rank.
- * Returns when the data has arrived. */
+ * Returns when the data has arrived; no deadline (a server waits for its
+ * next request as long as it takes). */
 tsr_status tsr_comm_bcast_idle(tsr_comm_group_t *g, void *buf, size_t bytes, int root);
 
 /* Error agreement: every member passes its local status; all get back the

@@ -50,6 +50,39 @@ typedef struct {
 
 struct tsr_comm_watchdog; /* comm_nccl.c */
 
+/* What a rank is waiting in: named in timeout messages and in the answers
+ * to a census (below). */
+typedef enum {
+    TSR_WAIT_ALLREDUCE = 0,
+    TSR_WAIT_ARGMAX,
+    TSR_WAIT_ALLGATHER,
+    TSR_WAIT_BROADCAST,
+    TSR_WAIT_SEND,
+    TSR_WAIT_RECV,
+    TSR_WAIT_BARRIER,
+    TSR_WAIT_AGREE,
+    TSR_WAIT_IDLE, /* tsr_comm_bcast_idle: no deadline */
+    TSR_WAIT_NCCL, /* a collective on an NCCL group's stream */
+    TSR_WAIT_N_
+} tsr_comm_wait_op;
+
+/* What the groups of one grid share (owned by its world group): the
+ * deadline, the census communicator and who is where.
+ *
+ * The census: a rank whose wait passes the deadline sends a ping to every
+ * other world rank on `side` and waits a grace period for the answers. Every
+ * rank answers from inside any wait of comm/ (collective, send, receive,
+ * idle broadcast, its own census), saying what it is waiting in. The ranks
+ * that do not answer are the silent ones: stopped, or busy outside comm/
+ * for longer than the grace period. */
+typedef struct {
+    double timeout_s; /* 0: no deadline */
+    MPI_Comm side;    /* a duplicate of MPI_COMM_WORLD: census pings and answers */
+    int world_size;
+    char (*hosts)[64];                /* host of each world rank */
+    struct tsr_comm_group *groups[3]; /* world, tp, pp: what an abort stops */
+} tsr_comm_shared;
+
 struct tsr_comm_group {
     const tsr_comm_backend_i *iface;
     tsr_comm_kind kind;
@@ -58,7 +91,10 @@ struct tsr_comm_group {
     int rank, size;   /* in this group */
     tsr_comm_where where;
     tsr_comm_mpi_ops ops;
-    void *impl; /* backend state: NULL on MPI, tsr_comm_nccl on NCCL */
+    void *impl;             /* backend state: NULL on MPI, tsr_comm_nccl on NCCL */
+    int *world_ranks;       /* world rank of each group rank */
+    unsigned long long seq; /* waits entered on this group, for messages */
+    tsr_comm_shared *sh;    /* the grid's; NULL only while the grid is built */
     /* Only on a grid's world group: the NCCL watchdog of the grid, or NULL. */
     struct tsr_comm_watchdog *watchdog;
 };
@@ -80,6 +116,30 @@ tsr_status tsr_comm_check_mpi_(int rc, const char *stmt, const char *file, int l
 tsr_status tsr_comm_fail_(tsr_status s, const char *stmt, const char *file, int line,
                           const tsr_comm_where *w, const char *lib_msg);
 
+/* Waits for `req` (a non-blocking MPI operation on g->comm, or MPI_REQUEST_NULL
+ * with a poll callback) under the grid's deadline: spins on MPI_Test for a
+ * short while (the hot path: a decode all-reduce completes there), then
+ * sleeps between tests, backing off, and answers census pings. When the
+ * deadline passes, runs the census and ends the job (tsr_comm_hang_abort_);
+ * it never returns then. `peer` is the group rank waited on by a send or
+ * receive, else -1. */
+tsr_status tsr_comm_wait_(tsr_comm_group_t *g, MPI_Request *req, tsr_comm_wait_op op, int peer);
+
+/* The same loop over a caller's poll: `poll` returns 1 when done, 0 when not
+ * yet, -1 on an error (already recorded, returned as `*err`). Used by the
+ * NCCL backend to wait for its stream without blocking in the driver. */
+tsr_status tsr_comm_wait_poll_(tsr_comm_group_t *g, int (*poll)(void *arg, tsr_status *err),
+                               void *arg, tsr_comm_wait_op op, int peer);
+
+/* A wait on g passed the deadline after `waited` seconds: asks every rank
+ * what it is doing (the census), prints which ranks are silent, and ends
+ * the job. Never returns. */
+_Noreturn void tsr_comm_hang_abort_(tsr_comm_group_t *g, tsr_comm_wait_op op, int peer,
+                                    double waited);
+
+/* The census's grace period for a deadline: timeout / 4, within 1..10 s. */
+double tsr_comm_grace_s_(double timeout_s);
+
 /* Bytes per element of a collective dtype (TSR_F32, TSR_F16, TSR_BF16,
  * TSR_COMM_I32); 0 when unsupported. */
 size_t tsr_comm_dtype_size(int dtype);
@@ -90,10 +150,14 @@ tsr_status tsr_comm_mpi_ops_init(tsr_comm_mpi_ops *ops, const tsr_comm_where *w)
 void tsr_comm_mpi_ops_free(tsr_comm_mpi_ops *ops);
 /* The host-memory argmax over g->comm, shared by every backend. */
 tsr_status tsr_comm_mpi_argmax(tsr_comm_group_t *g, float *value, int32_t *index, size_t n);
-/* MPI_Allreduce of (status, world rank) with MPI_MAXLOC over `comm`: the
- * worst status, and the lowest world rank that reported it. */
-tsr_status tsr_comm_mpi_agree(MPI_Comm comm, const tsr_comm_where *w, tsr_status local,
-                              int *failed_rank);
+/* An all-reduce of (status, world rank) with MPI_MAXLOC over `comm`: the
+ * worst status, and the lowest world rank that reported it. With a group g
+ * (whose communicator is `comm`) the wait has the grid's deadline; NULL
+ * while the grid is being built (a blocking MPI_Allreduce). */
+tsr_status tsr_comm_mpi_agree(tsr_comm_group_t *g, MPI_Comm comm, const tsr_comm_where *w,
+                              tsr_status local, int *failed_rank);
+/* MPI_Ibarrier on g->comm under the deadline (the NCCL barrier uses it). */
+tsr_status tsr_comm_mpi_barrier(tsr_comm_group_t *g);
 
 /* ---- NCCL backend (comm_nccl.c, only when TSR_HAVE_NCCL) ---- */
 #ifdef TSR_HAVE_NCCL

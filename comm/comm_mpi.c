@@ -105,12 +105,17 @@ static tsr_status fits_int(size_t count, const char *what) {
 
 /* ---- the MPI backend ---- */
 
+/* Every operation is the non-blocking MPI call plus tsr_comm_wait_, which
+ * gives it the grid's deadline (docs/comm.md, "Deadlines"). */
+
 static tsr_status mpi_allreduce(tsr_comm_group_t *g, const void *send, void *recv, size_t count,
                                 int dtype, tsr_comm_op op) {
     TSR_TRY(fits_int(count, "all-reduce"));
     const void *src = send == recv ? MPI_IN_PLACE : send;
-    return TSR_MPI(&g->where, MPI_Allreduce(src, recv, (int)count, mpi_type(dtype),
-                                            mpi_op(g, dtype, op), g->comm));
+    MPI_Request req = MPI_REQUEST_NULL;
+    TSR_TRY(TSR_MPI(&g->where, MPI_Iallreduce(src, recv, (int)count, mpi_type(dtype),
+                                              mpi_op(g, dtype, op), g->comm, &req)));
+    return tsr_comm_wait_(g, &req, TSR_WAIT_ALLREDUCE, -1);
 }
 
 tsr_status tsr_comm_mpi_argmax(tsr_comm_group_t *g, float *value, int32_t *index, size_t n) {
@@ -127,8 +132,11 @@ tsr_status tsr_comm_mpi_argmax(tsr_comm_group_t *g, float *value, int32_t *index
         p[k].v = value[k];
         p[k].i = index[k];
     }
-    tsr_status st = TSR_MPI(
-        &g->where, MPI_Allreduce(MPI_IN_PLACE, p, (int)n, MPI_FLOAT_INT, MPI_MAXLOC, g->comm));
+    MPI_Request req = MPI_REQUEST_NULL;
+    tsr_status st = TSR_MPI(&g->where, MPI_Iallreduce(MPI_IN_PLACE, p, (int)n, MPI_FLOAT_INT,
+                                                      MPI_MAXLOC, g->comm, &req));
+    if (st == TSR_OK)
+        st = tsr_comm_wait_(g, &req, TSR_WAIT_ARGMAX, -1);
     if (st == TSR_OK)
         for (size_t k = 0; k < n; k++) {
             value[k] = p[k].v;
@@ -142,29 +150,43 @@ static tsr_status mpi_allgather(tsr_comm_group_t *g, const void *send, void *rec
                                 int dtype) {
     TSR_TRY(fits_int(count, "all-gather"));
     MPI_Datatype t = mpi_type(dtype);
-    return TSR_MPI(&g->where, MPI_Allgather(send, (int)count, t, recv, (int)count, t, g->comm));
+    MPI_Request req = MPI_REQUEST_NULL;
+    TSR_TRY(TSR_MPI(&g->where,
+                    MPI_Iallgather(send, (int)count, t, recv, (int)count, t, g->comm, &req)));
+    return tsr_comm_wait_(g, &req, TSR_WAIT_ALLGATHER, -1);
 }
 
 static tsr_status mpi_broadcast(tsr_comm_group_t *g, void *buf, size_t count, int dtype, int root) {
     TSR_TRY(fits_int(count, "broadcast"));
-    return TSR_MPI(&g->where, MPI_Bcast(buf, (int)count, mpi_type(dtype), root, g->comm));
+    MPI_Request req = MPI_REQUEST_NULL;
+    TSR_TRY(TSR_MPI(&g->where, MPI_Ibcast(buf, (int)count, mpi_type(dtype), root, g->comm, &req)));
+    return tsr_comm_wait_(g, &req, TSR_WAIT_BROADCAST, g->rank == root ? -1 : root);
 }
 
 static tsr_status mpi_send(tsr_comm_group_t *g, const void *buf, size_t count, int dtype, int peer,
                            int tag) {
     TSR_TRY(fits_int(count, "send"));
-    return TSR_MPI(&g->where, MPI_Send(buf, (int)count, mpi_type(dtype), peer, tag, g->comm));
+    MPI_Request req = MPI_REQUEST_NULL;
+    TSR_TRY(
+        TSR_MPI(&g->where, MPI_Isend(buf, (int)count, mpi_type(dtype), peer, tag, g->comm, &req)));
+    return tsr_comm_wait_(g, &req, TSR_WAIT_SEND, peer);
 }
 
 static tsr_status mpi_recv(tsr_comm_group_t *g, void *buf, size_t count, int dtype, int peer,
                            int tag) {
     TSR_TRY(fits_int(count, "receive"));
-    return TSR_MPI(&g->where, MPI_Recv(buf, (int)count, mpi_type(dtype), peer, tag, g->comm,
-                                       MPI_STATUS_IGNORE));
+    MPI_Request req = MPI_REQUEST_NULL;
+    TSR_TRY(
+        TSR_MPI(&g->where, MPI_Irecv(buf, (int)count, mpi_type(dtype), peer, tag, g->comm, &req)));
+    return tsr_comm_wait_(g, &req, TSR_WAIT_RECV, peer);
 }
 
-static tsr_status mpi_barrier(tsr_comm_group_t *g) {
-    return TSR_MPI(&g->where, MPI_Barrier(g->comm));
+static tsr_status mpi_barrier(tsr_comm_group_t *g) { return tsr_comm_mpi_barrier(g); }
+
+tsr_status tsr_comm_mpi_barrier(tsr_comm_group_t *g) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    TSR_TRY(TSR_MPI(&g->where, MPI_Ibarrier(g->comm, &req)));
+    return tsr_comm_wait_(g, &req, TSR_WAIT_BARRIER, -1);
 }
 
 const tsr_comm_backend_i tsr_comm_mpi_iface = {
@@ -182,12 +204,20 @@ const tsr_comm_backend_i tsr_comm_mpi_iface = {
 
 /* ---- agreement ---- */
 
-tsr_status tsr_comm_mpi_agree(MPI_Comm comm, const tsr_comm_where *w, tsr_status local,
-                              int *failed_rank) {
+tsr_status tsr_comm_mpi_agree(tsr_comm_group_t *g, MPI_Comm comm, const tsr_comm_where *w,
+                              tsr_status local, int *failed_rank) {
     /* Non-OK statuses are positive, so the maximum is the worst; MAXLOC's tie
      * rule then names the lowest world rank that reported it. */
     int pair[2] = {(int)local, w->rank};
-    tsr_status st = TSR_MPI(w, MPI_Allreduce(MPI_IN_PLACE, pair, 1, MPI_2INT, MPI_MAXLOC, comm));
+    tsr_status st;
+    if (g) { /* under the deadline */
+        MPI_Request req = MPI_REQUEST_NULL;
+        st = TSR_MPI(w, MPI_Iallreduce(MPI_IN_PLACE, pair, 1, MPI_2INT, MPI_MAXLOC, comm, &req));
+        if (st == TSR_OK)
+            st = tsr_comm_wait_(g, &req, TSR_WAIT_AGREE, -1);
+    } else { /* building the grid: no deadline yet */
+        st = TSR_MPI(w, MPI_Allreduce(MPI_IN_PLACE, pair, 1, MPI_2INT, MPI_MAXLOC, comm));
+    }
     if (st != TSR_OK)
         return st;
     if (failed_rank)

@@ -78,8 +78,10 @@ static ncclDataType_t nccl_type(int dtype) {
 
 /* ---- running one collective ----
  * begin() stamps the watchdog's clock and makes the group's device current;
- * the caller enqueues; end() waits for the stream, clears the stamp and
- * checks NCCL's asynchronous error state. */
+ * the caller enqueues; end() waits for the stream under the grid's deadline
+ * (polling cudaStreamQuery in tsr_comm_wait_poll_, so the engine thread can
+ * name a silent rank and end the job itself), clears the stamp and checks
+ * NCCL's asynchronous error state. */
 
 static tsr_comm_nccl *state(tsr_comm_group_t *g) { return g->impl; }
 
@@ -92,11 +94,23 @@ static tsr_status begin(tsr_comm_group_t *g) {
     return TSR_OK;
 }
 
-static tsr_status end(tsr_comm_group_t *g, tsr_status enqueued) {
+/* tsr_comm_wait_poll_'s poll: 1 when the group's stream is idle. */
+static int stream_idle(void *arg, tsr_status *err) {
+    tsr_comm_group_t *g = arg;
+    cudaError_t rc = cudaStreamQuery(state(g)->stream);
+    if (rc == cudaSuccess)
+        return 1;
+    if (rc == cudaErrorNotReady)
+        return 0;
+    *err = TSR_CUDA(&g->where, rc);
+    return -1;
+}
+
+static tsr_status end(tsr_comm_group_t *g, tsr_status enqueued, tsr_comm_wait_op op, int peer) {
     tsr_comm_nccl *n = state(g);
     tsr_status st = enqueued;
     if (st == TSR_OK)
-        st = TSR_CUDA(&g->where, cudaStreamSynchronize(n->stream));
+        st = tsr_comm_wait_poll_(g, stream_idle, g, op, peer);
     atomic_store(&n->inflight_ns, 0);
     ncclResult_t async = ncclSuccess;
     if (st == TSR_OK)
@@ -112,22 +126,28 @@ static tsr_status nccl_allreduce(tsr_comm_group_t *g, const void *send, void *re
                                  int dtype, tsr_comm_op op) {
     TSR_TRY(begin(g));
     ncclRedOp_t r = op == TSR_COMM_SUM ? ncclSum : ncclMax;
-    return end(g, TSR_NCCL(&g->where, ncclAllReduce(send, recv, count, nccl_type(dtype), r,
-                                                    state(g)->comm, state(g)->stream)));
+    return end(g,
+               TSR_NCCL(&g->where, ncclAllReduce(send, recv, count, nccl_type(dtype), r,
+                                                 state(g)->comm, state(g)->stream)),
+               TSR_WAIT_ALLREDUCE, -1);
 }
 
 static tsr_status nccl_allgather(tsr_comm_group_t *g, const void *send, void *recv, size_t count,
                                  int dtype) {
     TSR_TRY(begin(g));
-    return end(g, TSR_NCCL(&g->where, ncclAllGather(send, recv, count, nccl_type(dtype),
-                                                    state(g)->comm, state(g)->stream)));
+    return end(g,
+               TSR_NCCL(&g->where, ncclAllGather(send, recv, count, nccl_type(dtype),
+                                                 state(g)->comm, state(g)->stream)),
+               TSR_WAIT_ALLGATHER, -1);
 }
 
 static tsr_status nccl_broadcast(tsr_comm_group_t *g, void *buf, size_t count, int dtype,
                                  int root) {
     TSR_TRY(begin(g));
-    return end(g, TSR_NCCL(&g->where, ncclBroadcast(buf, buf, count, nccl_type(dtype), root,
-                                                    state(g)->comm, state(g)->stream)));
+    return end(g,
+               TSR_NCCL(&g->where, ncclBroadcast(buf, buf, count, nccl_type(dtype), root,
+                                                 state(g)->comm, state(g)->stream)),
+               TSR_WAIT_BROADCAST, g->rank == root ? -1 : root);
 }
 
 /* NCCL has no tags: sends and receives between two ranks match in the order
@@ -135,23 +155,27 @@ static tsr_status nccl_broadcast(tsr_comm_group_t *g, void *buf, size_t count, i
 static tsr_status nccl_send(tsr_comm_group_t *g, const void *buf, size_t count, int dtype, int peer,
                             int tag) {
     TSR_TRY(begin(g));
-    return end(g, TSR_NCCL(&g->where, ncclSend(buf, count, nccl_type(dtype), peer, state(g)->comm,
-                                               state(g)->stream)));
+    return end(g,
+               TSR_NCCL(&g->where, ncclSend(buf, count, nccl_type(dtype), peer, state(g)->comm,
+                                            state(g)->stream)),
+               TSR_WAIT_SEND, peer);
 }
 
 static tsr_status nccl_recv(tsr_comm_group_t *g, void *buf, size_t count, int dtype, int peer,
                             int tag) {
     TSR_TRY(begin(g));
-    return end(g, TSR_NCCL(&g->where, ncclRecv(buf, count, nccl_type(dtype), peer, state(g)->comm,
-                                               state(g)->stream)));
+    return end(g,
+               TSR_NCCL(&g->where, ncclRecv(buf, count, nccl_type(dtype), peer, state(g)->comm,
+                                            state(g)->stream)),
+               TSR_WAIT_RECV, peer);
 }
 
 /* Everything this rank enqueued on the group is done, then an MPI barrier:
  * together, every member has reached this point with its NCCL work done. */
 static tsr_status nccl_barrier(tsr_comm_group_t *g) {
     TSR_TRY(begin(g));
-    TSR_TRY(end(g, TSR_OK)); /* waits for the stream, under the watchdog */
-    return TSR_MPI(&g->where, MPI_Barrier(g->comm));
+    TSR_TRY(end(g, TSR_OK, TSR_WAIT_BARRIER, -1)); /* waits for the stream, under the deadline */
+    return tsr_comm_mpi_barrier(g);                /* MPI, under the deadline */
 }
 
 static void nccl_abort(tsr_comm_group_t *g) {
@@ -237,7 +261,7 @@ static tsr_status prepare(tsr_comm_group_t *g, int device, tsr_comm_nccl **out) 
 /* Agrees on `local` over the group; names the failing rank on the others. */
 static tsr_status agree(tsr_comm_group_t *g, tsr_status local, const char *step) {
     int failed = -1;
-    tsr_status st = tsr_comm_mpi_agree(g->comm, &g->where, local, &failed);
+    tsr_status st = tsr_comm_mpi_agree(NULL, g->comm, &g->where, local, &failed);
     if (st != TSR_OK && local == TSR_OK && failed >= 0)
         tsr_error_set(st, "world rank %d failed %s for the %s group (%s); its log says why", failed,
                       step, g->name, tsr_status_str(st));
@@ -325,7 +349,7 @@ static void watchdog_check(struct tsr_comm_watchdog *wd) {
             watchdog_fire(wd, why);
         }
         int64_t t0 = atomic_load(&n->inflight_ns);
-        if (t0 != 0) {
+        if (t0 != 0 && wd->timeout_s > 0) { /* 0: --comm-timeout 0, no deadline */
             double s = (double)(now_ns() - t0) * 1e-9;
             if (s > wd->timeout_s) {
                 snprintf(why, sizeof why,

@@ -46,6 +46,7 @@ typedef struct {
      * default), --gpu (-1: by local rank) */
     tsr_device device;
     tsr_comm_kind comm;
+    double comm_timeout_s; /* --comm-timeout: the deadline of every wait between ranks */
     int act_dtype, weight_dtype, kv_dtype, gpu;
     int pp_layers[256];
     int n_pp_layers;

@@ -50,6 +50,8 @@ void cmd_train_usage(FILE *f) {
           "  --pp-layers A,B,...   layers per pipeline stage (default: even)\n"
           "  --micro-batches M     micro-batches per step with --pp > 1 (GPipe; default pp)\n"
           "  --comm mpi|nccl       activations between ranks (default mpi)\n"
+          "  --comm-timeout S      deadline of every wait between ranks; past it the silent\n"
+          "                        ranks are named and the job ends (default 60; 0 = none)\n"
           "  --device cpu|cuda  --act-dtype bf16|f32  --weight-dtype file|f32|q8_0|q4_0|bf16  "
           "--gpu N\n"
           "  --threads N           CPU threads per rank\n"

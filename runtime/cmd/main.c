@@ -84,6 +84,7 @@ static int run(const cmd_options *opts) {
     gc.tp = engine_cmd ? o.tp : 1;
     gc.pp = engine_cmd ? o.pp : 1;
     gc.kind = engine_cmd ? o.comm : TSR_COMM_MPI;
+    gc.timeout_s = o.comm_timeout_s;
     tsr_engine_config dev = TSR_ENGINE_CONFIG_INIT;
     cmd_device_config(&o, &dev);
     tsr_status st = TSR_OK;

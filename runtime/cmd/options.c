@@ -61,6 +61,7 @@ typedef enum {
     O_METRICS_PORT,
     O_DEVICE,
     O_COMM,
+    O_COMM_TIMEOUT,
     O_ACT_DTYPE,
     O_WEIGHT_DTYPE,
     O_KV_DTYPE,
@@ -137,6 +138,7 @@ static const tsr_opt k_opts[] = {
     {"metrics-port", O_METRICS_PORT, 1, RUN, 0},
     {"device", O_DEVICE, 1, RUN, 0},
     {"comm", O_COMM, 1, RUN, 0},
+    {"comm-timeout", O_COMM_TIMEOUT, 1, RUN, 0},
     {"act-dtype", O_ACT_DTYPE, 1, RUN, 0},
     {"weight-dtype", O_WEIGHT_DTYPE, 1, RUN, 0},
     {"kv-dtype", O_KV_DTYPE, 1, RUN, 0},
@@ -221,6 +223,7 @@ static int get_float_if(const tsr_opt_args *a, opt_id id, float *out, int (*ok)(
 static int positive(float v) { return v > 0; }
 static int non_negative(float v) { return v >= 0; }
 static int below_one(float v) { return v >= 0 && v < 1; }
+static int timeout_ok(float v) { return v >= 0 && v <= TSR_COMM_TIMEOUT_MAX_S; }
 
 /* cpu|cuda, bf16|f32: the device flags' words. */
 static int read_device(const tsr_opt_args *a, cmd_options *o) {
@@ -326,6 +329,7 @@ static void set_defaults(cmd_options *o) {
     o->grace_s = 30;
     o->device = TSR_DEVICE_CPU;
     o->comm = TSR_COMM_MPI;
+    o->comm_timeout_s = TSR_COMM_TIMEOUT_DEFAULT_S;
     o->act_dtype = TSR_ENGINE_ACT_DEFAULT;
     o->weight_dtype = TSR_ENGINE_ACT_DEFAULT;
     o->kv_dtype = TSR_ENGINE_ACT_DEFAULT;
@@ -366,7 +370,7 @@ static int read_values(const tsr_opt_args *a, cmd_options *o) {
     if (o->cmd == CMD_MERGE_LORA)
         return read_merge(a, o);
     int seed = 0;
-    float grace = (float)o->grace_s;
+    float grace = (float)o->grace_s, comm_timeout = (float)o->comm_timeout_s;
     if (get_int(a, O_MAX_TOKENS, 1, 1 << 24, &o->max_tokens) ||
         get_int(a, O_MIN_TOKENS, 0, 1 << 24, &o->min_tokens) ||
         get_int(a, O_CTX, 8, 1 << 20, &o->ctx) || get_int(a, O_THREADS, 1, 1024, &o->threads) ||
@@ -394,9 +398,12 @@ static int read_values(const tsr_opt_args *a, cmd_options *o) {
         get_float_if(a, O_DROPOUT, &o->dropout, below_one, "must be in [0, 1)") ||
         get_float_if(a, O_ADAM_EPS, &o->adam_eps, positive, "must be > 0") ||
         get_int(a, O_MICRO, 1, 4096, &o->micro_batches) ||
-        get_float_if(a, O_WEIGHT_DECAY, &o->weight_decay, non_negative, "must be >= 0"))
+        get_float_if(a, O_WEIGHT_DECAY, &o->weight_decay, non_negative, "must be >= 0") ||
+        get_float_if(a, O_COMM_TIMEOUT, &comm_timeout, timeout_ok,
+                     "must be a number of seconds in [0, 1000000] (0 = no deadline)"))
         return -1;
     o->grace_s = grace;
+    o->comm_timeout_s = comm_timeout;
     o->sp.seed = (uint64_t)seed;
     o->have_seed = v[O_SEED] != NULL;
     return 0;
@@ -545,6 +552,9 @@ void cmd_usage(FILE *f) {
           "  --comm mpi|nccl       activations between ranks: mpi (default; GPUs go through\n"
           "                        host memory and may be shared) or nccl (--device cuda,\n"
           "                        one GPU per rank)\n"
+          "  --comm-timeout S      deadline of every wait between ranks (collective, send,\n"
+          "                        receive; mpi and nccl): past it, the ranks that do not\n"
+          "                        answer are named and the job ends (default 60; 0 = none)\n"
           "  --act-dtype bf16|f32  CUDA activation type (default bf16; the CPU is f32)\n"
           "  --weight-dtype file|f32|q8_0|q4_0|bf16  how weights are kept. CPU: file (the\n"
           "                        default) keeps the GGUF's quantized blocks and runs int8\n"

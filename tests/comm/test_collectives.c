@@ -99,9 +99,9 @@ static void test_invalid(void) {
     cfg.pp = 1;
     CHECK_ERR(tsr_comm_grid_init(&g, &cfg), TSR_ERR_INVALID, "tp (0)");
     cfg.tp = 1;
-    cfg.watchdog_timeout_s = -1;
-    CHECK_ERR(tsr_comm_grid_init(&g, &cfg), TSR_ERR_INVALID, "watchdog");
-    cfg.watchdog_timeout_s = 0;
+    cfg.timeout_s = -1;
+    CHECK_ERR(tsr_comm_grid_init(&g, &cfg), TSR_ERR_INVALID, "communication timeout");
+    cfg.timeout_s = TSR_COMM_TIMEOUT_DEFAULT_S;
     if (!tsr_comm_has_nccl()) {
         cfg.kind = TSR_COMM_NCCL;
         CHECK_ERR(tsr_comm_grid_init(&g, &cfg), TSR_ERR_UNSUPPORTED, "no NCCL");

@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
     tsr_comm_grid_config cfg = TSR_COMM_GRID_CONFIG_INIT;
     cfg.tp = ct_world;
     cfg.kind = TSR_COMM_NCCL;
-    cfg.watchdog_timeout_s = 60;
+    cfg.timeout_s = 60;
     CHECK_OK(tsr_comm_grid_init(&g, &cfg));
     CHECK(tsr_comm_kind_of(g.tp_group) == TSR_COMM_NCCL, "tp group backend");
     CHECK(tsr_comm_kind_of(g.pp_group) == TSR_COMM_NCCL, "pp group backend");

@@ -19,6 +19,10 @@
     errors (exit 2); the explicit defaults (--device cpu --comm mpi
     --act-dtype f32) give the single-rank answer.
   * A rank killed with SIGKILL mid-generation ends the whole job within 10 s.
+  * A rank stopped with SIGSTOP mid-generation (hung, not dead) is found at the
+    deadline: with --comm-timeout 3 the job ends within 3 + 10 s, non-zero,
+    with a message naming world rank 1 as not answering, and no rank left;
+    a bad --comm-timeout is a usage error.
   * An idle two-rank server uses under 5% of a core per rank.
 
 usage: test_cli.py TESSERA MPIEXEC
@@ -51,6 +55,69 @@ def run(cmd, timeout=300):
     return r, time.time() - t0
 
 
+def rank_pids(tessera, n):
+    """The pids of world ranks 0..n-1 of a running `tessera` job (None if missing)."""
+    pids = [None] * n
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if tessera.encode() not in cmdline:
+            continue
+        for r in range(n):
+            if f"OMPI_COMM_WORLD_RANK={r}".encode() in env:
+                pids[r] = int(pid)
+    return pids
+
+
+def alive(pid):
+    try:
+        return "zombie" not in open(f"/proc/{pid}/status").read().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return False
+
+
+def hung_rank(tessera, mpiexec, model):
+    """SIGSTOP rank 1 mid-generation: the deadline finds it and the job ends."""
+    limit = 3
+    long = ["generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "100000",
+            "--ignore-eos", "--tp", "2", "--ctx", "8192", "--comm-timeout", str(limit)]
+    p = subprocess.Popen(mpi(mpiexec, 2) + [tessera, *long], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=ENV, stdin=subprocess.DEVNULL)
+    pids = []
+    try:
+        out = p.stdout.read(64)  # generation has started once text flows
+        check(len(out) > 0, "generation did not start")
+        pids = rank_pids(tessera, 2)
+        check(None not in pids, f"could not find both ranks: {pids}")
+        t0 = time.time()
+        os.kill(pids[1], signal.SIGSTOP)
+        _, err = p.communicate(timeout=limit + 30)
+        dt = time.time() - t0
+        err = err.decode(errors="replace")
+        line = next((x for x in err.splitlines() if "aborting the job" in x), "")
+        print(f"rank 1 stopped: job ended with exit {p.returncode} after {dt:.1f} s: {line[:300]}")
+        check(p.returncode != 0, "the job reported success with a stopped rank")
+        check(dt < limit + 10, f"the job took {dt:.1f} s to end (deadline {limit} s)")
+        check("past the deadline of 3 s" in line, f"no deadline message: {err!r}")
+        silent = line.split("Not answering", 1)[-1].split(". Waiting:")[0]
+        check("world rank 1 (" in silent, f"the message does not name world rank 1: {line!r}")
+        time.sleep(1)
+        left = [q for q in pids if alive(q)]
+        check(not left, f"processes left after the job ended: {left}")
+    finally:
+        for q in pids:
+            if q and alive(q):
+                os.kill(q, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+            fail("the job hung with a stopped rank")
+
+
 def device_flags(tessera, mpiexec, gen, single):
     """--device / --comm / --act-dtype / --gpu: refusals that need no GPU."""
     r, _ = run([tessera, *gen, "--device", "cpu", "--comm", "mpi", "--act-dtype", "f32"])
@@ -63,6 +130,8 @@ def device_flags(tessera, mpiexec, gen, single):
         (["--device", "gpu"], "--device expects cpu or cuda"),
         (["--comm", "gloo"], "want mpi or nccl"),
         (["--gpu", "0"], "--gpu needs --device cuda"),
+        (["--comm-timeout", "2e6"], "--comm-timeout must be a number of seconds"),
+        (["--comm-timeout", "soon"], "--comm-timeout expects a number"),
     ]
     for n in (1, 2):
         for extra, words in usage:
@@ -190,6 +259,7 @@ def main():
         if p.poll() is None:
             p.kill()
             fail("the job hung after a rank was killed")
+    hung_rank(tessera, mpiexec, model)
     # an idle server does not spin: under 5% of a core per rank
     cli = os.path.join(os.path.dirname(os.path.dirname(tessera)), "launcher", "tessera-cli")
     if os.path.exists(cli):
