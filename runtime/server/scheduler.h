@@ -69,7 +69,8 @@ void tsr_scheduler_step_counts(const tsr_scheduler_t *s, long counts[4]);
  * --host-sampling). */
 void tsr_scheduler_row_counts(const tsr_scheduler_t *s, long counts[4]);
 
-/* Sequences running or waiting for admission. */
+/* Sequences running or waiting for admission (in the scheduler or still in
+ * the request queue). */
 int tsr_scheduler_pending(const tsr_scheduler_t *s);
 
 /* Finishes every running and waiting request with CANCELLED (shutdown after
