@@ -180,7 +180,12 @@ int cmd_serve(tsr_comm_grid *grid, const cmd_options *o) {
         return cmd_run_worker(&s);
 
     tsr_scheduler_t *sched = NULL;
-    tsr_sched_config sc = {o->max_batch_tokens, 0.05, metrics, o->model, o->host_sampling};
+    tsr_sched_config sc = {o->max_batch_tokens,
+                           0.05,
+                           metrics,
+                           o->model,
+                           o->host_sampling,
+                           (long long)o->adapter_memory_mib << 20};
     st = tsr_scheduler_create(&s.engine, s.tok, &g_queue, &g_stats, &sc, &sched);
     if (st != TSR_OK) {
         int rc = cmd_fail(st);

@@ -290,8 +290,9 @@ tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_r
         if (tsr_tokenizer_is_eog(tok, t))
             s->eog[s->n_eog++] = t;
     s->segs = malloc(3 * ((size_t)TSR_ENGINE_MAX_ADAPTERS + 1) * sizeof *s->segs);
-    tsr_status st = s->segs ? tsr_adapters_create(e, cfg->base_model, &s->adapters)
-                            : tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+    tsr_status st = s->segs
+                        ? tsr_adapters_create(e, cfg->base_model, cfg->adapter_memory, &s->adapters)
+                        : tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
     if (st != TSR_OK) {
         tsr_scheduler_free(s);
         return st;

@@ -13,7 +13,14 @@ of the default model with a small context (128), a small KV pool request
     INVALID_ARGUMENT naming both numbers; so is a prompt as long as the context;
   * --kv-positions below the context is raised to one context (the log says
     so), and four requests that each need the whole pool all complete, one
-    after the other, instead of waiting forever.
+    after the other, instead of waiting forever;
+  * with --adapter-memory 1 (MiB): CreateAdapter and LoadAdapter of an
+    adapter that would take the held adapters past the cap are refused with
+    RESOURCE_EXHAUSTED naming the sizes; after DeleteAdapter the load works.
+
+The timeouts are generous (minutes) on purpose: on a loaded 2-core machine
+an engine step can take far longer than alone; what is checked is that every
+call ends, and how, not how fast.
 
 usage: test_limits.py TESSERA
 """
@@ -56,10 +63,10 @@ async def burst(addr, pb, pbg):
         async def one(i):
             req = pb.GenerateRequest(
                 tokens=pb.TokenIds(ids=[100 + i % 50, 200, 300, 400]),
-                sampling=pb.SamplingParams(max_tokens=16, ignore_eos=True))
+                sampling=pb.SamplingParams(max_tokens=8, ignore_eos=True))
             n = 0
             try:
-                async for m in stub.Generate(req, timeout=90):
+                async for m in stub.Generate(req, timeout=200):
                     n += m.WhichOneof("kind") == "chunk"
                 return grpc.StatusCode.OK, "", n
             except grpc.aio.AioRpcError as e:
@@ -76,7 +83,7 @@ def main():
     srv, log, (port, mport) = start_server(
         tmp, lambda p, m: [tessera, "serve", "--model", model, "--port", str(p), "--metrics-port",
                            str(m), "--ctx", str(CTX), "--kv-positions", "16", "--max-seqs",
-                           str(SEQS), "--queue", str(QUEUE)],
+                           str(SEQS), "--queue", str(QUEUE), "--adapter-memory", "1"],
         2, "tessera: ready", 120)
     try:
         text = open(log.name).read()
@@ -92,7 +99,7 @@ def main():
 
         # -- 1. the burst
         t0 = time.time()
-        res = asyncio.run(asyncio.wait_for(burst(addr, pb, pbg), timeout=120))
+        res = asyncio.run(asyncio.wait_for(burst(addr, pb, pbg), timeout=220))
         dt = time.time() - t0
         codes = {}
         for code, det, n in res:
@@ -150,13 +157,45 @@ def main():
         # -- 3. requests that need the whole pool run one after the other
         streams = [api.Generate(pb.GenerateRequest(
             tokens=pb.TokenIds(ids=list(range(100 + k, 200 + k))),
-            sampling=pb.SamplingParams(max_tokens=28, ignore_eos=True)), timeout=60)
+            sampling=pb.SamplingParams(max_tokens=28, ignore_eos=True)), timeout=200)
             for k in range(4)]
         for k, s in enumerate(streams):
             msgs = list(s)
             fin = msgs[-1].final if msgs and msgs[-1].WhichOneof("kind") == "final" else None
             check(fin is not None and fin.usage.completion_tokens == 28,
                   f"whole-pool request {k}: {fin}")
+
+        # -- 4. adapters past --adapter-memory 1 (MiB): refused, the server keeps serving.
+        # rank 1 on q of the 135M model: 30 layers x (576 + 576) x 1 = 34,560
+        # parameters, 16 bytes each (parameters, gradients, AdamW m and v) = 0.53 MiB
+        def call(fn, req):
+            try:
+                fn(req, timeout=60)
+                return grpc.StatusCode.OK, ""
+            except grpc.RpcError as e:
+                return e.code(), e.details()
+
+        small = pb.LoraConfig(rank=1, target_modules=["q"])
+        code, det = call(api.CreateAdapter, pb.CreateAdapterRequest(name="a", config=small))
+        check(code == grpc.StatusCode.OK, f"CreateAdapter rank 1 under the cap: {code} {det}")
+        code, det = call(api.CreateAdapter, pb.CreateAdapterRequest(
+            name="big", config=pb.LoraConfig(rank=8, target_modules=["all"])))
+        check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--adapter-memory allows 1.0 MiB"
+              in det, f"CreateAdapter past the cap: {code} {det!r}")
+        adir = os.path.join(tmp, "adapter-a")
+        code, det = call(api.SaveAdapter, pb.SaveAdapterRequest(adapter="a", path=adir))
+        check(code == grpc.StatusCode.OK, f"SaveAdapter: {code} {det}")
+        code, det = call(api.LoadAdapter, pb.LoadAdapterRequest(name="a2", path=adir))
+        check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "0.5 MiB" in det and "held" in det,
+              f"LoadAdapter of a second copy past the cap: {code} {det!r}")
+        code, det = call(api.DeleteAdapter, pb.DeleteAdapterRequest(name="a"))
+        check(code == grpc.StatusCode.OK, f"DeleteAdapter: {code} {det}")
+        code, det = call(api.LoadAdapter, pb.LoadAdapterRequest(name="a2", path=adir))
+        check(code == grpc.StatusCode.OK, f"LoadAdapter once the memory is free: {code} {det}")
+        out = list(api.Generate(pb.GenerateRequest(
+            tokens=pb.TokenIds(ids=[1, 2, 3]), adapter="a2",
+            sampling=pb.SamplingParams(max_tokens=4)), timeout=30))
+        check(out and out[-1].WhichOneof("kind") == "final", "no answer with the loaded adapter")
 
         srv.send_signal(signal.SIGTERM)
         check(srv.wait(30) == 0, "the server did not exit 0 on SIGTERM")
