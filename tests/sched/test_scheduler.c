@@ -106,7 +106,7 @@ static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_q
         {0, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},
         {0, 1.5f, 1.0f, 0.0f, 1.0f, 0, 0},
     };
-    tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling};
+    tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling, 0};
     tsr_scheduler_t *s;
     CHECK(tsr_scheduler_create(e, tok, q, stats, &sc, &s) == TSR_OK, "scheduler");
     tsr_gen_request *reqs[N_SAMPLED];
@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
     CHECK(tsr_request_queue_init(&q, 64) == TSR_OK, "queue");
     tsr_server_stats stats;
     memset(&stats, 0, sizeof stats);
-    tsr_sched_config sc = {48, 0.01, NULL, NULL, 0}; /* small budget: prompts are chunked */
+    tsr_sched_config sc = {48, 0.01, NULL, NULL, 0, 0}; /* small budget: prompts are chunked */
     tsr_scheduler_t *s;
     CHECK(tsr_scheduler_create(&e, tok, &q, &stats, &sc, &s) == TSR_OK, "scheduler");
 
