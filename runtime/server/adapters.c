@@ -115,12 +115,31 @@ static long long cgroup_value(const char *file) {
     return v;
 }
 
+/* One number from a file (-1: absent, unreadable, or 2^60 and more, which
+ * cgroup v1 writes for "no limit"). */
+static long long file_value(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long long v = -1;
+    if (fscanf(f, "%lld", &v) != 1 || v >= (1LL << 60))
+        v = -1;
+    fclose(f);
+    return v;
+}
+
 /* Host memory this process can still take without meeting the OOM killer:
- * the smaller of MemAvailable and the cgroup's room; -1 when unknown. */
+ * the smaller of MemAvailable and the cgroup's room (v2: memory.max less
+ * memory.current; v1, as a container sees its own: limit_in_bytes less
+ * usage_in_bytes); -1 when unknown. */
 static long long host_free_bytes(void) {
     long long kib = meminfo_kib("MemAvailable");
     long long avail = kib >= 0 ? kib * 1024 : -1;
     long long max = cgroup_value("memory.max"), cur = cgroup_value("memory.current");
+    if (max < 0 || cur < 0) {
+        max = file_value("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+        cur = file_value("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+    }
     if (max >= 0 && cur >= 0) {
         long long room = max > cur ? max - cur : 0;
         if (avail < 0 || room < avail)

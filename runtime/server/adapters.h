@@ -24,8 +24,8 @@ typedef struct tsr_adapters tsr_adapters_t; /* opaque */
  * memory_cap: the bytes all adapters may take together (16 a parameter:
  * the parameters, their gradients and the two AdamW moments, f32); 0 = no
  * fixed cap. Either way, on a host-memory backend an adapter that needs
- * more than the host has free (MemAvailable, and the cgroup's memory.max
- * less memory.current) is refused with RESOURCE_EXHAUSTED before the engine
+ * more than the host has free (MemAvailable, and the cgroup's limit less
+ * its usage, v2 or v1) is refused with RESOURCE_EXHAUSTED before the engine
  * allocates it. */
 tsr_status tsr_adapters_create(tsr_engine *e, const char *base_model, long long memory_cap,
                                tsr_adapters_t **out);
