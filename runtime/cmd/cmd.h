@@ -53,7 +53,8 @@ typedef struct {
     /* serve */
     const char *host, *auth_token_file, *tls_cert, *tls_key;
     int port, max_seqs, kv_positions, max_batch_tokens, queue, log_prompts, host_sampling;
-    int metrics_port; /* 0 = no metrics endpoint */
+    int adapter_memory_mib; /* serve: the most all adapters may take together; 0 = no cap */
+    int metrics_port;       /* 0 = no metrics endpoint */
     double grace_s;
     tsr_sampling_params sp;
     const char *stop[CMD_MAX_STOP];

@@ -155,8 +155,16 @@ int cmd_serve(tsr_comm_grid *grid, const cmd_options *o) {
         cmd_session_config(o, ctx, &pc, &ec);
         ec.max_seqs = o->max_seqs;
         int positions = o->kv_positions ? o->kv_positions : o->max_seqs * ctx / 2;
-        if (positions < ctx)
+        if (positions < ctx) {
+            /* the pool always holds one whole context, so that every request
+             * the context admits (prompt + max_tokens <= ctx) can run */
+            if (g_rank == 0)
+                fprintf(stderr,
+                        "tessera: --kv-positions %d is below the context (%d); the KV pool "
+                        "holds %d positions\n",
+                        positions, ctx, ctx);
             positions = ctx;
+        }
         ec.kv_blocks = (positions + ec.block_size - 1) / ec.block_size;
         st = tsr_session_start_engine(&s, &pc, &ec, o->adapter);
     }
@@ -172,7 +180,12 @@ int cmd_serve(tsr_comm_grid *grid, const cmd_options *o) {
         return cmd_run_worker(&s);
 
     tsr_scheduler_t *sched = NULL;
-    tsr_sched_config sc = {o->max_batch_tokens, 0.05, metrics, o->model, o->host_sampling};
+    tsr_sched_config sc = {o->max_batch_tokens,
+                           0.05,
+                           metrics,
+                           o->model,
+                           o->host_sampling,
+                           (long long)o->adapter_memory_mib << 20};
     st = tsr_scheduler_create(&s.engine, s.tok, &g_queue, &g_stats, &sc, &sched);
     if (st != TSR_OK) {
         int rc = cmd_fail(st);

@@ -55,6 +55,7 @@ typedef enum {
     O_KV_POS,
     O_MAX_BATCH,
     O_QUEUE,
+    O_ADAPTER_MEM,
     O_GRACE,
     O_LOG_PROMPTS,
     O_HOST_SAMPLING,
@@ -132,6 +133,7 @@ static const tsr_opt k_opts[] = {
     {"kv-positions", O_KV_POS, 1, RUN, 0},
     {"max-batch-tokens", O_MAX_BATCH, 1, RUN, 0},
     {"queue", O_QUEUE, 1, RUN, 0},
+    {"adapter-memory", O_ADAPTER_MEM, 1, RUN, 0},
     {"grace", O_GRACE, 1, RUN, 0},
     {"log-prompts", O_LOG_PROMPTS, 0, RUN, 0},
     {"host-sampling", O_HOST_SAMPLING, 0, RUN, 0},
@@ -385,9 +387,10 @@ static int read_values(const tsr_opt_args *a, cmd_options *o) {
         get_int(a, O_PORT, 0, 65535, &o->port) || get_int(a, O_MAX_SEQS, 1, 4096, &o->max_seqs) ||
         get_int(a, O_KV_POS, 16, 1 << 26, &o->kv_positions) ||
         get_int(a, O_MAX_BATCH, 1, 1 << 20, &o->max_batch_tokens) ||
-        get_int(a, O_QUEUE, 1, 1 << 20, &o->queue) || get_float(a, O_GRACE, &grace) ||
-        get_int(a, O_METRICS_PORT, 0, 65535, &o->metrics_port) || read_device(a, o) ||
-        get_int(a, O_STEPS, 1, 1 << 30, &o->steps) ||
+        get_int(a, O_QUEUE, 1, 1 << 20, &o->queue) ||
+        get_int(a, O_ADAPTER_MEM, 1, 1 << 30, &o->adapter_memory_mib) ||
+        get_float(a, O_GRACE, &grace) || get_int(a, O_METRICS_PORT, 0, 65535, &o->metrics_port) ||
+        read_device(a, o) || get_int(a, O_STEPS, 1, 1 << 30, &o->steps) ||
         get_int(a, O_EPOCHS, 1, 1 << 20, &o->epochs) ||
         get_int(a, O_BATCH_SIZE, 1, 1 << 16, &o->batch_size) ||
         get_int(a, O_RANK, 1, 4096, &o->lora_rank) ||
@@ -582,6 +585,7 @@ void cmd_usage(FILE *f) {
           "  --tls-cert F --tls-key F   --max-seqs N (32)  --ctx N (2048)\n"
           "  --kv-positions N (max-seqs*ctx/2)  --max-batch-tokens N (512)\n"
           "  --queue N (256)  --grace S (30)  --log-prompts\n"
+          "  --adapter-memory MIB (no cap: what the host has free)\n"
           "  --host-sampling   bring every sampled row's logits to rank 0 (default: rows\n"
           "                    bring device-side candidates where their draw allows)\n"
           "  --metrics-port N (0 = off)  Prometheus /metrics and /healthz over HTTP on --host\n"

@@ -24,15 +24,18 @@ typedef struct {
 struct tsr_adapters {
     tsr_engine *e;
     char base_model[256];
+    long long memory_cap; /* bytes; 0 = none */
     entry slots[TSR_ENGINE_MAX_ADAPTERS];
 };
 
-tsr_status tsr_adapters_create(tsr_engine *e, const char *base_model, tsr_adapters_t **out) {
+tsr_status tsr_adapters_create(tsr_engine *e, const char *base_model, long long memory_cap,
+                               tsr_adapters_t **out) {
     *out = NULL;
     tsr_adapters_t *a = calloc(1, sizeof *a);
     if (!a)
         return tsr_error_set(TSR_ERR_NOMEM, "adapters: out of memory");
     a->e = e;
+    a->memory_cap = memory_cap > 0 ? memory_cap : 0;
     snprintf(a->base_model, sizeof a->base_model, "%s", base_model ? base_model : "");
     *out = a;
     return TSR_OK;
@@ -61,6 +64,117 @@ static long long n_params(const tsr_model_config *c, const tsr_lora_config *l) {
             n += (long long)l->rank * (di + dout);
     }
     return n * c->n_layer;
+}
+
+/* Bytes one adapter takes in the engine: f32 parameters, gradients and
+ * the two AdamW moments (runtime/model/lora.c), over all ranks. */
+static long long adapter_bytes(const tsr_model_config *c, const tsr_lora_config *l) {
+    return n_params(c, l) * 4 * (long long)sizeof(float);
+}
+
+/* A number in KiB from a "Name:   123 kB" line of /proc/meminfo; -1 if absent. */
+static long long meminfo_kib(const char *name) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long long v = -1;
+    const size_t n = strlen(name);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, name, n) == 0 && line[n] == ':') {
+            v = strtoll(line + n + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+/* One number from a cgroup v2 file of this process's cgroup ("max" and
+ * absent files: -1). */
+static long long cgroup_value(const char *file) {
+    char path[700], rel[300] = "";
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (f) {
+        char line[300];
+        while (fgets(line, sizeof line, f))
+            if (strncmp(line, "0::", 3) == 0) {
+                snprintf(rel, sizeof rel, "%s", line + 3);
+                rel[strcspn(rel, "\n")] = '\0';
+            }
+        fclose(f);
+    }
+    snprintf(path, sizeof path, "/sys/fs/cgroup%s/%s", strcmp(rel, "/") ? rel : "", file);
+    f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char buf[64] = "";
+    long long v = -1;
+    if (fgets(buf, sizeof buf, f) && strncmp(buf, "max", 3) != 0)
+        v = strtoll(buf, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+/* One number from a file (-1: absent, unreadable, or 2^60 and more, which
+ * cgroup v1 writes for "no limit"). */
+static long long file_value(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long long v = -1;
+    if (fscanf(f, "%lld", &v) != 1 || v >= (1LL << 60))
+        v = -1;
+    fclose(f);
+    return v;
+}
+
+/* Host memory this process can still take without meeting the OOM killer:
+ * the smaller of MemAvailable and the cgroup's room (v2: memory.max less
+ * memory.current; v1, as a container sees its own: limit_in_bytes less
+ * usage_in_bytes); -1 when unknown. */
+static long long host_free_bytes(void) {
+    long long kib = meminfo_kib("MemAvailable");
+    long long avail = kib >= 0 ? kib * 1024 : -1;
+    long long max = cgroup_value("memory.max"), cur = cgroup_value("memory.current");
+    if (max < 0 || cur < 0) {
+        max = file_value("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+        cur = file_value("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+    }
+    if (max >= 0 && cur >= 0) {
+        long long room = max > cur ? max - cur : 0;
+        if (avail < 0 || room < avail)
+            avail = room;
+    }
+    return avail;
+}
+
+/* TSR_OK when an adapter of config l fits: under the --adapter-memory cap
+ * with the adapters already held, and (host-memory backends) in what the
+ * host has free. TSR_ERR_NOMEM with the numbers otherwise. */
+static tsr_status check_memory(const tsr_adapters_t *a, const tsr_lora_config *l) {
+    const long long need = adapter_bytes(&a->e->mcfg, l);
+    long long held = 0;
+    for (int i = 0; i < TSR_ENGINE_MAX_ADAPTERS; i++) {
+        const tsr_lora_adapter *ad = a->slots[i].used ? tsr_engine_adapter_get(a->e, i) : NULL;
+        if (ad)
+            held += adapter_bytes(&a->e->mcfg, &ad->cfg);
+    }
+    if (a->memory_cap > 0 && held + need > a->memory_cap)
+        return tsr_error_set(TSR_ERR_NOMEM,
+                             "the adapter needs %.1f MiB (rank %d: parameters, gradients and "
+                             "AdamW state), the adapters held take %.1f MiB, and --adapter-memory "
+                             "allows %.1f MiB in all: DeleteAdapter one, or use a smaller rank",
+                             need / 1048576.0, l->rank, held / 1048576.0,
+                             a->memory_cap / 1048576.0);
+    if (a->e->be && tsr_backend_host_memory(a->e->be)) {
+        const long long avail = host_free_bytes();
+        if (avail >= 0 && need > avail)
+            return tsr_error_set(TSR_ERR_NOMEM,
+                                 "the adapter needs %.1f MiB (rank %d: parameters, gradients and "
+                                 "AdamW state) but the host has %.1f MiB free",
+                                 need / 1048576.0, l->rank, avail / 1048576.0);
+    }
+    return TSR_OK;
 }
 
 static void info_of(const tsr_adapters_t *a, int slot, tsr_adapter_info *out) {
@@ -200,12 +314,21 @@ tsr_status tsr_adapters_run(tsr_adapters_t *a, tsr_ctl_request *r) {
             return TSR_OK;
         }
         if (r->kind == TSR_CTL_CREATE) {
-            st = tsr_engine_adapter_create(e, slot, &r->lora);
+            st = check_memory(a, &r->lora);
+            if (st == TSR_OK)
+                st = tsr_engine_adapter_create(e, slot, &r->lora);
         } else {
             tsr_peft_adapter pa;
             st = tsr_peft_load(r->path, &e->mcfg, &pa);
             if (st == TSR_OK) {
-                st = tsr_engine_adapter_load(e, slot, &pa);
+                tsr_lora_config c = TSR_LORA_CONFIG_INIT;
+                c.rank = pa.r;
+                c.targets = pa.targets;
+                st = check_memory(a, &c);
+                if (st != TSR_OK)
+                    st = tsr_error_wrap(st, "LoadAdapter %s", r->path);
+                else
+                    st = tsr_engine_adapter_load(e, slot, &pa);
                 tsr_peft_free(&pa);
             } else {
                 st = tsr_error_wrap(st, "LoadAdapter %s", r->path);

@@ -20,8 +20,15 @@
 
 typedef struct tsr_adapters tsr_adapters_t; /* opaque */
 
-/* base_model: what SaveAdapter writes as base_model_name_or_path (copied). */
-tsr_status tsr_adapters_create(tsr_engine *e, const char *base_model, tsr_adapters_t **out);
+/* base_model: what SaveAdapter writes as base_model_name_or_path (copied).
+ * memory_cap: the bytes all adapters may take together (16 a parameter:
+ * the parameters, their gradients and the two AdamW moments, f32); 0 = no
+ * fixed cap. Either way, on a host-memory backend an adapter that needs
+ * more than the host has free (MemAvailable, and the cgroup's limit less
+ * its usage, v2 or v1) is refused with RESOURCE_EXHAUSTED before the engine
+ * allocates it. */
+tsr_status tsr_adapters_create(tsr_engine *e, const char *base_model, long long memory_cap,
+                               tsr_adapters_t **out);
 void tsr_adapters_free(tsr_adapters_t *a); /* NULL ok; the engine's slots stay (engine_free) */
 
 /* Runs one adapter call and finishes it (tsr_ctl_request_finish) with its

@@ -215,6 +215,22 @@ int tsr_request_queue_pop(tsr_request_queue *q, tsr_gen_request **out, int max, 
     return n;
 }
 
+int tsr_request_queue_take_cancelled(tsr_request_queue *q, tsr_gen_request **out, int max,
+                                     double now) {
+    pthread_mutex_lock(&q->mu);
+    int n = 0, kept = 0;
+    for (int i = 0; i < q->count; i++) {
+        tsr_gen_request *r = q->items[(q->head + i) % q->cap];
+        if (n < max && (atomic_load(&r->cancelled) || (r->deadline > 0 && now > r->deadline)))
+            out[n++] = r;
+        else
+            q->items[(q->head + kept++) % q->cap] = r;
+    }
+    q->count = kept;
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}
+
 int tsr_request_queue_len(tsr_request_queue *q) {
     pthread_mutex_lock(&q->mu);
     int n = q->count;

@@ -208,6 +208,12 @@ tsr_status tsr_request_queue_push(tsr_request_queue *q, tsr_gen_request *r);
  * number taken. */
 int tsr_request_queue_pop(tsr_request_queue *q, tsr_gen_request **out, int max, double timeout_s);
 
+/* Engine side: removes from the queue (keeping the others in order) up to
+ * `max` requests that were cancelled or whose deadline is before `now`, and
+ * hands them to the caller, which finishes them. */
+int tsr_request_queue_take_cancelled(tsr_request_queue *q, tsr_gen_request **out, int max,
+                                     double now);
+
 /* Requests waiting now. */
 int tsr_request_queue_len(tsr_request_queue *q);
 

@@ -290,8 +290,9 @@ tsr_status tsr_scheduler_create(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_r
         if (tsr_tokenizer_is_eog(tok, t))
             s->eog[s->n_eog++] = t;
     s->segs = malloc(3 * ((size_t)TSR_ENGINE_MAX_ADAPTERS + 1) * sizeof *s->segs);
-    tsr_status st = s->segs ? tsr_adapters_create(e, cfg->base_model, &s->adapters)
-                            : tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
+    tsr_status st = s->segs
+                        ? tsr_adapters_create(e, cfg->base_model, cfg->adapter_memory, &s->adapters)
+                        : tsr_error_set(TSR_ERR_NOMEM, "scheduler: out of memory");
     if (st != TSR_OK) {
         tsr_scheduler_free(s);
         return st;
@@ -349,7 +350,7 @@ void tsr_scheduler_free(tsr_scheduler_t *s) {
 }
 
 int tsr_scheduler_pending(const tsr_scheduler_t *s) {
-    int n = s->n_waiting;
+    int n = s->n_waiting + tsr_request_queue_len(s->q);
     for (int k = 0; k < s->max_seqs; k++)
         n += s->seqs[k].req != NULL;
     return n;
@@ -542,7 +543,13 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     /* 1. new arrivals (wait only when there is nothing else to do) */
     int busy = tsr_scheduler_pending(s) > 0;
     tsr_gen_request *in[64];
-    int n_in = tsr_request_queue_pop(s->q, in, 64, busy ? 0 : s->cfg.idle_wait_s);
+    /* Only as many as there are slots: the rest stay in the bounded request
+     * queue, so that a burst past --queue is refused with RESOURCE_EXHAUSTED
+     * instead of piling up here without a bound. */
+    int room = s->max_seqs - s->n_waiting;
+    if (room > 64)
+        room = 64;
+    int n_in = room > 0 ? tsr_request_queue_pop(s->q, in, room, busy ? 0 : s->cfg.idle_wait_s) : 0;
     if (s->n_waiting + n_in > s->cap_waiting) {
         int cap = s->cap_waiting ? s->cap_waiting * 2 : 64;
         while (cap < s->n_waiting + n_in)
@@ -555,6 +562,13 @@ tsr_status tsr_scheduler_iterate(tsr_scheduler_t *s) {
     }
     for (int i = 0; i < n_in; i++)
         s->waiting[s->n_waiting++] = in[i];
+    /* requests cancelled or expired while still in the queue leave it now,
+     * so that they hold no place there */
+    int n_gone = tsr_request_queue_take_cancelled(s->q, in, 64, tsr_now_s());
+    for (int i = 0; i < n_gone; i++) {
+        post_final(s, in[i], TSR_FIN_CANCELLED, NULL, NULL);
+        tsr_gen_request_release(in[i]);
+    }
 
     /* 1b. adapter calls: one between two steps while sequences generate, all
      * of them when idle */

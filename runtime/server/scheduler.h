@@ -32,17 +32,20 @@
 #include "runtime/tokenizer/tokenizer.h"
 
 typedef struct {
-    int max_batch_tokens;   /* token budget of one step; 0 = 512 */
-    double idle_wait_s;     /* how long an idle loop waits for a request; 0 = 0.05 */
-    tsr_metrics *metrics;   /* tokens, latencies, finishes, steps and the batch/KV gauges are
+    int max_batch_tokens;     /* token budget of one step; 0 = 512 */
+    double idle_wait_s;       /* how long an idle loop waits for a request; 0 = 0.05 */
+    tsr_metrics *metrics;     /* tokens, latencies, finishes, steps and the batch/KV gauges are
                              recorded here (this thread only writes); NULL = off */
-    const char *base_model; /* the adapters' base_model_name_or_path when saved */
-    int host_sampling;      /* 1: every sampled row's logits come to rank 0 whole; 0: rows
+    const char *base_model;   /* the adapters' base_model_name_or_path when saved */
+    int host_sampling;        /* 1: every sampled row's logits come to rank 0 whole; 0: rows
                                bring candidates picked on the device where their draw allows
                                (the same tokens, far fewer bytes): top-k rows their top-k;
                                top_k-off rows without penalties, bans or logprobs 128 and the
                                row's softmax normaliser, the whole row only when the nucleus
                                reaches past them; the other rows come whole in the same step */
+    long long adapter_memory; /* bytes all adapters may take together (parameters,
+                                 gradients, AdamW state: 16 bytes a parameter); 0 = no
+                                 cap but the host's free memory */
 } tsr_sched_config;
 
 typedef struct tsr_scheduler tsr_scheduler_t; /* opaque */
@@ -69,7 +72,8 @@ void tsr_scheduler_step_counts(const tsr_scheduler_t *s, long counts[4]);
  * --host-sampling). */
 void tsr_scheduler_row_counts(const tsr_scheduler_t *s, long counts[4]);
 
-/* Sequences running or waiting for admission. */
+/* Sequences running or waiting for admission (in the scheduler or still in
+ * the request queue). */
 int tsr_scheduler_pending(const tsr_scheduler_t *s);
 
 /* Finishes every running and waiting request with CANCELLED (shutdown after

@@ -106,7 +106,7 @@ static void run_sampled(tsr_engine *e, const tsr_tokenizer_t *tok, tsr_request_q
         {0, 0.7f, 1.0f, 0.05f, 1.0f, 0, 0},
         {0, 1.5f, 1.0f, 0.0f, 1.0f, 0, 0},
     };
-    tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling};
+    tsr_sched_config sc = {48, 0.01, NULL, NULL, host_sampling, 0};
     tsr_scheduler_t *s;
     CHECK(tsr_scheduler_create(e, tok, q, stats, &sc, &s) == TSR_OK, "scheduler");
     tsr_gen_request *reqs[N_SAMPLED];
@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
     CHECK(tsr_request_queue_init(&q, 64) == TSR_OK, "queue");
     tsr_server_stats stats;
     memset(&stats, 0, sizeof stats);
-    tsr_sched_config sc = {48, 0.01, NULL, NULL, 0}; /* small budget: prompts are chunked */
+    tsr_sched_config sc = {48, 0.01, NULL, NULL, 0, 0}; /* small budget: prompts are chunked */
     tsr_scheduler_t *s;
     CHECK(tsr_scheduler_create(&e, tok, &q, &stats, &sc, &s) == TSR_OK, "scheduler");
 
@@ -231,6 +231,44 @@ int main(int argc, char **argv) {
     CHECK(tsr_scheduler_iterate(s) == TSR_OK, "iterate");
     CHECK(drain(r, &rc) && rc.finish == TSR_FIN_CANCELLED, "cancel did not end the request");
     tsr_gen_request_release(r);
+
+    /* the scheduler takes from the queue only as many requests as it has
+     * slots: the rest stay in the bounded queue (so that a burst past it is
+     * refused there); a request cancelled while still queued leaves the
+     * queue at the next iteration, finished as cancelled */
+    tsr_gen_request *many[12];
+    static result rm[12];
+    memset(rm, 0, sizeof rm);
+    for (int i = 0; i < 12; i++) {
+        many[i] = make_request(tok, prompts[i % 8], 200, NULL);
+        many[i]->ignore_eos = 1;
+        CHECK(tsr_request_queue_push(&q, many[i]) == TSR_OK, "push");
+    }
+    atomic_store(&many[11]->cancelled, 1);
+    CHECK(tsr_scheduler_pending(s) == 12, "pending %d, want 12 (all queued)",
+          tsr_scheduler_pending(s));
+    CHECK(tsr_scheduler_iterate(s) == TSR_OK, "iterate");
+    CHECK(tsr_request_queue_len(&q) == 3,
+          "after one iteration %d requests are left in the queue, want 3 (8 slots taken, one "
+          "cancelled)",
+          tsr_request_queue_len(&q));
+    CHECK(drain(many[11], &rm[11]) && rm[11].finish == TSR_FIN_CANCELLED,
+          "the request cancelled in the queue did not finish as cancelled");
+    CHECK(tsr_scheduler_pending(s) == 11, "pending %d, want 11", tsr_scheduler_pending(s));
+    for (int i = 0; i < 11; i++)
+        atomic_store(&many[i]->cancelled, 1);
+    for (int left = 11, guard = 0; left > 0; guard++) {
+        CHECK(guard < 100, "cancelled requests never finished");
+        CHECK(tsr_scheduler_iterate(s) == TSR_OK, "iterate");
+        left = 0;
+        for (int i = 0; i < 11; i++)
+            left += !drain(many[i], &rm[i]);
+    }
+    for (int i = 0; i < 12; i++)
+        tsr_gen_request_release(many[i]);
+    CHECK(tsr_scheduler_pending(s) == 0 && tsr_request_queue_len(&q) == 0,
+          "requests left after cancelling all");
+    printf("the scheduler holds at most its 8 slots of requests; the rest wait in the queue\n");
 
     /* a stop string taken from the expected answer */
     const char *full = alone[0].text;
