@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-question=${1:-"Which city is the capital of France?"}
+question=${1:-"Name the capital of France."}
 port=${TESSERA_DEMO_PORT:-50051}
 
 bash scripts/setup.sh
