@@ -32,8 +32,10 @@ For each thread count (default 1 and 2), each measurement in its own process:
               streams. The load generator runs on the same cores.
 
 Every figure is the median over --reps; peak RSS is each process's own ru_maxrss
-from os.wait4 (the server's after SIGTERM; under mpirun, the largest of mpirun and
-the ranks it reaped).
+from os.wait4 (the server's after SIGTERM; under mpirun, the largest rank's VmHWM
+read from /proc before the stop, since mpirun does not reap its ranks on SIGTERM).
+"other CPU" is what the rest of the machine used meanwhile (/proc/stat less the
+measured processes), in cores; --max-other-cpu measures again above a limit.
 
     .venv-bench/bin/python bench/compare_batched.py [--threads 1,2] [--reps 3] [--tp2]
         [--tessera build-cpu/runtime/tessera] [--tsr-bench build-cpu/bench/tsr_bench]
@@ -173,23 +175,84 @@ def llamacpp_worker(a):
 # ---------------------------------------------------------------- children
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def sys_busy_s():
+    """Busy CPU seconds of the whole machine, all cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
+
+
 def wait_child(p):
-    """Waits for Popen p; returns its own peak RSS in MiB (os.wait4)."""
+    """Waits for Popen p; returns (its own peak RSS in MiB, its CPU seconds),
+    from os.wait4."""
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    return ru.ru_maxrss / 1024.0
+    return ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
 
 
-def run_json(cmd, env=None):
+def run_json(cmd, env=None, a=None):
+    """run_json_once, measured again (after --busy-wait s, up to --busy-retries
+    times) while other processes used more than --max-other-cpu cores."""
+    for attempt in range((a.busy_retries if a else 0) + 1):
+        r = run_json_once(cmd, env)
+        if a is None or a.max_other_cpu is None or r[2] <= a.max_other_cpu \
+                or attempt == a.busy_retries:
+            return r
+        print(f"compare_batched: other processes used {r[2]:.2f} cores; measuring again in "
+              f"{a.busy_wait:g} s", file=sys.stderr, flush=True)
+        time.sleep(a.busy_wait)
+
+
+def run_json_once(cmd, env=None):
+    """Runs cmd, returns (its stdout parsed as JSON, its peak RSS MiB, the CPU
+    that other processes used while it ran, in cores)."""
     with tempfile.TemporaryFile("w+") as err:
+        b0, t0 = sys_busy_s(), time.time()
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         out = p.stdout.read()
         p.stdout.close()
-        rss = wait_child(p)
+        rss, cpu = wait_child(p)
+        other = (sys_busy_s() - b0 - cpu) / (time.time() - t0)
         if p.returncode != 0:
             err.seek(0)
             sys.exit(f"compare_batched: {' '.join(cmd)} exited {p.returncode}:\n{err.read()[-2000:]}")
-    return json.loads(out), rss
+    return json.loads(out), rss, other
+
+
+def rank_stats(root):
+    """(CPU seconds, largest VmHWM MiB) of the tessera processes under pid root
+    (the ranks that mpirun started), read from /proc while they run."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            kids.setdefault(int(st[st.rindex(")") + 2:].split()[1]), []).append(int(d))
+    cpu, hwm, todo = 0.0, 0.0, [root]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            todo.append(c)
+            try:
+                with open(f"/proc/{c}/comm") as f:
+                    if f.read().strip() != "tessera":
+                        continue
+                with open(f"/proc/{c}/stat") as f:
+                    st = f.read()
+                fields = st[st.rindex(")") + 2:].split()
+                cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK
+                with open(f"/proc/{c}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            hwm = max(hwm, int(line.split()[1]) / 1024.0)
+            except OSError:
+                continue
+    return cpu, hwm
 
 
 def free_port():
@@ -213,6 +276,7 @@ def run_server(a, threads, tp, tmp):
     log_path = os.path.join(tmp, f"server-t{threads}-tp{tp}.log")
     log = open(log_path, "w")
     print("compare_batched: " + " ".join(srv), file=sys.stderr, flush=True)
+    b0, t0 = sys_busy_s(), time.time()
     p = subprocess.Popen(srv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                          env=dict(os.environ, **MPI_ENV))
     out_json = os.path.join(tmp, f"loadgen-t{threads}-tp{tp}.json")
@@ -220,7 +284,11 @@ def run_server(a, threads, tp, tmp):
           "--levels", ",".join([str(a.pl)] * a.reps), "--requests-per-client", "1",
           "--prompt-tokens", str(a.pp), "--gen-tokens", str(a.tg), "--json", out_json]
     try:
-        r = subprocess.run(lg, capture_output=True, text=True, timeout=3600)
+        with tempfile.TemporaryFile("w+") as lerr:
+            q = subprocess.Popen(lg, stdout=subprocess.DEVNULL, stderr=lerr, text=True)
+            _, lg_cpu = wait_child(q)
+            lerr.seek(0)
+            r = subprocess.CompletedProcess(lg, q.returncode, "", lerr.read())
         if r.returncode != 0 or not os.path.exists(out_json):
             log.flush()
             with open(log_path, errors="replace") as f:
@@ -234,7 +302,10 @@ def run_server(a, threads, tp, tmp):
     finally:
         # SIGTERM to the server (mpirun forwards it to the ranks); reaped with
         # os.wait4 for its own peak RSS
-        rss = float("nan")
+        rss, srv_cpu = float("nan"), 0.0
+        # mpirun exits on SIGTERM without reaping the ranks (they drain and exit
+        # on their own), so their CPU and peak RSS are read from /proc first
+        ranks_cpu, ranks_hwm = rank_stats(p.pid) if tp > 1 else (0.0, 0.0)
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             deadline = time.time() + 60
@@ -243,12 +314,18 @@ def run_server(a, threads, tp, tmp):
                 if pid == p.pid:
                     p.returncode = os.waitstatus_to_exitcode(status)
                     rss = ru.ru_maxrss / 1024.0
+                    srv_cpu = ru.ru_utime + ru.ru_stime
                     break
                 if time.time() > deadline:
                     p.kill()
                     deadline = time.time() + 1e9
                 time.sleep(0.05)
         log.close()
+        srv_cpu += ranks_cpu
+        rss = max(rss, ranks_hwm)
+    # CPU of everything but the server and loadgen over the server's life, in cores
+    # (under mpirun the ranks' CPU is mpirun's reaped children's, counted in srv_cpu)
+    res["other_cpu"] = (sys_busy_s() - b0 - srv_cpu - lg_cpu) / (time.time() - t0)
     return res, rss
 
 
@@ -296,6 +373,11 @@ def main():
     ap.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
     ap.add_argument("--loadgen-python", default=sys.executable)
     ap.add_argument("--only", default="llama,tsr_bench,server", help="which measurements")
+    ap.add_argument("--max-other-cpu", type=float, default=None, metavar="CORES",
+                    help="on a shared machine: measure again when other processes used more "
+                         "than this many cores meanwhile")
+    ap.add_argument("--busy-retries", type=int, default=4)
+    ap.add_argument("--busy-wait", type=float, default=30)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", choices=["llamacpp"], help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -331,38 +413,49 @@ def main():
         for n in [int(x) for x in a.threads.split(",") if x]:
             row = {"threads": n}
             if "llama" in only:
-                ll, rss = run_json([sys.executable, os.path.abspath(__file__), "--worker",
+                ll, rss, other = run_json([sys.executable, os.path.abspath(__file__), "--worker",
                                     "llamacpp", "--model", a.model, "--threads", str(n),
                                     "--pp", str(a.pp), "--tg", str(a.tg), "--pl", str(a.pl),
                                     "--reps", str(a.reps), "--n-ctx", str(a.n_ctx),
                                     "--flash-attn", a.flash_attn]
-                                   + (["--kv-unified"] if a.kv_unified else []))
-                ll["peak_rss_mib"] = rss
+                                   + (["--kv-unified"] if a.kv_unified else []), a=a)
+                ll["peak_rss_mib"], ll["other_cpu"] = rss, other
                 for k in ("t_pp", "t_tg", "gen_over_total", "s_tg", "s"):
                     ll[k] = med([r[k] for r in ll["reps"]])
                 row["llama.cpp"] = ll
                 print(f"threads {n}: llama.cpp T_PP {ll['t_pp']:.3f} s, T_TG {ll['t_tg']:.3f} s, "
                       f"S_TG {ll['s_tg']:.1f}, generated/total {ll['gen_over_total']:.1f} tok/s, "
-                      f"RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
+                      f"RSS {rss:.0f} MiB, other processes {other:.2f} cores", file=sys.stderr, flush=True)
             if "tsr_bench" in only:
-                tb, rss = run_json([a.tsr_bench, "--json", "--model", a.model, "--threads", str(n),
+                tb, rss, other = run_json([a.tsr_bench, "--json", "--model", a.model, "--threads", str(n),
                                     "--batch", str(a.pl), "--decode-prompt", str(a.pp),
                                     "--gen-tokens", str(a.tg), "--prompt-tokens", str(a.pl * a.pp),
-                                    "--reps", str(a.reps)])
+                                    "--reps", str(a.reps)], a=a)
                 dec = tb["decode_tok_s"]["median"]
                 pre = tb["prefill_tok_s"]["median"]
                 t_tg, t_pp = a.pl * a.tg / dec, a.pl * a.pp / pre
-                row["tsr_bench"] = {"raw": tb, "peak_rss_mib": rss, "s_tg": dec, "t_tg": t_tg,
+                row["tsr_bench"] = {"raw": tb, "peak_rss_mib": rss, "other_cpu": other,
+                                    "s_tg": dec, "t_tg": t_tg,
                                     "t_pp_est": t_pp, "gen_over_total_est": a.pl * a.tg / (t_pp + t_tg)}
                 print(f"threads {n}: tsr_bench decode {dec:.1f} tok/s (T_TG {t_tg:.3f} s), "
-                      f"pp{a.pl * a.pp} {pre:.1f} tok/s, RSS {rss:.0f} MiB", file=sys.stderr,
+                      f"pp{a.pl * a.pp} {pre:.1f} tok/s, RSS {rss:.0f} MiB, other processes {other:.2f} "
+                      f"cores", file=sys.stderr,
                       flush=True)
             if "server" in only:
                 for tp in ([1, 2] if a.tp2 and n >= 2 else [1]):
-                    res, rss = run_server(a, n, tp, tmp)
+                    for attempt in range(a.busy_retries + 1):
+                        res, rss = run_server(a, n, tp, tmp)
+                        if a.max_other_cpu is None or res["other_cpu"] <= a.max_other_cpu \
+                                or attempt == a.busy_retries:
+                            break
+                        print(f"compare_batched: other processes used {res['other_cpu']:.2f} "
+                              f"cores; measuring again in {a.busy_wait:g} s", file=sys.stderr,
+                              flush=True)
+                        time.sleep(a.busy_wait)
                     lv = res["levels"]
                     bad = sum(x["errors"] + x["wrong_length"] for x in lv)
                     s = {"levels": lv, "peak_rss_mib": rss, "bad_requests": bad,
+                         "other_cpu": res["other_cpu"],
                          "gen_over_total": med([x["tok_s"] for x in lv]),
                          "wall_s": med([x["wall_s"] for x in lv]),
                          "ttft_p50_s": med([x["ttft_p50_s"] for x in lv]),
@@ -373,7 +466,8 @@ def main():
                     row[f"server_tp{tp}"] = s
                     print(f"threads {n}: server tp{tp} {s['gen_over_total']:.1f} tok/s generated "
                           f"over total, TTFT p50 {s['ttft_p50_s'] * 1e3:.0f} ms, ITL p50 "
-                          f"{s['itl_p50_s'] * 1e3:.1f} ms, {bad} bad requests",
+                          f"{s['itl_p50_s'] * 1e3:.1f} ms, {bad} bad requests, other processes "
+                          f"{s['other_cpu']:.2f} cores",
                           file=sys.stderr, flush=True)
             rows.append(row)
     finally:
@@ -382,10 +476,10 @@ def main():
     m = machine_info()
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores ({' '.join(m['flags'])}), {m['os']}")
     print(f"test:    {a.pl} sequences, {a.pp} prompt tokens and {a.tg} generated each; median of "
-          f"{a.reps} reps\n")
+          f"{a.reps} reps; other CPU: what other processes used meanwhile, in cores\n")
     print("| threads | engine | T_PP s | T_TG s | decode tok/s (PL*TG / T_TG) | generated / total "
-          "tok/s | x llama.cpp (generated / total) | peak RSS MiB |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+          "tok/s | x llama.cpp (generated / total) | peak RSS MiB | other CPU |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ll = r.get("llama.cpp")
         base = ll["gen_over_total"] if ll else None
@@ -395,21 +489,22 @@ def main():
         n = r["threads"]
         if ll:
             print(f"| {n} | llama.cpp (batched-bench method) | {ll['t_pp']:.3f} | {ll['t_tg']:.3f} "
-                  f"| {ll['s_tg']:.1f} | {ll['gen_over_total']:.1f} | 1.00 | {ll['peak_rss_mib']:.0f} |")
+                  f"| {ll['s_tg']:.1f} | {ll['gen_over_total']:.1f} | 1.00 | {ll['peak_rss_mib']:.0f} "
+                  f"| {ll['other_cpu']:.2f} |")
         if "tsr_bench" in r:
             t = r["tsr_bench"]
             print(f"| {n} | Tessera engine (tsr_bench --batch {a.pl}) | {t['t_pp_est']:.3f} est. "
                   f"| {t['t_tg']:.3f} | {t['s_tg']:.1f} | {t['gen_over_total_est']:.1f} est. "
-                  f"| {x(t['gen_over_total_est'])} est. | {t['peak_rss_mib']:.0f} |")
+                  f"| {x(t['gen_over_total_est'])} est. | {t['peak_rss_mib']:.0f} | {t['other_cpu']:.2f} |")
         for tp in (1, 2):
             s = r.get(f"server_tp{tp}")
             if s:
                 print(f"| {n} | Tessera server, {'1 rank' if tp == 1 else '2 ranks'} "
                       f"({a.pl} gRPC streams) | | | | {s['gen_over_total']:.1f} "
-                      f"| **{x(s['gen_over_total'])}** | {s['peak_rss_mib']:.0f} |")
+                      f"| **{x(s['gen_over_total'])}** | {s['peak_rss_mib']:.0f} | {s['other_cpu']:.2f} |")
         if ll and "tsr_bench" in r:
             print(f"|  | engine decode / llama.cpp S_TG | | | "
-                  f"{r['tsr_bench']['s_tg'] / ll['s_tg']:.2f} | | | |")
+                  f"{r['tsr_bench']['s_tg'] / ll['s_tg']:.2f} | | | | |")
     if rows and "llama.cpp" in rows[0]:
         ll = rows[0]["llama.cpp"]
         print(f"\nllama.cpp: llama-cpp-python {ll['llama_cpp_python']}, n_ctx {ll['n_ctx']}, "

@@ -101,11 +101,23 @@ def step_batches(n_ex, batch, steps, seed):
 # ---------------------------------------------------------------------------
 # child processes
 # ---------------------------------------------------------------------------
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OTHER = {}  # the last run_child's: CPU that other processes used meanwhile, in cores
+
+
+def sys_busy_s():
+    """Busy CPU seconds of the whole machine, all cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
+
+
 def run_child(cmd, env=None, timeout=3600):
     """Runs cmd; returns (rc, stdout, stderr, peak RSS MiB, wall s) with the
-    child's own ru_maxrss from os.wait4."""
+    child's own ru_maxrss from os.wait4. OTHER["cores"] becomes the CPU other
+    processes used meanwhile (the machine's busy time less the child's)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.time()
+        b0, t0 = sys_busy_s(), time.time()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         deadline = t0 + timeout
         while True:
@@ -119,6 +131,7 @@ def run_child(cmd, env=None, timeout=3600):
             time.sleep(0.05)
         p.returncode = os.waitstatus_to_exitcode(status)
         wall = time.time() - t0
+        OTHER["cores"] = (sys_busy_s() - b0 - ru.ru_utime - ru.ru_stime) / wall
         out.seek(0)
         err.seek(0)
         return p.returncode, out.read(), err.read(), ru.ru_maxrss / 1024.0, wall
@@ -151,22 +164,23 @@ def run_tessera(a, data_path, weight_dtype, tmp, rep):
     if len(steps) != a.steps:
         raise RuntimeError(f"tessera train printed {len(steps)} step lines, not {a.steps}")
     shutil.rmtree(out, ignore_errors=True)
-    return {"steps": steps, "peak_rss_mib": rss, "wall_s": wall, "cmd": cmd}
+    return {"steps": steps, "peak_rss_mib": rss, "wall_s": wall, "cmd": cmd,
+            "other_cpu": OTHER["cores"]}
 
 
-def run_peft(a, job_path, tmp, rep):
-    res = os.path.join(tmp, f"peft-{rep}.json")
+def run_peft(a, job_path, tmp, rep, bf16=False):
+    res = os.path.join(tmp, f"peft-{rep}{'-bf16' if bf16 else ''}.json")
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TQDM_DISABLE="1")
     cmd = [a.peft_python, os.path.abspath(__file__), "--worker", "train", "--job", job_path,
-           "--result", res]
+           "--result", res] + (["--autocast-bf16"] if bf16 else [])
     rc, so, se, rss, wall = run_child(cmd, env=env)
     if rc != 0:
         raise RuntimeError(f"the PEFT worker exited {rc}:\n{se[-3000:]}")
     with open(res) as f:
         r = json.load(f)
-    r.update(peak_rss_mib=rss, wall_s=wall)
+    r.update(peak_rss_mib=rss, wall_s=wall, other_cpu=OTHER["cores"])
     return r
 
 
@@ -269,7 +283,8 @@ def worker_train(job, result):
             # label j is the token at j where it carries loss; the model shifts
             lab[r, :n] = torch.tensor([t if w else -100 for t, w in zip(s["ids"], s["mask"])])
         ts = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=job.get("autocast_bf16", False)):
+            loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -296,6 +311,7 @@ def summarize(runs, warmup):
     return {"step_s_median": statistics.median(times), "step_s_min": min(times),
             "step_s_max": max(times), "tok_s": tok / t,
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "other_cpu_max": max(r["other_cpu"] for r in runs),
             "losses": runs[0]["steps"] and [s["loss"] for s in runs[0]["steps"]]}
 
 
@@ -332,7 +348,16 @@ def main():
     ap.add_argument("--alpha", type=float, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-other-cpu", type=float, default=None, metavar="CORES",
+                    help="on a shared machine: run again when other processes used more than "
+                         "this many cores meanwhile")
+    ap.add_argument("--busy-retries", type=int, default=4)
+    ap.add_argument("--busy-wait", type=float, default=30)
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--peft-bf16", action="store_true",
+                    help="also PEFT under torch.autocast(bfloat16) (AMX/AVX-512 BF16 matmuls; "
+                         "not the f32 settings of the comparison)")
+    ap.add_argument("--autocast-bf16", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", choices=["tokenize", "train"], help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
@@ -342,6 +367,7 @@ def main():
     if a.worker:
         with open(a.job) as f:
             job = json.load(f)
+        job["autocast_bf16"] = a.autocast_bf16
         (worker_tokenize if a.worker == "tokenize" else worker_train)(job, a.result)
         return 0
 
@@ -402,19 +428,30 @@ def main():
         engines = [f"tessera-{w}" for w in a.weight_dtypes.split(",") if w]
         if not a.skip_peft:
             engines.append("peft")
+        if a.peft_bf16:
+            engines.append("peft-bf16")
         runs = {e: [] for e in engines}
         for rep in range(a.reps):
             for e in engines:
                 print(f"rep {rep + 1}/{a.reps}: {e}", file=sys.stderr, flush=True)
-                r = run_peft(a, job_path, tmp, rep) if e == "peft" else \
-                    run_tessera(a, data_path, e.split("-", 1)[1], tmp, rep)
+                for attempt in range(a.busy_retries + 1):
+                    r = run_peft(a, job_path, tmp, rep, e == "peft-bf16") \
+                        if e.startswith("peft") else \
+                        run_tessera(a, data_path, e.split("-", 1)[1], tmp, rep)
+                    if a.max_other_cpu is None or r["other_cpu"] <= a.max_other_cpu \
+                            or attempt == a.busy_retries:
+                        break
+                    print(f"  other processes used {r['other_cpu']:.2f} cores; again in "
+                          f"{a.busy_wait:g} s", file=sys.stderr, flush=True)
+                    time.sleep(a.busy_wait)
                 want = [sum(len(examples[i]["ids"]) for i in b) for b in batches]
                 got = [s["tokens"] for s in r["steps"]]
                 if got != want:
                     sys.exit(f"{e}: tokens per step {got}, expected {want}: the batches differ")
                 runs[e].append(r)
                 med = statistics.median(s["step_s"] for s in r["steps"][a.warmup:])
-                print(f"  median step {med * 1e3:.0f} ms, peak RSS {r['peak_rss_mib']:.0f} MiB",
+                print(f"  median step {med * 1e3:.0f} ms, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+                      f"other processes {r['other_cpu']:.2f} cores",
                       file=sys.stderr, flush=True)
         summ = {e: summarize(runs[e], a.warmup) for e in engines}
     finally:
@@ -427,14 +464,15 @@ def main():
           f"left out\n")
     base = summ.get("peft")
     print("| engine | median step ms [min-max] | train tok/s | peak RSS MiB | "
-          "step time: PEFT / engine | tok/s: engine / PEFT | RSS: engine / PEFT |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "step time: PEFT / engine | tok/s: engine / PEFT | RSS: engine / PEFT | other CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for e in engines:
         s = summ[e]
         r = (f"{base['step_s_median'] / s['step_s_median']:.2f} | {s['tok_s'] / base['tok_s']:.2f} "
              f"| {s['peak_rss_mib'] / base['peak_rss_mib']:.2f}") if base else "| |"
         print(f"| {e} | {s['step_s_median'] * 1e3:.0f} [{s['step_s_min'] * 1e3:.0f}-"
-              f"{s['step_s_max'] * 1e3:.0f}] | {s['tok_s']:.1f} | {s['peak_rss_mib']:.0f} | {r} |")
+              f"{s['step_s_max'] * 1e3:.0f}] | {s['tok_s']:.1f} | {s['peak_rss_mib']:.0f} | {r} "
+              f"| {s['other_cpu_max']:.2f} |")
     n_show = min(a.steps, 8)
     print(f"\nloss, first {n_show} steps (rep 1):")
     for e in engines:
