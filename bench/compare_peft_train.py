@@ -257,9 +257,9 @@ def worker_train(job, result):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=job["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     load_s = time.perf_counter() - t0
-    # The process's peak RSS includes transformers' GGUF conversion (the file
-    # dequantized, then copied into the model); the peak of the training loop
-    # alone is read after resetting the high-water mark (Linux clear_refs 5).
+    # The process's peak RSS covers the load too (transformers' GGUF conversion);
+    # the peak of the training loop alone is read after resetting the
+    # high-water mark (Linux clear_refs 5).
     rss_loaded = hwm_reset = None
     try:
         rss_loaded = proc_status_mib("VmRSS")
@@ -484,8 +484,8 @@ def main():
               f"{p['threads']} threads, {p['trainable']} trainable parameters; padding added "
               f"{pad / sum(s['tokens'] for s in p['steps']) * 100:.0f}% to its batches; "
               f"RSS {p['rss_after_load_mib']:.0f} MiB after loading, the training loop's own "
-              f"peak {p['train_peak_rss_mib']:.0f} MiB (the process peak includes the GGUF "
-              f"conversion)")
+              f"peak {p['train_peak_rss_mib']:.0f} MiB (the process's peak is the larger of this "
+              f"and the load's)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": m, "config": {k: v for k, v in vars(a).items()
