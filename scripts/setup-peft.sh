@@ -5,7 +5,8 @@
 #
 # This is a benchmark dependency only: Tessera never links or imports PyTorch, the test
 # venv (.venv, scripts/setup.sh) does not contain it, and CI never runs this. The venv
-# lives outside the repository by default (about 1 GiB).
+# lives outside the repository by default: about 1 GiB with PyTorch's CPU wheel,
+# 5.6 GiB with PyPI's (which brings the CUDA libraries along).
 #
 #   scripts/setup-peft.sh                        # /work/venvs/peft
 #   TESSERA_PEFT_VENV=DIR scripts/setup-peft.sh
@@ -45,8 +46,8 @@ fi
 "$venv/bin/pip" install -q --upgrade pip
 if ! "$venv/bin/pip" install -q --timeout 20 --retries 1 "torch==$torch_version" \
   --index-url https://download.pytorch.org/whl/cpu; then
-  # PyPI's Linux wheel carries the CUDA libraries as dependencies (~3 GB); the CPU
-  # runs below never load them.
+  # PyPI's Linux wheel carries the CUDA libraries as dependencies (several GB); the
+  # CPU runs of the benchmark never use them.
   log "PyTorch's CPU index failed; installing torch from PyPI"
   "$venv/bin/pip" install -q "torch==$torch_version"
 fi
