@@ -103,14 +103,15 @@ tsr_status tsr_trainer_init(tsr_trainer *t, tsr_model *m, const tsr_train_comm *
 static void ws_free(tsr_trainer *t) {
     tsr_train_ws *w = &t->ws;
     tsr_backend *be = t->m->be;
-    void *bufs[] = {w->h1, w->h2,     w->x2, w->tmp, w->dh,   w->q,  w->att, w->datt, w->dq,
-                    w->k,  w->v,      w->dk, w->dv,  w->gate, w->up, w->s,   w->ds,   w->lse,
-                    w->lt, w->logits, w->hn, w->dhn, w->ce,   w->xd, w->dxd};
+    void *bufs[] = {w->h1, w->h2,  w->x2, w->tmp,  w->dh,  w->q,  w->att, w->datt, w->dq, w->k,
+                    w->v,  w->dk,  w->dv, w->gate, w->up,  w->s,  w->ds,  w->lse,  w->lt, w->logits,
+                    w->hn, w->dhn, w->ce, w->xd,   w->dxd, w->xc, w->dxc, w->tc,   w->wc};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         tsr_backend_free(be, bufs[i]);
     for (int i = 0; i < TSR_LORA_N_TARGETS; i++)
         tsr_backend_free(be, w->xa[i]);
     free(w->ce_host);
+    free(w->h_rows);
     memset(w, 0, sizeof *w);
 }
 
@@ -160,6 +161,10 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r, int drop) {
         {&w->hn, (size_t)hr * C * a},
         {&w->dhn, (size_t)hr * C * a},
         {(void **)&w->ce, (size_t)3 * hr * sizeof(float)},
+        {&w->xc, (size_t)hr * C * a},
+        {&w->dxc, (size_t)hr * C * a},
+        {(void **)&w->tc, (size_t)hr * sizeof(int32_t)},
+        {(void **)&w->wc, (size_t)hr * sizeof(float)},
         {&w->xd, db},
         {&w->dxd, db},
     };
@@ -181,7 +186,12 @@ static tsr_status ws_reserve(tsr_trainer *t, int n, int r, int drop) {
         }
     }
     w->ce_host = malloc((size_t)3 * hr * sizeof *w->ce_host);
-    if (!w->ce_host) {
+    w->h_rows = malloc(((size_t)cap + 2 * (size_t)hr) * sizeof *w->h_rows);
+    if (w->h_rows) {
+        w->h_tc = w->h_rows + cap;
+        w->h_wc = (float *)(w->h_tc + hr);
+    }
+    if (!w->ce_host || !w->h_rows) {
         ws_free(t);
         return tsr_error_set(TSR_ERR_NOMEM, "training: out of memory for %zu loss values",
                              (size_t)3 * hr);
@@ -602,36 +612,66 @@ tsr_status tsr_train_loss(tsr_trainer *t, tsr_train_tape *tape, int want_grad,
     const int hr = t->cfg.head_rows < w->cap ? t->cfg.head_rows : w->cap;
     if (want_grad)
         TSR_TRY(tsr_lora_fill_zero(be, tape->dx, (size_t)n * C * a));
+    /* Only the rows that carry loss (a target and a weight > 0: in chat data
+     * the assistant's turns) go through the head: the others add nothing to
+     * the loss and their gradient from it is 0, so they are left out instead
+     * of computed and zeroed. Every TP rank picks the same rows (the batch is
+     * the same on all). Chunks of hr gathered rows, copied in runs. */
+    int nl = 0;
+    for (int row = 0; row < n; row++)
+        if (tape->h_target[row] >= 0 && tape->h_weight[row] != 0.0f)
+            w->h_rows[nl++] = row;
     double loss = 0;
-    for (int r0 = 0; r0 < n; r0 += hr) {
-        const int nc = n - r0 < hr ? n - r0 : hr;
+    for (int c0 = 0; c0 < nl; c0 += hr) {
+        const int nc = nl - c0 < hr ? nl - c0 : hr;
+        const int32_t *rows = w->h_rows + c0;
         float *rowmax = w->ce, *sumexp = w->ce + hr, *tlogit = sumexp + nc;
-        const char *xr = xo + (size_t)r0 * C * a;
-        TSR_TRY(tsr_backend_rmsnorm(be, w->hn, xr, m->out_norm, nc, C, m->cfg.rms_eps));
+        for (int i = 0; i < nc;) { /* gather x's rows, a run at a time */
+            int e = i + 1;
+            while (e < nc && rows[e] == rows[e - 1] + 1)
+                e++;
+            TSR_TRY(tsr_backend_copy(be, (char *)w->xc + (size_t)i * C * a,
+                                     xo + (size_t)rows[i] * C * a, (size_t)(e - i) * C * a));
+            i = e;
+        }
+        for (int i = 0; i < nc; i++) {
+            w->h_tc[i] = tape->h_target[rows[i]];
+            w->h_wc[i] = tape->h_weight[rows[i]];
+        }
+        TSR_TRY(tsr_backend_to_device(be, w->tc, w->h_tc, (size_t)nc * sizeof(int32_t)));
+        TSR_TRY(tsr_backend_to_device(be, w->wc, w->h_wc, (size_t)nc * sizeof(float)));
+        TSR_TRY(tsr_backend_rmsnorm(be, w->hn, w->xc, m->out_norm, nc, C, m->cfg.rms_eps));
         TSR_TRY(tsr_backend_matmul_exact(be, w->logits, w->hn, &m->lm_head, nc, 0));
         TSR_TRY(tsr_backend_ce_rowmax(be, rowmax, w->logits, nc, Vl));
         TSR_TRY(f32_max(t, rowmax, (size_t)nc));
-        TSR_TRY(tsr_backend_ce_sums(be, sumexp, tlogit, w->logits, rowmax, tape->target + r0, nc,
-                                    Vl, m->slice.vocab_begin));
+        TSR_TRY(tsr_backend_ce_sums(be, sumexp, tlogit, w->logits, rowmax, w->tc, nc, Vl,
+                                    m->slice.vocab_begin));
         TSR_TRY(f32_sum(t, sumexp, (size_t)2 * nc)); /* sumexp and tlogit together */
         TSR_TRY(tsr_backend_to_host(be, w->ce_host, w->ce, ((size_t)hr + 2 * nc) * sizeof(float)));
         for (int i = 0; i < nc; i++) {
-            const int row = r0 + i;
-            const double wgt = tape->h_weight[row];
-            if (tape->h_target[row] < 0 || wgt == 0.0)
-                continue;
+            const double wgt = w->h_wc[i];
             const double mx = w->ce_host[i], se = w->ce_host[hr + i], tl = w->ce_host[hr + nc + i];
             loss += wgt * (log(se) + mx - tl);
         }
         if (!want_grad)
             continue;
         /* d loss / d logits = w (softmax - onehot), in place */
-        TSR_TRY(tsr_backend_ce_grad(be, w->logits, w->logits, rowmax, sumexp, tape->target + r0,
-                                    tape->weight + r0, nc, Vl, m->slice.vocab_begin));
+        TSR_TRY(tsr_backend_ce_grad(be, w->logits, w->logits, rowmax, sumexp, w->tc, w->wc, nc, Vl,
+                                    m->slice.vocab_begin));
         TSR_TRY(tsr_backend_matmul_dx(be, w->dhn, w->logits, &m->lm_head, nc, 0));
         TSR_TRY(act_allreduce(t, w->dhn, (size_t)nc * C)); /* vocab-parallel head input */
-        TSR_TRY(tsr_backend_rmsnorm_bwd(be, (char *)tape->dx + (size_t)r0 * C * a, w->dhn, xr,
-                                        m->out_norm, nc, C, m->cfg.rms_eps));
+        TSR_TRY(tsr_lora_fill_zero(be, w->dxc, (size_t)nc * C * a));
+        TSR_TRY(tsr_backend_rmsnorm_bwd(be, w->dxc, w->dhn, w->xc, m->out_norm, nc, C,
+                                        m->cfg.rms_eps)); /* += */
+        for (int i = 0; i < nc;) { /* scatter the gradient back, a run at a time */
+            int e = i + 1;
+            while (e < nc && rows[e] == rows[e - 1] + 1)
+                e++;
+            TSR_TRY(tsr_backend_copy(be, (char *)tape->dx + (size_t)rows[i] * C * a,
+                                     (const char *)w->dxc + (size_t)i * C * a,
+                                     (size_t)(e - i) * C * a));
+            i = e;
+        }
     }
     tape->stats.loss = loss;
     tape->has_grad = want_grad;

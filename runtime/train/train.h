@@ -154,6 +154,13 @@ typedef struct {
     void *hn, *dhn;                /* (head_rows, C) */
     float *ce;                     /* (3 * head_rows): rowmax | sumexp | tlogit */
     float *ce_host;                /* host copy of ce */
+    void *xc, *dxc;                /* (head_rows, C): the rows that carry loss, gathered, and
+                                       their gradient before it is scattered back */
+    int32_t *tc;                   /* (head_rows) device: their targets */
+    float *wc;                     /* (head_rows) device: their loss weights */
+    int32_t *h_rows;               /* (cap) host: the indices of the rows that carry loss */
+    int32_t *h_tc;                 /* (head_rows) host staging of tc */
+    float *h_wc;                   /* (head_rows) host staging of wc */
 } tsr_train_ws;
 
 typedef struct {
