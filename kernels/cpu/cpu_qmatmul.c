@@ -207,29 +207,31 @@ tsr_status tsr_cpu_qmatmul_dx(tsr_cpu_scratch *s, float *dx, const float *dy, co
         return TSR_OK;
     const int rows = w->rows, cols = w->cols, T = tile_rows(cols);
     const size_t wrow = tsr_dtype_row_bytes(w->dtype, (uint64_t)cols);
+    const int blk = (int)tsr_dtype_block(w->dtype), nblk = cols / blk;
+    const size_t blk_bytes = wrow / (size_t)nblk;
     const size_t per_thread = (size_t)T * cols;
     TSR_TRY(scratch_reserve(s, (size_t)max_threads() * per_thread * sizeof(float), "tile"));
     const unsigned char *W = w->data;
     float *tiles = s->p;
-    /* each thread a band of token rows over every tile of W: no two threads
-     * write the same dx row; each dequantizes W itself, which costs
-     * rows * cols per thread against the band's 2 * rows * cols * band flops */
-#pragma omp parallel if (n >= 8)
+    /* each thread a band of dx's columns (whole blocks of W's rows) over every
+     * tile of W: no two threads write the same dx element, and each
+     * dequantizes only its band, so W is dequantized once in all */
+#pragma omp parallel if ((long)n * rows * cols >= 65536)
     {
         int t, nt;
         team(&t, &nt);
         float *buf = tiles + (size_t)t * per_thread;
-        const int per = (n + nt - 1) / nt;
-        const int i0 = t * per, i1 = i0 + per < n ? i0 + per : n;
-        for (int r = 0; r < rows && i0 < i1; r += T) {
+        const int per = (nblk + nt - 1) / nt;
+        const int b0 = t * per, b1 = b0 + per < nblk ? b0 + per : nblk;
+        const int c0 = b0 * blk, bw = (b1 - b0) * blk;
+        for (int r = 0; r < rows && b0 < b1; r += T) {
             const int tr = r + T < rows ? T : rows - r;
             for (int j = 0; j < tr; j++)
-                tsr_dequantize(w->dtype, W + (size_t)(r + j) * wrow, buf + (size_t)j * cols,
-                               (size_t)cols);
+                tsr_dequantize(w->dtype, W + (size_t)(r + j) * wrow + (size_t)b0 * blk_bytes,
+                               buf + (size_t)j * bw, (size_t)bw);
             const float beta = r == 0 && !accumulate ? 0.0f : 1.0f;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, cols, tr, 1.0f,
-                        dy + (size_t)i0 * rows + r, rows, buf, cols, beta, dx + (size_t)i0 * cols,
-                        cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, bw, tr, 1.0f, dy + r, rows,
+                        buf, bw, beta, dx + c0, cols);
         }
     }
     return TSR_OK;
